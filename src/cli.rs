@@ -1,0 +1,197 @@
+//! The command line (clap derive); each command is a few lines calling one module.
+
+use crate::config::{self, Policy, Spec};
+use crate::error::{Error, Result};
+use crate::exit::Action;
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+/// baton: a process supervisor whose `start` means ready.
+///
+/// It starts a long-running service, writes the PID file only once a readiness
+/// probe passes, restarts it with backoff, captures its logs, and stops the
+/// whole process tree gracefully. Exit codes follow LSB 4.1.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// The service's config file; NAME defaults to the file's stem.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Where NAME.toml files live.
+    #[arg(long, global = true, value_name = "DIR", default_value = config::DEFAULT_CONFIG_DIR, hide_default_value = false)]
+    pub config_dir: PathBuf,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The service a command acts on.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Service name: reads CONFIG_DIR/NAME.toml unless --config is given.
+    pub name: Option<String>,
+}
+
+/// Commands. Action exit codes: 0 ok, 1 failed, 2 bad arguments, 4 no privilege,
+/// 5 not installed, 6 not configured, 7 not running.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the service and wait until it is ready; 0 if it already runs.
+    Start(Target),
+    /// Stop the service and every process it started; 0 if it was not running.
+    Stop(Target),
+    /// Stop the service if it runs, then start it.
+    Restart(Target),
+    /// Restart the service only if it is running.
+    TryRestart(Target),
+    /// Send the service its reload signal (SIGHUP unless [reload] says otherwise).
+    Reload(Target),
+    /// Reload the service (the same as reload: baton services always accept a signal).
+    ForceReload(Target),
+    /// Show the service's state. Exit: 0 running, 1 dead with PID file, 3 not running, 4 unknown.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Supervise the service in the foreground (for systemd Type=notify and containers).
+    Run(Target),
+    /// Validate the config and list every problem with file, line and key.
+    Check(Target),
+    /// Reopen the service's log files (after an external logrotate moved them).
+    ReopenLogs(Target),
+    /// Print a file that lets another init system drive baton.
+    Generate {
+        /// What to render.
+        #[command(subcommand)]
+        what: Generate,
+    },
+    /// Internal: the detached supervisor that `start` launches.
+    #[command(hide = true)]
+    Supervise(Target),
+}
+
+/// Files `generate` can render.
+#[derive(Debug, Subcommand)]
+pub enum Generate {
+    /// An LSB init script for /etc/init.d/NAME.
+    InitScript(Target),
+    /// A systemd unit (Type=notify, ExecStart=baton run).
+    SystemdUnit(Target),
+}
+
+/// What `main` should exit with.
+pub type Code = i32;
+
+impl Cli {
+    /// Runs the command; returns the exit code for a success (status has several).
+    pub fn run(self) -> Result<Code> {
+        let load = |t: &Target| -> Result<Spec> {
+            let (file, name) = config::locate(self.config.as_deref(), Some(&self.config_dir), t.name.as_deref())?;
+            let file = absolute(&file);
+            let mut spec = config::load(&file, &name)?;
+            spec.file = file;
+            Ok(spec)
+        };
+        match &self.command {
+            Command::Start(t) => crate::service::start(&load(t)?).map(|()| 0),
+            Command::Stop(t) => crate::service::stop(&load(t)?).map(|()| 0),
+            Command::Restart(t) => crate::service::restart(&load(t)?).map(|()| 0),
+            Command::TryRestart(t) => crate::service::try_restart(&load(t)?).map(|()| 0),
+            Command::Reload(t) | Command::ForceReload(t) => crate::service::reload(&load(t)?).map(|()| 0),
+            Command::ReopenLogs(t) => crate::service::reopen_logs(&load(t)?).map(|()| 0),
+            Command::Status { target, json } => match load(target) {
+                Ok(spec) => crate::service::status(&spec, *json).map(|s| s.code()),
+                // LSB: status of a service that cannot be read is "unknown".
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(crate::exit::Status::Unknown.code())
+                }
+            },
+            Command::Check(t) => {
+                let spec = load(t)?;
+                println!("{}: ok ({} {})", spec.file.display(), spec.name, spec.command.join(" "));
+                Ok(0)
+            }
+            Command::Run(t) => {
+                let spec = load(t)?;
+                let opts = crate::supervisor::Options {
+                    reporter: crate::daemon::Reporter::none(),
+                    systemd_notify: std::env::var("NOTIFY_SOCKET").ok(),
+                    events: crate::logs::EventLog::stderr(),
+                };
+                init_tracing(opts.events.clone());
+                crate::service::prepare(&spec)?;
+                crate::supervisor::run(spec, opts)
+            }
+            Command::Supervise(t) => {
+                let reporter = crate::daemon::Reporter::from_env();
+                let spec = match load(t) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let mut reporter = reporter;
+                        reporter.failed(e.exit_code().code(), &e.to_string());
+                        return Err(e);
+                    }
+                };
+                let events = crate::logs::EventLog::open(spec.log.dir.join("baton.log"));
+                init_tracing(events.clone());
+                crate::supervisor::run(spec, crate::supervisor::Options { reporter, systemd_notify: None, events })
+            }
+            Command::Generate { what } => {
+                let (t, init) = match what {
+                    Generate::InitScript(t) => (t, true),
+                    Generate::SystemdUnit(t) => (t, false),
+                };
+                let spec = load(t)?;
+                let baton = std::env::current_exe().map_err(|e| Error::io("find the baton executable", &e))?;
+                let description = format!("{} supervised by baton", spec.name);
+                let target = crate::generate::Target {
+                    name: &spec.name,
+                    config: &spec.file,
+                    baton: &baton,
+                    description: &description,
+                    stop_timeout: spec.stop.timeout,
+                    pidfile: &spec.pidfile,
+                    baton_restarts: spec.restart.policy != Policy::Never,
+                };
+                let text = if init { crate::generate::init_script(&target) } else { crate::generate::systemd_unit(&target) };
+                print!("{text}");
+                Ok(0)
+            }
+        }
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Routes the supervisor's own events to `events`.
+fn init_tracing(events: crate::logs::EventLog) {
+    let _ = tracing_subscriber::fmt().with_writer(events).with_max_level(tracing::Level::INFO).try_init();
+}
+
+/// Maps a clap failure to LSB's "invalid arguments" (2) while letting --help and --version exit 0.
+pub fn usage_code(e: &clap::Error) -> Code {
+    if e.use_stderr() {
+        Action::BadArgs.code()
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

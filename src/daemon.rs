@@ -1,0 +1,137 @@
+//! Detaching the supervisor, and the pipe on which it tells `baton start` "ready" or "failed".
+//!
+//! `start` re-executes baton as a supervisor in a new session with stdio on
+//! /dev/null, then blocks reading a pipe. The supervisor writes one message
+//! once the service is ready (or has failed) and closes the pipe; if it dies
+//! without writing, `start` sees end-of-file and says so.
+
+use crate::error::{Error, Result};
+use crate::exit::Action;
+use crate::sys;
+use nix::unistd::Pid;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Environment variable naming the readiness pipe's fd in the supervisor.
+pub const READY_FD_ENV: &str = "BATON_READY_FD";
+
+/// The supervisor's end of the readiness pipe; writing consumes it.
+pub struct Reporter {
+    fd: Option<std::fs::File>,
+}
+
+impl Reporter {
+    /// No one is waiting (foreground `run`).
+    pub fn none() -> Self {
+        Reporter { fd: None }
+    }
+
+    /// Adopts the pipe named by `BATON_READY_FD`, hiding it from the service.
+    pub fn from_env() -> Self {
+        let fd = std::env::var(READY_FD_ENV).ok().and_then(|v| v.parse().ok()).and_then(sys::adopt_fd);
+        std::env::remove_var(READY_FD_ENV);
+        if let Some(fd) = &fd {
+            // The service must not inherit it, or `start` would wait for the service to exit.
+            let _ = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+        }
+        Reporter { fd: fd.map(std::fs::File::from) }
+    }
+
+    fn send(&mut self, message: &str) {
+        if let Some(mut f) = self.fd.take() {
+            // EPIPE means `start` was interrupted; the supervisor carries on regardless.
+            let _ = f.write_all(message.as_bytes());
+        }
+    }
+
+    /// The service is ready and the PID file written.
+    pub fn ready(&mut self, pid: Pid) {
+        self.send(&format!("ready {pid}\n"));
+    }
+
+    /// Another supervisor already runs this service.
+    pub fn already_running(&mut self) {
+        self.send("running\n");
+    }
+
+    /// Start failed; `message` says why, with the service's last output.
+    pub fn failed(&mut self, code: i32, message: &str) {
+        self.send(&format!("failed {code}\n{message}\n"));
+    }
+}
+
+/// What the supervisor reported to `start`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Started {
+    /// Ready; the supervisor's PID.
+    Ready(i32),
+    /// It was already running.
+    AlreadyRunning,
+}
+
+/// Launches a detached supervisor for `config` and blocks until it reports.
+pub fn start_supervisor(config: &Path, name: &str) -> Result<Started> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("find the baton executable", &e))?;
+    let (read_end, write_end): (OwnedFd, OwnedFd) =
+        nix::unistd::pipe().map_err(|e| Error::errno("create the readiness pipe", e))?;
+    // Only the write end crosses exec; nix::unistd::pipe sets no CLOEXEC, so mark the read end.
+    let _ = nix::fcntl::fcntl(read_end.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    let mut cmd = Command::new(exe);
+    cmd.arg("--config")
+        .arg(config)
+        .arg("supervise")
+        .arg(name)
+        .env(READY_FD_ENV, write_end.as_raw_fd().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .current_dir("/");
+    sys::install(
+        &mut cmd,
+        sys::ChildSetup {
+            account: None,
+            umask: None,
+            parent: nix::unistd::getpid(),
+            new_session: true,
+            parent_death_signal: None,
+        },
+    );
+    let mut child = cmd.spawn().map_err(|e| Error::io("launch the supervisor", &e))?;
+    drop(write_end);
+    let mut message = String::new();
+    let read = std::fs::File::from(read_end).read_to_string(&mut message);
+    // The supervisor is a session leader of its own; reap our direct child only if it already exited.
+    let exited = child.try_wait().ok().flatten();
+    read.map_err(|e| Error::io("read the supervisor's report", &e))?;
+    parse_report(&message, name, exited)
+}
+
+fn parse_report(message: &str, name: &str, exited: Option<std::process::ExitStatus>) -> Result<Started> {
+    let (head, body) = message.split_once('\n').unwrap_or((message, ""));
+    let mut words = head.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some("ready"), Some(pid)) => Ok(Started::Ready(pid.parse().unwrap_or(0))),
+        (Some("running"), _) => Ok(Started::AlreadyRunning),
+        (Some("failed"), code) => {
+            let code = match code.and_then(|c| c.parse::<i32>().ok()) {
+                Some(4) => Action::NoPrivilege,
+                Some(5) => Action::NotInstalled,
+                Some(6) => Action::NotConfigured,
+                _ => Action::Generic,
+            };
+            let body = body.trim_end();
+            let cause = body.strip_prefix("unable to ").map(str::to_string).unwrap_or_else(|| body.to_string());
+            Err(Error::unable(format!("start {name}"), cause).code(code))
+        }
+        _ => Err(Error::unable(
+            format!("start {name}"),
+            format!(
+                "the supervisor exited without a report{}",
+                exited.map(|s| format!(" ({s})")).unwrap_or_default()
+            ),
+        )
+        .hint("see baton.log in the service's log directory")),
+    }
+}

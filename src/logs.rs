@@ -1,0 +1,351 @@
+//! The service's output: pipes read line-wise into size-rotated files, nothing lost.
+//!
+//! Only whole lines are written, and rotation happens between two writes, so a
+//! rotated file never ends in half a line and no line is dropped. Reading
+//! applies back-pressure instead of dropping: a service can be slowed by a slow
+//! disk only once its pipe buffer (enlarged to 1 MiB) is full.
+
+use crate::config::LogSpec;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+/// Lines longer than this are written in pieces rather than buffered without bound.
+const MAX_LINE: usize = 64 * 1024;
+/// How many recent lines are kept for failure reports and status.
+const TAIL_LINES: usize = 40;
+/// Pipe capacity requested from the kernel.
+const PIPE_SIZE: i32 = 1 << 20;
+
+/// An append-only file rotated by size, keeping `keep` old copies as `.1`, `.2`, …
+pub struct RotatingFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max: u64,
+    keep: u32,
+}
+
+impl RotatingFile {
+    /// Opens (creating) `path` for appending.
+    pub fn open(path: PathBuf, spec: &LogSpec) -> io::Result<Self> {
+        let file = open_append(&path)?;
+        let size = file.metadata()?.len();
+        Ok(RotatingFile { path, file, size, max: spec.max_size, keep: spec.keep })
+    }
+
+    /// Writes whole lines, rotating first when they would not fit.
+    pub fn write_lines(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let room = self.max.saturating_sub(self.size) as usize;
+            if data.len() <= room {
+                return self.append(data);
+            }
+            // Fill up to the last line boundary that fits, then rotate.
+            let cut = data[..room].iter().rposition(|&b| b == b'\n').map(|i| i + 1);
+            match cut {
+                Some(n) => {
+                    self.append(&data[..n])?;
+                    data = &data[n..];
+                    self.rotate()?;
+                }
+                // Nothing fits: a fresh file takes the line even if it is oversized.
+                None if self.size > 0 => self.rotate()?,
+                None => {
+                    let n = data.iter().position(|&b| b == b'\n').map_or(data.len(), |i| i + 1);
+                    self.append(&data[..n])?;
+                    data = &data[n..];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        self.file.write_all(data)?;
+        self.size += data.len() as u64;
+        Ok(())
+    }
+
+    /// Renames `f` to `f.1` (shifting older copies) and starts a new `f`.
+    pub fn rotate(&mut self) -> io::Result<()> {
+        let name = |i: u32| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(format!(".{i}"));
+            PathBuf::from(p)
+        };
+        if self.keep == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            for i in (1..self.keep).rev() {
+                match std::fs::rename(name(i), name(i + 1)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            std::fs::rename(&self.path, name(1))?;
+        }
+        self.reopen()
+    }
+
+    /// Starts writing to a new file at the same path (after an external logrotate moved the old one).
+    pub fn reopen(&mut self) -> io::Result<()> {
+        self.file = open_append(&self.path)?;
+        self.size = self.file.metadata()?.len();
+        Ok(())
+    }
+}
+
+fn open_append(path: &PathBuf) -> io::Result<File> {
+    OpenOptions::new().append(true).create(true).mode(0o640).open(path)
+}
+
+/// Which of the service's streams a pipe carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// File descriptor 1.
+    Stdout,
+    /// File descriptor 2.
+    Stderr,
+}
+
+/// The read end of one service pipe, with the partial line not yet written.
+pub struct Pipe {
+    fd: OwnedFd,
+    /// Which stream this is.
+    pub kind: StreamKind,
+    partial: Vec<u8>,
+}
+
+/// What one read from a pipe produced.
+pub enum Drained {
+    /// More may come.
+    Open,
+    /// Every writer has closed the pipe.
+    Closed,
+}
+
+impl Pipe {
+    /// Wraps a pipe read end: non-blocking, with a large buffer to absorb bursts.
+    pub fn new(fd: OwnedFd, kind: StreamKind) -> Self {
+        let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+        // Best effort: an unprivileged process may be capped by /proc/sys/fs/pipe-max-size.
+        let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+        Pipe { fd, kind, partial: Vec::new() }
+    }
+
+    /// For the poll set.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Reads what is available (bounded, to stay fair to other events) and hands whole lines to `out`.
+    pub fn drain(&mut self, out: &mut Output, on_line: &mut dyn FnMut(StreamKind, &str)) -> Drained {
+        let mut buf = [0u8; 64 * 1024];
+        for _ in 0..16 {
+            match nix::unistd::read(self.fd.as_raw_fd(), &mut buf) {
+                Ok(0) => {
+                    if !self.partial.is_empty() {
+                        self.partial.push(b'\n');
+                        let rest = std::mem::take(&mut self.partial);
+                        out.emit(self.kind, &rest, on_line);
+                    }
+                    return Drained::Closed;
+                }
+                Ok(n) => self.take(&buf[..n], out, on_line),
+                Err(nix::errno::Errno::EAGAIN) => return Drained::Open,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::warn!("unable to read service {:?}: {e}", self.kind);
+                    return Drained::Closed;
+                }
+            }
+        }
+        Drained::Open
+    }
+
+    fn take(&mut self, data: &[u8], out: &mut Output, on_line: &mut dyn FnMut(StreamKind, &str)) {
+        match data.iter().rposition(|&b| b == b'\n') {
+            Some(last) => {
+                let (lines, rest) = data.split_at(last + 1);
+                if self.partial.is_empty() {
+                    out.emit(self.kind, lines, on_line);
+                } else {
+                    self.partial.extend_from_slice(lines);
+                    let joined = std::mem::take(&mut self.partial);
+                    out.emit(self.kind, &joined, on_line);
+                }
+                self.partial.extend_from_slice(rest);
+            }
+            None => self.partial.extend_from_slice(data),
+        }
+        if self.partial.len() >= MAX_LINE {
+            self.partial.push(b'\n');
+            let long = std::mem::take(&mut self.partial);
+            out.emit(self.kind, &long, on_line);
+        }
+    }
+}
+
+/// The two log files and the recent-lines tail, shared by every instance of the service.
+pub struct Output {
+    stdout: RotatingFile,
+    stderr: RotatingFile,
+    tail: VecDeque<String>,
+}
+
+impl Output {
+    /// Opens `stdout.log` and `stderr.log` in the log directory.
+    pub fn open(spec: &LogSpec) -> io::Result<Self> {
+        Ok(Output {
+            stdout: RotatingFile::open(spec.dir.join("stdout.log"), spec)?,
+            stderr: RotatingFile::open(spec.dir.join("stderr.log"), spec)?,
+            tail: VecDeque::with_capacity(TAIL_LINES),
+        })
+    }
+
+    /// Writes a block of whole lines and shows each line to `on_line`.
+    fn emit(&mut self, kind: StreamKind, lines: &[u8], on_line: &mut dyn FnMut(StreamKind, &str)) {
+        let file = match kind {
+            StreamKind::Stdout => &mut self.stdout,
+            StreamKind::Stderr => &mut self.stderr,
+        };
+        if let Err(e) = file.write_lines(lines) {
+            tracing::error!("unable to write service output to {}: {e}", file.path.display());
+        }
+        for line in lines.split(|&b| b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            let text = String::from_utf8_lossy(line);
+            on_line(kind, &text);
+            if self.tail.len() == TAIL_LINES {
+                self.tail.pop_front();
+            }
+            self.tail.push_back(text.into_owned());
+        }
+    }
+
+    /// The last lines the service printed, oldest first.
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        self.tail.iter().skip(self.tail.len().saturating_sub(n)).cloned().collect()
+    }
+
+    /// Reopens both files (for external logrotate).
+    pub fn reopen(&mut self) -> io::Result<()> {
+        self.stdout.reopen()?;
+        self.stderr.reopen()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &std::path::Path, max: u64, keep: u32) -> LogSpec {
+        LogSpec { dir: dir.to_path_buf(), max_size: max, keep }
+    }
+
+    #[test]
+    fn rotation_keeps_every_line_whole() {
+        let dir = std::env::temp_dir().join(format!("baton-logs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut f = RotatingFile::open(dir.join("out.log"), &spec(&dir, 100, 100)).expect("open");
+        let mut all = String::new();
+        for i in 0..50 {
+            let chunk = format!("line {i:03} xxxxxxxxxx\nline {i:03} yyyyy\n");
+            all.push_str(&chunk);
+            f.write_lines(chunk.as_bytes()).expect("write");
+        }
+        // Concatenate oldest to newest and compare: nothing lost, nothing split.
+        let mut files: Vec<_> = std::fs::read_dir(&dir).expect("ls").map(|e| e.expect("entry").path()).collect();
+        let idx = |p: &PathBuf| p.extension().and_then(|e| e.to_str()).and_then(|e| e.parse::<u32>().ok()).unwrap_or(0);
+        files.sort_by_key(|p| std::cmp::Reverse(idx(p)));
+        let mut joined = String::new();
+        for p in &files {
+            let body = std::fs::read_to_string(p).expect("read");
+            assert!(body.len() as u64 <= 100, "{} is {} bytes", p.display(), body.len());
+            assert!(body.ends_with('\n'), "{} ends mid-line", p.display());
+            joined.push_str(&body);
+        }
+        assert_eq!(joined, all);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn keep_bounds_rotated_copies() {
+        let dir = std::env::temp_dir().join(format!("baton-logs-keep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut f = RotatingFile::open(dir.join("out.log"), &spec(&dir, 10, 2)).expect("open");
+        for i in 0..20 {
+            f.write_lines(format!("{i:08}\n").as_bytes()).expect("write");
+        }
+        let mut names: Vec<String> =
+            std::fs::read_dir(&dir).expect("ls").map(|e| e.expect("e").file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names, vec!["out.log", "out.log.1", "out.log.2"]);
+        assert_eq!(std::fs::read_to_string(dir.join("out.log")).expect("r"), "00000019\n");
+        assert_eq!(std::fs::read_to_string(dir.join("out.log.2")).expect("r"), "00000017\n");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+/// The supervisor's own event log (`baton.log`), reopenable for external logrotate.
+#[derive(Clone)]
+pub struct EventLog {
+    path: Option<PathBuf>,
+    file: std::sync::Arc<std::sync::Mutex<Option<File>>>,
+}
+
+impl EventLog {
+    /// Appends to `path`; if it cannot be opened, events go to stderr.
+    pub fn open(path: PathBuf) -> Self {
+        let file = open_append(&path).ok();
+        EventLog { path: Some(path), file: std::sync::Arc::new(std::sync::Mutex::new(file)) }
+    }
+
+    /// Events to stderr (foreground use).
+    pub fn stderr() -> Self {
+        EventLog { path: None, file: std::sync::Arc::new(std::sync::Mutex::new(None)) }
+    }
+
+    /// Reopens the file at its path.
+    pub fn reopen(&self) {
+        if let (Some(path), Ok(mut guard)) = (&self.path, self.file.lock()) {
+            *guard = open_append(path).ok();
+        }
+    }
+}
+
+/// A handle tracing writes one event through.
+pub struct EventWriter(EventLog);
+
+impl Write for EventWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.0.file.lock() {
+            Ok(mut guard) => match guard.as_mut() {
+                Some(f) => f.write(buf),
+                None => io::stderr().write(buf),
+            },
+            Err(_) => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for EventLog {
+    type Writer = EventWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        EventWriter(self.clone())
+    }
+}

@@ -1,0 +1,36 @@
+//! baton: a process supervisor whose `start` means ready. `main` is a switchboard.
+
+mod cli;
+mod config;
+mod control;
+mod daemon;
+mod error;
+mod exit;
+mod generate;
+mod logs;
+mod pidfile;
+mod probe;
+mod process;
+mod service;
+mod supervisor;
+mod sys;
+
+use clap::Parser;
+
+fn main() {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(cli::usage_code(&e));
+        }
+    };
+    let code = match cli.run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("baton: {e}");
+            e.exit_code().code()
+        }
+    };
+    std::process::exit(code);
+}

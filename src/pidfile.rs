@@ -1,0 +1,225 @@
+//! PID file, supervisor lock and state file: the only code that touches them.
+//!
+//! Truth about liveness comes from the supervisor's lock, not from the PID
+//! file existing: the lock dies with the process, so a reused PID can never
+//! look alive. The PID file holds the PID alone on its first line, as LSB's
+//! `pidofproc` reads it; identity (start time) lives in the state file.
+
+use crate::config::Spec;
+use crate::error::{Error, Result};
+use crate::exit::Action;
+use crate::process;
+use nix::fcntl::{Flock, FlockArg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Writes `contents` to `path` atomically: a crash leaves the old file or the new one, never half.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Writes the PID file (the PID alone on the first line).
+pub fn write(path: &Path, pid: Pid) -> Result<()> {
+    write_atomic(path, format!("{pid}\n").as_bytes(), 0o644)
+        .map_err(|e| Error::io(format!("write PID file {}", path.display()), &e))
+}
+
+/// Reads the PID on the first line; `Ok(None)` if there is no file.
+pub fn read(path: &Path) -> Result<Option<Pid>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let first = text.lines().next().unwrap_or("").trim();
+            first.parse::<i32>().ok().filter(|&n| n > 0).map(|n| Some(Pid::from_raw(n))).ok_or_else(|| {
+                Error::unable(format!("read PID file {}", path.display()), format!("first line {first:?} is not a PID"))
+                    .code(Action::Generic)
+                    .hint("remove the file if no baton supervisor is running")
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("read PID file {}", path.display()), &e)),
+    }
+}
+
+/// Removes a file; absent is fine.
+pub fn remove(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!("unable to remove {}: {e}", path.display()),
+    }
+}
+
+/// Where the supervisor lock lives.
+pub fn lock_path(spec: &Spec) -> PathBuf {
+    spec.state_dir.join("supervisor.lock")
+}
+
+/// Where `start` serialises itself so concurrent starts yield one service.
+pub fn start_lock_path(spec: &Spec) -> PathBuf {
+    spec.state_dir.join("start.lock")
+}
+
+/// Where the last known state is kept for when the supervisor is gone.
+pub fn state_path(spec: &Spec) -> PathBuf {
+    spec.state_dir.join("state.json")
+}
+
+fn open_lock(path: &Path) -> std::io::Result<File> {
+    // 0644: anyone allowed to run `status` may test the lock.
+    OpenOptions::new().read(true).write(true).create(true).mode(0o644).open(path).or_else(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            File::open(path)
+        } else {
+            Err(e)
+        }
+    })
+}
+
+/// Held for the supervisor's lifetime.
+pub struct SupervisorLock(#[allow(dead_code)] Flock<File>);
+
+/// Takes the supervisor lock, or says another supervisor holds it.
+pub fn lock_supervisor(spec: &Spec) -> Result<Option<SupervisorLock>> {
+    let path = lock_path(spec);
+    let f = open_lock(&path).map_err(|e| Error::io(format!("open lock {}", path.display()), &e))?;
+    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(Some(SupervisorLock(l))),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(Error::errno(format!("lock {}", path.display()), e)),
+    }
+}
+
+/// Held by one `start` (or `stop`) at a time; blocks until free.
+pub struct CommandLock(#[allow(dead_code)] Flock<File>);
+
+/// Serialises state-changing commands on one service.
+pub fn lock_commands(spec: &Spec) -> Result<CommandLock> {
+    let path = start_lock_path(spec);
+    let f = open_lock(&path).map_err(|e| Error::io(format!("open lock {}", path.display()), &e))?;
+    Flock::lock(f, FlockArg::LockExclusive)
+        .map(CommandLock)
+        .map_err(|(_, e)| Error::errno(format!("lock {}", path.display()), e))
+}
+
+/// Whether a supervisor holds its lock right now.
+pub fn supervisor_alive(spec: &Spec) -> Result<bool> {
+    let path = lock_path(spec);
+    let f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io(format!("open lock {}", path.display()), &e)),
+    };
+    match Flock::lock(f, FlockArg::LockSharedNonblock) {
+        Ok(_released_on_drop) => Ok(false),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(true),
+        Err((_, e)) => Err(Error::errno(format!("test lock {}", path.display()), e)),
+    }
+}
+
+/// Blocks until the supervisor has exited (its lock is released). No polling: flock sleeps in the kernel.
+pub fn wait_supervisor_gone(spec: &Spec) -> Result<()> {
+    let path = lock_path(spec);
+    let f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("open lock {}", path.display()), &e)),
+    };
+    Flock::lock(f, FlockArg::LockShared)
+        .map(drop)
+        .map_err(|(_, e)| Error::errno(format!("wait on lock {}", path.display()), e))
+}
+
+/// A process and the start time that proves it is still the same one.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Identity {
+    /// The PID.
+    pub pid: i32,
+    /// /proc/PID/stat field 22.
+    pub starttime: u64,
+}
+
+impl Identity {
+    /// The identity of a live process.
+    pub fn of(pid: Pid) -> Option<Identity> {
+        process::starttime(pid).map(|starttime| Identity { pid: pid.as_raw(), starttime })
+    }
+
+    /// Whether this exact process (not a successor with the same PID) still runs.
+    pub fn alive(&self) -> bool {
+        process::starttime(Pid::from_raw(self.pid)) == Some(self.starttime)
+    }
+}
+
+/// What the supervisor last recorded, readable after it is gone.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StateFile {
+    /// The supervisor.
+    pub supervisor: Option<Identity>,
+    /// The service leader (also its process group).
+    pub service: Option<Identity>,
+    /// The state name, e.g. "ready", "failed".
+    pub state: String,
+    /// Why the service last ended.
+    pub last_exit: Option<String>,
+    /// Why the supervisor gave up, if it did.
+    pub failure: Option<String>,
+}
+
+/// Records state for post-mortem `status` and orphan clean-up.
+pub fn write_state(spec: &Spec, state: &StateFile) {
+    let path = state_path(spec);
+    let body = serde_json::to_vec_pretty(state).unwrap_or_default();
+    if let Err(e) = write_atomic(&path, &body, 0o644) {
+        tracing::warn!("unable to write state file {}: {e}", path.display());
+    }
+}
+
+/// Reads the state file; missing or unreadable reads as empty.
+pub fn read_state(spec: &Spec) -> StateFile {
+    std::fs::read(state_path(spec)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+}
+
+/// Processes of a previous service whose supervisor died, still alive.
+pub fn orphans(state: &StateFile) -> Vec<Pid> {
+    match state.service {
+        Some(id) => process::group_members(Pid::from_raw(id.pid), id.starttime),
+        None => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pidfile_round_trip_and_garbage() {
+        let dir = std::env::temp_dir().join(format!("baton-pidfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let p = dir.join("x.pid");
+        assert_eq!(read(&p).ok().flatten(), None);
+        write(&p, Pid::from_raw(4242)).expect("write");
+        assert_eq!(std::fs::read_to_string(&p).expect("read"), "4242\n");
+        assert_eq!(read(&p).ok().flatten(), Some(Pid::from_raw(4242)));
+        std::fs::write(&p, "garbage\n").expect("write");
+        assert!(read(&p).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn identity_tells_reuse() {
+        let me = Identity::of(nix::unistd::getpid()).expect("self");
+        assert!(me.alive());
+        let reused = Identity { starttime: me.starttime + 1, ..me };
+        assert!(!reused.alive());
+    }
+}

@@ -1,0 +1,206 @@
+//! Spawning the service into its own process group, and finding, signalling and identifying processes.
+
+use crate::config::Spec;
+use crate::error::{Error, Result};
+use crate::exit::Action;
+use crate::sys;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+/// A freshly spawned service: its PID (also its process group) and its output pipes.
+pub struct Spawned {
+    /// Leader PID; equals the process group id.
+    pub pid: Pid,
+    /// Start time of the leader, for identity checks after a supervisor restart.
+    pub starttime: u64,
+    /// Read end of the service's stdout.
+    pub stdout: OwnedFd,
+    /// Read end of the service's stderr.
+    pub stderr: OwnedFd,
+}
+
+/// Spawns the service for one instance: own process group, dropped privileges, environment set.
+pub fn spawn(spec: &Spec, port: Option<u16>, notify_socket: Option<&Path>) -> Result<Spawned> {
+    let argv: Vec<String> = spec.command.iter().map(|a| spec.expand(a, port)).collect();
+    let program = resolve_program(&argv[0], spec.base_dir());
+    let mut cmd = Command::new(&program);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .current_dir(spec.workdir.as_deref().unwrap_or(Path::new("/")));
+    // Our own NOTIFY_SOCKET (from systemd, under `run`) is not the service's to use.
+    cmd.env_remove("NOTIFY_SOCKET");
+    if let Some(a) = &spec.account {
+        cmd.env("HOME", &a.home).env("USER", &a.name).env("LOGNAME", &a.name).env("SHELL", &a.shell);
+    }
+    if let Some(p) = port {
+        cmd.env("PORT", p.to_string());
+    }
+    for (k, v) in &spec.env {
+        cmd.env(k, spec.expand(v, port));
+    }
+    if let Some(sock) = notify_socket {
+        cmd.env("NOTIFY_SOCKET", sock);
+    }
+    sys::install(
+        &mut cmd,
+        sys::ChildSetup {
+            account: spec.account.clone(),
+            umask: spec.umask,
+            parent: nix::unistd::getpid(),
+            new_session: false,
+            // SIGKILL, not the stop signal: a supervisor that died by kill -9 cannot
+            // finish a graceful stop anyway, and a service ignoring TERM must not linger.
+            parent_death_signal: Some(Signal::SIGKILL),
+        },
+    );
+    let mut child = cmd.spawn().map_err(|e| {
+        let code = match e.kind() {
+            std::io::ErrorKind::NotFound => Action::NotInstalled,
+            std::io::ErrorKind::PermissionDenied => Action::NoPrivilege,
+            _ => Action::Generic,
+        };
+        Error::io(format!("spawn {}", program.display()), &e).code(code)
+    })?;
+    let pid = Pid::from_raw(child.id() as i32);
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(Error::unable("capture the service's output", "no pipes were created"));
+    };
+    // The Child handle is dropped without waiting: the supervisor reaps every child with waitpid(-1).
+    Ok(Spawned { pid, starttime: starttime(pid).unwrap_or(0), stdout: out.into(), stderr: err.into() })
+}
+
+/// Relative programs with a slash are relative to the config file's directory.
+fn resolve_program(prog: &str, base: &Path) -> PathBuf {
+    let p = Path::new(prog);
+    if prog.contains('/') && p.is_relative() {
+        base.join(p)
+    } else {
+        p.to_path_buf()
+    }
+}
+
+/// One line of /proc/PID/stat, the fields baton needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// The process.
+    pub pid: Pid,
+    /// Its parent.
+    pub ppid: Pid,
+    /// Its process group.
+    pub pgrp: Pid,
+    /// Start time in clock ticks since boot: with the PID, a process's identity.
+    pub starttime: u64,
+}
+
+/// Parses /proc/PID/stat text; the command name may contain spaces and parentheses.
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
+    let pid = text.split_whitespace().next()?.parse().ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state(0) ppid(1) pgrp(2) ... starttime is field 22 overall, index 19 here.
+    Some(ProcStat {
+        pid: Pid::from_raw(pid),
+        ppid: Pid::from_raw(f.get(1)?.parse().ok()?),
+        pgrp: Pid::from_raw(f.get(2)?.parse().ok()?),
+        starttime: f.get(19)?.parse().ok()?,
+    })
+}
+
+/// Reads one process's stat; `None` once it is gone.
+pub fn stat(pid: Pid) -> Option<ProcStat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The start time that, with the PID, identifies a process.
+pub fn starttime(pid: Pid) -> Option<u64> {
+    stat(pid).map(|s| s.starttime)
+}
+
+/// Every process on the system; used only when stopping or cleaning up, never while idle.
+pub fn all() -> Vec<ProcStat> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| stat(Pid::from_raw(pid)))
+        .collect()
+}
+
+/// All descendants of `root` (not `root` itself).
+pub fn descendants(root: Pid) -> Vec<Pid> {
+    let procs = all();
+    let mut children: HashMap<Pid, Vec<Pid>> = HashMap::new();
+    for p in &procs {
+        children.entry(p.ppid).or_default().push(p.pid);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        if let Some(kids) = children.get(&p) {
+            out.extend(kids);
+            stack.extend(kids);
+        }
+    }
+    out
+}
+
+/// Processes still in group `pgid` that started no earlier than its leader did (so not a reused id).
+pub fn group_members(pgid: Pid, leader_starttime: u64) -> Vec<Pid> {
+    all().into_iter().filter(|p| p.pgrp == pgid && p.starttime >= leader_starttime).map(|p| p.pid).collect()
+}
+
+/// Signals a process group; a group that is already gone is not an error.
+pub fn signal_group(pgid: Pid, sig: Signal) {
+    match killpg(pgid, sig) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => tracing::warn!("unable to send {sig} to process group {pgid}: {e}"),
+    }
+}
+
+/// Signals one process; a process that is already gone is not an error.
+pub fn signal(pid: Pid, sig: Signal) {
+    match kill(pid, sig) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => tracing::warn!("unable to send {sig} to pid {pid}: {e}"),
+    }
+}
+
+/// Signals the service group and every other descendant of this supervisor, however far they strayed.
+pub fn signal_tree(pgid: Option<Pid>, sig: Signal, except: &[Pid]) -> Vec<Pid> {
+    if let Some(g) = pgid {
+        signal_group(g, sig);
+    }
+    let rest: Vec<Pid> = descendants(nix::unistd::getpid()).into_iter().filter(|p| !except.contains(p)).collect();
+    for &p in &rest {
+        signal(p, sig);
+    }
+    rest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_awkward_name() {
+        let line = "4242 (my (weird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 10";
+        let s = parse_stat(line).expect("parses");
+        assert_eq!(s.pid, Pid::from_raw(4242));
+        assert_eq!(s.ppid, Pid::from_raw(1));
+        assert_eq!(s.pgrp, Pid::from_raw(4242));
+        assert_eq!(s.starttime, 987654);
+    }
+
+    #[test]
+    fn own_stat_is_readable() {
+        let me = stat(nix::unistd::getpid()).expect("own stat");
+        assert_eq!(me.pid, nix::unistd::getpid());
+        assert!(me.starttime > 0);
+    }
+}

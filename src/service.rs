@@ -1,0 +1,351 @@
+//! What each LSB action does, from the operator's side: find the supervisor, talk to it, report.
+
+use crate::config::{PortSpec, Spec};
+use crate::control::{self, Reply, Report};
+use crate::daemon::{self, Started};
+use crate::error::{Error, Result};
+use crate::exit::{Action, Status};
+use crate::pidfile::{self, StateFile};
+use crate::process;
+use nix::sys::signal::Signal;
+use nix::unistd::{AccessFlags, Pid, Uid};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::time::Duration;
+
+/// `status` asks the supervisor; a hung one must not hang `status` too.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Starts the service and returns once it is ready (or already running).
+pub fn start(spec: &Spec) -> Result<()> {
+    preflight(spec)?;
+    let _lock = pidfile::lock_commands(spec)?;
+    start_locked(spec)
+}
+
+fn start_locked(spec: &Spec) -> Result<()> {
+    let name = &spec.name;
+    if pidfile::supervisor_alive(spec)? {
+        println!("{name} is already running");
+        return Ok(());
+    }
+    clean_up_dead(spec);
+    check_port_free(spec)?;
+    match daemon::start_supervisor(&spec.file, name)? {
+        Started::Ready(pid) => println!("{name} is ready (supervisor pid {pid})"),
+        Started::AlreadyRunning => println!("{name} is already running"),
+    }
+    Ok(())
+}
+
+/// Stops the service and everything it started; succeeds when it was not running.
+pub fn stop(spec: &Spec) -> Result<()> {
+    ensure_state_dir(spec)?;
+    let _lock = pidfile::lock_commands(spec)?;
+    stop_locked(spec)
+}
+
+fn stop_locked(spec: &Spec) -> Result<()> {
+    let name = &spec.name;
+    if !pidfile::supervisor_alive(spec)? {
+        if !clean_up_dead(spec) {
+            println!("{name} is not running");
+        }
+        return Ok(());
+    }
+    match control::request(&spec.socket, "stop", None) {
+        Ok(replies) => {
+            for reply in replies {
+                match reply? {
+                    Reply::Progress { message } => eprintln!("{name}: {message}"),
+                    Reply::Error { message, code } => {
+                        return Err(Error::unable(format!("stop {name}"), message).code(action(code)))
+                    }
+                    Reply::Ok { .. } | Reply::Status(_) => {}
+                }
+            }
+        }
+        // The socket is gone or refuses us: fall back to signalling the verified supervisor.
+        Err(e) => {
+            let state = pidfile::read_state(spec);
+            let Some(sup) = state.supervisor.filter(|s| s.alive()) else {
+                return Err(e.hint("the supervisor runs but cannot be identified; check the state directory"));
+            };
+            eprintln!("{name}: control socket unavailable ({e}); sending SIGTERM to supervisor pid {}", sup.pid);
+            process::signal(Pid::from_raw(sup.pid), Signal::SIGTERM);
+        }
+    }
+    pidfile::wait_supervisor_gone(spec)?;
+    println!("{name} stopped");
+    Ok(())
+}
+
+/// Stop, then start.
+pub fn restart(spec: &Spec) -> Result<()> {
+    preflight(spec)?;
+    let _lock = pidfile::lock_commands(spec)?;
+    stop_locked(spec)?;
+    start_locked(spec)
+}
+
+/// Restart only if running; a stopped service stays stopped.
+pub fn try_restart(spec: &Spec) -> Result<()> {
+    ensure_state_dir(spec)?;
+    if !pidfile::supervisor_alive(spec)? {
+        println!("{} is not running; not restarting it", spec.name);
+        return Ok(());
+    }
+    restart(spec)
+}
+
+/// Delivers the reload signal to the running service.
+pub fn reload(spec: &Spec) -> Result<()> {
+    simple_request(spec, "reload")
+}
+
+/// Asks the supervisor to reopen its log files (after an external logrotate).
+pub fn reopen_logs(spec: &Spec) -> Result<()> {
+    simple_request(spec, "reopen")
+}
+
+fn simple_request(spec: &Spec, what: &str) -> Result<()> {
+    let name = &spec.name;
+    if !pidfile::supervisor_alive(spec).unwrap_or(false) {
+        return Err(Error::unable(format!("{what} {name}"), format!("{name} is not running")).code(Action::NotRunning));
+    }
+    for reply in control::request(&spec.socket, what, Some(STATUS_TIMEOUT))? {
+        match reply? {
+            Reply::Ok { message } => println!("{message}"),
+            Reply::Error { message, code } => return Err(Error::unable(format!("{what} {name}"), message).code(action(code))),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Reports the service's state and returns the LSB status code.
+pub fn status(spec: &Spec, json: bool) -> Result<Status> {
+    let (report, code) = match pidfile::supervisor_alive(spec) {
+        Ok(true) => {
+            let reply = control::request(&spec.socket, "status", Some(STATUS_TIMEOUT))
+                .and_then(|mut r| r.next().unwrap_or_else(|| Err(Error::unable("read status", "no reply"))));
+            match reply {
+                Ok(Reply::Status(r)) => {
+                    let code = if r.ready { Status::Running } else { Status::DeadWithPidfile };
+                    // Before the first ready there is no PID file: LSB says "not running".
+                    let code = if code == Status::DeadWithPidfile && !spec.pidfile.exists() { Status::NotRunning } else { code };
+                    (r, code)
+                }
+                Ok(other) => (unknown(spec, format!("unexpected reply {other:?}")), Status::Unknown),
+                Err(e) => (unknown(spec, e.to_string()), Status::Unknown),
+            }
+        }
+        Ok(false) => post_mortem(spec),
+        Err(e) => (unknown(spec, e.to_string()), Status::Unknown),
+    };
+    if json {
+        let mut v = serde_json::to_value(&report).unwrap_or_default();
+        v["status_code"] = serde_json::Value::from(code.code());
+        println!("{v}");
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(code)
+}
+
+fn unknown(spec: &Spec, why: String) -> Report {
+    Report { name: spec.name.clone(), state: "unknown".into(), problem: Some(why), ..Report::default() }
+}
+
+/// The truth when no supervisor holds the lock: "dead" if a PID file remains, else "not running".
+fn post_mortem(spec: &Spec) -> (Report, Status) {
+    let state = pidfile::read_state(spec);
+    let orphans: Vec<i32> = pidfile::orphans(&state).iter().map(|p| p.as_raw()).collect();
+    let pid_in_file = pidfile::read(&spec.pidfile);
+    let mut report = Report {
+        name: spec.name.clone(),
+        last_exit: state.last_exit.clone(),
+        processes: orphans.clone(),
+        ..Report::default()
+    };
+    let mut problems = Vec::new();
+    if let Some(f) = &state.failure {
+        problems.push(f.clone());
+    }
+    if !orphans.is_empty() {
+        problems.push(format!(
+            "the supervisor died but {} service process(es) still run (pid {}); `baton stop` or `baton start` kills them",
+            orphans.len(),
+            join(&orphans)
+        ));
+    }
+    let code = match pid_in_file {
+        Ok(Some(pid)) => {
+            report.state = "dead".into();
+            report.supervisor_pid = Some(pid.as_raw());
+            problems.insert(0, format!("PID file {} names pid {pid}, which is not a running baton supervisor", spec.pidfile.display()));
+            Status::DeadWithPidfile
+        }
+        Ok(None) => {
+            report.state = if state.state == "failed" { "failed".into() } else { "not running".into() };
+            Status::NotRunning
+        }
+        Err(e) => {
+            report.state = "unknown".into();
+            problems.push(e.to_string());
+            Status::Unknown
+        }
+    };
+    if !problems.is_empty() {
+        report.problem = Some(problems.join("; "));
+    }
+    (report, code)
+}
+
+fn render(r: &Report) -> String {
+    let mut out = format!("{}: {}", r.name, r.state);
+    if r.state == "crash-looping" {
+        out.push_str(&format!(", attempt {}", r.attempt));
+        if let Some(s) = r.next_try_in_secs {
+            out.push_str(&format!(", next try in {}", crate::supervisor::state::human(Duration::from_secs_f64(s))));
+        }
+    }
+    out.push('\n');
+    let mut facts = Vec::new();
+    if let Some(p) = r.supervisor_pid {
+        facts.push(format!("supervisor pid {p}"));
+    }
+    if let Some(p) = r.service_pid {
+        facts.push(format!("service pid {p}"));
+    }
+    if let Some(p) = r.port {
+        facts.push(format!("port {p}"));
+    }
+    if let Some(u) = r.uptime_secs {
+        facts.push(format!("up {}", crate::supervisor::state::human(Duration::from_secs(u as u64))));
+    }
+    if r.supervisor_pid.is_some() && r.state != "dead" {
+        facts.push(format!("restarts {}", r.restarts));
+    }
+    if !facts.is_empty() {
+        out.push_str(&format!("  {}\n", facts.join(", ")));
+    }
+    if r.processes.len() > 1 {
+        out.push_str(&format!("  processes: {}\n", join(&r.processes)));
+    }
+    if let Some(w) = &r.waiting_for {
+        out.push_str(&format!("  waiting for: {w}\n"));
+    }
+    if let Some(e) = &r.last_exit {
+        out.push_str(&format!("  last exit: {e}\n"));
+    }
+    if let Some(p) = &r.problem {
+        out.push_str(&format!("  problem: {p}\n"));
+    }
+    out
+}
+
+fn join(pids: &[i32]) -> String {
+    pids.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
+}
+
+fn action(code: i32) -> Action {
+    match code {
+        2 => Action::BadArgs,
+        4 => Action::NoPrivilege,
+        7 => Action::NotRunning,
+        _ => Action::Generic,
+    }
+}
+
+/// Kills what a dead supervisor left behind and removes its stale PID file; true if there was anything.
+fn clean_up_dead(spec: &Spec) -> bool {
+    let name = &spec.name;
+    let state: StateFile = pidfile::read_state(spec);
+    let orphans = pidfile::orphans(&state);
+    if !orphans.is_empty() {
+        eprintln!(
+            "{name}: killing {} process(es) left by a supervisor that died: pid {}",
+            orphans.len(),
+            join(&orphans.iter().map(|p| p.as_raw()).collect::<Vec<_>>())
+        );
+        for p in &orphans {
+            process::signal(*p, Signal::SIGKILL);
+        }
+    }
+    // Only the lock proves a supervisor; with it free, whatever the PID file names is not ours.
+    let stale = match pidfile::read(&spec.pidfile) {
+        Ok(Some(pid)) => {
+            eprintln!("{name}: removing stale PID file {} (pid {pid} is not a running supervisor)", spec.pidfile.display());
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            eprintln!("{name}: removing unreadable PID file: {e}");
+            true
+        }
+    };
+    if stale {
+        pidfile::remove(&spec.pidfile);
+    }
+    stale || !orphans.is_empty()
+}
+
+/// Everything `start` can check before detaching, so errors reach the terminal directly.
+fn preflight(spec: &Spec) -> Result<()> {
+    let me = Uid::effective();
+    if let Some(a) = &spec.account {
+        if !me.is_root() && me != a.uid {
+            return Err(Error::unable(
+                format!("start {} as user {}", spec.name, a.name),
+                format!("only root can switch users and baton runs as uid {me}"),
+            )
+            .code(Action::NoPrivilege)
+            .hint("run it as root (sudo), or remove `user` from the config"));
+        }
+    }
+    let dirs = [
+        ("PID file directory", spec.pidfile.parent()),
+        ("control socket directory", spec.socket.parent()),
+        ("state directory", Some(spec.state_dir.as_path())),
+        ("log directory", Some(spec.log.dir.as_path())),
+    ];
+    for (what, dir) in dirs {
+        if let Some(dir) = dir {
+            make_dir(what, dir)?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates the directories `run` needs (`start` does the same before detaching).
+pub fn prepare(spec: &Spec) -> Result<()> {
+    preflight(spec)
+}
+
+fn ensure_state_dir(spec: &Spec) -> Result<()> {
+    make_dir("state directory", &spec.state_dir)
+}
+
+fn make_dir(what: &str, dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|e| Error::io(format!("create {what} {}", dir.display()), &e).hint("run as root or point the config elsewhere"))?;
+    nix::unistd::access(dir, AccessFlags::W_OK).map_err(|e| {
+        Error::errno(format!("write to {what} {}", dir.display()), e).hint("run as root, fix its owner, or point the config elsewhere")
+    })
+}
+
+fn check_port_free(spec: &Spec) -> Result<()> {
+    if let PortSpec::Fixed(port) = spec.port {
+        if let Err(e) = std::net::TcpListener::bind(("0.0.0.0", port)) {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                return Err(Error::unable(format!("start {}", spec.name), format!("port {port} is already in use"))
+                    .hint(format!("find the owner with `ss -ltnp sport = :{port}`, or change [port] in {}", spec.file.display())));
+            }
+        }
+    }
+    Ok(())
+}

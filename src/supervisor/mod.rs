@@ -1,0 +1,718 @@
+//! The supervisor loop: one thread, one poll(2), every event fed to the state machine.
+//!
+//! Signals arrive on a signalfd, child output on pipes, commands on the control
+//! socket, readiness on probe sockets and the notify socket. The poll timeout is
+//! the nearest deadline, and there is none while the service runs quietly, so an
+//! idle supervisor never wakes up.
+
+pub mod state;
+
+use crate::config::{PortSpec, Spec};
+use crate::control::{Conn, Incoming, Reply, Report, Server};
+use crate::daemon::Reporter;
+use crate::error::{Error, Result};
+use crate::logs::{Drained, Output, Pipe, StreamKind};
+use crate::pidfile::{self, Identity, StateFile};
+use crate::probe::Probes;
+use crate::process;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use state::{Effect, Exit, Input, Machine, Outcome, Phase, Rules};
+use std::collections::VecDeque;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How often a waiting `stop` hears what it is waiting for.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// The running instance of the service.
+struct Instance {
+    pid: Pid,
+    starttime: u64,
+    port: Option<u16>,
+    /// Present while starting.
+    probes: Option<Probes>,
+    ready_since: Option<Instant>,
+}
+
+/// Everything the loop owns.
+struct Supervisor {
+    spec: Spec,
+    sigfd: SignalFd,
+    machine: Machine,
+    instance: Option<Instance>,
+    pipes: Vec<Pipe>,
+    output: Output,
+    server: Server,
+    conns: Vec<Conn>,
+    notify: Option<(UnixDatagram, PathBuf)>,
+    reporter: Reporter,
+    /// Tell systemd READY=1 (under `run` with NOTIFY_SOCKET set).
+    systemd: Option<String>,
+    events: crate::logs::EventLog,
+    next_progress: Option<Instant>,
+    rng: u64,
+    queue: VecDeque<Input>,
+}
+
+/// How the supervisor process was started.
+pub struct Options {
+    /// Reports ready/failed to a waiting `baton start`.
+    pub reporter: Reporter,
+    /// The systemd notify socket to tell READY=1, under `run`.
+    pub systemd_notify: Option<String>,
+    /// Where the supervisor's own events go.
+    pub events: crate::logs::EventLog,
+}
+
+/// Supervises the service until it is stopped or given up on; returns the process exit code.
+pub fn run(spec: Spec, opts: Options) -> Result<i32> {
+    let Options { mut reporter, systemd_notify, events } = opts;
+    let Some(_lock) = pidfile::lock_supervisor(&spec)? else {
+        reporter.already_running();
+        tracing::info!("another supervisor already runs {}", spec.name);
+        return Ok(0);
+    };
+    match setup(spec, reporter, systemd_notify, events) {
+        Ok(mut sup) => sup.run(),
+        Err((e, mut reporter)) => {
+            reporter.failed(e.exit_code().code(), &e.to_string());
+            Err(e)
+        }
+    }
+}
+
+fn setup(
+    spec: Spec,
+    reporter: Reporter,
+    systemd: Option<String>,
+    events: crate::logs::EventLog,
+) -> std::result::Result<Supervisor, (Error, Reporter)> {
+    let r = (|| {
+        // Descendants that daemonize (double fork, setsid) are re-parented to us, not to init,
+        // so a stop can find and reap every one of them without cgroups.
+        nix::sys::prctl::set_child_subreaper(true).map_err(|e| Error::errno("become a child subreaper", e))?;
+        let mut mask = SigSet::empty();
+        for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1] {
+            mask.add(s);
+        }
+        mask.thread_block().map_err(|e| Error::errno("block signals", e))?;
+        let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| Error::errno("create signalfd", e))?;
+        let output = Output::open(&spec.log)
+            .map_err(|e| Error::io(format!("open log files in {}", spec.log.dir.display()), &e))?;
+        let server = Server::bind(&spec.socket)?;
+        let notify = if spec.ready.probes.contains(&crate::config::ProbeSpec::Notify) {
+            let path = spec.state_dir.join("notify.sock");
+            let _ = std::fs::remove_file(&path);
+            let sock = UnixDatagram::bind(&path)
+                .map_err(|e| Error::io(format!("create notify socket {}", path.display()), &e))?;
+            sock.set_nonblocking(true).map_err(|e| Error::io("configure notify socket", &e))?;
+            if let Some(a) = &spec.account {
+                nix::unistd::chown(&path, Some(a.uid), Some(a.gid))
+                    .map_err(|e| Error::errno(format!("hand {} to {}", path.display(), a.name), e))?;
+            }
+            Some((sock, path))
+        } else {
+            None
+        };
+        Ok((sigfd, output, server, notify))
+    })();
+    let (sigfd, output, server, notify) = match r {
+        Ok(v) => v,
+        Err(e) => return Err((e, reporter)),
+    };
+    let rules = Rules {
+        restart: spec.restart.clone(),
+        ready_timeout: spec.ready.timeout,
+        stop_signal: spec.stop.signal,
+        stop_timeout: spec.stop.timeout,
+        dump_after: spec.stop.dump_signal.map(|_| spec.stop.dump_after),
+    };
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+        ^ u64::from(std::process::id());
+    Ok(Supervisor {
+        sigfd,
+        machine: Machine::new(rules),
+        spec,
+        instance: None,
+        pipes: Vec::new(),
+        output,
+        server,
+        conns: Vec::new(),
+        notify,
+        reporter,
+        systemd,
+        events,
+        next_progress: None,
+        rng: seed | 1,
+        queue: VecDeque::new(),
+    })
+}
+
+/// What a polled descriptor belongs to.
+#[derive(Clone, Copy)]
+enum Source {
+    Signals,
+    Control,
+    Conn(usize),
+    Notify,
+    Pipe(usize),
+    Probe(usize),
+}
+
+impl Supervisor {
+    fn run(&mut self) -> Result<i32> {
+        tracing::info!("supervising {} (config {})", self.spec.name, self.spec.file.display());
+        self.feed(Input::Start);
+        while !matches!(self.machine.phase, Phase::Done(_)) {
+            self.wait_and_dispatch()?;
+        }
+        Ok(self.finish())
+    }
+
+    /// One poll(2) and the handling of whatever it reported.
+    fn wait_and_dispatch(&mut self) -> Result<()> {
+        let now = Instant::now();
+        let deadline = [
+            self.machine.deadline(),
+            self.instance.as_ref().and_then(|i| i.probes.as_ref()).and_then(Probes::next_deadline),
+            self.next_progress,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            // Round up so we never wake a hair early and spin.
+            Some(d) => PollTimeout::try_from(d.saturating_duration_since(now) + Duration::from_micros(999))
+                .unwrap_or(PollTimeout::MAX),
+        };
+
+        let ready: Vec<(Source, PollFlags)> = {
+            let mut fds = vec![PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN)];
+            let mut sources = vec![Source::Signals];
+            fds.push(PollFd::new(self.server.as_fd(), PollFlags::POLLIN));
+            sources.push(Source::Control);
+            for (i, c) in self.conns.iter().enumerate() {
+                fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+                sources.push(Source::Conn(i));
+            }
+            if let Some((sock, _)) = &self.notify {
+                fds.push(PollFd::new(sock.as_fd(), PollFlags::POLLIN));
+                sources.push(Source::Notify);
+            }
+            for (i, p) in self.pipes.iter().enumerate() {
+                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+                sources.push(Source::Pipe(i));
+            }
+            if let Some(probes) = self.instance.as_ref().and_then(|i| i.probes.as_ref()) {
+                for interest in probes.interests() {
+                    fds.push(PollFd::new(interest.fd, interest.events));
+                    sources.push(Source::Probe(interest.index));
+                }
+            }
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(_) => fds
+                    .iter()
+                    .zip(sources)
+                    .filter_map(|(fd, src)| fd.revents().filter(|r| !r.is_empty()).map(|r| (src, r)))
+                    .collect(),
+                Err(nix::errno::Errno::EINTR) => Vec::new(),
+                Err(e) => return Err(Error::errno("wait for events", e)),
+            }
+        };
+
+        let now = Instant::now();
+        let mut closed_pipes = Vec::new();
+        let mut closed_conns = Vec::new();
+        for (src, _) in ready {
+            match src {
+                Source::Signals => self.on_signals(),
+                Source::Control => {
+                    let new = self.server.accept();
+                    self.conns.extend(new);
+                }
+                Source::Conn(i) => match self.conns.get_mut(i).map(Conn::read) {
+                    Some(Incoming::Request(r)) => self.on_request(i, &r),
+                    Some(Incoming::Closed) => closed_conns.push(i),
+                    _ => {}
+                },
+                Source::Notify => self.on_notify(),
+                Source::Pipe(i) => {
+                    if let Drained::Closed = self.drain_pipe(i) {
+                        closed_pipes.push(i);
+                    }
+                }
+                Source::Probe(i) => {
+                    if let Some(p) = self.instance.as_mut().and_then(|i| i.probes.as_mut()) {
+                        p.on_fd(i, now);
+                    }
+                }
+            }
+        }
+        for i in closed_pipes.into_iter().rev() {
+            self.pipes.swap_remove(i);
+        }
+        closed_conns.sort_unstable();
+        for i in closed_conns.into_iter().rev() {
+            self.conns.swap_remove(i);
+        }
+        self.on_time(Instant::now());
+        Ok(())
+    }
+
+    fn on_time(&mut self, now: Instant) {
+        if let Some(p) = self.instance.as_mut().and_then(|i| i.probes.as_mut()) {
+            p.on_timer(now);
+        }
+        self.check_probes();
+        if self.machine.deadline().is_some_and(|d| d <= now) {
+            self.feed(Input::Tick);
+        }
+        if self.next_progress.is_some_and(|t| t <= now) {
+            self.progress();
+        }
+    }
+
+    fn check_probes(&mut self) {
+        let passed = self.instance.as_ref().and_then(|i| i.probes.as_ref()).is_some_and(Probes::passed);
+        if passed && matches!(self.machine.phase, Phase::Starting { .. }) {
+            self.feed(Input::ProbesPassed);
+        }
+    }
+
+    /// Steps the machine with `input` and performs effects until no input is pending.
+    fn feed(&mut self, input: Input) {
+        self.queue.push_back(input);
+        while let Some(input) = self.queue.pop_front() {
+            let before = self.machine.name();
+            let jitter = self.jitter();
+            let effects = self.machine.step(input.clone(), Instant::now(), jitter);
+            let after = self.machine.name();
+            if before != after {
+                tracing::info!("{}: {before} -> {after} ({})", self.spec.name, describe(&input));
+                self.persist();
+            }
+            if !matches!(self.machine.phase, Phase::Starting { .. }) {
+                if let Some(probes) = self.instance.as_mut().and_then(|i| i.probes.as_mut()) {
+                    probes.abort();
+                }
+            }
+            for effect in effects {
+                self.perform(effect);
+            }
+        }
+    }
+
+    fn perform(&mut self, effect: Effect) {
+        match effect {
+            Effect::Spawn => self.spawn(),
+            Effect::SignalTree(sig) => {
+                let pgid = self.instance.as_ref().map(|i| i.pid);
+                let probes = self.probe_pids();
+                let others = process::signal_tree(pgid, sig, &probes);
+                let msg = format!(
+                    "sent {sig} to process group {}{}",
+                    pgid.map_or("-".into(), |p| p.to_string()),
+                    if others.is_empty() { String::new() } else { format!(" and {} other descendants", others.len()) }
+                );
+                tracing::info!("{msg}");
+                self.broadcast(&msg);
+                if self.conns.iter().any(|c| c.watching) {
+                    self.next_progress = Some(Instant::now() + PROGRESS_EVERY);
+                }
+            }
+            Effect::Dump => {
+                if let (Some(sig), Some(inst)) = (self.spec.stop.dump_signal, &self.instance) {
+                    tracing::info!("sent {sig} to process group {} for a thread dump", inst.pid);
+                    process::signal_group(inst.pid, sig);
+                    self.broadcast(&format!("still running: sent {sig} for a thread dump (see stdout.log)"));
+                }
+            }
+            Effect::Ready { first } => self.on_ready(first),
+            Effect::CheckTree => self.reap(),
+        }
+    }
+
+    fn spawn(&mut self) {
+        let port = match pick_port(&self.spec.port) {
+            Ok(p) => p,
+            Err(e) => return self.queue.push_back(Input::SpawnFailed(e)),
+        };
+        let now = Instant::now();
+        let probes = match Probes::new(&self.spec, port, now) {
+            Ok(p) => p,
+            Err(e) => return self.queue.push_back(Input::SpawnFailed(format!("readiness probe: {e}"))),
+        };
+        let notify = self.notify.as_ref().map(|(_, p)| p.clone());
+        match process::spawn(&self.spec, port, notify.as_deref()) {
+            Ok(sp) => {
+                tracing::info!("spawned {} (pid {}{})", self.spec.command.join(" "), sp.pid, port.map_or(String::new(), |p| format!(", port {p}")));
+                self.pipes.push(Pipe::new(sp.stdout, StreamKind::Stdout));
+                self.pipes.push(Pipe::new(sp.stderr, StreamKind::Stderr));
+                self.instance = Some(Instance { pid: sp.pid, starttime: sp.starttime, port, probes: Some(probes), ready_since: None });
+                self.queue.push_back(Input::Spawned(sp.pid));
+                if self.spec.ready.probes.is_empty() {
+                    self.queue.push_back(Input::ProbesPassed);
+                }
+            }
+            Err(e) => self.queue.push_back(Input::SpawnFailed(e.to_string())),
+        }
+    }
+
+    fn on_ready(&mut self, first: bool) {
+        if let Some(inst) = self.instance.as_mut() {
+            inst.probes = None;
+            inst.ready_since = Some(Instant::now());
+        }
+        if !first {
+            return;
+        }
+        let me = nix::unistd::getpid();
+        if let Err(e) = pidfile::write(&self.spec.pidfile, me) {
+            tracing::error!("{e}");
+            self.reporter.failed(e.exit_code().code(), &e.to_string());
+            self.queue.push_back(Input::StopRequested);
+            return;
+        }
+        self.persist();
+        self.reporter.ready(me);
+        if let Some(addr) = self.systemd.take() {
+            if let Err(e) = sd_notify(&addr, "READY=1") {
+                tracing::warn!("unable to tell systemd READY=1 on {addr}: {e}");
+            }
+        }
+    }
+
+    fn probe_pids(&self) -> Vec<Pid> {
+        self.instance.as_ref().and_then(|i| i.probes.as_ref()).map(Probes::exec_pids).unwrap_or_default()
+    }
+
+    fn on_signals(&mut self) {
+        let mut got = Vec::new();
+        while let Ok(Some(info)) = self.sigfd.read_signal() {
+            if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                got.push(sig);
+            }
+        }
+        for sig in got {
+            match sig {
+                Signal::SIGCHLD => self.reap(),
+                Signal::SIGTERM | Signal::SIGINT => {
+                    tracing::info!("received {sig}: stopping");
+                    self.feed(Input::StopRequested);
+                }
+                Signal::SIGHUP => match self.reload() {
+                    Ok(m) => tracing::info!("SIGHUP: {m}"),
+                    Err(m) => tracing::warn!("SIGHUP: {m}"),
+                },
+                Signal::SIGUSR1 => self.reopen(),
+                _ => {}
+            }
+        }
+    }
+
+    /// Reaps every exited child; feeds the leader's exit and, when nothing is left, `TreeEmpty`.
+    fn reap(&mut self) {
+        loop {
+            let (pid, exit) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signal(sig)),
+                Ok(WaitStatus::StillAlive) => return,
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => {
+                    // ECHILD: not a single descendant is left.
+                    if matches!(self.machine.phase, Phase::Stopping { leader: None, .. }) {
+                        self.feed(Input::TreeEmpty);
+                    }
+                    return;
+                }
+            };
+            let now = Instant::now();
+            if self.instance.as_ref().is_some_and(|i| i.pid == pid) {
+                tracing::info!("service (pid {pid}) {exit}");
+                self.feed(Input::LeaderExited(exit));
+            } else if let Some(probes) = self.instance.as_mut().and_then(|i| i.probes.as_mut()) {
+                let code = match exit {
+                    Exit::Code(c) => Some(c),
+                    Exit::Signal(_) => None,
+                };
+                if !probes.on_exit(pid, code, now) {
+                    tracing::debug!("reaped descendant {pid} ({exit})");
+                }
+                self.check_probes();
+            } else {
+                tracing::debug!("reaped descendant {pid} ({exit})");
+            }
+        }
+    }
+
+    fn drain_pipe(&mut self, i: usize) -> Drained {
+        let Some(pipe) = self.pipes.get_mut(i) else { return Drained::Closed };
+        let mut probes = self.instance.as_mut().and_then(|i| i.probes.as_mut());
+        let r = pipe.drain(&mut self.output, &mut |_, line| {
+            if let Some(p) = probes.as_mut() {
+                p.on_line(line);
+            }
+        });
+        self.check_probes();
+        r
+    }
+
+    fn on_notify(&mut self) {
+        let Some((sock, _)) = &self.notify else { return };
+        let mut buf = [0u8; 4096];
+        let mut messages = Vec::new();
+        while let Ok(n) = sock.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        for m in messages {
+            tracing::debug!("notify: {}", m.trim());
+            if let Some(p) = self.instance.as_mut().and_then(|i| i.probes.as_mut()) {
+                p.on_notify(&m);
+            }
+        }
+        self.check_probes();
+    }
+
+    fn on_request(&mut self, i: usize, request: &str) {
+        let reply = match request {
+            "status" => Reply::Status(self.report()),
+            "stop" => {
+                if let Some(c) = self.conns.get_mut(i) {
+                    c.watching = true;
+                }
+                self.feed(Input::StopRequested);
+                Reply::Ok { message: format!("stopping {}", self.spec.name) }
+            }
+            "reload" => match self.reload() {
+                Ok(m) => Reply::Ok { message: m },
+                Err(m) => Reply::Error { message: m, code: crate::exit::Action::NotRunning.code() },
+            },
+            "reopen" => {
+                self.reopen();
+                Reply::Ok { message: "log files reopened".into() }
+            }
+            other => Reply::Error { message: format!("unknown request {other:?}"), code: 2 },
+        };
+        if let Some(c) = self.conns.get_mut(i) {
+            c.send(&reply);
+        }
+    }
+
+    fn reload(&mut self) -> std::result::Result<String, String> {
+        let sig = self.spec.reload_signal;
+        match (&self.machine.phase, &self.instance) {
+            (Phase::Ready { .. } | Phase::Starting { .. }, Some(inst)) => {
+                process::signal(inst.pid, sig);
+                tracing::info!("sent {sig} to {} (pid {}) to reload", self.spec.name, inst.pid);
+                Ok(format!("sent {sig} to {} (pid {})", self.spec.name, inst.pid))
+            }
+            _ => Err(format!("{} is {}: nothing to reload", self.spec.name, self.machine.name())),
+        }
+    }
+
+    fn reopen(&mut self) {
+        if let Err(e) = self.output.reopen() {
+            tracing::error!("unable to reopen service logs in {}: {e}", self.spec.log.dir.display());
+        }
+        self.events.reopen();
+        tracing::info!("reopened log files");
+    }
+
+    /// Tells every waiting `stop` what is happening.
+    fn broadcast(&mut self, message: &str) {
+        let reply = Reply::Progress { message: message.to_string() };
+        for c in self.conns.iter_mut().filter(|c| c.watching) {
+            c.send(&reply);
+        }
+    }
+
+    fn progress(&mut self) {
+        let Phase::Stopping { kill_at, killed, .. } = self.machine.phase.clone() else {
+            self.next_progress = None;
+            return;
+        };
+        let mut pids: Vec<i32> = process::descendants(nix::unistd::getpid()).iter().map(|p| p.as_raw()).collect();
+        pids.sort_unstable();
+        let shown: Vec<String> = pids.iter().take(8).map(i32::to_string).collect();
+        let left = kill_at.saturating_duration_since(Instant::now());
+        let msg = if killed {
+            format!("waiting for {} process(es) to die after SIGKILL: pid {}", pids.len(), shown.join(", "))
+        } else {
+            format!(
+                "waiting for {} process(es) to exit: pid {}; SIGKILL in {}s",
+                pids.len(),
+                shown.join(", "),
+                left.as_secs() + u64::from(left.subsec_nanos() > 0)
+            )
+        };
+        self.broadcast(&msg);
+        self.next_progress = Some(Instant::now() + PROGRESS_EVERY);
+    }
+
+    fn report(&self) -> Report {
+        let now = Instant::now();
+        let inst = self.instance.as_ref();
+        let mut processes = vec![];
+        if inst.is_some() {
+            let probes = self.probe_pids();
+            processes = process::descendants(nix::unistd::getpid())
+                .into_iter()
+                .filter(|p| !probes.contains(p))
+                .map(|p| p.as_raw())
+                .collect();
+            processes.sort_unstable();
+        }
+        let service_alive = matches!(self.machine.phase, Phase::Starting { .. } | Phase::Ready { .. });
+        Report {
+            name: self.spec.name.clone(),
+            state: self.machine.name().to_string(),
+            ready: matches!(self.machine.phase, Phase::Ready { .. }),
+            supervisor_pid: Some(nix::unistd::getpid().as_raw()),
+            service_pid: inst.filter(|_| service_alive).map(|i| i.pid.as_raw()),
+            processes,
+            port: inst.and_then(|i| i.port),
+            uptime_secs: match self.machine.phase {
+                Phase::Ready { since, .. } => Some(now.duration_since(since).as_secs_f64()),
+                _ => None,
+            },
+            restarts: self.machine.restarts,
+            attempt: self.machine.attempt,
+            next_try_in_secs: match self.machine.phase {
+                Phase::Backoff { until } => Some(until.saturating_duration_since(now).as_secs_f64()),
+                _ => None,
+            },
+            last_exit: self.machine.last_exit.map(|e| e.to_string()),
+            problem: None,
+            waiting_for: inst.and_then(|i| i.probes.as_ref()).map(Probes::pending),
+            tail: self.output.tail(10),
+        }
+    }
+
+    fn persist(&self) {
+        let service = self
+            .instance
+            .as_ref()
+            .filter(|_| !matches!(self.machine.phase, Phase::Backoff { .. } | Phase::Done(_)))
+            .map(|i| Identity { pid: i.pid.as_raw(), starttime: i.starttime });
+        let failure = match &self.machine.phase {
+            Phase::Done(Outcome::Dead(r) | Outcome::Failed(r)) => Some(r.clone()),
+            _ => None,
+        };
+        let state = StateFile {
+            supervisor: Identity::of(nix::unistd::getpid()),
+            service,
+            state: self.machine.name().to_string(),
+            last_exit: self.machine.last_exit.map(|e| e.to_string()),
+            failure,
+        };
+        pidfile::write_state(&self.spec, &state);
+    }
+
+    /// Cleans up after the machine is done; returns the exit code.
+    fn finish(&mut self) -> i32 {
+        // Drain what the service printed last, so failure reports and log files are complete.
+        for i in (0..self.pipes.len()).rev() {
+            self.drain_pipe(i);
+        }
+        let outcome = match &self.machine.phase {
+            Phase::Done(o) => o.clone(),
+            _ => Outcome::Stopped,
+        };
+        let code = match &outcome {
+            Outcome::Stopped => {
+                pidfile::remove(&self.spec.pidfile);
+                tracing::info!("{} stopped", self.spec.name);
+                0
+            }
+            Outcome::Dead(why) | Outcome::Failed(why) if self.machine.ever_ready => {
+                // The PID file stays: LSB's way to say "dead" (status 1) until start replaces it.
+                tracing::error!("{} is down: {why}", self.spec.name);
+                1
+            }
+            Outcome::Dead(why) | Outcome::Failed(why) => {
+                let pending = self.instance.as_ref().and_then(|i| i.probes.as_ref()).map(Probes::pending);
+                let mut msg = format!("{} did not become ready: {why}", self.spec.name);
+                if let Some(p) = pending.filter(|p| !p.is_empty()) {
+                    msg.push_str(&format!("\nwaiting for: {p}"));
+                }
+                let tail = self.output.tail(20);
+                if !tail.is_empty() {
+                    msg.push_str(&format!("\nlast output (from {}):\n", self.spec.log.dir.display()));
+                    for l in tail {
+                        msg.push_str(&format!("  | {l}\n"));
+                    }
+                }
+                tracing::error!("{msg}");
+                self.reporter.failed(1, msg.trim_end());
+                1
+            }
+        };
+        self.persist();
+        self.broadcast(&format!("{} {}", self.spec.name, self.machine.name()));
+        pidfile::remove(&self.spec.socket);
+        if let Some((_, path)) = &self.notify {
+            pidfile::remove(path);
+        }
+        code
+    }
+
+    fn jitter(&mut self) -> f64 {
+        // xorshift64: enough to de-synchronise restarts, no dependency needed.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn describe(input: &Input) -> String {
+    match input {
+        Input::Start => "start".into(),
+        Input::Spawned(p) => format!("spawned pid {p}"),
+        Input::SpawnFailed(e) => format!("spawn failed: {e}"),
+        Input::ProbesPassed => "readiness probes passed".into(),
+        Input::LeaderExited(e) => format!("service {e}"),
+        Input::TreeEmpty => "no process left".into(),
+        Input::Tick => "timer".into(),
+        Input::StopRequested => "stop requested".into(),
+    }
+}
+
+/// Picks the port for a new instance.
+fn pick_port(spec: &PortSpec) -> std::result::Result<Option<u16>, String> {
+    match *spec {
+        PortSpec::None => Ok(None),
+        PortSpec::Fixed(p) => Ok(Some(p)),
+        PortSpec::Auto { from, to } => {
+            let span = u32::from(to - from) + 1;
+            let start = std::process::id() % span;
+            (0..span)
+                .map(|i| from + ((start + i) % span) as u16)
+                .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+                .map(Some)
+                .ok_or_else(|| format!("no free port in {from}..={to}"))
+        }
+    }
+}
+
+/// Sends one sd_notify message to systemd's socket (path or @abstract).
+pub fn sd_notify(addr: &str, message: &str) -> std::io::Result<()> {
+    let sock = UnixDatagram::unbound()?;
+    if let Some(name) = addr.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        let a = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+        sock.send_to_addr(message.as_bytes(), &a)?;
+    } else {
+        sock.send_to(message.as_bytes(), addr)?;
+    }
+    Ok(())
+}

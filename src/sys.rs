@@ -1,0 +1,71 @@
+//! The few places baton needs `unsafe`: the pre-exec hook and adopting an inherited fd.
+//!
+//! Everything else uses nix's safe wrappers. Each block says why it is sound.
+
+use crate::config::Account;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// What the child must do to itself between fork and exec.
+pub struct ChildSetup {
+    /// Identity to drop to (setgroups, setgid, setuid), if any.
+    pub account: Option<Account>,
+    /// umask to apply.
+    pub umask: Option<u32>,
+    /// The supervisor's PID: if the child is orphaned before exec it must not run.
+    pub parent: Pid,
+    /// Make the child a session leader (for the detached supervisor) instead of a group leader.
+    pub new_session: bool,
+    /// Signal the child gets if the supervisor dies.
+    pub parent_death_signal: Option<Signal>,
+}
+
+/// Installs the pre-exec hook that applies `setup` in the child.
+pub fn install(cmd: &mut Command, setup: ChildSetup) {
+    let ChildSetup { account, umask, parent, new_session, parent_death_signal } = setup;
+    let hook = move || -> std::io::Result<()> {
+        if new_session {
+            nix::unistd::setsid()?;
+        }
+        if let Some(mask) = umask {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask as libc::mode_t));
+        }
+        if let Some(a) = &account {
+            // Order matters: groups and gid need the privilege that setuid gives up.
+            nix::unistd::setgroups(&a.groups)?;
+            nix::unistd::setgid(a.gid)?;
+            nix::unistd::setuid(a.uid)?;
+            nix::sys::prctl::set_no_new_privs()?;
+        }
+        if let Some(sig) = parent_death_signal {
+            // Set after setuid: changing credentials clears the parent-death signal.
+            nix::sys::prctl::set_pdeathsig(sig)?;
+            // The supervisor may have died before the line above; then nobody would ever stop us.
+            if nix::unistd::getppid() != parent {
+                // ESRCH: "no such process", our parent.
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child before exec and only makes
+    // async-signal-safe system calls (setsid, umask, setgroups, setgid, setuid,
+    // prctl, getppid) on data moved in beforehand; it allocates nothing (every
+    // error is an io::Error built from an errno).
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// Takes ownership of a file descriptor inherited from the parent process.
+///
+/// Returns `None` unless `fd` is open; the caller must be the only owner.
+pub fn adopt_fd(fd: RawFd) -> Option<OwnedFd> {
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).ok()?;
+    // SAFETY: the fd is open (checked above) and was passed to this process
+    // by `baton start` for it alone; nothing else in this process refers to it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
