@@ -12,7 +12,12 @@ use std::path::{Path, PathBuf};
 /// probe passes, restarts it with backoff, captures its logs, and stops the
 /// whole process tree gracefully. Exit codes follow LSB 4.1.
 #[derive(Debug, Parser)]
-#[command(name = "baton", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "baton",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// The service's config file; NAME defaults to the file's stem.
     #[arg(long, global = true, value_name = "FILE")]
@@ -91,7 +96,11 @@ impl Cli {
     /// Runs the command; returns the exit code for a success (status has several).
     pub fn run(self) -> Result<Code> {
         let load = |t: &Target| -> Result<Spec> {
-            let (file, name) = config::locate(self.config.as_deref(), Some(&self.config_dir), t.name.as_deref())?;
+            let (file, name) = config::locate(
+                self.config.as_deref(),
+                Some(&self.config_dir),
+                t.name.as_deref(),
+            )?;
             let file = absolute(&file);
             let mut spec = config::load(&file, &name)?;
             spec.file = file;
@@ -102,7 +111,9 @@ impl Cli {
             Command::Stop(t) => crate::service::stop(&load(t)?).map(|()| 0),
             Command::Restart(t) => crate::service::restart(&load(t)?).map(|()| 0),
             Command::TryRestart(t) => crate::service::try_restart(&load(t)?).map(|()| 0),
-            Command::Reload(t) | Command::ForceReload(t) => crate::service::reload(&load(t)?).map(|()| 0),
+            Command::Reload(t) | Command::ForceReload(t) => {
+                crate::service::reload(&load(t)?).map(|()| 0)
+            }
             Command::ReopenLogs(t) => crate::service::reopen_logs(&load(t)?).map(|()| 0),
             Command::Status { target, json } => match load(target) {
                 Ok(spec) => crate::service::status(&spec, *json).map(|s| s.code()),
@@ -114,7 +125,12 @@ impl Cli {
             },
             Command::Check(t) => {
                 let spec = load(t)?;
-                println!("{}: ok ({} {})", spec.file.display(), spec.name, spec.command.join(" "));
+                println!(
+                    "{}: ok ({} {})",
+                    spec.file.display(),
+                    spec.name,
+                    spec.command.join(" ")
+                );
                 Ok(0)
             }
             Command::Run(t) => {
@@ -140,7 +156,14 @@ impl Cli {
                 };
                 let events = crate::logs::EventLog::open(spec.log.dir.join("baton.log"));
                 init_tracing(events.clone());
-                crate::supervisor::run(spec, crate::supervisor::Options { reporter, systemd_notify: None, events })
+                crate::supervisor::run(
+                    spec,
+                    crate::supervisor::Options {
+                        reporter,
+                        systemd_notify: None,
+                        events,
+                    },
+                )
             }
             Command::Generate { what } => {
                 let (t, init) = match what {
@@ -148,7 +171,8 @@ impl Cli {
                     Generate::SystemdUnit(t) => (t, false),
                 };
                 let spec = load(t)?;
-                let baton = std::env::current_exe().map_err(|e| Error::io("find the baton executable", &e))?;
+                let baton = std::env::current_exe()
+                    .map_err(|e| Error::io("find the baton executable", &e))?;
                 let description = format!("{} supervised by baton", spec.name);
                 let target = crate::generate::Target {
                     name: &spec.name,
@@ -159,7 +183,11 @@ impl Cli {
                     pidfile: &spec.pidfile,
                     baton_restarts: spec.restart.policy != Policy::Never,
                 };
-                let text = if init { crate::generate::init_script(&target) } else { crate::generate::systemd_unit(&target) };
+                let text = if init {
+                    crate::generate::init_script(&target)
+                } else {
+                    crate::generate::systemd_unit(&target)
+                };
                 print!("{text}");
                 Ok(0)
             }
@@ -173,7 +201,10 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// Routes the supervisor's own events to `events`.
 fn init_tracing(events: crate::logs::EventLog) {
-    let _ = tracing_subscriber::fmt().with_writer(events).with_max_level(tracing::Level::INFO).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(events)
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
 }
 
 /// Maps a clap failure to LSB's "invalid arguments" (2) while letting --help and --version exit 0.

@@ -206,7 +206,12 @@ impl fmt::Display for Problems {
 impl Problems {
     /// The error for a config that must not be used.
     pub fn into_error(self) -> Error {
-        let code = self.list.iter().map(|p| p.code).min().unwrap_or(Action::NotConfigured);
+        let code = self
+            .list
+            .iter()
+            .map(|p| p.code)
+            .min()
+            .unwrap_or(Action::NotConfigured);
         let n = self.list.len();
         Error::unable(
             format!("use config {}", self.file.display()),
@@ -227,9 +232,12 @@ pub fn locate(
         (Some(file), Some(name)) => Ok((file.to_path_buf(), name.to_string())),
         (Some(file), None) => {
             let stem = file.file_stem().and_then(|s| s.to_str()).ok_or_else(|| {
-                Error::unable(format!("name the service of {}", file.display()), "the file has no usable stem")
-                    .code(Action::BadArgs)
-                    .hint("pass NAME explicitly")
+                Error::unable(
+                    format!("name the service of {}", file.display()),
+                    "the file has no usable stem",
+                )
+                .code(Action::BadArgs)
+                .hint("pass NAME explicitly")
             })?;
             Ok((file.to_path_buf(), stem.to_string()))
         }
@@ -237,9 +245,11 @@ pub fn locate(
             let dir = config_dir.unwrap_or(Path::new(DEFAULT_CONFIG_DIR));
             Ok((dir.join(format!("{name}.toml")), name.to_string()))
         }
-        (None, None) => Err(Error::unable("choose a service", "no NAME and no --config given")
-            .code(Action::BadArgs)
-            .hint("run `baton COMMAND NAME` or `baton --config FILE COMMAND`")),
+        (None, None) => Err(
+            Error::unable("choose a service", "no NAME and no --config given")
+                .code(Action::BadArgs)
+                .hint("run `baton COMMAND NAME` or `baton --config FILE COMMAND`"),
+        ),
     }
 }
 
@@ -253,16 +263,27 @@ pub fn load(file: &Path, name: &str) -> Result<Spec> {
         };
         Error::io(format!("read config {}", file.display()), &e)
             .code(code)
-            .hint(format!("create {} (see examples/) or pass --config FILE", file.display()))
+            .hint(format!(
+                "create {} (see examples/) or pass --config FILE",
+                file.display()
+            ))
     })?;
     let mut problems = Vec::new();
     check_file_safety(file, &mut problems);
     match parse(&text, file, name) {
         Ok(spec) if problems.is_empty() => Ok(spec),
-        Ok(_) => Err(Problems { file: file.to_path_buf(), list: problems }.into_error()),
+        Ok(_) => Err(Problems {
+            file: file.to_path_buf(),
+            list: problems,
+        }
+        .into_error()),
         Err(mut more) => {
             problems.append(&mut more);
-            Err(Problems { file: file.to_path_buf(), list: problems }.into_error())
+            Err(Problems {
+                file: file.to_path_buf(),
+                list: problems,
+            }
+            .into_error())
         }
     }
 }
@@ -305,10 +326,17 @@ pub fn parse(text: &str, file: &Path, name: &str) -> std::result::Result<Spec, V
         }
     };
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut r = Reader { text, problems: Vec::new() };
+    let mut r = Reader {
+        text,
+        problems: Vec::new(),
+    };
     let spec = r.spec(doc.as_table(), &base, name);
     if r.problems.is_empty() {
-        spec.map(|s| Spec { file: file.to_path_buf(), ..s }).ok_or_else(Vec::new)
+        spec.map(|s| Spec {
+            file: file.to_path_buf(),
+            ..s
+        })
+        .ok_or_else(Vec::new)
     } else {
         r.problems.sort_by_key(|p| p.line);
         Err(r.problems)
@@ -316,7 +344,11 @@ pub fn parse(text: &str, file: &Path, name: &str) -> std::result::Result<Spec, V
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Walks the document, turning values into types and collecting problems.
@@ -326,8 +358,22 @@ struct Reader<'t> {
 }
 
 const TOP_KEYS: &[&str] = &[
-    "command", "user", "group", "workdir", "env", "env_file", "umask", "pidfile", "socket", "state_dir",
-    "ready", "stop", "reload", "restart", "port", "log",
+    "command",
+    "user",
+    "group",
+    "workdir",
+    "env",
+    "env_file",
+    "umask",
+    "pidfile",
+    "socket",
+    "state_dir",
+    "ready",
+    "stop",
+    "reload",
+    "restart",
+    "port",
+    "log",
 ];
 
 impl Reader<'_> {
@@ -335,9 +381,20 @@ impl Reader<'_> {
         self.problem_code(span, key, message, Action::NotConfigured);
     }
 
-    fn problem_code(&mut self, span: Option<Range<usize>>, key: &str, message: impl Into<String>, code: Action) {
+    fn problem_code(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: &str,
+        message: impl Into<String>,
+        code: Action,
+    ) {
         let line = span.map(|s| line_of(self.text, s.start));
-        self.problems.push(Problem { line, key: key.to_string(), message: message.into(), code });
+        self.problems.push(Problem {
+            line,
+            key: key.to_string(),
+            message: message.into(),
+            code,
+        });
     }
 
     /// Reports keys outside `allowed`; typos must not be silently ignored.
@@ -346,12 +403,21 @@ impl Reader<'_> {
             if !allowed.contains(&k) {
                 let span = t.key(k).and_then(|key| key.span());
                 let path = join(prefix, k);
-                self.problem(span, &path, format!("unknown key (expected one of: {})", allowed.join(", ")));
+                self.problem(
+                    span,
+                    &path,
+                    format!("unknown key (expected one of: {})", allowed.join(", ")),
+                );
             }
         }
     }
 
-    fn section<'d>(&mut self, t: &'d dyn TableLike, key: &str, allowed: &[&str]) -> Option<&'d dyn TableLike> {
+    fn section<'d>(
+        &mut self,
+        t: &'d dyn TableLike,
+        key: &str,
+        allowed: &[&str],
+    ) -> Option<&'d dyn TableLike> {
         let item = t.get(key)?;
         match item.as_table_like() {
             Some(sub) => {
@@ -359,18 +425,31 @@ impl Reader<'_> {
                 Some(sub)
             }
             None => {
-                self.problem(item.span(), key, format!("must be a table, not {}", item.type_name()));
+                self.problem(
+                    item.span(),
+                    key,
+                    format!("must be a table, not {}", item.type_name()),
+                );
                 None
             }
         }
     }
 
-    fn string(&mut self, t: &dyn TableLike, prefix: &str, key: &str) -> Option<(String, Option<Range<usize>>)> {
+    fn string(
+        &mut self,
+        t: &dyn TableLike,
+        prefix: &str,
+        key: &str,
+    ) -> Option<(String, Option<Range<usize>>)> {
         let item = t.get(key)?;
         match item.as_str() {
             Some(s) => Some((s.to_string(), item.span())),
             None => {
-                self.problem(item.span(), &join(prefix, key), format!("must be a string, not {}", item.type_name()));
+                self.problem(
+                    item.span(),
+                    &join(prefix, key),
+                    format!("must be a string, not {}", item.type_name()),
+                );
                 None
             }
         }
@@ -378,7 +457,11 @@ impl Reader<'_> {
 
     fn strings(&mut self, item: &Item, path: &str) -> Option<Vec<String>> {
         let Some(arr) = item.as_array() else {
-            self.problem(item.span(), path, format!("must be an array of strings, not {}", item.type_name()));
+            self.problem(
+                item.span(),
+                path,
+                format!("must be an array of strings, not {}", item.type_name()),
+            );
             return None;
         };
         let mut out = Vec::new();
@@ -386,7 +469,11 @@ impl Reader<'_> {
             match v.as_str() {
                 Some(s) => out.push(s.to_string()),
                 None => {
-                    self.problem(v.span(), path, format!("must hold only strings, found {}", v.type_name()));
+                    self.problem(
+                        v.span(),
+                        path,
+                        format!("must hold only strings, found {}", v.type_name()),
+                    );
                     return None;
                 }
             }
@@ -394,16 +481,31 @@ impl Reader<'_> {
         Some(out)
     }
 
-    fn integer(&mut self, t: &dyn TableLike, prefix: &str, key: &str, min: i64, max: i64) -> Option<i64> {
+    fn integer(
+        &mut self,
+        t: &dyn TableLike,
+        prefix: &str,
+        key: &str,
+        min: i64,
+        max: i64,
+    ) -> Option<i64> {
         let item = t.get(key)?;
         match item.as_integer() {
             Some(n) if (min..=max).contains(&n) => Some(n),
             Some(n) => {
-                self.problem(item.span(), &join(prefix, key), format!("{n} is out of range {min}..={max}"));
+                self.problem(
+                    item.span(),
+                    &join(prefix, key),
+                    format!("{n} is out of range {min}..={max}"),
+                );
                 None
             }
             None => {
-                self.problem(item.span(), &join(prefix, key), format!("must be an integer, not {}", item.type_name()));
+                self.problem(
+                    item.span(),
+                    &join(prefix, key),
+                    format!("must be an integer, not {}", item.type_name()),
+                );
                 None
             }
         }
@@ -431,8 +533,18 @@ impl Reader<'_> {
         }
     }
 
-    fn path(&mut self, t: &dyn TableLike, key: &str, default: &str, base: &Path, name: &str) -> PathBuf {
-        let raw = self.string(t, "", key).map(|(s, _)| s).unwrap_or_else(|| default.to_string());
+    fn path(
+        &mut self,
+        t: &dyn TableLike,
+        key: &str,
+        default: &str,
+        base: &Path,
+        name: &str,
+    ) -> PathBuf {
+        let raw = self
+            .string(t, "", key)
+            .map(|(s, _)| s)
+            .unwrap_or_else(|| default.to_string());
         absolutize(base, &raw.replace("{name}", name))
     }
 
@@ -444,7 +556,11 @@ impl Reader<'_> {
 
         let command = match top.get("command") {
             None => {
-                self.problem(None, "command", "is missing: give the argv, e.g. command = [\"java\", \"-jar\", \"app.jar\"]");
+                self.problem(
+                    None,
+                    "command",
+                    "is missing: give the argv, e.g. command = [\"java\", \"-jar\", \"app.jar\"]",
+                );
                 None
             }
             Some(item) => match self.strings(item, "command") {
@@ -468,7 +584,14 @@ impl Reader<'_> {
         let workdir = self.string(top, "", "workdir").and_then(|(s, span)| {
             let p = absolutize(base, &s.replace("{name}", name));
             if !p.is_dir() {
-                self.problem(span, "workdir", format!("{} is not a directory: create it or fix the path", p.display()));
+                self.problem(
+                    span,
+                    "workdir",
+                    format!(
+                        "{} is not a directory: create it or fix the path",
+                        p.display()
+                    ),
+                );
             }
             Some(p)
         });
@@ -479,11 +602,17 @@ impl Reader<'_> {
             match std::fs::read_to_string(&path) {
                 Ok(body) => match parse_env_file(&body) {
                     Ok(pairs) => env.extend(pairs),
-                    Err((line, msg)) => {
-                        self.problem(span, "env_file", format!("{}:{line}: {msg}", path.display()))
-                    }
+                    Err((line, msg)) => self.problem(
+                        span,
+                        "env_file",
+                        format!("{}:{line}: {msg}", path.display()),
+                    ),
                 },
-                Err(e) => self.problem(span, "env_file", format!("cannot read {}: {e}", path.display())),
+                Err(e) => self.problem(
+                    span,
+                    "env_file",
+                    format!("cannot read {}: {e}", path.display()),
+                ),
             }
         }
         if let Some(item) = top.get("env") {
@@ -503,7 +632,11 @@ impl Reader<'_> {
                         }
                     }
                 }
-                None => self.problem(item.span(), "env", "must be a table of strings, e.g. env = { JAVA_OPTS = \"-Xmx512m\" }"),
+                None => self.problem(
+                    item.span(),
+                    "env",
+                    "must be a table of strings, e.g. env = { JAVA_OPTS = \"-Xmx512m\" }",
+                ),
             }
         }
 
@@ -523,7 +656,14 @@ impl Reader<'_> {
         let state_dir = self.path(top, "state_dir", "/var/lib/baton/{name}", base, name);
         // sun_path holds 108 bytes; a longer path fails only at bind time, far from the config.
         if socket.as_os_str().len() >= 100 {
-            self.problem(None, "socket", format!("{} is too long for a Unix socket (max ~100 bytes)", socket.display()));
+            self.problem(
+                None,
+                "socket",
+                format!(
+                    "{} is too long for a Unix socket (max ~100 bytes)",
+                    socket.display()
+                ),
+            );
         }
 
         Some(Spec {
@@ -550,17 +690,27 @@ impl Reader<'_> {
     fn placeholders(&mut self, s: &str, span: Option<Range<usize>>, key: &str, has_port: bool) {
         let mut rest = s;
         while let Some(open) = rest.find('{') {
-            let Some(close) = rest[open..].find('}') else { break };
+            let Some(close) = rest[open..].find('}') else {
+                break;
+            };
             let word = &rest[open + 1..open + close];
             match word {
                 "name" => {}
                 "port" if has_port => {}
-                "port" => self.problem(span.clone(), key, "uses {port} but no [port] section says which port"),
-                _ if word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !word.is_empty() => self.problem(
+                "port" => self.problem(
                     span.clone(),
                     key,
-                    format!("unknown placeholder {{{word}}} (known: {{name}}, {{port}})"),
+                    "uses {port} but no [port] section says which port",
                 ),
+                _ if word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !word.is_empty() =>
+                {
+                    self.problem(
+                        span.clone(),
+                        key,
+                        format!("unknown placeholder {{{word}}} (known: {{name}}, {{port}})"),
+                    )
+                }
                 _ => {}
             }
             rest = &rest[open + close + 1..];
@@ -582,16 +732,23 @@ impl Reader<'_> {
             None => self.problem_code(
                 span,
                 "command",
-                format!("program {prog:?} not found{}: install it or fix the path", if prog.contains('/') { "" } else { " in PATH" }),
+                format!(
+                    "program {prog:?} not found{}: install it or fix the path",
+                    if prog.contains('/') { "" } else { " in PATH" }
+                ),
                 Action::NotInstalled,
             ),
             Some(p) => {
-                let exec = std::fs::metadata(&p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+                let exec = std::fs::metadata(&p)
+                    .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
                 if !matches!(exec, Ok(true)) {
                     self.problem_code(
                         span,
                         "command",
-                        format!("{} is not an executable file: chmod +x it or fix the path", p.display()),
+                        format!(
+                            "{} is not an executable file: chmod +x it or fix the path",
+                            p.display()
+                        ),
                         Action::NotInstalled,
                     );
                 }
@@ -606,7 +763,11 @@ impl Reader<'_> {
             Some(u) => u,
             None => {
                 if let Some((_, span)) = group {
-                    self.problem(span, "group", "needs `user` too: baton drops to a user, not only a group");
+                    self.problem(
+                        span,
+                        "group",
+                        "needs `user` too: baton drops to a user, not only a group",
+                    );
                 }
                 return None;
             }
@@ -627,7 +788,11 @@ impl Reader<'_> {
             Some((gname, gspan)) => match Group::from_name(&gname) {
                 Ok(Some(g)) => g.gid,
                 Ok(None) => {
-                    self.problem(gspan, "group", format!("no such group {gname:?}: create it or fix the name"));
+                    self.problem(
+                        gspan,
+                        "group",
+                        format!("no such group {gname:?}: create it or fix the name"),
+                    );
                     return None;
                 }
                 Err(e) => {
@@ -640,7 +805,14 @@ impl Reader<'_> {
             .ok()
             .and_then(|c| nix::unistd::getgrouplist(&c, gid).ok())
             .unwrap_or_else(|| vec![gid]);
-        Some(Account { name: pw.name, uid: pw.uid, gid, groups, home: pw.dir, shell: pw.shell })
+        Some(Account {
+            name: pw.name,
+            uid: pw.uid,
+            gid,
+            groups,
+            home: pw.dir,
+            shell: pw.shell,
+        })
     }
 
     fn umask(&mut self, top: &dyn TableLike) -> Option<u32> {
@@ -661,7 +833,9 @@ impl Reader<'_> {
     }
 
     fn port(&mut self, top: &dyn TableLike) -> PortSpec {
-        let Some(t) = self.section(top, "port", &["mode", "port", "range"]) else { return PortSpec::None };
+        let Some(t) = self.section(top, "port", &["mode", "port", "range"]) else {
+            return PortSpec::None;
+        };
         let mode = self.string(t, "port", "mode");
         let fixed = self.integer(t, "port", "port", 1, 65535).map(|p| p as u16);
         let range = t.get("range").and_then(|item| {
@@ -672,7 +846,11 @@ impl Reader<'_> {
                 (1 <= lo && lo <= hi && hi <= 65535).then_some((lo as u16, hi as u16))
             });
             if pair.is_none() {
-                self.problem(item.span(), "port.range", "must be [LOW, HIGH] with 1 <= LOW <= HIGH <= 65535");
+                self.problem(
+                    item.span(),
+                    "port.range",
+                    "must be [LOW, HIGH] with 1 <= LOW <= HIGH <= 65535",
+                );
             }
             pair
         });
@@ -690,7 +868,11 @@ impl Reader<'_> {
                 PortSpec::Auto { from, to }
             }
             Some((other, span)) => {
-                self.problem(span, "port.mode", format!("unknown mode {other:?} (expected fixed or auto)"));
+                self.problem(
+                    span,
+                    "port.mode",
+                    format!("unknown mode {other:?} (expected fixed or auto)"),
+                );
                 PortSpec::None
             }
         }
@@ -699,19 +881,29 @@ impl Reader<'_> {
     fn ready(&mut self, top: &dyn TableLike, has_port: bool) -> Option<ReadySpec> {
         let mut probes = Vec::new();
         let mut timeout = Duration::from_secs(90);
-        let Some(t) = self.section(top, "ready", &["tcp", "http", "exec", "log", "notify", "timeout"]) else {
+        let Some(t) = self.section(
+            top,
+            "ready",
+            &["tcp", "http", "exec", "log", "notify", "timeout"],
+        ) else {
             return Some(ReadySpec { probes, timeout });
         };
         if let Some((s, span)) = self.string(t, "ready", "tcp") {
             self.placeholders(&s, span.clone(), "ready.tcp", has_port);
             if !s.contains(':') {
-                self.problem(span, "ready.tcp", "must be HOST:PORT, e.g. \"127.0.0.1:{port}\"");
+                self.problem(
+                    span,
+                    "ready.tcp",
+                    "must be HOST:PORT, e.g. \"127.0.0.1:{port}\"",
+                );
             }
             probes.push(ProbeSpec::Tcp(s));
         }
         if let Some((s, span)) = self.string(t, "ready", "http") {
             self.placeholders(&s, span.clone(), "ready.http", has_port);
-            if let Err(e) = crate::probe::HttpTarget::parse(&s.replace("{port}", "1").replace("{name}", "x")) {
+            if let Err(e) =
+                crate::probe::HttpTarget::parse(&s.replace("{port}", "1").replace("{name}", "x"))
+            {
                 self.problem(span, "ready.http", e);
             }
             probes.push(ProbeSpec::Http(s));
@@ -755,14 +947,22 @@ impl Reader<'_> {
             dump_after: Duration::ZERO,
         };
         let mut dump_after = None;
-        if let Some(t) = self.section(top, "stop", &["signal", "timeout", "dump_signal", "dump_after"]) {
+        if let Some(t) = self.section(
+            top,
+            "stop",
+            &["signal", "timeout", "dump_signal", "dump_after"],
+        ) {
             spec.signal = self.signal(t, "stop", "signal").unwrap_or(spec.signal);
             spec.timeout = self.duration(t, "stop", "timeout").unwrap_or(spec.timeout);
             spec.dump_signal = self.signal(t, "stop", "dump_signal");
             dump_after = self.duration(t, "stop", "dump_after");
             if let (Some(d), span) = (dump_after, t.get("dump_after").and_then(Item::span)) {
                 if d >= spec.timeout {
-                    self.problem(span, "stop.dump_after", "must be shorter than stop.timeout, or the dump never happens");
+                    self.problem(
+                        span,
+                        "stop.dump_after",
+                        "must be shorter than stop.timeout, or the dump never happens",
+                    );
                 }
             }
         }
@@ -780,7 +980,11 @@ impl Reader<'_> {
             window: Duration::from_secs(60),
             stable: Duration::from_secs(10),
         };
-        let Some(t) = self.section(top, "restart", &["policy", "backoff", "max", "window", "stable"]) else {
+        let Some(t) = self.section(
+            top,
+            "restart",
+            &["policy", "backoff", "max", "window", "stable"],
+        ) else {
             return Some(spec);
         };
         if let Some((p, span)) = self.string(t, "restart", "policy") {
@@ -788,7 +992,11 @@ impl Reader<'_> {
                 "never" => spec.policy = Policy::Never,
                 "on-failure" => spec.policy = Policy::OnFailure,
                 "always" => spec.policy = Policy::Always,
-                other => self.problem(span, "restart.policy", format!("unknown policy {other:?} (expected never, on-failure or always)")),
+                other => self.problem(
+                    span,
+                    "restart.policy",
+                    format!("unknown policy {other:?} (expected never, on-failure or always)"),
+                ),
             }
         }
         if let Some(item) = t.get("backoff") {
@@ -798,14 +1006,24 @@ impl Reader<'_> {
                         spec.backoff_min = lo;
                         spec.backoff_max = hi;
                     }
-                    (Ok(_), Ok(_)) => self.problem(item.span(), "restart.backoff", "must be [MIN, MAX] with MIN <= MAX and MAX > 0"),
+                    (Ok(_), Ok(_)) => self.problem(
+                        item.span(),
+                        "restart.backoff",
+                        "must be [MIN, MAX] with MIN <= MAX and MAX > 0",
+                    ),
                     (Err(e), _) | (_, Err(e)) => self.problem(item.span(), "restart.backoff", e),
                 },
-                Some(_) => self.problem(item.span(), "restart.backoff", "must be [MIN, MAX], e.g. [\"100ms\", \"30s\"]"),
+                Some(_) => self.problem(
+                    item.span(),
+                    "restart.backoff",
+                    "must be [MIN, MAX], e.g. [\"100ms\", \"30s\"]",
+                ),
                 None => {}
             }
         }
-        spec.max = self.integer(t, "restart", "max", 1, 1_000_000).map(|n| n as u32);
+        spec.max = self
+            .integer(t, "restart", "max", 1, 1_000_000)
+            .map(|n| n as u32);
         spec.window = self.duration(t, "restart", "window").unwrap_or(spec.window);
         spec.stable = self.duration(t, "restart", "stable").unwrap_or(spec.stable);
         Some(spec)
@@ -817,7 +1035,9 @@ impl Reader<'_> {
             max_size: 100 * 1000 * 1000,
             keep: 10,
         };
-        let Some(t) = self.section(top, "log", &["dir", "max_size", "keep"]) else { return Some(spec) };
+        let Some(t) = self.section(top, "log", &["dir", "max_size", "keep"]) else {
+            return Some(spec);
+        };
         if let Some((d, _)) = self.string(t, "log", "dir") {
             spec.dir = absolutize(base, &d.replace("{name}", name));
         }
@@ -853,22 +1073,32 @@ fn absolutize(base: &Path, p: &str) -> PathBuf {
 
 fn find_in_path(prog: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
 }
 
 /// `100ms`, `30s`, `5m`, `1h`, `1.5s`.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. \"100ms\", \"30s\", \"5m\")"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. \"100ms\", \"30s\", \"5m\")"))?;
     let secs = match unit.trim() {
         "ms" => n / 1000.0,
         "s" => n,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
         "" => return Err(format!("{s:?} has no unit: write \"{s}s\" or \"{s}ms\"")),
-        u => return Err(format!("{s:?}: unknown unit {u:?} (expected ms, s, m or h)")),
+        u => {
+            return Err(format!(
+                "{s:?}: unknown unit {u:?} (expected ms, s, m or h)"
+            ))
+        }
     };
     Ok(Duration::from_secs_f64(secs))
 }
@@ -878,7 +1108,9 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. \"100MB\")"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. \"100MB\")"))?;
     let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 1,
         "K" | "KB" => 1000,
@@ -887,9 +1119,15 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         "MIB" => 1 << 20,
         "G" | "GB" => 1000 * 1000 * 1000,
         "GIB" => 1 << 30,
-        u => return Err(format!("{s:?}: unknown unit {u:?} (expected B, KB, MB, GB or KiB, MiB, GiB)")),
+        u => {
+            return Err(format!(
+                "{s:?}: unknown unit {u:?} (expected B, KB, MB, GB or KiB, MiB, GiB)"
+            ))
+        }
     };
-    n.checked_mul(mult).filter(|&n| n > 0).ok_or_else(|| format!("{s:?} is out of range"))
+    n.checked_mul(mult)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?} is out of range"))
 }
 
 /// `TERM`, `SIGTERM`, `15`.
@@ -898,8 +1136,13 @@ pub fn parse_signal(s: &str) -> std::result::Result<Signal, String> {
     if let Ok(n) = t.parse::<i32>() {
         return Signal::try_from(n).map_err(|_| format!("{s:?} is not a signal number"));
     }
-    let full = if t.starts_with("SIG") { t } else { format!("SIG{t}") };
-    Signal::from_str(&full).map_err(|_| format!("{s:?} is not a signal name (e.g. \"TERM\", \"INT\", \"QUIT\")"))
+    let full = if t.starts_with("SIG") {
+        t
+    } else {
+        format!("SIG{t}")
+    };
+    Signal::from_str(&full)
+        .map_err(|_| format!("{s:?} is not a signal name (e.g. \"TERM\", \"INT\", \"QUIT\")"))
 }
 
 /// `KEY=VALUE` lines, `#` comments, optional `export ` and surrounding quotes.
@@ -964,7 +1207,13 @@ mod tests {
 
     #[test]
     fn durations() {
-        let table = [("100ms", 100), ("30s", 30_000), ("1.5s", 1500), ("2m", 120_000), ("1h", 3_600_000)];
+        let table = [
+            ("100ms", 100),
+            ("30s", 30_000),
+            ("1.5s", 1500),
+            ("2m", 120_000),
+            ("1h", 3_600_000),
+        ];
         for (s, ms) in table {
             assert_eq!(parse_duration(s), Ok(Duration::from_millis(ms)), "{s}");
         }
@@ -1031,17 +1280,30 @@ mod tests {
 
     #[test]
     fn unknown_user_and_placeholder() {
-        let p = problems("command = [\"/bin/sleep\", \"{release}\"]\nuser = \"no-such-user-baton\"\n");
-        assert!(p.iter().any(|p| p.key == "command" && p.message.contains("{release}")));
+        let p =
+            problems("command = [\"/bin/sleep\", \"{release}\"]\nuser = \"no-such-user-baton\"\n");
+        assert!(p
+            .iter()
+            .any(|p| p.key == "command" && p.message.contains("{release}")));
         assert!(p.iter().any(|p| p.key == "user" && p.line == Some(2)));
     }
 
     #[test]
     fn ports() {
-        let s = parse_ok("command = [\"/bin/sleep\", \"{port}\"]\n[port]\nmode = \"fixed\"\nport = 8080\n");
+        let s = parse_ok(
+            "command = [\"/bin/sleep\", \"{port}\"]\n[port]\nmode = \"fixed\"\nport = 8080\n",
+        );
         assert_eq!(s.port, PortSpec::Fixed(8080));
-        let s = parse_ok("command = [\"/bin/sleep\"]\n[port]\nmode = \"auto\"\nrange = [30000, 30010]\n");
-        assert_eq!(s.port, PortSpec::Auto { from: 30000, to: 30010 });
+        let s = parse_ok(
+            "command = [\"/bin/sleep\"]\n[port]\nmode = \"auto\"\nrange = [30000, 30010]\n",
+        );
+        assert_eq!(
+            s.port,
+            PortSpec::Auto {
+                from: 30000,
+                to: 30010
+            }
+        );
     }
 
     #[test]
@@ -1049,7 +1311,11 @@ mod tests {
         let pairs = parse_env_file("# c\nA=1\nexport B=\"two words\"\n\nC='x'\n");
         assert_eq!(
             pairs,
-            Ok(vec![("A".into(), "1".into()), ("B".into(), "two words".into()), ("C".into(), "x".into())])
+            Ok(vec![
+                ("A".into(), "1".into()),
+                ("B".into(), "two words".into()),
+                ("C".into(), "x".into())
+            ])
         );
         assert_eq!(parse_env_file("A=1\nnope\n").map_err(|e| e.0), Err(2));
     }

@@ -74,11 +74,13 @@ impl Server {
     /// Binds the socket (replacing a stale one: the caller holds the supervisor lock) with mode 0600.
     pub fn bind(path: &Path) -> Result<Self> {
         let _ = std::fs::remove_file(path);
-        let listener =
-            UnixListener::bind(path).map_err(|e| Error::io(format!("create control socket {}", path.display()), &e))?;
+        let listener = UnixListener::bind(path)
+            .map_err(|e| Error::io(format!("create control socket {}", path.display()), &e))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| Error::io(format!("restrict control socket {}", path.display()), &e))?;
-        listener.set_nonblocking(true).map_err(|e| Error::io("configure control socket", &e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("configure control socket", &e))?;
         Ok(Server { listener })
     }
 
@@ -94,13 +96,28 @@ impl Server {
             match socket::getsockopt(&stream, sockopt::PeerCredentials) {
                 Ok(cred) if cred.uid() == 0 || cred.uid() == Uid::effective().as_raw() => {
                     if stream.set_nonblocking(true).is_ok() {
-                        out.push(Conn { stream, buf: Vec::new(), watching: false });
+                        out.push(Conn {
+                            stream,
+                            buf: Vec::new(),
+                            watching: false,
+                        });
                     }
                 }
                 Ok(cred) => {
-                    tracing::warn!("refused control connection from uid {} (pid {})", cred.uid(), cred.pid());
-                    let mut c = Conn { stream, buf: Vec::new(), watching: false };
-                    c.send(&Reply::Error { message: "permission denied: only root or the supervisor's user".into(), code: 4 });
+                    tracing::warn!(
+                        "refused control connection from uid {} (pid {})",
+                        cred.uid(),
+                        cred.pid()
+                    );
+                    let mut c = Conn {
+                        stream,
+                        buf: Vec::new(),
+                        watching: false,
+                    };
+                    c.send(&Reply::Error {
+                        message: "permission denied: only root or the supervisor's user".into(),
+                        code: 4,
+                    });
                 }
                 Err(e) => tracing::warn!("unable to read control peer credentials: {e}"),
             }
@@ -159,7 +176,12 @@ impl Conn {
     pub fn send(&mut self, reply: &Reply) -> bool {
         let mut line = serde_json::to_vec(reply).unwrap_or_default();
         line.push(b'\n');
-        socket::send(self.stream.as_raw_fd(), &line, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT).is_ok()
+        socket::send(
+            self.stream.as_raw_fd(),
+            &line,
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+        )
+        .is_ok()
     }
 }
 
@@ -169,9 +191,14 @@ pub fn request(path: &Path, request: &str, timeout: Option<Duration>) -> Result<
         Error::io(format!("connect to control socket {}", path.display()), &e)
             .hint("is the supervisor running? `baton status` tells")
     })?;
-    stream.set_read_timeout(timeout).map_err(|e| Error::io("configure control socket", &e))?;
-    writeln!(stream, "{request}").map_err(|e| Error::io(format!("send {request:?} to the supervisor"), &e))?;
-    Ok(Replies { reader: BufReader::new(stream) })
+    stream
+        .set_read_timeout(timeout)
+        .map_err(|e| Error::io("configure control socket", &e))?;
+    writeln!(stream, "{request}")
+        .map_err(|e| Error::io(format!("send {request:?} to the supervisor"), &e))?;
+    Ok(Replies {
+        reader: BufReader::new(stream),
+    })
 }
 
 /// Reply lines from the supervisor.
@@ -187,10 +214,15 @@ impl Iterator for Replies {
         match self.reader.read_line(&mut line) {
             Ok(0) => None,
             Ok(_) => Some(serde_json::from_str(&line).map_err(|e| {
-                Error::unable("understand the supervisor's reply", format!("{e}: {line:?}"))
-                    .hint("the running supervisor may be another baton version; restart it")
+                Error::unable(
+                    "understand the supervisor's reply",
+                    format!("{e}: {line:?}"),
+                )
+                .hint("the running supervisor may be another baton version; restart it")
             })),
-            Err(e) => Some(Err(Error::io("read the supervisor's reply", &e).code(Action::Generic))),
+            Err(e) => Some(Err(
+                Error::io("read the supervisor's reply", &e).code(Action::Generic)
+            )),
         }
     }
 }

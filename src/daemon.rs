@@ -30,13 +30,21 @@ impl Reporter {
 
     /// Adopts the pipe named by `BATON_READY_FD`, hiding it from the service.
     pub fn from_env() -> Self {
-        let fd = std::env::var(READY_FD_ENV).ok().and_then(|v| v.parse().ok()).and_then(sys::adopt_fd);
+        let fd = std::env::var(READY_FD_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .and_then(sys::adopt_fd);
         std::env::remove_var(READY_FD_ENV);
         if let Some(fd) = &fd {
             // The service must not inherit it, or `start` would wait for the service to exit.
-            let _ = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+            let _ = nix::fcntl::fcntl(
+                fd.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
         }
-        Reporter { fd: fd.map(std::fs::File::from) }
+        Reporter {
+            fd: fd.map(std::fs::File::from),
+        }
     }
 
     fn send(&mut self, message: &str) {
@@ -77,7 +85,10 @@ pub fn start_supervisor(config: &Path, name: &str) -> Result<Started> {
     let (read_end, write_end): (OwnedFd, OwnedFd) =
         nix::unistd::pipe().map_err(|e| Error::errno("create the readiness pipe", e))?;
     // Only the write end crosses exec; nix::unistd::pipe sets no CLOEXEC, so mark the read end.
-    let _ = nix::fcntl::fcntl(read_end.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    let _ = nix::fcntl::fcntl(
+        read_end.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
     let mut cmd = Command::new(exe);
     cmd.arg("--config")
         .arg(config)
@@ -98,7 +109,9 @@ pub fn start_supervisor(config: &Path, name: &str) -> Result<Started> {
             parent_death_signal: None,
         },
     );
-    let mut child = cmd.spawn().map_err(|e| Error::io("launch the supervisor", &e))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io("launch the supervisor", &e))?;
     drop(write_end);
     let mut message = String::new();
     let read = std::fs::File::from(read_end).read_to_string(&mut message);
@@ -108,7 +121,11 @@ pub fn start_supervisor(config: &Path, name: &str) -> Result<Started> {
     parse_report(&message, name, exited)
 }
 
-fn parse_report(message: &str, name: &str, exited: Option<std::process::ExitStatus>) -> Result<Started> {
+fn parse_report(
+    message: &str,
+    name: &str,
+    exited: Option<std::process::ExitStatus>,
+) -> Result<Started> {
     let (head, body) = message.split_once('\n').unwrap_or((message, ""));
     let mut words = head.split_whitespace();
     match (words.next(), words.next()) {
@@ -122,7 +139,10 @@ fn parse_report(message: &str, name: &str, exited: Option<std::process::ExitStat
                 _ => Action::Generic,
             };
             let body = body.trim_end();
-            let cause = body.strip_prefix("unable to ").map(str::to_string).unwrap_or_else(|| body.to_string());
+            let cause = body
+                .strip_prefix("unable to ")
+                .map(str::to_string)
+                .unwrap_or_else(|| body.to_string());
             Err(Error::unable(format!("start {name}"), cause).code(code))
         }
         _ => Err(Error::unable(

@@ -22,7 +22,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// A failure to do `what`, because of `cause`; LSB code 1 unless changed.
     pub fn unable(what: impl Into<String>, cause: impl fmt::Display) -> Self {
-        Error { what: what.into(), cause: cause.to_string(), hint: None, code: Action::Generic }
+        Error {
+            what: what.into(),
+            cause: cause.to_string(),
+            hint: None,
+            code: Action::Generic,
+        }
     }
 
     /// A failure caused by an OS error; permission errors map to LSB code 4.

@@ -51,7 +51,9 @@ pub fn init_script(t: &Target) -> String {
         ("@PIDFILE@", pidfile),
     ]
     .iter()
-    .fold(INIT_TEMPLATE.to_string(), |text, (key, value)| text.replace(key, value))
+    .fold(INIT_TEMPLATE.to_string(), |text, (key, value)| {
+        text.replace(key, value)
+    })
 }
 
 /// Renders a systemd unit that runs `baton run NAME` in the foreground as a `Type=notify` service.
@@ -65,7 +67,8 @@ pub fn systemd_unit(t: &Target) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let stop_secs = (t.stop_timeout + STOP_MARGIN).as_secs() + u64::from(t.stop_timeout.subsec_nanos() > 0);
+    let stop_secs =
+        (t.stop_timeout + STOP_MARGIN).as_secs() + u64::from(t.stop_timeout.subsec_nanos() > 0);
     let restart = if t.baton_restarts {
         "# baton restarts the service ([restart] policy); systemd restarting too would double it.\n\
          Restart=no\n"
@@ -105,7 +108,9 @@ pub fn systemd_unit(t: &Target) -> String {
 
 /// Values land on one line of a header or an assignment: control characters become spaces.
 fn one_line(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// Single-quotes `s` for sh: nothing inside is special but the quote itself.
@@ -116,7 +121,9 @@ fn sh_quote(s: &str) -> String {
 /// One word of an `Exec*=` line: `%` and `$` are systemd's, so doubled; quoted when it has spaces.
 fn unit_arg(s: &str) -> String {
     let s = s.replace('%', "%%").replace('$', "$$");
-    if !s.is_empty() && !s.contains(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | ';')) {
+    if !s.is_empty()
+        && !s.contains(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | ';'))
+    {
         return s;
     }
     format!("\"{}\"", s.replace('\\', r"\\").replace('"', "\\\""))
@@ -129,7 +136,12 @@ mod tests {
     use std::process::Command;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn target<'a>(name: &'a str, description: &'a str, baton: &'a Path, restarts: bool) -> Target<'a> {
+    fn target<'a>(
+        name: &'a str,
+        description: &'a str,
+        baton: &'a Path,
+        restarts: bool,
+    ) -> Target<'a> {
         Target {
             name,
             config: Path::new("/etc/baton/web.toml"),
@@ -159,9 +171,14 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("script");
         std::fs::write(&path, script).expect("write script");
-        let out = Command::new("sh").arg(&path).arg(action).output().expect("run sh");
+        let out = Command::new("sh")
+            .arg(&path)
+            .arg(action)
+            .output()
+            .expect("run sh");
         std::fs::remove_dir_all(&dir).expect("remove temp dir");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
         (out.status.code().expect("exit code"), text)
     }
 
@@ -169,7 +186,11 @@ mod tests {
     fn init_script_fills_every_placeholder() {
         let s = init_script(&web());
         assert!(s.starts_with("#!/bin/sh\n"));
-        let leftover = s.split('@').skip(1).step_by(2).find(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_uppercase() || c == '_'));
+        let leftover = s
+            .split('@')
+            .skip(1)
+            .step_by(2)
+            .find(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_uppercase() || c == '_'));
         assert_eq!(leftover, None, "unfilled placeholder in:\n{s}");
         assert!(s.contains("NAME='web'\n"));
         assert!(s.contains("BATON='/usr/local/bin/baton'\n"));
@@ -192,17 +213,31 @@ mod tests {
             assert!(h.contains(&want), "missing {want:?} in {h:#?}");
         }
         // Continuation lines of Description start with '#' and two or more spaces.
-        assert!(h.iter().all(|l| l.starts_with("# ") || l.starts_with("#\t")), "{h:#?}");
+        assert!(
+            h.iter()
+                .all(|l| l.starts_with("# ") || l.starts_with("#\t")),
+            "{h:#?}"
+        );
     }
 
     #[test]
     fn init_script_quotes_values_for_the_shell() {
-        let t = target("web", "Bob's $(shop)\nline two", Path::new("/opt/my baton/baton"), true);
+        let t = target(
+            "web",
+            "Bob's $(shop)\nline two",
+            Path::new("/opt/my baton/baton"),
+            true,
+        );
         let s = init_script(&t);
         assert!(s.contains(r"DESC='Bob'\''s $(shop) line two'"), "{s}");
         assert!(s.contains("# Short-Description: Bob's $(shop) line two\n"));
         assert!(s.contains("BATON='/opt/my baton/baton'\n"));
-        let check = Command::new("sh").arg("-n").arg("-c").arg(&s).status().expect("sh -n");
+        let check = Command::new("sh")
+            .arg("-n")
+            .arg("-c")
+            .arg(&s)
+            .status()
+            .expect("sh -n");
         assert!(check.success());
     }
 
@@ -215,7 +250,10 @@ mod tests {
         assert!(out.contains("Usage:"), "{out}");
         let (code, out) = run_script(&s, "start");
         assert_eq!(code, 5, "{out}");
-        assert!(out.contains("unable to start web: /nonexistent/baton is not installed"), "{out}");
+        assert!(
+            out.contains("unable to start web: /nonexistent/baton is not installed"),
+            "{out}"
+        );
         assert_eq!(run_script(&s, "status").0, 4);
         assert_eq!(run_script(&s, "").0, 2);
     }
@@ -232,14 +270,29 @@ mod tests {
              echo \"baton says $3\" >&2\ncase $3 in start) exit 0;; stop) exit 1;; reload) exit 7;; status) exit 3;; *) exit 6;; esac\n",
         )
         .expect("write fake baton");
-        Command::new("chmod").arg("755").arg(&fake).status().expect("chmod");
+        Command::new("chmod")
+            .arg("755")
+            .arg(&fake)
+            .status()
+            .expect("chmod");
         let s = init_script(&target("web", "Web", &fake, true));
-        let cases = [("start", 0), ("stop", 1), ("reload", 7), ("status", 3), ("restart", 6), ("try-restart", 6), ("force-reload", 6)];
+        let cases = [
+            ("start", 0),
+            ("stop", 1),
+            ("reload", 7),
+            ("status", 3),
+            ("restart", 6),
+            ("try-restart", 6),
+            ("force-reload", 6),
+        ];
         for (action, want) in cases {
             let (code, out) = run_script(&s, action);
             // Root-only check reads /etc/baton/web.toml; absent here, so it never fires.
             assert_eq!(code, want, "{action}: {out}");
-            assert!(out.contains(&format!("baton says {action}")), "{action}: {out}");
+            assert!(
+                out.contains(&format!("baton says {action}")),
+                "{action}: {out}"
+            );
         }
         std::fs::remove_dir_all(&dir).expect("remove temp dir");
     }
@@ -296,7 +349,10 @@ mod tests {
         };
         let u = systemd_unit(&t);
         assert!(u.contains("Description=50%% $HOME\n"), "{u}");
-        assert!(u.contains("ExecStart=/usr/bin/baton --config \"/etc/my baton/100%%.toml\" run web\n"), "{u}");
+        assert!(
+            u.contains("ExecStart=/usr/bin/baton --config \"/etc/my baton/100%%.toml\" run web\n"),
+            "{u}"
+        );
         assert_eq!(unit_arg("a\"b\\c"), r#""a\"b\\c""#);
         assert_eq!(unit_arg("$X"), "$$X");
         assert_eq!(unit_arg(""), "\"\"");

@@ -35,7 +35,13 @@ impl RotatingFile {
     pub fn open(path: PathBuf, spec: &LogSpec) -> io::Result<Self> {
         let file = open_append(&path)?;
         let size = file.metadata()?.len();
-        Ok(RotatingFile { path, file, size, max: spec.max_size, keep: spec.keep })
+        Ok(RotatingFile {
+            path,
+            file,
+            size,
+            max: spec.max_size,
+            keep: spec.keep,
+        })
     }
 
     /// Writes whole lines, rotating first when they would not fit.
@@ -46,7 +52,10 @@ impl RotatingFile {
                 return self.append(data);
             }
             // Fill up to the last line boundary that fits, then rotate.
-            let cut = data[..room].iter().rposition(|&b| b == b'\n').map(|i| i + 1);
+            let cut = data[..room]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map(|i| i + 1);
             match cut {
                 Some(n) => {
                     self.append(&data[..n])?;
@@ -56,7 +65,10 @@ impl RotatingFile {
                 // Nothing fits: a fresh file takes the line even if it is oversized.
                 None if self.size > 0 => self.rotate()?,
                 None => {
-                    let n = data.iter().position(|&b| b == b'\n').map_or(data.len(), |i| i + 1);
+                    let n = data
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .map_or(data.len(), |i| i + 1);
                     self.append(&data[..n])?;
                     data = &data[n..];
                 }
@@ -101,7 +113,11 @@ impl RotatingFile {
 }
 
 fn open_append(path: &PathBuf) -> io::Result<File> {
-    OpenOptions::new().append(true).create(true).mode(0o640).open(path)
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(path)
 }
 
 /// Which of the service's streams a pipe carries.
@@ -135,7 +151,11 @@ impl Pipe {
         let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
         // Best effort: an unprivileged process may be capped by /proc/sys/fs/pipe-max-size.
         let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
-        Pipe { fd, kind, partial: Vec::new() }
+        Pipe {
+            fd,
+            kind,
+            partial: Vec::new(),
+        }
     }
 
     /// For the poll set.
@@ -144,7 +164,11 @@ impl Pipe {
     }
 
     /// Reads what is available (bounded, to stay fair to other events) and hands whole lines to `out`.
-    pub fn drain(&mut self, out: &mut Output, on_line: &mut dyn FnMut(StreamKind, &str)) -> Drained {
+    pub fn drain(
+        &mut self,
+        out: &mut Output,
+        on_line: &mut dyn FnMut(StreamKind, &str),
+    ) -> Drained {
         let mut buf = [0u8; 64 * 1024];
         for _ in 0..16 {
             match nix::unistd::read(self.fd.as_raw_fd(), &mut buf) {
@@ -215,7 +239,10 @@ impl Output {
             StreamKind::Stderr => &mut self.stderr,
         };
         if let Err(e) = file.write_lines(lines) {
-            tracing::error!("unable to write service output to {}: {e}", file.path.display());
+            tracing::error!(
+                "unable to write service output to {}: {e}",
+                file.path.display()
+            );
         }
         for line in lines.split(|&b| b == b'\n') {
             if line.is_empty() {
@@ -232,7 +259,11 @@ impl Output {
 
     /// The last lines the service printed, oldest first.
     pub fn tail(&self, n: usize) -> Vec<String> {
-        self.tail.iter().skip(self.tail.len().saturating_sub(n)).cloned().collect()
+        self.tail
+            .iter()
+            .skip(self.tail.len().saturating_sub(n))
+            .cloned()
+            .collect()
     }
 
     /// Reopens both files (for external logrotate).
@@ -247,7 +278,11 @@ mod tests {
     use super::*;
 
     fn spec(dir: &std::path::Path, max: u64, keep: u32) -> LogSpec {
-        LogSpec { dir: dir.to_path_buf(), max_size: max, keep }
+        LogSpec {
+            dir: dir.to_path_buf(),
+            max_size: max,
+            keep,
+        }
     }
 
     #[test]
@@ -263,13 +298,26 @@ mod tests {
             f.write_lines(chunk.as_bytes()).expect("write");
         }
         // Concatenate oldest to newest and compare: nothing lost, nothing split.
-        let mut files: Vec<_> = std::fs::read_dir(&dir).expect("ls").map(|e| e.expect("entry").path()).collect();
-        let idx = |p: &PathBuf| p.extension().and_then(|e| e.to_str()).and_then(|e| e.parse::<u32>().ok()).unwrap_or(0);
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("ls")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        let idx = |p: &PathBuf| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .and_then(|e| e.parse::<u32>().ok())
+                .unwrap_or(0)
+        };
         files.sort_by_key(|p| std::cmp::Reverse(idx(p)));
         let mut joined = String::new();
         for p in &files {
             let body = std::fs::read_to_string(p).expect("read");
-            assert!(body.len() as u64 <= 100, "{} is {} bytes", p.display(), body.len());
+            assert!(
+                body.len() as u64 <= 100,
+                "{} is {} bytes",
+                p.display(),
+                body.len()
+            );
             assert!(body.ends_with('\n'), "{} ends mid-line", p.display());
             joined.push_str(&body);
         }
@@ -284,14 +332,23 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let mut f = RotatingFile::open(dir.join("out.log"), &spec(&dir, 10, 2)).expect("open");
         for i in 0..20 {
-            f.write_lines(format!("{i:08}\n").as_bytes()).expect("write");
+            f.write_lines(format!("{i:08}\n").as_bytes())
+                .expect("write");
         }
-        let mut names: Vec<String> =
-            std::fs::read_dir(&dir).expect("ls").map(|e| e.expect("e").file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .expect("ls")
+            .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         assert_eq!(names, vec!["out.log", "out.log.1", "out.log.2"]);
-        assert_eq!(std::fs::read_to_string(dir.join("out.log")).expect("r"), "00000019\n");
-        assert_eq!(std::fs::read_to_string(dir.join("out.log.2")).expect("r"), "00000017\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("out.log")).expect("r"),
+            "00000019\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("out.log.2")).expect("r"),
+            "00000017\n"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }
@@ -307,12 +364,18 @@ impl EventLog {
     /// Appends to `path`; if it cannot be opened, events go to stderr.
     pub fn open(path: PathBuf) -> Self {
         let file = open_append(&path).ok();
-        EventLog { path: Some(path), file: std::sync::Arc::new(std::sync::Mutex::new(file)) }
+        EventLog {
+            path: Some(path),
+            file: std::sync::Arc::new(std::sync::Mutex::new(file)),
+        }
     }
 
     /// Events to stderr (foreground use).
     pub fn stderr() -> Self {
-        EventLog { path: None, file: std::sync::Arc::new(std::sync::Mutex::new(None)) }
+        EventLog {
+            path: None,
+            file: std::sync::Arc::new(std::sync::Mutex::new(None)),
+        }
     }
 
     /// Reopens the file at its path.

@@ -20,7 +20,12 @@ use std::path::{Path, PathBuf};
 /// Writes `contents` to `path` atomically: a crash leaves the old file or the new one, never half.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
     f.write_all(contents)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path).inspect_err(|_| {
@@ -39,11 +44,19 @@ pub fn read(path: &Path) -> Result<Option<Pid>> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let first = text.lines().next().unwrap_or("").trim();
-            first.parse::<i32>().ok().filter(|&n| n > 0).map(|n| Some(Pid::from_raw(n))).ok_or_else(|| {
-                Error::unable(format!("read PID file {}", path.display()), format!("first line {first:?} is not a PID"))
+            first
+                .parse::<i32>()
+                .ok()
+                .filter(|&n| n > 0)
+                .map(|n| Some(Pid::from_raw(n)))
+                .ok_or_else(|| {
+                    Error::unable(
+                        format!("read PID file {}", path.display()),
+                        format!("first line {first:?} is not a PID"),
+                    )
                     .code(Action::Generic)
                     .hint("remove the file if no baton supervisor is running")
-            })
+                })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(format!("read PID file {}", path.display()), &e)),
@@ -76,13 +89,19 @@ pub fn state_path(spec: &Spec) -> PathBuf {
 
 fn open_lock(path: &Path) -> std::io::Result<File> {
     // 0644: anyone allowed to run `status` may test the lock.
-    OpenOptions::new().read(true).write(true).create(true).mode(0o644).open(path).or_else(|e| {
-        if e.kind() == std::io::ErrorKind::PermissionDenied {
-            File::open(path)
-        } else {
-            Err(e)
-        }
-    })
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o644)
+        .open(path)
+        .or_else(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                File::open(path)
+            } else {
+                Err(e)
+            }
+        })
 }
 
 /// Held for the supervisor's lifetime.
@@ -151,7 +170,10 @@ pub struct Identity {
 impl Identity {
     /// The identity of a live process.
     pub fn of(pid: Pid) -> Option<Identity> {
-        process::starttime(pid).map(|starttime| Identity { pid: pid.as_raw(), starttime })
+        process::starttime(pid).map(|starttime| Identity {
+            pid: pid.as_raw(),
+            starttime,
+        })
     }
 
     /// Whether this exact process (not a successor with the same PID) still runs.
@@ -186,7 +208,10 @@ pub fn write_state(spec: &Spec, state: &StateFile) {
 
 /// Reads the state file; missing or unreadable reads as empty.
 pub fn read_state(spec: &Spec) -> StateFile {
-    std::fs::read(state_path(spec)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    std::fs::read(state_path(spec))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 /// Processes of a previous service whose supervisor died, still alive.
@@ -219,7 +244,10 @@ mod tests {
     fn identity_tells_reuse() {
         let me = Identity::of(nix::unistd::getpid()).expect("self");
         assert!(me.alive());
-        let reused = Identity { starttime: me.starttime + 1, ..me };
+        let reused = Identity {
+            starttime: me.starttime + 1,
+            ..me
+        };
         assert!(!reused.alive());
     }
 }

@@ -35,41 +35,70 @@ pub struct HttpTarget {
 impl HttpTarget {
     /// Parses a plain-HTTP URL; https is refused with a reason.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{url:?} must start with http:// (readiness probes speak plain HTTP)"))?;
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            format!("{url:?} must start with http:// (readiness probes speak plain HTTP)")
+        })?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
         let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                (h, p.parse::<u16>().map_err(|_| format!("{url:?}: {p:?} is not a port"))?)
-            }
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("{url:?}: {p:?} is not a port"))?,
+            ),
             _ => (authority, 80),
         };
         if host.is_empty() {
             return Err(format!("{url:?} has no host"));
         }
-        Ok(HttpTarget { host: host.to_string(), port, path: path.to_string() })
+        Ok(HttpTarget {
+            host: host.to_string(),
+            port,
+            path: path.to_string(),
+        })
     }
 }
 
 /// What a probe checks, resolved for one instance.
 enum Check {
-    Tcp { addr: SocketAddr, label: String },
-    Http { addr: SocketAddr, request: Vec<u8>, label: String },
-    Exec { argv: Vec<String> },
-    Log { re: regex::Regex },
+    Tcp {
+        addr: SocketAddr,
+        label: String,
+    },
+    Http {
+        addr: SocketAddr,
+        request: Vec<u8>,
+        label: String,
+    },
+    Exec {
+        argv: Vec<String>,
+    },
+    Log {
+        re: regex::Regex,
+    },
     Notify,
 }
 
 /// Where an active probe is in its current attempt.
 enum Attempt {
-    Waiting { at: Instant },
-    Connecting { sock: OwnedFd, deadline: Instant },
-    Exchanging { sock: OwnedFd, deadline: Instant, reply: Vec<u8> },
-    Running { pid: Pid, deadline: Instant },
+    Waiting {
+        at: Instant,
+    },
+    Connecting {
+        sock: OwnedFd,
+        deadline: Instant,
+    },
+    Exchanging {
+        sock: OwnedFd,
+        deadline: Instant,
+        reply: Vec<u8>,
+    },
+    Running {
+        pid: Pid,
+        deadline: Instant,
+    },
     /// Passive probes (log, notify) wait for the loop to feed them.
     Listening,
     Passed,
@@ -105,35 +134,57 @@ impl Probes {
             let check = match p {
                 ProbeSpec::Tcp(a) => {
                     let label = spec.expand(a, port);
-                    Check::Tcp { addr: resolve(&label)?, label }
+                    Check::Tcp {
+                        addr: resolve(&label)?,
+                        label,
+                    }
                 }
                 ProbeSpec::Http(u) => {
                     let url = spec.expand(u, port);
                     let t = HttpTarget::parse(&url)?;
-                    let addr = resolve(&format!("{}:{}", t.host.trim_matches(|c| c == '[' || c == ']'), t.port))?;
+                    let addr = resolve(&format!(
+                        "{}:{}",
+                        t.host.trim_matches(|c| c == '[' || c == ']'),
+                        t.port
+                    ))?;
                     let request = format!(
                         "GET {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: baton\r\nConnection: close\r\n\r\n",
                         t.path, t.host, t.port
                     )
                     .into_bytes();
-                    Check::Http { addr, request, label: format!("GET {url}") }
+                    Check::Http {
+                        addr,
+                        request,
+                        label: format!("GET {url}"),
+                    }
                 }
-                ProbeSpec::Exec(argv) => Check::Exec { argv: argv.iter().map(|a| spec.expand(a, port)).collect() },
-                ProbeSpec::Log(re) => Check::Log { re: regex::Regex::new(re).map_err(|e| e.to_string())? },
+                ProbeSpec::Exec(argv) => Check::Exec {
+                    argv: argv.iter().map(|a| spec.expand(a, port)).collect(),
+                },
+                ProbeSpec::Log(re) => Check::Log {
+                    re: regex::Regex::new(re).map_err(|e| e.to_string())?,
+                },
                 ProbeSpec::Notify => Check::Notify,
             };
             let attempt = match check {
                 Check::Log { .. } | Check::Notify => Attempt::Listening,
                 _ => Attempt::Waiting { at: now },
             };
-            list.push(Probe { check, attempt, tries: 0, last_failure: None });
+            list.push(Probe {
+                check,
+                attempt,
+                tries: 0,
+                last_failure: None,
+            });
         }
         Ok(Probes { list })
     }
 
     /// Whether every probe has passed.
     pub fn passed(&self) -> bool {
-        self.list.iter().all(|p| matches!(p.attempt, Attempt::Passed))
+        self.list
+            .iter()
+            .all(|p| matches!(p.attempt, Attempt::Passed))
     }
 
     /// The earliest time an attempt must start or time out.
@@ -155,8 +206,16 @@ impl Probes {
         let mut out = Vec::new();
         for (index, p) in self.list.iter().enumerate() {
             match &p.attempt {
-                Attempt::Connecting { sock, .. } => out.push(Interest { index, fd: sock.as_fd(), events: PollFlags::POLLOUT }),
-                Attempt::Exchanging { sock, .. } => out.push(Interest { index, fd: sock.as_fd(), events: PollFlags::POLLIN }),
+                Attempt::Connecting { sock, .. } => out.push(Interest {
+                    index,
+                    fd: sock.as_fd(),
+                    events: PollFlags::POLLOUT,
+                }),
+                Attempt::Exchanging { sock, .. } => out.push(Interest {
+                    index,
+                    fd: sock.as_fd(),
+                    events: PollFlags::POLLIN,
+                }),
                 _ => {}
             }
         }
@@ -168,12 +227,17 @@ impl Probes {
         for p in &mut self.list {
             match &p.attempt {
                 Attempt::Waiting { at } if *at <= now => p.begin(now),
-                Attempt::Connecting { deadline, .. } | Attempt::Exchanging { deadline, .. } if *deadline <= now => {
-                    p.fail(now, format!("no answer within {}s", ATTEMPT_TIMEOUT.as_secs()));
+                Attempt::Connecting { deadline, .. } | Attempt::Exchanging { deadline, .. }
+                    if *deadline <= now =>
+                {
+                    p.fail(
+                        now,
+                        format!("no answer within {}s", ATTEMPT_TIMEOUT.as_secs()),
+                    );
                 }
+                // Killed, its exit comes back through on_exit and counts as a failed try.
                 Attempt::Running { pid, deadline } if *deadline <= now => {
                     crate::process::signal(*pid, nix::sys::signal::Signal::SIGKILL);
-                    let _ = deadline;
                 }
                 _ => {}
             }
@@ -277,7 +341,11 @@ impl Probe {
     fn fail(&mut self, now: Instant, why: String) {
         self.tries += 1;
         self.last_failure = Some(why);
-        let cap = if matches!(self.check, Check::Exec { .. }) { MAX_RETRY_EXEC } else { MAX_RETRY_NET };
+        let cap = if matches!(self.check, Check::Exec { .. }) {
+            MAX_RETRY_EXEC
+        } else {
+            MAX_RETRY_NET
+        };
         let delay = FIRST_RETRY.saturating_mul(1 << self.tries.min(10)).min(cap);
         self.attempt = Attempt::Waiting { at: now + delay };
     }
@@ -294,14 +362,29 @@ impl Probe {
                 Err(e) => self.fail(now, e.desc().to_lowercase()),
             },
             Check::Exec { argv } => {
-                let spawned = Command::new(&argv[0])
-                    .args(&argv[1..])
+                let mut cmd = Command::new(&argv[0]);
+                cmd.args(&argv[1..])
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn();
+                    .stderr(Stdio::null());
+                crate::sys::install(
+                    &mut cmd,
+                    crate::sys::ChildSetup {
+                        account: None,
+                        umask: None,
+                        parent: nix::unistd::getpid(),
+                        new_session: false,
+                        parent_death_signal: Some(nix::sys::signal::Signal::SIGKILL),
+                    },
+                );
+                let spawned = cmd.spawn();
                 match spawned {
-                    Ok(child) => self.attempt = Attempt::Running { pid: Pid::from_raw(child.id() as i32), deadline },
+                    Ok(child) => {
+                        self.attempt = Attempt::Running {
+                            pid: Pid::from_raw(child.id() as i32),
+                            deadline,
+                        }
+                    }
                     Err(e) => self.fail(now, format!("cannot run: {e}")),
                 }
             }
@@ -313,27 +396,43 @@ impl Probe {
     fn advance(&mut self, now: Instant) {
         let attempt = std::mem::replace(&mut self.attempt, Attempt::Waiting { at: now });
         match attempt {
-            Attempt::Connecting { sock, deadline } => match socket::getsockopt(&sock, sockopt::SocketError) {
-                Ok(0) => match &self.check {
-                    Check::Http { request, .. } => match nix::unistd::write(&sock, request) {
-                        Ok(n) if n == request.len() => {
-                            self.attempt = Attempt::Exchanging { sock, deadline, reply: Vec::new() }
-                        }
-                        Ok(_) => self.fail(now, "request not sent in one piece".into()),
-                        Err(e) => self.fail(now, e.desc().to_lowercase()),
+            Attempt::Connecting { sock, deadline } => {
+                match socket::getsockopt(&sock, sockopt::SocketError) {
+                    Ok(0) => match &self.check {
+                        Check::Http { request, .. } => match nix::unistd::write(&sock, request) {
+                            Ok(n) if n == request.len() => {
+                                self.attempt = Attempt::Exchanging {
+                                    sock,
+                                    deadline,
+                                    reply: Vec::new(),
+                                }
+                            }
+                            Ok(_) => self.fail(now, "request not sent in one piece".into()),
+                            Err(e) => self.fail(now, e.desc().to_lowercase()),
+                        },
+                        _ => self.attempt = Attempt::Passed,
                     },
-                    _ => self.attempt = Attempt::Passed,
-                },
-                Ok(err) => self.fail(now, Errno::from_raw(err).desc().to_lowercase()),
-                Err(e) => self.fail(now, e.desc().to_lowercase()),
-            },
-            Attempt::Exchanging { sock, deadline, mut reply } => {
+                    Ok(err) => self.fail(now, Errno::from_raw(err).desc().to_lowercase()),
+                    Err(e) => self.fail(now, e.desc().to_lowercase()),
+                }
+            }
+            Attempt::Exchanging {
+                sock,
+                deadline,
+                mut reply,
+            } => {
                 let mut buf = [0u8; 512];
                 match nix::unistd::read(sock.as_raw_fd(), &mut buf) {
-                    Ok(0) if reply.is_empty() => self.fail(now, "connection closed without a reply".into()),
+                    Ok(0) if reply.is_empty() => {
+                        self.fail(now, "connection closed without a reply".into())
+                    }
                     Ok(n) if n > 0 && !buf[..n].contains(&b'\n') && reply.len() < 4096 => {
                         reply.extend_from_slice(&buf[..n]);
-                        self.attempt = Attempt::Exchanging { sock, deadline, reply };
+                        self.attempt = Attempt::Exchanging {
+                            sock,
+                            deadline,
+                            reply,
+                        };
                     }
                     Ok(n) => {
                         reply.extend_from_slice(&buf[..n]);
@@ -343,7 +442,13 @@ impl Probe {
                             None => self.fail(now, "reply is not HTTP".into()),
                         }
                     }
-                    Err(Errno::EAGAIN) => self.attempt = Attempt::Exchanging { sock, deadline, reply },
+                    Err(Errno::EAGAIN) => {
+                        self.attempt = Attempt::Exchanging {
+                            sock,
+                            deadline,
+                            reply,
+                        }
+                    }
                     Err(e) => self.fail(now, e.desc().to_lowercase()),
                 }
             }
@@ -354,8 +459,17 @@ impl Probe {
 
 /// Starts a non-blocking connect; `true` if it completed at once.
 fn connect(addr: &SocketAddr) -> nix::Result<(OwnedFd, bool)> {
-    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-    let sock = socket::socket(family, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let sock = socket::socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
     match socket::connect(sock.as_raw_fd(), &SockaddrStorage::from(*addr)) {
         Ok(()) => Ok((sock, true)),
         Err(Errno::EINPROGRESS) => Ok((sock, false)),
@@ -388,11 +502,19 @@ mod tests {
     fn urls() {
         assert_eq!(
             HttpTarget::parse("http://127.0.0.1:8080/health?x=1"),
-            Ok(HttpTarget { host: "127.0.0.1".into(), port: 8080, path: "/health?x=1".into() })
+            Ok(HttpTarget {
+                host: "127.0.0.1".into(),
+                port: 8080,
+                path: "/health?x=1".into()
+            })
         );
         assert_eq!(
             HttpTarget::parse("http://localhost"),
-            Ok(HttpTarget { host: "localhost".into(), port: 80, path: "/".into() })
+            Ok(HttpTarget {
+                host: "localhost".into(),
+                port: 80,
+                path: "/".into()
+            })
         );
         assert!(HttpTarget::parse("https://x/").is_err());
         assert!(HttpTarget::parse("http://x:notaport/").is_err());
@@ -408,11 +530,18 @@ mod tests {
     #[test]
     fn retry_backoff_is_capped() {
         let now = Instant::now();
-        let mut p = Probe { check: Check::Notify, attempt: Attempt::Listening, tries: 0, last_failure: None };
+        let mut p = Probe {
+            check: Check::Notify,
+            attempt: Attempt::Listening,
+            tries: 0,
+            last_failure: None,
+        };
         let mut last = Duration::ZERO;
         for _ in 0..20 {
             p.fail(now, "x".into());
-            let Attempt::Waiting { at } = p.attempt else { panic!("waiting") };
+            let Attempt::Waiting { at } = p.attempt else {
+                panic!("waiting")
+            };
             let d = at - now;
             assert!(d >= last && d <= MAX_RETRY_NET, "{d:?}");
             last = d;

@@ -8,8 +8,8 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// A freshly spawned service: its PID (also its process group) and its output pipes.
@@ -38,7 +38,10 @@ pub fn spawn(spec: &Spec, port: Option<u16>, notify_socket: Option<&Path>) -> Re
     // Our own NOTIFY_SOCKET (from systemd, under `run`) is not the service's to use.
     cmd.env_remove("NOTIFY_SOCKET");
     if let Some(a) = &spec.account {
-        cmd.env("HOME", &a.home).env("USER", &a.name).env("LOGNAME", &a.name).env("SHELL", &a.shell);
+        cmd.env("HOME", &a.home)
+            .env("USER", &a.name)
+            .env("LOGNAME", &a.name)
+            .env("SHELL", &a.shell);
     }
     if let Some(p) = port {
         cmd.env("PORT", p.to_string());
@@ -71,10 +74,18 @@ pub fn spawn(spec: &Spec, port: Option<u16>, notify_socket: Option<&Path>) -> Re
     })?;
     let pid = Pid::from_raw(child.id() as i32);
     let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(Error::unable("capture the service's output", "no pipes were created"));
+        return Err(Error::unable(
+            "capture the service's output",
+            "no pipes were created",
+        ));
     };
     // The Child handle is dropped without waiting: the supervisor reaps every child with waitpid(-1).
-    Ok(Spawned { pid, starttime: starttime(pid).unwrap_or(0), stdout: out.into(), stderr: err.into() })
+    Ok(Spawned {
+        pid,
+        starttime: starttime(pid).unwrap_or(0),
+        stdout: out.into(),
+        stderr: err.into(),
+    })
 }
 
 /// Relative programs with a slash are relative to the config file's directory.
@@ -126,7 +137,9 @@ pub fn starttime(pid: Pid) -> Option<u64> {
 
 /// Every process on the system; used only when stopping or cleaning up, never while idle.
 pub fn all() -> Vec<ProcStat> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(|pid| stat(Pid::from_raw(pid)))
         .collect()
@@ -152,7 +165,11 @@ pub fn descendants(root: Pid) -> Vec<Pid> {
 
 /// Processes still in group `pgid` that started no earlier than its leader did (so not a reused id).
 pub fn group_members(pgid: Pid, leader_starttime: u64) -> Vec<Pid> {
-    all().into_iter().filter(|p| p.pgrp == pgid && p.starttime >= leader_starttime).map(|p| p.pid).collect()
+    all()
+        .into_iter()
+        .filter(|p| p.pgrp == pgid && p.starttime >= leader_starttime)
+        .map(|p| p.pid)
+        .collect()
 }
 
 /// Signals a process group; a group that is already gone is not an error.
@@ -176,7 +193,11 @@ pub fn signal_tree(pgid: Option<Pid>, sig: Signal, except: &[Pid]) -> Vec<Pid> {
     if let Some(g) = pgid {
         signal_group(g, sig);
     }
-    let rest: Vec<Pid> = descendants(nix::unistd::getpid()).into_iter().filter(|p| !except.contains(p)).collect();
+    // Processes still in the group got the signal above; these are the ones that left it.
+    let rest: Vec<Pid> = descendants(nix::unistd::getpid())
+        .into_iter()
+        .filter(|p| !except.contains(p) && stat(*p).is_some_and(|s| Some(s.pgrp) != pgid))
+        .collect();
     for &p in &rest {
         signal(p, sig);
     }

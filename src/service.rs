@@ -59,7 +59,9 @@ fn stop_locked(spec: &Spec) -> Result<()> {
                 match reply? {
                     Reply::Progress { message } => eprintln!("{name}: {message}"),
                     Reply::Error { message, code } => {
-                        return Err(Error::unable(format!("stop {name}"), message).code(action(code)))
+                        return Err(
+                            Error::unable(format!("stop {name}"), message).code(action(code))
+                        )
                     }
                     Reply::Ok { .. } | Reply::Status(_) => {}
                 }
@@ -69,9 +71,14 @@ fn stop_locked(spec: &Spec) -> Result<()> {
         Err(e) => {
             let state = pidfile::read_state(spec);
             let Some(sup) = state.supervisor.filter(|s| s.alive()) else {
-                return Err(e.hint("the supervisor runs but cannot be identified; check the state directory"));
+                return Err(e.hint(
+                    "the supervisor runs but cannot be identified; check the state directory",
+                ));
             };
-            eprintln!("{name}: control socket unavailable ({e}); sending SIGTERM to supervisor pid {}", sup.pid);
+            eprintln!(
+                "{name}: control socket unavailable ({e}); sending SIGTERM to supervisor pid {}",
+                sup.pid
+            );
             process::signal(Pid::from_raw(sup.pid), Signal::SIGTERM);
         }
     }
@@ -111,12 +118,17 @@ pub fn reopen_logs(spec: &Spec) -> Result<()> {
 fn simple_request(spec: &Spec, what: &str) -> Result<()> {
     let name = &spec.name;
     if !pidfile::supervisor_alive(spec).unwrap_or(false) {
-        return Err(Error::unable(format!("{what} {name}"), format!("{name} is not running")).code(Action::NotRunning));
+        return Err(
+            Error::unable(format!("{what} {name}"), format!("{name} is not running"))
+                .code(Action::NotRunning),
+        );
     }
     for reply in control::request(&spec.socket, what, Some(STATUS_TIMEOUT))? {
         match reply? {
             Reply::Ok { message } => println!("{message}"),
-            Reply::Error { message, code } => return Err(Error::unable(format!("{what} {name}"), message).code(action(code))),
+            Reply::Error { message, code } => {
+                return Err(Error::unable(format!("{what} {name}"), message).code(action(code)))
+            }
             _ => {}
         }
     }
@@ -127,16 +139,30 @@ fn simple_request(spec: &Spec, what: &str) -> Result<()> {
 pub fn status(spec: &Spec, json: bool) -> Result<Status> {
     let (report, code) = match pidfile::supervisor_alive(spec) {
         Ok(true) => {
-            let reply = control::request(&spec.socket, "status", Some(STATUS_TIMEOUT))
-                .and_then(|mut r| r.next().unwrap_or_else(|| Err(Error::unable("read status", "no reply"))));
+            let reply =
+                control::request(&spec.socket, "status", Some(STATUS_TIMEOUT)).and_then(|mut r| {
+                    r.next()
+                        .unwrap_or_else(|| Err(Error::unable("read status", "no reply")))
+                });
             match reply {
                 Ok(Reply::Status(r)) => {
-                    let code = if r.ready { Status::Running } else { Status::DeadWithPidfile };
+                    let code = if r.ready {
+                        Status::Running
+                    } else {
+                        Status::DeadWithPidfile
+                    };
                     // Before the first ready there is no PID file: LSB says "not running".
-                    let code = if code == Status::DeadWithPidfile && !spec.pidfile.exists() { Status::NotRunning } else { code };
+                    let code = if code == Status::DeadWithPidfile && !spec.pidfile.exists() {
+                        Status::NotRunning
+                    } else {
+                        code
+                    };
                     (r, code)
                 }
-                Ok(other) => (unknown(spec, format!("unexpected reply {other:?}")), Status::Unknown),
+                Ok(other) => (
+                    unknown(spec, format!("unexpected reply {other:?}")),
+                    Status::Unknown,
+                ),
                 Err(e) => (unknown(spec, e.to_string()), Status::Unknown),
             }
         }
@@ -154,13 +180,21 @@ pub fn status(spec: &Spec, json: bool) -> Result<Status> {
 }
 
 fn unknown(spec: &Spec, why: String) -> Report {
-    Report { name: spec.name.clone(), state: "unknown".into(), problem: Some(why), ..Report::default() }
+    Report {
+        name: spec.name.clone(),
+        state: "unknown".into(),
+        problem: Some(why),
+        ..Report::default()
+    }
 }
 
 /// The truth when no supervisor holds the lock: "dead" if a PID file remains, else "not running".
 fn post_mortem(spec: &Spec) -> (Report, Status) {
     let state = pidfile::read_state(spec);
-    let orphans: Vec<i32> = pidfile::orphans(&state).iter().map(|p| p.as_raw()).collect();
+    let orphans: Vec<i32> = pidfile::orphans(&state)
+        .iter()
+        .map(|p| p.as_raw())
+        .collect();
     let pid_in_file = pidfile::read(&spec.pidfile);
     let mut report = Report {
         name: spec.name.clone(),
@@ -183,11 +217,21 @@ fn post_mortem(spec: &Spec) -> (Report, Status) {
         Ok(Some(pid)) => {
             report.state = "dead".into();
             report.supervisor_pid = Some(pid.as_raw());
-            problems.insert(0, format!("PID file {} names pid {pid}, which is not a running baton supervisor", spec.pidfile.display()));
+            problems.insert(
+                0,
+                format!(
+                    "PID file {} names pid {pid}, which is not a running baton supervisor",
+                    spec.pidfile.display()
+                ),
+            );
             Status::DeadWithPidfile
         }
         Ok(None) => {
-            report.state = if state.state == "failed" { "failed".into() } else { "not running".into() };
+            report.state = if state.state == "failed" {
+                "failed".into()
+            } else {
+                "not running".into()
+            };
             Status::NotRunning
         }
         Err(e) => {
@@ -207,7 +251,10 @@ fn render(r: &Report) -> String {
     if r.state == "crash-looping" {
         out.push_str(&format!(", attempt {}", r.attempt));
         if let Some(s) = r.next_try_in_secs {
-            out.push_str(&format!(", next try in {}", crate::supervisor::state::human(Duration::from_secs_f64(s))));
+            out.push_str(&format!(
+                ", next try in {}",
+                crate::supervisor::state::human(Duration::from_secs_f64(s))
+            ));
         }
     }
     out.push('\n');
@@ -222,7 +269,10 @@ fn render(r: &Report) -> String {
         facts.push(format!("port {p}"));
     }
     if let Some(u) = r.uptime_secs {
-        facts.push(format!("up {}", crate::supervisor::state::human(Duration::from_secs(u as u64))));
+        facts.push(format!(
+            "up {}",
+            crate::supervisor::state::human(Duration::from_secs(u as u64))
+        ));
     }
     if r.supervisor_pid.is_some() && r.state != "dead" {
         facts.push(format!("restarts {}", r.restarts));
@@ -246,7 +296,10 @@ fn render(r: &Report) -> String {
 }
 
 fn join(pids: &[i32]) -> String {
-    pids.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
+    pids.iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn action(code: i32) -> Action {
@@ -276,7 +329,10 @@ fn clean_up_dead(spec: &Spec) -> bool {
     // Only the lock proves a supervisor; with it free, whatever the PID file names is not ours.
     let stale = match pidfile::read(&spec.pidfile) {
         Ok(Some(pid)) => {
-            eprintln!("{name}: removing stale PID file {} (pid {pid} is not a running supervisor)", spec.pidfile.display());
+            eprintln!(
+                "{name}: removing stale PID file {} (pid {pid} is not a running supervisor)",
+                spec.pidfile.display()
+            );
             true
         }
         Ok(None) => false,
@@ -332,9 +388,13 @@ fn make_dir(what: &str, dir: &Path) -> Result<()> {
         .recursive(true)
         .mode(0o755)
         .create(dir)
-        .map_err(|e| Error::io(format!("create {what} {}", dir.display()), &e).hint("run as root or point the config elsewhere"))?;
+        .map_err(|e| {
+            Error::io(format!("create {what} {}", dir.display()), &e)
+                .hint("run as root or point the config elsewhere")
+        })?;
     nix::unistd::access(dir, AccessFlags::W_OK).map_err(|e| {
-        Error::errno(format!("write to {what} {}", dir.display()), e).hint("run as root, fix its owner, or point the config elsewhere")
+        Error::errno(format!("write to {what} {}", dir.display()), e)
+            .hint("run as root, fix its owner, or point the config elsewhere")
     })
 }
 
@@ -342,8 +402,14 @@ fn check_port_free(spec: &Spec) -> Result<()> {
     if let PortSpec::Fixed(port) = spec.port {
         if let Err(e) = std::net::TcpListener::bind(("0.0.0.0", port)) {
             if e.kind() == std::io::ErrorKind::AddrInUse {
-                return Err(Error::unable(format!("start {}", spec.name), format!("port {port} is already in use"))
-                    .hint(format!("find the owner with `ss -ltnp sport = :{port}`, or change [port] in {}", spec.file.display())));
+                return Err(Error::unable(
+                    format!("start {}", spec.name),
+                    format!("port {port} is already in use"),
+                )
+                .hint(format!(
+                    "find the owner with `ss -ltnp sport = :{port}`, or change [port] in {}",
+                    spec.file.display()
+                )));
             }
         }
     }

@@ -25,13 +25,24 @@ pub struct ChildSetup {
 
 /// Installs the pre-exec hook that applies `setup` in the child.
 pub fn install(cmd: &mut Command, setup: ChildSetup) {
-    let ChildSetup { account, umask, parent, new_session, parent_death_signal } = setup;
+    let ChildSetup {
+        account,
+        umask,
+        parent,
+        new_session,
+        parent_death_signal,
+    } = setup;
     let hook = move || -> std::io::Result<()> {
+        // The supervisor blocks the signals it reads from its signalfd; a child
+        // inheriting that mask would never see SIGTERM.
+        nix::sys::signal::SigSet::all().thread_unblock()?;
         if new_session {
             nix::unistd::setsid()?;
         }
         if let Some(mask) = umask {
-            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask as libc::mode_t));
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+                mask as libc::mode_t,
+            ));
         }
         if let Some(a) = &account {
             // Order matters: groups and gid need the privilege that setuid gives up.
@@ -52,7 +63,7 @@ pub fn install(cmd: &mut Command, setup: ChildSetup) {
         Ok(())
     };
     // SAFETY: the hook runs in the forked child before exec and only makes
-    // async-signal-safe system calls (setsid, umask, setgroups, setgid, setuid,
+    // async-signal-safe system calls (sigprocmask, setsid, umask, setgroups, setgid, setuid,
     // prctl, getppid) on data moved in beforehand; it allocates nothing (every
     // error is an io::Error built from an errno).
     unsafe {

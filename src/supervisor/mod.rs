@@ -72,7 +72,11 @@ pub struct Options {
 
 /// Supervises the service until it is stopped or given up on; returns the process exit code.
 pub fn run(spec: Spec, opts: Options) -> Result<i32> {
-    let Options { mut reporter, systemd_notify, events } = opts;
+    let Options {
+        mut reporter,
+        systemd_notify,
+        events,
+    } = opts;
     let Some(_lock) = pidfile::lock_supervisor(&spec)? else {
         reporter.already_running();
         tracing::info!("another supervisor already runs {}", spec.name);
@@ -96,26 +100,40 @@ fn setup(
     let r = (|| {
         // Descendants that daemonize (double fork, setsid) are re-parented to us, not to init,
         // so a stop can find and reap every one of them without cgroups.
-        nix::sys::prctl::set_child_subreaper(true).map_err(|e| Error::errno("become a child subreaper", e))?;
+        nix::sys::prctl::set_child_subreaper(true)
+            .map_err(|e| Error::errno("become a child subreaper", e))?;
         let mut mask = SigSet::empty();
-        for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1] {
+        for s in [
+            Signal::SIGCHLD,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGUSR1,
+        ] {
             mask.add(s);
         }
-        mask.thread_block().map_err(|e| Error::errno("block signals", e))?;
+        mask.thread_block()
+            .map_err(|e| Error::errno("block signals", e))?;
         let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| Error::errno("create signalfd", e))?;
         let output = Output::open(&spec.log)
             .map_err(|e| Error::io(format!("open log files in {}", spec.log.dir.display()), &e))?;
         let server = Server::bind(&spec.socket)?;
-        let notify = if spec.ready.probes.contains(&crate::config::ProbeSpec::Notify) {
+        let notify = if spec
+            .ready
+            .probes
+            .contains(&crate::config::ProbeSpec::Notify)
+        {
             let path = spec.state_dir.join("notify.sock");
             let _ = std::fs::remove_file(&path);
             let sock = UnixDatagram::bind(&path)
                 .map_err(|e| Error::io(format!("create notify socket {}", path.display()), &e))?;
-            sock.set_nonblocking(true).map_err(|e| Error::io("configure notify socket", &e))?;
+            sock.set_nonblocking(true)
+                .map_err(|e| Error::io("configure notify socket", &e))?;
             if let Some(a) = &spec.account {
-                nix::unistd::chown(&path, Some(a.uid), Some(a.gid))
-                    .map_err(|e| Error::errno(format!("hand {} to {}", path.display(), a.name), e))?;
+                nix::unistd::chown(&path, Some(a.uid), Some(a.gid)).map_err(|e| {
+                    Error::errno(format!("hand {} to {}", path.display(), a.name), e)
+                })?;
             }
             Some((sock, path))
         } else {
@@ -134,7 +152,10 @@ fn setup(
         stop_timeout: spec.stop.timeout,
         dump_after: spec.stop.dump_signal.map(|_| spec.stop.dump_after),
     };
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
         ^ u64::from(std::process::id());
     Ok(Supervisor {
         sigfd,
@@ -168,7 +189,11 @@ enum Source {
 
 impl Supervisor {
     fn run(&mut self) -> Result<i32> {
-        tracing::info!("supervising {} (config {})", self.spec.name, self.spec.file.display());
+        tracing::info!(
+            "supervising {} (config {})",
+            self.spec.name,
+            self.spec.file.display()
+        );
         self.feed(Input::Start);
         while !matches!(self.machine.phase, Phase::Done(_)) {
             self.wait_and_dispatch()?;
@@ -181,7 +206,10 @@ impl Supervisor {
         let now = Instant::now();
         let deadline = [
             self.machine.deadline(),
-            self.instance.as_ref().and_then(|i| i.probes.as_ref()).and_then(Probes::next_deadline),
+            self.instance
+                .as_ref()
+                .and_then(|i| i.probes.as_ref())
+                .and_then(Probes::next_deadline),
             self.next_progress,
         ]
         .into_iter()
@@ -190,8 +218,10 @@ impl Supervisor {
         let timeout = match deadline {
             None => PollTimeout::NONE,
             // Round up so we never wake a hair early and spin.
-            Some(d) => PollTimeout::try_from(d.saturating_duration_since(now) + Duration::from_micros(999))
-                .unwrap_or(PollTimeout::MAX),
+            Some(d) => {
+                PollTimeout::try_from(d.saturating_duration_since(now) + Duration::from_micros(999))
+                    .unwrap_or(PollTimeout::MAX)
+            }
         };
 
         let ready: Vec<(Source, PollFlags)> = {
@@ -221,7 +251,9 @@ impl Supervisor {
                 Ok(_) => fds
                     .iter()
                     .zip(sources)
-                    .filter_map(|(fd, src)| fd.revents().filter(|r| !r.is_empty()).map(|r| (src, r)))
+                    .filter_map(|(fd, src)| {
+                        fd.revents().filter(|r| !r.is_empty()).map(|r| (src, r))
+                    })
                     .collect(),
                 Err(nix::errno::Errno::EINTR) => Vec::new(),
                 Err(e) => return Err(Error::errno("wait for events", e)),
@@ -239,7 +271,11 @@ impl Supervisor {
                     self.conns.extend(new);
                 }
                 Source::Conn(i) => match self.conns.get_mut(i).map(Conn::read) {
-                    Some(Incoming::Request(r)) => self.on_request(i, &r),
+                    Some(Incoming::Request(r)) => {
+                        if !self.on_request(i, &r) {
+                            closed_conns.push(i);
+                        }
+                    }
                     Some(Incoming::Closed) => closed_conns.push(i),
                     _ => {}
                 },
@@ -260,6 +296,7 @@ impl Supervisor {
             self.pipes.swap_remove(i);
         }
         closed_conns.sort_unstable();
+        closed_conns.dedup();
         for i in closed_conns.into_iter().rev() {
             self.conns.swap_remove(i);
         }
@@ -281,7 +318,11 @@ impl Supervisor {
     }
 
     fn check_probes(&mut self) {
-        let passed = self.instance.as_ref().and_then(|i| i.probes.as_ref()).is_some_and(Probes::passed);
+        let passed = self
+            .instance
+            .as_ref()
+            .and_then(|i| i.probes.as_ref())
+            .is_some_and(Probes::passed);
         if passed && matches!(self.machine.phase, Phase::Starting { .. }) {
             self.feed(Input::ProbesPassed);
         }
@@ -296,7 +337,11 @@ impl Supervisor {
             let effects = self.machine.step(input.clone(), Instant::now(), jitter);
             let after = self.machine.name();
             if before != after {
-                tracing::info!("{}: {before} -> {after} ({})", self.spec.name, describe(&input));
+                tracing::info!(
+                    "{}: {before} -> {after} ({})",
+                    self.spec.name,
+                    describe(&input)
+                );
                 self.persist();
             }
             if !matches!(self.machine.phase, Phase::Starting { .. }) {
@@ -320,7 +365,11 @@ impl Supervisor {
                 let msg = format!(
                     "sent {sig} to process group {}{}",
                     pgid.map_or("-".into(), |p| p.to_string()),
-                    if others.is_empty() { String::new() } else { format!(" and {} other descendants", others.len()) }
+                    if others.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" and {} other descendants", others.len())
+                    }
                 );
                 tracing::info!("{msg}");
                 self.broadcast(&msg);
@@ -332,7 +381,9 @@ impl Supervisor {
                 if let (Some(sig), Some(inst)) = (self.spec.stop.dump_signal, &self.instance) {
                     tracing::info!("sent {sig} to process group {} for a thread dump", inst.pid);
                     process::signal_group(inst.pid, sig);
-                    self.broadcast(&format!("still running: sent {sig} for a thread dump (see stdout.log)"));
+                    self.broadcast(&format!(
+                        "still running: sent {sig} for a thread dump (see stdout.log)"
+                    ));
                 }
             }
             Effect::Ready { first } => self.on_ready(first),
@@ -348,15 +399,30 @@ impl Supervisor {
         let now = Instant::now();
         let probes = match Probes::new(&self.spec, port, now) {
             Ok(p) => p,
-            Err(e) => return self.queue.push_back(Input::SpawnFailed(format!("readiness probe: {e}"))),
+            Err(e) => {
+                return self
+                    .queue
+                    .push_back(Input::SpawnFailed(format!("readiness probe: {e}")))
+            }
         };
         let notify = self.notify.as_ref().map(|(_, p)| p.clone());
         match process::spawn(&self.spec, port, notify.as_deref()) {
             Ok(sp) => {
-                tracing::info!("spawned {} (pid {}{})", self.spec.command.join(" "), sp.pid, port.map_or(String::new(), |p| format!(", port {p}")));
+                tracing::info!(
+                    "spawned {} (pid {}{})",
+                    self.spec.command.join(" "),
+                    sp.pid,
+                    port.map_or(String::new(), |p| format!(", port {p}"))
+                );
                 self.pipes.push(Pipe::new(sp.stdout, StreamKind::Stdout));
                 self.pipes.push(Pipe::new(sp.stderr, StreamKind::Stderr));
-                self.instance = Some(Instance { pid: sp.pid, starttime: sp.starttime, port, probes: Some(probes), ready_since: None });
+                self.instance = Some(Instance {
+                    pid: sp.pid,
+                    starttime: sp.starttime,
+                    port,
+                    probes: Some(probes),
+                    ready_since: None,
+                });
                 self.queue.push_back(Input::Spawned(sp.pid));
                 if self.spec.ready.probes.is_empty() {
                     self.queue.push_back(Input::ProbesPassed);
@@ -391,7 +457,11 @@ impl Supervisor {
     }
 
     fn probe_pids(&self) -> Vec<Pid> {
-        self.instance.as_ref().and_then(|i| i.probes.as_ref()).map(Probes::exec_pids).unwrap_or_default()
+        self.instance
+            .as_ref()
+            .and_then(|i| i.probes.as_ref())
+            .map(Probes::exec_pids)
+            .unwrap_or_default()
     }
 
     fn on_signals(&mut self) {
@@ -455,7 +525,9 @@ impl Supervisor {
     }
 
     fn drain_pipe(&mut self, i: usize) -> Drained {
-        let Some(pipe) = self.pipes.get_mut(i) else { return Drained::Closed };
+        let Some(pipe) = self.pipes.get_mut(i) else {
+            return Drained::Closed;
+        };
         let mut probes = self.instance.as_mut().and_then(|i| i.probes.as_mut());
         let r = pipe.drain(&mut self.output, &mut |_, line| {
             if let Some(p) = probes.as_mut() {
@@ -467,7 +539,9 @@ impl Supervisor {
     }
 
     fn on_notify(&mut self) {
-        let Some((sock, _)) = &self.notify else { return };
+        let Some((sock, _)) = &self.notify else {
+            return;
+        };
         let mut buf = [0u8; 4096];
         let mut messages = Vec::new();
         while let Ok(n) = sock.recv(&mut buf) {
@@ -482,7 +556,8 @@ impl Supervisor {
         self.check_probes();
     }
 
-    fn on_request(&mut self, i: usize, request: &str) {
+    /// Answers one request; returns whether the connection stays open (only a waiting `stop`).
+    fn on_request(&mut self, i: usize, request: &str) -> bool {
         let reply = match request {
             "status" => Reply::Status(self.report()),
             "stop" => {
@@ -490,20 +565,34 @@ impl Supervisor {
                     c.watching = true;
                 }
                 self.feed(Input::StopRequested);
-                Reply::Ok { message: format!("stopping {}", self.spec.name) }
+                Reply::Ok {
+                    message: format!("stopping {}", self.spec.name),
+                }
             }
             "reload" => match self.reload() {
                 Ok(m) => Reply::Ok { message: m },
-                Err(m) => Reply::Error { message: m, code: crate::exit::Action::NotRunning.code() },
+                Err(m) => Reply::Error {
+                    message: m,
+                    code: crate::exit::Action::NotRunning.code(),
+                },
             },
             "reopen" => {
                 self.reopen();
-                Reply::Ok { message: "log files reopened".into() }
+                Reply::Ok {
+                    message: "log files reopened".into(),
+                }
             }
-            other => Reply::Error { message: format!("unknown request {other:?}"), code: 2 },
+            other => Reply::Error {
+                message: format!("unknown request {other:?}"),
+                code: 2,
+            },
         };
-        if let Some(c) = self.conns.get_mut(i) {
-            c.send(&reply);
+        match self.conns.get_mut(i) {
+            Some(c) => {
+                c.send(&reply);
+                c.watching
+            }
+            None => false,
         }
     }
 
@@ -512,16 +601,30 @@ impl Supervisor {
         match (&self.machine.phase, &self.instance) {
             (Phase::Ready { .. } | Phase::Starting { .. }, Some(inst)) => {
                 process::signal(inst.pid, sig);
-                tracing::info!("sent {sig} to {} (pid {}) to reload", self.spec.name, inst.pid);
-                Ok(format!("sent {sig} to {} (pid {})", self.spec.name, inst.pid))
+                tracing::info!(
+                    "sent {sig} to {} (pid {}) to reload",
+                    self.spec.name,
+                    inst.pid
+                );
+                Ok(format!(
+                    "sent {sig} to {} (pid {})",
+                    self.spec.name, inst.pid
+                ))
             }
-            _ => Err(format!("{} is {}: nothing to reload", self.spec.name, self.machine.name())),
+            _ => Err(format!(
+                "{} is {}: nothing to reload",
+                self.spec.name,
+                self.machine.name()
+            )),
         }
     }
 
     fn reopen(&mut self) {
         if let Err(e) = self.output.reopen() {
-            tracing::error!("unable to reopen service logs in {}: {e}", self.spec.log.dir.display());
+            tracing::error!(
+                "unable to reopen service logs in {}: {e}",
+                self.spec.log.dir.display()
+            );
         }
         self.events.reopen();
         tracing::info!("reopened log files");
@@ -529,23 +632,35 @@ impl Supervisor {
 
     /// Tells every waiting `stop` what is happening.
     fn broadcast(&mut self, message: &str) {
-        let reply = Reply::Progress { message: message.to_string() };
+        let reply = Reply::Progress {
+            message: message.to_string(),
+        };
         for c in self.conns.iter_mut().filter(|c| c.watching) {
             c.send(&reply);
         }
     }
 
     fn progress(&mut self) {
-        let Phase::Stopping { kill_at, killed, .. } = self.machine.phase.clone() else {
+        let Phase::Stopping {
+            kill_at, killed, ..
+        } = self.machine.phase.clone()
+        else {
             self.next_progress = None;
             return;
         };
-        let mut pids: Vec<i32> = process::descendants(nix::unistd::getpid()).iter().map(|p| p.as_raw()).collect();
+        let mut pids: Vec<i32> = process::descendants(nix::unistd::getpid())
+            .iter()
+            .map(|p| p.as_raw())
+            .collect();
         pids.sort_unstable();
         let shown: Vec<String> = pids.iter().take(8).map(i32::to_string).collect();
         let left = kill_at.saturating_duration_since(Instant::now());
         let msg = if killed {
-            format!("waiting for {} process(es) to die after SIGKILL: pid {}", pids.len(), shown.join(", "))
+            format!(
+                "waiting for {} process(es) to die after SIGKILL: pid {}",
+                pids.len(),
+                shown.join(", ")
+            )
         } else {
             format!(
                 "waiting for {} process(es) to exit: pid {}; SIGKILL in {}s",
@@ -571,7 +686,10 @@ impl Supervisor {
                 .collect();
             processes.sort_unstable();
         }
-        let service_alive = matches!(self.machine.phase, Phase::Starting { .. } | Phase::Ready { .. });
+        let service_alive = matches!(
+            self.machine.phase,
+            Phase::Starting { .. } | Phase::Ready { .. }
+        );
         Report {
             name: self.spec.name.clone(),
             state: self.machine.name().to_string(),
@@ -587,7 +705,9 @@ impl Supervisor {
             restarts: self.machine.restarts,
             attempt: self.machine.attempt,
             next_try_in_secs: match self.machine.phase {
-                Phase::Backoff { until } => Some(until.saturating_duration_since(now).as_secs_f64()),
+                Phase::Backoff { until } => {
+                    Some(until.saturating_duration_since(now).as_secs_f64())
+                }
                 _ => None,
             },
             last_exit: self.machine.last_exit.map(|e| e.to_string()),
@@ -602,7 +722,10 @@ impl Supervisor {
             .instance
             .as_ref()
             .filter(|_| !matches!(self.machine.phase, Phase::Backoff { .. } | Phase::Done(_)))
-            .map(|i| Identity { pid: i.pid.as_raw(), starttime: i.starttime });
+            .map(|i| Identity {
+                pid: i.pid.as_raw(),
+                starttime: i.starttime,
+            });
         let failure = match &self.machine.phase {
             Phase::Done(Outcome::Dead(r) | Outcome::Failed(r)) => Some(r.clone()),
             _ => None,
@@ -639,14 +762,21 @@ impl Supervisor {
                 1
             }
             Outcome::Dead(why) | Outcome::Failed(why) => {
-                let pending = self.instance.as_ref().and_then(|i| i.probes.as_ref()).map(Probes::pending);
-                let mut msg = format!("{} did not become ready: {why}", self.spec.name);
+                let pending = self
+                    .instance
+                    .as_ref()
+                    .and_then(|i| i.probes.as_ref())
+                    .map(Probes::pending);
+                let mut msg = why.clone();
                 if let Some(p) = pending.filter(|p| !p.is_empty()) {
                     msg.push_str(&format!("\nwaiting for: {p}"));
                 }
                 let tail = self.output.tail(20);
                 if !tail.is_empty() {
-                    msg.push_str(&format!("\nlast output (from {}):\n", self.spec.log.dir.display()));
+                    msg.push_str(&format!(
+                        "\nlast output (from {}):\n",
+                        self.spec.log.dir.display()
+                    ));
                     for l in tail {
                         msg.push_str(&format!("  | {l}\n"));
                     }
@@ -657,7 +787,7 @@ impl Supervisor {
             }
         };
         self.persist();
-        self.broadcast(&format!("{} {}", self.spec.name, self.machine.name()));
+        self.broadcast(self.machine.name());
         pidfile::remove(&self.spec.socket);
         if let Some((_, path)) = &self.notify {
             pidfile::remove(path);

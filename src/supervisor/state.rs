@@ -34,8 +34,12 @@ impl Exit {
     pub fn clean(&self, stop_requested: bool, stop_signal: Signal) -> bool {
         match *self {
             Exit::Code(0) => true,
-            Exit::Code(c) if stop_requested => c == 128 + stop_signal as i32 || c == 128 + Signal::SIGTERM as i32,
-            Exit::Signal(s) if stop_requested => s == stop_signal || s == Signal::SIGKILL || s == Signal::SIGTERM,
+            Exit::Code(c) if stop_requested => {
+                c == 128 + stop_signal as i32 || c == 128 + Signal::SIGTERM as i32
+            }
+            Exit::Signal(s) if stop_requested => {
+                s == stop_signal || s == Signal::SIGKILL || s == Signal::SIGTERM
+            }
             _ => false,
         }
     }
@@ -47,11 +51,22 @@ pub enum Phase {
     /// Nothing spawned yet.
     Idle,
     /// Spawned; probes running.
-    Starting { pid: Pid, since: Instant, deadline: Instant },
+    Starting {
+        pid: Pid,
+        since: Instant,
+        deadline: Instant,
+    },
     /// Probes passed.
     Ready { pid: Pid, since: Instant },
     /// Taking the tree down; `leader` is None once the main process is reaped.
-    Stopping { leader: Option<Pid>, since: Instant, dump_at: Option<Instant>, kill_at: Instant, killed: bool, then: Then },
+    Stopping {
+        leader: Option<Pid>,
+        since: Instant,
+        dump_at: Option<Instant>,
+        kill_at: Instant,
+        killed: bool,
+        then: Then,
+    },
     /// Waiting to respawn after a crash.
     Backoff { until: Instant },
     /// The supervisor is done and should exit.
@@ -170,7 +185,12 @@ impl Machine {
         match &self.phase {
             Phase::Starting { deadline, .. } => Some(*deadline),
             Phase::Backoff { until } => Some(*until),
-            Phase::Stopping { dump_at, kill_at, killed, .. } => {
+            Phase::Stopping {
+                dump_at,
+                kill_at,
+                killed,
+                ..
+            } => {
                 let kill = (!killed).then_some(*kill_at);
                 match (dump_at, kill) {
                     (Some(d), Some(k)) => Some((*d).min(k)),
@@ -187,11 +207,18 @@ impl Machine {
         let phase = std::mem::replace(&mut self.phase, Idle);
         let (next, effects) = match (phase, input) {
             (Idle, Input::Start) => (Idle, vec![Effect::Spawn]),
-            (Idle | Backoff { .. }, Input::Spawned(pid)) => {
-                (Starting { pid, since: now, deadline: now + self.rules.ready_timeout }, vec![])
-            }
+            (Idle | Backoff { .. }, Input::Spawned(pid)) => (
+                Starting {
+                    pid,
+                    since: now,
+                    deadline: now + self.rules.ready_timeout,
+                },
+                vec![],
+            ),
             (Idle | Backoff { .. }, Input::SpawnFailed(why)) => self.crashed(why, now, jitter),
-            (Backoff { until }, Input::Tick) if until <= now => (Backoff { until }, vec![Effect::Spawn]),
+            (Backoff { until }, Input::Tick) if until <= now => {
+                (Backoff { until }, vec![Effect::Spawn])
+            }
             (Idle | Backoff { .. }, Input::StopRequested) => {
                 self.stop_requested = true;
                 (Done(Outcome::Stopped), vec![])
@@ -204,7 +231,11 @@ impl Machine {
             }
             (Starting { pid, deadline, .. }, Input::Tick) if deadline <= now => {
                 let why = format!("not ready within {}", human(self.rules.ready_timeout));
-                let then = if self.ever_ready { Then::Restart } else { Then::Fail(why) };
+                let then = if self.ever_ready {
+                    Then::Restart
+                } else {
+                    Then::Fail(why)
+                };
                 self.stopping(Some(pid), then, now)
             }
             (Starting { .. }, Input::LeaderExited(exit)) => {
@@ -220,7 +251,11 @@ impl Machine {
             }
             (Starting { pid, .. }, Input::StopRequested) => {
                 self.stop_requested = true;
-                let then = if self.ever_ready { Then::Exit } else { Then::Fail("stop requested before it was ready".into()) };
+                let then = if self.ever_ready {
+                    Then::Exit
+                } else {
+                    Then::Fail("stop requested before it was ready".into())
+                };
                 self.stopping(Some(pid), then, now)
             }
 
@@ -233,7 +268,9 @@ impl Machine {
                 let then = match self.rules.restart.policy {
                     Policy::Always => Then::Restart,
                     Policy::OnFailure if !clean => Then::Restart,
-                    Policy::Never if !clean => Then::Fail(format!("{exit}; restart policy is never")),
+                    Policy::Never if !clean => {
+                        Then::Fail(format!("{exit}; restart policy is never"))
+                    }
                     _ => Then::Exit,
                 };
                 self.stopping(None, then, now)
@@ -243,15 +280,65 @@ impl Machine {
                 self.stopping(Some(pid), Then::Exit, now)
             }
 
-            (Stopping { since, dump_at, kill_at, killed, then, .. }, Input::LeaderExited(exit)) => {
+            (
+                Stopping {
+                    since,
+                    dump_at,
+                    kill_at,
+                    killed,
+                    then,
+                    ..
+                },
+                Input::LeaderExited(exit),
+            ) => {
                 self.last_exit = Some(exit);
-                (Stopping { leader: None, since, dump_at, kill_at, killed, then }, vec![Effect::CheckTree])
+                (
+                    Stopping {
+                        leader: None,
+                        since,
+                        dump_at,
+                        kill_at,
+                        killed,
+                        then,
+                    },
+                    vec![Effect::CheckTree],
+                )
             }
-            (Stopping { leader, since, dump_at, kill_at, killed, .. }, Input::StopRequested) => {
+            (
+                Stopping {
+                    leader,
+                    since,
+                    dump_at,
+                    kill_at,
+                    killed,
+                    ..
+                },
+                Input::StopRequested,
+            ) => {
                 self.stop_requested = true;
-                (Stopping { leader, since, dump_at, kill_at, killed, then: Then::Exit }, vec![])
+                (
+                    Stopping {
+                        leader,
+                        since,
+                        dump_at,
+                        kill_at,
+                        killed,
+                        then: Then::Exit,
+                    },
+                    vec![],
+                )
             }
-            (Stopping { leader, since, dump_at, kill_at, killed, then }, Input::Tick) => {
+            (
+                Stopping {
+                    leader,
+                    since,
+                    dump_at,
+                    kill_at,
+                    killed,
+                    then,
+                },
+                Input::Tick,
+            ) => {
                 let mut effects = vec![];
                 let mut dump_at = dump_at;
                 if dump_at.is_some_and(|d| d <= now) {
@@ -263,12 +350,31 @@ impl Machine {
                     killed = true;
                     effects.push(Effect::SignalTree(Signal::SIGKILL));
                 }
-                (Stopping { leader, since, dump_at, kill_at, killed, then }, effects)
+                (
+                    Stopping {
+                        leader,
+                        since,
+                        dump_at,
+                        kill_at,
+                        killed,
+                        then,
+                    },
+                    effects,
+                )
             }
-            (Stopping { leader: None, then, .. }, Input::TreeEmpty) => match then {
+            (
+                Stopping {
+                    leader: None, then, ..
+                },
+                Input::TreeEmpty,
+            ) => match then {
                 Then::Exit => {
                     let outcome = match self.last_exit {
-                        Some(e) if !self.stop_requested && !e.clean(false, self.rules.stop_signal) => Outcome::Dead(e.to_string()),
+                        Some(e)
+                            if !self.stop_requested && !e.clean(false, self.rules.stop_signal) =>
+                        {
+                            Outcome::Dead(e.to_string())
+                        }
                         _ => Outcome::Stopped,
                     };
                     (Done(outcome), vec![])
@@ -276,7 +382,10 @@ impl Machine {
                 Then::Fail(why) if self.ever_ready => (Done(Outcome::Dead(why)), vec![]),
                 Then::Fail(why) => (Done(Outcome::Failed(why)), vec![]),
                 Then::Restart => {
-                    let why = self.last_exit.map(|e| e.to_string()).unwrap_or_else(|| "not ready in time".into());
+                    let why = self
+                        .last_exit
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "not ready in time".into());
                     self.crashed(why, now, jitter)
                 }
             },
@@ -289,12 +398,26 @@ impl Machine {
 
     fn stopping(&mut self, leader: Option<Pid>, then: Then, now: Instant) -> (Phase, Vec<Effect>) {
         let kill_at = now + self.rules.stop_timeout;
-        let dump_at = self.rules.dump_after.map(|d| now + d).filter(|_| leader.is_some());
+        let dump_at = self
+            .rules
+            .dump_after
+            .map(|d| now + d)
+            .filter(|_| leader.is_some());
         let mut effects = vec![Effect::SignalTree(self.rules.stop_signal)];
         if leader.is_none() {
             effects.push(Effect::CheckTree);
         }
-        (Phase::Stopping { leader, since: now, dump_at, kill_at, killed: false, then }, effects)
+        (
+            Phase::Stopping {
+                leader,
+                since: now,
+                dump_at,
+                kill_at,
+                killed: false,
+                then,
+            },
+            effects,
+        )
     }
 
     /// A run ended badly: back off, or give up at the crash-loop limit.
@@ -303,12 +426,19 @@ impl Machine {
             return (Phase::Done(Outcome::Failed(why)), vec![]);
         }
         let r = &self.rules.restart;
-        while self.recent.front().is_some_and(|&t| now.duration_since(t) > r.window) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|&t| now.duration_since(t) > r.window)
+        {
             self.recent.pop_front();
         }
         if let Some(max) = r.max {
             if self.recent.len() as u32 >= max {
-                let msg = format!("crash loop: {max} restarts within {}; last: {why}", human(r.window));
+                let msg = format!(
+                    "crash loop: {max} restarts within {}; last: {why}",
+                    human(r.window)
+                );
                 return (Phase::Done(Outcome::Failed(msg)), vec![]);
             }
         }
@@ -337,7 +467,9 @@ impl Machine {
 
 /// Exponential backoff with "equal jitter": half fixed, half random, within [min, max].
 pub fn backoff(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Duration {
-    let exp = min.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(max);
+    let exp = min
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(max);
     let half = exp / 2;
     (half + half.mul_f64(jitter.clamp(0.0, 1.0))).max(min)
 }
@@ -387,7 +519,12 @@ mod tests {
         for (i, (at, input, effects, state)) in rows.iter().enumerate() {
             let got = m.step(input.clone(), t0 + Duration::from_millis(*at), 0.5);
             assert_eq!(&got, effects, "row {i}: effects after {input:?}");
-            assert_eq!(m.name(), *state, "row {i}: state after {input:?} ({:?})", m.phase);
+            assert_eq!(
+                m.name(),
+                *state,
+                "row {i}: state after {input:?} ({:?})",
+                m.phase
+            );
         }
     }
 
@@ -401,13 +538,32 @@ mod tests {
             &[
                 (0, I::Start, vec![E::Spawn], "starting"),
                 (1, I::Spawned(pid(10)), vec![], "starting"),
-                (500, I::ProbesPassed, vec![E::Ready { first: true }], "ready"),
-                (900, I::StopRequested, vec![E::SignalTree(Signal::SIGTERM)], "stopping"),
-                (950, I::LeaderExited(Exit::Code(143)), vec![E::CheckTree], "stopping"),
+                (
+                    500,
+                    I::ProbesPassed,
+                    vec![E::Ready { first: true }],
+                    "ready",
+                ),
+                (
+                    900,
+                    I::StopRequested,
+                    vec![E::SignalTree(Signal::SIGTERM)],
+                    "stopping",
+                ),
+                (
+                    950,
+                    I::LeaderExited(Exit::Code(143)),
+                    vec![E::CheckTree],
+                    "stopping",
+                ),
                 (951, I::TreeEmpty, vec![], "stopped"),
             ],
         );
-        assert_eq!(m.phase, Phase::Done(Outcome::Stopped), "143 after a requested stop is clean");
+        assert_eq!(
+            m.phase,
+            Phase::Done(Outcome::Stopped),
+            "143 after a requested stop is clean"
+        );
     }
 
     #[test]
@@ -420,11 +576,21 @@ mod tests {
             &[
                 (0, I::Start, vec![E::Spawn], "starting"),
                 (1, I::Spawned(pid(10)), vec![], "starting"),
-                (200, I::LeaderExited(Exit::Code(3)), vec![E::SignalTree(Signal::SIGTERM), E::CheckTree], "stopping"),
+                (
+                    200,
+                    I::LeaderExited(Exit::Code(3)),
+                    vec![E::SignalTree(Signal::SIGTERM), E::CheckTree],
+                    "stopping",
+                ),
                 (201, I::TreeEmpty, vec![], "failed"),
             ],
         );
-        assert_eq!(m.phase, Phase::Done(Outcome::Failed("exited with code 3 before it was ready".into())));
+        assert_eq!(
+            m.phase,
+            Phase::Done(Outcome::Failed(
+                "exited with code 3 before it was ready".into()
+            ))
+        );
     }
 
     #[test]
@@ -438,15 +604,33 @@ mod tests {
                 (0, I::Start, vec![E::Spawn], "starting"),
                 (0, I::Spawned(pid(10)), vec![], "starting"),
                 (89_999, I::Tick, vec![], "starting"),
-                (90_000, I::Tick, vec![E::SignalTree(Signal::SIGTERM)], "stopping"),
+                (
+                    90_000,
+                    I::Tick,
+                    vec![E::SignalTree(Signal::SIGTERM)],
+                    "stopping",
+                ),
                 (105_000, I::Tick, vec![E::Dump], "stopping"),
                 (119_999, I::Tick, vec![], "stopping"),
-                (120_000, I::Tick, vec![E::SignalTree(Signal::SIGKILL)], "stopping"),
-                (120_001, I::LeaderExited(Exit::Signal(Signal::SIGKILL)), vec![E::CheckTree], "stopping"),
+                (
+                    120_000,
+                    I::Tick,
+                    vec![E::SignalTree(Signal::SIGKILL)],
+                    "stopping",
+                ),
+                (
+                    120_001,
+                    I::LeaderExited(Exit::Signal(Signal::SIGKILL)),
+                    vec![E::CheckTree],
+                    "stopping",
+                ),
                 (120_002, I::TreeEmpty, vec![], "failed"),
             ],
         );
-        assert_eq!(m.phase, Phase::Done(Outcome::Failed("not ready within 90s".into())));
+        assert_eq!(
+            m.phase,
+            Phase::Done(Outcome::Failed("not ready within 90s".into()))
+        );
     }
 
     #[test]
@@ -460,12 +644,22 @@ mod tests {
                 (0, I::Start, vec![E::Spawn], "starting"),
                 (0, I::Spawned(pid(10)), vec![], "starting"),
                 (10, I::ProbesPassed, vec![E::Ready { first: true }], "ready"),
-                (20, I::LeaderExited(Exit::Signal(Signal::SIGSEGV)), vec![E::SignalTree(Signal::SIGTERM), E::CheckTree], "stopping"),
+                (
+                    20,
+                    I::LeaderExited(Exit::Signal(Signal::SIGSEGV)),
+                    vec![E::SignalTree(Signal::SIGTERM), E::CheckTree],
+                    "stopping",
+                ),
                 (20, I::TreeEmpty, vec![], "crash-looping"),
                 (50, I::Tick, vec![], "crash-looping"),
                 (120, I::Tick, vec![E::Spawn], "crash-looping"),
                 (120, I::Spawned(pid(11)), vec![], "restarting"),
-                (125, I::ProbesPassed, vec![E::Ready { first: false }], "ready"),
+                (
+                    125,
+                    I::ProbesPassed,
+                    vec![E::Ready { first: false }],
+                    "ready",
+                ),
             ],
         );
         assert_eq!(m.restarts, 1);
@@ -474,7 +668,11 @@ mod tests {
 
     #[test]
     fn clean_exit_is_not_restarted_on_failure_but_is_always() {
-        for (policy, expect) in [(Policy::OnFailure, "stopped"), (Policy::Always, "crash-looping"), (Policy::Never, "stopped")] {
+        for (policy, expect) in [
+            (Policy::OnFailure, "stopped"),
+            (Policy::Always, "crash-looping"),
+            (Policy::Never, "stopped"),
+        ] {
             let t0 = Instant::now();
             let mut m = Machine::new(rules(policy, None));
             m.step(I::Start, t0, 0.5);
@@ -495,7 +693,12 @@ mod tests {
         m.step(I::ProbesPassed, t0, 0.5);
         m.step(I::LeaderExited(Exit::Code(1)), t0, 0.5);
         m.step(I::TreeEmpty, t0, 0.5);
-        assert_eq!(m.phase, Phase::Done(Outcome::Dead("exited with code 1; restart policy is never".into())));
+        assert_eq!(
+            m.phase,
+            Phase::Done(Outcome::Dead(
+                "exited with code 1; restart policy is never".into()
+            ))
+        );
     }
 
     #[test]
@@ -517,7 +720,9 @@ mod tests {
         m.step(I::LeaderExited(Exit::Code(1)), t, 0.5);
         m.step(I::TreeEmpty, t, 0.5);
         assert_eq!(m.name(), "failed");
-        assert!(matches!(&m.phase, Phase::Done(Outcome::Failed(r)) if r.starts_with("crash loop: 3 restarts within 60s")));
+        assert!(
+            matches!(&m.phase, Phase::Done(Outcome::Failed(r)) if r.starts_with("crash loop: 3 restarts within 60s"))
+        );
     }
 
     #[test]
@@ -540,7 +745,10 @@ mod tests {
         let later = t + Duration::from_secs(11);
         m.step(I::LeaderExited(Exit::Code(1)), later, 0.5);
         m.step(I::TreeEmpty, later, 0.5);
-        assert_eq!(m.attempt, 1, "ready longer than `stable` starts the backoff over");
+        assert_eq!(
+            m.attempt, 1,
+            "ready longer than `stable` starts the backoff over"
+        );
     }
 
     #[test]
@@ -553,7 +761,11 @@ mod tests {
         m.step(I::LeaderExited(Exit::Code(1)), t0, 0.5);
         assert_eq!(m.step(I::StopRequested, t0, 0.5), vec![]);
         m.step(I::TreeEmpty, t0, 0.5);
-        assert_eq!(m.phase, Phase::Done(Outcome::Stopped), "a stop during the crash's clean-up is not overridden by a restart");
+        assert_eq!(
+            m.phase,
+            Phase::Done(Outcome::Stopped),
+            "a stop during the crash's clean-up is not overridden by a restart"
+        );
 
         let mut m = Machine::new(rules(Policy::Always, None));
         m.step(I::Start, t0, 0.5);
@@ -569,9 +781,22 @@ mod tests {
     #[test]
     fn backoff_grows_with_jitter_within_bounds() {
         let (min, max) = (100 * MS, 30_000 * MS);
-        let table = [(1, 0.0, 100), (1, 0.99, 100), (2, 0.0, 100), (2, 1.0, 200), (3, 0.0, 200), (3, 1.0, 400), (20, 0.0, 15_000), (20, 1.0, 30_000)];
+        let table = [
+            (1, 0.0, 100),
+            (1, 0.99, 100),
+            (2, 0.0, 100),
+            (2, 1.0, 200),
+            (3, 0.0, 200),
+            (3, 1.0, 400),
+            (20, 0.0, 15_000),
+            (20, 1.0, 30_000),
+        ];
         for (attempt, jitter, ms) in table {
-            assert_eq!(backoff(attempt, min, max, jitter), ms * MS, "attempt {attempt} jitter {jitter}");
+            assert_eq!(
+                backoff(attempt, min, max, jitter),
+                ms * MS,
+                "attempt {attempt} jitter {jitter}"
+            );
         }
     }
 

@@ -1,0 +1,277 @@
+//! One harness for every integration test: a service in a temporary directory, driven through the real binary.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The baton binary under test.
+pub fn baton_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_baton"))
+}
+
+/// A fixture script from tests/fixtures.
+pub fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind :0")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Polls `cond` until it holds or `timeout` passes; the condition is what the test waits for.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether a process exists (zombies count as gone).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Every live process whose environment carries `marker`.
+pub fn processes_with_env(marker: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
+            if env.split(|&b| b == 0).any(|kv| kv == marker.as_bytes()) && alive(pid) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// The result of one baton invocation.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// What a test service's config says, beyond the paths the harness fills in.
+#[derive(Clone, Default)]
+pub struct Spec {
+    name: String,
+    command: String,
+    top: String,
+    env: String,
+    log: String,
+    tables: String,
+}
+
+impl Spec {
+    /// A service `name` running `command` (TOML array text).
+    pub fn new(name: &str, command: &str) -> Spec {
+        Spec {
+            name: name.into(),
+            command: command.into(),
+            ..Spec::default()
+        }
+    }
+    /// Top-level keys (user, workdir, umask, env_file…).
+    pub fn top(mut self, s: &str) -> Self {
+        self.top = s.into();
+        self
+    }
+    /// Lines for the [env] table.
+    pub fn env(mut self, s: &str) -> Self {
+        self.env = s.into();
+        self
+    }
+    /// Lines for the [log] table besides `dir`.
+    pub fn log(mut self, s: &str) -> Self {
+        self.log = s.into();
+        self
+    }
+    /// Further tables ([ready], [stop], [restart], [port]…).
+    pub fn tables(mut self, s: &str) -> Self {
+        self.tables = s.into();
+        self
+    }
+
+    fn render(&self, dir: &Path, marker: &str) -> String {
+        let d = dir.display();
+        let (k, v) = marker.split_once('=').expect("marker");
+        format!(
+            "command = {}\npidfile = \"{d}/run/{{name}}.pid\"\nsocket = \"{d}/run/{{name}}.sock\"\nstate_dir = \"{d}/state\"\n{}\n[env]\n{k} = \"{v}\"\n{}\n[log]\ndir = \"{d}/log\"\n{}\n{}\n",
+            self.command, self.top, self.env, self.log, self.tables
+        )
+    }
+
+    /// Creates the directory and config file.
+    pub fn create(self) -> Svc {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let dir =
+            std::env::temp_dir().join(format!("baton-it-{}-{n}-{}", std::process::id(), self.name));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let marker = format!("BATON_TEST_MARKER={}", dir.display());
+        let svc = Svc {
+            config: dir.join(format!("{}.toml", self.name)),
+            dir,
+            name: self.name.clone(),
+            marker,
+        };
+        svc.rewrite(&self);
+        svc
+    }
+}
+
+/// A service under test, with all its paths inside one temporary directory.
+pub struct Svc {
+    pub dir: PathBuf,
+    pub name: String,
+    pub config: PathBuf,
+    /// Put into the service's environment so the test can find every process it started.
+    pub marker: String,
+}
+
+impl Svc {
+    /// A service `name` running `command` (TOML array text) with extra tables `rest`.
+    pub fn new(name: &str, command: &str, rest: &str) -> Svc {
+        Spec::new(name, command).tables(rest).create()
+    }
+
+    /// Rewrites the config from a spec (same directory, same marker).
+    pub fn rewrite(&self, spec: &Spec) {
+        std::fs::write(&self.config, spec.render(&self.dir, &self.marker)).expect("write config");
+    }
+
+    /// Runs `baton --config FILE ARGS...`.
+    pub fn baton(&self, args: &[&str]) -> Run {
+        Command::new(baton_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run baton")
+            .into()
+    }
+
+    /// `start`, asserting success.
+    pub fn start(&self) -> Run {
+        let r = self.baton(&["start"]);
+        assert_eq!(r.code, 0, "start failed: {r:?}");
+        r
+    }
+
+    /// `stop`, asserting success.
+    pub fn stop(&self) -> Run {
+        let r = self.baton(&["stop"]);
+        assert_eq!(r.code, 0, "stop failed: {r:?}");
+        r
+    }
+
+    /// `status --json`, parsed, with its exit code.
+    pub fn status(&self) -> (i32, serde_json::Value) {
+        let r = self.baton(&["status", "--json"]);
+        let v = serde_json::from_str(r.stdout.trim())
+            .unwrap_or_else(|e| panic!("status --json: {e}: {r:?}"));
+        (r.code, v)
+    }
+
+    pub fn pidfile(&self) -> PathBuf {
+        self.dir.join("run").join(format!("{}.pid", self.name))
+    }
+
+    /// The PID on the PID file's first line.
+    pub fn pid_in_file(&self) -> Option<i32> {
+        std::fs::read_to_string(self.pidfile())
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    pub fn log(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.join("log").join(file)).unwrap_or_default()
+    }
+
+    /// Live processes started for this service.
+    pub fn processes(&self) -> Vec<i32> {
+        processes_with_env(&self.marker)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+}
+
+impl Drop for Svc {
+    fn drop(&mut self) {
+        let _ = Command::new(baton_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("stop")
+            .output();
+        for p in self.processes() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Whether the tests run as root (privilege-drop tests need it).
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
