@@ -1,0 +1,75 @@
+//! The original case: a real Clojure service on Jetty (examples/clj-service) under baton.
+
+mod harness;
+
+use harness::{free_port, Spec};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+
+fn get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("send");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read");
+    body
+}
+
+fn jvm_available() -> bool {
+    let ok = Path::new("/usr/share/java/clojure.jar").exists()
+        && Path::new("/usr/share/java/jetty9-server.jar").exists();
+    // In CI the setup installs them; a silent skip there would hide a broken setup.
+    assert!(
+        ok || std::env::var_os("CI").is_none(),
+        "Java/Clojure/Jetty missing: run scripts/setup-deps"
+    );
+    ok
+}
+
+#[test]
+fn clojure_service_is_ready_serves_its_version_and_stops_cleanly() {
+    if !jvm_available() {
+        eprintln!("skipped: run scripts/setup-deps for Java, Clojure and Jetty");
+        return;
+    }
+    let run = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/clj-service/run");
+    let port = free_port();
+    let svc = Spec::new("clj", "[]").create();
+    std::fs::write(svc.path("service.properties"), "version=1.2.3\n").expect("properties");
+    svc.rewrite(
+        &Spec::new("clj", &format!("[\"{}\", \"--port\", \"{{port}}\"]", run.display()))
+            .env(&format!("VERSION_FILE = \"{}\"\nJAVA_OPTS = \"-Xmx128m\"", svc.path("service.properties").display()))
+            .tables(&format!(
+                "[port]\nmode = \"fixed\"\nport = {port}\n[ready]\nhttp = \"http://127.0.0.1:{{port}}/health\"\n\
+                 log = \"Started ServerConnector@\"\ntimeout = \"90s\"\n[stop]\ntimeout = \"30s\"\ndump_signal = \"QUIT\""
+            )),
+    );
+    svc.start();
+    // Ready means serving: the very first request after start succeeds.
+    let reply = get(port, "/");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("version=1.2.3"), "{reply}");
+    let (code, st) = svc.status();
+    assert_eq!(code, 0, "{st}");
+    assert!(
+        svc.log("stderr.log").contains("Started ServerConnector@"),
+        "Jetty's line went to stderr.log"
+    );
+
+    svc.stop();
+    let (code, st) = svc.status();
+    assert_eq!(code, 3, "{st}");
+    assert_eq!(
+        st["last_exit"], "exited with code 143",
+        "the JVM's 143 after TERM: {st}"
+    );
+    assert!(
+        svc.processes().is_empty(),
+        "JVM survived stop: {:?}",
+        svc.processes()
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "port still open after stop"
+    );
+}
