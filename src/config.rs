@@ -581,7 +581,7 @@ impl Reader<'_> {
         };
 
         let account = self.account(top);
-        let workdir = self.string(top, "", "workdir").and_then(|(s, span)| {
+        let workdir = self.string(top, "", "workdir").map(|(s, span)| {
             let p = absolutize(base, &s.replace("{name}", name));
             if !p.is_dir() {
                 self.problem(
@@ -593,7 +593,7 @@ impl Reader<'_> {
                     ),
                 );
             }
-            Some(p)
+            p
         });
 
         let mut env = Vec::new();

@@ -56,7 +56,7 @@ pub struct Report {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Reply {
     /// The status report.
-    Status(Report),
+    Status(Box<Report>),
     /// Request accepted.
     Ok { message: String },
     /// Request refused.

@@ -115,8 +115,14 @@ pub fn start_supervisor(config: &Path, name: &str) -> Result<Started> {
     drop(write_end);
     let mut message = String::new();
     let read = std::fs::File::from(read_end).read_to_string(&mut message);
-    // The supervisor is a session leader of its own; reap our direct child only if it already exited.
-    let exited = child.try_wait().ok().flatten();
+    let ready = message.starts_with("ready ");
+    // A ready supervisor lives on (re-parented to init once we exit); one that failed is
+    // about to exit, and waiting for it means `start` returns with the lock already free.
+    let exited = if ready {
+        child.try_wait().ok().flatten()
+    } else {
+        child.wait().ok()
+    };
     read.map_err(|e| Error::io("read the supervisor's report", &e))?;
     parse_report(&message, name, exited)
 }

@@ -93,6 +93,7 @@ fn open_lock(path: &Path) -> std::io::Result<File> {
         .read(true)
         .write(true)
         .create(true)
+        .truncate(false)
         .mode(0o644)
         .open(path)
         .or_else(|e| {

@@ -146,6 +146,7 @@ pub fn status(spec: &Spec, json: bool) -> Result<Status> {
                 });
             match reply {
                 Ok(Reply::Status(r)) => {
+                    let r = *r;
                     let code = if r.ready {
                         Status::Running
                     } else {

@@ -34,16 +34,14 @@ fn clojure_service_is_ready_serves_its_version_and_stops_cleanly() {
     }
     let run = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/clj-service/run");
     let port = free_port();
-    let svc = Spec::new("clj", "[]").create();
+    let svc = Spec::new("clj", &format!("[\"{}\", \"--port\", \"{{port}}\"]", run.display()))
+        .env("VERSION_FILE = \"{dir}/service.properties\"\nJAVA_OPTS = \"-Xmx128m\"")
+        .tables(&format!(
+            "[port]\nmode = \"fixed\"\nport = {port}\n[ready]\nhttp = \"http://127.0.0.1:{{port}}/health\"\n\
+             log = \"Started ServerConnector@\"\ntimeout = \"90s\"\n[stop]\ntimeout = \"30s\"\ndump_signal = \"QUIT\""
+        ))
+        .create();
     std::fs::write(svc.path("service.properties"), "version=1.2.3\n").expect("properties");
-    svc.rewrite(
-        &Spec::new("clj", &format!("[\"{}\", \"--port\", \"{{port}}\"]", run.display()))
-            .env(&format!("VERSION_FILE = \"{}\"\nJAVA_OPTS = \"-Xmx128m\"", svc.path("service.properties").display()))
-            .tables(&format!(
-                "[port]\nmode = \"fixed\"\nport = {port}\n[ready]\nhttp = \"http://127.0.0.1:{{port}}/health\"\n\
-                 log = \"Started ServerConnector@\"\ntimeout = \"90s\"\n[stop]\ntimeout = \"30s\"\ndump_signal = \"QUIT\""
-            )),
-    );
     svc.start();
     // Ready means serving: the very first request after start succeeds.
     let reply = get(port, "/");

@@ -100,21 +100,12 @@ http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()"#
         "http",
         &format!("[\"python3\", \"-c\", {}]", toml_str(&script)),
     )
+    .env("OKFILE = \"{dir}/ok\"")
     .tables(&format!(
         "[ready]\nhttp = \"http://127.0.0.1:{port}/health\"\ntimeout = \"20s\""
     ))
     .create();
     let okfile = svc.path("ok");
-    svc.rewrite(
-        &Spec::new(
-            "http",
-            &format!("[\"python3\", \"-c\", {}]", toml_str(&script)),
-        )
-        .env(&format!("OKFILE = \"{}\"", okfile.display()))
-        .tables(&format!(
-            "[ready]\nhttp = \"http://127.0.0.1:{port}/health\"\ntimeout = \"20s\""
-        )),
-    );
     svc.start();
     assert!(
         okfile.exists(),
@@ -124,18 +115,18 @@ http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()"#
 
 #[test]
 fn log_probe_matches_a_line_of_output() {
-    let svc = Svc::new(
+    let svc = Spec::new(
         "logready",
-        &sh("echo booting; sleep 0.3; echo 'Started ServerConnector@1a2b{HTTP/1.1}{127.0.0.1:8080}' >&2; touch ready.flag; exec sleep 1000"),
-        "[ready]\nlog = \"Started ServerConnector@\\\\w+\"",
-    );
-    svc.rewrite(
-        &Spec::new("logready", &sh("echo booting; sleep 0.3; echo 'Started ServerConnector@1a2b' >&2; touch ready.flag; exec sleep 1000"))
-            .top(&format!("workdir = \"{}\"", svc.dir.display()))
-            .tables("[ready]\nlog = \"Started ServerConnector@\\\\w+\""),
-    );
+        &sh("echo booting; sleep 0.3; echo 'Started ServerConnector@1a2b' >&2; touch ready.flag; exec sleep 1000"),
+    )
+    .top("workdir = \"{dir}\"")
+    .tables("[ready]\nlog = \"Started ServerConnector@\\\\w+\"")
+    .create();
     svc.start();
-    assert!(svc.path("ready.flag").exists());
+    assert!(
+        svc.path("ready.flag").exists(),
+        "ready before the line was printed"
+    );
     assert!(svc
         .log("stderr.log")
         .contains("Started ServerConnector@1a2b"));
@@ -143,15 +134,10 @@ fn log_probe_matches_a_line_of_output() {
 
 #[test]
 fn exec_probe_runs_until_it_exits_zero() {
-    let svc = Spec::new("execready", &sh("sleep 0.4; touch flag; exec sleep 1000")).create();
-    svc.rewrite(
-        &Spec::new("execready", &sh("sleep 0.4; touch flag; exec sleep 1000"))
-            .top(&format!("workdir = \"{}\"", svc.dir.display()))
-            .tables(&format!(
-                "[ready]\nexec = [\"test\", \"-e\", \"{}\"]",
-                svc.path("flag").display()
-            )),
-    );
+    let svc = Spec::new("execready", &sh("sleep 0.4; touch flag; exec sleep 1000"))
+        .top("workdir = \"{dir}\"")
+        .tables("[ready]\nexec = [\"test\", \"-e\", \"{dir}/flag\"]")
+        .create();
     svc.start();
     assert!(svc.path("flag").exists());
 }
@@ -160,14 +146,20 @@ fn exec_probe_runs_until_it_exits_zero() {
 fn notify_probe_waits_for_ready_1() {
     let svc = Svc::new(
         "notify",
-        &format!("[\"{}\", \"0.3\"]", fixture("notify-ready")),
+        &format!("[\"{}\", \"0.5\"]", fixture("notify-ready")),
         "[ready]\nnotify = true",
     );
+    let t0 = std::time::Instant::now();
     svc.start();
+    // The fixture sleeps 0.5 s before it sends READY=1: returning earlier would mean not waiting for it.
     assert!(
-        svc.log("stdout.log").contains("sent READY=1"),
-        "ready before READY=1 was sent"
+        t0.elapsed() >= Duration::from_millis(500),
+        "ready after {:?}",
+        t0.elapsed()
     );
+    wait_until(T, "the fixture's own report", || {
+        svc.log("stdout.log").contains("sent READY=1")
+    });
 }
 
 #[test]
@@ -289,15 +281,13 @@ fn concurrent_starts_yield_exactly_one_service() {
 
 #[test]
 fn stop_kills_grandchildren_including_setsid_escapees() {
-    let svc = Spec::new("forker", "[]").create();
+    let svc = Spec::new(
+        "forker",
+        &format!("[\"{}\", \"{{dir}}/pids\"]", fixture("forker")),
+    )
+    .tables("[ready]\nlog = \"waiting\"")
+    .create();
     let pids = svc.path("pids");
-    svc.rewrite(
-        &Spec::new(
-            "forker",
-            &format!("[\"{}\", \"{}\"]", fixture("forker"), pids.display()),
-        )
-        .tables("[ready]\nlog = \"waiting\""),
-    );
     svc.start();
     let listed: Vec<i32> = std::fs::read_to_string(&pids)
         .expect("pids")
@@ -399,15 +389,13 @@ fn pid_file_of_a_dead_process_reads_as_dead() {
 
 #[test]
 fn killed_supervisor_leaves_no_silent_orphan() {
-    let svc = Spec::new("kill9", "[]").create();
+    let svc = Spec::new(
+        "kill9",
+        &format!("[\"{}\", \"{{dir}}/pids\"]", fixture("forker")),
+    )
+    .tables("[ready]\nlog = \"waiting\"")
+    .create();
     let pids = svc.path("pids");
-    svc.rewrite(
-        &Spec::new(
-            "kill9",
-            &format!("[\"{}\", \"{}\"]", fixture("forker"), pids.display()),
-        )
-        .tables("[ready]\nlog = \"waiting\""),
-    );
     svc.start();
     let sup = svc.pid_in_file().expect("pid");
     let listed: Vec<i32> = std::fs::read_to_string(&pids)
@@ -536,15 +524,13 @@ fn clean_exit_under_on_failure_is_not_restarted() {
 
 #[test]
 fn reload_delivers_the_reload_signal() {
-    let svc = Spec::new("hup", "[]").create();
+    let svc = Spec::new(
+        "hup",
+        &format!("[\"{}\", \"{{dir}}/hups\"]", fixture("hup-counter")),
+    )
+    .tables("[ready]\nlog = \"ready\"")
+    .create();
     let file = svc.path("hups");
-    svc.rewrite(
-        &Spec::new(
-            "hup",
-            &format!("[\"{}\", \"{}\"]", fixture("hup-counter"), file.display()),
-        )
-        .tables("[ready]\nlog = \"ready\""),
-    );
     let r = svc.baton(&["reload"]);
     assert_eq!(r.code, 7, "reload of a stopped service: {r:?}");
     svc.start();
@@ -685,18 +671,19 @@ fn logs_reopen_after_external_rotation() {
 
 #[test]
 fn environment_workdir_and_umask_are_applied() {
-    let svc = Spec::new("envsvc", "[]").create();
+    let svc = Spec::new(
+        "envsvc",
+        &sh("echo \"cwd=$(pwd) umask=$(umask) greet=$GREETING file=$FROM_FILE quoted=$QUOTED port=$PORT\"; echo up; exec sleep 1000"),
+    )
+    .top("workdir = \"{dir}\"\numask = \"027\"\nenv_file = \"extra.env\"")
+    .env("GREETING = \"hello {name}\"")
+    .tables("[port]\nmode = \"fixed\"\nport = 18999\n[ready]\nlog = \"up\"")
+    .create();
     std::fs::write(
         svc.path("extra.env"),
         "# comment\nFROM_FILE=yes\nexport QUOTED=\"a b\"\n",
     )
     .expect("env file");
-    svc.rewrite(
-        &Spec::new("envsvc", &sh("echo \"cwd=$(pwd) umask=$(umask) greet=$GREETING file=$FROM_FILE quoted=$QUOTED port=$PORT\"; echo up; exec sleep 1000"))
-            .top(&format!("workdir = \"{}\"\numask = \"027\"\nenv_file = \"extra.env\"", svc.dir.display()))
-            .env("GREETING = \"hello {name}\"")
-            .tables("[port]\nmode = \"fixed\"\nport = 18999\n[ready]\nlog = \"up\""),
-    );
     svc.start();
     let out = svc.log("stdout.log");
     assert!(out.contains(&format!("cwd={}", svc.dir.display())), "{out}");
@@ -712,19 +699,13 @@ fn privileges_are_dropped_completely() {
         eprintln!("skipped: needs root to switch users");
         return;
     }
-    let svc = Svc::new(
+    let svc = Spec::new(
         "dropped",
         &sh("id; echo HOME=$HOME USER=$USER LOGNAME=$LOGNAME SHELL=$SHELL; grep NoNewPrivs /proc/self/status; echo up; exec sleep 1000"),
-        "",
-    );
-    svc.rewrite(
-        &Spec::new(
-            "dropped",
-            &sh("id; echo HOME=$HOME USER=$USER LOGNAME=$LOGNAME SHELL=$SHELL; grep NoNewPrivs /proc/self/status; echo up; exec sleep 1000"),
-        )
-        .top("user = \"nobody\"")
-        .tables("[ready]\nlog = \"^up$\""),
-    );
+    )
+    .top("user = \"nobody\"")
+    .tables("[ready]\nlog = \"^up$\"")
+    .create();
     svc.start();
     let out = svc.log("stdout.log");
     assert!(
@@ -807,6 +788,10 @@ fn idle_supervisor_does_not_wake_up() {
             })
             .sum()
     };
+    // start returns as soon as the PID file is written; let the loop finish its turn and block.
+    wait_until(T, "the supervisor to block in poll", || {
+        std::fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("poll"))
+    });
     let before = switches();
     // Nothing can signal "nothing happened": this waits out a window on purpose.
     std::thread::sleep(Duration::from_millis(1500));

@@ -271,11 +271,7 @@ impl Supervisor {
                     self.conns.extend(new);
                 }
                 Source::Conn(i) => match self.conns.get_mut(i).map(Conn::read) {
-                    Some(Incoming::Request(r)) => {
-                        if !self.on_request(i, &r) {
-                            closed_conns.push(i);
-                        }
-                    }
+                    Some(Incoming::Request(r)) if !self.on_request(i, &r) => closed_conns.push(i),
                     Some(Incoming::Closed) => closed_conns.push(i),
                     _ => {}
                 },
@@ -559,7 +555,7 @@ impl Supervisor {
     /// Answers one request; returns whether the connection stays open (only a waiting `stop`).
     fn on_request(&mut self, i: usize, request: &str) -> bool {
         let reply = match request {
-            "status" => Reply::Status(self.report()),
+            "status" => Reply::Status(Box::new(self.report())),
             "stop" => {
                 if let Some(c) = self.conns.get_mut(i) {
                     c.watching = true;

@@ -142,13 +142,15 @@ impl Spec {
         self
     }
 
+    /// The config text; `{dir}` anywhere stands for the test's directory.
     fn render(&self, dir: &Path, marker: &str) -> String {
         let d = dir.display();
         let (k, v) = marker.split_once('=').expect("marker");
-        format!(
+        let text = format!(
             "command = {}\npidfile = \"{d}/run/{{name}}.pid\"\nsocket = \"{d}/run/{{name}}.sock\"\nstate_dir = \"{d}/state\"\n{}\n[env]\n{k} = \"{v}\"\n{}\n[log]\ndir = \"{d}/log\"\n{}\n{}\n",
             self.command, self.top, self.env, self.log, self.tables
-        )
+        );
+        text.replace("{dir}", &d.to_string())
     }
 
     /// Creates the directory and config file.
