@@ -187,29 +187,43 @@ impl Conn {
 
 /// Client side: sends `request` and returns a reader over the reply lines.
 pub fn request(path: &Path, request: &str, timeout: Option<Duration>) -> Result<Replies> {
-    let mut stream = UnixStream::connect(path).map_err(|e| {
+    let stream = UnixStream::connect(path).map_err(|e| {
         Error::io(format!("connect to control socket {}", path.display()), &e)
             .hint("is the supervisor running? `baton status` tells")
     })?;
     stream
         .set_read_timeout(timeout)
         .map_err(|e| Error::io("configure control socket", &e))?;
-    writeln!(stream, "{request}")
-        .map_err(|e| Error::io(format!("send {request:?} to the supervisor"), &e))?;
-    Ok(Replies {
+    // A supervisor that refuses us replies and closes at once, so the write may fail
+    // with EPIPE while its refusal waits to be read: read before giving up.
+    let sent = writeln!(&stream, "{request}");
+    let mut replies = Replies {
         reader: BufReader::new(stream),
-    })
+        first: None,
+    };
+    if let Err(e) = sent {
+        match replies.next() {
+            Some(reply) => replies.first = Some(reply),
+            None => return Err(Error::io(format!("send {request:?} to the supervisor"), &e)),
+        }
+    }
+    Ok(replies)
 }
 
 /// Reply lines from the supervisor.
 pub struct Replies {
     reader: BufReader<UnixStream>,
+    /// A reply already read while checking a failed send.
+    first: Option<Result<Reply>>,
 }
 
 impl Iterator for Replies {
     type Item = Result<Reply>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) => None,

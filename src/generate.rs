@@ -163,20 +163,36 @@ mod tests {
         script[start..end].lines().skip(1).collect()
     }
 
+    /// A fresh directory under the system's temp dir, removed when dropped (also on a failed assert).
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> TempDir {
+            static DIRS: AtomicUsize = AtomicUsize::new(0);
+            let n = DIRS.fetch_add(1, Ordering::Relaxed);
+            let dir =
+                std::env::temp_dir().join(format!("baton-generate-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     /// Runs the rendered script with sh; returns (exit code, stdout + stderr).
     fn run_script(script: &str, action: &str) -> (i32, String) {
-        static RUNS: AtomicUsize = AtomicUsize::new(0);
-        let run = RUNS.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("baton-generate-{}-{run}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("script");
+        let dir = TempDir::new();
+        let path = dir.0.join("script");
         std::fs::write(&path, script).expect("write script");
         let out = Command::new("sh")
             .arg(&path)
             .arg(action)
             .output()
             .expect("run sh");
-        std::fs::remove_dir_all(&dir).expect("remove temp dir");
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         (out.status.code().expect("exit code"), text)
@@ -261,9 +277,8 @@ mod tests {
     #[test]
     fn init_script_passes_baton_exit_codes_through() {
         // A stand-in baton that exits with the code named by its action.
-        let dir = std::env::temp_dir().join(format!("baton-generate-fake-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let fake = dir.join("baton");
+        let dir = TempDir::new();
+        let fake = dir.0.join("baton");
         std::fs::write(
             &fake,
             "#!/bin/sh\n[ \"$1 $2\" = '--config /etc/baton/web.toml' ] || exit 99\n[ \"$4\" = web ] || exit 98\n\
@@ -294,7 +309,6 @@ mod tests {
                 "{action}: {out}"
             );
         }
-        std::fs::remove_dir_all(&dir).expect("remove temp dir");
     }
 
     #[test]

@@ -72,8 +72,10 @@ enum Check {
         request: Vec<u8>,
         label: String,
     },
+    /// Run with the service's identity: a probe gets no more privilege than the service.
     Exec {
         argv: Vec<String>,
+        account: Option<crate::config::Account>,
     },
     Log {
         re: regex::Regex,
@@ -160,6 +162,7 @@ impl Probes {
                 }
                 ProbeSpec::Exec(argv) => Check::Exec {
                     argv: argv.iter().map(|a| spec.expand(a, port)).collect(),
+                    account: spec.account.clone(),
                 },
                 ProbeSpec::Log(re) => Check::Log {
                     re: regex::Regex::new(re).map_err(|e| e.to_string())?,
@@ -332,7 +335,7 @@ impl Probe {
         match &self.check {
             Check::Tcp { label, .. } => format!("connect {label}"),
             Check::Http { label, .. } => label.clone(),
-            Check::Exec { argv } => format!("exec {}", argv.join(" ")),
+            Check::Exec { argv, .. } => format!("exec {}", argv.join(" ")),
             Check::Log { re } => format!("log line matching /{}/", re.as_str()),
             Check::Notify => "READY=1 on NOTIFY_SOCKET".to_string(),
         }
@@ -361,7 +364,7 @@ impl Probe {
                 Ok((sock, false)) => self.attempt = Attempt::Connecting { sock, deadline },
                 Err(e) => self.fail(now, e.desc().to_lowercase()),
             },
-            Check::Exec { argv } => {
+            Check::Exec { argv, account } => {
                 let mut cmd = Command::new(&argv[0]);
                 cmd.args(&argv[1..])
                     .stdin(Stdio::null())
@@ -370,7 +373,7 @@ impl Probe {
                 crate::sys::install(
                     &mut cmd,
                     crate::sys::ChildSetup {
-                        account: None,
+                        account: account.clone(),
                         umask: None,
                         parent: nix::unistd::getpid(),
                         new_session: false,

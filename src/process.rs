@@ -14,6 +14,8 @@ use std::process::{Command, Stdio};
 
 /// A freshly spawned service: its PID (also its process group) and its output pipes.
 pub struct Spawned {
+    /// The argv as executed, placeholders expanded.
+    pub argv: Vec<String>,
     /// Leader PID; equals the process group id.
     pub pid: Pid,
     /// Start time of the leader, for identity checks after a supervisor restart.
@@ -81,6 +83,7 @@ pub fn spawn(spec: &Spec, port: Option<u16>, notify_socket: Option<&Path>) -> Re
     };
     // The Child handle is dropped without waiting: the supervisor reaps every child with waitpid(-1).
     Ok(Spawned {
+        argv,
         pid,
         starttime: starttime(pid).unwrap_or(0),
         stdout: out.into(),
@@ -186,6 +189,61 @@ pub fn signal(pid: Pid, sig: Signal) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
         Err(e) => tracing::warn!("unable to send {sig} to pid {pid}: {e}"),
     }
+}
+
+/// Sends SIGKILL to processes that are not our children and waits (up to `limit`) until they are gone.
+pub fn kill_and_wait(pids: &[Pid], limit: std::time::Duration) -> Vec<Pid> {
+    let watched = watch_exits(pids);
+    for &p in pids {
+        signal(p, Signal::SIGKILL);
+    }
+    wait_exits(watched, limit)
+}
+
+/// Pidfds for processes we will wait on (taken before signalling, so no exit is missed).
+pub fn watch_exits(pids: &[Pid]) -> Vec<(Pid, OwnedFd)> {
+    pids.iter()
+        .filter_map(|&p| Some((p, sys::pidfd_open(p).ok()?)))
+        .collect()
+}
+
+/// Waits until every watched process has exited or `limit` passes; returns those still alive.
+///
+/// One poll(2) over pidfds: the kernel wakes us at each exit, nothing is polled by time.
+pub fn wait_exits(watched: Vec<(Pid, OwnedFd)>, limit: std::time::Duration) -> Vec<Pid> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let deadline = std::time::Instant::now() + limit;
+    let mut waiting = watched;
+    while !waiting.is_empty() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let mut polls: Vec<PollFd> = waiting
+            .iter()
+            .map(|(_, fd)| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+            .collect();
+        match nix::poll::poll(
+            &mut polls,
+            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
+        }
+        let exited: Vec<bool> = polls
+            .iter()
+            .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(polls);
+        waiting = waiting
+            .into_iter()
+            .zip(exited)
+            .filter(|(_, e)| !e)
+            .map(|(w, _)| w)
+            .collect();
+    }
+    waiting.into_iter().map(|(p, _)| p).collect()
 }
 
 /// Signals the service group and every other descendant of this supervisor, however far they strayed.

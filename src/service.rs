@@ -53,6 +53,13 @@ fn stop_locked(spec: &Spec) -> Result<()> {
         }
         return Ok(());
     }
+    // Watch the supervisor before asking it to stop, so its exit cannot be missed.
+    let state = pidfile::read_state(spec);
+    let sup = state
+        .supervisor
+        .filter(|s| s.alive())
+        .map(|s| Pid::from_raw(s.pid));
+    let watched = process::watch_exits(sup.as_slice());
     match control::request(&spec.socket, "stop", None) {
         Ok(replies) => {
             for reply in replies {
@@ -67,22 +74,31 @@ fn stop_locked(spec: &Spec) -> Result<()> {
                 }
             }
         }
-        // The socket is gone or refuses us: fall back to signalling the verified supervisor.
+        // No socket to talk to: signal the supervisor, identified by PID and start time.
         Err(e) => {
-            let state = pidfile::read_state(spec);
-            let Some(sup) = state.supervisor.filter(|s| s.alive()) else {
-                return Err(e.hint(
-                    "the supervisor runs but cannot be identified; check the state directory",
-                ));
+            let Some(pid) = sup else {
+                return Err(e.hint("the supervisor holds its lock but cannot be identified; check the state directory"));
             };
             eprintln!(
-                "{name}: control socket unavailable ({e}); sending SIGTERM to supervisor pid {}",
-                sup.pid
+                "{name}: control socket unavailable ({e}); sending SIGTERM to supervisor pid {pid}"
             );
-            process::signal(Pid::from_raw(sup.pid), Signal::SIGTERM);
+            nix::sys::signal::kill(pid, Signal::SIGTERM).map_err(|e| {
+                Error::errno(format!("signal the supervisor of {name} (pid {pid})"), e)
+            })?;
         }
     }
-    pidfile::wait_supervisor_gone(spec)?;
+    // The supervisor enforces the stop timeout itself; this bound only guards against a hung supervisor.
+    let limit = spec.stop.timeout + Duration::from_secs(10);
+    if !process::wait_exits(watched, limit).is_empty() {
+        return Err(Error::unable(
+            format!("stop {name}"),
+            format!("its supervisor is still running after {}s", limit.as_secs()),
+        )
+        .hint(format!("see {}", spec.log.dir.join("baton.log").display())));
+    }
+    if pidfile::supervisor_alive(spec)? {
+        pidfile::wait_supervisor_gone(spec)?;
+    }
     println!("{name} stopped");
     Ok(())
 }
@@ -323,8 +339,13 @@ fn clean_up_dead(spec: &Spec) -> bool {
             orphans.len(),
             join(&orphans.iter().map(|p| p.as_raw()).collect::<Vec<_>>())
         );
-        for p in &orphans {
-            process::signal(*p, Signal::SIGKILL);
+        // Wait for them: they may still hold the port the new instance needs.
+        let survivors = process::kill_and_wait(&orphans, Duration::from_secs(5));
+        if !survivors.is_empty() {
+            eprintln!(
+                "{name}: still alive after SIGKILL: pid {}",
+                join(&survivors.iter().map(|p| p.as_raw()).collect::<Vec<_>>())
+            );
         }
     }
     // Only the lock proves a supervisor; with it free, whatever the PID file names is not ours.

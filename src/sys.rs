@@ -1,4 +1,4 @@
-//! The few places baton needs `unsafe`: the pre-exec hook and adopting an inherited fd.
+//! The few places baton needs `unsafe`: the pre-exec hook, adopting an inherited fd, pidfd_open.
 //!
 //! Everything else uses nix's safe wrappers. Each block says why it is sound.
 
@@ -79,4 +79,16 @@ pub fn adopt_fd(fd: RawFd) -> Option<OwnedFd> {
     // SAFETY: the fd is open (checked above) and was passed to this process
     // by `baton start` for it alone; nothing else in this process refers to it.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A pollable handle that becomes readable when `pid` exits (Linux >= 5.3).
+pub fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1;
+    // no memory is shared with the kernel.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; we are its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }

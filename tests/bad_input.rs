@@ -207,8 +207,15 @@ fn config_writable_by_others_is_refused_as_root() {
 
 /// Runs baton as `nobody` (root only).
 fn as_nobody(svc: &Svc, args: &[&str]) -> harness::Run {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+    Command::new("timeout")
+        .args([
+            "120",
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+        ])
         .arg(harness::baton_bin())
         .arg("--config")
         .arg(&svc.config)

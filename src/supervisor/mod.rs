@@ -404,12 +404,7 @@ impl Supervisor {
         let notify = self.notify.as_ref().map(|(_, p)| p.clone());
         match process::spawn(&self.spec, port, notify.as_deref()) {
             Ok(sp) => {
-                tracing::info!(
-                    "spawned {} (pid {}{})",
-                    self.spec.command.join(" "),
-                    sp.pid,
-                    port.map_or(String::new(), |p| format!(", port {p}"))
-                );
+                tracing::info!("spawned {} (pid {})", sp.argv.join(" "), sp.pid);
                 self.pipes.push(Pipe::new(sp.stdout, StreamKind::Stdout));
                 self.pipes.push(Pipe::new(sp.stderr, StreamKind::Stderr));
                 self.instance = Some(Instance {
