@@ -194,7 +194,10 @@ impl Svc {
 
     /// Runs `baton --config FILE ARGS...`.
     pub fn baton(&self, args: &[&str]) -> Run {
-        Command::new(baton_bin())
+        // A hang must fail the test, not stall the suite: 124 is timeout's exit code.
+        Command::new("timeout")
+            .arg("120")
+            .arg(baton_bin())
             .arg("--config")
             .arg(&self.config)
             .args(args)
