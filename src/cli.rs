@@ -16,7 +16,10 @@ use std::path::{Path, PathBuf};
     name = "baton",
     version,
     propagate_version = true,
-    max_term_width = 100
+    max_term_width = 100,
+    after_help = "Exit codes (LSB 4.1): 0 ok, 1 failed, 2 bad arguments, 4 no privilege, 5 not installed,\n\
+                  6 not configured, 7 not running. status: 0 running, 1 dead with PID file, 3 not running,\n\
+                  4 unknown.\n\nExample: baton --config /etc/baton/web.toml start"
 )]
 pub struct Cli {
     /// The service's config file; NAME defaults to the file's stem.
@@ -39,8 +42,7 @@ pub struct Target {
     pub name: Option<String>,
 }
 
-/// Commands. Action exit codes: 0 ok, 1 failed, 2 bad arguments, 4 no privilege,
-/// 5 not installed, 6 not configured, 7 not running.
+/// The commands; each acts on one service.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start the service and wait until it is ready; 0 if it already runs.
@@ -53,7 +55,7 @@ pub enum Command {
     TryRestart(Target),
     /// Send the service its reload signal (SIGHUP unless [reload] says otherwise).
     Reload(Target),
-    /// Reload the service (the same as reload: baton services always accept a signal).
+    /// Reload the service; baton always has a reload signal, so this never falls back to restart.
     ForceReload(Target),
     /// Show the service's state. Exit: 0 running, 1 dead with PID file, 3 not running, 4 unknown.
     Status {
