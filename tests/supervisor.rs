@@ -12,6 +12,27 @@ fn sh(script: &str) -> String {
     format!("[\"/bin/sh\", \"-c\", {}]", toml_str(script))
 }
 
+/// A service running the `forker` fixture; returns it and the file where the fixture lists its PIDs.
+fn forker(name: &str) -> (Svc, std::path::PathBuf) {
+    let svc = Spec::new(
+        name,
+        &format!("[\"{}\", \"{{dir}}/pids\"]", fixture("forker")),
+    )
+    .tables("[ready]\nlog = \"waiting\"")
+    .create();
+    let pids = svc.path("pids");
+    (svc, pids)
+}
+
+/// The PIDs the forker wrote: its own, its child, the child that escaped with setsid.
+fn forker_pids(file: &std::path::Path) -> Vec<i32> {
+    std::fs::read_to_string(file)
+        .expect("pids")
+        .lines()
+        .map(|l| l.parse().expect("pid"))
+        .collect()
+}
+
 fn toml_str(s: &str) -> String {
     format!(
         "\"{}\"",
@@ -281,19 +302,9 @@ fn concurrent_starts_yield_exactly_one_service() {
 
 #[test]
 fn stop_kills_grandchildren_including_setsid_escapees() {
-    let svc = Spec::new(
-        "forker",
-        &format!("[\"{}\", \"{{dir}}/pids\"]", fixture("forker")),
-    )
-    .tables("[ready]\nlog = \"waiting\"")
-    .create();
-    let pids = svc.path("pids");
+    let (svc, pids) = forker("forker");
     svc.start();
-    let listed: Vec<i32> = std::fs::read_to_string(&pids)
-        .expect("pids")
-        .lines()
-        .map(|l| l.parse().expect("pid"))
-        .collect();
+    let listed = forker_pids(&pids);
     assert_eq!(listed.len(), 3);
     assert!(listed.iter().all(|&p| alive(p)));
     let r = svc.stop();
@@ -389,20 +400,10 @@ fn pid_file_of_a_dead_process_reads_as_dead() {
 
 #[test]
 fn killed_supervisor_leaves_no_silent_orphan() {
-    let svc = Spec::new(
-        "kill9",
-        &format!("[\"{}\", \"{{dir}}/pids\"]", fixture("forker")),
-    )
-    .tables("[ready]\nlog = \"waiting\"")
-    .create();
-    let pids = svc.path("pids");
+    let (svc, pids) = forker("kill9");
     svc.start();
     let sup = svc.pid_in_file().expect("pid");
-    let listed: Vec<i32> = std::fs::read_to_string(&pids)
-        .expect("pids")
-        .lines()
-        .map(|l| l.parse().expect("pid"))
-        .collect();
+    let listed = forker_pids(&pids);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(sup),
         nix::sys::signal::Signal::SIGKILL,

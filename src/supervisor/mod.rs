@@ -20,7 +20,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use state::{Effect, Exit, Input, Machine, Outcome, Phase, Rules};
+use state::{Effect, Exit, Input, Machine, Outcome, Phase, Rules, Stop};
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
@@ -490,7 +490,10 @@ impl Supervisor {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => {
                     // ECHILD: not a single descendant is left.
-                    if matches!(self.machine.phase, Phase::Stopping { leader: None, .. }) {
+                    if matches!(
+                        self.machine.phase,
+                        Phase::Stopping(Stop { leader: None, .. })
+                    ) {
                         self.feed(Input::TreeEmpty);
                     }
                     return;
@@ -632,9 +635,9 @@ impl Supervisor {
     }
 
     fn progress(&mut self) {
-        let Phase::Stopping {
+        let Phase::Stopping(Stop {
             kill_at, killed, ..
-        } = self.machine.phase.clone()
+        }) = self.machine.phase.clone()
         else {
             self.next_progress = None;
             return;

@@ -58,19 +58,27 @@ pub enum Phase {
     },
     /// Probes passed.
     Ready { pid: Pid, since: Instant },
-    /// Taking the tree down; `leader` is None once the main process is reaped.
-    Stopping {
-        leader: Option<Pid>,
-        since: Instant,
-        dump_at: Option<Instant>,
-        kill_at: Instant,
-        killed: bool,
-        then: Then,
-    },
+    /// Taking the tree down.
+    Stopping(Stop),
     /// Waiting to respawn after a crash.
     Backoff { until: Instant },
     /// The supervisor is done and should exit.
     Done(Outcome),
+}
+
+/// The stop ladder in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    /// The main process, until it is reaped.
+    pub leader: Option<Pid>,
+    /// When the dump signal is due; None once sent or if not configured.
+    pub dump_at: Option<Instant>,
+    /// When SIGKILL is due.
+    pub kill_at: Instant,
+    /// Whether SIGKILL went out.
+    pub killed: bool,
+    /// What happens once no process is left.
+    pub then: Then,
 }
 
 /// What follows a completed stop.
@@ -185,15 +193,10 @@ impl Machine {
         match &self.phase {
             Phase::Starting { deadline, .. } => Some(*deadline),
             Phase::Backoff { until } => Some(*until),
-            Phase::Stopping {
-                dump_at,
-                kill_at,
-                killed,
-                ..
-            } => {
-                let kill = (!killed).then_some(*kill_at);
-                match (dump_at, kill) {
-                    (Some(d), Some(k)) => Some((*d).min(k)),
+            Phase::Stopping(stop) => {
+                let kill = (!stop.killed).then_some(stop.kill_at);
+                match (stop.dump_at, kill) {
+                    (Some(d), Some(k)) => Some(d.min(k)),
                     (d, k) => d.or(k),
                 }
             }
@@ -280,92 +283,42 @@ impl Machine {
                 self.stopping(Some(pid), Then::Exit, now)
             }
 
-            (
-                Stopping {
-                    since,
-                    dump_at,
-                    kill_at,
-                    killed,
-                    then,
-                    ..
-                },
-                Input::LeaderExited(exit),
-            ) => {
+            (Stopping(stop), Input::LeaderExited(exit)) => {
                 self.last_exit = Some(exit);
                 (
-                    Stopping {
+                    Stopping(Stop {
                         leader: None,
-                        since,
-                        dump_at,
-                        kill_at,
-                        killed,
-                        then,
-                    },
+                        ..stop
+                    }),
                     vec![Effect::CheckTree],
                 )
             }
-            (
-                Stopping {
-                    leader,
-                    since,
-                    dump_at,
-                    kill_at,
-                    killed,
-                    ..
-                },
-                Input::StopRequested,
-            ) => {
+            (Stopping(stop), Input::StopRequested) => {
                 self.stop_requested = true;
                 (
-                    Stopping {
-                        leader,
-                        since,
-                        dump_at,
-                        kill_at,
-                        killed,
+                    Stopping(Stop {
                         then: Then::Exit,
-                    },
+                        ..stop
+                    }),
                     vec![],
                 )
             }
-            (
-                Stopping {
-                    leader,
-                    since,
-                    dump_at,
-                    kill_at,
-                    killed,
-                    then,
-                },
-                Input::Tick,
-            ) => {
+            (Stopping(mut stop), Input::Tick) => {
                 let mut effects = vec![];
-                let mut dump_at = dump_at;
-                if dump_at.is_some_and(|d| d <= now) {
-                    dump_at = None;
+                if stop.dump_at.is_some_and(|d| d <= now) {
+                    stop.dump_at = None;
                     effects.push(Effect::Dump);
                 }
-                let mut killed = killed;
-                if !killed && kill_at <= now {
-                    killed = true;
+                if !stop.killed && stop.kill_at <= now {
+                    stop.killed = true;
                     effects.push(Effect::SignalTree(Signal::SIGKILL));
                 }
-                (
-                    Stopping {
-                        leader,
-                        since,
-                        dump_at,
-                        kill_at,
-                        killed,
-                        then,
-                    },
-                    effects,
-                )
+                (Stopping(stop), effects)
             }
             (
-                Stopping {
+                Stopping(Stop {
                     leader: None, then, ..
-                },
+                }),
                 Input::TreeEmpty,
             ) => match then {
                 Then::Exit => {
@@ -408,14 +361,13 @@ impl Machine {
             effects.push(Effect::CheckTree);
         }
         (
-            Phase::Stopping {
+            Phase::Stopping(Stop {
                 leader,
-                since: now,
                 dump_at,
                 kill_at,
                 killed: false,
                 then,
-            },
+            }),
             effects,
         )
     }
@@ -456,7 +408,7 @@ impl Machine {
             Phase::Starting { .. } if self.ever_ready => "restarting",
             Phase::Starting { .. } => "starting",
             Phase::Ready { .. } => "ready",
-            Phase::Stopping { .. } => "stopping",
+            Phase::Stopping(_) => "stopping",
             Phase::Backoff { .. } => "crash-looping",
             Phase::Done(Outcome::Stopped) => "stopped",
             Phase::Done(Outcome::Dead(_)) => "dead",
@@ -512,6 +464,15 @@ mod tests {
 
     fn pid(n: i32) -> Pid {
         Pid::from_raw(n)
+    }
+
+    /// A machine whose first instance (pid 10) became ready at `t0`.
+    fn ready(rules: Rules, t0: Instant) -> Machine {
+        let mut m = Machine::new(rules);
+        m.step(I::Start, t0, 0.5);
+        m.step(I::Spawned(pid(10)), t0, 0.5);
+        m.step(I::ProbesPassed, t0, 0.5);
+        m
     }
 
     /// Runs (offset in ms, input, expected effects, expected state name) rows.
@@ -674,10 +635,7 @@ mod tests {
             (Policy::Never, "stopped"),
         ] {
             let t0 = Instant::now();
-            let mut m = Machine::new(rules(policy, None));
-            m.step(I::Start, t0, 0.5);
-            m.step(I::Spawned(pid(10)), t0, 0.5);
-            m.step(I::ProbesPassed, t0, 0.5);
+            let mut m = ready(rules(policy, None), t0);
             m.step(I::LeaderExited(Exit::Code(0)), t0, 0.5);
             m.step(I::TreeEmpty, t0, 0.5);
             assert_eq!(m.name(), expect, "{policy:?}");
@@ -687,10 +645,7 @@ mod tests {
     #[test]
     fn never_policy_leaves_it_dead() {
         let t0 = Instant::now();
-        let mut m = Machine::new(rules(Policy::Never, None));
-        m.step(I::Start, t0, 0.5);
-        m.step(I::Spawned(pid(10)), t0, 0.5);
-        m.step(I::ProbesPassed, t0, 0.5);
+        let mut m = ready(rules(Policy::Never, None), t0);
         m.step(I::LeaderExited(Exit::Code(1)), t0, 0.5);
         m.step(I::TreeEmpty, t0, 0.5);
         assert_eq!(
@@ -704,10 +659,7 @@ mod tests {
     #[test]
     fn crash_loop_limit_marks_failed() {
         let t0 = Instant::now();
-        let mut m = Machine::new(rules(Policy::Always, Some(3)));
-        m.step(I::Start, t0, 0.5);
-        m.step(I::Spawned(pid(10)), t0, 0.5);
-        m.step(I::ProbesPassed, t0, 0.5);
+        let mut m = ready(rules(Policy::Always, Some(3)), t0);
         let mut t = t0;
         for n in 0..3 {
             m.step(I::LeaderExited(Exit::Code(1)), t, 0.5);
@@ -728,10 +680,7 @@ mod tests {
     #[test]
     fn stable_run_resets_backoff() {
         let t0 = Instant::now();
-        let mut m = Machine::new(rules(Policy::Always, None));
-        m.step(I::Start, t0, 0.5);
-        m.step(I::Spawned(pid(10)), t0, 0.5);
-        m.step(I::ProbesPassed, t0, 0.5);
+        let mut m = ready(rules(Policy::Always, None), t0);
         let mut t = t0;
         for _ in 0..4 {
             m.step(I::LeaderExited(Exit::Code(1)), t, 0.5);
@@ -754,10 +703,7 @@ mod tests {
     #[test]
     fn stop_during_backoff_is_immediate_and_stop_during_restart_wins() {
         let t0 = Instant::now();
-        let mut m = Machine::new(rules(Policy::Always, None));
-        m.step(I::Start, t0, 0.5);
-        m.step(I::Spawned(pid(10)), t0, 0.5);
-        m.step(I::ProbesPassed, t0, 0.5);
+        let mut m = ready(rules(Policy::Always, None), t0);
         m.step(I::LeaderExited(Exit::Code(1)), t0, 0.5);
         assert_eq!(m.step(I::StopRequested, t0, 0.5), vec![]);
         m.step(I::TreeEmpty, t0, 0.5);
@@ -767,10 +713,7 @@ mod tests {
             "a stop during the crash's clean-up is not overridden by a restart"
         );
 
-        let mut m = Machine::new(rules(Policy::Always, None));
-        m.step(I::Start, t0, 0.5);
-        m.step(I::Spawned(pid(10)), t0, 0.5);
-        m.step(I::ProbesPassed, t0, 0.5);
+        let mut m = ready(rules(Policy::Always, None), t0);
         m.step(I::LeaderExited(Exit::Code(1)), t0, 0.5);
         m.step(I::TreeEmpty, t0, 0.5);
         assert_eq!(m.name(), "crash-looping");
