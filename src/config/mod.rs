@@ -1,0 +1,457 @@
+//! TOML service file -> validated [`Spec`], gathering every problem before reporting.
+
+mod reader;
+mod units;
+
+use reader::Reader;
+
+use crate::error::{Error, Result};
+use crate::exit::Action;
+use nix::sys::signal::Signal;
+use nix::unistd::{Gid, Uid};
+use std::fmt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml_edit::ImDocument;
+
+/// Where configs live when no `--config` is given.
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/baton";
+
+/// A fully validated service description.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Service name (the config file's stem or the NAME argument).
+    pub name: String,
+    /// The config file this came from.
+    pub file: PathBuf,
+    /// argv with `{name}` expanded; `{port}` is expanded per instance.
+    pub command: Vec<String>,
+    /// The account to run as, resolved; `None` keeps baton's own.
+    pub account: Option<Account>,
+    /// Working directory of the service.
+    pub workdir: Option<PathBuf>,
+    /// Extra environment (env_file first, then `env`), `{port}` expanded per instance.
+    pub env: Vec<(String, String)>,
+    /// umask for the service.
+    pub umask: Option<u32>,
+    /// How the port is chosen.
+    pub port: PortSpec,
+    /// Readiness: all probes must pass within `timeout`.
+    pub ready: ReadySpec,
+    /// The stop ladder.
+    pub stop: StopSpec,
+    /// Signal delivered by `reload`.
+    pub reload_signal: Signal,
+    /// Restart policy and crash-loop limits.
+    pub restart: RestartSpec,
+    /// Where the service's output goes.
+    pub log: LogSpec,
+    /// PID file path (holds the supervisor's PID once ready).
+    pub pidfile: PathBuf,
+    /// Control socket path.
+    pub socket: PathBuf,
+    /// State directory (locks, state file, notify socket).
+    pub state_dir: PathBuf,
+}
+
+/// The identity a service runs under, looked up once in the password database.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// Login name.
+    pub name: String,
+    /// User id.
+    pub uid: Uid,
+    /// Primary group id (or the configured `group`).
+    pub gid: Gid,
+    /// Supplementary groups as initgroups(3) would set them.
+    pub groups: Vec<Gid>,
+    /// Home directory, exported as HOME.
+    pub home: PathBuf,
+    /// Login shell, exported as SHELL.
+    pub shell: PathBuf,
+}
+
+/// How the service's port is chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortSpec {
+    /// No port: `{port}` may not be used.
+    None,
+    /// Always this port.
+    Fixed(u16),
+    /// A free port from this range, picked at each spawn.
+    Auto { from: u16, to: u16 },
+}
+
+/// One readiness probe, with `{port}` still unexpanded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeSpec {
+    /// TCP connect to `host:port`.
+    Tcp(String),
+    /// HTTP GET expecting 2xx.
+    Http(String),
+    /// A command that exits 0 when the service is ready.
+    Exec(Vec<String>),
+    /// A regex matched against the service's output lines.
+    Log(String),
+    /// `READY=1` on `NOTIFY_SOCKET`.
+    Notify,
+}
+
+/// Readiness settings.
+#[derive(Debug, Clone)]
+pub struct ReadySpec {
+    /// All must pass; empty means ready as soon as the command is exec'd.
+    pub probes: Vec<ProbeSpec>,
+    /// How long `start` waits before giving up.
+    pub timeout: Duration,
+}
+
+/// The stop ladder: signal, optional thread dump, then SIGKILL.
+#[derive(Debug, Clone)]
+pub struct StopSpec {
+    /// Sent to the whole group first.
+    pub signal: Signal,
+    /// Grace period before SIGKILL.
+    pub timeout: Duration,
+    /// Sent part-way through the grace period (SIGQUIT makes a JVM dump its threads).
+    pub dump_signal: Option<Signal>,
+    /// When, after the stop signal, the dump signal goes out.
+    pub dump_after: Duration,
+}
+
+/// When to restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Never restart.
+    Never,
+    /// Restart after an unclean exit.
+    OnFailure,
+    /// Restart after any exit.
+    Always,
+}
+
+/// Restart settings.
+#[derive(Debug, Clone)]
+pub struct RestartSpec {
+    /// When to restart.
+    pub policy: Policy,
+    /// Shortest backoff.
+    pub backoff_min: Duration,
+    /// Longest backoff.
+    pub backoff_max: Duration,
+    /// Crash-loop limit: at most this many restarts within `window`.
+    pub max: Option<u32>,
+    /// The crash-loop window.
+    pub window: Duration,
+    /// Ready this long and the backoff starts over.
+    pub stable: Duration,
+}
+
+/// Log capture settings.
+#[derive(Debug, Clone)]
+pub struct LogSpec {
+    /// Directory for `stdout.log`, `stderr.log` and `baton.log`.
+    pub dir: PathBuf,
+    /// Rotate a file before it grows past this many bytes.
+    pub max_size: u64,
+    /// Rotated files kept.
+    pub keep: u32,
+}
+
+/// One thing wrong with a config file, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `ready.timeout`.
+    pub key: String,
+    /// What is wrong and what would be right.
+    pub message: String,
+    /// The LSB code this problem implies (6 mostly, 5 for a missing program).
+    pub code: Action,
+}
+
+/// Everything wrong with one file.
+#[derive(Debug)]
+pub struct Problems {
+    /// The file.
+    pub file: PathBuf,
+    /// Each problem found.
+    pub list: Vec<Problem>,
+}
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.list.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.file.display())?;
+            if let Some(line) = p.line {
+                write!(f, ":{line}")?;
+            }
+            if p.key.is_empty() {
+                write!(f, ": {}", p.message)?;
+            } else {
+                write!(f, ": {}: {}", p.key, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Problems {
+    /// The error for a config that must not be used.
+    pub fn into_error(self) -> Error {
+        let code = self
+            .list
+            .iter()
+            .map(|p| p.code)
+            .min()
+            .unwrap_or(Action::NotConfigured);
+        let n = self.list.len();
+        Error::unable(
+            format!("use config {}", self.file.display()),
+            format!("{n} problem{}:\n{self}", if n == 1 { "" } else { "s" }),
+        )
+        .code(code)
+        .hint("fix the lines above; `baton check` lists every problem")
+    }
+}
+
+/// Resolves which file configures `name` (or which name a file configures).
+pub fn locate(
+    config: Option<&Path>,
+    config_dir: Option<&Path>,
+    name: Option<&str>,
+) -> Result<(PathBuf, String)> {
+    match (config, name) {
+        (Some(file), Some(name)) => Ok((file.to_path_buf(), name.to_string())),
+        (Some(file), None) => {
+            let stem = file.file_stem().and_then(|s| s.to_str()).ok_or_else(|| {
+                Error::unable(
+                    format!("name the service of {}", file.display()),
+                    "the file has no usable stem",
+                )
+                .code(Action::BadArgs)
+                .hint("pass NAME explicitly")
+            })?;
+            Ok((file.to_path_buf(), stem.to_string()))
+        }
+        (None, Some(name)) => {
+            let dir = config_dir.unwrap_or(Path::new(DEFAULT_CONFIG_DIR));
+            Ok((dir.join(format!("{name}.toml")), name.to_string()))
+        }
+        (None, None) => Err(
+            Error::unable("choose a service", "no NAME and no --config given")
+                .code(Action::BadArgs)
+                .hint("run `baton COMMAND NAME` or `baton --config FILE COMMAND`"),
+        ),
+    }
+}
+
+/// Reads and validates a service file; every problem is reported at once.
+pub fn load(file: &Path, name: &str) -> Result<Spec> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        let code = match e.kind() {
+            std::io::ErrorKind::NotFound => Action::NotConfigured,
+            std::io::ErrorKind::PermissionDenied => Action::NoPrivilege,
+            _ => Action::Generic,
+        };
+        Error::io(format!("read config {}", file.display()), &e)
+            .code(code)
+            .hint(format!(
+                "create {} (see examples/) or pass --config FILE",
+                file.display()
+            ))
+    })?;
+    let mut problems = Vec::new();
+    check_file_safety(file, &mut problems);
+    match parse(&text, file, name) {
+        Ok(spec) if problems.is_empty() => Ok(spec),
+        Ok(_) => Err(Problems {
+            file: file.to_path_buf(),
+            list: problems,
+        }
+        .into_error()),
+        Err(mut more) => {
+            problems.append(&mut more);
+            Err(Problems {
+                file: file.to_path_buf(),
+                list: problems,
+            }
+            .into_error())
+        }
+    }
+}
+
+/// A root-run supervisor executing a command from a file others can write is a privilege escalation.
+fn check_file_safety(file: &Path, problems: &mut Vec<Problem>) {
+    if !Uid::effective().is_root() {
+        return;
+    }
+    if let Ok(meta) = std::fs::metadata(file) {
+        let mode = meta.permissions().mode();
+        if mode & 0o022 != 0 || meta.uid() != 0 {
+            problems.push(Problem {
+                line: None,
+                key: String::new(),
+                message: format!(
+                    "is writable by others (owner uid {}, mode {:o}); baton runs its command as root \
+                     and refuses it: chown root and chmod go-w the file",
+                    meta.uid(),
+                    mode & 0o7777
+                ),
+                code: Action::NoPrivilege,
+            });
+        }
+    }
+}
+
+/// Parses text into a spec, or returns every problem found.
+pub fn parse(text: &str, file: &Path, name: &str) -> std::result::Result<Spec, Vec<Problem>> {
+    let doc = match ImDocument::parse(text.to_string()) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let line = e.span().map(|s| line_of(text, s.start));
+            return Err(vec![Problem {
+                line,
+                key: String::new(),
+                message: format!("TOML syntax error: {}", e.message().trim()),
+                code: Action::NotConfigured,
+            }]);
+        }
+    };
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut r = Reader {
+        text,
+        problems: Vec::new(),
+    };
+    let spec = r.spec(doc.as_table(), &base, name);
+    if r.problems.is_empty() {
+        spec.map(|s| Spec {
+            file: file.to_path_buf(),
+            ..s
+        })
+        .ok_or_else(Vec::new)
+    } else {
+        r.problems.sort_by_key(|p| p.line);
+        Err(r.problems)
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Walks the document, turning values into types and collecting problems.
+impl Spec {
+    /// Expands `{port}` in a string for one instance.
+    pub fn expand(&self, s: &str, port: Option<u16>) -> String {
+        match port {
+            Some(p) => s.replace("{port}", &p.to_string()),
+            None => s.to_string(),
+        }
+    }
+
+    /// The directory that relative command paths are resolved against (the config's).
+    pub fn base_dir(&self) -> &Path {
+        self.file.parent().unwrap_or(Path::new("/"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(text: &str) -> Spec {
+        match parse(text, Path::new("/tmp/t/web.toml"), "web") {
+            Ok(s) => s,
+            Err(p) => panic!("unexpected problems: {p:?}"),
+        }
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match parse(text, Path::new("/tmp/t/web.toml"), "web") {
+            Ok(_) => panic!("expected problems"),
+            Err(p) => p,
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let s = parse_ok("command = [\"/bin/sleep\", \"100\"]\npidfile = \"run/{name}.pid\"\n");
+        assert_eq!(s.command, vec!["/bin/sleep", "100"]);
+        assert_eq!(s.pidfile, PathBuf::from("/tmp/t/run/web.pid"));
+        assert_eq!(s.stop.signal, Signal::SIGTERM);
+        assert_eq!(s.stop.dump_after, Duration::from_secs(15));
+        assert_eq!(s.restart.policy, Policy::OnFailure);
+        assert!(s.ready.probes.is_empty());
+        assert_eq!(s.log.dir, PathBuf::from("/var/log/web"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_line_and_key() {
+        let text = "command = [\"/bin/sleep\"]\nbogus = 1\n[ready]\ntimeout = \"90\"\ntcp = \"127.0.0.1:{port}\"\n[stop]\nsignal = \"TERMINATE\"\n[restart]\npolicy = \"sometimes\"\n";
+        let p = problems(text);
+        let keys: Vec<(&str, Option<usize>)> = p.iter().map(|p| (p.key.as_str(), p.line)).collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("bogus", Some(2)),
+                ("ready.timeout", Some(4)),
+                ("ready.tcp", Some(5)),
+                ("stop.signal", Some(7)),
+                ("restart.policy", Some(9)),
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_program_is_not_installed() {
+        let p = problems("command = [\"/nonexistent/java\"]\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].code, Action::NotInstalled);
+        assert_eq!(p[0].line, Some(1));
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let p = problems("command = [\"/bin/sleep\"]\n[ready\n");
+        assert_eq!(p[0].line, Some(2));
+        assert!(p[0].message.contains("syntax"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn unknown_user_and_placeholder() {
+        let p =
+            problems("command = [\"/bin/sleep\", \"{release}\"]\nuser = \"no-such-user-baton\"\n");
+        assert!(p
+            .iter()
+            .any(|p| p.key == "command" && p.message.contains("{release}")));
+        assert!(p.iter().any(|p| p.key == "user" && p.line == Some(2)));
+    }
+
+    #[test]
+    fn ports() {
+        let s = parse_ok(
+            "command = [\"/bin/sleep\", \"{port}\"]\n[port]\nmode = \"fixed\"\nport = 8080\n",
+        );
+        assert_eq!(s.port, PortSpec::Fixed(8080));
+        let s = parse_ok(
+            "command = [\"/bin/sleep\"]\n[port]\nmode = \"auto\"\nrange = [30000, 30010]\n",
+        );
+        assert_eq!(
+            s.port,
+            PortSpec::Auto {
+                from: 30000,
+                to: 30010
+            }
+        );
+    }
+}
