@@ -1,0 +1,28 @@
+# Where the baton binary comes from and where it goes.
+default['baton']['source'] = 'file:///usr/local/src/baton/baton'
+default['baton']['checksum'] = nil
+default['baton']['bin_path'] = '/usr/local/bin/baton'
+default['baton']['config_dir'] = '/etc/baton'
+
+# 'auto' picks systemd where it runs (/run/systemd/system exists), else the LSB init script.
+default['baton']['init_system'] = 'auto'
+
+# Services to supervise: name => properties of baton_service (see README), e.g.
+#   default['baton']['services']['the-clj-service'] = {
+#     'command' => ['java', '-jar', '/var/lib/the-clj-service/app.jar', '--port', '{port}'],
+#     'port' => 8080, 'ready' => { 'http' => 'http://127.0.0.1:{port}/health' },
+#   }
+default['baton']['services'] = {}
+
+# Defaults of every baton_service; a service's own property wins.
+default['baton']['defaults']['umask'] = '027'
+default['baton']['defaults']['ready_timeout'] = '90s'
+default['baton']['defaults']['stop_signal'] = 'TERM'
+default['baton']['defaults']['stop_timeout'] = '30s'
+default['baton']['defaults']['dump_signal'] = nil
+default['baton']['defaults']['restart_policy'] = 'on-failure'
+default['baton']['defaults']['restart_backoff'] = %w(100ms 30s)
+default['baton']['defaults']['restart_max'] = 5
+default['baton']['defaults']['restart_window'] = '60s'
+default['baton']['defaults']['log_max_size'] = '100MB'
+default['baton']['defaults']['log_keep'] = 10

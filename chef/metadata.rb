@@ -1,0 +1,8 @@
+name 'baton'
+maintainer 'The baton authors'
+license 'MIT OR Apache-2.0'
+description 'Installs baton and supervises services with it: account, directories, config, init script or systemd unit'
+version '0.1.0'
+chef_version '>= 16.0'
+supports 'debian', '>= 11.0'
+supports 'ubuntu', '>= 20.04'
