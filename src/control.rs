@@ -1,7 +1,8 @@
 //! The per-service Unix control socket: one request line in, JSON lines out.
 //!
-//! Requests: `status`, `stop`, `reload`, `reopen`. `stop` keeps the connection
-//! open and streams progress until the supervisor exits, which closes it.
+//! Requests: `status`, `start`, `stop`, `reload`, `reopen`. `stop` keeps the
+//! connection open and streams progress until the supervisor exits, which
+//! closes it; `start` keeps it open until the service is ready or has failed.
 //! Only root and the supervisor's own user may connect (peer credentials).
 
 use crate::error::{Error, Result};
@@ -99,7 +100,7 @@ impl Server {
                         out.push(Conn {
                             stream,
                             buf: Vec::new(),
-                            watching: false,
+                            awaits: Awaits::Nothing,
                         });
                     }
                 }
@@ -112,7 +113,7 @@ impl Server {
                     let mut c = Conn {
                         stream,
                         buf: Vec::new(),
-                        watching: false,
+                        awaits: Awaits::Nothing,
                     };
                     c.send(&Reply::Error {
                         message: "permission denied: only root or the supervisor's user".into(),
@@ -130,8 +131,19 @@ impl Server {
 pub struct Conn {
     stream: UnixStream,
     buf: Vec<u8>,
-    /// Receives stop progress until the supervisor exits.
-    pub watching: bool,
+    /// What this client still waits for after its first reply.
+    pub awaits: Awaits,
+}
+
+/// Why a connection stays open after its request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Awaits {
+    /// Nothing: close after the reply.
+    Nothing,
+    /// A `stop`: progress lines until the supervisor exits.
+    Stopped,
+    /// A `start`: one line when the service is ready, or why it is not.
+    Ready,
 }
 
 /// What reading a connection produced.
@@ -170,6 +182,11 @@ impl Conn {
             Err(nix::errno::Errno::EAGAIN) => Incoming::Nothing,
             Err(_) => Incoming::Closed,
         }
+    }
+
+    /// Ends the conversation: the client reads end-of-file, and our next read sees it closed.
+    pub fn finish(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 
     /// Sends one reply line; a client too slow to take a few hundred bytes misses it.

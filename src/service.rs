@@ -26,8 +26,7 @@ pub fn start(spec: &Spec) -> Result<()> {
 fn start_locked(spec: &Spec) -> Result<()> {
     let name = &spec.name;
     if pidfile::supervisor_alive(spec)? {
-        println!("{name} is already running");
-        return Ok(());
+        return start_supervised(spec);
     }
     clean_up_dead(spec);
     check_port_free(spec)?;
@@ -36,6 +35,37 @@ fn start_locked(spec: &Spec) -> Result<()> {
         Started::AlreadyRunning => println!("{name} is already running"),
     }
     Ok(())
+}
+
+/// `start` with a supervisor already running: 0 if ready; while it backs off after a
+/// crash, spawn now and wait until ready. "start" means ready in every state.
+fn start_supervised(spec: &Spec) -> Result<()> {
+    let name = &spec.name;
+    let timeout = spec.ready.timeout + Duration::from_secs(5);
+    let reply = control::request(&spec.socket, "start", Some(timeout))?
+        .next()
+        .unwrap_or_else(|| {
+            Err(Error::unable(
+                format!("start {name}"),
+                "the supervisor closed the connection without a reply",
+            ))
+        })?;
+    match reply {
+        Reply::Ok { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        Reply::Error { message, code } => Err(Error::unable(format!("start {name}"), message)
+            .code(action(code))
+            .hint(format!(
+                "`baton status {name}` shows the last output; logs are in {}",
+                spec.log.dir.display()
+            ))),
+        other => Err(Error::unable(
+            format!("start {name}"),
+            format!("unexpected reply {other:?}"),
+        )),
+    }
 }
 
 /// Stops the service and everything it started; succeeds when it was not running.
@@ -180,6 +210,8 @@ pub fn status(spec: &Spec, json: bool) -> Result<Status> {
                     unknown(spec, format!("unexpected reply {other:?}")),
                     Status::Unknown,
                 ),
+                // It may have exited between the lock test and the request.
+                Err(_) if !pidfile::supervisor_alive(spec).unwrap_or(true) => post_mortem(spec),
                 Err(e) => (unknown(spec, e.to_string()), Status::Unknown),
             }
         }

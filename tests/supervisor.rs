@@ -473,6 +473,50 @@ fn crash_looping_status_says_attempt_and_next_try() {
 }
 
 #[test]
+fn start_on_a_crash_looping_service_retries_now_and_waits_for_ready() {
+    // The first run crashes after becoming ready; later runs stay up.
+    let svc = Svc::new(
+        "retry",
+        &sh("if [ -e {dir}/crashed ]; then echo up; exec sleep 1000; fi; touch {dir}/crashed; echo up; sleep 0.2; exit 2"),
+        "[ready]\nlog = \"up\"\n[restart]\npolicy = \"always\"\nbackoff = [\"60s\", \"60s\"]",
+    );
+    svc.start();
+    wait_until(T, "backoff", || svc.status().1["state"] == "crash-looping");
+    let sup = svc.pid_in_file();
+    let r = svc.start();
+    assert!(r.stdout.contains("retry is ready"), "{r:?}");
+    let (code, st) = svc.status();
+    assert_eq!(code, 0, "start means ready, even out of a crash loop: {st}");
+    assert_eq!(
+        svc.pid_in_file(),
+        sup,
+        "the same supervisor spawned it, no second one"
+    );
+}
+
+#[test]
+fn start_on_a_crash_looping_service_fails_if_it_crashes_again() {
+    // The first run becomes ready then crashes; every later run dies before it is ready.
+    let svc = Svc::new(
+        "again",
+        &sh("if [ -e {dir}/crashed ]; then echo 'cannot bind'; exit 3; fi; touch {dir}/crashed; echo up; sleep 0.2; exit 2"),
+        "[ready]\nlog = \"up\"\n[restart]\npolicy = \"always\"\nbackoff = [\"60s\", \"60s\"]",
+    );
+    svc.start();
+    wait_until(T, "backoff", || svc.status().1["state"] == "crash-looping");
+    let r = svc.baton(&["start"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("unable to start again: exited with code 3 and is crash-looping"),
+        "{r:?}"
+    );
+    let (code, st) = svc.status();
+    assert_eq!(code, 1, "{st}");
+    assert_eq!(st["state"], "crash-looping");
+}
+
+#[test]
 fn crash_loop_limit_marks_the_service_failed() {
     let svc = Svc::new(
         "limit",

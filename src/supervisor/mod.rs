@@ -8,7 +8,7 @@
 pub mod state;
 
 use crate::config::{PortSpec, Spec};
-use crate::control::{Conn, Incoming, Reply, Report, Server};
+use crate::control::{Awaits, Conn, Incoming, Reply, Report, Server};
 use crate::daemon::Reporter;
 use crate::error::{Error, Result};
 use crate::logs::{Drained, Output, Pipe, StreamKind};
@@ -339,6 +339,9 @@ impl Supervisor {
                     describe(&input)
                 );
                 self.persist();
+                if matches!(self.machine.phase, Phase::Backoff { .. } | Phase::Done(_)) {
+                    self.start_failed(after);
+                }
             }
             if !matches!(self.machine.phase, Phase::Starting { .. }) {
                 if let Some(probes) = self.instance.as_mut().and_then(|i| i.probes.as_mut()) {
@@ -369,7 +372,7 @@ impl Supervisor {
                 );
                 tracing::info!("{msg}");
                 self.broadcast(&msg);
-                if self.conns.iter().any(|c| c.watching) {
+                if self.conns.iter().any(|c| c.awaits == Awaits::Stopped) {
                     self.next_progress = Some(Instant::now() + PROGRESS_EVERY);
                 }
             }
@@ -428,6 +431,9 @@ impl Supervisor {
             inst.probes = None;
             inst.ready_since = Some(Instant::now());
         }
+        self.answer_start(Reply::Ok {
+            message: format!("{} is ready", self.spec.name),
+        });
         if !first {
             return;
         }
@@ -554,9 +560,33 @@ impl Supervisor {
     fn on_request(&mut self, i: usize, request: &str) -> bool {
         let reply = match request {
             "status" => Reply::Status(Box::new(self.report())),
+            "start" => match &self.machine.phase {
+                Phase::Ready { .. } => Reply::Ok {
+                    message: format!("{} is already running", self.spec.name),
+                },
+                Phase::Done(_)
+                | Phase::Stopping(Stop {
+                    then: state::Then::Exit,
+                    ..
+                }) => Reply::Error {
+                    message: format!("{} is {}", self.spec.name, self.machine.name()),
+                    code: crate::exit::Action::Generic.code(),
+                },
+                // Answered when the service is ready, or has failed again (see `feed`).
+                _ => {
+                    if let Some(c) = self.conns.get_mut(i) {
+                        c.awaits = Awaits::Ready;
+                    }
+                    self.feed(Input::StartNow);
+                    return self
+                        .conns
+                        .get(i)
+                        .is_some_and(|c| c.awaits != Awaits::Nothing);
+                }
+            },
             "stop" => {
                 if let Some(c) = self.conns.get_mut(i) {
-                    c.watching = true;
+                    c.awaits = Awaits::Stopped;
                 }
                 self.feed(Input::StopRequested);
                 Reply::Ok {
@@ -584,7 +614,7 @@ impl Supervisor {
         match self.conns.get_mut(i) {
             Some(c) => {
                 c.send(&reply);
-                c.watching
+                c.awaits != Awaits::Nothing
             }
             None => false,
         }
@@ -624,12 +654,38 @@ impl Supervisor {
         tracing::info!("reopened log files");
     }
 
+    /// A `start` waiting for readiness learns that the service went down instead.
+    fn start_failed(&mut self, state: &str) {
+        let why = match (&self.machine.phase, self.machine.last_exit) {
+            (Phase::Done(Outcome::Dead(r) | Outcome::Failed(r)), _) => r.clone(),
+            (_, Some(e)) => format!("{e} and is {state}"),
+            (_, None) => state.to_string(),
+        };
+        self.answer_start(Reply::Error {
+            message: why,
+            code: crate::exit::Action::Generic.code(),
+        });
+    }
+
+    /// Answers every `start` waiting for readiness, then lets those clients go.
+    fn answer_start(&mut self, reply: Reply) {
+        for c in self.conns.iter_mut().filter(|c| c.awaits == Awaits::Ready) {
+            c.send(&reply);
+            c.awaits = Awaits::Nothing;
+            c.finish();
+        }
+    }
+
     /// Tells every waiting `stop` what is happening.
     fn broadcast(&mut self, message: &str) {
         let reply = Reply::Progress {
             message: message.to_string(),
         };
-        for c in self.conns.iter_mut().filter(|c| c.watching) {
+        for c in self
+            .conns
+            .iter_mut()
+            .filter(|c| c.awaits == Awaits::Stopped)
+        {
             c.send(&reply);
         }
     }
@@ -682,7 +738,12 @@ impl Supervisor {
         }
         let service_alive = matches!(
             self.machine.phase,
-            Phase::Starting { .. } | Phase::Ready { .. }
+            Phase::Starting { .. }
+                | Phase::Ready { .. }
+                | Phase::Stopping(Stop {
+                    leader: Some(_),
+                    ..
+                })
         );
         Report {
             name: self.spec.name.clone(),
@@ -808,6 +869,7 @@ fn describe(input: &Input) -> String {
         Input::TreeEmpty => "no process left".into(),
         Input::Tick => "timer".into(),
         Input::StopRequested => "stop requested".into(),
+        Input::StartNow => "start requested".into(),
     }
 }
 

@@ -122,6 +122,8 @@ pub enum Input {
     Tick,
     /// The operator asked to stop.
     StopRequested,
+    /// The operator asked to start while the service backs off: spawn now.
+    StartNow,
 }
 
 /// What the loop must do.
@@ -222,6 +224,7 @@ impl Machine {
             (Backoff { until }, Input::Tick) if until <= now => {
                 (Backoff { until }, vec![Effect::Spawn])
             }
+            (Backoff { .. }, Input::StartNow) => (Backoff { until: now }, vec![Effect::Spawn]),
             (Idle | Backoff { .. }, Input::StopRequested) => {
                 self.stop_requested = true;
                 (Done(Outcome::Stopped), vec![])
@@ -719,6 +722,24 @@ mod tests {
         assert_eq!(m.name(), "crash-looping");
         m.step(I::StopRequested, t0, 0.5);
         assert_eq!(m.phase, Phase::Done(Outcome::Stopped));
+    }
+
+    #[test]
+    fn start_during_backoff_spawns_now() {
+        let t0 = Instant::now();
+        let mut m = ready(rules(Policy::Always, None), t0);
+        m.step(I::LeaderExited(Exit::Code(1)), t0, 0.5);
+        m.step(I::TreeEmpty, t0, 0.5);
+        assert_eq!(m.name(), "crash-looping");
+        assert_eq!(m.step(I::StartNow, t0 + MS, 0.5), vec![E::Spawn]);
+        m.step(I::Spawned(pid(11)), t0 + MS, 0.5);
+        assert_eq!(
+            m.step(I::ProbesPassed, t0 + 2 * MS, 0.5),
+            vec![E::Ready { first: false }]
+        );
+        // Elsewhere StartNow changes nothing: ready is ready, a stop is not overridden.
+        assert_eq!(m.step(I::StartNow, t0 + 3 * MS, 0.5), vec![]);
+        assert_eq!(m.name(), "ready");
     }
 
     #[test]
