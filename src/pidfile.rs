@@ -18,6 +18,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Writes `contents` to `path` atomically: a crash leaves the old file or the new one, never half.
+///
+/// No fsync: rename is atomic against a crashing process, and after a power loss
+/// these files describe processes that no longer exist, so durability buys nothing
+/// and would cost milliseconds on every state change (every restart).
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let mut f = OpenOptions::new()
@@ -27,7 +31,6 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<
         .mode(mode)
         .open(&tmp)?;
     f.write_all(contents)?;
-    f.sync_all()?;
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })

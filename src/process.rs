@@ -246,10 +246,22 @@ pub fn wait_exits(watched: Vec<(Pid, OwnedFd)>, limit: std::time::Duration) -> V
     waiting.into_iter().map(|(p, _)| p).collect()
 }
 
+/// Whether this process has any child, exited or not (one syscall; reaps nothing).
+pub fn has_children() -> bool {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
+    let flags =
+        WaitPidFlag::WEXITED | WaitPidFlag::WSTOPPED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    !matches!(waitid(Id::All, flags), Err(nix::errno::Errno::ECHILD))
+}
+
 /// Signals the service group and every other descendant of this supervisor, however far they strayed.
 pub fn signal_tree(pgid: Option<Pid>, sig: Signal, except: &[Pid]) -> Vec<Pid> {
     if let Some(g) = pgid {
         signal_group(g, sig);
+    }
+    // As a subreaper we are an ancestor of every descendant: no child, nothing to scan.
+    if !has_children() {
+        return Vec::new();
     }
     // Processes still in the group got the signal above; these are the ones that left it.
     let rest: Vec<Pid> = descendants(nix::unistd::getpid())
