@@ -107,6 +107,7 @@ pub fn start_supervisor(config: &Path, name: &str) -> Result<Started> {
             parent: nix::unistd::getpid(),
             new_session: true,
             parent_death_signal: None,
+            keep_fd: Some(write_end.as_raw_fd()),
         },
     );
     let mut child = cmd

@@ -378,6 +378,7 @@ impl Probe {
                         parent: nix::unistd::getpid(),
                         new_session: false,
                         parent_death_signal: Some(nix::sys::signal::Signal::SIGKILL),
+                        keep_fd: None,
                     },
                 );
                 let spawned = cmd.spawn();

@@ -64,6 +64,7 @@ pub fn spawn(spec: &Spec, port: Option<u16>, notify_socket: Option<&Path>) -> Re
             // SIGKILL, not the stop signal: a supervisor that died by kill -9 cannot
             // finish a graceful stop anyway, and a service ignoring TERM must not linger.
             parent_death_signal: Some(Signal::SIGKILL),
+            keep_fd: None,
         },
     );
     let mut child = cmd.spawn().map_err(|e| {

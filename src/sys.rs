@@ -21,6 +21,8 @@ pub struct ChildSetup {
     pub new_session: bool,
     /// Signal the child gets if the supervisor dies.
     pub parent_death_signal: Option<Signal>,
+    /// The one inherited descriptor above stderr that survives exec (the readiness pipe).
+    pub keep_fd: Option<RawFd>,
 }
 
 /// Installs the pre-exec hook that applies `setup` in the child.
@@ -31,11 +33,22 @@ pub fn install(cmd: &mut Command, setup: ChildSetup) {
         parent,
         new_session,
         parent_death_signal,
+        keep_fd,
     } = setup;
     let hook = move || -> std::io::Result<()> {
         // The supervisor blocks the signals it reads from its signalfd; a child
         // inheriting that mask would never see SIGTERM.
         nix::sys::signal::SigSet::all().thread_unblock()?;
+        // Whatever the caller left open (a pipe its reader waits to see closed) must not
+        // live on in a daemon. Marked close-on-exec rather than closed, so std's own
+        // exec-error pipe keeps working.
+        match keep_fd {
+            Some(k) => {
+                cloexec_from(3, k as u32 - 1)?;
+                cloexec_from(k as u32 + 1, u32::MAX)?;
+            }
+            None => cloexec_from(3, u32::MAX)?,
+        }
         if new_session {
             nix::unistd::setsid()?;
         }
@@ -63,12 +76,33 @@ pub fn install(cmd: &mut Command, setup: ChildSetup) {
         Ok(())
     };
     // SAFETY: the hook runs in the forked child before exec and only makes
-    // async-signal-safe system calls (sigprocmask, setsid, umask, setgroups, setgid, setuid,
+    // async-signal-safe system calls (sigprocmask, close_range, setsid, umask, setgroups, setgid, setuid,
     // prctl, getppid) on data moved in beforehand; it allocates nothing (every
     // error is an io::Error built from an errno).
     unsafe {
         cmd.pre_exec(hook);
     }
+}
+
+/// Marks descriptors `lo..=hi` close-on-exec (Linux >= 5.11); an empty range is a no-op.
+fn cloexec_from(lo: u32, hi: u32) -> std::io::Result<()> {
+    if lo > hi {
+        return Ok(());
+    }
+    // SAFETY: close_range only changes flags of this process's descriptors; it
+    // takes plain integers and touches no memory of ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            lo as libc::c_uint,
+            hi as libc::c_uint,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Takes ownership of a file descriptor inherited from the parent process.

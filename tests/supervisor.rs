@@ -249,6 +249,37 @@ fn never_ready_times_out_and_kills_the_tree() {
 }
 
 #[test]
+fn start_returns_to_a_caller_that_reads_its_pipe_to_the_end() {
+    // Chef, CI and `$(...)` read a command's output until every writer closes it:
+    // no descriptor of the caller may live on in the supervisor or the service.
+    let svc = Svc::new(
+        "pipe",
+        &sh("ls /proc/self/fd > {dir}/fds; echo up; exec sleep 1000"),
+        "[ready]\nlog = \"up\"",
+    );
+    let out = std::process::Command::new("timeout")
+        .arg("20")
+        .arg("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 7>{0}/extra; {1} --config {0}/pipe.toml start 3>&1 2>&1 | cat",
+            svc.dir.display(),
+            harness::baton_bin().display()
+        ))
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "start through a pipe hung or failed: {out:?}"
+    );
+    let fds = std::fs::read_to_string(svc.path("fds")).expect("fds");
+    let mut fds: Vec<u32> = fds.lines().map(|l| l.parse().expect("fd")).collect();
+    fds.sort_unstable();
+    // 0-2 plus the one ls opened to list the directory.
+    assert_eq!(fds, vec![0, 1, 2, 3], "the service inherited descriptors");
+}
+
+#[test]
 fn start_on_a_running_service_starts_nothing() {
     let svc = Svc::new(
         "twice",
