@@ -150,7 +150,43 @@ pub fn all() -> Vec<ProcStat> {
 }
 
 /// All descendants of `root` (not `root` itself).
+///
+/// Walks the tree through /proc/PID/task/TID/children, so the cost follows the size of
+/// the service's tree, not of the host; falls back to scanning every process when the
+/// kernel lacks those files.
 pub fn descendants(root: Pid) -> Vec<Pid> {
+    let Some(first) = children(root) else {
+        return descendants_by_scan(root);
+    };
+    let mut out = Vec::new();
+    let mut stack = first;
+    while let Some(p) = stack.pop() {
+        out.push(p);
+        stack.extend(children(p).unwrap_or_default());
+    }
+    out
+}
+
+/// Direct children of `pid` across all its threads (a JVM forks from any thread).
+fn children(pid: Pid) -> Option<Vec<Pid>> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut out = Vec::new();
+    let mut supported = false;
+    for task in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        supported = true;
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .map(Pid::from_raw),
+        );
+    }
+    supported.then_some(out)
+}
+
+fn descendants_by_scan(root: Pid) -> Vec<Pid> {
     let procs = all();
     let mut children: HashMap<Pid, Vec<Pid>> = HashMap::new();
     for p in &procs {
@@ -287,6 +323,34 @@ mod tests {
         assert_eq!(s.ppid, Pid::from_raw(1));
         assert_eq!(s.pgrp, Pid::from_raw(4242));
         assert_eq!(s.starttime, 987654);
+    }
+
+    #[test]
+    fn tree_walk_agrees_with_a_full_scan() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30 & wait"])
+            .spawn()
+            .expect("sh");
+        let sh = Pid::from_raw(child.id() as i32);
+        // Wait (bounded) until the shell has forked both sleeps.
+        for _ in 0..500 {
+            if descendants_by_scan(sh).len() == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let mut walked = descendants(sh);
+        let mut scanned = descendants_by_scan(sh);
+        walked.sort();
+        scanned.sort();
+        assert_eq!(walked.len(), 2, "{walked:?}");
+        assert_eq!(walked, scanned);
+        assert!(descendants(nix::unistd::getpid()).contains(&sh));
+        for p in walked {
+            signal(p, Signal::SIGKILL);
+        }
+        child.kill().ok();
+        child.wait().ok();
     }
 
     #[test]

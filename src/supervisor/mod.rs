@@ -491,7 +491,18 @@ impl Supervisor {
             let (pid, exit) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
                 Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signal(sig)),
-                Ok(WaitStatus::StillAlive) => return,
+                Ok(WaitStatus::StillAlive) => {
+                    // Once SIGKILL is in force, a child forked after the last sweep (its parent
+                    // was not dead yet) would outlive the stop: sweep again as the tree shrinks.
+                    if matches!(
+                        self.machine.phase,
+                        Phase::Stopping(Stop { killed: true, .. })
+                    ) {
+                        let pgid = self.instance.as_ref().map(|i| i.pid);
+                        process::signal_tree(pgid, Signal::SIGKILL, &[]);
+                    }
+                    return;
+                }
                 Ok(_) => continue,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => {
