@@ -297,9 +297,9 @@ fn post_mortem(spec: &Spec) -> (Report, Status) {
 
 fn render(r: &Report) -> String {
     let mut out = format!("{}: {}", r.name, r.state);
-    if r.state == "crash-looping" {
+    if let Some(s) = r.next_try_in_secs {
         out.push_str(&format!(", attempt {}", r.attempt));
-        if let Some(s) = r.next_try_in_secs {
+        {
             out.push_str(&format!(
                 ", next try in {}",
                 crate::supervisor::state::human(Duration::from_secs_f64(s))

@@ -488,14 +488,20 @@ fn crash_looping_status_says_attempt_and_next_try() {
     let svc = Svc::new(
         "looping",
         &sh("echo up; sleep 0.2; exit 2"),
-        "[ready]\nlog = \"up\"\n[restart]\npolicy = \"always\"\nbackoff = [\"5s\", \"10s\"]",
+        "[ready]\nlog = \"up\"\n[restart]\npolicy = \"always\"\nbackoff = [\"300ms\", \"10s\"]",
     );
     svc.start();
-    wait_until(T, "backoff", || svc.status().1["state"] == "crash-looping");
+    // One crash is a restart; the second in a row makes it a loop.
+    wait_until(T, "the first backoff", || {
+        svc.status().1["state"] == "restarting"
+    });
+    wait_until(T, "the second crash", || {
+        svc.status().1["state"] == "crash-looping"
+    });
     let r = svc.baton(&["status"]);
     assert_eq!(r.code, 1, "not serving while backing off: {r:?}");
     assert!(
-        r.stdout.contains("crash-looping, attempt 1, next try in"),
+        r.stdout.contains("crash-looping, attempt 2, next try in"),
         "{r:?}"
     );
     assert!(r.stdout.contains("last exit: exited with code 2"), "{r:?}");
@@ -512,7 +518,9 @@ fn start_on_a_crash_looping_service_retries_now_and_waits_for_ready() {
         "[ready]\nlog = \"up\"\n[restart]\npolicy = \"always\"\nbackoff = [\"60s\", \"60s\"]",
     );
     svc.start();
-    wait_until(T, "backoff", || svc.status().1["state"] == "crash-looping");
+    wait_until(T, "backoff", || {
+        svc.status().1["next_try_in_secs"].is_number()
+    });
     let sup = svc.pid_in_file();
     let r = svc.start();
     assert!(r.stdout.contains("retry is ready"), "{r:?}");
@@ -534,7 +542,9 @@ fn start_on_a_crash_looping_service_fails_if_it_crashes_again() {
         "[ready]\nlog = \"up\"\n[restart]\npolicy = \"always\"\nbackoff = [\"60s\", \"60s\"]",
     );
     svc.start();
-    wait_until(T, "backoff", || svc.status().1["state"] == "crash-looping");
+    wait_until(T, "backoff", || {
+        svc.status().1["next_try_in_secs"].is_number()
+    });
     let r = svc.baton(&["start"]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(

@@ -412,7 +412,9 @@ impl Machine {
             Phase::Starting { .. } => "starting",
             Phase::Ready { .. } => "ready",
             Phase::Stopping(_) => "stopping",
-            Phase::Backoff { .. } => "crash-looping",
+            // One crash after a good run is a restart; a second in a row is a loop.
+            Phase::Backoff { .. } if self.attempt >= 2 => "crash-looping",
+            Phase::Backoff { .. } => "restarting",
             Phase::Done(Outcome::Stopped) => "stopped",
             Phase::Done(Outcome::Dead(_)) => "dead",
             Phase::Done(Outcome::Failed(_)) => "failed",
@@ -614,9 +616,9 @@ mod tests {
                     vec![E::SignalTree(Signal::SIGTERM), E::CheckTree],
                     "stopping",
                 ),
-                (20, I::TreeEmpty, vec![], "crash-looping"),
-                (50, I::Tick, vec![], "crash-looping"),
-                (120, I::Tick, vec![E::Spawn], "crash-looping"),
+                (20, I::TreeEmpty, vec![], "restarting"),
+                (50, I::Tick, vec![], "restarting"),
+                (120, I::Tick, vec![E::Spawn], "restarting"),
                 (120, I::Spawned(pid(11)), vec![], "restarting"),
                 (
                     125,
@@ -634,7 +636,7 @@ mod tests {
     fn clean_exit_is_not_restarted_on_failure_but_is_always() {
         for (policy, expect) in [
             (Policy::OnFailure, "stopped"),
-            (Policy::Always, "crash-looping"),
+            (Policy::Always, "restarting"),
             (Policy::Never, "stopped"),
         ] {
             let t0 = Instant::now();
@@ -667,7 +669,12 @@ mod tests {
         for n in 0..3 {
             m.step(I::LeaderExited(Exit::Code(1)), t, 0.5);
             m.step(I::TreeEmpty, t, 0.5);
-            assert_eq!(m.name(), "crash-looping", "crash {n}");
+            let expect = if n == 0 {
+                "restarting"
+            } else {
+                "crash-looping"
+            };
+            assert_eq!(m.name(), expect, "crash {n}");
             t = m.deadline().expect("backoff deadline");
             assert_eq!(m.step(I::Tick, t, 0.5), vec![E::Spawn]);
             m.step(I::Spawned(pid(11 + n)), t, 0.5);
@@ -719,7 +726,7 @@ mod tests {
         let mut m = ready(rules(Policy::Always, None), t0);
         m.step(I::LeaderExited(Exit::Code(1)), t0, 0.5);
         m.step(I::TreeEmpty, t0, 0.5);
-        assert_eq!(m.name(), "crash-looping");
+        assert_eq!(m.name(), "restarting");
         m.step(I::StopRequested, t0, 0.5);
         assert_eq!(m.phase, Phase::Done(Outcome::Stopped));
     }
@@ -730,7 +737,7 @@ mod tests {
         let mut m = ready(rules(Policy::Always, None), t0);
         m.step(I::LeaderExited(Exit::Code(1)), t0, 0.5);
         m.step(I::TreeEmpty, t0, 0.5);
-        assert_eq!(m.name(), "crash-looping");
+        assert_eq!(m.name(), "restarting");
         assert_eq!(m.step(I::StartNow, t0 + MS, 0.5), vec![E::Spawn]);
         m.step(I::Spawned(pid(11)), t0 + MS, 0.5);
         assert_eq!(
