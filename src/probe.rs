@@ -2,7 +2,7 @@
 //!
 //! tcp and http are non-blocking sockets, exec is a child reaped by the loop,
 //! log and notify are fed lines and datagrams the loop already reads. Nothing
-//! needs a thread, and a failed attempt is retried after 5 ms, doubling to 50 ms,
+//! needs a thread, and a failed attempt is retried after 5 ms, doubling to 20 ms,
 //! so readiness is seen within milliseconds of the service getting there.
 
 use crate::config::{ProbeSpec, Spec};
@@ -16,7 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const FIRST_RETRY: Duration = Duration::from_millis(5);
-const MAX_RETRY_NET: Duration = Duration::from_millis(50);
+/// A refused connect on loopback costs microseconds: retrying often is cheap, and only while starting.
+const MAX_RETRY_NET: Duration = Duration::from_millis(20);
 const MAX_RETRY_EXEC: Duration = Duration::from_millis(250);
 /// One attempt may take this long before it counts as failed.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
