@@ -37,7 +37,6 @@ struct Instance {
     port: Option<u16>,
     /// Present while starting.
     probes: Option<Probes>,
-    ready_since: Option<Instant>,
 }
 
 /// Everything the loop owns.
@@ -415,7 +414,6 @@ impl Supervisor {
                     starttime: sp.starttime,
                     port,
                     probes: Some(probes),
-                    ready_since: None,
                 });
                 self.queue.push_back(Input::Spawned(sp.pid));
                 if self.spec.ready.probes.is_empty() {
@@ -429,7 +427,6 @@ impl Supervisor {
     fn on_ready(&mut self, first: bool) {
         if let Some(inst) = self.instance.as_mut() {
             inst.probes = None;
-            inst.ready_since = Some(Instant::now());
         }
         self.answer_start(Reply::Ok {
             message: format!("{} is ready", self.spec.name),
