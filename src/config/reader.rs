@@ -177,26 +177,26 @@ impl Reader<'_> {
         }
     }
 
-    fn duration(&mut self, t: &dyn TableLike, prefix: &str, key: &str) -> Option<Duration> {
+    /// A string value in one of the config's own syntaxes (duration, size, signal).
+    fn parsed<T>(
+        &mut self,
+        t: &dyn TableLike,
+        prefix: &str,
+        key: &str,
+        parse: impl Fn(&str) -> std::result::Result<T, String>,
+    ) -> Option<T> {
         let (s, span) = self.string(t, prefix, key)?;
-        match parse_duration(&s) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                self.problem(span, &join(prefix, key), e);
-                None
-            }
-        }
+        parse(&s)
+            .map_err(|e| self.problem(span, &join(prefix, key), e))
+            .ok()
+    }
+
+    fn duration(&mut self, t: &dyn TableLike, prefix: &str, key: &str) -> Option<Duration> {
+        self.parsed(t, prefix, key, parse_duration)
     }
 
     fn signal(&mut self, t: &dyn TableLike, prefix: &str, key: &str) -> Option<Signal> {
-        let (s, span) = self.string(t, prefix, key)?;
-        match parse_signal(&s) {
-            Ok(sig) => Some(sig),
-            Err(e) => {
-                self.problem(span, &join(prefix, key), e);
-                None
-            }
-        }
+        self.parsed(t, prefix, key, parse_signal)
     }
 
     fn path(
@@ -707,11 +707,8 @@ impl Reader<'_> {
         if let Some((d, _)) = self.string(t, "log", "dir") {
             spec.dir = absolutize(base, &d.replace("{name}", name));
         }
-        if let Some((s, span)) = self.string(t, "log", "max_size") {
-            match parse_size(&s) {
-                Ok(n) => spec.max_size = n,
-                Err(e) => self.problem(span, "log.max_size", e),
-            }
+        if let Some(n) = self.parsed(t, "log", "max_size", parse_size) {
+            spec.max_size = n;
         }
         if let Some(n) = self.integer(t, "log", "keep", 0, 1000) {
             spec.keep = n as u32;
