@@ -40,32 +40,13 @@ fn start_locked(spec: &Spec) -> Result<()> {
 /// `start` with a supervisor already running: 0 if ready; while it backs off after a
 /// crash, spawn now and wait until ready. "start" means ready in every state.
 fn start_supervised(spec: &Spec) -> Result<()> {
-    let name = &spec.name;
-    let timeout = spec.ready.timeout + Duration::from_secs(5);
-    let reply = control::request(&spec.socket, "start", Some(timeout))?
-        .next()
-        .unwrap_or_else(|| {
-            Err(Error::unable(
-                format!("start {name}"),
-                "the supervisor closed the connection without a reply",
-            ))
-        })?;
-    match reply {
-        Reply::Ok { message } => {
-            println!("{message}");
-            Ok(())
-        }
-        Reply::Error { message, code } => Err(Error::unable(format!("start {name}"), message)
-            .code(action(code))
-            .hint(format!(
-                "`baton status {name}` shows the last output; logs are in {}",
-                spec.log.dir.display()
-            ))),
-        other => Err(Error::unable(
-            format!("start {name}"),
-            format!("unexpected reply {other:?}"),
-        )),
-    }
+    ask(spec, "start", spec.ready.timeout + Duration::from_secs(5)).map_err(|e| {
+        e.hint(format!(
+            "`baton status {}` shows the last output; logs are in {}",
+            spec.name,
+            spec.log.dir.display()
+        ))
+    })
 }
 
 /// Stops the service and everything it started; succeeds when it was not running.
@@ -169,14 +150,30 @@ fn simple_request(spec: &Spec, what: &str) -> Result<()> {
                 .code(Action::NotRunning),
         );
     }
-    for reply in control::request(&spec.socket, what, Some(STATUS_TIMEOUT))? {
+    ask(spec, what, STATUS_TIMEOUT)
+}
+
+/// Sends one request to the running supervisor and prints its answer; a refusal is an error.
+fn ask(spec: &Spec, what: &str, timeout: Duration) -> Result<()> {
+    let name = &spec.name;
+    let mut answered = false;
+    for reply in control::request(&spec.socket, what, Some(timeout))? {
         match reply? {
-            Reply::Ok { message } => println!("{message}"),
+            Reply::Ok { message } => {
+                println!("{message}");
+                answered = true;
+            }
             Reply::Error { message, code } => {
                 return Err(Error::unable(format!("{what} {name}"), message).code(action(code)))
             }
             _ => {}
         }
+    }
+    if !answered {
+        return Err(Error::unable(
+            format!("{what} {name}"),
+            "the supervisor closed the connection without a reply",
+        ));
     }
     Ok(())
 }
