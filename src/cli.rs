@@ -156,7 +156,7 @@ impl Cli {
                         return Err(e);
                     }
                 };
-                let events = crate::logs::EventLog::open(spec.log.dir.join("baton.log"));
+                let events = crate::logs::EventLog::open(&spec.log);
                 init_tracing(events.clone());
                 crate::supervisor::run(
                     spec,

@@ -356,16 +356,16 @@ mod tests {
 /// The supervisor's own event log (`baton.log`), reopenable for external logrotate.
 #[derive(Clone)]
 pub struct EventLog {
-    path: Option<PathBuf>,
-    file: std::sync::Arc<std::sync::Mutex<Option<File>>>,
+    /// Rotated like the service's output; `None` writes to stderr.
+    file: std::sync::Arc<std::sync::Mutex<Option<RotatingFile>>>,
 }
 
 impl EventLog {
-    /// Appends to `path`; if it cannot be opened, events go to stderr.
-    pub fn open(path: PathBuf) -> Self {
-        let file = open_append(&path).ok();
+    /// Appends to `baton.log` in the log directory, rotated by the same rules as the
+    /// service's files; if it cannot be opened, events go to stderr.
+    pub fn open(spec: &LogSpec) -> Self {
+        let file = RotatingFile::open(spec.dir.join("baton.log"), spec).ok();
         EventLog {
-            path: Some(path),
             file: std::sync::Arc::new(std::sync::Mutex::new(file)),
         }
     }
@@ -373,15 +373,16 @@ impl EventLog {
     /// Events to stderr (foreground use).
     pub fn stderr() -> Self {
         EventLog {
-            path: None,
             file: std::sync::Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
     /// Reopens the file at its path.
     pub fn reopen(&self) {
-        if let (Some(path), Ok(mut guard)) = (&self.path, self.file.lock()) {
-            *guard = open_append(path).ok();
+        if let Ok(mut guard) = self.file.lock() {
+            if let Some(f) = guard.as_mut() {
+                let _ = f.reopen();
+            }
         }
     }
 }
@@ -393,7 +394,8 @@ impl Write for EventWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self.0.file.lock() {
             Ok(mut guard) => match guard.as_mut() {
-                Some(f) => f.write(buf),
+                // tracing hands over one whole formatted event per call.
+                Some(f) => f.write_lines(buf).map(|()| buf.len()),
                 None => io::stderr().write(buf),
             },
             Err(_) => Ok(buf.len()),

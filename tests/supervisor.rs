@@ -736,6 +736,31 @@ fn flood_of_lines_is_captured_whole_across_rotations() {
 }
 
 #[test]
+fn supervisor_event_log_is_rotated_too() {
+    // Each restart logs a few events; with 1 KB files baton.log must rotate, at line ends.
+    let svc = Spec::new("events", &sh("echo up; sleep 0.05; exit 1"))
+        .log("max_size = \"1KB\"\nkeep = 3")
+        .tables(
+            "[ready]\nlog = \"up\"\n[restart]\npolicy = \"always\"\nbackoff = [\"10ms\", \"10ms\"]",
+        )
+        .create();
+    svc.start();
+    wait_until(T, "baton.log to rotate", || {
+        svc.path("log/baton.log.1").exists()
+    });
+    svc.stop();
+    for name in ["baton.log", "baton.log.1"] {
+        let body = svc.log(name);
+        assert!(body.len() <= 1000, "{name} is {} bytes", body.len());
+        assert!(body.ends_with('\n'), "{name} ends mid-line");
+    }
+    assert!(
+        !svc.path("log/baton.log.4").exists(),
+        "keep = 3 bounds the copies"
+    );
+}
+
+#[test]
 fn logs_reopen_after_external_rotation() {
     let svc = Svc::new(
         "reopen",
