@@ -79,7 +79,7 @@ enum Check {
         account: Option<crate::config::Account>,
     },
     Log {
-        re: regex::Regex,
+        re: regex_lite::Regex,
     },
     Notify,
 }
@@ -166,7 +166,7 @@ impl Probes {
                     account: spec.account.clone(),
                 },
                 ProbeSpec::Log(re) => Check::Log {
-                    re: regex::Regex::new(re).map_err(|e| e.to_string())?,
+                    re: regex_lite::Regex::new(re).map_err(|e| e.to_string())?,
                 },
                 ProbeSpec::Notify => Check::Notify,
             };

@@ -126,3 +126,69 @@ pub fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
     // SAFETY: the kernel just returned this fd to us; we are its only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
+
+/// Hands memory the idle loop does not need back to the kernel.
+///
+/// Start-up (argument parsing, config parsing, spawning) touches most of the
+/// binary, and those mappings would otherwise stay resident for the life of the
+/// supervisor. Read-only segments of the executable and its libraries are
+/// file-backed and never written, so dropping their mappings loses nothing: the
+/// page cache keeps the files, and code the loop runs again comes back as a minor
+/// fault. Freed heap goes back with malloc_trim. Called only when the loop is
+/// about to sleep with nothing scheduled.
+pub fn shed_idle_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap pages; no live allocation moves.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    // Last, so that as little of our code as possible runs (and is mapped back) after it.
+    // SAFETY: dl_iterate_phdr calls `drop_readonly_segments` with pointers the
+    // loader guarantees valid for the duration of each call; we pass no data.
+    unsafe {
+        libc::dl_iterate_phdr(Some(drop_readonly_segments), std::ptr::null_mut());
+    }
+}
+
+/// dl_iterate_phdr callback: MADV_DONTNEED on each loaded object's non-writable PT_LOAD segments.
+unsafe extern "C" fn drop_readonly_segments(
+    info: *mut libc::dl_phdr_info,
+    _size: libc::size_t,
+    _data: *mut libc::c_void,
+) -> libc::c_int {
+    // SAFETY: the loader passes a valid info for each loaded object in turn.
+    let info = unsafe { &*info };
+    let name: &[u8] = if info.dlpi_name.is_null() {
+        b""
+    } else {
+        // SAFETY: a non-null dlpi_name is a NUL-terminated string owned by the loader.
+        unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) }.to_bytes()
+    };
+    // The vDSO is a special kernel mapping, not a file: leave it alone.
+    if name.starts_with(b"linux-vdso") {
+        return 0;
+    }
+    let page = 4096usize;
+    for i in 0..usize::from(info.dlpi_phnum) {
+        // SAFETY: dlpi_phdr points at dlpi_phnum program headers.
+        let ph = unsafe { &*info.dlpi_phdr.add(i) };
+        if ph.p_type != libc::PT_LOAD || ph.p_flags & libc::PF_W != 0 {
+            continue;
+        }
+        // Whole pages strictly inside the segment: a page shared with writable
+        // (relocated) data must never be dropped.
+        let start = (info.dlpi_addr as usize + ph.p_vaddr as usize).next_multiple_of(page);
+        let end =
+            (info.dlpi_addr as usize + ph.p_vaddr as usize + ph.p_memsz as usize) / page * page;
+        if end > start {
+            // SAFETY: [start, end) lies inside a read-only file-backed mapping of our
+            // executable that nothing writes; MADV_DONTNEED only drops its page-table
+            // entries, and the next access refaults the same bytes from the file.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
+    // 0: go on with the next object (the libraries are read-only file mappings too).
+    0
+}

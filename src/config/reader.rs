@@ -587,7 +587,7 @@ impl Reader<'_> {
             }
         }
         if let Some((s, span)) = self.string(t, "ready", "log") {
-            match regex::Regex::new(&s) {
+            match regex_lite::Regex::new(&s) {
                 Ok(_) => probes.push(ProbeSpec::Log(s)),
                 Err(e) => self.problem(span, "ready.log", format!("invalid regex: {e}")),
             }

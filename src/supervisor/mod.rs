@@ -55,6 +55,8 @@ struct Supervisor {
     systemd: Option<String>,
     events: crate::logs::EventLog,
     next_progress: Option<Instant>,
+    /// Work happened since the loop last slept with nothing scheduled.
+    worked: bool,
     rng: u64,
     queue: VecDeque<Input>,
 }
@@ -170,6 +172,7 @@ fn setup(
         systemd,
         events,
         next_progress: None,
+        worked: true,
         rng: seed | 1,
         queue: VecDeque::new(),
     })
@@ -246,6 +249,11 @@ impl Supervisor {
                     sources.push(Source::Probe(interest.index));
                 }
             }
+            // Going to sleep with nothing scheduled: give back what start-up and the last
+            // burst of work left mapped. Last thing before poll(2), so little runs after it.
+            if timeout == PollTimeout::NONE && std::mem::take(&mut self.worked) {
+                crate::sys::shed_idle_memory();
+            }
             match nix::poll::poll(&mut fds, timeout) {
                 Ok(_) => fds
                     .iter()
@@ -259,6 +267,7 @@ impl Supervisor {
             }
         };
 
+        self.worked = true;
         let now = Instant::now();
         let mut closed_pipes = Vec::new();
         let mut closed_conns = Vec::new();
