@@ -2,7 +2,8 @@
 //!
 //! tcp and http are non-blocking sockets, exec is a child reaped by the loop,
 //! log and notify are fed lines and datagrams the loop already reads. Nothing
-//! needs a thread, and a failed attempt is retried after 5 ms, doubling to 20 ms,
+//! needs a thread; a refused connect is retried within 2 to 5 ms, a service that
+//! answers but is not ready yet (HTTP 503) at most every 50 ms,
 //! so readiness is seen within milliseconds of the service getting there.
 
 use crate::config::{ProbeSpec, Spec};
@@ -15,9 +16,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const FIRST_RETRY: Duration = Duration::from_millis(5);
+const FIRST_RETRY: Duration = Duration::from_millis(1);
 /// A refused connect on loopback costs microseconds: retrying often is cheap, and only while starting.
-const MAX_RETRY_NET: Duration = Duration::from_millis(20);
+const MAX_RETRY_CONNECT: Duration = Duration::from_millis(5);
+/// A service that answers but is not ready yet (HTTP 503) is not hammered.
+const MAX_RETRY_ANSWERED: Duration = Duration::from_millis(50);
 const MAX_RETRY_EXEC: Duration = Duration::from_millis(250);
 /// One attempt may take this long before it counts as failed.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -342,14 +345,24 @@ impl Probe {
         }
     }
 
+    /// The attempt failed without the service answering (refused, reset, no exec).
     fn fail(&mut self, now: Instant, why: String) {
-        self.tries += 1;
-        self.last_failure = Some(why);
         let cap = if matches!(self.check, Check::Exec { .. }) {
             MAX_RETRY_EXEC
         } else {
-            MAX_RETRY_NET
+            MAX_RETRY_CONNECT
         };
+        self.retry(now, why, cap);
+    }
+
+    /// The service answered, but not with success (an HTTP 503 while it warms up).
+    fn fail_answered(&mut self, now: Instant, why: String) {
+        self.retry(now, why, MAX_RETRY_ANSWERED);
+    }
+
+    fn retry(&mut self, now: Instant, why: String, cap: Duration) {
+        self.tries += 1;
+        self.last_failure = Some(why);
         let delay = FIRST_RETRY.saturating_mul(1 << self.tries.min(10)).min(cap);
         self.attempt = Attempt::Waiting { at: now + delay };
     }
@@ -443,8 +456,8 @@ impl Probe {
                         reply.extend_from_slice(&buf[..n]);
                         match status_code(&reply) {
                             Some(c) if (200..300).contains(&c) => self.attempt = Attempt::Passed,
-                            Some(c) => self.fail(now, format!("HTTP {c}")),
-                            None => self.fail(now, "reply is not HTTP".into()),
+                            Some(c) => self.fail_answered(now, format!("HTTP {c}")),
+                            None => self.fail_answered(now, "reply is not HTTP".into()),
                         }
                     }
                     Err(Errno::EAGAIN) => {
@@ -548,9 +561,20 @@ mod tests {
                 panic!("waiting")
             };
             let d = at - now;
-            assert!(d >= last && d <= MAX_RETRY_NET, "{d:?}");
+            assert!(d >= last && d <= MAX_RETRY_CONNECT, "{d:?}");
             last = d;
         }
-        assert_eq!(last, MAX_RETRY_NET);
+        assert_eq!(last, MAX_RETRY_CONNECT);
+        for _ in 0..20 {
+            p.fail_answered(now, "HTTP 503".into());
+        }
+        let Attempt::Waiting { at } = p.attempt else {
+            panic!("waiting")
+        };
+        assert_eq!(
+            at - now,
+            MAX_RETRY_ANSWERED,
+            "a service that answers is asked less often"
+        );
     }
 }

@@ -15,9 +15,10 @@ use crate::logs::{Drained, Output, Pipe, StreamKind};
 use crate::pidfile::{self, Identity, StateFile};
 use crate::probe::Probes;
 use crate::process;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::time::TimeSpec;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use state::{Effect, Exit, Input, Machine, Outcome, Phase, Rules, Stop};
@@ -217,14 +218,8 @@ impl Supervisor {
         .into_iter()
         .flatten()
         .min();
-        let timeout = match deadline {
-            None => PollTimeout::NONE,
-            // Round up so we never wake a hair early and spin.
-            Some(d) => {
-                PollTimeout::try_from(d.saturating_duration_since(now) + Duration::from_micros(999))
-                    .unwrap_or(PollTimeout::MAX)
-            }
-        };
+        // ppoll's nanosecond timeout: a 1 ms backoff sleeps 1 ms, not poll's rounded-up 2.
+        let timeout = deadline.map(|d| TimeSpec::from_duration(d.saturating_duration_since(now)));
 
         let ready: Vec<(Source, PollFlags)> = {
             let mut fds = vec![PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN)];
@@ -251,10 +246,10 @@ impl Supervisor {
             }
             // Going to sleep with nothing scheduled: give back what start-up and the last
             // burst of work left mapped. Last thing before poll(2), so little runs after it.
-            if timeout == PollTimeout::NONE && std::mem::take(&mut self.worked) {
+            if timeout.is_none() && std::mem::take(&mut self.worked) {
                 crate::sys::shed_idle_memory();
             }
-            match nix::poll::poll(&mut fds, timeout) {
+            match nix::poll::ppoll(&mut fds, timeout, None) {
                 Ok(_) => fds
                     .iter()
                     .zip(sources)

@@ -423,8 +423,15 @@ impl Machine {
 }
 
 /// Exponential backoff with "equal jitter": half fixed, half random, within [min, max].
+///
+/// The first restart after a good run waits exactly `min` (which may be zero): one
+/// crash is not a loop, and jitter only matters once restarts repeat.
 pub fn backoff(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Duration {
+    if attempt <= 1 {
+        return min;
+    }
     let exp = min
+        .max(Duration::from_millis(1))
         .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
         .min(max);
     let half = exp / 2;
@@ -752,6 +759,15 @@ mod tests {
     #[test]
     fn backoff_grows_with_jitter_within_bounds() {
         let (min, max) = (100 * MS, 30_000 * MS);
+        assert_eq!(
+            backoff(1, Duration::ZERO, max, 0.7),
+            Duration::ZERO,
+            "a zero minimum restarts at once"
+        );
+        assert!(
+            backoff(2, Duration::ZERO, max, 0.0) > Duration::ZERO,
+            "and still grows after that"
+        );
         let table = [
             (1, 0.0, 100),
             (1, 0.99, 100),
