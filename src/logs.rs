@@ -120,6 +120,9 @@ fn open_append(path: &PathBuf) -> io::Result<File> {
         .open(path)
 }
 
+/// Who sees each line of output, if anyone (a log probe waiting for its line).
+pub type LineWatcher<'a, 'f> = Option<&'a mut (dyn FnMut(StreamKind, &str) + 'f)>;
+
 /// Which of the service's streams a pipe carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamKind {
@@ -164,11 +167,7 @@ impl Pipe {
     }
 
     /// Reads what is available (bounded, to stay fair to other events) and hands whole lines to `out`.
-    pub fn drain(
-        &mut self,
-        out: &mut Output,
-        on_line: &mut dyn FnMut(StreamKind, &str),
-    ) -> Drained {
+    pub fn drain<'f>(&mut self, out: &mut Output, mut on_line: LineWatcher<'_, 'f>) -> Drained {
         let mut buf = [0u8; 64 * 1024];
         for _ in 0..16 {
             match nix::unistd::read(self.fd.as_raw_fd(), &mut buf) {
@@ -176,11 +175,11 @@ impl Pipe {
                     if !self.partial.is_empty() {
                         self.partial.push(b'\n');
                         let rest = std::mem::take(&mut self.partial);
-                        out.emit(self.kind, &rest, on_line);
+                        out.emit(self.kind, &rest, on_line.as_deref_mut());
                     }
                     return Drained::Closed;
                 }
-                Ok(n) => self.take(&buf[..n], out, on_line),
+                Ok(n) => self.take(&buf[..n], out, on_line.as_deref_mut()),
                 Err(nix::errno::Errno::EAGAIN) => return Drained::Open,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
@@ -192,16 +191,16 @@ impl Pipe {
         Drained::Open
     }
 
-    fn take(&mut self, data: &[u8], out: &mut Output, on_line: &mut dyn FnMut(StreamKind, &str)) {
+    fn take<'f>(&mut self, data: &[u8], out: &mut Output, mut on_line: LineWatcher<'_, 'f>) {
         match data.iter().rposition(|&b| b == b'\n') {
             Some(last) => {
                 let (lines, rest) = data.split_at(last + 1);
                 if self.partial.is_empty() {
-                    out.emit(self.kind, lines, on_line);
+                    out.emit(self.kind, lines, on_line.as_deref_mut());
                 } else {
                     self.partial.extend_from_slice(lines);
                     let joined = std::mem::take(&mut self.partial);
-                    out.emit(self.kind, &joined, on_line);
+                    out.emit(self.kind, &joined, on_line.as_deref_mut());
                 }
                 self.partial.extend_from_slice(rest);
             }
@@ -232,8 +231,9 @@ impl Output {
         })
     }
 
-    /// Writes a block of whole lines and shows each line to `on_line`.
-    fn emit(&mut self, kind: StreamKind, lines: &[u8], on_line: &mut dyn FnMut(StreamKind, &str)) {
+    /// Writes a block of whole lines, keeps its last lines for the tail, and shows
+    /// every line to `on_line` when someone (a log probe) is watching.
+    fn emit<'f>(&mut self, kind: StreamKind, lines: &[u8], on_line: LineWatcher<'_, 'f>) {
         let file = match kind {
             StreamKind::Stdout => &mut self.stdout,
             StreamKind::Stderr => &mut self.stderr,
@@ -244,16 +244,24 @@ impl Output {
                 file.path.display()
             );
         }
-        for line in lines.split(|&b| b == b'\n') {
-            if line.is_empty() {
-                continue;
+        if let Some(f) = on_line {
+            for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                f(kind, &String::from_utf8_lossy(line));
             }
-            let text = String::from_utf8_lossy(line);
-            on_line(kind, &text);
+        }
+        // Only the block's last lines can end up in the tail: no per-line work on a flood.
+        let mut last: Vec<&[u8]> = lines
+            .rsplit(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .take(TAIL_LINES)
+            .collect();
+        last.reverse();
+        for line in last {
             if self.tail.len() == TAIL_LINES {
                 self.tail.pop_front();
             }
-            self.tail.push_back(text.into_owned());
+            self.tail
+                .push_back(String::from_utf8_lossy(line).into_owned());
         }
     }
 

@@ -275,6 +275,16 @@ impl Probes {
         false
     }
 
+    /// Whether a log probe still waits for its line.
+    pub fn watches_output(&self) -> bool {
+        self.list.iter().any(|p| {
+            matches!(
+                (&p.check, &p.attempt),
+                (Check::Log { .. }, Attempt::Listening)
+            )
+        })
+    }
+
     /// A line of service output, for log probes.
     pub fn on_line(&mut self, line: &str) {
         for p in &mut self.list {

@@ -540,12 +540,16 @@ impl Supervisor {
         let Some(pipe) = self.pipes.get_mut(i) else {
             return Drained::Closed;
         };
-        let mut probes = self.instance.as_mut().and_then(|i| i.probes.as_mut());
-        let r = pipe.drain(&mut self.output, &mut |_, line| {
-            if let Some(p) = probes.as_mut() {
-                p.on_line(line);
-            }
-        });
+        // Lines are looked at one by one only while a log probe waits for its line.
+        let probes = self
+            .instance
+            .as_mut()
+            .and_then(|i| i.probes.as_mut())
+            .filter(|p| p.watches_output());
+        let r = match probes {
+            Some(p) => pipe.drain(&mut self.output, Some(&mut |_, line| p.on_line(line))),
+            None => pipe.drain(&mut self.output, None),
+        };
         self.check_probes();
         r
     }
