@@ -213,7 +213,8 @@ pub fn request(path: &Path, request: &str, timeout: Option<Duration>) -> Result<
         .map_err(|e| Error::io("configure control socket", &e))?;
     // A supervisor that refuses us replies and closes at once, so the write may fail
     // with EPIPE while its refusal waits to be read: read before giving up.
-    let sent = writeln!(&stream, "{request}");
+    // One write, so the supervisor wakes once for it.
+    let sent = (&stream).write_all(format!("{request}\n").as_bytes());
     let mut replies = Replies {
         reader: BufReader::new(stream),
         first: None,

@@ -341,7 +341,10 @@ impl Supervisor {
                     self.spec.name,
                     describe(&input)
                 );
-                self.persist();
+                // Stopping is transient: what a post-mortem needs is already on disk.
+                if !matches!(self.machine.phase, Phase::Stopping(_)) {
+                    self.persist();
+                }
                 if matches!(self.machine.phase, Phase::Backoff { .. } | Phase::Done(_)) {
                     self.start_failed(after);
                 }
@@ -445,7 +448,6 @@ impl Supervisor {
             self.queue.push_back(Input::StopRequested);
             return;
         }
-        self.persist();
         self.reporter.ready(me);
         if let Some(addr) = self.systemd.take() {
             if let Err(e) = sd_notify(&addr, "READY=1") {
@@ -857,7 +859,7 @@ impl Supervisor {
                 1
             }
         };
-        self.persist();
+        // The transition to Done was persisted when it happened.
         self.broadcast(self.machine.name());
         pidfile::remove(&self.spec.socket);
         if let Some((_, path)) = &self.notify {
