@@ -138,19 +138,23 @@ http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()"#
 fn log_probe_matches_a_line_of_output() {
     let svc = Spec::new(
         "logready",
-        &sh("echo booting; sleep 0.3; echo 'Started ServerConnector@1a2b' >&2; touch ready.flag; exec sleep 1000"),
+        &sh("echo booting; sleep 0.3; echo 'Started ServerConnector@1a2b' >&2; exec sleep 1000"),
     )
-    .top("workdir = \"{dir}\"")
     .tables("[ready]\nlog = \"Started ServerConnector@\\\\w+\"")
     .create();
+    let t0 = std::time::Instant::now();
     svc.start();
+    // The line comes 0.3 s after exec: returning sooner would mean not waiting for it.
     assert!(
-        svc.path("ready.flag").exists(),
-        "ready before the line was printed"
+        t0.elapsed() >= Duration::from_millis(300),
+        "ready after {:?}",
+        t0.elapsed()
     );
+    // baton writes a line to the log before matching it, so it is there when start returns.
     assert!(svc
         .log("stderr.log")
         .contains("Started ServerConnector@1a2b"));
+    assert!(svc.log("stdout.log").contains("booting"));
 }
 
 #[test]

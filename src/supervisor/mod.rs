@@ -335,27 +335,32 @@ impl Supervisor {
             let jitter = self.jitter();
             let effects = self.machine.step(input.clone(), Instant::now(), jitter);
             let after = self.machine.name();
-            if before != after {
+            let changed = before != after;
+            if changed {
                 tracing::info!(
                     "{}: {before} -> {after} ({})",
                     self.spec.name,
                     describe(&input)
                 );
-                // Stopping is transient: what a post-mortem needs is already on disk.
-                if !matches!(self.machine.phase, Phase::Stopping(_)) {
-                    self.persist();
-                }
-                if matches!(self.machine.phase, Phase::Backoff { .. } | Phase::Done(_)) {
-                    self.start_failed(after);
-                }
             }
+            // Stopping is transient: what a post-mortem needs is already on disk.
+            let persist = changed && !matches!(self.machine.phase, Phase::Stopping(_));
+            let went_down =
+                changed && matches!(self.machine.phase, Phase::Backoff { .. } | Phase::Done(_));
             if !matches!(self.machine.phase, Phase::Starting { .. }) {
                 if let Some(probes) = self.instance.as_mut().and_then(|i| i.probes.as_mut()) {
                     probes.abort();
                 }
             }
+            // Effects first: a waiting `start` hears "ready" before the state file is written.
             for effect in effects {
                 self.perform(effect);
+            }
+            if persist {
+                self.persist();
+            }
+            if went_down {
+                self.start_failed(after);
             }
         }
     }
