@@ -143,7 +143,7 @@ impl Cli {
                     events: crate::logs::EventLog::stderr(),
                 };
                 init_tracing(opts.events.clone());
-                crate::service::prepare(&spec)?;
+                crate::service::preflight(&spec)?;
                 crate::supervisor::run(spec, opts)
             }
             Command::Supervise(t) => {

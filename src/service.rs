@@ -398,8 +398,8 @@ fn clean_up_dead(spec: &Spec) -> bool {
     stale || !orphans.is_empty()
 }
 
-/// Everything `start` can check before detaching, so errors reach the terminal directly.
-fn preflight(spec: &Spec) -> Result<()> {
+/// Everything `start` (or `run`) can check before supervising, so errors reach the terminal directly.
+pub fn preflight(spec: &Spec) -> Result<()> {
     let me = Uid::effective();
     if let Some(a) = &spec.account {
         if !me.is_root() && me != a.uid {
@@ -423,11 +423,6 @@ fn preflight(spec: &Spec) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Creates the directories `run` needs (`start` does the same before detaching).
-pub fn prepare(spec: &Spec) -> Result<()> {
-    preflight(spec)
 }
 
 fn ensure_state_dir(spec: &Spec) -> Result<()> {

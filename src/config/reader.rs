@@ -90,15 +90,18 @@ impl Reader<'_> {
                 self.known_keys(sub, key, allowed);
                 Some(sub)
             }
-            None => {
-                self.problem(
-                    item.span(),
-                    key,
-                    format!("must be a table, not {}", item.type_name()),
-                );
-                None
-            }
+            None => self.wrong_type(item, key, "a table"),
         }
+    }
+
+    /// Records that `item` has the wrong type; always `None`, for the caller to return.
+    fn wrong_type<T>(&mut self, item: &Item, path: &str, expected: &str) -> Option<T> {
+        self.problem(
+            item.span(),
+            path,
+            format!("must be {expected}, not {}", item.type_name()),
+        );
+        None
     }
 
     fn string(
@@ -110,25 +113,13 @@ impl Reader<'_> {
         let item = t.get(key)?;
         match item.as_str() {
             Some(s) => Some((s.to_string(), item.span())),
-            None => {
-                self.problem(
-                    item.span(),
-                    &join(prefix, key),
-                    format!("must be a string, not {}", item.type_name()),
-                );
-                None
-            }
+            None => self.wrong_type(item, &join(prefix, key), "a string"),
         }
     }
 
     fn strings(&mut self, item: &Item, path: &str) -> Option<Vec<String>> {
         let Some(arr) = item.as_array() else {
-            self.problem(
-                item.span(),
-                path,
-                format!("must be an array of strings, not {}", item.type_name()),
-            );
-            return None;
+            return self.wrong_type(item, path, "an array of strings");
         };
         let mut out = Vec::new();
         for v in arr.iter() {
@@ -166,14 +157,7 @@ impl Reader<'_> {
                 );
                 None
             }
-            None => {
-                self.problem(
-                    item.span(),
-                    &join(prefix, key),
-                    format!("must be an integer, not {}", item.type_name()),
-                );
-                None
-            }
+            None => self.wrong_type(item, &join(prefix, key), "an integer"),
         }
     }
 
