@@ -272,6 +272,12 @@ fn post_mortem(spec: &Spec) -> (Report, Status) {
             );
             Status::DeadWithPidfile
         }
+        // Killed before the service was ready: no PID file, yet its processes run on
+        // unsupervised. "Dead" (1) tells an init script something needs cleaning up.
+        Ok(None) if !orphans.is_empty() => {
+            report.state = "dead".into();
+            Status::DeadWithPidfile
+        }
         Ok(None) => {
             report.state = if state.state == "failed" {
                 "failed".into()

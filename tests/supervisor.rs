@@ -2,7 +2,7 @@
 
 mod harness;
 
-use harness::{alive, fixture, free_port, wait_until, Spec, Svc};
+use harness::{alive, baton_bin, fixture, free_port, wait_until, Spec, Svc};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -463,6 +463,60 @@ fn killed_supervisor_leaves_no_silent_orphan() {
     );
     svc.stop();
     // The setsid escapee left the group; without a live subreaper nothing can find it.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(listed[2]),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+#[test]
+fn supervisor_killed_before_ready_still_leaves_no_silent_orphan() {
+    // The service's identity must be on disk from the spawn, not from readiness.
+    let svc = Spec::new(
+        "kill9early",
+        &format!("[\"{}\", \"{{dir}}/pids\"]", fixture("forker")),
+    )
+    .tables("[ready]\nlog = \"never printed\"\ntimeout = \"60s\"")
+    .create();
+    let pids = svc.path("pids");
+    let mut starting = std::process::Command::new(baton_bin())
+        .arg("--config")
+        .arg(&svc.config)
+        .arg("start")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start");
+    wait_until(T, "the forker to write its pids", || pids.exists());
+    let listed = forker_pids(&pids);
+    let (_, st) = svc.status();
+    assert_eq!(st["state"], "starting", "{st}");
+    let sup = st["supervisor_pid"].as_i64().expect("supervisor pid") as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sup),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    let waited = starting.wait().expect("wait for start");
+    assert!(
+        !waited.success(),
+        "start reported success for a dead supervisor"
+    );
+    wait_until(T, "service leader to die with the supervisor", || {
+        !alive(listed[0])
+    });
+    let (code, st) = svc.status();
+    assert_eq!(code, 1, "{st}");
+    assert!(
+        st["processes"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p == listed[1])),
+        "status names the surviving group member {}: {st}",
+        listed[1]
+    );
+    let r = svc.baton(&["stop"]);
+    assert_eq!(r.code, 0, "stop clears the orphans: {r:?}");
+    assert!(!alive(listed[1]), "orphan survived stop");
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(listed[2]),
         nix::sys::signal::Signal::SIGKILL,

@@ -23,6 +23,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use state::{Effect, Exit, Input, Machine, Outcome, Phase, Rules, Stop};
 use std::collections::VecDeque;
+use std::mem::discriminant;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
@@ -58,6 +59,8 @@ struct Supervisor {
     next_progress: Option<Instant>,
     /// Work happened since the loop last slept with nothing scheduled.
     worked: bool,
+    /// The state file is behind the machine; written once before the loop sleeps.
+    dirty: bool,
     rng: u64,
     queue: VecDeque<Input>,
 }
@@ -174,6 +177,7 @@ fn setup(
         events,
         next_progress: None,
         worked: true,
+        dirty: false,
         rng: seed | 1,
         queue: VecDeque::new(),
     })
@@ -246,6 +250,9 @@ impl Supervisor {
             }
             // Going to sleep with nothing scheduled: give back what start-up and the last
             // burst of work left mapped. Last thing before poll(2), so little runs after it.
+            if std::mem::take(&mut self.dirty) {
+                self.persist();
+            }
             if timeout.is_none() && std::mem::take(&mut self.worked) {
                 crate::sys::shed_idle_memory();
             }
@@ -331,11 +338,14 @@ impl Supervisor {
     fn feed(&mut self, input: Input) {
         self.queue.push_back(input);
         while let Some(input) = self.queue.pop_front() {
-            let before = self.machine.name();
+            let before = (self.machine.name(), discriminant(&self.machine.phase));
             let jitter = self.jitter();
             let effects = self.machine.step(input.clone(), Instant::now(), jitter);
             let after = self.machine.name();
-            let changed = before != after;
+            // By phase, not by name: Idle and Starting both read "starting", yet only
+            // Starting has a service whose identity a post-mortem needs.
+            let changed = before != (after, discriminant(&self.machine.phase));
+            let before = before.0;
             if changed {
                 tracing::info!(
                     "{}: {before} -> {after} ({})",
@@ -344,7 +354,7 @@ impl Supervisor {
                 );
             }
             // Stopping is transient: what a post-mortem needs is already on disk.
-            let persist = changed && !matches!(self.machine.phase, Phase::Stopping(_));
+            self.dirty |= changed && !matches!(self.machine.phase, Phase::Stopping(_));
             let went_down =
                 changed && matches!(self.machine.phase, Phase::Backoff { .. } | Phase::Done(_));
             if !matches!(self.machine.phase, Phase::Starting { .. }) {
@@ -352,14 +362,15 @@ impl Supervisor {
                     probes.abort();
                 }
             }
-            // Effects first: a waiting `start` hears "ready" before the state file is written.
+            // The state file is written when the loop next sleeps: a waiting `start` hears
+            // "ready" first, and a burst of transitions costs one write.
             for effect in effects {
                 self.perform(effect);
             }
-            if persist {
-                self.persist();
-            }
             if went_down {
+                // Written before anyone hears of the failure, so `status` right after agrees.
+                self.dirty = false;
+                self.persist();
                 self.start_failed(after);
             }
         }
@@ -864,7 +875,9 @@ impl Supervisor {
                 1
             }
         };
-        // The transition to Done was persisted when it happened.
+        if std::mem::take(&mut self.dirty) {
+            self.persist();
+        }
         self.broadcast(self.machine.name());
         pidfile::remove(&self.spec.socket);
         if let Some((_, path)) = &self.notify {
