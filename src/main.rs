@@ -11,8 +11,11 @@ mod logs;
 mod pidfile;
 mod probe;
 mod process;
+mod proxy;
+mod registry;
 mod service;
 mod supervisor;
+mod switch;
 mod sys;
 
 use clap::Parser;
