@@ -12,9 +12,12 @@ mod logs;
 mod pidfile;
 mod probe;
 mod process;
+mod proxy;
+mod registry;
 mod release;
 mod service;
 mod supervisor;
+mod switch;
 mod sys;
 
 use clap::Parser;
