@@ -99,8 +99,8 @@ fn switch(spec: &Spec, to: &Backend, from: Option<&Backend>) -> Result<(), Failu
             say("proxy: none configured; nothing to switch".into());
             None
         }
-        ProxySpec::Nginx(sw) => Some((sw, switch_proxy(spec, sw, true, to)?)),
-        ProxySpec::Command(sw) => Some((sw, switch_proxy(spec, sw, false, to)?)),
+        ProxySpec::Nginx(sw) => Some((sw, switch_proxy(spec, sw, true, to, from)?)),
+        ProxySpec::Command(sw) => Some((sw, switch_proxy(spec, sw, false, to, from)?)),
     };
 
     if let Some(ms) = std::env::var(PUBLISH_DELAY_ENV)
@@ -113,9 +113,9 @@ fn switch(spec: &Spec, to: &Backend, from: Option<&Backend>) -> Result<(), Failu
     if let Err(mut f) = publish(spec, etcd.as_ref(), to, from) {
         if let Some((sw, installed)) = switched {
             let t = Instant::now();
-            match undo(sw, &installed) {
-                Ok(()) => say(format!(
-                    "proxy: restored the previous {} and reloaded {}",
+            match undo(sw, &installed, from) {
+                Ok(how) => say(format!(
+                    "proxy: restored the previous {} and reloaded{how} {}",
                     sw.upstream.display(),
                     ms(t)
                 )),
@@ -131,7 +131,13 @@ fn switch(spec: &Spec, to: &Backend, from: Option<&Backend>) -> Result<(), Failu
 }
 
 /// Render, check, install, reload, confirm; on a failure after install, restore.
-fn switch_proxy(spec: &Spec, sw: &Switch, nginx: bool, to: &Backend) -> Result<Installed, Failure> {
+fn switch_proxy(
+    spec: &Spec,
+    sw: &Switch,
+    nginx: bool,
+    to: &Backend,
+    from: Option<&Backend>,
+) -> Result<Installed, Failure> {
     let t = Instant::now();
     let text = proxy::render(&sw.template, &spec.name, to).map_err(|cause| {
         Failure::new(
@@ -154,13 +160,14 @@ fn switch_proxy(spec: &Spec, sw: &Switch, nginx: bool, to: &Backend) -> Result<I
         return Err(restore_after(
             sw,
             &installed,
+            from,
             Failure::new("proxy reload", &e),
         ));
     }
     match &sw.confirm {
         Some(url) => {
             if let Err(e) = proxy::confirm(url, to.pid, sw.confirm_timeout) {
-                return Err(restore_after(sw, &installed, Failure::new("proxy confirm", &e)));
+                return Err(restore_after(sw, &installed, from, Failure::new("proxy confirm", &e)));
             }
             say(format!(
                 "proxy: reloaded {proxy_name}; confirmed pid {} answers through {url} {}",
@@ -177,12 +184,17 @@ fn switch_proxy(spec: &Spec, sw: &Switch, nginx: bool, to: &Backend) -> Result<I
 }
 
 /// Puts the previous upstream file back after `f`, and says so in the failure.
-fn restore_after(sw: &Switch, installed: &Installed, mut f: Failure) -> Failure {
+fn restore_after(
+    sw: &Switch,
+    installed: &Installed,
+    from: Option<&Backend>,
+    mut f: Failure,
+) -> Failure {
     let t = Instant::now();
-    match undo(sw, installed) {
-        Ok(()) => {
+    match undo(sw, installed, from) {
+        Ok(how) => {
             say(format!(
-                "proxy: restored the previous {} and reloaded {}",
+                "proxy: restored the previous {} and reloaded{how} {}",
                 sw.upstream.display(),
                 ms(t)
             ));
@@ -199,8 +211,10 @@ fn restore_after(sw: &Switch, installed: &Installed, mut f: Failure) -> Failure 
     f
 }
 
-/// Restores the live file and reloads; on failure, exactly what is left.
-fn undo(sw: &Switch, installed: &Installed) -> Result<(), String> {
+/// Restores the live file, reloads, and confirms the old instance answers again when it can.
+///
+/// Ok carries how far that was verified; Err says exactly what is left.
+fn undo(sw: &Switch, installed: &Installed, from: Option<&Backend>) -> Result<String, String> {
     if let Err(e) = proxy::put_back(installed) {
         return Err(format!(
             "{}; {} still holds the new instance's upstream and the proxy may be using it",
@@ -215,7 +229,20 @@ fn undo(sw: &Switch, installed: &Installed) -> Result<(), String> {
             sw.upstream.display(),
             sw.reload.join(" ")
         )
-    })
+    })?;
+    // A reload is asynchronous and its exit status proves nothing: see the old instance answer again.
+    let (Some(url), Some(old)) = (&sw.confirm, from) else {
+        return Ok(String::new());
+    };
+    proxy::confirm(url, old.pid, sw.confirm_timeout)
+        .map(|()| format!("; confirmed pid {} answers again", old.pid))
+        .map_err(|e| {
+            format!(
+                "the previous {} is back in place and the proxy reloaded, but {}",
+                sw.upstream.display(),
+                proxy::one_line(&e.to_string())
+            )
+        })
 }
 
 /// Writes the local file, then rotates etcd; a failed rotation puts the local file back.
