@@ -343,10 +343,10 @@ mod tests {
             ..backend()
         };
         assert!(render("server 127.0.0.1:{port};", "web", &b)
-            .unwrap_err()
+            .expect_err("must fail")
             .contains("{port}"));
         assert!(render("# {release}", "web", &b)
-            .unwrap_err()
+            .expect_err("must fail")
             .contains("{release}"));
         assert_eq!(render("# {pid}", "web", &b).as_deref(), Ok("# 4242"));
     }
@@ -373,7 +373,7 @@ mod tests {
             Path::new("/etc/nginx/conf.d/web.upstream"),
             Path::new("/x"),
         )
-        .unwrap_err();
+        .expect_err("must fail");
         assert!(err.contains("include it by that path"), "{err}");
         assert!(err.contains("kind = \"command\""), "{err}");
     }
@@ -400,7 +400,7 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let err = run(&argv).unwrap_err();
+        let err = run(&argv).expect_err("must fail");
         assert!(err.starts_with("first problem; second ("), "{err}");
         assert!(run(&["true".to_string()]).is_ok());
     }

@@ -60,6 +60,14 @@ impl Failure {
             code: FAILED,
         }
     }
+
+    /// Adds what happened after the failure, before the hint so the hint stays last.
+    fn note(&mut self, note: &str) {
+        match self.message.find("; hint: ") {
+            Some(i) => self.message.insert_str(i, &format!("; {note}")),
+            None => self.message = format!("{}; {note}", self.message),
+        }
+    }
 }
 
 fn say(line: String) {
@@ -120,7 +128,7 @@ fn switch(spec: &Spec, to: &Backend, from: Option<&Backend>) -> Result<(), Failu
                     ms(t)
                 )),
                 Err(left) => {
-                    f.message = format!("{}; AND restoring the proxy failed: {left}", f.message);
+                    f.note(&format!("AND restoring the proxy failed: {left}"));
                     f.code = FAILED_DIRTY;
                 }
             }
@@ -198,13 +206,10 @@ fn restore_after(
                 sw.upstream.display(),
                 ms(t)
             ));
-            f.message = format!(
-                "{}; the previous upstream file is back and the proxy reloaded",
-                f.message
-            );
+            f.note("the previous upstream file is back and the proxy reloaded");
         }
         Err(left) => {
-            f.message = format!("{}; AND restoring failed: {left}", f.message);
+            f.note(&format!("AND restoring failed: {left}"));
             f.code = FAILED_DIRTY;
         }
     }
@@ -315,11 +320,10 @@ fn publish(
                     spec.registry.file.display()
                 )),
                 Err(e) => {
-                    f.message = format!(
-                        "{}; AND {}: it names the new instance while etcd does not",
-                        f.message,
+                    f.note(&format!(
+                        "AND {}: it names the new instance while etcd does not",
                         proxy::one_line(&e.to_string())
-                    );
+                    ));
                     f.code = FAILED_DIRTY;
                 }
             }
