@@ -159,6 +159,10 @@ pub fn install(sw: &Switch, candidate: Candidate) -> Result<Installed> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(Error::io(format!("read {}", sw.upstream.display()), &e)),
     };
+    // Keep the live file's permissions: the proxy may run as a user that only reads it through them.
+    if let Ok(meta) = std::fs::metadata(&sw.upstream) {
+        let _ = std::fs::set_permissions(candidate.path(), meta.permissions());
+    }
     std::fs::rename(candidate.path(), &sw.upstream).map_err(|e| {
         Error::io(
             format!(

@@ -153,6 +153,16 @@ impl Nginx {
     fn serves(&self, pid: i32) -> bool {
         (0..4).all(|_| served_by(self.port) == Some(pid))
     }
+
+    /// After a reload: the previous generation of workers keeps accepting for
+    /// ~100 ms beside the new one (the master sleeps before telling it to quit).
+    fn settles_on(&self, pid: i32) {
+        wait_until(
+            Duration::from_secs(3),
+            "nginx to serve only the expected pid",
+            || self.serves(pid),
+        );
+    }
 }
 
 impl Drop for Nginx {
@@ -317,10 +327,7 @@ fn nginx_switch_is_confirmed_and_published() {
         )),
         "{r:?}"
     );
-    assert!(
-        nginx.serves(new.pid()),
-        "requests through nginx reach the new pid"
-    );
+    nginx.settles_on(new.pid());
     assert_eq!(
         nginx.upstream_text(),
         format!("server 127.0.0.1:{};\n", new.port)
@@ -393,7 +400,7 @@ fn nginx_switch_that_never_reaches_the_new_pid_is_undone() {
         "{r:?}"
     );
     assert_eq!(std::fs::read(&nginx.upstream).expect("upstream"), before);
-    assert!(nginx.serves(old.pid()));
+    nginx.settles_on(old.pid());
     assert!(registry_json(&svc).is_none(), "nothing published");
 
     // A live backend that is not the expected pid is no confirmation either.
@@ -405,7 +412,7 @@ fn nginx_switch_that_never_reaches_the_new_pid_is_undone() {
         "{r:?}"
     );
     assert_eq!(std::fs::read(&nginx.upstream).expect("upstream"), before);
-    assert!(nginx.serves(old.pid()));
+    nginx.settles_on(old.pid());
 }
 
 #[test]
@@ -559,7 +566,7 @@ fn a_registry_changed_under_us_is_reported_and_the_proxy_restored() {
         std::fs::read(&nginx.upstream).expect("upstream"),
         upstream_before
     );
-    assert!(nginx.serves(old.pid()));
+    nginx.settles_on(old.pid());
     assert_eq!(
         std::fs::read(svc.path("registry.json")).expect("registry"),
         registry_before
@@ -577,6 +584,37 @@ fn a_registry_changed_under_us_is_reported_and_the_proxy_restored() {
         !keys.contains_key("test/web/port/previous"),
         "nothing written: {keys:?}"
     );
+}
+
+#[test]
+fn a_failed_restore_says_what_is_left_and_exits_3() {
+    let svc = service("");
+    let live = svc.path("proxy.conf");
+    std::fs::write(&live, "old\n").expect("live file");
+    // The first reload succeeds, every later one fails; nothing answers the confirm URL.
+    svc.rewrite(&Spec::new("web", r#"["sleep", "100"]"#).tables(&format!(
+        "[proxy]\nkind = \"command\"\nupstream = \"{{dir}}/proxy.conf\"\ntemplate = \"new {{port}}\\n\"\n\
+         check = [\"true\"]\nreload = [\"sh\", \"-c\", \"test ! -e {{dir}}/reloaded && touch {{dir}}/reloaded || {{ echo proxy is wedged >&2; exit 1; }}\"]\n\
+         confirm = \"http://127.0.0.1:{}/\"\nconfirm_timeout = \"300ms\"\n\
+         [registry]\nfile = \"{{dir}}/registry.json\"\n",
+        free_port()
+    )));
+
+    let r = switch(&svc, (4_000_001, 20001), Some((4_000_000, 20000)));
+    assert_eq!(r.code, 3, "{r:?}");
+    let line = last_line(&r);
+    assert!(line.starts_with("error: proxy confirm: "), "{r:?}");
+    assert!(
+        line.contains("AND restoring failed: unable to reload the proxy (sh -c")
+            && line.contains("proxy is wedged"),
+        "{r:?}"
+    );
+    assert!(
+        line.contains("is back in place but the proxy did not reload it: run `sh -c"),
+        "says what is left: {r:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&live).expect("live"), "old\n");
+    assert!(registry_json(&svc).is_none());
 }
 
 const HAPROXY_CFG: &str = "global\n    pidfile {dir}/haproxy.pid\ndefaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n\
@@ -643,7 +681,12 @@ fn haproxy_command_switch_is_confirmed() {
         )),
         "{r:?}"
     );
-    assert!((0..4).all(|_| served_by(front) == Some(new.pid())));
+    // The old haproxy stops accepting once told to by -sf, a moment after the new one binds.
+    wait_until(
+        Duration::from_secs(3),
+        "haproxy to serve only the new pid",
+        || (0..4).all(|_| served_by(front) == Some(new.pid())),
+    );
     assert!(std::fs::read_to_string(&cfg)
         .expect("cfg")
         .contains(&format!("server s1 127.0.0.1:{}", new.port)));
