@@ -113,9 +113,9 @@ fn switch(spec: &Spec, to: &Backend, from: Option<&Backend>) -> Result<(), Failu
 
     if let Some(ms) = std::env::var(PUBLISH_DELAY_ENV)
         .ok()
-        .and_then(|v| v.parse().ok())
+        .and_then(|v| v.parse::<u64>().ok())
     {
-        std::thread::sleep(Duration::from_millis(ms));
+        std::thread::sleep(Duration::from_millis(ms.min(60_000)));
     }
 
     if let Err(mut f) = publish(spec, etcd.as_ref(), to, from) {
