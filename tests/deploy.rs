@@ -601,3 +601,34 @@ fn unreachable_etcd_fails_the_deploy_before_traffic_moves() {
     assert_eq!(after["service_pid"], st["service_pid"], "v1 still serves");
     svc.stop();
 }
+
+#[test]
+fn stop_during_a_deploy_ends_both_instances_and_fails_the_deploy() {
+    let svc = py_service("pystop", "[port]\nmode = \"auto\"\nrange = [35000, 35999]");
+    let v1 = py_release(&svc.dir, "v1", &[]);
+    assert_eq!(deploy(&svc, &v1).code, 0);
+    let slow = py_release(&svc.dir, "v2", &["HANG"]);
+    let pending = Command::new("timeout")
+        .arg("60")
+        .arg(harness::baton_bin())
+        .arg("--config")
+        .arg(&svc.config)
+        .args(["deploy", "--release", slow.to_str().expect("utf-8")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("deploy");
+    wait_until(T, "the handoff to start", || {
+        !svc.status().1["handoff"].is_null()
+    });
+    svc.stop();
+    let out = pending.wait_with_output().expect("deploy output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("abandoned"), "{err}");
+    assert!(
+        svc.processes().is_empty(),
+        "nothing of either instance is left"
+    );
+    assert_eq!(svc.status().0, 3);
+}

@@ -613,6 +613,8 @@ impl Supervisor {
         let Some(h) = self.handoff.as_ref() else {
             return;
         };
+        // Gracefully: the state machine's stop ladder that follows waits for every
+        // descendant, these included, and sends SIGKILL to what outlives its timeout.
         for pid in [
             h.candidate.as_ref().map(|c| c.pid),
             h.old.as_ref().map(|o| o.pid),
@@ -620,7 +622,7 @@ impl Supervisor {
         .into_iter()
         .flatten()
         {
-            process::signal_group(pid, Signal::SIGKILL);
+            process::signal_group(pid, self.spec.stop.signal);
         }
         if let Step::Switching { worker } = h.step {
             process::signal(worker, Signal::SIGTERM);
