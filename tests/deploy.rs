@@ -472,6 +472,8 @@ fn a_release_that_crashes_or_never_gets_ready_changes_nothing() {
     );
     let reg = registry(&svc);
     let current = std::fs::read_link(svc.dir.join("app/current")).expect("current");
+    let url = format!("http://127.0.0.1:{}/", serving.1);
+    let load = Load::start(&url, "keepalive", 6);
 
     let crash = py_release(&svc.dir, "v3", &["CRASH"]);
     let r = deploy(&svc, &crash);
@@ -486,6 +488,9 @@ fn a_release_that_crashes_or_never_gets_ready_changes_nothing() {
     let r = deploy(&svc, &hang);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("not ready within"), "{r:?}");
+    let (n, failed) = load.finish();
+    assert!(n > 100, "load ran: {n}");
+    assert_eq!(failed, 0, "requests to v1 failed during the failed deploys");
 
     let (code, st) = svc.status();
     assert_eq!(code, 0);
@@ -503,7 +508,6 @@ fn a_release_that_crashes_or_never_gets_ready_changes_nothing() {
         std::fs::read_link(svc.dir.join("app/current")).expect("current"),
         current
     );
-    let url = format!("http://127.0.0.1:{}/", serving.1);
     assert_eq!(
         get(&url).map(|x| x.1),
         Some("v2".into()),
