@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PREFIX ?= /usr/local
 CARGO ?= cargo
 
-.PHONY: build release deps test test-rust test-provisioning demo install bench clean
+.PHONY: build release deps test test-rust test-provisioning demo install bench bench-deploy clean
 
 build:
 	$(CARGO) build
@@ -29,8 +29,16 @@ demo: deps release
 install: release
 	install -D -m 0755 target/release/baton $(DESTDIR)$(PREFIX)/bin/baton
 
+# benches/run (supervisor figures, bounded by its BUDGET), then the deploy switches.
 bench: deps release
 	benches/run
+	$(BENCH_DEPLOY)
+
+# Failed requests during v1 -> v2 -> v1 switches through nginx, baton deploy/rollback
+# included (benches/deploy-baselines; ~4 min at DURATION=20, hard limit 15 min).
+BENCH_DEPLOY = timeout 900 benches/deploy-baselines
+bench-deploy: deps release
+	$(BENCH_DEPLOY)
 
 clean:
 	$(CARGO) clean
