@@ -42,6 +42,7 @@ fn hand_over(spec: &Spec, kind: &str, id: &str) -> Result<()> {
     let root = release::root(spec)?;
     if !pidfile::supervisor_alive(spec)? {
         // Nothing serves, so nothing to hand over from: this release simply starts.
+        let before = std::fs::read_link(root.join("current")).ok();
         release::switch_current(root, id).map_err(|e| {
             Error::io(
                 format!("point {} at {id}", root.join("current").display()),
@@ -49,7 +50,24 @@ fn hand_over(spec: &Spec, kind: &str, id: &str) -> Result<()> {
             )
         })?;
         eprintln!("{} is not running: starting release {id}", spec.name);
-        crate::service::start(spec)?;
+        if let Err(e) = crate::service::start(spec) {
+            // A release that never started must not stay `current`.
+            let prev = before
+                .as_ref()
+                .and_then(|b| b.file_name())
+                .and_then(|n| n.to_str());
+            let put_back = match prev {
+                Some(prev) => release::switch_current(root, prev),
+                None => std::fs::remove_file(root.join("current")),
+            };
+            if let Err(pe) = put_back {
+                eprintln!(
+                    "warning: unable to put {} back: {pe}",
+                    root.join("current").display()
+                );
+            }
+            return Err(e);
+        }
         let who = std::env::var("SUDO_USER")
             .or_else(|_| std::env::var("USER"))
             .unwrap_or_else(|_| "root".into());

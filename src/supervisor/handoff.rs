@@ -787,7 +787,9 @@ fn spawn_worker(
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
             .map_err(std::io::Error::from)?;
     let write2 = write.try_clone()?;
-    let exe = std::env::current_exe()?;
+    // /proc/self/exe, not its path: after a package upgrade replaced the binary, the path
+    // names the new file (or nothing) while this supervisor speaks its own version's protocol.
+    let exe = std::path::Path::new("/proc/self/exe");
     let child = std::process::Command::new(exe)
         .arg("--config")
         .arg(config)
