@@ -12,6 +12,7 @@ mod pidfile;
 mod probe;
 mod process;
 mod service;
+mod ship;
 mod supervisor;
 mod sys;
 
