@@ -83,6 +83,7 @@ pub enum Command {
     /// config files and a service.properties file there, runs `baton deploy` on each host
     /// (canaries first, at most max_parallel at once) and verifies the version each host
     /// reports. Exit 0 only if every host ended on the new version.
+    #[command(disable_version_flag = true)]
     Ship(ShipArgs),
     /// Internal: the detached supervisor that `start` launches.
     #[command(hide = true)]

@@ -268,8 +268,9 @@ fn ship_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
     }
 
     rep.step("prepare");
+    let root = sh_quote(&env.deploy_to);
     let script = format!(
-        "set -e\n{}\n{}\nmkdir -p {q}\n",
+        "set -e\n{}\n{}\nmkdir -p {root}/releases\nif ! mkdir {q} 2>/dev/null; then echo \"release directory {q} already exists on this host\" >&2; exit 1; fi\n",
         check_baton(env),
         read_current(env)
     );
