@@ -6,7 +6,7 @@
 //! answers but is not ready yet (HTTP 503) at most every 50 ms,
 //! so readiness is seen within milliseconds of the service getting there.
 
-use crate::config::{ProbeSpec, Spec};
+use crate::config::{ProbeSpec, Spec, Vars};
 use nix::errno::Errno;
 use nix::poll::PollFlags;
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
@@ -134,19 +134,19 @@ pub struct Interest<'a> {
 
 impl Probes {
     /// Builds the probes for an instance on `port`; fails if an address does not resolve.
-    pub fn new(spec: &Spec, port: Option<u16>, now: Instant) -> Result<Self, String> {
+    pub fn new(spec: &Spec, vars: &Vars, now: Instant) -> Result<Self, String> {
         let mut list = Vec::new();
         for p in &spec.ready.probes {
             let check = match p {
                 ProbeSpec::Tcp(a) => {
-                    let label = spec.expand(a, port);
+                    let label = spec.expand(a, vars);
                     Check::Tcp {
                         addr: resolve(&label)?,
                         label,
                     }
                 }
                 ProbeSpec::Http(u) => {
-                    let url = spec.expand(u, port);
+                    let url = spec.expand(u, vars);
                     let t = HttpTarget::parse(&url)?;
                     let addr = resolve(&format!(
                         "{}:{}",
@@ -165,7 +165,7 @@ impl Probes {
                     }
                 }
                 ProbeSpec::Exec(argv) => Check::Exec {
-                    argv: argv.iter().map(|a| spec.expand(a, port)).collect(),
+                    argv: argv.iter().map(|a| spec.expand(a, vars)).collect(),
                     account: spec.account.clone(),
                 },
                 ProbeSpec::Log(re) => Check::Log {

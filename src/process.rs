@@ -1,6 +1,6 @@
 //! Spawning the service into its own process group, and finding, signalling and identifying processes.
 
-use crate::config::Spec;
+use crate::config::{Spec, Vars};
 use crate::error::{Error, Result};
 use crate::exit::Action;
 use crate::sys;
@@ -27,8 +27,9 @@ pub struct Spawned {
 }
 
 /// Spawns the service for one instance: own process group, dropped privileges, environment set.
-pub fn spawn(spec: &Spec, port: Option<u16>, notify_socket: Option<&Path>) -> Result<Spawned> {
-    let argv: Vec<String> = spec.command.iter().map(|a| spec.expand(a, port)).collect();
+pub fn spawn(spec: &Spec, vars: &Vars, notify_socket: Option<&Path>) -> Result<Spawned> {
+    let port = vars.port;
+    let argv: Vec<String> = spec.command.iter().map(|a| spec.expand(a, vars)).collect();
     let program = resolve_program(&argv[0], spec.base_dir());
     let mut cmd = Command::new(&program);
     cmd.args(&argv[1..])
@@ -49,7 +50,10 @@ pub fn spawn(spec: &Spec, port: Option<u16>, notify_socket: Option<&Path>) -> Re
         cmd.env("PORT", p.to_string());
     }
     for (k, v) in &spec.env {
-        cmd.env(k, spec.expand(v, port));
+        cmd.env(k, spec.expand(v, vars));
+    }
+    if let Some(r) = &vars.release {
+        cmd.env("BATON_RELEASE", r);
     }
     if let Some(sock) = notify_socket {
         cmd.env("NOTIFY_SOCKET", sock);

@@ -53,6 +53,91 @@ pub struct Spec {
     pub socket: PathBuf,
     /// State directory (locks, state file, notify socket).
     pub state_dir: PathBuf,
+    /// Where releases live, when the service is deployed with `baton deploy`.
+    pub release: Option<ReleaseSpec>,
+    /// A listening socket baton holds and hands to every instance (the zero-failure deploy mode).
+    pub listen: Option<ListenSpec>,
+    /// Deploy settings.
+    pub deploy: DeploySpec,
+    /// The proxy switched during a deploy.
+    pub proxy: ProxySpec,
+    /// Where the serving instance's port and PID are published.
+    pub registry: RegistrySpec,
+}
+
+/// Capistrano's layout: `root/releases/ID` and a `root/current` symlink.
+#[derive(Debug, Clone)]
+pub struct ReleaseSpec {
+    /// deploy_to.
+    pub root: PathBuf,
+    /// Releases kept (never deleting current or previous).
+    pub keep: u32,
+}
+
+/// A listening socket held by the supervisor for its whole life.
+#[derive(Debug, Clone)]
+pub struct ListenSpec {
+    /// HOST:PORT to bind.
+    pub address: std::net::SocketAddr,
+    /// 3 (socket activation: LISTEN_FDS=1) or 0 (a JVM's System.inheritedChannel()).
+    pub fd: i32,
+}
+
+/// Deploy settings.
+#[derive(Debug, Clone)]
+pub struct DeploySpec {
+    /// How long the old instance may take to lose its established connections.
+    pub drain_timeout: Duration,
+}
+
+/// The proxy in front of the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxySpec {
+    /// Nothing to switch (clients use the registry, or the listening socket is shared).
+    None,
+    /// nginx: upstream file from a template, `nginx -t` on a candidate config, reload, confirm.
+    Nginx(Switch),
+    /// Any proxy: template, check and reload commands, confirm.
+    Command(Switch),
+}
+
+/// How a proxy is switched to a new instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Switch {
+    /// The live file the proxy reads (nginx: an upstream body included by `config`).
+    pub upstream: PathBuf,
+    /// What the file holds; `{port}`, `{pid}`, `{release}`, `{name}` expanded.
+    pub template: String,
+    /// nginx: the main config, copied with the candidate in place of `upstream` for `nginx -t`.
+    pub config: PathBuf,
+    /// Validates a candidate; `{candidate}` is its path. nginx: `nginx -t -c {config}`.
+    pub check: Vec<String>,
+    /// Makes the proxy read the installed file.
+    pub reload: Vec<String>,
+    /// URL requested through the proxy until the new instance answers.
+    pub confirm: Option<String>,
+    /// How long the confirmation may take before the switch is undone.
+    pub confirm_timeout: Duration,
+}
+
+/// Where port and PID of the serving instance are published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrySpec {
+    /// Local registry file (JSON, written atomically); always kept.
+    pub file: PathBuf,
+    /// etcd v3 endpoints (JSON gateway), if any.
+    pub etcd: Vec<String>,
+    /// Key prefix: PREFIX/port/current, PREFIX/port/previous, PREFIX/pid/current, PREFIX/pid/previous.
+    pub prefix: String,
+}
+
+/// What one instance's placeholders stand for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Vars {
+    /// `{port}`.
+    pub port: Option<u16>,
+    /// `{release}`: the release directory the instance runs from.
+    pub release: Option<PathBuf>,
 }
 
 /// The identity a service runs under, looked up once in the password database.
@@ -81,6 +166,8 @@ pub enum PortSpec {
     Fixed(u16),
     /// A free port from this range, picked at each spawn.
     Auto { from: u16, to: u16 },
+    /// The service binds port 0; baton finds the port it listens on in /proc.
+    Discover,
 }
 
 /// One readiness probe, with `{port}` still unexpanded.
@@ -324,10 +411,7 @@ pub fn parse(text: &str, file: &Path, name: &str) -> std::result::Result<Spec, V
         }
     };
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut r = Reader {
-        text,
-        problems: Vec::new(),
-    };
+    let mut r = Reader::new(text);
     let spec = r.spec(doc.as_table(), &base, name);
     if r.problems.is_empty() {
         spec.map(|s| Spec {
@@ -351,12 +435,23 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// Walks the document, turning values into types and collecting problems.
 impl Spec {
-    /// Expands `{port}` in a string for one instance.
-    pub fn expand(&self, s: &str, port: Option<u16>) -> String {
-        match port {
-            Some(p) => s.replace("{port}", &p.to_string()),
-            None => s.to_string(),
+    /// Expands `{port}` and `{release}` in a string for one instance.
+    pub fn expand(&self, s: &str, vars: &Vars) -> String {
+        let mut out = s.to_string();
+        if let Some(p) = vars.port {
+            out = out.replace("{port}", &p.to_string());
         }
+        if let Some(r) = &vars.release {
+            out = out.replace("{release}", &r.display().to_string());
+        }
+        out
+    }
+
+    /// The directory holding release `id`.
+    pub fn release_dir(&self, id: &str) -> Option<PathBuf> {
+        self.release
+            .as_ref()
+            .map(|r| r.root.join("releases").join(id))
     }
 
     /// The directory that relative command paths are resolved against (the config's).

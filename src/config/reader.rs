@@ -5,8 +5,8 @@
 
 use super::units::{parse_duration, parse_env_file, parse_signal, parse_size};
 use super::{
-    line_of, Account, LogSpec, Policy, PortSpec, ProbeSpec, Problem, ReadySpec, RestartSpec, Spec,
-    StopSpec,
+    line_of, Account, DeploySpec, ListenSpec, LogSpec, Policy, PortSpec, ProbeSpec, Problem,
+    ProxySpec, ReadySpec, RegistrySpec, ReleaseSpec, RestartSpec, Spec, StopSpec, Switch,
 };
 use crate::exit::Action;
 use nix::sys::signal::Signal;
@@ -21,6 +21,21 @@ use toml_edit::{Item, TableLike};
 pub(super) struct Reader<'t> {
     pub(super) text: &'t str,
     pub(super) problems: Vec<Problem>,
+    /// Whether `{port}` has a meaning (a [port] section or a [listen] socket).
+    has_port: bool,
+    /// Whether `{release}` has a meaning (a [release] section).
+    has_release: bool,
+}
+
+impl<'t> Reader<'t> {
+    pub(super) fn new(text: &'t str) -> Self {
+        Reader {
+            text,
+            problems: Vec::new(),
+            has_port: false,
+            has_release: false,
+        }
+    }
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -40,6 +55,11 @@ const TOP_KEYS: &[&str] = &[
     "restart",
     "port",
     "log",
+    "release",
+    "listen",
+    "deploy",
+    "proxy",
+    "registry",
 ];
 
 impl Reader<'_> {
@@ -202,7 +222,10 @@ impl Reader<'_> {
         self.known_keys(top, "", TOP_KEYS);
 
         let port = self.port(top);
-        let has_port = port != PortSpec::None;
+        let listen = self.listen(top);
+        self.has_port = port != PortSpec::None || listen.is_some();
+        let release = self.release(top, base, name);
+        self.has_release = release.is_some();
 
         let command = match top.get("command") {
             None => {
@@ -220,7 +243,7 @@ impl Reader<'_> {
                 }
                 Some(v) => {
                     for arg in &v {
-                        self.placeholders(arg, item.span(), "command", has_port);
+                        self.placeholders(arg, item.span(), "command");
                     }
                     let v: Vec<String> = v.into_iter().map(|a| a.replace("{name}", name)).collect();
                     self.program(&v[0], base, item.span());
@@ -271,7 +294,7 @@ impl Reader<'_> {
                     for (k, v) in t.iter() {
                         match v.as_str() {
                             Some(s) => {
-                                self.placeholders(s, v.span(), &join("env", k), has_port);
+                                self.placeholders(s, v.span(), &join("env", k));
                                 env.push((k.to_string(), s.replace("{name}", name)));
                             }
                             None => self.problem(
@@ -291,7 +314,7 @@ impl Reader<'_> {
         }
 
         let umask = self.umask(top);
-        let ready = self.ready(top, has_port);
+        let ready = self.ready(top);
         let stop = self.stop(top);
         let reload_signal = match self.section(top, "reload", &["signal"]) {
             Some(t) => self.signal(t, "reload", "signal"),
@@ -300,6 +323,8 @@ impl Reader<'_> {
         .unwrap_or(Signal::SIGHUP);
         let restart = self.restart(top);
         let log = self.log(top, base, name);
+        let deploy = self.deploy(top);
+        let proxy = self.proxy(top, base, name);
 
         let pidfile = self.path(top, "pidfile", "/run/baton/{name}.pid", base, name);
         let socket = self.path(top, "socket", "/run/baton/{name}.sock", base, name);
@@ -330,14 +355,21 @@ impl Reader<'_> {
             reload_signal,
             restart: restart?,
             log: log?,
+            registry: self.registry(top, base, name, &state_dir),
             pidfile,
             socket,
             state_dir,
+            release,
+            listen,
+            deploy,
+            proxy,
         })
     }
 
-    /// Only `{name}` and `{port}` exist; anything else is a typo that would reach the service verbatim.
-    fn placeholders(&mut self, s: &str, span: Option<Range<usize>>, key: &str, has_port: bool) {
+    /// Only `{name}`, `{port}` and `{release}` exist; anything else is a typo that would reach the service verbatim.
+    fn placeholders(&mut self, s: &str, span: Option<Range<usize>>, key: &str) {
+        let has_port = self.has_port;
+        let has_release = self.has_release;
         let mut rest = s;
         while let Some(open) = rest.find('{') {
             let Some(close) = rest[open..].find('}') else {
@@ -352,13 +384,19 @@ impl Reader<'_> {
                     key,
                     "uses {port} but no [port] section says which port",
                 ),
+                "release" if has_release => {}
+                "release" => self.problem(
+                    span.clone(),
+                    key,
+                    "uses {release} but no [release] section says where releases live",
+                ),
                 _ if word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                     && !word.is_empty() =>
                 {
                     self.problem(
                         span.clone(),
                         key,
-                        format!("unknown placeholder {{{word}}} (known: {{name}}, {{port}})"),
+                        format!("unknown placeholder {{{word}}} (known: {{name}}, {{port}}, {{release}})"),
                     )
                 }
                 _ => {}
@@ -369,7 +407,8 @@ impl Reader<'_> {
 
     /// A missing program is LSB "not installed"; catch it now, not at spawn.
     fn program(&mut self, prog: &str, base: &Path, span: Option<Range<usize>>) {
-        if prog.contains("{port}") {
+        // Resolved per instance (a release's own launcher): checked when it is spawned.
+        if prog.contains("{port}") || prog.contains("{release}") {
             return;
         }
         let found = if prog.contains('/') {
@@ -517,18 +556,19 @@ impl Reader<'_> {
                 let (from, to) = range.unwrap_or((20000, 29999));
                 PortSpec::Auto { from, to }
             }
+            Some(("discover", _)) => PortSpec::Discover,
             Some((other, span)) => {
                 self.problem(
                     span,
                     "port.mode",
-                    format!("unknown mode {other:?} (expected fixed or auto)"),
+                    format!("unknown mode {other:?} (expected fixed, auto or discover)"),
                 );
                 PortSpec::None
             }
         }
     }
 
-    fn ready(&mut self, top: &dyn TableLike, has_port: bool) -> Option<ReadySpec> {
+    fn ready(&mut self, top: &dyn TableLike) -> Option<ReadySpec> {
         let mut probes = Vec::new();
         let mut timeout = Duration::from_secs(90);
         let Some(t) = self.section(
@@ -539,7 +579,7 @@ impl Reader<'_> {
             return Some(ReadySpec { probes, timeout });
         };
         if let Some((s, span)) = self.string(t, "ready", "tcp") {
-            self.placeholders(&s, span.clone(), "ready.tcp", has_port);
+            self.placeholders(&s, span.clone(), "ready.tcp");
             if !s.contains(':') {
                 self.problem(
                     span,
@@ -550,7 +590,7 @@ impl Reader<'_> {
             probes.push(ProbeSpec::Tcp(s));
         }
         if let Some((s, span)) = self.string(t, "ready", "http") {
-            self.placeholders(&s, span.clone(), "ready.http", has_port);
+            self.placeholders(&s, span.clone(), "ready.http");
             if let Err(e) =
                 crate::probe::HttpTarget::parse(&s.replace("{port}", "1").replace("{name}", "x"))
             {
@@ -564,7 +604,7 @@ impl Reader<'_> {
                     self.problem(item.span(), "ready.exec", "must not be empty");
                 } else {
                     for a in &argv {
-                        self.placeholders(a, item.span(), "ready.exec", has_port);
+                        self.placeholders(a, item.span(), "ready.exec");
                     }
                     probes.push(ProbeSpec::Exec(argv));
                 }
@@ -677,6 +717,219 @@ impl Reader<'_> {
         spec.window = self.duration(t, "restart", "window").unwrap_or(spec.window);
         spec.stable = self.duration(t, "restart", "stable").unwrap_or(spec.stable);
         Some(spec)
+    }
+
+    fn release(&mut self, top: &dyn TableLike, base: &Path, name: &str) -> Option<ReleaseSpec> {
+        let t = self.section(top, "release", &["root", "keep"])?;
+        let root = match self.string(t, "release", "root") {
+            Some((r, _)) => absolutize(base, &r.replace("{name}", name)),
+            None => {
+                self.problem(
+                    None,
+                    "release.root",
+                    "is missing: where releases/ID and current live, e.g. \"/var/lib/{name}\"",
+                );
+                return None;
+            }
+        };
+        let keep = self.integer(t, "release", "keep", 2, 1000).unwrap_or(5) as u32;
+        Some(ReleaseSpec { root, keep })
+    }
+
+    fn listen(&mut self, top: &dyn TableLike) -> Option<ListenSpec> {
+        let t = self.section(top, "listen", &["address", "fd"])?;
+        let fd = match self.integer(t, "listen", "fd", 0, 3) {
+            None | Some(3) => 3,
+            Some(0) => 0,
+            Some(n) => {
+                let span = t.get("fd").and_then(Item::span);
+                self.problem(
+                    span,
+                    "listen.fd",
+                    format!(
+                        "{n} is not supported: 3 (LISTEN_FDS) or 0 (a JVM's inherited channel)"
+                    ),
+                );
+                3
+            }
+        };
+        let Some((a, span)) = self.string(t, "listen", "address") else {
+            self.problem(
+                None,
+                "listen.address",
+                "is missing: HOST:PORT to listen on, e.g. \"127.0.0.1:8080\"",
+            );
+            return None;
+        };
+        match a.parse() {
+            Ok(address) => Some(ListenSpec { address, fd }),
+            Err(_) => {
+                self.problem(
+                    span,
+                    "listen.address",
+                    format!("{a:?} is not HOST:PORT with a numeric host, e.g. \"127.0.0.1:8080\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn deploy(&mut self, top: &dyn TableLike) -> DeploySpec {
+        let mut spec = DeploySpec {
+            drain_timeout: Duration::from_secs(30),
+        };
+        if let Some(t) = self.section(top, "deploy", &["drain_timeout"]) {
+            if let Some(d) = self.duration(t, "deploy", "drain_timeout") {
+                spec.drain_timeout = d;
+            }
+        }
+        spec
+    }
+
+    fn proxy(&mut self, top: &dyn TableLike, base: &Path, name: &str) -> ProxySpec {
+        let Some(t) = self.section(
+            top,
+            "proxy",
+            &[
+                "kind",
+                "upstream",
+                "template",
+                "config",
+                "check",
+                "reload",
+                "confirm",
+                "confirm_timeout",
+            ],
+        ) else {
+            return ProxySpec::None;
+        };
+        let kind = self.string(t, "proxy", "kind");
+        let kind_span = kind.as_ref().and_then(|(_, s)| s.clone());
+        let kind = kind.map(|(k, _)| k).unwrap_or_else(|| "nginx".into());
+        if kind == "none" {
+            return ProxySpec::None;
+        }
+        let nginx = kind == "nginx";
+        if !nginx && kind != "command" {
+            self.problem(
+                kind_span,
+                "proxy.kind",
+                format!("unknown kind {kind:?} (expected nginx, command or none)"),
+            );
+            return ProxySpec::None;
+        }
+        let upstream = match self.string(t, "proxy", "upstream") {
+            Some((u, _)) => absolutize(base, &u.replace("{name}", name)),
+            None => {
+                self.problem(None, "proxy.upstream", "is missing: the file the proxy includes, e.g. \"/etc/nginx/conf.d/{name}.upstream\"");
+                PathBuf::new()
+            }
+        };
+        let template = match self.string(t, "proxy", "template") {
+            Some((s, _)) => s,
+            None if nginx => "server 127.0.0.1:{port};\n".into(),
+            None => {
+                self.problem(
+                    None,
+                    "proxy.template",
+                    "is missing: what the upstream file holds, with {port}",
+                );
+                String::new()
+            }
+        };
+        let config = self
+            .string(t, "proxy", "config")
+            .map(|(c, _)| absolutize(base, &c))
+            .unwrap_or_else(|| PathBuf::from("/etc/nginx/nginx.conf"));
+        let command = |this: &mut Self, key: &str, default: &[&str]| -> Vec<String> {
+            match t.get(key) {
+                Some(item) => match this.strings(item, &join("proxy", key)) {
+                    Some(v) if !v.is_empty() => v,
+                    Some(_) => {
+                        this.problem(item.span(), &join("proxy", key), "must not be empty");
+                        Vec::new()
+                    }
+                    None => Vec::new(),
+                },
+                None if nginx => default.iter().map(|s| s.to_string()).collect(),
+                None => {
+                    this.problem(
+                        None,
+                        &join("proxy", key),
+                        "is missing: kind = \"command\" needs check and reload commands",
+                    );
+                    Vec::new()
+                }
+            }
+        };
+        let check = command(self, "check", &["nginx", "-t", "-q", "-c", "{config}"]);
+        let reload = command(self, "reload", &["nginx", "-s", "reload"]);
+        let confirm = self.string(t, "proxy", "confirm").map(|(c, span)| {
+            if let Err(e) = crate::probe::HttpTarget::parse(&c) {
+                self.problem(span, "proxy.confirm", e);
+            }
+            c
+        });
+        let confirm_timeout = self
+            .duration(t, "proxy", "confirm_timeout")
+            .unwrap_or(Duration::from_secs(10));
+        let switch = Switch {
+            upstream,
+            template,
+            config,
+            check,
+            reload,
+            confirm,
+            confirm_timeout,
+        };
+        if nginx {
+            ProxySpec::Nginx(switch)
+        } else {
+            ProxySpec::Command(switch)
+        }
+    }
+
+    fn registry(
+        &mut self,
+        top: &dyn TableLike,
+        base: &Path,
+        name: &str,
+        state_dir: &Path,
+    ) -> RegistrySpec {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
+        let mut spec = RegistrySpec {
+            file: state_dir.join("registry.json"),
+            etcd: Vec::new(),
+            // Ports and PIDs are per host: two hosts must never share keys.
+            prefix: format!("baton/{host}/{name}"),
+        };
+        let Some(t) = self.section(top, "registry", &["file", "etcd", "prefix"]) else {
+            return spec;
+        };
+        if let Some((f, _)) = self.string(t, "registry", "file") {
+            spec.file = absolutize(base, &f.replace("{name}", name));
+        }
+        if let Some(item) = t.get("etcd") {
+            if let Some(v) = self.strings(item, "registry.etcd") {
+                for e in &v {
+                    if !e.starts_with("http://") {
+                        self.problem(item.span(), "registry.etcd", format!("{e:?} must be an http:// URL of etcd's client endpoint, e.g. \"http://127.0.0.1:2379\""));
+                    }
+                }
+                spec.etcd = v;
+            }
+        }
+        if let Some((p, _)) = self.string(t, "registry", "prefix") {
+            spec.prefix = p
+                .replace("{name}", name)
+                .replace("{host}", &host)
+                .trim_end_matches('/')
+                .to_string();
+        }
+        spec
     }
 
     fn log(&mut self, top: &dyn TableLike, base: &Path, name: &str) -> Option<LogSpec> {

@@ -7,7 +7,7 @@
 
 pub mod state;
 
-use crate::config::{PortSpec, Spec};
+use crate::config::{PortSpec, Spec, Vars};
 use crate::control::{Awaits, Conn, Incoming, Reply, Report, Server};
 use crate::daemon::Reporter;
 use crate::error::{Error, Result};
@@ -418,7 +418,11 @@ impl Supervisor {
             Err(e) => return self.queue.push_back(Input::SpawnFailed(e)),
         };
         let now = Instant::now();
-        let probes = match Probes::new(&self.spec, port, now) {
+        let vars = Vars {
+            port,
+            release: None,
+        };
+        let probes = match Probes::new(&self.spec, &vars, now) {
             Ok(p) => p,
             Err(e) => {
                 return self
@@ -427,7 +431,7 @@ impl Supervisor {
             }
         };
         let notify = self.notify.as_ref().map(|(_, p)| p.clone());
-        match process::spawn(&self.spec, port, notify.as_deref()) {
+        match process::spawn(&self.spec, &vars, notify.as_deref()) {
             Ok(sp) => {
                 tracing::info!("spawned {} (pid {})", sp.argv.join(" "), sp.pid);
                 self.pipes.push(Pipe::new(sp.stdout, StreamKind::Stdout));
@@ -912,7 +916,7 @@ fn describe(input: &Input) -> String {
 /// Picks the port for a new instance.
 fn pick_port(spec: &PortSpec) -> std::result::Result<Option<u16>, String> {
     match *spec {
-        PortSpec::None => Ok(None),
+        PortSpec::None | PortSpec::Discover => Ok(None),
         PortSpec::Fixed(p) => Ok(Some(p)),
         PortSpec::Auto { from, to } => {
             let span = u32::from(to - from) + 1;
