@@ -286,7 +286,11 @@ impl Reader<'_> {
         let s = self.string(t, prefix, key)?;
         if s.trim().is_empty() {
             let span = t.get(key).and_then(Item::span);
-            self.problem(span, &join(prefix, key), format!("must not be empty: {what}"));
+            self.problem(
+                span,
+                &join(prefix, key),
+                format!("must not be empty: {what}"),
+            );
             return None;
         }
         Some(s)
@@ -502,7 +506,10 @@ impl Reader<'_> {
                 None
             };
             let Some((address, own)) = host else { continue };
-            if address.is_empty() || address.starts_with('-') || address.contains(char::is_whitespace) {
+            if address.is_empty()
+                || address.starts_with('-')
+                || address.contains(char::is_whitespace)
+            {
                 self.problem(v.span(), &path, format!("{address:?} is not a host name"));
                 continue;
             }
@@ -529,14 +536,23 @@ impl Reader<'_> {
         Some(out)
     }
 
-    fn files(&mut self, t: &dyn TableLike, p: &str, base: &Path) -> Option<BTreeMap<String, PathBuf>> {
+    fn files(
+        &mut self,
+        t: &dyn TableLike,
+        p: &str,
+        base: &Path,
+    ) -> Option<BTreeMap<String, PathBuf>> {
         let path = join(p, "files");
         let mut out = BTreeMap::new();
         let Some(item) = t.get("files") else {
             return Some(out);
         };
         let Some(tab) = item.as_table_like() else {
-            self.wrong_type(item, &path, "a table of \"path in release\" = \"local file\"");
+            self.wrong_type(
+                item,
+                &path,
+                "a table of \"path in release\" = \"local file\"",
+            );
             return None;
         };
         for (dest, v) in tab.iter() {
@@ -551,7 +567,11 @@ impl Reader<'_> {
             }
             let src = base.join(src);
             if !src.is_file() {
-                self.problem(v.span(), &key, format!("{} is not a readable file", src.display()));
+                self.problem(
+                    v.span(),
+                    &key,
+                    format!("{} is not a readable file", src.display()),
+                );
                 continue;
             }
             out.insert(dest.to_string(), src);
@@ -646,9 +666,18 @@ canary = 1
         );
         let all = p.join("\n");
         assert!(all.contains("build.artifact is missing"), "{all}");
-        assert!(all.contains("Some(4) environments.prod.hosts a is listed twice"), "{all}");
-        assert!(all.contains("Some(5) environments.prod.port 0 is out of range"), "{all}");
-        assert!(all.contains("Some(6) environments.prod.canry unknown key"), "{all}");
+        assert!(
+            all.contains("Some(4) environments.prod.hosts a is listed twice"),
+            "{all}"
+        );
+        assert!(
+            all.contains("Some(5) environments.prod.port 0 is out of range"),
+            "{all}"
+        );
+        assert!(
+            all.contains("Some(6) environments.prod.canry unknown key"),
+            "{all}"
+        );
         assert!(all.contains("is not http://HOST:PORT/PATH"), "{all}");
     }
 

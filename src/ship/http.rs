@@ -61,7 +61,8 @@ pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
         .map_err(|e| format!("resolve {}: {e}", u.host))?
         .next()
         .ok_or_else(|| format!("resolve {}: no address", u.host))?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
     let _ = s.set_read_timeout(Some(timeout));
     let _ = s.set_write_timeout(Some(timeout));
     let req = format!(
@@ -100,7 +101,10 @@ mod tests {
     #[test]
     fn urls() {
         let u = Url::parse("http://127.0.0.2:8080/version").expect("ok");
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("127.0.0.2", 8080, "/version"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("127.0.0.2", 8080, "/version")
+        );
         assert_eq!(Url::parse("http://h").expect("ok").port, 80);
         assert!(Url::parse("https://h/").is_err());
         assert!(Url::parse("http://h:x/").is_err());

@@ -43,7 +43,11 @@ pub fn run(opts: &Options) -> Result<i32> {
             format!(
                 "{} defines only: {}",
                 df.file.display(),
-                if known.is_empty() { "none".into() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
             ),
         )
         .code(Action::BadArgs));
@@ -104,7 +108,7 @@ pub fn run(opts: &Options) -> Result<i32> {
         env,
         release,
     });
-    let result = staged.and_then(|_| {
+    let result = staged.map(|_| {
         let names = names(&job.env, &all);
         let mut view = view::View::new(&names);
         let (mut reports, halted) = rollout::run(
@@ -129,7 +133,7 @@ pub fn run(opts: &Options) -> Result<i32> {
         if opts.rollback_on_failure && reports.iter().any(|r| r.outcome != Outcome::Ok) {
             rollback_deployed(&job, &mut reports);
         }
-        Ok(reports)
+        reports
     });
     close(&job, &all);
     let _ = std::fs::remove_dir_all(&stage);
@@ -175,7 +179,11 @@ fn rollback_deployed(job: &Arc<Job>, reports: &mut [HostReport]) {
             Outcome::Failed { step, reason } => {
                 r.new = u.new;
                 r.outcome = Outcome::Failed {
-                    step: if step == "verify" { "rollback verify" } else { "rollback" },
+                    step: if step == "verify" {
+                        "rollback verify"
+                    } else {
+                        "rollback"
+                    },
                     reason,
                 };
                 r.output = u.output;
@@ -277,7 +285,12 @@ fn plan(df: &DeployFile, env: &Env, rel: &Release, opts: &Options) -> String {
         ));
         for (i, h) in env.hosts.iter().enumerate() {
             let tag = if i < env.canary { "canary" } else { "host" };
-            s.push_str(&format!("  {:>2}. {tag:6} {}  verify {}\n", i + 1, login(&h.address), h.version_url));
+            s.push_str(&format!(
+                "  {:>2}. {tag:6} {}  verify {}\n",
+                i + 1,
+                login(&h.address),
+                h.version_url
+            ));
         }
         let dir = format!("{root}/releases/{}", rel.id);
         s.push_str("on each host:\n");

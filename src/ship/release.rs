@@ -53,7 +53,10 @@ impl Release {
 
 /// `(YYYYMMDDHHMMSS, YYYY-MM-DDTHH:MM:SSZ)` for `t` in UTC.
 pub fn utc_stamps(t: SystemTime) -> (String, String) {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86400, secs % 86400);
     let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
     // Howard Hinnant's days-to-civil algorithm.
@@ -126,7 +129,11 @@ pub fn build(df: &DeployFile, rel: &Release) -> Result<Duration> {
                 }
             ),
         )
-        .hint(format!("run `{}` in {} and fix the build", df.build.command, df.base.display())));
+        .hint(format!(
+            "run `{}` in {} and fix the build",
+            df.build.command,
+            df.base.display()
+        )));
     }
     if !df.build.artifact.exists() {
         return Err(Error::unable(
@@ -154,8 +161,8 @@ pub fn stage(env: &Env, rel: &Release, root: &Path) -> Result<Vec<PathBuf>> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("create {}", dir.display()), &e))?;
         for (dest, src) in &env.files {
-            let text = std::fs::read(src)
-                .map_err(|e| Error::io(format!("read {}", src.display()), &e))?;
+            let text =
+                std::fs::read(src).map_err(|e| Error::io(format!("read {}", src.display()), &e))?;
             write(dest, &text)?;
         }
         write(&env.properties, rel.properties(&h.address).as_bytes())?;
@@ -175,6 +182,9 @@ mod tests {
         let (id, iso) = utc_stamps(t);
         assert_eq!(id, "20261123010203");
         assert_eq!(iso, "2026-11-23T01:02:03Z");
-        assert_eq!(utc_stamps(UNIX_EPOCH + Duration::from_secs(951_782_400)).0, "20000229000000");
+        assert_eq!(
+            utc_stamps(UNIX_EPOCH + Duration::from_secs(951_782_400)).0,
+            "20000229000000"
+        );
     }
 }

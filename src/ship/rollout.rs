@@ -289,9 +289,7 @@ fn ship_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
     }
 
     rep.step("configure");
-    let out = job
-        .ssh
-        .upload(a, &job.stage.join(a), &release_dir, SHORT);
+    let out = job.ssh.upload(a, &job.stage.join(a), &release_dir, SHORT);
     if !out.ok() {
         r.fail("configure", &out);
         return r;

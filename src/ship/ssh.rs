@@ -166,8 +166,7 @@ pub fn run(mut cmd: Command, timeout: Duration, mut on_line: impl FnMut(&str)) -
 /// Quotes a word for a POSIX shell.
 pub fn sh_quote(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b))
     {
         return s.to_string();
@@ -267,9 +266,7 @@ impl Ssh {
         on_line: impl FnMut(&str),
     ) -> CmdOut {
         let mut c = Command::new("ssh");
-        c.args(self.opts("-p"))
-            .arg(self.target(host))
-            .arg(script);
+        c.args(self.opts("-p")).arg(self.target(host)).arg(script);
         run(c, timeout, on_line)
     }
 
@@ -289,19 +286,20 @@ impl Ssh {
                     .collect::<Vec<_>>()
                     .join(" ");
                 let mut c = Command::new("rsync");
-                c.arg("-a")
-                    .arg("-e")
-                    .arg(e)
-                    .arg(&s)
-                    .arg(format!("{}:{}/", self.target(host), dest_dir));
+                c.arg("-a").arg("-e").arg(e).arg(&s).arg(format!(
+                    "{}:{}/",
+                    self.target(host),
+                    dest_dir
+                ));
                 run(c, timeout, |_| {})
             }
             Transfer::Scp if !is_dir => {
                 let mut c = Command::new("scp");
-                c.arg("-q")
-                    .args(self.opts("-P"))
-                    .arg(&s)
-                    .arg(format!("{}:{}/", self.target(host), dest_dir));
+                c.arg("-q").args(self.opts("-P")).arg(&s).arg(format!(
+                    "{}:{}/",
+                    self.target(host),
+                    dest_dir
+                ));
                 run(c, timeout, |_| {})
             }
             Transfer::Scp => {
@@ -312,7 +310,10 @@ impl Ssh {
                 let pipeline = format!(
                     "tar -C {} -cf - . | {}",
                     sh_quote(&s),
-                    ssh.iter().map(|w| sh_quote(w)).collect::<Vec<_>>().join(" ")
+                    ssh.iter()
+                        .map(|w| sh_quote(w))
+                        .collect::<Vec<_>>()
+                        .join(" ")
                 );
                 let mut c = Command::new("sh");
                 c.arg("-c").arg(pipeline);
