@@ -77,6 +77,21 @@ pub enum Command {
         #[command(subcommand)]
         what: Generate,
     },
+    /// Hand over to a new release with no failed request: start it beside the running one,
+    /// wait until ready, switch traffic, drain and stop the old instance.
+    Deploy {
+        #[command(flatten)]
+        target: Target,
+        /// The release: a directory or a file (an uberjar), copied in as releases/ID; a
+        /// directory already under releases/ is used in place.
+        #[arg(long, value_name = "PATH")]
+        release: PathBuf,
+        /// Keep this many releases (overrides [release] keep).
+        #[arg(long, value_name = "N")]
+        keep: Option<u32>,
+    },
+    /// Hand back to the release before `current`, the same way.
+    Rollback(Target),
     /// Deploy a new version to every host of an environment over SSH (see the deploy file).
     ///
     /// Builds once, locally; uploads to each host's releases/ID, writes the environment's
@@ -146,6 +161,12 @@ impl Cli {
             Command::Reload(t) | Command::ForceReload(t) => {
                 crate::service::reload(&load(t)?).map(|()| 0)
             }
+            Command::Deploy {
+                target,
+                release,
+                keep,
+            } => crate::deploy::deploy(&load(target)?, release, *keep).map(|()| 0),
+            Command::Rollback(t) => crate::deploy::rollback(&load(t)?).map(|()| 0),
             Command::ReopenLogs(t) => crate::service::reopen_logs(&load(t)?).map(|()| 0),
             Command::Status { target, json } => match load(target) {
                 Ok(spec) => crate::service::status(&spec, *json).map(|s| s.code()),

@@ -50,6 +50,29 @@ pub struct Report {
     pub waiting_for: Option<String>,
     /// The last lines of service output.
     pub tail: Vec<String>,
+    /// The release the serving instance runs.
+    #[serde(default)]
+    pub release: Option<String>,
+    /// A deploy or rollback in progress.
+    #[serde(default)]
+    pub handoff: Option<HandoffReport>,
+}
+
+/// The instance being handed over to, and where the handoff is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HandoffReport {
+    /// deploy | rollback.
+    pub kind: String,
+    /// starting | switching | draining | stopping-old | aborting.
+    pub step: String,
+    /// Release of the new instance.
+    pub release: String,
+    /// The new instance's PID.
+    pub pid: Option<i32>,
+    /// The new instance's port.
+    pub port: Option<u16>,
+    /// Seconds since the handoff began.
+    pub elapsed_secs: f64,
 }
 
 /// One line the supervisor sends.
@@ -144,6 +167,8 @@ pub enum Awaits {
     Stopped,
     /// A `start`: one line when the service is ready, or why it is not.
     Ready,
+    /// A `deploy` or `rollback`: progress lines, then how the handoff ended.
+    Handoff,
 }
 
 /// What reading a connection produced.

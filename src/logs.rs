@@ -7,6 +7,7 @@
 
 use crate::config::LogSpec;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::unistd::Pid;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -137,6 +138,8 @@ pub struct Pipe {
     fd: OwnedFd,
     /// Which stream this is.
     pub kind: StreamKind,
+    /// The leader of the instance writing to it (two instances run during a deploy).
+    pub owner: Pid,
     partial: Vec<u8>,
 }
 
@@ -150,13 +153,14 @@ pub enum Drained {
 
 impl Pipe {
     /// Wraps a pipe read end: non-blocking, with a large buffer to absorb bursts.
-    pub fn new(fd: OwnedFd, kind: StreamKind) -> Self {
+    pub fn new(fd: OwnedFd, kind: StreamKind, owner: Pid) -> Self {
         let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
         // Best effort: an unprivileged process may be capped by /proc/sys/fs/pipe-max-size.
         let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
         Pipe {
             fd,
             kind,
+            owner,
             partial: Vec::new(),
         }
     }

@@ -403,6 +403,7 @@ impl Probe {
                         new_session: false,
                         parent_death_signal: Some(nix::sys::signal::Signal::SIGKILL),
                         keep_fd: None,
+                        listen: None,
                     },
                 );
                 let spawned = cmd.spawn();

@@ -7,7 +7,7 @@ use crate::sys;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -27,11 +27,27 @@ pub struct Spawned {
 }
 
 /// Spawns the service for one instance: own process group, dropped privileges, environment set.
-pub fn spawn(spec: &Spec, vars: &Vars, notify_socket: Option<&Path>) -> Result<Spawned> {
+pub fn spawn(
+    spec: &Spec,
+    vars: &Vars,
+    notify_socket: Option<&Path>,
+    listener: Option<RawFd>,
+) -> Result<Spawned> {
     let port = vars.port;
     let argv: Vec<String> = spec.command.iter().map(|a| spec.expand(a, vars)).collect();
     let program = resolve_program(&argv[0], spec.base_dir());
-    let mut cmd = Command::new(&program);
+    let listen = listener.zip(spec.listen.as_ref().map(|l| l.fd));
+    let mut cmd = if let Some((_, 3)) = listen {
+        // Socket activation wants LISTEN_PID = the service's own PID, unknown before the
+        // fork: a shell sets it to $$ and execs the service, which keeps that PID.
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c")
+            .arg("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=listen; export LISTEN_PID LISTEN_FDS LISTEN_FDNAMES; exec \"$0\" \"$@\"")
+            .arg(&program);
+        c
+    } else {
+        Command::new(&program)
+    };
     cmd.args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -69,6 +85,7 @@ pub fn spawn(spec: &Spec, vars: &Vars, notify_socket: Option<&Path>) -> Result<S
             // finish a graceful stop anyway, and a service ignoring TERM must not linger.
             parent_death_signal: Some(Signal::SIGKILL),
             keep_fd: None,
+            listen,
         },
     );
     let mut child = cmd.spawn().map_err(|e| {
@@ -363,4 +380,87 @@ mod tests {
         assert_eq!(me.pid, nix::unistd::getpid());
         assert!(me.starttime > 0);
     }
+}
+
+/// Socket inodes held open by `pids` (from the /proc/PID/fd links `socket:[N]`).
+fn socket_inodes(pids: &[Pid]) -> std::collections::HashSet<u64> {
+    let mut out = std::collections::HashSet::new();
+    for pid in pids {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for e in dir.flatten() {
+            if let Ok(target) = std::fs::read_link(e.path()) {
+                let t = target.to_string_lossy();
+                if let Some(n) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                    if let Ok(n) = n.parse() {
+                        out.insert(n);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// TCP sockets of /proc/net/tcp{,6}: (local port, state, inode).
+fn tcp_sockets() -> Vec<(u16, u8, u64)> {
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(st), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            let st = u8::from_str_radix(st, 16).ok();
+            if let (Some(port), Some(st), Ok(inode)) = (port, st, inode.parse()) {
+                out.push((port, st, inode));
+            }
+        }
+    }
+    out
+}
+
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_LISTEN: u8 = 0x0A;
+
+/// The processes of an instance: its leader and every descendant.
+pub fn instance_pids(leader: Pid) -> Vec<Pid> {
+    let mut pids = descendants(leader);
+    pids.push(leader);
+    pids
+}
+
+/// TCP ports an instance listens on (how `port.mode = "discover"` finds a port-0 service).
+pub fn listening_ports(leader: Pid) -> Vec<u16> {
+    let inodes = socket_inodes(&instance_pids(leader));
+    let mut ports: Vec<u16> = tcp_sockets()
+        .into_iter()
+        .filter(|(_, st, ino)| *st == TCP_LISTEN && inodes.contains(ino))
+        .map(|(p, _, _)| p)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// Established connections an instance holds on local `port` (what a drain waits to reach 0).
+pub fn established(leader: Pid, port: u16) -> usize {
+    let inodes = socket_inodes(&instance_pids(leader));
+    tcp_sockets()
+        .into_iter()
+        .filter(|(p, st, ino)| *p == port && *st == TCP_ESTABLISHED && inodes.contains(ino))
+        .count()
+}
+
+/// Whether any process of group `pgid` is left.
+pub fn group_alive(pgid: Pid) -> bool {
+    !matches!(killpg(pgid, None), Err(nix::errno::Errno::ESRCH))
 }

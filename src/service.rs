@@ -154,24 +154,29 @@ fn simple_request(spec: &Spec, what: &str) -> Result<()> {
 }
 
 /// Sends one request to the running supervisor and prints its answer; a refusal is an error.
-fn ask(spec: &Spec, what: &str, timeout: Duration) -> Result<()> {
-    let name = &spec.name;
+pub fn ask(spec: &Spec, what: &str, timeout: Duration) -> Result<()> {
+    ask_as(spec, what, &format!("{what} {}", spec.name), timeout)
+}
+
+/// Sends `request`; errors read "unable to LABEL: ...". Progress lines go to stderr as they come.
+pub fn ask_as(spec: &Spec, request: &str, label: &str, timeout: Duration) -> Result<()> {
     let mut answered = false;
-    for reply in control::request(&spec.socket, what, Some(timeout))? {
+    for reply in control::request(&spec.socket, request, Some(timeout))? {
         match reply? {
             Reply::Ok { message } => {
                 println!("{message}");
                 answered = true;
             }
             Reply::Error { message, code } => {
-                return Err(Error::unable(format!("{what} {name}"), message).code(action(code)))
+                return Err(Error::unable(label, message).code(action(code)))
             }
-            _ => {}
+            Reply::Progress { message } => eprintln!("{message}"),
+            Reply::Status(_) => {}
         }
     }
     if !answered {
         return Err(Error::unable(
-            format!("{what} {name}"),
+            label,
             "the supervisor closed the connection without a reply",
         ));
     }
@@ -320,6 +325,9 @@ fn render(r: &Report) -> String {
     if let Some(p) = r.port {
         facts.push(format!("port {p}"));
     }
+    if let Some(rel) = &r.release {
+        facts.push(format!("release {rel}"));
+    }
     if let Some(u) = r.uptime_secs {
         facts.push(format!(
             "up {}",
@@ -334,6 +342,18 @@ fn render(r: &Report) -> String {
     }
     if r.processes.len() > 1 {
         out.push_str(&format!("  processes: {}\n", join(&r.processes)));
+    }
+    if let Some(h) = &r.handoff {
+        out.push_str(&format!(
+            "  {} to release {} in progress: {} for {:.1}s{}{}\n",
+            h.kind,
+            h.release,
+            h.step,
+            h.elapsed_secs,
+            h.pid
+                .map_or(String::new(), |p| format!(", other instance pid {p}")),
+            h.port.map_or(String::new(), |p| format!(" port {p}")),
+        ));
     }
     if let Some(w) = &r.waiting_for {
         out.push_str(&format!("  waiting for: {w}\n"));

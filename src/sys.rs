@@ -23,6 +23,8 @@ pub struct ChildSetup {
     pub parent_death_signal: Option<Signal>,
     /// The one inherited descriptor above stderr that survives exec (the readiness pipe).
     pub keep_fd: Option<RawFd>,
+    /// A listening socket to hand over: (the supervisor's descriptor, the number the child gets).
+    pub listen: Option<(RawFd, RawFd)>,
 }
 
 /// Installs the pre-exec hook that applies `setup` in the child.
@@ -34,6 +36,7 @@ pub fn install(cmd: &mut Command, setup: ChildSetup) {
         new_session,
         parent_death_signal,
         keep_fd,
+        listen,
     } = setup;
     let hook = move || -> std::io::Result<()> {
         // The supervisor blocks the signals it reads from its signalfd; a child
@@ -48,6 +51,18 @@ pub fn install(cmd: &mut Command, setup: ChildSetup) {
                 cloexec_from(k as u32 + 1, u32::MAX)?;
             }
             None => cloexec_from(3, u32::MAX)?,
+        }
+        if let Some((from, to)) = listen {
+            if from == to {
+                // dup2 onto itself keeps the close-on-exec flag set just above.
+                nix::fcntl::fcntl(
+                    to,
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                )?;
+            } else {
+                // The copy dup2 makes is not close-on-exec: it is the one the service inherits.
+                nix::unistd::dup2(from, to)?;
+            }
         }
         if new_session {
             nix::unistd::setsid()?;
@@ -76,7 +91,7 @@ pub fn install(cmd: &mut Command, setup: ChildSetup) {
         Ok(())
     };
     // SAFETY: the hook runs in the forked child before exec and only makes
-    // async-signal-safe system calls (sigprocmask, close_range, setsid, umask, setgroups, setgid, setuid,
+    // async-signal-safe system calls (sigprocmask, close_range, dup2, fcntl, setsid, umask, setgroups, setgid, setuid,
     // prctl, getppid) on data moved in beforehand; it allocates nothing (every
     // error is an io::Error built from an errno).
     unsafe {

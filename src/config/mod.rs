@@ -447,13 +447,6 @@ impl Spec {
         out
     }
 
-    /// The directory holding release `id`.
-    pub fn release_dir(&self, id: &str) -> Option<PathBuf> {
-        self.release
-            .as_ref()
-            .map(|r| r.root.join("releases").join(id))
-    }
-
     /// The directory that relative command paths are resolved against (the config's).
     pub fn base_dir(&self) -> &Path {
         self.file.parent().unwrap_or(Path::new("/"))

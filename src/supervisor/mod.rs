@@ -5,7 +5,10 @@
 //! the nearest deadline, and there is none while the service runs quietly, so an
 //! idle supervisor never wakes up.
 
+mod handoff;
 pub mod state;
+
+use handoff::{Handoff, Which};
 
 use crate::config::{PortSpec, Spec, Vars};
 use crate::control::{Awaits, Conn, Incoming, Reply, Report, Server};
@@ -24,7 +27,7 @@ use nix::unistd::Pid;
 use state::{Effect, Exit, Input, Machine, Outcome, Phase, Rules, Stop};
 use std::collections::VecDeque;
 use std::mem::discriminant;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -37,9 +40,23 @@ struct Instance {
     pid: Pid,
     starttime: u64,
     port: Option<u16>,
+    /// The release it runs from, when the service has releases.
+    release: Option<String>,
     /// Present while starting.
     probes: Option<Probes>,
+    /// Port mode discover: the probes wait until the port it listens on is known.
+    discovering: bool,
 }
+
+impl Instance {
+    /// Whether every readiness check has passed.
+    fn passed(&self) -> bool {
+        !self.discovering && self.probes.as_ref().is_some_and(Probes::passed)
+    }
+}
+
+/// How often a port-0 service's listening socket is looked for in /proc while it starts.
+const DISCOVER_EVERY: Duration = Duration::from_millis(20);
 
 /// Everything the loop owns.
 struct Supervisor {
@@ -63,6 +80,10 @@ struct Supervisor {
     dirty: bool,
     rng: u64,
     queue: VecDeque<Input>,
+    /// The deploy or rollback in progress.
+    handoff: Option<Handoff>,
+    /// The listening socket handed to every instance ([listen]), bound for the supervisor's life.
+    listener: Option<OwnedFd>,
 }
 
 /// How the supervisor process was started.
@@ -144,9 +165,13 @@ fn setup(
         } else {
             None
         };
-        Ok((sigfd, output, server, notify))
+        let listener = match &spec.listen {
+            Some(l) => Some(bind_listener(l.address)?),
+            None => None,
+        };
+        Ok((sigfd, output, server, notify, listener))
     })();
-    let (sigfd, output, server, notify) = match r {
+    let (sigfd, output, server, notify, listener) = match r {
         Ok(v) => v,
         Err(e) => return Err((e, reporter)),
     };
@@ -180,6 +205,8 @@ fn setup(
         dirty: false,
         rng: seed | 1,
         queue: VecDeque::new(),
+        handoff: None,
+        listener,
     })
 }
 
@@ -191,7 +218,8 @@ enum Source {
     Conn(usize),
     Notify,
     Pipe(usize),
-    Probe(usize),
+    Probe(Which, usize),
+    Worker,
 }
 
 impl Supervisor {
@@ -218,6 +246,21 @@ impl Supervisor {
                 .and_then(|i| i.probes.as_ref())
                 .and_then(Probes::next_deadline),
             self.next_progress,
+            self.handoff.as_ref().and_then(Handoff::deadline),
+            self.handoff
+                .as_ref()
+                .and_then(|h| h.candidate.as_ref())
+                .and_then(|i| i.probes.as_ref())
+                .and_then(Probes::next_deadline),
+            // Port discovery looks in /proc only while an instance starts.
+            [
+                self.instance.as_ref(),
+                self.handoff.as_ref().and_then(|h| h.candidate.as_ref()),
+            ]
+            .into_iter()
+            .flatten()
+            .any(|i| i.discovering)
+            .then(|| now + DISCOVER_EVERY),
         ]
         .into_iter()
         .flatten()
@@ -245,7 +288,19 @@ impl Supervisor {
             if let Some(probes) = self.instance.as_ref().and_then(|i| i.probes.as_ref()) {
                 for interest in probes.interests() {
                     fds.push(PollFd::new(interest.fd, interest.events));
-                    sources.push(Source::Probe(interest.index));
+                    sources.push(Source::Probe(Which::Main, interest.index));
+                }
+            }
+            if let Some(h) = &self.handoff {
+                if let Some(probes) = h.candidate.as_ref().and_then(|i| i.probes.as_ref()) {
+                    for interest in probes.interests() {
+                        fds.push(PollFd::new(interest.fd, interest.events));
+                        sources.push(Source::Probe(Which::Candidate, interest.index));
+                    }
+                }
+                if let Some(fd) = h.worker_fd() {
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                    sources.push(Source::Worker);
                 }
             }
             // Going to sleep with nothing scheduled: give back what start-up and the last
@@ -291,11 +346,12 @@ impl Supervisor {
                         closed_pipes.push(i);
                     }
                 }
-                Source::Probe(i) => {
-                    if let Some(p) = self.instance.as_mut().and_then(|i| i.probes.as_mut()) {
+                Source::Probe(which, i) => {
+                    if let Some(p) = self.instance_mut(which).and_then(|i| i.probes.as_mut()) {
                         p.on_fd(i, now);
                     }
                 }
+                Source::Worker => self.on_worker_output(),
             }
         }
         for i in closed_pipes.into_iter().rev() {
@@ -310,11 +366,22 @@ impl Supervisor {
         Ok(())
     }
 
+    fn instance_mut(&mut self, which: Which) -> Option<&mut Instance> {
+        match which {
+            Which::Main => self.instance.as_mut(),
+            Which::Candidate => self.handoff.as_mut().and_then(|h| h.candidate.as_mut()),
+        }
+    }
+
     fn on_time(&mut self, now: Instant) {
-        if let Some(p) = self.instance.as_mut().and_then(|i| i.probes.as_mut()) {
-            p.on_timer(now);
+        for which in [Which::Main, Which::Candidate] {
+            self.discover(which, now);
+            if let Some(p) = self.instance_mut(which).and_then(|i| i.probes.as_mut()) {
+                p.on_timer(now);
+            }
         }
         self.check_probes();
+        self.handoff_progress();
         if self.machine.deadline().is_some_and(|d| d <= now) {
             self.feed(Input::Tick);
         }
@@ -324,14 +391,11 @@ impl Supervisor {
     }
 
     fn check_probes(&mut self) {
-        let passed = self
-            .instance
-            .as_ref()
-            .and_then(|i| i.probes.as_ref())
-            .is_some_and(Probes::passed);
+        let passed = self.instance.as_ref().is_some_and(Instance::passed);
         if passed && matches!(self.machine.phase, Phase::Starting { .. }) {
             self.feed(Input::ProbesPassed);
         }
+        self.check_candidate();
     }
 
     /// Steps the machine with `input` and performs effects until no input is pending.
@@ -413,41 +477,104 @@ impl Supervisor {
     }
 
     fn spawn(&mut self) {
-        let port = match pick_port(&self.spec.port) {
-            Ok(p) => p,
-            Err(e) => return self.queue.push_back(Input::SpawnFailed(e)),
+        // A restart keeps the release it ran; the first start takes `current`.
+        let release = match self.instance.as_ref() {
+            Some(i) => i.release.clone(),
+            None => crate::release::current(&self.spec),
         };
-        let now = Instant::now();
-        let vars = Vars {
-            port,
-            release: None,
-        };
-        let probes = match Probes::new(&self.spec, &vars, now) {
-            Ok(p) => p,
-            Err(e) => {
-                return self
-                    .queue
-                    .push_back(Input::SpawnFailed(format!("readiness probe: {e}")))
-            }
-        };
-        let notify = self.notify.as_ref().map(|(_, p)| p.clone());
-        match process::spawn(&self.spec, &vars, notify.as_deref()) {
-            Ok(sp) => {
-                tracing::info!("spawned {} (pid {})", sp.argv.join(" "), sp.pid);
-                self.pipes.push(Pipe::new(sp.stdout, StreamKind::Stdout));
-                self.pipes.push(Pipe::new(sp.stderr, StreamKind::Stderr));
-                self.instance = Some(Instance {
-                    pid: sp.pid,
-                    starttime: sp.starttime,
-                    port,
-                    probes: Some(probes),
-                });
-                self.queue.push_back(Input::Spawned(sp.pid));
-                if self.spec.ready.probes.is_empty() {
+        match self.launch(release, &[]) {
+            Ok(inst) => {
+                let pid = inst.pid;
+                let passed = inst.passed();
+                self.instance = Some(inst);
+                self.queue.push_back(Input::Spawned(pid));
+                if passed {
                     self.queue.push_back(Input::ProbesPassed);
                 }
             }
-            Err(e) => self.queue.push_back(Input::SpawnFailed(e.to_string())),
+            Err(e) => self.queue.push_back(Input::SpawnFailed(e)),
+        }
+    }
+
+    /// Spawns one instance of the service from `release`, on a port none of `taken` uses.
+    fn launch(
+        &mut self,
+        release: Option<String>,
+        taken: &[u16],
+    ) -> std::result::Result<Instance, String> {
+        let release_dir = match (&self.spec.release, &release) {
+            (Some(r), Some(id)) => Some(crate::release::dir(&r.root, id)),
+            (Some(r), None) => {
+                return Err(format!(
+                    "no release to run: {} does not exist; install one with `baton deploy {} --release DIR`",
+                    r.root.join("current").display(),
+                    self.spec.name
+                ))
+            }
+            (None, _) => None,
+        };
+        let port = match &self.listener {
+            Some(_) => self.spec.listen.as_ref().map(|l| l.address.port()),
+            None => pick_port(&self.spec.port, taken)?,
+        };
+        let vars = Vars {
+            port,
+            release: release_dir,
+        };
+        let discovering = self.spec.port == PortSpec::Discover && self.listener.is_none();
+        let now = Instant::now();
+        let probes = if discovering {
+            None
+        } else {
+            Some(Probes::new(&self.spec, &vars, now).map_err(|e| format!("readiness probe: {e}"))?)
+        };
+        let notify = self.notify.as_ref().map(|(_, p)| p.clone());
+        let listener = self.listener.as_ref().map(|l| l.as_raw_fd());
+        let sp = process::spawn(&self.spec, &vars, notify.as_deref(), listener)
+            .map_err(|e| e.to_string())?;
+        tracing::info!("spawned {} (pid {})", sp.argv.join(" "), sp.pid);
+        self.pipes
+            .push(Pipe::new(sp.stdout, StreamKind::Stdout, sp.pid));
+        self.pipes
+            .push(Pipe::new(sp.stderr, StreamKind::Stderr, sp.pid));
+        Ok(Instance {
+            pid: sp.pid,
+            starttime: sp.starttime,
+            port,
+            release,
+            probes,
+            discovering,
+        })
+    }
+
+    /// Port mode discover: once the instance listens, its port is known and the probes can run.
+    fn discover(&mut self, which: Which, now: Instant) {
+        let spec = &self.spec;
+        let inst = match which {
+            Which::Main => self.instance.as_mut(),
+            Which::Candidate => self.handoff.as_mut().and_then(|h| h.candidate.as_mut()),
+        };
+        let Some(inst) = inst.filter(|i| i.discovering) else {
+            return;
+        };
+        let Some(&port) = process::listening_ports(inst.pid).first() else {
+            return;
+        };
+        let dir = spec
+            .release
+            .as_ref()
+            .zip(inst.release.as_ref())
+            .map(|(r, id)| crate::release::dir(&r.root, id));
+        let vars = Vars {
+            port: Some(port),
+            release: dir,
+        };
+        tracing::info!("pid {} listens on port {port}", inst.pid);
+        inst.port = Some(port);
+        inst.discovering = false;
+        match Probes::new(spec, &vars, now) {
+            Ok(p) => inst.probes = Some(p),
+            Err(e) => tracing::error!("readiness probe: {e}"),
         }
     }
 
@@ -496,6 +623,7 @@ impl Supervisor {
                 Signal::SIGCHLD => self.reap(),
                 Signal::SIGTERM | Signal::SIGINT => {
                     tracing::info!("received {sig}: stopping");
+                    self.cancel_handoff("the service is being stopped");
                     self.feed(Input::StopRequested);
                 }
                 Signal::SIGHUP => match self.reload() {
@@ -508,8 +636,14 @@ impl Supervisor {
         }
     }
 
-    /// Reaps every exited child; feeds the leader's exit and, when nothing is left, `TreeEmpty`.
+    /// Reaps every exited child, then lets a handoff see what changed.
     fn reap(&mut self) {
+        self.reap_children();
+        self.handoff_progress();
+    }
+
+    /// Reaps every exited child; feeds the leader's exit and, when nothing is left, `TreeEmpty`.
+    fn reap_children(&mut self) {
         loop {
             let (pid, exit) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
@@ -542,18 +676,24 @@ impl Supervisor {
             let now = Instant::now();
             if self.instance.as_ref().is_some_and(|i| i.pid == pid) {
                 tracing::info!("service (pid {pid}) {exit}");
+                self.cancel_handoff(&format!("the serving instance (pid {pid}) {exit}"));
                 self.feed(Input::LeaderExited(exit));
-            } else if let Some(probes) = self.instance.as_mut().and_then(|i| i.probes.as_mut()) {
+            } else if self.handoff_reaped(pid, exit) {
+            } else {
                 let code = match exit {
                     Exit::Code(c) => Some(c),
                     Exit::Signal(_) => None,
                 };
-                if !probes.on_exit(pid, code, now) {
+                let mut probe = false;
+                for which in [Which::Main, Which::Candidate] {
+                    if let Some(p) = self.instance_mut(which).and_then(|i| i.probes.as_mut()) {
+                        probe |= p.on_exit(pid, code, now);
+                    }
+                }
+                if !probe {
                     tracing::debug!("reaped descendant {pid} ({exit})");
                 }
                 self.check_probes();
-            } else {
-                tracing::debug!("reaped descendant {pid} ({exit})");
             }
         }
     }
@@ -562,10 +702,32 @@ impl Supervisor {
         let Some(pipe) = self.pipes.get_mut(i) else {
             return Drained::Closed;
         };
+        let owner = pipe.owner;
+        // A new instance's lines feed its probes and its own tail (for a failure report).
+        if let Some(h) = self
+            .handoff
+            .as_mut()
+            .filter(|h| h.candidate.as_ref().is_some_and(|c| c.pid == owner))
+        {
+            let mut lines = Vec::new();
+            let r = pipe.drain(
+                &mut self.output,
+                Some(&mut |_, line| lines.push(line.to_string())),
+            );
+            for line in &lines {
+                h.remember(line);
+                if let Some(p) = h.candidate.as_mut().and_then(|c| c.probes.as_mut()) {
+                    p.on_line(line);
+                }
+            }
+            self.check_probes();
+            return r;
+        }
         // Lines are looked at one by one only while a log probe waits for its line.
         let probes = self
             .instance
             .as_mut()
+            .filter(|i| i.pid == owner)
             .and_then(|i| i.probes.as_mut())
             .filter(|p| p.watches_output());
         let r = match probes {
@@ -587,7 +749,13 @@ impl Supervisor {
         }
         for m in messages {
             tracing::debug!("notify: {}", m.trim());
-            if let Some(p) = self.instance.as_mut().and_then(|i| i.probes.as_mut()) {
+            // Only a starting instance listens for READY=1; during a handoff that is the new one.
+            let which = if self.handoff.as_ref().is_some_and(|h| h.candidate.is_some()) {
+                Which::Candidate
+            } else {
+                Which::Main
+            };
+            if let Some(p) = self.instance_mut(which).and_then(|i| i.probes.as_mut()) {
                 p.on_notify(&m);
             }
         }
@@ -622,7 +790,28 @@ impl Supervisor {
                         .is_some_and(|c| c.awaits != Awaits::Nothing);
                 }
             },
+            r if r.starts_with("deploy ") || r.starts_with("rollback ") => {
+                let (kind, id) = r.split_once(' ').unwrap_or((r, ""));
+                let kind = if kind == "rollback" {
+                    "rollback"
+                } else {
+                    "deploy"
+                };
+                let id = id.trim();
+                if !crate::release::valid_id(id) {
+                    Reply::Error {
+                        message: format!("{id:?} is not a release ID"),
+                        code: 2,
+                    }
+                } else {
+                    match self.begin_handoff(i, kind, id) {
+                        Some(reply) => reply,
+                        None => return true,
+                    }
+                }
+            }
             "stop" => {
+                self.cancel_handoff("the service is being stopped");
                 if let Some(c) = self.conns.get_mut(i) {
                     c.awaits = Awaits::Stopped;
                 }
@@ -807,6 +996,8 @@ impl Supervisor {
             problem: None,
             waiting_for: inst.and_then(|i| i.probes.as_ref()).map(Probes::pending),
             tail: self.output.tail(10),
+            release: inst.and_then(|i| i.release.clone()),
+            handoff: self.handoff.as_ref().map(|h| h.report(now)),
         }
     }
 
@@ -914,7 +1105,7 @@ fn describe(input: &Input) -> String {
 }
 
 /// Picks the port for a new instance.
-fn pick_port(spec: &PortSpec) -> std::result::Result<Option<u16>, String> {
+fn pick_port(spec: &PortSpec, taken: &[u16]) -> std::result::Result<Option<u16>, String> {
     match *spec {
         PortSpec::None | PortSpec::Discover => Ok(None),
         PortSpec::Fixed(p) => Ok(Some(p)),
@@ -923,11 +1114,44 @@ fn pick_port(spec: &PortSpec) -> std::result::Result<Option<u16>, String> {
             let start = std::process::id() % span;
             (0..span)
                 .map(|i| from + ((start + i) % span) as u16)
+                .filter(|p| !taken.contains(p))
                 .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
                 .map(Some)
                 .ok_or_else(|| format!("no free port in {from}..={to}"))
         }
     }
+}
+
+/// Binds the listening socket every instance inherits; SO_REUSEADDR so a restart of
+/// baton does not wait out TIME_WAIT.
+fn bind_listener(addr: std::net::SocketAddr) -> Result<OwnedFd> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    let what = format!("listen on {addr}");
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| Error::errno(&what, e))?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| Error::errno(&what, e))?;
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(|e| {
+        let err = Error::errno(&what, e);
+        if e == nix::errno::Errno::EADDRINUSE {
+            err.hint(format!(
+                "another process listens on {addr}: find it with `ss -ltnp 'sport = :{}'`",
+                addr.port()
+            ))
+        } else {
+            err
+        }
+    })?;
+    socket::listen(
+        &fd,
+        socket::Backlog::new(1024).unwrap_or(socket::Backlog::MAXCONN),
+    )
+    .map_err(|e| Error::errno(&what, e))?;
+    Ok(fd)
 }
 
 /// Sends one sd_notify message to systemd's socket (path or @abstract).

@@ -405,6 +405,13 @@ impl Machine {
     }
 
     /// The state's short name, as status reports it.
+    /// A handoff made `pid` the serving instance: still Ready, with a new leader.
+    pub fn handed_over(&mut self, pid: Pid, now: Instant) {
+        if let Phase::Ready { .. } = self.phase {
+            self.phase = Phase::Ready { pid, since: now };
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match &self.phase {
             Phase::Idle => "starting",

@@ -1,0 +1,75 @@
+//! `deploy` and `rollback` from the operator's side: install the release, ask the supervisor
+//! for a handoff, print each step as it happens. The handoff itself is `supervisor::handoff`.
+
+use crate::config::Spec;
+use crate::error::{Error, Result};
+use crate::pidfile;
+use crate::release;
+use std::path::Path;
+use std::time::Duration;
+
+/// `baton deploy NAME --release PATH`: hands over to a new release with no failed request.
+pub fn deploy(spec: &Spec, source: &Path, keep: Option<u32>) -> Result<()> {
+    let root = release::root(spec)?.to_path_buf();
+    crate::service::preflight(spec)?;
+    let id = release::install(spec, source)?;
+    eprintln!(
+        "{}: release {id} in {}",
+        spec.name,
+        release::dir(&root, &id).display()
+    );
+    hand_over(spec, "deploy", &id)?;
+    if let Some(keep) = keep {
+        let current = release::current(spec);
+        let mut protect: Vec<&str> = vec![&id];
+        protect.extend(current.as_deref());
+        let gone = release::prune(&root, keep, &protect);
+        if !gone.is_empty() {
+            eprintln!("removed old releases: {}", gone.join(", "));
+        }
+    }
+    Ok(())
+}
+
+/// `baton rollback NAME`: the same handoff, back to the release before `current`.
+pub fn rollback(spec: &Spec) -> Result<()> {
+    crate::service::preflight(spec)?;
+    let id = release::previous(spec)?;
+    hand_over(spec, "rollback", &id)
+}
+
+fn hand_over(spec: &Spec, kind: &str, id: &str) -> Result<()> {
+    let root = release::root(spec)?;
+    if !pidfile::supervisor_alive(spec)? {
+        // Nothing serves, so nothing to hand over from: this release simply starts.
+        release::switch_current(root, id).map_err(|e| {
+            Error::io(
+                format!("point {} at {id}", root.join("current").display()),
+                &e,
+            )
+        })?;
+        eprintln!("{} is not running: starting release {id}", spec.name);
+        crate::service::start(spec)?;
+        let who = std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "root".into());
+        let _ = release::log_revision(
+            root,
+            &format!("{who} deployed as release {id} (previous none, started)"),
+        );
+        return Ok(());
+    }
+    // Bounded by what the supervisor itself enforces, plus slack for the proxy switch.
+    let limit = spec.ready.timeout
+        + spec.deploy.drain_timeout
+        + spec.stop.timeout * 2
+        + Duration::from_secs(60);
+    let label = format!("{kind} {} to release {id}", spec.name);
+    crate::service::ask_as(spec, &format!("{kind} {id}"), &label, limit).map_err(|e| {
+        e.hint(format!(
+            "`baton status {}` shows what serves now; logs are in {}",
+            spec.name,
+            spec.log.dir.display()
+        ))
+    })
+}

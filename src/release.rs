@@ -1,0 +1,254 @@
+//! Capistrano's layout on one host: `root/releases/ID`, a `current` symlink, `revisions.log`.
+
+use crate::config::Spec;
+use crate::error::{Error, Result};
+use crate::exit::Action;
+use std::path::{Path, PathBuf};
+
+/// The release layout of a service, or an error saying how to configure one.
+pub fn root(spec: &Spec) -> Result<&Path> {
+    spec.release
+        .as_ref()
+        .map(|r| r.root.as_path())
+        .ok_or_else(|| {
+            Error::unable(
+                format!("deploy {}", spec.name),
+                "its config has no [release] section",
+            )
+            .code(Action::NotConfigured)
+            .hint("add [release] root = \"/var/lib/NAME\" and use {release} in command")
+        })
+}
+
+/// The ID `current` points to, if any.
+pub fn current(spec: &Spec) -> Option<String> {
+    let root = spec.release.as_ref()?.root.as_path();
+    let target = std::fs::read_link(root.join("current")).ok()?;
+    target.file_name()?.to_str().map(str::to_string)
+}
+
+/// Release IDs present, oldest first (timestamps sort as text).
+pub fn list(root: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(root.join("releases"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// The release before `current` in order: what `rollback` hands back to.
+pub fn previous(spec: &Spec) -> Result<String> {
+    let root = root(spec)?;
+    let cur = current(spec).ok_or_else(|| {
+        Error::unable(
+            format!("roll back {}", spec.name),
+            format!("{} does not exist", root.join("current").display()),
+        )
+        .hint("nothing was deployed yet")
+    })?;
+    list(root).into_iter().rfind(|id| *id < cur).ok_or_else(|| {
+        Error::unable(
+            format!("roll back {}", spec.name),
+            format!("no release older than the current one ({cur})"),
+        )
+    })
+}
+
+/// A release ID must be one plain path component.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id != "."
+        && id != ".."
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c))
+}
+
+/// Installs `source` as a release and returns its ID.
+///
+/// A path already under `root/releases/` is used in place (`ship` uploads there);
+/// anything else is copied in as a new timestamped release, a file (an uberjar)
+/// into the release directory under its own name.
+pub fn install(spec: &Spec, source: &Path) -> Result<String> {
+    let root = root(spec)?;
+    let what = format!("install release {}", source.display());
+    let source = source
+        .canonicalize()
+        .map_err(|e| Error::io(&what, &e).hint("check the --release path"))?;
+    let releases = root.join("releases");
+    if source.parent() == releases.canonicalize().ok().as_deref() {
+        let id = source
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|id| valid_id(id))
+            .ok_or_else(|| {
+                Error::unable(&what, "its name is not a usable release ID")
+                    .hint("use letters, digits, '-', '_', '.' or '+'")
+            })?;
+        return Ok(id.to_string());
+    }
+    std::fs::create_dir_all(&releases)
+        .map_err(|e| Error::io(format!("create {}", releases.display()), &e))?;
+    let mut id = timestamp();
+    // Two deploys within a second must not share a directory.
+    let mut n = 1;
+    while releases.join(&id).exists() {
+        id = format!("{}-{n}", timestamp());
+        n += 1;
+    }
+    let dest = releases.join(&id);
+    let tmp = releases.join(format!(".{id}.partial"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)
+        .map_err(|e| Error::io(format!("create {}", tmp.display()), &e))?;
+    let copied = if source.is_dir() {
+        copy_dir(&source, &tmp)
+    } else {
+        let name = source
+            .file_name()
+            .unwrap_or(std::ffi::OsStr::new("artifact"));
+        std::fs::copy(&source, tmp.join(name)).map(|_| ())
+    };
+    if let Err(e) = copied.and_then(|()| std::fs::rename(&tmp, &dest)) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(Error::io(&what, &e).hint(format!(
+            "check free space and permissions in {}",
+            releases.display()
+        )));
+    }
+    Ok(id)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let ty = e.file_type()?;
+        if ty.is_dir() {
+            std::fs::create_dir_all(&dst)?;
+            copy_dir(&src, &dst)?;
+        } else if ty.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// Points `current` at release `id` atomically (a new symlink renamed over the old).
+pub fn switch_current(root: &Path, id: &str) -> std::io::Result<()> {
+    let tmp = root.join(format!(".current.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(Path::new("releases").join(id), &tmp)?;
+    std::fs::rename(&tmp, root.join("current"))
+}
+
+/// Appends one line to `root/revisions.log`, Capistrano's audit trail.
+pub fn log_revision(root: &Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("revisions.log"))?;
+    writeln!(f, "{} {line}", timestamp_rfc3339())
+}
+
+/// Deletes the oldest releases beyond `keep`, never one in `protect`; returns what went.
+pub fn prune(root: &Path, keep: u32, protect: &[&str]) -> Vec<String> {
+    let ids = list(root);
+    let excess = ids.len().saturating_sub(keep as usize);
+    let mut gone = Vec::new();
+    for id in ids.into_iter().take(excess) {
+        if protect.contains(&id.as_str()) {
+            continue;
+        }
+        if std::fs::remove_dir_all(root.join("releases").join(&id)).is_ok() {
+            gone.push(id);
+        }
+    }
+    gone
+}
+
+/// The directory of release `id`.
+pub fn dir(root: &Path, id: &str) -> PathBuf {
+    root.join("releases").join(id)
+}
+
+/// UTC `YYYYMMDDHHMMSS`, Capistrano's release name.
+pub fn timestamp() -> String {
+    let (y, mo, d, h, mi, s) = utc_now();
+    format!("{y:04}{mo:02}{d:02}{h:02}{mi:02}{s:02}")
+}
+
+fn timestamp_rfc3339() -> String {
+    let (y, mo, d, h, mi, s) = utc_now();
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+fn utc_now() -> (i64, u32, u32, u32, u32, u32) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    civil(secs)
+}
+
+/// Seconds since the epoch to a UTC date and time (Howard Hinnant's days_from_civil inverse).
+fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil(0), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(civil(951_782_400), (2000, 2, 29, 0, 0, 0));
+        assert_eq!(civil(1_795_392_000 + 3661), (2026, 11, 23, 1, 1, 1));
+    }
+
+    #[test]
+    fn ids_and_pruning() {
+        assert!(valid_id("20261122120000"));
+        assert!(!valid_id("../x") && !valid_id("a b") && !valid_id(".."));
+        let root = std::env::temp_dir().join(format!("baton-rel-{}", std::process::id()));
+        for id in ["1", "2", "3", "4", "5"] {
+            std::fs::create_dir_all(dir(&root, id)).expect("mkdir");
+        }
+        switch_current(&root, "2").expect("current");
+        assert_eq!(
+            std::fs::read_link(root.join("current")).expect("link"),
+            Path::new("releases/2")
+        );
+        let gone = prune(&root, 2, &["2", "5"]);
+        assert_eq!(gone, vec!["1", "3"]);
+        assert_eq!(list(&root), vec!["2", "4", "5"]);
+        std::fs::remove_dir_all(&root).ok();
+    }
+}
