@@ -32,12 +32,12 @@ impl CmdOut {
         if self.timed_out {
             return "timed out".into();
         }
-        let last = self
-            .stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .map(|l| l.trim().to_string());
+        // A remote baton's own error line says the most; else the last line (ssh's error).
+        let lines = || self.stderr.lines().rev().map(str::trim);
+        let last = lines()
+            .find(|l| l.contains("unable to "))
+            .or_else(|| lines().find(|l| !l.is_empty()))
+            .map(|l| l.strip_prefix("baton: ").unwrap_or(l).to_string());
         match (self.code, last) {
             (Some(c), Some(l)) => format!("exit {c}: {l}"),
             (Some(c), None) => format!("exit {c}"),
