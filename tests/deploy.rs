@@ -81,9 +81,7 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = Command::new(lab("nginx-down"))
-            .arg(&self.dir)
-            .output();
+        let _ = Command::new(lab("nginx-down")).arg(&self.dir).output();
     }
 }
 
@@ -112,7 +110,13 @@ impl Etcd {
     fn get(&self, key: &str) -> Option<String> {
         let out = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.endpoint, "get", "--print-value-only", key])
+            .args([
+                "--endpoints",
+                &self.endpoint,
+                "get",
+                "--print-value-only",
+                key,
+            ])
             .output()
             .expect("etcdctl");
         assert!(out.status.success(), "etcdctl get {key}: {out:?}");
@@ -177,7 +181,11 @@ fn get(url: &str) -> Option<(i32, String)> {
     }
     let pid = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-pid: ").map(str::to_string))?
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-pid: ")
+                .map(str::to_string)
+        })?
         .trim()
         .parse()
         .ok()?;
@@ -195,7 +203,11 @@ fn jvm_release(dir: &Path, version: &str) -> PathBuf {
         .status()
         .expect("cp");
     assert!(ok.success());
-    std::fs::write(rel.join("service.properties"), format!("version={version}\n")).expect("props");
+    std::fs::write(
+        rel.join("service.properties"),
+        format!("version={version}\n"),
+    )
+    .expect("props");
     rel
 }
 
@@ -253,7 +265,10 @@ fn socket_mode_deploy_and_rollback_under_load_fail_no_request() {
     let r = deploy(&svc, &v1);
     assert_eq!(r.code, 0, "first deploy starts v1: {r:?}");
     let nginx = Nginx::up(&svc.dir, listen);
-    assert_eq!(get(&nginx.url("/version")).map(|x| x.1), Some("version=v1".into()));
+    assert_eq!(
+        get(&nginx.url("/version")).map(|x| x.1),
+        Some("version=v1".into())
+    );
     let sup = svc.pid_in_file().expect("PID file");
 
     let ka = Load::start(&nginx.url("/version"), "keepalive", 14);
@@ -266,7 +281,10 @@ fn socket_mode_deploy_and_rollback_under_load_fail_no_request() {
         }
         let (code, st) = svc.status();
         assert_eq!(code, 0);
-        assert_eq!(st["supervisor_pid"], sup, "the PID file's supervisor serves throughout");
+        assert_eq!(
+            st["supervisor_pid"], sup,
+            "the PID file's supervisor serves throughout"
+        );
         let r = svc.baton(&["rollback"]);
         assert_eq!(r.code, 0, "rollback: {r:?}");
     });
@@ -274,12 +292,24 @@ fn socket_mode_deploy_and_rollback_under_load_fail_no_request() {
     let (n_close, failed_close) = close.finish();
     assert!(n_ka > 100 && n_close > 100, "load ran: {n_ka} {n_close}");
     assert_eq!(failed_ka, 0, "keep-alive requests failed ({n_ka} sent)");
-    assert_eq!(failed_close, 0, "Connection: close requests failed ({n_close} sent)");
-    assert_eq!(seen, vec!["version=v1", "version=v2", "version=v1"], "versions in order");
+    assert_eq!(
+        failed_close, 0,
+        "Connection: close requests failed ({n_close} sent)"
+    );
+    assert_eq!(
+        seen,
+        vec!["version=v1", "version=v2", "version=v1"],
+        "versions in order"
+    );
     assert_eq!(svc.pid_in_file(), Some(sup));
     let log = std::fs::read_to_string(svc.dir.join("app/revisions.log")).expect("revisions.log");
     assert_eq!(log.lines().count(), 3, "{log}");
-    assert!(log.lines().nth(2).is_some_and(|l| l.contains("rolled back to release")), "{log}");
+    assert!(
+        log.lines()
+            .nth(2)
+            .is_some_and(|l| l.contains("rolled back to release")),
+        "{log}"
+    );
     svc.stop();
 }
 
@@ -322,7 +352,10 @@ fn nginx_mode_switches_upstream_publishes_to_etcd_and_drains() {
     assert_eq!(r.code, 0, "deploy v2: {r:?}");
     let (n, failed) = close.finish();
     assert!(n > 100, "load ran: {n}");
-    assert_eq!(failed, 0, "Connection: close requests failed during a reload-mode deploy");
+    assert_eq!(
+        failed, 0,
+        "Connection: close requests failed during a reload-mode deploy"
+    );
     let (_, st) = svc.status();
     let p2 = st["port"].as_u64().expect("port") as u16;
     let pid2 = st["service_pid"].as_i64().expect("pid");
@@ -330,11 +363,26 @@ fn nginx_mode_switches_upstream_publishes_to_etcd_and_drains() {
     let upstream = std::fs::read_to_string(&nginx.upstream).expect("upstream");
     assert!(upstream.contains(&format!("127.0.0.1:{p2}")), "{upstream}");
     assert_ne!(before, upstream.as_bytes());
-    assert_eq!(get(&nginx.url("/version")), Some((pid2 as i32, "version=v2".into())));
-    assert_eq!(etcd.get("services/jvmng/port/current"), Some(p2.to_string()));
-    assert_eq!(etcd.get("services/jvmng/port/previous"), Some(p1.to_string()));
-    assert_eq!(etcd.get("services/jvmng/pid/current"), Some(pid2.to_string()));
-    assert_eq!(etcd.get("services/jvmng/pid/previous"), Some(pid1.to_string()));
+    assert_eq!(
+        get(&nginx.url("/version")),
+        Some((pid2 as i32, "version=v2".into()))
+    );
+    assert_eq!(
+        etcd.get("services/jvmng/port/current"),
+        Some(p2.to_string())
+    );
+    assert_eq!(
+        etcd.get("services/jvmng/port/previous"),
+        Some(p1.to_string())
+    );
+    assert_eq!(
+        etcd.get("services/jvmng/pid/current"),
+        Some(pid2.to_string())
+    );
+    assert_eq!(
+        etcd.get("services/jvmng/pid/previous"),
+        Some(pid1.to_string())
+    );
     assert!(!harness::alive(pid1 as i32), "old instance stopped");
 
     // A template nginx -t rejects: aborted, v2 serving, nginx config as before.
@@ -352,29 +400,52 @@ fn nginx_mode_switches_upstream_publishes_to_etcd_and_drains() {
     let r = svc.baton(&["rollback"]);
     assert_ne!(r.code, 0, "a rejected upstream aborts: {r:?}");
     assert!(r.stderr.contains("step 3"), "names the step: {r:?}");
-    assert_eq!(std::fs::read(&nginx.upstream).expect("upstream"), good, "live upstream untouched");
-    assert_eq!(get(&nginx.url("/version")), Some((pid2 as i32, "version=v2".into())));
-    assert_eq!(etcd.get("services/jvmng/port/current"), Some(p2.to_string()), "registry unchanged");
+    assert_eq!(
+        std::fs::read(&nginx.upstream).expect("upstream"),
+        good,
+        "live upstream untouched"
+    );
+    assert_eq!(
+        get(&nginx.url("/version")),
+        Some((pid2 as i32, "version=v2".into()))
+    );
+    assert_eq!(
+        etcd.get("services/jvmng/port/current"),
+        Some(p2.to_string()),
+        "registry unchanged"
+    );
 
     svc.rewrite(&full);
     let r = svc.baton(&["rollback"]);
     assert_eq!(r.code, 0, "rollback: {r:?}");
     let (_, st) = svc.status();
     let pid3 = st["service_pid"].as_i64().expect("pid");
-    assert_eq!(get(&nginx.url("/version")), Some((pid3 as i32, "version=v1".into())));
-    assert_eq!(etcd.get("services/jvmng/pid/current"), Some(pid3.to_string()));
-    assert_eq!(etcd.get("services/jvmng/pid/previous"), Some(pid2.to_string()));
+    assert_eq!(
+        get(&nginx.url("/version")),
+        Some((pid3 as i32, "version=v1".into()))
+    );
+    assert_eq!(
+        etcd.get("services/jvmng/pid/current"),
+        Some(pid3.to_string())
+    );
+    assert_eq!(
+        etcd.get("services/jvmng/pid/previous"),
+        Some(pid2.to_string())
+    );
     svc.stop();
 }
 
 fn py_service(name: &str, port_table: &str) -> Svc {
-    Spec::new(name, &format!("[\"{}\", \"{{port}}\"]", fixture("version-server")))
-        .tables(&format!(
-            "{port_table}\n[release]\nroot = \"{{dir}}/app\"\nkeep = 3\n\
+    Spec::new(
+        name,
+        &format!("[\"{}\", \"{{port}}\"]", fixture("version-server")),
+    )
+    .tables(&format!(
+        "{port_table}\n[release]\nroot = \"{{dir}}/app\"\nkeep = 3\n\
              [ready]\nhttp = \"http://127.0.0.1:{{port}}/health\"\ntimeout = \"3s\"\n\
              [stop]\ntimeout = \"5s\"\n[deploy]\ndrain_timeout = \"5s\"\n"
-        ))
-        .create()
+    ))
+    .create()
 }
 
 fn registry(svc: &Svc) -> serde_json::Value {
@@ -388,9 +459,17 @@ fn a_release_that_crashes_or_never_gets_ready_changes_nothing() {
     let v1 = py_release(&svc.dir, "v1", &[]);
     assert_eq!(deploy(&svc, &v1).code, 0);
     let v2 = py_release(&svc.dir, "v2", &[]);
-    assert_eq!(deploy(&svc, &v2).code, 0, "a good deploy first, so the registry has content");
+    assert_eq!(
+        deploy(&svc, &v2).code,
+        0,
+        "a good deploy first, so the registry has content"
+    );
     let (_, st) = svc.status();
-    let serving = (st["service_pid"].clone(), st["port"].clone(), st["release"].clone());
+    let serving = (
+        st["service_pid"].clone(),
+        st["port"].clone(),
+        st["release"].clone(),
+    );
     let reg = registry(&svc);
     let current = std::fs::read_link(svc.dir.join("app/current")).expect("current");
 
@@ -398,7 +477,10 @@ fn a_release_that_crashes_or_never_gets_ready_changes_nothing() {
     let r = deploy(&svc, &crash);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("step 2"), "names the step: {r:?}");
-    assert!(r.stderr.contains("crashing on purpose"), "shows its last output: {r:?}");
+    assert!(
+        r.stderr.contains("crashing on purpose"),
+        "shows its last output: {r:?}"
+    );
 
     let hang = py_release(&svc.dir, "v4", &["HANG"]);
     let r = deploy(&svc, &hang);
@@ -407,25 +489,42 @@ fn a_release_that_crashes_or_never_gets_ready_changes_nothing() {
 
     let (code, st) = svc.status();
     assert_eq!(code, 0);
-    assert_eq!((st["service_pid"].clone(), st["port"].clone(), st["release"].clone()), serving);
+    assert_eq!(
+        (
+            st["service_pid"].clone(),
+            st["port"].clone(),
+            st["release"].clone()
+        ),
+        serving
+    );
     assert!(st["handoff"].is_null(), "{st}");
     assert_eq!(registry(&svc), reg, "registry unchanged");
-    assert_eq!(std::fs::read_link(svc.dir.join("app/current")).expect("current"), current);
+    assert_eq!(
+        std::fs::read_link(svc.dir.join("app/current")).expect("current"),
+        current
+    );
     let url = format!("http://127.0.0.1:{}/", serving.1);
-    assert_eq!(get(&url).map(|x| x.1), Some("v2".into()), "v2 still serving");
+    assert_eq!(
+        get(&url).map(|x| x.1),
+        Some("v2".into()),
+        "v2 still serving"
+    );
     svc.stop();
 }
 
 #[test]
 fn a_port_zero_service_is_discovered_and_a_second_deploy_is_refused() {
     // Port 0: the service binds an ephemeral port and baton finds it in /proc.
-    let svc = Spec::new("pyzero", &format!("[\"{}\", \"0\"]", fixture("version-server")))
-        .tables(
-            "[port]\nmode = \"discover\"\n[release]\nroot = \"{dir}/app\"\n\
+    let svc = Spec::new(
+        "pyzero",
+        &format!("[\"{}\", \"0\"]", fixture("version-server")),
+    )
+    .tables(
+        "[port]\nmode = \"discover\"\n[release]\nroot = \"{dir}/app\"\n\
              [ready]\nhttp = \"http://127.0.0.1:{port}/health\"\ntimeout = \"5s\"\n\
              [stop]\ntimeout = \"5s\"\n[deploy]\ndrain_timeout = \"5s\"\n",
-        )
-        .create();
+    )
+    .create();
     let v1 = py_release(&svc.dir, "v1", &[]);
     assert_eq!(deploy(&svc, &v1).code, 0);
     let (_, st) = svc.status();
@@ -446,13 +545,18 @@ fn a_port_zero_service_is_discovered_and_a_second_deploy_is_refused() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("first deploy");
-    wait_until(T, "the first handoff to start", || !svc.status().1["handoff"].is_null());
+    wait_until(T, "the first handoff to start", || {
+        !svc.status().1["handoff"].is_null()
+    });
     let v3 = py_release(&svc.dir, "v3", &[]);
     let r = deploy(&svc, &v3);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("already in progress"), "{r:?}");
     let out = first.wait_with_output().expect("first");
-    assert!(!out.status.success(), "the hanging release fails its deploy");
+    assert!(
+        !out.status.success(),
+        "the hanging release fails its deploy"
+    );
     let r = deploy(&svc, &v3);
     assert_eq!(r.code, 0, "{r:?}");
     let (_, st) = svc.status();
@@ -469,20 +573,30 @@ fn a_port_zero_service_is_discovered_and_a_second_deploy_is_refused() {
 #[test]
 fn unreachable_etcd_fails_the_deploy_before_traffic_moves() {
     let dead = free_port();
-    let svc = Spec::new("pyetcd", &format!("[\"{}\", \"{{port}}\"]", fixture("version-server")))
-        .tables(&format!(
-            "[port]\nmode = \"auto\"\nrange = [34000, 34999]\n[release]\nroot = \"{{dir}}/app\"\n\
+    let svc = Spec::new(
+        "pyetcd",
+        &format!("[\"{}\", \"{{port}}\"]", fixture("version-server")),
+    )
+    .tables(&format!(
+        "[port]\nmode = \"auto\"\nrange = [34000, 34999]\n[release]\nroot = \"{{dir}}/app\"\n\
              [ready]\nhttp = \"http://127.0.0.1:{{port}}/health\"\ntimeout = \"5s\"\n\
              [registry]\netcd = [\"http://127.0.0.1:{dead}\"]\n"
-        ))
-        .create();
+    ))
+    .create();
     let v1 = py_release(&svc.dir, "v1", &[]);
-    assert_eq!(deploy(&svc, &v1).code, 0, "the first start publishes nothing yet");
+    assert_eq!(
+        deploy(&svc, &v1).code,
+        0,
+        "the first start publishes nothing yet"
+    );
     let (_, st) = svc.status();
     let v2 = py_release(&svc.dir, "v2", &[]);
     let r = deploy(&svc, &v2);
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains(&format!("127.0.0.1:{dead}")), "names the endpoint: {r:?}");
+    assert!(
+        r.stderr.contains(&format!("127.0.0.1:{dead}")),
+        "names the endpoint: {r:?}"
+    );
     let (_, after) = svc.status();
     assert_eq!(after["service_pid"], st["service_pid"], "v1 still serves");
     svc.stop();

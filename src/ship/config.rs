@@ -379,8 +379,16 @@ impl Reader<'_> {
         );
         let port = self.integer(t, p, "port", 1, 65535).unwrap_or(22) as u16;
         let user = self.string(t, p, "user");
-        let identity = self.string(t, p, "identity").map(|s| base.join(s));
-        let known_hosts = self.string(t, p, "known_hosts").map(|s| base.join(s));
+        // ssh expands `~` itself in both options, so such paths are passed on as written.
+        let local = |s: String| {
+            if s.starts_with('~') {
+                PathBuf::from(s)
+            } else {
+                base.join(s)
+            }
+        };
+        let identity = self.string(t, p, "identity").map(local);
+        let known_hosts = self.string(t, p, "known_hosts").map(local);
         let keep_releases = self.integer(t, p, "keep_releases", 2, 1000).unwrap_or(5) as u32;
         let max_parallel = self.integer(t, p, "max_parallel", 1, 1000).unwrap_or(10) as usize;
         let max_failed = self.integer(t, p, "max_failed", 0, 1000).unwrap_or(0) as usize;
