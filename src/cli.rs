@@ -103,6 +103,34 @@ pub enum Command {
     /// Internal: the detached supervisor that `start` launches.
     #[command(hide = true)]
     Supervise(Target),
+    /// Internal: a deploy's switch worker (registry preflight, proxy switch, publish).
+    #[command(hide = true, name = "__switch")]
+    Switch(SwitchArgs),
+}
+
+/// The instances a `__switch` worker moves traffic between.
+#[derive(Debug, Args)]
+pub struct SwitchArgs {
+    #[command(flatten)]
+    target: Target,
+    /// PID of the new instance (what X-Pid must show through the proxy).
+    #[arg(long)]
+    pid: i32,
+    /// Port of the new instance.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Release ID of the new instance.
+    #[arg(long)]
+    release: Option<String>,
+    /// PID of the instance being replaced.
+    #[arg(long)]
+    old_pid: Option<i32>,
+    /// Port of the instance being replaced.
+    #[arg(long, requires = "old_pid")]
+    old_port: Option<u16>,
+    /// Release ID of the instance being replaced.
+    #[arg(long, requires = "old_pid")]
+    old_release: Option<String>,
 }
 
 /// `baton ship ENV`'s arguments.
@@ -226,6 +254,27 @@ impl Cli {
                 rollback: a.rollback,
                 rollback_on_failure: a.rollback_on_failure,
             }),
+            Command::Switch(a) => {
+                let spec = match load(&a.target) {
+                    Ok(s) => s,
+                    // The supervisor relays stdout; keep the worker's protocol even here.
+                    Err(e) => {
+                        println!("error: config: {}", crate::proxy::one_line(&e.to_string()));
+                        return Ok(1);
+                    }
+                };
+                let to = crate::switch::Backend {
+                    pid: a.pid,
+                    port: a.port,
+                    release: a.release.clone(),
+                };
+                let from = a.old_pid.map(|pid| crate::switch::Backend {
+                    pid,
+                    port: a.old_port,
+                    release: a.old_release.clone(),
+                });
+                Ok(crate::switch::run(&spec, &to, from.as_ref()))
+            }
             Command::Generate { what } => {
                 let (t, init) = match what {
                     Generate::InitScript(t) => (t, true),

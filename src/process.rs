@@ -332,56 +332,6 @@ pub fn signal_tree(pgid: Option<Pid>, sig: Signal, except: &[Pid]) -> Vec<Pid> {
     rest
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stat_with_awkward_name() {
-        let line = "4242 (my (weird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 10";
-        let s = parse_stat(line).expect("parses");
-        assert_eq!(s.pid, Pid::from_raw(4242));
-        assert_eq!(s.ppid, Pid::from_raw(1));
-        assert_eq!(s.pgrp, Pid::from_raw(4242));
-        assert_eq!(s.starttime, 987654);
-    }
-
-    #[test]
-    fn tree_walk_agrees_with_a_full_scan() {
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", "sleep 30 & sleep 30 & wait"])
-            .spawn()
-            .expect("sh");
-        let sh = Pid::from_raw(child.id() as i32);
-        // Wait (bounded) until the shell has forked both sleeps.
-        for _ in 0..500 {
-            if descendants_by_scan(sh).len() == 2 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        let mut walked = descendants(sh);
-        let mut scanned = descendants_by_scan(sh);
-        walked.sort();
-        scanned.sort();
-        assert_eq!(walked.len(), 2, "{walked:?}");
-        assert_eq!(walked, scanned);
-        assert!(descendants(nix::unistd::getpid()).contains(&sh));
-        for p in walked {
-            signal(p, Signal::SIGKILL);
-        }
-        child.kill().ok();
-        child.wait().ok();
-    }
-
-    #[test]
-    fn own_stat_is_readable() {
-        let me = stat(nix::unistd::getpid()).expect("own stat");
-        assert_eq!(me.pid, nix::unistd::getpid());
-        assert!(me.starttime > 0);
-    }
-}
-
 /// Socket inodes held open by `pids` (from the /proc/PID/fd links `socket:[N]`).
 fn socket_inodes(pids: &[Pid]) -> std::collections::HashSet<u64> {
     let mut out = std::collections::HashSet::new();
@@ -463,4 +413,54 @@ pub fn established(leader: Pid, port: u16) -> usize {
 /// Whether any process of group `pgid` is left.
 pub fn group_alive(pgid: Pid) -> bool {
     !matches!(killpg(pgid, None), Err(nix::errno::Errno::ESRCH))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_awkward_name() {
+        let line = "4242 (my (weird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 10";
+        let s = parse_stat(line).expect("parses");
+        assert_eq!(s.pid, Pid::from_raw(4242));
+        assert_eq!(s.ppid, Pid::from_raw(1));
+        assert_eq!(s.pgrp, Pid::from_raw(4242));
+        assert_eq!(s.starttime, 987654);
+    }
+
+    #[test]
+    fn tree_walk_agrees_with_a_full_scan() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30 & wait"])
+            .spawn()
+            .expect("sh");
+        let sh = Pid::from_raw(child.id() as i32);
+        // Wait (bounded) until the shell has forked both sleeps.
+        for _ in 0..500 {
+            if descendants_by_scan(sh).len() == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let mut walked = descendants(sh);
+        let mut scanned = descendants_by_scan(sh);
+        walked.sort();
+        scanned.sort();
+        assert_eq!(walked.len(), 2, "{walked:?}");
+        assert_eq!(walked, scanned);
+        assert!(descendants(nix::unistd::getpid()).contains(&sh));
+        for p in walked {
+            signal(p, Signal::SIGKILL);
+        }
+        child.kill().ok();
+        child.wait().ok();
+    }
+
+    #[test]
+    fn own_stat_is_readable() {
+        let me = stat(nix::unistd::getpid()).expect("own stat");
+        assert_eq!(me.pid, nix::unistd::getpid());
+        assert!(me.starttime > 0);
+    }
 }

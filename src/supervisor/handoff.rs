@@ -226,7 +226,7 @@ impl Supervisor {
         tracing::info!("{kind}: {line}");
         self.tell_handoff(&line);
         if passed {
-            self.candidate_ready();
+            self.check_candidate();
         }
         None
     }
@@ -267,10 +267,12 @@ impl Supervisor {
 
     /// Called whenever the candidate's checks may have passed.
     pub(super) fn check_candidate(&mut self) {
-        let ready = self.handoff.as_ref().is_some_and(|h| {
-            matches!(h.step, Step::Starting { .. })
-                && h.candidate.as_ref().is_some_and(Instance::passed)
-        });
+        // A background publish still running would race the switch on the registry.
+        let ready = self.publisher.is_none()
+            && self.handoff.as_ref().is_some_and(|h| {
+                matches!(h.step, Step::Starting { .. })
+                    && h.candidate.as_ref().is_some_and(Instance::passed)
+            });
         if ready {
             self.candidate_ready();
         }
@@ -686,6 +688,62 @@ impl Supervisor {
         }
         tracing::info!("{message}");
         self.end_handoff(Reply::Ok { message });
+    }
+}
+
+impl Supervisor {
+    /// Outside a handoff, a (re)started instance has a new PID, maybe a new port: point the
+    /// proxy and the registry at it, in the background (`start` has already answered).
+    pub(super) fn publish_in_background(&mut self) {
+        if self.handoff.is_some() {
+            return;
+        }
+        let Some(inst) = self.instance.as_ref() else {
+            return;
+        };
+        let mut args: Vec<String> = vec!["__switch".into(), "--pid".into(), inst.pid.to_string()];
+        if let Some(p) = inst.port {
+            args.extend(["--port".into(), p.to_string()]);
+        }
+        if let Some(r) = &inst.release {
+            args.extend(["--release".into(), r.clone()]);
+        }
+        if let Some((old, _, _)) = self.publisher.take() {
+            // Superseded: a newer instance is what must be published.
+            process::signal(old, Signal::SIGTERM);
+        }
+        match spawn_worker(&self.spec.file, &self.spec.name, &args) {
+            Ok((pid, out)) => self.publisher = Some((pid, out, Vec::new())),
+            Err(e) => tracing::error!("unable to publish the new instance: {e}"),
+        }
+    }
+
+    /// Logs what the background publisher printed.
+    pub(super) fn on_publisher_output(&mut self) {
+        let Some((_, fd, partial)) = self.publisher.as_mut() else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        loop {
+            match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+                Ok(0) => {
+                    partial.push(b'\n');
+                    break;
+                }
+                Ok(n) => partial.extend_from_slice(&buf[..n]),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+        }
+        while let Some(nl) = partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = partial.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line).trim_end().to_string();
+            if let Some(e) = line.strip_prefix("error: ") {
+                tracing::error!("publish: {e}");
+            } else if !line.is_empty() {
+                tracing::info!("publish: {line}");
+            }
+        }
     }
 }
 

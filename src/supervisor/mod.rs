@@ -82,6 +82,8 @@ struct Supervisor {
     queue: VecDeque<Input>,
     /// The deploy or rollback in progress.
     handoff: Option<Handoff>,
+    /// A `__switch` publishing a restarted instance: its PID, output and partial line.
+    publisher: Option<(Pid, OwnedFd, Vec<u8>)>,
     /// The listening socket handed to every instance ([listen]), bound for the supervisor's life.
     listener: Option<OwnedFd>,
 }
@@ -206,6 +208,7 @@ fn setup(
         rng: seed | 1,
         queue: VecDeque::new(),
         handoff: None,
+        publisher: None,
         listener,
     })
 }
@@ -220,6 +223,7 @@ enum Source {
     Pipe(usize),
     Probe(Which, usize),
     Worker,
+    Publisher,
 }
 
 impl Supervisor {
@@ -303,6 +307,10 @@ impl Supervisor {
                     sources.push(Source::Worker);
                 }
             }
+            if let Some((_, fd, _)) = &self.publisher {
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                sources.push(Source::Publisher);
+            }
             // Going to sleep with nothing scheduled: give back what start-up and the last
             // burst of work left mapped. Last thing before poll(2), so little runs after it.
             if std::mem::take(&mut self.dirty) {
@@ -352,6 +360,7 @@ impl Supervisor {
                     }
                 }
                 Source::Worker => self.on_worker_output(),
+                Source::Publisher => self.on_publisher_output(),
             }
         }
         for i in closed_pipes.into_iter().rev() {
@@ -585,6 +594,7 @@ impl Supervisor {
         self.answer_start(Reply::Ok {
             message: format!("{} is ready", self.spec.name),
         });
+        self.publish_in_background();
         if !first {
             return;
         }
@@ -679,6 +689,14 @@ impl Supervisor {
                 self.cancel_handoff(&format!("the serving instance (pid {pid}) {exit}"));
                 self.feed(Input::LeaderExited(exit));
             } else if self.handoff_reaped(pid, exit) {
+            } else if self.publisher.as_ref().is_some_and(|p| p.0 == pid) {
+                self.on_publisher_output();
+                self.publisher = None;
+                if exit != Exit::Code(0) {
+                    tracing::error!("pointing the proxy and registry at the new instance failed: the switch {exit}");
+                }
+                // A handoff waits for it: two writers would race on the registry.
+                self.check_candidate();
             } else {
                 let code = match exit {
                     Exit::Code(c) => Some(c),

@@ -1,0 +1,302 @@
+//! The `__switch` worker of a deploy: registry preflight, proxy switch, publish, each undone on a later failure.
+//!
+//! It runs as a child of the supervisor, which relays its stdout line by line
+//! to the operator: one line per step with its duration, and on failure a
+//! last line `error: STEP: MESSAGE`. Exit 0 = switched and published, 1 =
+//! failed and everything put back, 3 = failed and putting back failed too
+//! (the message says what is left).
+
+use crate::config::{ProxySpec, Spec, Switch};
+use crate::error::Error;
+use crate::proxy::{self, Installed};
+use crate::registry::{self, Etcd, Local, Pair};
+use std::time::{Duration, Instant, SystemTime};
+
+/// One instance of the service, as the switch sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Its process ID (what `X-Pid` must show once traffic reaches it).
+    pub pid: i32,
+    /// The port it listens on, if it has one of its own.
+    pub port: Option<u16>,
+    /// The release ID it runs.
+    pub release: Option<String>,
+}
+
+/// Test-only: milliseconds to wait between the proxy switch and publishing, to let a test race the registry.
+const PUBLISH_DELAY_ENV: &str = "BATON_TEST_PUBLISH_DELAY_MS";
+
+/// Exit code when everything was put back as it was.
+const FAILED: i32 = 1;
+/// Exit code when putting back failed as well.
+const FAILED_DIRTY: i32 = 3;
+
+/// Switches traffic and the registry from `from` to `to`; returns the worker's exit code.
+pub fn run(spec: &Spec, to: &Backend, from: Option<&Backend>) -> i32 {
+    // The supervisor blocks every signal in its threads and we inherited that
+    // mask; unblocked, a SIGTERM from the supervisor ends us as it should.
+    let _ = nix::sys::signal::SigSet::all().thread_unblock();
+    match switch(spec, to, from) {
+        Ok(()) => 0,
+        Err(f) => {
+            println!("error: {}: {}", f.step, f.message);
+            f.code
+        }
+    }
+}
+
+/// Why the worker failed: the step, a one-line message, and the exit code.
+struct Failure {
+    step: &'static str,
+    message: String,
+    code: i32,
+}
+
+impl Failure {
+    fn new(step: &'static str, e: &Error) -> Failure {
+        Failure {
+            step,
+            message: proxy::one_line(&e.to_string()),
+            code: FAILED,
+        }
+    }
+}
+
+fn say(line: String) {
+    println!("{line}");
+}
+
+fn ms(since: Instant) -> String {
+    format!("({} ms)", since.elapsed().as_millis())
+}
+
+fn show<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref()
+        .map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+fn switch(spec: &Spec, to: &Backend, from: Option<&Backend>) -> Result<(), Failure> {
+    let etcd = if spec.registry.etcd.is_empty() {
+        None
+    } else {
+        let t = Instant::now();
+        let etcd = Etcd::connect(spec).map_err(|e| Failure::new("registry", &e))?;
+        let seen = etcd.seen();
+        say(format!(
+            "registry: etcd {} reachable; {}/ holds port current={} pid current={} (mod_revision {}) {}",
+            etcd.endpoint(),
+            etcd.prefix(),
+            show(&seen.port),
+            show(&seen.pid),
+            seen.port_revision,
+            ms(t)
+        ));
+        Some(etcd)
+    };
+
+    let switched = match &spec.proxy {
+        ProxySpec::None => {
+            say("proxy: none configured; nothing to switch".into());
+            None
+        }
+        ProxySpec::Nginx(sw) => Some((sw, switch_proxy(spec, sw, true, to)?)),
+        ProxySpec::Command(sw) => Some((sw, switch_proxy(spec, sw, false, to)?)),
+    };
+
+    if let Some(ms) = std::env::var(PUBLISH_DELAY_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+
+    if let Err(mut f) = publish(spec, etcd.as_ref(), to, from) {
+        if let Some((sw, installed)) = switched {
+            let t = Instant::now();
+            match undo(sw, &installed) {
+                Ok(()) => say(format!(
+                    "proxy: restored the previous {} and reloaded {}",
+                    sw.upstream.display(),
+                    ms(t)
+                )),
+                Err(left) => {
+                    f.message = format!("{}; AND restoring the proxy failed: {left}", f.message);
+                    f.code = FAILED_DIRTY;
+                }
+            }
+        }
+        return Err(f);
+    }
+    Ok(())
+}
+
+/// Render, check, install, reload, confirm; on a failure after install, restore.
+fn switch_proxy(spec: &Spec, sw: &Switch, nginx: bool, to: &Backend) -> Result<Installed, Failure> {
+    let t = Instant::now();
+    let text = proxy::render(&sw.template, &spec.name, to).map_err(|cause| {
+        Failure::new(
+            "proxy check",
+            &Error::unable("render proxy.template", cause),
+        )
+    })?;
+    let candidate = proxy::check(sw, nginx, &text).map_err(|e| Failure::new("proxy check", &e))?;
+    let checker = if nginx {
+        "nginx -t".to_string()
+    } else {
+        sw.check.join(" ")
+    };
+    say(format!("proxy: candidate passed {checker} {}", ms(t)));
+
+    let t = Instant::now();
+    let installed = proxy::install(sw, candidate).map_err(|e| Failure::new("proxy reload", &e))?;
+    let proxy_name = if nginx { "nginx" } else { "the proxy" };
+    if let Err(e) = proxy::reload(sw) {
+        return Err(restore_after(
+            sw,
+            &installed,
+            Failure::new("proxy reload", &e),
+        ));
+    }
+    match &sw.confirm {
+        Some(url) => {
+            if let Err(e) = proxy::confirm(url, to.pid, sw.confirm_timeout) {
+                return Err(restore_after(sw, &installed, Failure::new("proxy confirm", &e)));
+            }
+            say(format!(
+                "proxy: reloaded {proxy_name}; confirmed pid {} answers through {url} {}",
+                to.pid,
+                ms(t)
+            ));
+        }
+        None => say(format!(
+            "proxy: reloaded {proxy_name}; warning: unconfirmed (a reload's exit status proves nothing; set proxy.confirm to a URL through the proxy) {}",
+            ms(t)
+        )),
+    }
+    Ok(installed)
+}
+
+/// Puts the previous upstream file back after `f`, and says so in the failure.
+fn restore_after(sw: &Switch, installed: &Installed, mut f: Failure) -> Failure {
+    let t = Instant::now();
+    match undo(sw, installed) {
+        Ok(()) => {
+            say(format!(
+                "proxy: restored the previous {} and reloaded {}",
+                sw.upstream.display(),
+                ms(t)
+            ));
+            f.message = format!(
+                "{}; the previous upstream file is back and the proxy reloaded",
+                f.message
+            );
+        }
+        Err(left) => {
+            f.message = format!("{}; AND restoring failed: {left}", f.message);
+            f.code = FAILED_DIRTY;
+        }
+    }
+    f
+}
+
+/// Restores the live file and reloads; on failure, exactly what is left.
+fn undo(sw: &Switch, installed: &Installed) -> Result<(), String> {
+    if let Err(e) = proxy::put_back(installed) {
+        return Err(format!(
+            "{}; {} still holds the new instance's upstream and the proxy may be using it",
+            proxy::one_line(&e.to_string()),
+            sw.upstream.display()
+        ));
+    }
+    proxy::reload(sw).map_err(|e| {
+        format!(
+            "{}; the previous {} is back in place but the proxy did not reload it: run `{}` once the cause is fixed",
+            proxy::one_line(&e.to_string()),
+            sw.upstream.display(),
+            sw.reload.join(" ")
+        )
+    })
+}
+
+/// Writes the local file, then rotates etcd; a failed rotation puts the local file back.
+fn publish(
+    spec: &Spec,
+    etcd: Option<&Etcd>,
+    to: &Backend,
+    from: Option<&Backend>,
+) -> Result<(), Failure> {
+    let t = Instant::now();
+    let old = registry::read_local(spec).unwrap_or_default();
+    // Without an explicit old instance, the one the file names as current becomes previous.
+    let previous = match from {
+        Some(b) => (b.port, Some(b.pid), b.release.clone()),
+        None => (old.port.current, old.pid.current, old.release.current),
+    };
+    let local = Local {
+        port: Pair {
+            current: to.port,
+            previous: previous.0,
+        },
+        pid: Pair {
+            current: Some(to.pid),
+            previous: previous.1,
+        },
+        release: Pair {
+            current: to.release.clone(),
+            previous: previous.2,
+        },
+        updated: registry::rfc3339(SystemTime::now()),
+    };
+    let replaced =
+        registry::write_local(spec, &local).map_err(|e| Failure::new("registry publish", &e))?;
+    say(format!(
+        "registry: wrote {} port current={} previous={} pid current={} previous={} release current={} previous={} {}",
+        spec.registry.file.display(),
+        show(&local.port.current),
+        show(&local.port.previous),
+        show(&local.pid.current),
+        show(&local.pid.previous),
+        show(&local.release.current),
+        show(&local.release.previous),
+        ms(t)
+    ));
+    let Some(etcd) = etcd else {
+        return Ok(());
+    };
+    let t = Instant::now();
+    match etcd.rotate(to.port, to.pid) {
+        Ok(r) => {
+            let seen = etcd.seen();
+            say(format!(
+                "registry: etcd {} {} port current={} previous={} pid current={} previous={} (revision {}) {}",
+                etcd.endpoint(),
+                etcd.prefix(),
+                show(&to.port),
+                show(&seen.port),
+                to.pid,
+                show(&seen.pid),
+                r.revision,
+                ms(t)
+            ));
+            Ok(())
+        }
+        Err(e) => {
+            let mut f = Failure::new("registry publish", &e);
+            match registry::restore_local(spec, replaced.as_deref()) {
+                Ok(()) => say(format!(
+                    "registry: restored {}",
+                    spec.registry.file.display()
+                )),
+                Err(e) => {
+                    f.message = format!(
+                        "{}; AND {}: it names the new instance while etcd does not",
+                        f.message,
+                        proxy::one_line(&e.to_string())
+                    );
+                    f.code = FAILED_DIRTY;
+                }
+            }
+            Err(f)
+        }
+    }
+}
