@@ -226,7 +226,6 @@ pub fn run(
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-const SHORT: Duration = Duration::from_secs(60);
 const LONG: Duration = Duration::from_secs(900);
 
 /// The shell snippet printing `release=ID` and `version=V` of the host's current release.
@@ -237,6 +236,15 @@ fn read_current(env: &Env) -> String {
         "if [ -L {root}/current ]; then c=$(readlink {root}/current); echo \"release=${{c##*/}}\"; \
          sed -n 's/^version=/version=/p' {root}/current/{props} 2>/dev/null | head -n 1; fi"
     )
+}
+
+/// ssh exits 255 when it cannot connect or authenticate; anything else came from the host.
+fn connect_or(out: &CmdOut, step: &'static str) -> &'static str {
+    if out.code == Some(255) {
+        "connect"
+    } else {
+        step
+    }
 }
 
 fn field(out: &str, key: &str) -> Option<String> {
@@ -260,38 +268,34 @@ fn ship_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
     let release_dir = format!("{}/releases/{}", env.deploy_to, job.release.id);
     let q = sh_quote(&release_dir);
 
+    // The first command opens the shared connection: one handshake per host.
     rep.step("connect");
-    let out = job.ssh.connect(a, CONNECT_TIMEOUT);
-    if !out.ok() {
-        r.fail("connect", &out);
-        return r;
-    }
-
-    rep.step("prepare");
     let root = sh_quote(&env.deploy_to);
     let script = format!(
         "set -e\n{}\n{}\nmkdir -p {root}/releases\nif ! mkdir {q} 2>/dev/null; then echo \"release directory {q} already exists on this host\" >&2; exit 1; fi\n",
         check_baton(env),
         read_current(env)
     );
-    let out = job.ssh.exec(a, &script, SHORT, |_| {});
+    let out = job.ssh.exec(a, &script, CONNECT_TIMEOUT, |_| {});
     if !out.ok() {
-        r.fail("prepare", &out);
+        r.fail(connect_or(&out, "prepare"), &out);
         return r;
     }
     r.old = field(&out.stdout, "version=");
+    let basis = field(&out.stdout, "release=").map(|id| format!("{}/releases/{id}", env.deploy_to));
 
+    // The artifact and this host's config files, properties and REVISION, in one transfer.
     rep.step("upload");
-    let out = job.ssh.upload(a, &job.artifact, &release_dir, LONG);
+    let staged = job.stage.join(a);
+    let out = job.ssh.upload(
+        a,
+        &[job.artifact.as_path(), staged.as_path()],
+        &release_dir,
+        basis.as_deref(),
+        LONG,
+    );
     if !out.ok() {
         r.fail("upload", &out);
-        return r;
-    }
-
-    rep.step("configure");
-    let out = job.ssh.upload(a, &job.stage.join(a), &release_dir, SHORT);
-    if !out.ok() {
-        r.fail("configure", &out);
         return r;
     }
 
@@ -319,12 +323,6 @@ fn rollback_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
     let a = &host.address;
     let mut r = HostReport::new(a);
 
-    rep.step("connect");
-    let out = job.ssh.connect(a, CONNECT_TIMEOUT);
-    if !out.ok() {
-        r.fail("connect", &out);
-        return r;
-    }
     rep.step("rollback");
     let script = format!(
         "set -e\n{}\n{}\necho ---\n{} --config {} rollback >&2\n{}\n",
@@ -338,7 +336,7 @@ fn rollback_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
     let (before, after) = out.stdout.split_once("---\n").unwrap_or((&out.stdout, ""));
     r.old = field(before, "version=");
     if !out.ok() {
-        r.fail("rollback", &out);
+        r.fail(connect_or(&out, "rollback"), &out);
         return r;
     }
     r.deployed = true;

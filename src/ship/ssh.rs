@@ -250,13 +250,6 @@ impl Ssh {
         v
     }
 
-    /// Opens the shared connection (authenticates once), so later steps reuse it.
-    pub fn connect(&self, host: &str, timeout: Duration) -> CmdOut {
-        let mut c = Command::new("ssh");
-        c.args(self.opts("-p")).arg(self.target(host)).arg("true");
-        run(c, timeout, |_| {})
-    }
-
     /// Runs a POSIX shell `script` on `host`.
     pub fn exec(
         &self,
@@ -270,13 +263,29 @@ impl Ssh {
         run(c, timeout, on_line)
     }
 
-    /// Copies `src` to `dest_dir` on `host`: a file by its name, a directory's contents.
-    pub fn upload(&self, host: &str, src: &Path, dest_dir: &str, timeout: Duration) -> CmdOut {
-        let is_dir = src.is_dir();
-        let mut s = src.display().to_string();
-        if is_dir && !s.ends_with('/') {
-            s.push('/');
-        }
+    /// Copies `sources` into `dest_dir` on `host`: a file by its name, a directory's contents.
+    ///
+    /// With rsync, files equal to those in `basis` (a directory on the host, e.g. the
+    /// current release) are copied there on the host instead of over the network, and
+    /// changed ones are sent as deltas against them: an uberjar rebuilt with few changes
+    /// costs little. `--copy-dest`, not `--link-dest`: a release must never share an
+    /// inode with another, or a service writing into its own release would change both.
+    pub fn upload(
+        &self,
+        host: &str,
+        sources: &[&Path],
+        dest_dir: &str,
+        basis: Option<&str>,
+        timeout: Duration,
+    ) -> CmdOut {
+        let arg = |src: &Path| {
+            let mut s = src.display().to_string();
+            if src.is_dir() && !s.ends_with('/') {
+                s.push('/');
+            }
+            s
+        };
+        let dest = format!("{}:{}/", self.target(host), dest_dir);
         match self.transfer {
             Transfer::Rsync => {
                 let e = self
@@ -286,38 +295,42 @@ impl Ssh {
                     .collect::<Vec<_>>()
                     .join(" ");
                 let mut c = Command::new("rsync");
-                c.arg("-a").arg("-e").arg(e).arg(&s).arg(format!(
-                    "{}:{}/",
-                    self.target(host),
-                    dest_dir
-                ));
-                run(c, timeout, |_| {})
-            }
-            Transfer::Scp if !is_dir => {
-                let mut c = Command::new("scp");
-                c.arg("-q").args(self.opts("-P")).arg(&s).arg(format!(
-                    "{}:{}/",
-                    self.target(host),
-                    dest_dir
-                ));
+                c.arg("-a").arg("-e").arg(e);
+                if let Some(b) = basis {
+                    c.arg(format!("--copy-dest={b}"));
+                }
+                c.args(sources.iter().map(|s| arg(s))).arg(dest);
                 run(c, timeout, |_| {})
             }
             Transfer::Scp => {
-                // scp -r cannot copy a directory's contents into an existing one; tar can.
-                let mut ssh = self.ssh_words();
-                ssh.push(self.target(host));
-                ssh.push(format!("tar -C {} -xf -", sh_quote(dest_dir)));
-                let pipeline = format!(
-                    "tar -C {} -cf - . | {}",
-                    sh_quote(&s),
-                    ssh.iter()
-                        .map(|w| sh_quote(w))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                );
-                let mut c = Command::new("sh");
-                c.arg("-c").arg(pipeline);
-                run(c, timeout, |_| {})
+                let mut last = CmdOut::default();
+                for src in sources {
+                    last = if src.is_dir() {
+                        // scp -r cannot copy a directory's contents into an existing one; tar can.
+                        let mut ssh = self.ssh_words();
+                        ssh.push(self.target(host));
+                        ssh.push(format!("tar -C {} -xf -", sh_quote(dest_dir)));
+                        let pipeline = format!(
+                            "tar -C {} -cf - . | {}",
+                            sh_quote(&arg(src)),
+                            ssh.iter()
+                                .map(|w| sh_quote(w))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        );
+                        let mut c = Command::new("sh");
+                        c.arg("-c").arg(pipeline);
+                        run(c, timeout, |_| {})
+                    } else {
+                        let mut c = Command::new("scp");
+                        c.arg("-q").args(self.opts("-P")).arg(arg(src)).arg(&dest);
+                        run(c, timeout, |_| {})
+                    };
+                    if !last.ok() {
+                        break;
+                    }
+                }
+                last
             }
         }
     }

@@ -18,6 +18,7 @@ pub struct View {
     rows: Vec<Row>,
     drawn: usize,
     last_draw: Instant,
+    started: Instant,
 }
 
 impl View {
@@ -38,7 +39,13 @@ impl View {
                 .collect(),
             drawn: 0,
             last_draw: now,
+            started: now,
         }
+    }
+
+    /// Seconds since the view started, for plain progress lines (logs read like a timeline).
+    fn clock(&self) -> String {
+        format!("[{:6.1}s]", self.started.elapsed().as_secs_f64())
     }
 
     fn width(&self) -> usize {
@@ -55,7 +62,7 @@ impl View {
         if self.tty {
             self.draw();
         } else if let Some(r) = self.rows.get(i) {
-            println!("{:w$}  {step}", r.host, w = self.width());
+            println!("{} {:w$}  {step}", self.clock(), r.host, w = self.width());
         }
     }
 
@@ -73,7 +80,13 @@ impl View {
                 self.draw();
             }
         } else if let Some(r) = self.rows.get(i) {
-            println!("{:w$}  {}: {line}", r.host, r.step, w = self.width());
+            println!(
+                "{} {:w$}  {}: {line}",
+                self.clock(),
+                r.host,
+                r.step,
+                w = self.width()
+            );
         }
     }
 
@@ -85,7 +98,12 @@ impl View {
         if self.tty {
             self.draw();
         } else if let Some(r) = self.rows.get(i) {
-            println!("{:w$}  {summary}", r.host, w = self.width());
+            println!(
+                "{} {:w$}  {summary}",
+                self.clock(),
+                r.host,
+                w = self.width()
+            );
         }
     }
 
