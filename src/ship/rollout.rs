@@ -162,11 +162,51 @@ pub fn run(
         .iter()
         .map(|&i| job.env.hosts[i].address.clone())
         .collect();
+    let limits = Limits {
+        max_parallel: job.env.max_parallel,
+        canary,
+        max_failed,
+    };
+    let job = Arc::clone(job);
+    let hosts = hosts.to_vec();
+    schedule(&names, limits, view, move |slot, rep| {
+        let host = &job.env.hosts[hosts[slot]];
+        match work {
+            Work::Ship => ship_host(&job, host, rep),
+            Work::Rollback => rollback_host(&job, host, rep),
+        }
+    })
+}
+
+/// How a rollout proceeds.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Hosts in flight at once.
+    pub max_parallel: usize,
+    /// Hosts that go first, alone; any failure among them halts.
+    pub canary: usize,
+    /// Failures after the canaries that are tolerated; one more halts.
+    pub max_failed: usize,
+}
+
+/// The scheduler, apart from what each host does: one thread per host in flight,
+/// and this loop the only owner of the rollout's state.
+fn schedule<F>(
+    names: &[String],
+    limits: Limits,
+    view: &mut View,
+    work: F,
+) -> (Vec<HostReport>, bool)
+where
+    F: Fn(usize, &Reporter) -> HostReport + Send + Sync + 'static,
+{
+    let work = Arc::new(work);
+    let n = names.len();
     let mut reports: Vec<HostReport> = names.iter().map(|h| HostReport::new(h)).collect();
     let (tx, rx) = mpsc::channel::<Event>();
     let mut halted = false;
-    let canary = canary.min(hosts.len());
-    let phases = [(0..canary, true), (canary..hosts.len(), false)];
+    let canary = limits.canary.min(n);
+    let phases = [(0..canary, true), (canary..n, false)];
     let mut failures_after_canary = 0;
     for (range, is_canary) in phases {
         if halted {
@@ -175,10 +215,9 @@ pub fn run(
         let mut queue: VecDeque<usize> = range.collect();
         let mut in_flight = 0usize;
         loop {
-            while !halted && in_flight < job.env.max_parallel {
+            while !halted && in_flight < limits.max_parallel.max(1) {
                 let Some(slot) = queue.pop_front() else { break };
-                let job = Arc::clone(job);
-                let host = job.env.hosts[hosts[slot]].clone();
+                let work = Arc::clone(&work);
                 let rep = Reporter {
                     i: slot,
                     tx: tx.clone(),
@@ -187,10 +226,7 @@ pub fn run(
                 in_flight += 1;
                 std::thread::spawn(move || {
                     let started = Instant::now();
-                    let mut r = match work {
-                        Work::Ship => ship_host(&job, &host, &rep),
-                        Work::Rollback => rollback_host(&job, &host, &rep),
-                    };
+                    let mut r = work(slot, &rep);
                     r.took = started.elapsed();
                     rep.done(r);
                 });
@@ -211,7 +247,7 @@ pub fn run(
                             halted = true;
                         } else {
                             failures_after_canary += 1;
-                            if failures_after_canary > max_failed {
+                            if failures_after_canary > limits.max_failed {
                                 halted = true;
                             }
                         }
@@ -389,4 +425,105 @@ fn verify(host: &Host, expected: &str, timeout: Duration, r: &mut HostReport) {
         step: "verify",
         reason: format!("{last} (after {}s)", timeout.as_secs()),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Runs a rollout of `n` hosts where the hosts in `failing` fail; returns outcomes and halted.
+    fn rollout(
+        n: usize,
+        limits: Limits,
+        together: usize,
+        failing: &'static [usize],
+    ) -> (Vec<&'static str>, bool, usize) {
+        let names: Vec<String> = (0..n).map(|i| format!("h{i}")).collect();
+        let mut view = View::new(&names);
+        let now = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (now2, peak2) = (Arc::clone(&now), Arc::clone(&peak));
+        let (reports, halted) = schedule(&names, limits, &mut view, move |slot, rep| {
+            let c = now2.fetch_add(1, Ordering::SeqCst) + 1;
+            peak2.fetch_max(c, Ordering::SeqCst);
+            rep.step("work");
+            // A failing host fails at once; the others wait (bounded) until `together`
+            // hosts run at the same time: the peak then shows what the scheduler allows,
+            // and a failure is seen while the others are still in flight.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !failing.contains(&slot)
+                && now2.load(Ordering::SeqCst) < together
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            now2.fetch_sub(1, Ordering::SeqCst);
+            let mut r = HostReport::new("?");
+            r.outcome = if failing.contains(&slot) {
+                Outcome::Failed {
+                    step: "work",
+                    reason: "boom".into(),
+                }
+            } else {
+                Outcome::Ok
+            };
+            r
+        });
+        let kinds = reports
+            .iter()
+            .map(|r| match r.outcome {
+                Outcome::Ok => "ok",
+                Outcome::Failed { .. } => "failed",
+                Outcome::Skipped => "skipped",
+                Outcome::RolledBack => "rolled back",
+            })
+            .collect();
+        (kinds, halted, peak.load(Ordering::SeqCst))
+    }
+
+    fn limits(max_parallel: usize, canary: usize, max_failed: usize) -> Limits {
+        Limits {
+            max_parallel,
+            canary,
+            max_failed,
+        }
+    }
+
+    #[test]
+    fn a_failed_canary_halts_before_any_other_host() {
+        let (k, halted, _) = rollout(4, limits(4, 1, 3), 1, &[0]);
+        assert!(halted);
+        assert_eq!(k, ["failed", "skipped", "skipped", "skipped"]);
+    }
+
+    #[test]
+    fn max_failed_failures_are_tolerated_one_more_halts() {
+        // One at a time, so the order is deterministic.
+        let (k, halted, _) = rollout(5, limits(1, 1, 1), 1, &[1]);
+        assert!(!halted);
+        assert_eq!(k, ["ok", "failed", "ok", "ok", "ok"]);
+        let (k, halted, _) = rollout(5, limits(1, 1, 1), 1, &[1, 2]);
+        assert!(halted);
+        assert_eq!(k, ["ok", "failed", "failed", "skipped", "skipped"]);
+    }
+
+    #[test]
+    fn never_more_than_max_parallel_in_flight() {
+        let (k, _, peak) = rollout(9, limits(3, 0, 0), 3, &[]);
+        assert!(k.iter().all(|k| *k == "ok"));
+        assert_eq!(peak, 3);
+        let (_, _, peak) = rollout(3, limits(8, 0, 0), 3, &[]);
+        assert_eq!(peak, 3);
+    }
+
+    #[test]
+    fn in_flight_hosts_finish_after_a_halt() {
+        // Two in flight; host 0 fails: host 1 still finishes, hosts 2 and 3 never start.
+        let (k, halted, _) = rollout(4, limits(2, 0, 0), 3, &[0]);
+        assert!(halted);
+        assert_eq!(k[0], "failed");
+        assert_eq!(k[1], "ok");
+        assert_eq!(&k[2..], ["skipped", "skipped"]);
+    }
 }
