@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PREFIX ?= /usr/local
 CARGO ?= cargo
 
-.PHONY: build release deps test test-rust test-provisioning demo install bench clean
+.PHONY: build release deps test test-rust test-provisioning demo install bench bench-ship clean
 
 build:
 	$(CARGO) build
@@ -31,6 +31,11 @@ install: release
 
 bench: deps release
 	benches/run
+	benches/ship
+
+# baton ship vs Capistrano to 1, 4 and 16 sshd test hosts (about 5 minutes); benches/SHIP-RESULTS.md.
+bench-ship: deps release
+	benches/ship
 
 clean:
 	$(CARGO) clean
