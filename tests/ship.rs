@@ -636,7 +636,9 @@ fn fleet_rollback_returns_every_host_to_its_previous_release() {
 
 #[test]
 fn keep_releases_prunes_old_releases_but_never_current() {
-    let Some(mut lab) = Lab::new(1, Service::Light) else { return };
+    let Some(mut lab) = Lab::new(1, Service::Light) else {
+        return;
+    };
     lab.write_deploy(&lab.deploy()); // keep_releases = 3
     for v in ["k1", "k2", "k3", "k4", "k5"] {
         lab.ship_ok(v);
@@ -646,5 +648,9 @@ fn keep_releases_prunes_old_releases_but_never_current() {
     let current = lab.current(1).expect("current");
     assert_eq!(releases.last(), Some(&current), "newest kept and current");
     let log = lab.read(1, "app/revisions.log");
-    assert_eq!(log.matches("deployed as release").count(), 5, "one line per deploy: {log}");
+    assert_eq!(
+        log.matches("deployed as release").count(),
+        5,
+        "one line per deploy: {log}"
+    );
 }

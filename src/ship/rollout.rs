@@ -111,6 +111,7 @@ pub struct Job {
 enum Event {
     Step(usize, &'static str),
     Line(usize, String),
+    Progress(usize, String),
     Done(usize, Box<HostReport>),
 }
 
@@ -127,6 +128,9 @@ impl Reporter {
     }
     fn line(&self, l: &str) {
         let _ = self.tx.send(Event::Line(self.i, l.to_string()));
+    }
+    fn progress(&self, l: &str) {
+        let _ = self.tx.send(Event::Progress(self.i, l.to_string()));
     }
     fn done(mut self, r: HostReport) {
         self.sent = true;
@@ -237,6 +241,7 @@ where
             match rx.recv_timeout(Duration::from_millis(250)) {
                 Ok(Event::Step(i, s)) => view.step(i, s),
                 Ok(Event::Line(i, l)) => view.line(i, &l),
+                Ok(Event::Progress(i, l)) => view.progress(i, &l),
                 Ok(Event::Done(i, r)) => {
                     in_flight -= 1;
                     let mut r = *r;
@@ -329,6 +334,7 @@ fn ship_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
         &release_dir,
         basis.as_deref(),
         LONG,
+        &mut |l| rep.progress(l),
     );
     if !out.ok() {
         r.fail("upload", &out);

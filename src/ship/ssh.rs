@@ -61,6 +61,7 @@ impl CmdOut {
 
 enum Msg {
     Line(String),
+    Progress(String),
     Out(String),
     ErrDone,
 }
@@ -69,7 +70,19 @@ enum Msg {
 ///
 /// Bounded by `timeout` (the command is killed). Once the command has exited its
 /// pipes get one second more: a backgrounded ssh master may inherit and hold them.
-pub fn run(mut cmd: Command, timeout: Duration, mut on_line: impl FnMut(&str)) -> CmdOut {
+pub fn run(cmd: Command, timeout: Duration, on_line: impl FnMut(&str)) -> CmdOut {
+    run_inner(cmd, timeout, on_line, None)
+}
+
+/// [`run`], also passing each `\r`- or `\n`-ended piece of stdout to `on_progress`
+/// as it comes (rsync's progress line is redrawn with `\r`).
+fn run_inner(
+    mut cmd: Command,
+    timeout: Duration,
+    mut on_line: impl FnMut(&str),
+    mut on_progress: Option<&mut dyn FnMut(&str)>,
+) -> CmdOut {
+    let progress = on_progress.is_some();
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -88,7 +101,31 @@ pub fn run(mut cmd: Command, timeout: Duration, mut on_line: impl FnMut(&str)) -
         let tx = tx.clone();
         std::thread::spawn(move || {
             let mut buf = Vec::new();
-            let _ = out.read_to_end(&mut buf);
+            if progress {
+                let mut chunk = [0u8; 4096];
+                let mut start = 0;
+                while let Ok(n) = out.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) =
+                        buf[start..].iter().position(|&b| b == b'\r' || b == b'\n')
+                    {
+                        let piece = String::from_utf8_lossy(&buf[start..start + end])
+                            .trim()
+                            .to_string();
+                        start += end + 1;
+                        if !piece.is_empty() {
+                            let _ = tx.send(Msg::Progress(piece));
+                        }
+                    }
+                }
+                // The pieces went to on_progress; a failure report needs stderr only.
+                buf.clear();
+            } else {
+                let _ = out.read_to_end(&mut buf);
+            }
             let _ = tx.send(Msg::Out(String::from_utf8_lossy(&buf).into_owned()));
         });
     } else {
@@ -146,6 +183,11 @@ pub fn run(mut cmd: Command, timeout: Duration, mut on_line: impl FnMut(&str)) -
                 on_line(&l);
                 res.stderr.push_str(&l);
                 res.stderr.push('\n');
+            }
+            Ok(Msg::Progress(l)) => {
+                if let Some(f) = on_progress.as_mut() {
+                    f(&l);
+                }
             }
             Ok(Msg::Out(s)) => {
                 res.stdout = s;
@@ -277,6 +319,7 @@ impl Ssh {
         dest_dir: &str,
         basis: Option<&str>,
         timeout: Duration,
+        on_progress: &mut dyn FnMut(&str),
     ) -> CmdOut {
         let arg = |src: &Path| {
             let mut s = src.display().to_string();
@@ -295,12 +338,17 @@ impl Ssh {
                     .collect::<Vec<_>>()
                     .join(" ");
                 let mut c = Command::new("rsync");
-                c.arg("-a").arg("-e").arg(e);
+                // progress2: one line for the whole transfer, redrawn with \r.
+                c.arg("-a")
+                    .arg("--info=progress2")
+                    .arg("--no-inc-recursive")
+                    .arg("-e")
+                    .arg(e);
                 if let Some(b) = basis {
                     c.arg(format!("--copy-dest={b}"));
                 }
                 c.args(sources.iter().map(|s| arg(s))).arg(dest);
-                run(c, timeout, |_| {})
+                run_inner(c, timeout, |_| {}, Some(on_progress))
             }
             Transfer::Scp => {
                 let mut last = CmdOut::default();

@@ -90,6 +90,23 @@ impl View {
         }
     }
 
+    /// A transfer's progress (rsync's redrawn line): only a terminal shows it, logs would drown.
+    pub fn progress(&mut self, i: usize, line: &str) {
+        if !self.tty {
+            return;
+        }
+        if let Some(r) = self.rows.get_mut(i) {
+            r.detail = line
+                .split_whitespace()
+                .take(4)
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
+        if self.last_draw.elapsed() > Duration::from_millis(100) {
+            self.draw();
+        }
+    }
+
     /// Host `i` finished with `summary`.
     pub fn done(&mut self, i: usize, summary: &str) {
         if let Some(r) = self.rows.get_mut(i) {
