@@ -159,6 +159,10 @@ pub fn install(sw: &Switch, candidate: Candidate) -> Result<Installed> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(Error::io(format!("read {}", sw.upstream.display()), &e)),
     };
+    // Keep the live file's permissions: the proxy may run as a user that only reads it through them.
+    if let Ok(meta) = std::fs::metadata(&sw.upstream) {
+        let _ = std::fs::set_permissions(candidate.path(), meta.permissions());
+    }
     std::fs::rename(candidate.path(), &sw.upstream).map_err(|e| {
         Error::io(
             format!(
@@ -343,10 +347,10 @@ mod tests {
             ..backend()
         };
         assert!(render("server 127.0.0.1:{port};", "web", &b)
-            .unwrap_err()
+            .expect_err("must fail")
             .contains("{port}"));
         assert!(render("# {release}", "web", &b)
-            .unwrap_err()
+            .expect_err("must fail")
             .contains("{release}"));
         assert_eq!(render("# {pid}", "web", &b).as_deref(), Ok("# 4242"));
     }
@@ -373,7 +377,7 @@ mod tests {
             Path::new("/etc/nginx/conf.d/web.upstream"),
             Path::new("/x"),
         )
-        .unwrap_err();
+        .expect_err("must fail");
         assert!(err.contains("include it by that path"), "{err}");
         assert!(err.contains("kind = \"command\""), "{err}");
     }
@@ -400,7 +404,7 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let err = run(&argv).unwrap_err();
+        let err = run(&argv).expect_err("must fail");
         assert!(err.starts_with("first problem; second ("), "{err}");
         assert!(run(&["true".to_string()]).is_ok());
     }

@@ -60,6 +60,14 @@ impl Failure {
             code: FAILED,
         }
     }
+
+    /// Adds what happened after the failure, before the hint so the hint stays last.
+    fn note(&mut self, note: &str) {
+        match self.message.find("; hint: ") {
+            Some(i) => self.message.insert_str(i, &format!("; {note}")),
+            None => self.message = format!("{}; {note}", self.message),
+        }
+    }
 }
 
 fn say(line: String) {
@@ -99,28 +107,28 @@ fn switch(spec: &Spec, to: &Backend, from: Option<&Backend>) -> Result<(), Failu
             say("proxy: none configured; nothing to switch".into());
             None
         }
-        ProxySpec::Nginx(sw) => Some((sw, switch_proxy(spec, sw, true, to)?)),
-        ProxySpec::Command(sw) => Some((sw, switch_proxy(spec, sw, false, to)?)),
+        ProxySpec::Nginx(sw) => Some((sw, switch_proxy(spec, sw, true, to, from)?)),
+        ProxySpec::Command(sw) => Some((sw, switch_proxy(spec, sw, false, to, from)?)),
     };
 
     if let Some(ms) = std::env::var(PUBLISH_DELAY_ENV)
         .ok()
-        .and_then(|v| v.parse().ok())
+        .and_then(|v| v.parse::<u64>().ok())
     {
-        std::thread::sleep(Duration::from_millis(ms));
+        std::thread::sleep(Duration::from_millis(ms.min(60_000)));
     }
 
     if let Err(mut f) = publish(spec, etcd.as_ref(), to, from) {
         if let Some((sw, installed)) = switched {
             let t = Instant::now();
-            match undo(sw, &installed) {
-                Ok(()) => say(format!(
-                    "proxy: restored the previous {} and reloaded {}",
+            match undo(sw, &installed, from) {
+                Ok(how) => say(format!(
+                    "proxy: restored the previous {} and reloaded{how} {}",
                     sw.upstream.display(),
                     ms(t)
                 )),
                 Err(left) => {
-                    f.message = format!("{}; AND restoring the proxy failed: {left}", f.message);
+                    f.note(&format!("AND restoring the proxy failed: {left}"));
                     f.code = FAILED_DIRTY;
                 }
             }
@@ -131,7 +139,13 @@ fn switch(spec: &Spec, to: &Backend, from: Option<&Backend>) -> Result<(), Failu
 }
 
 /// Render, check, install, reload, confirm; on a failure after install, restore.
-fn switch_proxy(spec: &Spec, sw: &Switch, nginx: bool, to: &Backend) -> Result<Installed, Failure> {
+fn switch_proxy(
+    spec: &Spec,
+    sw: &Switch,
+    nginx: bool,
+    to: &Backend,
+    from: Option<&Backend>,
+) -> Result<Installed, Failure> {
     let t = Instant::now();
     let text = proxy::render(&sw.template, &spec.name, to).map_err(|cause| {
         Failure::new(
@@ -154,13 +168,14 @@ fn switch_proxy(spec: &Spec, sw: &Switch, nginx: bool, to: &Backend) -> Result<I
         return Err(restore_after(
             sw,
             &installed,
+            from,
             Failure::new("proxy reload", &e),
         ));
     }
     match &sw.confirm {
         Some(url) => {
             if let Err(e) = proxy::confirm(url, to.pid, sw.confirm_timeout) {
-                return Err(restore_after(sw, &installed, Failure::new("proxy confirm", &e)));
+                return Err(restore_after(sw, &installed, from, Failure::new("proxy confirm", &e)));
             }
             say(format!(
                 "proxy: reloaded {proxy_name}; confirmed pid {} answers through {url} {}",
@@ -177,30 +192,34 @@ fn switch_proxy(spec: &Spec, sw: &Switch, nginx: bool, to: &Backend) -> Result<I
 }
 
 /// Puts the previous upstream file back after `f`, and says so in the failure.
-fn restore_after(sw: &Switch, installed: &Installed, mut f: Failure) -> Failure {
+fn restore_after(
+    sw: &Switch,
+    installed: &Installed,
+    from: Option<&Backend>,
+    mut f: Failure,
+) -> Failure {
     let t = Instant::now();
-    match undo(sw, installed) {
-        Ok(()) => {
+    match undo(sw, installed, from) {
+        Ok(how) => {
             say(format!(
-                "proxy: restored the previous {} and reloaded {}",
+                "proxy: restored the previous {} and reloaded{how} {}",
                 sw.upstream.display(),
                 ms(t)
             ));
-            f.message = format!(
-                "{}; the previous upstream file is back and the proxy reloaded",
-                f.message
-            );
+            f.note("the previous upstream file is back and the proxy reloaded");
         }
         Err(left) => {
-            f.message = format!("{}; AND restoring failed: {left}", f.message);
+            f.note(&format!("AND restoring failed: {left}"));
             f.code = FAILED_DIRTY;
         }
     }
     f
 }
 
-/// Restores the live file and reloads; on failure, exactly what is left.
-fn undo(sw: &Switch, installed: &Installed) -> Result<(), String> {
+/// Restores the live file, reloads, and confirms the old instance answers again when it can.
+///
+/// Ok carries how far that was verified; Err says exactly what is left.
+fn undo(sw: &Switch, installed: &Installed, from: Option<&Backend>) -> Result<String, String> {
     if let Err(e) = proxy::put_back(installed) {
         return Err(format!(
             "{}; {} still holds the new instance's upstream and the proxy may be using it",
@@ -215,7 +234,20 @@ fn undo(sw: &Switch, installed: &Installed) -> Result<(), String> {
             sw.upstream.display(),
             sw.reload.join(" ")
         )
-    })
+    })?;
+    // A reload is asynchronous and its exit status proves nothing: see the old instance answer again.
+    let (Some(url), Some(old)) = (&sw.confirm, from) else {
+        return Ok(String::new());
+    };
+    proxy::confirm(url, old.pid, sw.confirm_timeout)
+        .map(|()| format!("; confirmed pid {} answers again", old.pid))
+        .map_err(|e| {
+            format!(
+                "the previous {} is back in place and the proxy reloaded, but {}",
+                sw.upstream.display(),
+                proxy::one_line(&e.to_string())
+            )
+        })
 }
 
 /// Writes the local file, then rotates etcd; a failed rotation puts the local file back.
@@ -288,11 +320,10 @@ fn publish(
                     spec.registry.file.display()
                 )),
                 Err(e) => {
-                    f.message = format!(
-                        "{}; AND {}: it names the new instance while etcd does not",
-                        f.message,
+                    f.note(&format!(
+                        "AND {}: it names the new instance while etcd does not",
                         proxy::one_line(&e.to_string())
-                    );
+                    ));
                     f.code = FAILED_DIRTY;
                 }
             }

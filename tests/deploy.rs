@@ -472,6 +472,8 @@ fn a_release_that_crashes_or_never_gets_ready_changes_nothing() {
     );
     let reg = registry(&svc);
     let current = std::fs::read_link(svc.dir.join("app/current")).expect("current");
+    let url = format!("http://127.0.0.1:{}/", serving.1);
+    let load = Load::start(&url, "keepalive", 6);
 
     let crash = py_release(&svc.dir, "v3", &["CRASH"]);
     let r = deploy(&svc, &crash);
@@ -486,6 +488,9 @@ fn a_release_that_crashes_or_never_gets_ready_changes_nothing() {
     let r = deploy(&svc, &hang);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("not ready within"), "{r:?}");
+    let (n, failed) = load.finish();
+    assert!(n > 100, "load ran: {n}");
+    assert_eq!(failed, 0, "requests to v1 failed during the failed deploys");
 
     let (code, st) = svc.status();
     assert_eq!(code, 0);
@@ -503,7 +508,6 @@ fn a_release_that_crashes_or_never_gets_ready_changes_nothing() {
         std::fs::read_link(svc.dir.join("app/current")).expect("current"),
         current
     );
-    let url = format!("http://127.0.0.1:{}/", serving.1);
     assert_eq!(
         get(&url).map(|x| x.1),
         Some("v2".into()),
@@ -600,4 +604,35 @@ fn unreachable_etcd_fails_the_deploy_before_traffic_moves() {
     let (_, after) = svc.status();
     assert_eq!(after["service_pid"], st["service_pid"], "v1 still serves");
     svc.stop();
+}
+
+#[test]
+fn stop_during_a_deploy_ends_both_instances_and_fails_the_deploy() {
+    let svc = py_service("pystop", "[port]\nmode = \"auto\"\nrange = [35000, 35999]");
+    let v1 = py_release(&svc.dir, "v1", &[]);
+    assert_eq!(deploy(&svc, &v1).code, 0);
+    let slow = py_release(&svc.dir, "v2", &["HANG"]);
+    let pending = Command::new("timeout")
+        .arg("60")
+        .arg(harness::baton_bin())
+        .arg("--config")
+        .arg(&svc.config)
+        .args(["deploy", "--release", slow.to_str().expect("utf-8")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("deploy");
+    wait_until(T, "the handoff to start", || {
+        !svc.status().1["handoff"].is_null()
+    });
+    svc.stop();
+    let out = pending.wait_with_output().expect("deploy output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("abandoned"), "{err}");
+    assert!(
+        svc.processes().is_empty(),
+        "nothing of either instance is left"
+    );
+    assert_eq!(svc.status().0, 3);
 }

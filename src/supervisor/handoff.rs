@@ -613,6 +613,8 @@ impl Supervisor {
         let Some(h) = self.handoff.as_ref() else {
             return;
         };
+        // Gracefully: the state machine's stop ladder that follows waits for every
+        // descendant, these included, and sends SIGKILL to what outlives its timeout.
         for pid in [
             h.candidate.as_ref().map(|c| c.pid),
             h.old.as_ref().map(|o| o.pid),
@@ -620,7 +622,7 @@ impl Supervisor {
         .into_iter()
         .flatten()
         {
-            process::signal_group(pid, Signal::SIGKILL);
+            process::signal_group(pid, self.spec.stop.signal);
         }
         if let Step::Switching { worker } = h.step {
             process::signal(worker, Signal::SIGTERM);
@@ -701,6 +703,34 @@ impl Supervisor {
         let Some(inst) = self.instance.as_ref() else {
             return;
         };
+        let proxied = self.spec.proxy != crate::config::ProxySpec::None;
+        if !proxied && self.spec.registry.etcd.is_empty() {
+            // Only the local file: written here, no process, no wakeup later. A service
+            // without releases never deploys and has no registry at all.
+            if self.spec.release.is_some() {
+                let old = crate::registry::read_local(&self.spec).unwrap_or_default();
+                use crate::registry::Pair;
+                let local = crate::registry::Local {
+                    port: Pair {
+                        current: inst.port,
+                        previous: old.port.current,
+                    },
+                    pid: Pair {
+                        current: Some(inst.pid.as_raw()),
+                        previous: old.pid.current,
+                    },
+                    release: Pair {
+                        current: inst.release.clone(),
+                        previous: old.release.current,
+                    },
+                    updated: crate::registry::rfc3339(std::time::SystemTime::now()),
+                };
+                if let Err(e) = crate::registry::write_local(&self.spec, &local) {
+                    tracing::error!("{e}");
+                }
+            }
+            return;
+        }
         let mut args: Vec<String> = vec!["__switch".into(), "--pid".into(), inst.pid.to_string()];
         if let Some(p) = inst.port {
             args.extend(["--port".into(), p.to_string()]);
