@@ -364,12 +364,8 @@ impl Reader<'_> {
     ) -> Option<Env> {
         self.known_keys(t, p, ENV_KEYS);
         let service = service.unwrap_or("SERVICE");
-        let version_url = self.required_string(
-            t,
-            p,
-            "version_url",
-            "where each host reports its version, e.g. \"http://{host}:8080/version\"",
-        );
+        // Optional here when every host names its own.
+        let version_url = self.string(t, p, "version_url");
         let hosts = self.hosts(t, p, version_url.as_deref());
         let deploy_to = self.required_string(
             t,
@@ -525,11 +521,21 @@ impl Reader<'_> {
                 self.problem(v.span(), &path, format!("{address} is listed twice"));
                 continue;
             }
-            let version_url = own
+            let Some(version_url) = own
                 .or_else(|| url.map(str::to_string))
-                .unwrap_or_default()
-                .replace("{host}", &address);
-            if !version_url.is_empty() && crate::ship::http::Url::parse(&version_url).is_err() {
+                .map(|u| u.replace("{host}", &address))
+            else {
+                self.problem(
+                    v.span(),
+                    &path,
+                    format!(
+                        "{address} has no version URL: set {p}.version_url, e.g. \"http://{{host}}:8080/version\", \
+                         or the host's own version_url"
+                    ),
+                );
+                continue;
+            };
+            if crate::ship::http::Url::parse(&version_url).is_err() {
                 self.problem(
                     v.span(),
                     &path,
@@ -687,6 +693,19 @@ canary = 1
             "{all}"
         );
         assert!(all.contains("is not http://HOST:PORT/PATH"), "{all}");
+    }
+
+    #[test]
+    fn a_host_needs_a_version_url_of_its_own_or_the_environments() {
+        let base = "service = \"w\"\n[build]\ncommand = \"x\"\nartifact = \"y\"\n[environments.p]\ndeploy_to = \"/x\"\n";
+        let p = problems(&format!(
+            "{base}hosts = [\"a\", {{ address = \"b\", version_url = \"http://b:1/v\" }}]\n"
+        ));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("a has no version URL"), "{p:?}");
+        let text =
+            format!("{base}hosts = [{{ address = \"b\", version_url = \"http://b:1/v\" }}]\n");
+        assert!(parse(&text, Path::new("d.toml"), Path::new("/tmp")).is_ok());
     }
 
     #[test]
