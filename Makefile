@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PREFIX ?= /usr/local
 CARGO ?= cargo
 
-.PHONY: build release deps test test-rust test-provisioning demo install bench bench-deploy clean
+.PHONY: build release deps test test-rust test-provisioning demo install bench bench-deploy bench-ship clean
 
 build:
 	$(CARGO) build
@@ -29,16 +29,23 @@ demo: deps release
 install: release
 	install -D -m 0755 target/release/baton $(DESTDIR)$(PREFIX)/bin/baton
 
-# benches/run (supervisor figures, bounded by its BUDGET), then the deploy switches.
+# benches/run (supervisor figures, bounded by its BUDGET), then the deploy switches, then ship.
 bench: deps release
 	benches/run
 	$(BENCH_DEPLOY)
+	$(BENCH_SHIP)
 
 # Failed requests during v1 -> v2 -> v1 switches through nginx, baton deploy/rollback
 # included (benches/deploy-baselines; ~4 min at DURATION=20, hard limit 15 min).
 BENCH_DEPLOY = timeout 900 benches/deploy-baselines
 bench-deploy: deps release
 	$(BENCH_DEPLOY)
+
+# baton ship vs Capistrano to 1, 4 and 16 sshd test hosts (~5 min, hard limit 15 min);
+# writes benches/SHIP-RESULTS.md.
+BENCH_SHIP = timeout 900 benches/ship
+bench-ship: deps release
+	$(BENCH_SHIP)
 
 clean:
 	$(CARGO) clean

@@ -92,6 +92,14 @@ pub enum Command {
     },
     /// Hand back to the release before `current`, the same way.
     Rollback(Target),
+    /// Deploy a new version to every host of an environment over SSH (see the deploy file).
+    ///
+    /// Builds once, locally; uploads to each host's releases/ID, writes the environment's
+    /// config files and a service.properties file there, runs `baton deploy` on each host
+    /// (canaries first, at most max_parallel at once) and verifies the version each host
+    /// reports. Exit 0 only if every host ended on the new version.
+    #[command(disable_version_flag = true)]
+    Ship(ShipArgs),
     /// Internal: the detached supervisor that `start` launches.
     #[command(hide = true)]
     Supervise(Target),
@@ -123,6 +131,28 @@ pub struct SwitchArgs {
     /// Release ID of the instance being replaced.
     #[arg(long, requires = "old_pid")]
     old_release: Option<String>,
+}
+
+/// `baton ship ENV`'s arguments.
+#[derive(Debug, Args)]
+pub struct ShipArgs {
+    /// The environment in the deploy file (staging, production, ...).
+    pub env: String,
+    /// The deploy file.
+    #[arg(long, short = 'f', value_name = "FILE", default_value = "deploy.toml")]
+    pub file: PathBuf,
+    /// The version the hosts must report (default: `git describe`, else the release ID).
+    #[arg(long, value_name = "V")]
+    pub version: Option<String>,
+    /// Print the plan; build nothing, touch no host.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Hand every host back to its previous release instead of shipping.
+    #[arg(long, conflicts_with = "version")]
+    pub rollback: bool,
+    /// If the rollout fails, hand the hosts already deployed back to their previous release.
+    #[arg(long, conflicts_with = "rollback")]
+    pub rollback_on_failure: bool,
 }
 
 /// Files `generate` can render.
@@ -216,6 +246,14 @@ impl Cli {
                     },
                 )
             }
+            Command::Ship(a) => crate::ship::run(&crate::ship::Options {
+                file: a.file.clone(),
+                env: a.env.clone(),
+                version: a.version.clone(),
+                dry_run: a.dry_run,
+                rollback: a.rollback,
+                rollback_on_failure: a.rollback_on_failure,
+            }),
             Command::Switch(a) => {
                 let spec = match load(&a.target) {
                     Ok(s) => s,

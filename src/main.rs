@@ -16,6 +16,7 @@ mod proxy;
 mod registry;
 mod release;
 mod service;
+mod ship;
 mod supervisor;
 mod switch;
 mod sys;

@@ -1,0 +1,1 @@
+# The stage benches/ship deploys to; hosts come from $HOSTS (config/deploy.rb).

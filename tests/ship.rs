@@ -1,0 +1,656 @@
+//! `baton ship` end to end: real sshd test hosts (tests/ship-lab), each with its own root and its own baton.
+//!
+//! Every host is an OpenSSH `sshd` on its own loopback address, in its own mount
+//! namespace where its directory is mounted on /srv/baton-ship. `ship` reaches
+//! them over real ssh and runs the real `baton deploy` there. Needs root (the
+//! tests skip with a message otherwise) and scripts/setup-deps (openssh, rsync).
+
+mod harness;
+
+use harness::{baton_bin, wait_until, Run};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+const SSH_PORT: u16 = 2222;
+const APP_PORT: u16 = 18080;
+/// Where each host sees its own root.
+const HOST_ROOT: &str = "/srv/baton-ship";
+
+fn lab_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/ship-lab")
+        .join(name)
+}
+
+/// The service the hosts run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Service {
+    /// tests/ship-lab/app.py: python3, ready in ~50 ms.
+    Light,
+    /// examples/jdk-service: the real Clojure service on the JDK, ready in ~1.5 s.
+    Jvm,
+}
+
+/// N test hosts and a project directory holding deploy.toml.
+struct Lab {
+    dir: PathBuf,
+    prefix: String,
+    n: usize,
+    service: Service,
+    last_ship: u64,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What the deploy file says, beyond what every test shares.
+#[derive(Clone)]
+struct Deploy {
+    build: String,
+    canary: usize,
+    max_parallel: usize,
+    identity: String,
+    known_hosts: String,
+    /// Host entries (TOML), default: every lab host by address.
+    hosts: Option<String>,
+}
+
+impl Lab {
+    /// Starts `n` hosts; None (with a note) when not root: sshd and unshare need it.
+    fn new(n: usize, service: Service) -> Option<Lab> {
+        if !harness::is_root() {
+            eprintln!("skipped: ship tests need root (sshd test hosts in mount namespaces)");
+            return None;
+        }
+        let seq = SEQ.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let dir = std::env::temp_dir().join(format!("baton-ship-it-{pid}-{seq}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("proj")).expect("lab dir");
+        // A loopback /24 of its own per test, so tests can run in parallel.
+        let prefix = format!("127.{}.{}", 20 + pid % 200, seq + 1);
+        let out = Command::new(lab_script("hosts-up"))
+            .arg(&dir)
+            .arg(n.to_string())
+            .arg(&prefix)
+            .arg(SSH_PORT.to_string())
+            .output()
+            .expect("run hosts-up");
+        assert!(
+            out.status.success(),
+            "hosts-up failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lab = Lab {
+            dir,
+            prefix,
+            n,
+            service,
+            last_ship: 0,
+        };
+        for i in 1..=n {
+            lab.write_service_config(i, "");
+        }
+        lab.write_files();
+        Some(lab)
+    }
+
+    fn addr(&self, i: usize) -> String {
+        format!("{}.{i}", self.prefix)
+    }
+
+    /// Host i's root as the test sees it.
+    fn root(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("h{i}/root"))
+    }
+
+    fn proj(&self) -> PathBuf {
+        self.dir.join("proj")
+    }
+
+    /// The host's baton config, as provisioning (Chef) would install it.
+    fn write_service_config(&self, i: usize, extra_env: &str) {
+        let (command, env, ready) = match self.service {
+            Service::Light => (
+                "[\"/usr/bin/python3\", \"{release}/app.py\"]".to_string(),
+                String::new(),
+                "app: serving on",
+            ),
+            Service::Jvm => (
+                "[\"{release}/run\"]".to_string(),
+                "JAVA_OPTS = \"-Xmx96m\"\nINIT_MS = \"0\"\nDRAIN_TIMEOUT_MS = \"3000\"\n"
+                    .to_string(),
+                "jdk-service: serving on",
+            ),
+        };
+        let text = format!(
+            "command = {command}\npidfile = \"{HOST_ROOT}/run/app.pid\"\nsocket = \"{HOST_ROOT}/run/app.sock\"\n\
+             state_dir = \"{HOST_ROOT}/state\"\n\n[env]\nBATON_TEST_MARKER = \"{marker}\"\n{env}{extra_env}\n\
+             [release]\nroot = \"{HOST_ROOT}/app\"\nkeep = 3\n\n[listen]\naddress = \"{addr}:{APP_PORT}\"\nfd = 3\n\n\
+             [ready]\nlog = \"{ready}\"\ntimeout = \"60s\"\n\n[stop]\ntimeout = \"10s\"\n\n[log]\ndir = \"{HOST_ROOT}/log\"\n",
+            marker = self.dir.display(),
+            addr = self.addr(i),
+        );
+        let etc = self.root(i).join("etc");
+        std::fs::create_dir_all(&etc).expect("etc");
+        std::fs::write(etc.join("app.toml"), text).expect("service config");
+        // Only for the throwaway stand-in some development runs used; harmless otherwise.
+        std::fs::write(self.root(i).join("addr"), self.addr(i)).expect("addr");
+    }
+
+    /// Per-environment config files in the project.
+    fn write_files(&self) {
+        for env in ["test", "production"] {
+            let d = self.proj().join("config").join(env);
+            std::fs::create_dir_all(&d).expect("config dir");
+            std::fs::write(
+                d.join("logging.properties"),
+                format!("level={env}-logging\n"),
+            )
+            .expect("logging");
+            std::fs::write(
+                d.join("database.properties"),
+                format!("url=jdbc:postgresql://db-{env}/app\n"),
+            )
+            .expect("database");
+        }
+    }
+
+    /// The build: copies the service into `out/`, optionally broken.
+    fn build(&self, broken: bool) -> String {
+        let src = match self.service {
+            Service::Light => lab_script("app.py").display().to_string(),
+            Service::Jvm => {
+                let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/jdk-service");
+                format!("{}/run {}/src", d.display(), d.display())
+            }
+        };
+        let mut b =
+            format!("rm -rf out && mkdir out && cp -r {src} out/ && echo built $BATON_VERSION");
+        if broken {
+            b.push_str(" && touch out/BROKEN && printf '#!/bin/sh\\nexit 3\\n' > out/run && chmod +x out/run");
+        }
+        b
+    }
+
+    fn deploy(&self) -> Deploy {
+        Deploy {
+            build: self.build(false),
+            canary: 1,
+            max_parallel: 4,
+            identity: "../id_ed25519".into(),
+            known_hosts: "../known_hosts".into(),
+            hosts: None,
+        }
+    }
+
+    fn write_deploy(&self, d: &Deploy) {
+        let hosts = d.hosts.clone().unwrap_or_else(|| {
+            (1..=self.n)
+                .map(|i| format!("\"{}\"", self.addr(i)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        let baton = std::env::var("BATON_SHIP_TEST_REMOTE_BATON")
+            .unwrap_or_else(|_| baton_bin().display().to_string());
+        let mut text = format!(
+            "service = \"app\"\n\n[build]\ncommand = {:?}\nartifact = \"out\"\n",
+            d.build
+        );
+        for env in ["test", "production"] {
+            text.push_str(&format!(
+                "\n[environments.{env}]\nhosts = [{hosts}]\nuser = \"root\"\nport = {SSH_PORT}\nidentity = {:?}\n\
+                 known_hosts = {:?}\ndeploy_to = \"{HOST_ROOT}/app\"\nbaton = {baton:?}\nconfig = \"{HOST_ROOT}/etc/app.toml\"\n\
+                 version_url = \"http://{{host}}:{APP_PORT}/version\"\nverify_timeout = \"5s\"\nkeep_releases = 3\n\
+                 max_parallel = {}\ncanary = {}\n\n[environments.{env}.files]\n\
+                 \"config/logging.properties\" = \"config/{env}/logging.properties\"\n\
+                 \"config/database.properties\" = \"config/{env}/database.properties\"\n",
+                d.identity, d.known_hosts, d.max_parallel, d.canary
+            ));
+        }
+        std::fs::write(self.proj().join("deploy.toml"), text).expect("deploy.toml");
+    }
+
+    /// `baton ship ARGS` in the project directory, bounded.
+    fn ship(&mut self, args: &[&str]) -> Run {
+        // Release IDs have one-second resolution (Capistrano's): never two ships in one second.
+        let last = self.last_ship;
+        wait_until(Duration::from_secs(2), "the next second", || {
+            now_secs() > last
+        });
+        self.last_ship = now_secs();
+        let r: Run = Command::new("timeout")
+            .arg("240")
+            .arg(baton_bin())
+            .arg("ship")
+            .args(args)
+            .current_dir(self.proj())
+            .output()
+            .expect("run baton ship")
+            .into();
+        self.last_ship = self.last_ship.max(now_secs());
+        r
+    }
+
+    /// What host i answers on its version URL.
+    fn version(&self, i: usize) -> Option<String> {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "3"])
+            .arg(format!("http://{}:{APP_PORT}/version", self.addr(i)))
+            .output()
+            .ok()?;
+        let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !body.is_empty())
+            .then(|| body.strip_prefix("version=").unwrap_or(&body).to_string())
+    }
+
+    fn releases(&self, i: usize) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.root(i).join("app/releases"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// The release `current` points to on host i.
+    fn current(&self, i: usize) -> Option<String> {
+        let t = std::fs::read_link(self.root(i).join("app/current")).ok()?;
+        Some(t.file_name()?.to_string_lossy().into_owned())
+    }
+
+    fn read(&self, i: usize, rel: &str) -> String {
+        std::fs::read_to_string(self.root(i).join(rel)).unwrap_or_default()
+    }
+
+    /// Stops host i's sshd: the host becomes unreachable (connection refused).
+    fn take_down(&self, i: usize) {
+        let pid =
+            std::fs::read_to_string(self.dir.join(format!("h{i}/sshd.pid"))).expect("sshd pid");
+        let pid: i32 = pid.trim().parse().expect("pid");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        wait_until(Duration::from_secs(5), "sshd to exit", || {
+            !harness::alive(pid)
+        });
+    }
+
+    /// Ships `version` and asserts every host took it.
+    fn ship_ok(&mut self, version: &str) -> Run {
+        let r = self.ship(&["test", "--version", version]);
+        assert_eq!(r.code, 0, "ship {version} failed: {r:?}");
+        for i in 1..=self.n {
+            assert_eq!(
+                self.version(i).as_deref(),
+                Some(version),
+                "host {i} after ship: {r:?}"
+            );
+        }
+        r
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new("timeout")
+            .arg("120")
+            .arg(lab_script("hosts-down"))
+            .arg(&self.dir)
+            .arg(baton_bin())
+            .arg(format!("{HOST_ROOT}/etc/app.toml"))
+            .output();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The row of `host` in the final table.
+fn row<'a>(r: &'a Run, host: &str) -> &'a str {
+    r.stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with(&format!("{host} ")))
+        .unwrap_or_else(|| panic!("no table row for {host}: {r:?}"))
+}
+
+#[test]
+fn clean_ship_of_the_jvm_service_to_three_hosts() {
+    let Some(mut lab) = Lab::new(3, Service::Jvm) else {
+        return;
+    };
+    lab.write_deploy(&lab.deploy());
+    let r = lab.ship_ok("1.0.0");
+    for i in 1..=3 {
+        let a = lab.addr(i);
+        assert!(
+            row(&r, &a).contains("1.0.0") && row(&r, &a).ends_with("ok"),
+            "{r:?}"
+        );
+        let releases = lab.releases(i);
+        assert_eq!(releases.len(), 1, "host {i}: {releases:?}");
+        let id = &releases[0];
+        assert_eq!(id.len(), 14, "timestamped release name: {id}");
+        assert_eq!(lab.current(i).as_deref(), Some(id.as_str()));
+        let props = lab.read(i, &format!("app/releases/{id}/service.properties"));
+        for want in [
+            "version=1.0.0\n",
+            "environment=test\n",
+            "shipped_by=",
+            "build_time=",
+            "commit=",
+        ] {
+            assert!(
+                props.contains(want),
+                "host {i} properties lack {want}: {props}"
+            );
+        }
+        assert!(props.contains(&format!("host={a}\n")), "{props}");
+        assert!(!lab
+            .read(i, &format!("app/releases/{id}/REVISION"))
+            .trim()
+            .is_empty());
+        let log = lab.read(i, "app/revisions.log");
+        assert!(
+            log.contains(&format!("deployed as release {id}")),
+            "host {i} revisions.log: {log}"
+        );
+    }
+    // A second ship is a handoff from 1.0.0 to 1.1.0 on every host.
+    let r = lab.ship_ok("1.1.0");
+    for i in 1..=3 {
+        let row = row(&r, &lab.addr(i));
+        assert!(
+            row.contains("1.0.0") && row.contains("1.1.0"),
+            "old and new in {row}"
+        );
+        assert_eq!(lab.releases(i).len(), 2);
+    }
+}
+
+#[test]
+fn per_environment_config_files_land_in_the_release() {
+    let Some(mut lab) = Lab::new(2, Service::Light) else {
+        return;
+    };
+    lab.write_deploy(&lab.deploy());
+    let r = lab.ship(&["production", "--version", "p1"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for i in 1..=2 {
+        let cur = "app/current";
+        assert_eq!(
+            lab.read(i, &format!("{cur}/config/logging.properties")),
+            "level=production-logging\n"
+        );
+        assert_eq!(
+            lab.read(i, &format!("{cur}/config/database.properties")),
+            "url=jdbc:postgresql://db-production/app\n"
+        );
+        let props = lab.read(i, &format!("{cur}/service.properties"));
+        assert!(
+            props.contains("environment=production\n") && props.contains("version=p1\n"),
+            "{props}"
+        );
+        assert_eq!(lab.version(i).as_deref(), Some("p1"));
+    }
+    let r = lab.ship(&["test", "--version", "t1"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        lab.read(1, "app/current/config/logging.properties"),
+        "level=test-logging\n"
+    );
+}
+
+#[test]
+fn a_failing_canary_leaves_the_other_hosts_untouched() {
+    let Some(mut lab) = Lab::new(3, Service::Light) else {
+        return;
+    };
+    lab.write_deploy(&lab.deploy());
+    lab.ship_ok("v1");
+    let mut d = lab.deploy();
+    d.build = lab.build(true);
+    lab.write_deploy(&d);
+    let r = lab.ship(&["test", "--version", "v2"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(row(&r, &lab.addr(1)).contains("FAILED at deploy"), "{r:?}");
+    for i in 2..=3 {
+        assert!(row(&r, &lab.addr(i)).contains("skipped"), "{r:?}");
+        assert_eq!(lab.releases(i).len(), 1, "host {i} was touched");
+    }
+    // The canary's old instance kept serving; nobody moved.
+    for i in 1..=3 {
+        assert_eq!(lab.version(i).as_deref(), Some("v1"), "host {i}");
+    }
+    assert!(
+        r.stdout
+            .contains(&format!("--- {} (deploy) output", lab.addr(1))),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_host_halts_the_rollout_and_rollback_on_failure_restores_the_others() {
+    let Some(mut lab) = Lab::new(4, Service::Light) else {
+        return;
+    };
+    let mut d = lab.deploy();
+    d.max_parallel = 1; // hosts in order: 1 (canary), 2, 3 (down), 4
+    lab.write_deploy(&d);
+    lab.ship_ok("v1");
+    let v1: Vec<Option<String>> = (1..=4).map(|i| lab.current(i)).collect();
+    lab.take_down(3);
+    let r = lab.ship(&["test", "--version", "v2", "--rollback-on-failure"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    let failed = row(&r, &lab.addr(3));
+    assert!(
+        failed.contains("FAILED at connect") && failed.contains("Connection refused"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("rollout halted"), "{r:?}");
+    assert!(row(&r, &lab.addr(4)).contains("skipped"), "{r:?}");
+    assert_eq!(lab.releases(4).len(), 1, "host 4 was touched");
+    for i in [1, 2] {
+        assert!(row(&r, &lab.addr(i)).contains("rolled back"), "{r:?}");
+        assert_eq!(lab.version(i).as_deref(), Some("v1"), "host {i} back on v1");
+        assert_eq!(
+            lab.current(i),
+            v1[i - 1],
+            "host {i} current back on v1's release"
+        );
+        let log = lab.read(i, "app/revisions.log");
+        assert!(log.contains("rolled back to release"), "host {i}: {log}");
+    }
+    assert_eq!(lab.version(4).as_deref(), Some("v1"));
+}
+
+#[test]
+fn wrong_ssh_credentials_fail_at_connect_and_touch_nothing() {
+    let Some(mut lab) = Lab::new(2, Service::Light) else {
+        return;
+    };
+    let other = lab.dir.join("other_key");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .expect("ssh-keygen");
+    assert!(st.success());
+    let mut d = lab.deploy();
+    d.identity = other.display().to_string();
+    lab.write_deploy(&d);
+    let r = lab.ship(&["test", "--version", "v1"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    let first = row(&r, &lab.addr(1));
+    assert!(
+        first.contains("FAILED at connect") && first.contains("Permission denied"),
+        "{r:?}"
+    );
+    assert!(row(&r, &lab.addr(2)).contains("skipped"), "{r:?}");
+    // A host key that does not match known_hosts is refused too (no prompt, no trust on first use).
+    let empty = lab.dir.join("empty_known_hosts");
+    std::fs::write(&empty, "").expect("empty known_hosts");
+    let mut d = lab.deploy();
+    d.known_hosts = empty.display().to_string();
+    lab.write_deploy(&d);
+    let r = lab.ship(&["test", "--version", "v1"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        row(&r, &lab.addr(1)).contains("Host key verification failed"),
+        "{r:?}"
+    );
+    for i in 1..=2 {
+        assert!(lab.releases(i).is_empty(), "host {i} was touched");
+    }
+}
+
+#[test]
+fn a_failing_build_stops_before_any_host_is_touched() {
+    let Some(mut lab) = Lab::new(1, Service::Light) else {
+        return;
+    };
+    let mut d = lab.deploy();
+    d.build =
+        "echo compiling app.clj; echo 'Syntax error compiling at (app.clj:3:1)' >&2; exit 2".into();
+    lab.write_deploy(&d);
+    let r = lab.ship(&["test", "--version", "v1"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("unable to build v1"), "{r:?}");
+    assert!(
+        r.stderr.contains("compiling app.clj") && r.stderr.contains("Syntax error compiling"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("no host was touched"), "{r:?}");
+    assert!(!lab.root(1).join("app").exists(), "host touched");
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_touches_nothing() {
+    // No lab needed: nothing may be reached. The hosts do not even exist.
+    let dir = std::env::temp_dir().join(format!("baton-ship-dry-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("conf")).expect("dir");
+    std::fs::write(dir.join("conf/log.xml"), "<x/>").expect("file");
+    std::fs::write(
+        dir.join("deploy.toml"),
+        "service = \"web\"\n[build]\ncommand = \"touch BUILT && mkdir -p out\"\nartifact = \"out\"\n\
+         [environments.prod]\nhosts = [\"web1.invalid\", \"web2.invalid\", \"web3.invalid\"]\nuser = \"deploy\"\n\
+         deploy_to = \"/var/lib/web\"\nversion_url = \"http://{host}:8080/version\"\ncanary = 1\nmax_parallel = 2\n\
+         [environments.prod.files]\n\"config/log.xml\" = \"conf/log.xml\"\n",
+    )
+    .expect("deploy.toml");
+    let r: Run = Command::new(baton_bin())
+        .args(["ship", "prod", "--dry-run", "--version", "9.9"])
+        .current_dir(&dir)
+        .output()
+        .expect("baton ship")
+        .into();
+    assert_eq!(r.code, 0, "{r:?}");
+    for want in [
+        "plan: ship web 9.9 as release",
+        "1. canary deploy@web1.invalid:22",
+        "3. host   deploy@web3.invalid:22",
+        "canary 1 first, then max_parallel 2",
+        "/var/lib/web/releases/",
+        "install ",
+        "config/log.xml",
+        "/usr/local/bin/baton --config /etc/baton/web.toml deploy --release /var/lib/web/releases/",
+        "dry run: nothing was built, copied or changed",
+    ] {
+        assert!(r.stdout.contains(want), "missing {want:?}: {r:?}");
+    }
+    assert!(!dir.join("BUILT").exists(), "dry run ran the build");
+    // An unknown environment is a usage error naming the ones that exist.
+    let r: Run = Command::new(baton_bin())
+        .args(["ship", "staging", "--dry-run"])
+        .current_dir(&dir)
+        .output()
+        .expect("baton ship")
+        .into();
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("defines only: prod"), "{r:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn version_verification_catches_a_host_reporting_the_wrong_version() {
+    let Some(mut lab) = Lab::new(2, Service::Light) else {
+        return;
+    };
+    // Host 2 serves a stale properties file, whatever the release says.
+    std::fs::write(lab.root(2).join("stale.properties"), "version=0.9-stale\n").expect("stale");
+    lab.write_service_config(
+        2,
+        &format!("VERSION_FILE = \"{HOST_ROOT}/stale.properties\"\n"),
+    );
+    lab.write_deploy(&lab.deploy());
+    let r = lab.ship(&["test", "--version", "v1"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(row(&r, &lab.addr(1)).ends_with("ok"), "{r:?}");
+    let bad = row(&r, &lab.addr(2));
+    assert!(
+        bad.contains("FAILED at verify")
+            && bad.contains("reports version \"0.9-stale\", expected \"v1\""),
+        "{r:?}"
+    );
+    assert!(
+        r.stderr
+            .contains("1 of 2 host(s) did not end on the intended version"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn fleet_rollback_returns_every_host_to_its_previous_release() {
+    let Some(mut lab) = Lab::new(2, Service::Light) else {
+        return;
+    };
+    lab.write_deploy(&lab.deploy());
+    lab.ship_ok("v1");
+    let first: Vec<Option<String>> = (1..=2).map(|i| lab.current(i)).collect();
+    lab.ship_ok("v2");
+    let r = lab.ship(&["test", "--rollback"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for i in 1..=2 {
+        let row = row(&r, &lab.addr(i));
+        assert!(
+            row.contains("v2") && row.contains("v1") && row.ends_with("ok"),
+            "{r:?}"
+        );
+        assert_eq!(lab.version(i).as_deref(), Some("v1"));
+        assert_eq!(lab.current(i), first[i - 1]);
+    }
+}
+
+#[test]
+fn keep_releases_prunes_old_releases_but_never_current() {
+    let Some(mut lab) = Lab::new(1, Service::Light) else {
+        return;
+    };
+    lab.write_deploy(&lab.deploy()); // keep_releases = 3
+    for v in ["k1", "k2", "k3", "k4", "k5"] {
+        lab.ship_ok(v);
+    }
+    let releases = lab.releases(1);
+    assert_eq!(releases.len(), 3, "{releases:?}");
+    let current = lab.current(1).expect("current");
+    assert_eq!(releases.last(), Some(&current), "newest kept and current");
+    let log = lab.read(1, "app/revisions.log");
+    assert_eq!(
+        log.matches("deployed as release").count(),
+        5,
+        "one line per deploy: {log}"
+    );
+}
