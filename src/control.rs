@@ -67,9 +67,9 @@ pub struct HandoffReport {
     pub step: String,
     /// Release of the new instance.
     pub release: String,
-    /// The new instance's PID.
+    /// PID of the instance that is not serving: the new one until traffic moves, then the old one draining.
     pub pid: Option<i32>,
-    /// The new instance's port.
+    /// That instance's port.
     pub port: Option<u16>,
     /// Seconds since the handoff began.
     pub elapsed_secs: f64,

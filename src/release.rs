@@ -156,7 +156,7 @@ pub fn log_revision(root: &Path, line: &str) -> std::io::Result<()> {
         .create(true)
         .append(true)
         .open(root.join("revisions.log"))?;
-    writeln!(f, "{} {line}", timestamp_rfc3339())
+    writeln!(f, "{} {line}", utc_stamps(std::time::SystemTime::now()).1)
 }
 
 /// Deletes the oldest releases beyond `keep`, never one in `protect`; returns what went.
@@ -182,21 +182,20 @@ pub fn dir(root: &Path, id: &str) -> PathBuf {
 
 /// UTC `YYYYMMDDHHMMSS`, Capistrano's release name.
 pub fn timestamp() -> String {
-    let (y, mo, d, h, mi, s) = utc_now();
-    format!("{y:04}{mo:02}{d:02}{h:02}{mi:02}{s:02}")
+    utc_stamps(std::time::SystemTime::now()).0
 }
 
-fn timestamp_rfc3339() -> String {
-    let (y, mo, d, h, mi, s) = utc_now();
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
-}
-
-fn utc_now() -> (i64, u32, u32, u32, u32, u32) {
-    let secs = std::time::SystemTime::now()
+/// `(YYYYMMDDHHMMSS, YYYY-MM-DDTHH:MM:SSZ)` for `t` in UTC: release names and log times.
+pub fn utc_stamps(t: std::time::SystemTime) -> (String, String) {
+    let secs = t
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    civil(secs)
+    let (y, m, d, h, mi, s) = civil(secs);
+    (
+        format!("{y:04}{m:02}{d:02}{h:02}{mi:02}{s:02}"),
+        format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"),
+    )
 }
 
 /// Seconds since the epoch to a UTC date and time (Howard Hinnant's days_from_civil inverse).

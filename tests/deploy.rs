@@ -5,134 +5,13 @@
 
 mod harness;
 
+use harness::lab::{lab, Etcd, Nginx};
 use harness::{fixture, free_port, wait_until, Spec, Svc};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
-
-fn lab(script: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/deploy-lab")
-        .join(script)
-}
-
-fn run_lab(script: &str, args: &[&str]) -> String {
-    let out = Command::new(lab(script))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{script}: {e}"));
-    assert!(
-        out.status.success(),
-        "{script} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A private nginx in front of the service; stopped on drop.
-struct Nginx {
-    dir: PathBuf,
-    port: u16,
-    upstream: PathBuf,
-}
-
-impl Nginx {
-    fn up(dir: &Path, backend_port: u16) -> Nginx {
-        let ndir = dir.join("nginx");
-        std::fs::create_dir_all(&ndir).expect("nginx dir");
-        let upstream = ndir.join("app.upstream");
-        std::fs::write(&upstream, format!("server 127.0.0.1:{backend_port};\n")).expect("upstream");
-        let port = free_port();
-        run_lab(
-            "nginx-up",
-            &[
-                ndir.to_str().expect("utf-8"),
-                &port.to_string(),
-                upstream.to_str().expect("utf-8"),
-            ],
-        );
-        Nginx {
-            dir: ndir,
-            port,
-            upstream,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// The [proxy] table switching this nginx by reload.
-    fn proxy_table(&self) -> String {
-        let d = self.dir.display();
-        format!(
-            "[proxy]\nkind = \"nginx\"\nupstream = \"{}\"\nconfig = \"{d}/nginx.conf\"\n\
-             check = [\"/usr/sbin/nginx\", \"-t\", \"-q\", \"-p\", \"{d}/\", \"-c\", \"{{config}}\", \"-e\", \"{d}/check.log\"]\n\
-             reload = [\"/usr/sbin/nginx\", \"-p\", \"{d}/\", \"-c\", \"{d}/nginx.conf\", \"-e\", \"{d}/error.log\", \"-s\", \"reload\"]\n\
-             confirm = \"{}\"\n",
-            self.upstream.display(),
-            self.url("/version")
-        )
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = Command::new(lab("nginx-down")).arg(&self.dir).output();
-    }
-}
-
-/// A private etcd; stopped on drop.
-struct Etcd {
-    dir: PathBuf,
-    endpoint: String,
-}
-
-impl Etcd {
-    fn up(dir: &Path) -> Etcd {
-        let edir = dir.join("etcd");
-        let ports = run_lab("free-port", &["2"]);
-        let ports: Vec<&str> = ports.split_whitespace().collect();
-        run_lab(
-            "etcd-up",
-            &[edir.to_str().expect("utf-8"), ports[0], ports[1]],
-        );
-        Etcd {
-            dir: edir,
-            endpoint: format!("http://127.0.0.1:{}", ports[0]),
-        }
-    }
-
-    /// The value of one key, via etcdctl.
-    fn get(&self, key: &str) -> Option<String> {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args([
-                "--endpoints",
-                &self.endpoint,
-                "get",
-                "--print-value-only",
-                key,
-            ])
-            .output()
-            .expect("etcdctl");
-        assert!(out.status.success(), "etcdctl get {key}: {out:?}");
-        let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        (!v.is_empty()).then_some(v)
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = Command::new(lab("etcd-down"))
-            .arg(&self.dir)
-            .arg("--purge")
-            .output();
-    }
-}
 
 /// Steady wrk load through nginx in the background.
 struct Load {
@@ -264,7 +143,7 @@ fn socket_mode_deploy_and_rollback_under_load_fail_no_request() {
     let v2 = jvm_release(&svc.dir, "v2");
     let r = deploy(&svc, &v1);
     assert_eq!(r.code, 0, "first deploy starts v1: {r:?}");
-    let nginx = Nginx::up(&svc.dir, listen);
+    let nginx = Nginx::start(&svc.dir, listen);
     assert_eq!(
         get(&nginx.url("/version")).map(|x| x.1),
         Some("version=v1".into())
@@ -334,17 +213,22 @@ fn socket_mode_deploy_and_rollback_under_load_fail_no_request() {
 
 #[test]
 fn nginx_mode_switches_upstream_publishes_to_etcd_and_drains() {
-    let etcd = Etcd::up(&std::env::temp_dir().join(format!("baton-etcd-{}", std::process::id())));
-    let svc_spec = Spec::new("jvmng", "[\"{release}/run\", \"--port\", \"{port}\"]")
-        .env("JAVA_OPTS = \"-Xmx128m\"\nDRAIN_TIMEOUT_MS = \"8000\"\nINIT_MS = \"300\"")
-        .tables(&format!(
+    let etcd =
+        Etcd::start(&std::env::temp_dir().join(format!("baton-etcd-{}", std::process::id())));
+    // The same service throughout; only its [proxy] table changes.
+    let tables = |proxy: &str| {
+        format!(
             "[port]\nmode = \"auto\"\nrange = [32000, 32999]\n\
              [release]\nroot = \"{{dir}}/app\"\n\
              [ready]\nhttp = \"http://127.0.0.1:{{port}}/health\"\ntimeout = \"60s\"\n\
              [stop]\ntimeout = \"15s\"\n[deploy]\ndrain_timeout = \"10s\"\n\
-             [registry]\netcd = [\"{}\"]\nprefix = \"services/jvmng\"\n",
-            etcd.endpoint
-        ));
+             [registry]\netcd = [\"{}\"]\nprefix = \"services/jvmng\"\n{proxy}",
+            etcd.url
+        )
+    };
+    let svc_spec = Spec::new("jvmng", "[\"{release}/run\", \"--port\", \"{port}\"]")
+        .env("JAVA_OPTS = \"-Xmx128m\"\nDRAIN_TIMEOUT_MS = \"8000\"\nINIT_MS = \"300\"")
+        .tables(&tables(""));
     let svc = svc_spec.clone().create();
     let v1 = jvm_release(&svc.dir, "v1");
     let v2 = jvm_release(&svc.dir, "v2");
@@ -352,17 +236,11 @@ fn nginx_mode_switches_upstream_publishes_to_etcd_and_drains() {
     let (_, st) = svc.status();
     let p1 = st["port"].as_u64().expect("port") as u16;
     let pid1 = st["service_pid"].as_i64().expect("pid");
-    let nginx = Nginx::up(&svc.dir, p1);
+    let nginx = Nginx::start(&svc.dir, p1);
     // From now on deploys switch this nginx.
-    let full = svc_spec.tables(&format!(
-        "[port]\nmode = \"auto\"\nrange = [32000, 32999]\n\
-         [release]\nroot = \"{{dir}}/app\"\n\
-         [ready]\nhttp = \"http://127.0.0.1:{{port}}/health\"\ntimeout = \"60s\"\n\
-         [stop]\ntimeout = \"15s\"\n[deploy]\ndrain_timeout = \"10s\"\n\
-         [registry]\netcd = [\"{}\"]\nprefix = \"services/jvmng\"\n{}",
-        etcd.endpoint,
-        nginx.proxy_table()
-    ));
+    let full = svc_spec
+        .clone()
+        .tables(&tables(&nginx.proxy_table(None, "10s")));
     svc.rewrite(&full);
     let before = std::fs::read(&nginx.upstream).expect("upstream");
 
@@ -406,14 +284,8 @@ fn nginx_mode_switches_upstream_publishes_to_etcd_and_drains() {
 
     // A template nginx -t rejects: aborted, v2 serving, nginx config as before.
     let good = std::fs::read(&nginx.upstream).expect("upstream");
-    let broken = full.clone().tables(&format!(
-        "[port]\nmode = \"auto\"\nrange = [32000, 32999]\n\
-         [release]\nroot = \"{{dir}}/app\"\n\
-         [ready]\nhttp = \"http://127.0.0.1:{{port}}/health\"\ntimeout = \"60s\"\n\
-         [stop]\ntimeout = \"15s\"\n\
-         [registry]\netcd = [\"{}\"]\nprefix = \"services/jvmng\"\n{}template = \"server 127.0.0.1:{{port}} no_such_flag;\"\n",
-        etcd.endpoint,
-        nginx.proxy_table()
+    let broken = svc_spec.tables(&tables(
+        &nginx.proxy_table(Some("server 127.0.0.1:{port} no_such_flag;"), "10s"),
     ));
     svc.rewrite(&broken);
     let r = svc.baton(&["rollback"]);

@@ -2,8 +2,10 @@
 
 mod reader;
 mod units;
+pub(crate) use units::parse_duration;
 
 use reader::Reader;
+pub(crate) use reader::{join, Walker};
 
 use crate::error::{Error, Result};
 use crate::exit::Action;
@@ -421,11 +423,12 @@ pub fn parse(text: &str, file: &Path, name: &str) -> std::result::Result<Spec, V
         .ok_or_else(Vec::new)
     } else {
         r.problems.sort_by_key(|p| p.line);
-        Err(r.problems)
+        Err(std::mem::take(&mut r.problems))
     }
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+/// The 1-based line of byte `offset` in `text`.
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())]
         .bytes()
         .filter(|&b| b == b'\n')

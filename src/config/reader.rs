@@ -18,9 +18,26 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml_edit::{Item, TableLike};
 
+/// The generic half of a TOML walk: typed reads that record a located problem instead of
+/// failing, so a file's every mistake is reported at once. Shared by the service config
+/// and `ship`'s deploy file.
+pub(crate) struct Walker<'t> {
+    pub(crate) text: &'t str,
+    pub(crate) problems: Vec<Problem>,
+}
+
+impl<'t> Walker<'t> {
+    pub(crate) fn new(text: &'t str) -> Self {
+        Walker {
+            text,
+            problems: Vec::new(),
+        }
+    }
+}
+
+/// The service config's walk: the generic reads plus what placeholders may mean here.
 pub(super) struct Reader<'t> {
-    pub(super) text: &'t str,
-    pub(super) problems: Vec<Problem>,
+    walker: Walker<'t>,
     /// Whether `{port}` has a meaning (a [port] section or a [listen] socket).
     has_port: bool,
     /// Whether `{release}` has a meaning (a [release] section).
@@ -30,11 +47,23 @@ pub(super) struct Reader<'t> {
 impl<'t> Reader<'t> {
     pub(super) fn new(text: &'t str) -> Self {
         Reader {
-            text,
-            problems: Vec::new(),
+            walker: Walker::new(text),
             has_port: false,
             has_release: false,
         }
+    }
+}
+
+impl<'t> std::ops::Deref for Reader<'t> {
+    type Target = Walker<'t>;
+    fn deref(&self) -> &Walker<'t> {
+        &self.walker
+    }
+}
+
+impl<'t> std::ops::DerefMut for Reader<'t> {
+    fn deref_mut(&mut self) -> &mut Walker<'t> {
+        &mut self.walker
     }
 }
 
@@ -62,12 +91,17 @@ const TOP_KEYS: &[&str] = &[
     "registry",
 ];
 
-impl Reader<'_> {
-    fn problem(&mut self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) {
+impl Walker<'_> {
+    pub(crate) fn problem(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: &str,
+        message: impl Into<String>,
+    ) {
         self.problem_code(span, key, message, Action::NotConfigured);
     }
 
-    fn problem_code(
+    pub(crate) fn problem_code(
         &mut self,
         span: Option<Range<usize>>,
         key: &str,
@@ -84,7 +118,7 @@ impl Reader<'_> {
     }
 
     /// Reports keys outside `allowed`; typos must not be silently ignored.
-    fn known_keys(&mut self, t: &dyn TableLike, prefix: &str, allowed: &[&str]) {
+    pub(crate) fn known_keys(&mut self, t: &dyn TableLike, prefix: &str, allowed: &[&str]) {
         for (k, _) in t.iter() {
             if !allowed.contains(&k) {
                 let span = t.key(k).and_then(|key| key.span());
@@ -98,7 +132,7 @@ impl Reader<'_> {
         }
     }
 
-    fn section<'d>(
+    pub(crate) fn section<'d>(
         &mut self,
         t: &'d dyn TableLike,
         key: &str,
@@ -115,16 +149,21 @@ impl Reader<'_> {
     }
 
     /// Records that `item` has the wrong type; always `None`, for the caller to return.
-    fn wrong_type<T>(&mut self, item: &Item, path: &str, expected: &str) -> Option<T> {
+    pub(crate) fn wrong_type<T>(&mut self, item: &Item, path: &str, expected: &str) -> Option<T> {
+        self.mistyped(item, path, expected);
+        None
+    }
+
+    /// Records that `item` has the wrong type.
+    pub(crate) fn mistyped(&mut self, item: &Item, path: &str, expected: &str) {
         self.problem(
             item.span(),
             path,
             format!("must be {expected}, not {}", item.type_name()),
         );
-        None
     }
 
-    fn string(
+    pub(crate) fn string(
         &mut self,
         t: &dyn TableLike,
         prefix: &str,
@@ -137,7 +176,7 @@ impl Reader<'_> {
         }
     }
 
-    fn strings(&mut self, item: &Item, path: &str) -> Option<Vec<String>> {
+    pub(crate) fn strings(&mut self, item: &Item, path: &str) -> Option<Vec<String>> {
         let Some(arr) = item.as_array() else {
             return self.wrong_type(item, path, "an array of strings");
         };
@@ -158,7 +197,7 @@ impl Reader<'_> {
         Some(out)
     }
 
-    fn integer(
+    pub(crate) fn integer(
         &mut self,
         t: &dyn TableLike,
         prefix: &str,
@@ -182,7 +221,7 @@ impl Reader<'_> {
     }
 
     /// A string value in one of the config's own syntaxes (duration, size, signal).
-    fn parsed<T>(
+    pub(crate) fn parsed<T>(
         &mut self,
         t: &dyn TableLike,
         prefix: &str,
@@ -195,14 +234,21 @@ impl Reader<'_> {
             .ok()
     }
 
-    fn duration(&mut self, t: &dyn TableLike, prefix: &str, key: &str) -> Option<Duration> {
+    pub(crate) fn duration(
+        &mut self,
+        t: &dyn TableLike,
+        prefix: &str,
+        key: &str,
+    ) -> Option<Duration> {
         self.parsed(t, prefix, key, parse_duration)
     }
 
-    fn signal(&mut self, t: &dyn TableLike, prefix: &str, key: &str) -> Option<Signal> {
+    pub(crate) fn signal(&mut self, t: &dyn TableLike, prefix: &str, key: &str) -> Option<Signal> {
         self.parsed(t, prefix, key, parse_signal)
     }
+}
 
+impl Reader<'_> {
     fn path(
         &mut self,
         t: &dyn TableLike,
@@ -954,7 +1000,8 @@ impl Reader<'_> {
     }
 }
 
-fn join(prefix: &str, key: &str) -> String {
+/// `prefix.key`, or `key` at the top level.
+pub(crate) fn join(prefix: &str, key: &str) -> String {
     if prefix.is_empty() {
         key.to_string()
     } else {

@@ -4,10 +4,10 @@
 //! `toml_edit` tree by hand instead of using serde, so that the operator gets
 //! every problem at once, each with file, line and key.
 
+use crate::config::{join, line_of, parse_duration, Problem, Walker};
 use crate::error::{Error, Result};
 use crate::exit::Action;
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml_edit::{ImDocument, Item, TableLike};
@@ -94,16 +94,20 @@ pub struct Env {
 }
 
 /// One thing wrong with the deploy file.
-#[derive(Debug)]
-struct Problem {
-    line: Option<usize>,
-    key: String,
-    message: String,
+/// The deploy file's walk: the service config's generic reads (one [`Walker`]) plus its own sections.
+struct Reader<'t>(Walker<'t>);
+
+impl<'t> std::ops::Deref for Reader<'t> {
+    type Target = Walker<'t>;
+    fn deref(&self) -> &Walker<'t> {
+        &self.0
+    }
 }
 
-struct Reader<'t> {
-    text: &'t str,
-    problems: Vec<Problem>,
+impl<'t> std::ops::DerefMut for Reader<'t> {
+    fn deref_mut(&mut self) -> &mut Walker<'t> {
+        &mut self.0
+    }
 }
 
 const TOP_KEYS: &[&str] = &["service", "build", "environments"];
@@ -143,27 +147,13 @@ pub fn load(file: &Path) -> Result<DeployFile> {
     let base = std::path::absolute(&base).unwrap_or(base);
     parse(&text, file, &base).map_err(|problems| {
         let n = problems.len();
-        let list: Vec<String> = problems
-            .iter()
-            .map(|p| {
-                let at = match p.line {
-                    Some(l) => format!("{}:{l}", file.display()),
-                    None => file.display().to_string(),
-                };
-                if p.key.is_empty() {
-                    format!("{at}: {}", p.message)
-                } else {
-                    format!("{at}: {}: {}", p.key, p.message)
-                }
-            })
-            .collect();
+        let list = crate::config::Problems {
+            file: file.to_path_buf(),
+            list: problems,
+        };
         Error::unable(
             format!("use deploy file {}", file.display()),
-            format!(
-                "{n} problem{}:\n{}",
-                if n == 1 { "" } else { "s" },
-                list.join("\n")
-            ),
+            format!("{n} problem{}:\n{list}", if n == 1 { "" } else { "s" }),
         )
         .code(Action::NotConfigured)
         .hint("fix the lines above; examples/deploy.toml shows every key")
@@ -176,12 +166,10 @@ fn parse(text: &str, file: &Path, base: &Path) -> std::result::Result<DeployFile
             line: e.span().map(|s| line_of(text, s.start)),
             key: String::new(),
             message: format!("TOML syntax error: {}", e.message().trim()),
+            code: Action::NotConfigured,
         }]
     })?;
-    let mut r = Reader {
-        text,
-        problems: Vec::new(),
-    };
+    let mut r = Reader(Walker::new(text));
     let top = doc.as_table();
     r.known_keys(top, "", TOP_KEYS);
     let service = r.required_string(top, "", "service", "the service's name on the hosts");
@@ -194,7 +182,7 @@ fn parse(text: &str, file: &Path, base: &Path) -> std::result::Result<DeployFile
             "is missing: at least one [environments.NAME] table",
         ),
         Some(item) => match item.as_table_like() {
-            None => r.wrong_type(item, "environments", "a table"),
+            None => r.mistyped(item, "environments", "a table"),
             Some(t) => {
                 for (name, item) in t.iter() {
                     let path = format!("environments.{name}");
@@ -204,7 +192,7 @@ fn parse(text: &str, file: &Path, base: &Path) -> std::result::Result<DeployFile
                                 envs.insert(name.to_string(), env);
                             }
                         }
-                        None => r.wrong_type(item, &path, "a table"),
+                        None => r.mistyped(item, &path, "a table"),
                     }
                 }
             }
@@ -212,7 +200,7 @@ fn parse(text: &str, file: &Path, base: &Path) -> std::result::Result<DeployFile
     }
     if !r.problems.is_empty() {
         r.problems.sort_by_key(|p| p.line);
-        return Err(r.problems);
+        return Err(std::mem::take(&mut r.problems));
     }
     match (service, build) {
         (Some(service), Some(build)) => Ok(DeployFile {
@@ -226,50 +214,15 @@ fn parse(text: &str, file: &Path, base: &Path) -> std::result::Result<DeployFile
             line: None,
             key: String::new(),
             message: "incomplete".into(),
+            code: Action::NotConfigured,
         }]),
     }
 }
 
 impl Reader<'_> {
-    fn problem(&mut self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) {
-        self.problems.push(Problem {
-            line: span.map(|s| line_of(self.text, s.start)),
-            key: key.to_string(),
-            message: message.into(),
-        });
-    }
-
-    fn wrong_type(&mut self, item: &Item, path: &str, expected: &str) {
-        self.problem(
-            item.span(),
-            path,
-            format!("must be {expected}, not {}", item.type_name()),
-        );
-    }
-
-    /// Reports keys outside `allowed`; a typo must not be silently ignored.
-    fn known_keys(&mut self, t: &dyn TableLike, prefix: &str, allowed: &[&str]) {
-        for (k, _) in t.iter() {
-            if !allowed.contains(&k) {
-                let span = t.key(k).and_then(|key| key.span());
-                self.problem(
-                    span,
-                    &join(prefix, k),
-                    format!("unknown key (expected one of: {})", allowed.join(", ")),
-                );
-            }
-        }
-    }
-
+    /// A string value; its span is not needed here.
     fn string(&mut self, t: &dyn TableLike, prefix: &str, key: &str) -> Option<String> {
-        let item = t.get(key)?;
-        match item.as_str() {
-            Some(s) => Some(s.to_string()),
-            None => {
-                self.wrong_type(item, &join(prefix, key), "a string");
-                None
-            }
-        }
+        self.0.string(t, prefix, key).map(|(s, _)| s)
     }
 
     fn required_string(
@@ -296,32 +249,6 @@ impl Reader<'_> {
         Some(s)
     }
 
-    fn integer(
-        &mut self,
-        t: &dyn TableLike,
-        prefix: &str,
-        key: &str,
-        min: i64,
-        max: i64,
-    ) -> Option<i64> {
-        let item = t.get(key)?;
-        match item.as_integer() {
-            Some(n) if (min..=max).contains(&n) => Some(n),
-            Some(n) => {
-                self.problem(
-                    item.span(),
-                    &join(prefix, key),
-                    format!("{n} is out of range {min}..={max}"),
-                );
-                None
-            }
-            None => {
-                self.wrong_type(item, &join(prefix, key), "an integer");
-                None
-            }
-        }
-    }
-
     fn build(&mut self, top: &dyn TableLike, base: &Path) -> Option<Build> {
         let Some(item) = top.get("build") else {
             self.problem(
@@ -332,7 +259,7 @@ impl Reader<'_> {
             return None;
         };
         let Some(t) = item.as_table_like() else {
-            self.wrong_type(item, "build", "a table");
+            self.mistyped(item, "build", "a table");
             return None;
         };
         self.known_keys(t, "build", BUILD_KEYS);
@@ -407,7 +334,7 @@ impl Reader<'_> {
                     Duration::from_secs(30)
                 }
                 None => {
-                    self.wrong_type(item, &join(p, "verify_timeout"), "a duration string");
+                    self.mistyped(item, &join(p, "verify_timeout"), "a duration string");
                     Duration::from_secs(30)
                 }
             },
@@ -468,7 +395,7 @@ impl Reader<'_> {
             return None;
         };
         let Some(arr) = item.as_array() else {
-            self.wrong_type(item, &path, "an array");
+            self.mistyped(item, &path, "an array");
             return None;
         };
         if arr.is_empty() {
@@ -562,7 +489,7 @@ impl Reader<'_> {
             return Some(out);
         };
         let Some(tab) = item.as_table_like() else {
-            self.wrong_type(
+            self.mistyped(
                 item,
                 &path,
                 "a table of \"path in release\" = \"local file\"",
@@ -572,7 +499,7 @@ impl Reader<'_> {
         for (dest, v) in tab.iter() {
             let key = join(&path, dest);
             let Some(src) = v.as_str() else {
-                self.wrong_type(v, &key, "a string (the local file)");
+                self.mistyped(v, &key, "a string (the local file)");
                 continue;
             };
             if dest.starts_with('/') || dest.split('/').any(|c| c == ".." || c.is_empty()) {
@@ -591,38 +518,6 @@ impl Reader<'_> {
             out.insert(dest.to_string(), src);
         }
         Some(out)
-    }
-}
-
-fn join(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() {
-        key.to_string()
-    } else {
-        format!("{prefix}.{key}")
-    }
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())]
-        .bytes()
-        .filter(|&b| b == b'\n')
-        .count()
-        + 1
-}
-
-/// `500ms`, `30s`, `5m`.
-fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like \"30s\" or \"500ms\""))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?} is not a duration like \"30s\" or \"500ms\"")),
     }
 }
 

@@ -3,9 +3,10 @@
 use super::config::{DeployFile, Env};
 use super::ssh;
 use crate::error::{Error, Result};
+use crate::release::utc_stamps;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The identity of one release, written into every host's properties file.
 #[derive(Debug, Clone)]
@@ -49,30 +50,6 @@ impl Release {
             self.version, self.commit, self.build_time, self.shipped_by, self.environment, self.id
         )
     }
-}
-
-/// `(YYYYMMDDHHMMSS, YYYY-MM-DDTHH:MM:SSZ)` for `t` in UTC.
-pub fn utc_stamps(t: SystemTime) -> (String, String) {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86400, secs % 86400);
-    let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        format!("{y:04}{m:02}{d:02}{h:02}{mi:02}{s:02}"),
-        format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"),
-    )
 }
 
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
@@ -175,6 +152,7 @@ pub fn stage(env: &Env, rel: &Release, root: &Path) -> Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn stamps() {

@@ -84,7 +84,7 @@ pub(super) struct Handoff {
     started: Instant,
     step_since: Instant,
     /// The switch worker's output, relayed line by line.
-    worker_out: Option<(OwnedFd, Vec<u8>)>,
+    worker_out: Option<WorkerOutput>,
     /// What the switch worker last said went wrong.
     worker_error: Option<String>,
     /// The new instance's own last lines, for a failure report.
@@ -102,10 +102,8 @@ impl Handoff {
             kind: self.kind.to_string(),
             step: self.step.name().to_string(),
             release: self.release.clone(),
-            pid: self.candidate.as_ref().map(|i| i.pid.as_raw()).or_else(|| {
-                // After promotion the new instance is the main one; report the old.
-                inst.map(|i| i.pid.as_raw())
-            }),
+            // The instance that is not serving: the new one, or after promotion the old one.
+            pid: inst.map(|i| i.pid.as_raw()),
             port: inst.and_then(|i| i.port),
             elapsed_secs: now.duration_since(self.started).as_secs_f64(),
         }
@@ -136,8 +134,7 @@ impl Handoff {
 
     /// The switch worker's output descriptor, for the poll set.
     pub fn worker_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        use std::os::fd::AsFd;
-        self.worker_out.as_ref().map(|(fd, _)| fd.as_fd())
+        self.worker_out.as_ref().and_then(WorkerOutput::as_fd)
     }
 }
 
@@ -247,12 +244,7 @@ impl Supervisor {
 
     /// Ends the handoff and answers its client.
     fn end_handoff(&mut self, reply: Reply) {
-        if let Some(h) = self.handoff.take() {
-            if let Some(c) = h.candidate {
-                // The new instance never served: none of its pipes' owner matters any more.
-                tracing::debug!("handoff ended with candidate {} gone", c.pid);
-            }
-        }
+        self.handoff = None;
         for c in self
             .conns
             .iter_mut()
@@ -315,7 +307,7 @@ impl Supervisor {
                 if let Some(h) = self.handoff.as_mut() {
                     h.step = Step::Switching { worker: pid };
                     h.step_since = now;
-                    h.worker_out = Some((out, Vec::new()));
+                    h.worker_out = Some(WorkerOutput::new(out));
                 }
             }
             Err(e) => self.abort_handoff(format!(
@@ -326,40 +318,10 @@ impl Supervisor {
 
     /// Reads what the switch worker printed and relays whole lines.
     pub(super) fn on_worker_output(&mut self) {
-        let Some(h) = self.handoff.as_mut() else {
+        let Some(out) = self.handoff.as_mut().and_then(|h| h.worker_out.as_mut()) else {
             return;
         };
-        let Some((fd, partial)) = h.worker_out.as_mut() else {
-            return;
-        };
-        let mut buf = [0u8; 4096];
-        let mut closed = false;
-        loop {
-            match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
-                Ok(0) => {
-                    closed = true;
-                    if !partial.is_empty() {
-                        partial.push(b'\n');
-                    }
-                    break;
-                }
-                Ok(n) => partial.extend_from_slice(&buf[..n]),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => break,
-            }
-        }
-        let mut lines = Vec::new();
-        while let Some(nl) = partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = partial.drain(..=nl).collect();
-            lines.push(String::from_utf8_lossy(&line).trim_end().to_string());
-        }
-        if closed {
-            h.worker_out = None;
-        }
-        for line in lines {
-            if line.is_empty() {
-                continue;
-            }
+        for line in out.lines() {
             tracing::info!("switch: {line}");
             if let Some(msg) = line.strip_prefix("error: ") {
                 if let Some(h) = self.handoff.as_mut() {
@@ -738,42 +700,77 @@ impl Supervisor {
         if let Some(r) = &inst.release {
             args.extend(["--release".into(), r.clone()]);
         }
-        if let Some((old, _, _)) = self.publisher.take() {
+        if let Some((old, _)) = self.publisher.take() {
             // Superseded: a newer instance is what must be published.
             process::signal(old, Signal::SIGTERM);
         }
         match spawn_worker(&self.spec.file, &self.spec.name, &args) {
-            Ok((pid, out)) => self.publisher = Some((pid, out, Vec::new())),
+            Ok((pid, out)) => self.publisher = Some((pid, WorkerOutput::new(out))),
             Err(e) => tracing::error!("unable to publish the new instance: {e}"),
         }
     }
 
     /// Logs what the background publisher printed.
     pub(super) fn on_publisher_output(&mut self) {
-        let Some((_, fd, partial)) = self.publisher.as_mut() else {
+        let Some((_, out)) = self.publisher.as_mut() else {
             return;
         };
-        let mut buf = [0u8; 4096];
-        loop {
-            match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
-                Ok(0) => {
-                    partial.push(b'\n');
-                    break;
+        for line in out.lines() {
+            match line.strip_prefix("error: ") {
+                Some(e) => tracing::error!("publish: {e}"),
+                None => tracing::info!("publish: {line}"),
+            }
+        }
+    }
+}
+
+/// A switch worker's stdout and stderr, read in whole lines as they come.
+pub(super) struct WorkerOutput {
+    /// None once the worker closed it, so the poll set no longer reports its hang-up.
+    fd: Option<OwnedFd>,
+    partial: Vec<u8>,
+}
+
+impl WorkerOutput {
+    fn new(fd: OwnedFd) -> Self {
+        WorkerOutput {
+            fd: Some(fd),
+            partial: Vec::new(),
+        }
+    }
+
+    /// For the poll set, while the worker may still write.
+    pub(super) fn as_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.fd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// The non-empty whole lines that have arrived (the last one completed at end of file).
+    fn lines(&mut self) -> Vec<String> {
+        if let Some(fd) = &self.fd {
+            let mut buf = [0u8; 4096];
+            loop {
+                match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+                    Ok(0) => {
+                        self.partial.push(b'\n');
+                        self.fd = None;
+                        break;
+                    }
+                    Ok(n) => self.partial.extend_from_slice(&buf[..n]),
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => break,
                 }
-                Ok(n) => partial.extend_from_slice(&buf[..n]),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => break,
             }
         }
-        while let Some(nl) = partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = partial.drain(..=nl).collect();
+        let mut lines = Vec::new();
+        while let Some(nl) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=nl).collect();
             let line = String::from_utf8_lossy(&line).trim_end().to_string();
-            if let Some(e) = line.strip_prefix("error: ") {
-                tracing::error!("publish: {e}");
-            } else if !line.is_empty() {
-                tracing::info!("publish: {line}");
+            if !line.is_empty() {
+                lines.push(line);
             }
         }
+        lines
     }
 }
 

@@ -83,7 +83,7 @@ struct Supervisor {
     /// The deploy or rollback in progress.
     handoff: Option<Handoff>,
     /// A `__switch` publishing a restarted instance: its PID, output and partial line.
-    publisher: Option<(Pid, OwnedFd, Vec<u8>)>,
+    publisher: Option<(Pid, handoff::WorkerOutput)>,
     /// The listening socket handed to every instance ([listen]), bound for the supervisor's life.
     listener: Option<OwnedFd>,
 }
@@ -307,8 +307,8 @@ impl Supervisor {
                     sources.push(Source::Worker);
                 }
             }
-            if let Some((_, fd, _)) = &self.publisher {
-                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            if let Some(fd) = self.publisher.as_ref().and_then(|(_, out)| out.as_fd()) {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
                 sources.push(Source::Publisher);
             }
             // Going to sleep with nothing scheduled: give back what start-up and the last

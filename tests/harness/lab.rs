@@ -1,0 +1,193 @@
+//! The real nginx and etcd of tests/deploy-lab, started on loopback for one test and
+//! stopped when dropped. Shared by the deploy and switch tests.
+
+use super::{free_port, wait_until};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// A deploy-lab script.
+pub fn lab(script: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/deploy-lab")
+        .join(script)
+}
+
+/// Runs a deploy-lab script, asserting success; returns its stdout.
+pub fn lab_run(script: &str, args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .arg("30")
+        .arg(lab(script))
+        .args(args)
+        .output()
+        .expect("run deploy-lab script");
+    assert!(
+        out.status.success(),
+        "{script} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The X-Pid of a fresh `GET /version` to 127.0.0.1:`port`, if anything answered.
+pub fn served_by(port: u16) -> Option<i32> {
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
+            .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /version HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("X-Pid: ")
+                .or_else(|| l.strip_prefix("x-pid: "))
+        })
+        .and_then(|p| p.trim().parse().ok())
+}
+
+/// A private nginx (tests/deploy-lab/nginx-up) whose upstream file is `dir/upstream.conf`.
+pub struct Nginx {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub upstream: PathBuf,
+}
+
+impl Nginx {
+    pub fn start(test: &Path, backend_port: u16) -> Nginx {
+        let dir = test.join("nginx");
+        let upstream = test.join("upstream.conf");
+        std::fs::write(&upstream, format!("server 127.0.0.1:{backend_port};\n")).expect("upstream");
+        let port = free_port();
+        lab_run(
+            "nginx-up",
+            &[
+                &dir.to_string_lossy(),
+                &port.to_string(),
+                &upstream.to_string_lossy(),
+            ],
+        );
+        Nginx {
+            dir,
+            port,
+            upstream,
+        }
+    }
+
+    /// The [proxy] table switching this nginx, confirmed through it.
+    pub fn proxy_table(&self, template: Option<&str>, confirm_timeout: &str) -> String {
+        let d = self.dir.display();
+        let template = template
+            .map(|t| format!("template = {t:?}\n"))
+            .unwrap_or_default();
+        format!(
+            "[proxy]\nkind = \"nginx\"\nupstream = \"{}\"\nconfig = \"{d}/nginx.conf\"\n{template}\
+             check = [\"/usr/sbin/nginx\", \"-p\", \"{d}/\", \"-e\", \"{d}/error.log\", \"-t\", \"-q\", \"-c\", \"{{config}}\"]\n\
+             reload = [\"/usr/sbin/nginx\", \"-p\", \"{d}/\", \"-e\", \"{d}/error.log\", \"-c\", \"{d}/nginx.conf\", \"-s\", \"reload\"]\n\
+             confirm = \"http://127.0.0.1:{}/version\"\nconfirm_timeout = \"{confirm_timeout}\"\n",
+            self.upstream.display(),
+            self.port
+        )
+    }
+
+    /// A URL through this nginx.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn upstream_text(&self) -> String {
+        std::fs::read_to_string(&self.upstream).expect("read upstream")
+    }
+
+    /// Several fresh requests through nginx all reach `pid`.
+    pub fn serves(&self, pid: i32) -> bool {
+        (0..4).all(|_| served_by(self.port) == Some(pid))
+    }
+
+    /// After a reload: the previous generation of workers keeps accepting for
+    /// ~100 ms beside the new one (the master sleeps before telling it to quit).
+    pub fn settles_on(&self, pid: i32) {
+        wait_until(
+            Duration::from_secs(3),
+            "nginx to serve only the expected pid",
+            || self.serves(pid),
+        );
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new(lab("nginx-down"))
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// A private single-member etcd 3.4 (tests/deploy-lab/etcd-up).
+pub struct Etcd {
+    pub dir: PathBuf,
+    pub url: String,
+}
+
+impl Etcd {
+    pub fn start(test: &Path) -> Etcd {
+        let dir = test.join("etcd");
+        let port = free_port();
+        let peer = free_port();
+        lab_run(
+            "etcd-up",
+            &[&dir.to_string_lossy(), &port.to_string(), &peer.to_string()],
+        );
+        Etcd {
+            dir,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new("timeout")
+            .args(["10", "etcdctl", "--endpoints", &self.url])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("etcdctl");
+        assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The value of one key, if set.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let v = self
+            .ctl(&["get", "--print-value-only", key])
+            .trim()
+            .to_string();
+        (!v.is_empty()).then_some(v)
+    }
+
+    /// Every key under `prefix/` with its value.
+    pub fn keys(&self, prefix: &str) -> BTreeMap<String, String> {
+        let text = self.ctl(&["get", "--prefix", &format!("{prefix}/")]);
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .chunks(2)
+            .filter(|kv| kv.len() == 2)
+            .map(|kv| (kv[0].to_string(), kv[1].to_string()))
+            .collect()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = Command::new(lab("etcd-down"))
+            .arg(&self.dir)
+            .arg("--purge")
+            .stdout(Stdio::null())
+            .status();
+    }
+}
