@@ -300,7 +300,7 @@ fn publish(
         Ok(r) => {
             let seen = etcd.seen();
             say(format!(
-                "registry: etcd {} {} port current={} previous={} pid current={} previous={} (revision {}) {}",
+                "registry: etcd {} {} port current={} previous={} pid current={} previous={} (revision {}{}{}) {}",
                 etcd.endpoint(),
                 etcd.prefix(),
                 show(&to.port),
@@ -308,12 +308,17 @@ fn publish(
                 to.pid,
                 show(&seen.pid),
                 r.revision,
+                etcd.lease().map_or(String::new(), |l| format!(", lease {l:x}")),
+                if r.read_back { ", answer lost: read back, applied" } else { "" },
                 ms(t)
             ));
             Ok(())
         }
         Err(e) => {
-            let mut f = Failure::new("registry publish", &e);
+            let mut f = Failure::new("registry publish", &e.error);
+            if e.unknown {
+                f.code = FAILED_DIRTY;
+            }
             match registry::restore_local(spec, replaced.as_deref()) {
                 Ok(()) => say(format!(
                     "registry: restored {}",
