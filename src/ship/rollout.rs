@@ -11,6 +11,7 @@ use super::view::View;
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -106,6 +107,8 @@ pub struct Job {
     pub artifact: PathBuf,
     /// Per-host staged files: `stage/HOST/`.
     pub stage: PathBuf,
+    /// Set when the fleet lock is lost: no further host is started.
+    pub lock_lost: Arc<AtomicBool>,
 }
 
 enum Event {
@@ -171,9 +174,10 @@ pub fn run(
         canary,
         max_failed,
     };
+    let halt = Arc::clone(&job.lock_lost);
     let job = Arc::clone(job);
     let hosts = hosts.to_vec();
-    schedule(&names, limits, view, move |slot, rep| {
+    schedule(&names, limits, &halt, view, move |slot, rep| {
         let host = &job.env.hosts[hosts[slot]];
         match work {
             Work::Ship => ship_host(&job, host, rep),
@@ -198,6 +202,7 @@ pub struct Limits {
 fn schedule<F>(
     names: &[String],
     limits: Limits,
+    halt: &AtomicBool,
     view: &mut View,
     work: F,
 ) -> (Vec<HostReport>, bool)
@@ -219,6 +224,10 @@ where
         let mut queue: VecDeque<usize> = range.collect();
         let mut in_flight = 0usize;
         loop {
+            if halt.load(Ordering::SeqCst) && !halted {
+                halted = true;
+                println!("the fleet lock was lost (expired or broken): no further host is started");
+            }
             while !halted && in_flight < limits.max_parallel.max(1) {
                 let Some(slot) = queue.pop_front() else { break };
                 let work = Arc::clone(&work);
@@ -436,7 +445,7 @@ fn verify(host: &Host, expected: &str, timeout: Duration, r: &mut HostReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     /// Runs a rollout of `n` hosts where the hosts in `failing` fail; returns outcomes and halted.
     fn rollout(
@@ -450,7 +459,8 @@ mod tests {
         let now = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let (now2, peak2) = (Arc::clone(&now), Arc::clone(&peak));
-        let (reports, halted) = schedule(&names, limits, &mut view, move |slot, rep| {
+        let halt = AtomicBool::new(false);
+        let (reports, halted) = schedule(&names, limits, &halt, &mut view, move |slot, rep| {
             let c = now2.fetch_add(1, Ordering::SeqCst) + 1;
             peak2.fetch_max(c, Ordering::SeqCst);
             rep.step("work");
