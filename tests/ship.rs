@@ -813,3 +813,55 @@ fn an_unreachable_lock_endpoint_stops_the_ship_before_any_host() {
     assert_ne!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("defines only: production, test"), "{r:?}");
 }
+
+#[test]
+fn fleet_status_reads_every_host_as_a_table_and_as_json() {
+    let Some(mut lab) = Lab::new(2, Service::Light) else {
+        return;
+    };
+    let d = lab.deploy();
+    lab.write_deploy(&d);
+    lab.ship_ok("1.0");
+    let release = lab.current(1).expect("current");
+
+    let r = lab.ship(&["test", "--status"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let header = r.stdout.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("HOST") && header.contains("ANSWERS"),
+        "{r:?}"
+    );
+    for i in 1..=2 {
+        let line = row(&r, &lab.addr(i));
+        assert!(line.contains(&release) && line.contains("ready"), "{line}");
+        assert_eq!(line.matches("1.0").count(), 2, "version and answer: {line}");
+    }
+
+    let r = lab.ship(&["test", "--status", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(v["environment"], "test");
+    let hosts = v["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts.len(), 2);
+    for h in hosts {
+        assert_eq!(h["release"], release.as_str());
+        assert_eq!(h["version"], "1.0");
+        assert_eq!(h["answers"], "1.0");
+        assert_eq!(h["state"], "ready");
+        assert!(h["since"].as_str().is_some_and(|s| s.ends_with('Z')), "{h}");
+    }
+
+    lab.take_down(2);
+    let r = lab.ship(&["test", "--status", "--json"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("1 of 2 host(s) not ready"), "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(v["hosts"][0]["state"], "ready");
+    assert!(
+        v["hosts"][1]["problem"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("ssh: ")),
+        "{v}"
+    );
+    assert_eq!(v["hosts"][1]["state"], serde_json::Value::Null);
+}

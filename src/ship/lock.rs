@@ -69,7 +69,8 @@ fn me(doing: &str) -> Holder {
     }
 }
 
-fn holder_of(value: &str) -> String {
+/// A lock value as a line: who, where, what, since (the raw value if it is not baton's).
+pub fn holder_of(value: &str) -> String {
     serde_json::from_str::<Holder>(value).map_or_else(|_| value.to_string(), |h| h.to_string())
 }
 

@@ -6,6 +6,7 @@ mod lock;
 mod release;
 mod rollout;
 mod ssh;
+mod status;
 mod view;
 
 use crate::error::{Error, Result};
@@ -64,6 +65,9 @@ pub fn run(opts: &Options) -> Result<i32> {
     };
     if opts.unlock {
         return unlock(&df, &env);
+    }
+    if opts.status {
+        return status::run(&df, &env, opts.json);
     }
     let release = Release::new(&df, &env, opts.version.as_deref());
     if opts.dry_run {

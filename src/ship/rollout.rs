@@ -279,7 +279,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const LONG: Duration = Duration::from_secs(900);
 
 /// The shell snippet printing `release=ID` and `version=V` of the host's current release.
-fn read_current(env: &Env) -> String {
+pub(super) fn read_current(env: &Env) -> String {
     let root = sh_quote(&env.deploy_to);
     let props = sh_quote(&env.properties);
     format!(
