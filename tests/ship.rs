@@ -865,3 +865,62 @@ fn fleet_status_reads_every_host_as_a_table_and_as_json() {
     );
     assert_eq!(v["hosts"][1]["state"], serde_json::Value::Null);
 }
+
+#[test]
+fn the_final_report_times_each_phase_per_host_also_as_json() {
+    let Some(mut lab) = Lab::new(2, Service::Light) else {
+        return;
+    };
+    let d = lab.deploy();
+    lab.write_deploy(&d);
+    let r = lab.ship(&["test", "--version", "1.0", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // Only the report on stdout; the human view went to stderr, table included.
+    let v: serde_json::Value =
+        serde_json::from_str(&r.stdout).expect("stdout is one JSON document");
+    assert!(
+        r.stderr.contains("CONNECT") && r.stderr.contains("VERIFY"),
+        "{r:?}"
+    );
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["environment"], "test");
+    let hosts = v["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts.len(), 2);
+    for (i, h) in hosts.iter().enumerate() {
+        assert_eq!(h["host"], lab.addr(i + 1).as_str());
+        assert_eq!(h["new"], "1.0");
+        assert_eq!(h["result"], "ok");
+        for p in ["connect", "upload", "deploy", "verify"] {
+            assert!(
+                h["phases"][p].as_f64().is_some_and(|s| s >= 0.0),
+                "{p}: {h}"
+            );
+        }
+        let sum: f64 = ["connect", "upload", "deploy", "verify"]
+            .iter()
+            .filter_map(|p| h["phases"][p].as_f64())
+            .sum();
+        assert!(
+            sum <= h["secs"].as_f64().unwrap_or(0.0) + 0.01,
+            "phases within the host's time: {h}"
+        );
+    }
+    // The plain table carries the same columns.
+    let r = lab.ship(&["test", "--version", "2.0"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let header = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("HOST"))
+        .expect("table header");
+    assert!(
+        header.split_whitespace().collect::<Vec<_>>()
+            == ["HOST", "OLD", "NEW", "TIME", "CONNECT", "UPLOAD", "DEPLOY", "VERIFY", "RESULT"],
+        "{header}"
+    );
+    let line = row(&r, &lab.addr(1));
+    assert!(
+        line.starts_with(&format!("{}  1.0", lab.addr(1))) && line.ends_with("ok"),
+        "{line}"
+    );
+}

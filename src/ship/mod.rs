@@ -70,6 +70,9 @@ pub fn run(opts: &Options) -> Result<i32> {
         return status::run(&df, &env, opts.json);
     }
     let release = Release::new(&df, &env, opts.version.as_deref());
+    if opts.json && !opts.dry_run {
+        json_stdout()?;
+    }
     if opts.dry_run {
         print!("{}", plan(&df, &env, &release, opts));
         return Ok(0);
@@ -175,6 +178,25 @@ pub fn run(opts: &Options) -> Result<i32> {
     )
 }
 
+/// With --json: the real stdout, kept for the report while everything else goes to stderr.
+static JSON_OUT: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
+
+/// Sends stdout's human output to stderr and keeps stdout for the JSON report alone.
+fn json_stdout() -> Result<()> {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let _ = std::io::stdout().flush();
+    let real = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::io("keep stdout for --json", &e))?;
+    nix::unistd::dup2(2, 1).map_err(|e| Error::errno("send progress to stderr for --json", e))?;
+    if let Ok(mut o) = JSON_OUT.lock() {
+        *o = Some(std::fs::File::from(real));
+    }
+    Ok(())
+}
+
 /// Takes the environment's fleet lock when the deploy file names etcd members for it.
 fn take_lock(
     df: &DeployFile,
@@ -254,6 +276,11 @@ fn rollback_deployed(job: &Arc<Job>, reports: &mut [HostReport]) {
     for (slot, u) in back.iter().zip(undone) {
         let r = &mut reports[*slot];
         r.took += u.took;
+        r.phases.extend(
+            u.phases
+                .iter()
+                .map(|&(p, d)| (if p == "verify" { "rollback verify" } else { p }, d)),
+        );
         match u.outcome {
             Outcome::Ok => {
                 r.new = u.new;
@@ -286,6 +313,11 @@ fn close(job: &Job, idx: &[usize]) {
 fn finish(reports: &[HostReport], started: Instant, what: &str, env: &str) -> Result<i32> {
     println!();
     print!("{}", view::table(reports));
+    if let Some(mut out) = JSON_OUT.lock().ok().and_then(|mut o| o.take()) {
+        use std::io::Write;
+        let v = view::json(reports, what, env, started.elapsed());
+        let _ = writeln!(out, "{v}");
+    }
     for r in reports {
         if let Outcome::Failed { step, .. } = &r.outcome {
             if !r.output.trim().is_empty() {

@@ -62,6 +62,8 @@ pub struct HostReport {
     pub output: String,
     /// `baton deploy` succeeded: the host's `current` moved (rollback-on-failure undoes it).
     pub deployed: bool,
+    /// Wall time of each phase it went through (connect, upload, deploy, verify; rollback), in order.
+    pub phases: Vec<(&'static str, Duration)>,
 }
 
 impl HostReport {
@@ -74,7 +76,21 @@ impl HostReport {
             outcome: Outcome::Skipped,
             output: String::new(),
             deployed: false,
+            phases: Vec::new(),
         }
+    }
+
+    /// Records that `phase` began at `since` and ended now.
+    fn timed(&mut self, phase: &'static str, since: Instant) {
+        self.phases.push((phase, since.elapsed()));
+    }
+
+    /// The duration of `phase`, if the host went through it.
+    pub fn phase(&self, phase: &str) -> Option<Duration> {
+        self.phases
+            .iter()
+            .find(|(p, _)| *p == phase)
+            .map(|(_, d)| *d)
     }
 
     fn fail(&mut self, step: &'static str, out: &CmdOut) {
@@ -320,6 +336,7 @@ fn ship_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
 
     // The first command opens the shared connection: one handshake per host.
     rep.step("connect");
+    let t = Instant::now();
     let root = sh_quote(&env.deploy_to);
     let script = format!(
         "set -e\n{}\n{}\nmkdir -p {root}/releases\nif ! mkdir {q} 2>/dev/null; then echo \"release directory {q} already exists on this host\" >&2; exit 1; fi\n",
@@ -327,6 +344,7 @@ fn ship_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
         read_current(env)
     );
     let out = job.ssh.exec(a, &script, CONNECT_TIMEOUT, |_| {});
+    r.timed("connect", t);
     if !out.ok() {
         r.fail(connect_or(&out, "prepare"), &out);
         return r;
@@ -336,6 +354,7 @@ fn ship_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
 
     // The artifact and this host's config files, properties and REVISION, in one transfer.
     rep.step("upload");
+    let t = Instant::now();
     let staged = job.stage.join(a);
     let out = job.ssh.upload(
         a,
@@ -345,12 +364,14 @@ fn ship_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
         LONG,
         &mut |l| rep.progress(l),
     );
+    r.timed("upload", t);
     if !out.ok() {
         r.fail("upload", &out);
         return r;
     }
 
     rep.step("deploy");
+    let t = Instant::now();
     let cmd = format!(
         "{} --config {} deploy --release {q} --keep {}",
         sh_quote(&env.baton),
@@ -358,6 +379,7 @@ fn ship_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
         env.keep_releases
     );
     let out = job.ssh.exec(a, &cmd, LONG, |l| rep.line(l));
+    r.timed("deploy", t);
     if !out.ok() {
         r.fail("deploy", &out);
         return r;
@@ -365,7 +387,9 @@ fn ship_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
     r.deployed = true;
 
     rep.step("verify");
+    let t = Instant::now();
     verify(host, &job.release.version, env.verify_timeout, &mut r);
+    r.timed("verify", t);
     r
 }
 
@@ -375,6 +399,7 @@ fn rollback_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
     let mut r = HostReport::new(a);
 
     rep.step("rollback");
+    let t = Instant::now();
     let script = format!(
         "set -e\n{}\n{}\necho ---\n{} --config {} rollback >&2\n{}\n",
         check_baton(env),
@@ -384,6 +409,7 @@ fn rollback_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
         read_current(env)
     );
     let out = job.ssh.exec(a, &script, LONG, |l| rep.line(l));
+    r.timed("rollback", t);
     let (before, after) = out.stdout.split_once("---\n").unwrap_or((&out.stdout, ""));
     r.old = field(before, "version=");
     if !out.ok() {
@@ -394,7 +420,9 @@ fn rollback_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
     match field(after, "version=") {
         Some(v) => {
             rep.step("verify");
+            let t = Instant::now();
             verify(host, &v, env.verify_timeout, &mut r);
+            r.timed("verify", t);
         }
         None => {
             r.new = None;
