@@ -366,3 +366,24 @@ fn a_transaction_whose_answer_is_lost_is_read_back_before_anything_else() {
     cluster.wait_healthy(0);
     assert_eq!(cluster.get_at(0, "test/web/pid/current"), None);
 }
+
+#[test]
+fn a_clean_stop_revokes_the_lease_so_the_keys_go_at_once() {
+    let test = Spec::new("etcd-holder", r#"["true"]"#).create();
+    let cluster = EtcdCluster::start(&test.dir);
+    // A TTL far longer than the wait below: only a revoke can remove the keys in time.
+    let svc = service(&cluster.toml(&[0, 1, 2]), "ttl = \"120s\"", free_port());
+    assert_eq!(svc.start().code, 0);
+    wait_until(
+        Duration::from_secs(30),
+        "the instance to be registered",
+        || cluster.get_at(1, "test/web/pid/current").is_some(),
+    );
+    assert_eq!(svc.stop().code, 0);
+    wait_until(
+        Duration::from_secs(30),
+        "the keys to go with the revoked lease",
+        || cluster.get_at(1, "test/web/pid/current").is_none(),
+    );
+    assert_eq!(cluster.get_at(2, "test/web/endpoint"), None);
+}
