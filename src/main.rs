@@ -15,6 +15,7 @@ mod process;
 mod service;
 mod ship;
 mod supervisor;
+mod sockets;
 mod sys;
 
 use clap::Parser;

@@ -310,7 +310,7 @@ fn render(r: &Report) -> String {
         {
             out.push_str(&format!(
                 ", next try in {}",
-                crate::supervisor::state::human(Duration::from_secs_f64(s))
+                crate::config::human(Duration::from_secs_f64(s))
             ));
         }
     }
@@ -331,7 +331,7 @@ fn render(r: &Report) -> String {
     if let Some(u) = r.uptime_secs {
         facts.push(format!(
             "up {}",
-            crate::supervisor::state::human(Duration::from_secs(u as u64))
+            crate::config::human(Duration::from_secs(u as u64))
         ));
     }
     if r.supervisor_pid.is_some() && r.state != "dead" {

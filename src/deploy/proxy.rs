@@ -197,20 +197,57 @@ pub fn put_back(installed: &Installed) -> Result<()> {
     }
 }
 
-/// GETs `url` (fresh connection each time) until `pid` answers [`CONFIRMATIONS`] times in a row.
-pub fn confirm(url: &str, pid: i32, timeout: Duration) -> Result<()> {
+/// What proves that a request through the proxy reached an instance.
+enum Proof<'a> {
+    /// The response carries the instance's PID in this header (the service must send it).
+    Header(&'a str),
+    /// A connection to the instance's own port appears: needs nothing from the service.
+    Connection(u16),
+}
+
+impl Proof<'_> {
+    fn of<'a>(sw: &'a Switch, to: &Backend) -> Proof<'a> {
+        match (&sw.confirm_header, to.port) {
+            (Some(h), _) => Proof::Header(h),
+            (None, Some(port)) => Proof::Connection(port),
+            // On a shared listening socket only the service itself can tell instances apart.
+            (None, None) => Proof::Header("X-Pid"),
+        }
+    }
+}
+
+/// Requests `url` through the proxy (a fresh connection each time) until [`CONFIRMATIONS`]
+/// answers in a row come from `to`; Ok says who answers, Err why it is not confirmed.
+///
+/// The proof is the instance's PID in `proxy.confirm_header` when one is configured, else
+/// observation: each request must open a new connection to `to`'s own port (seen in
+/// /proc/net/tcp, the server's half or the client's) and get an answer that is not a gateway
+/// error. The first request after a reload may still reach the old workers; the streak waits
+/// them out.
+pub fn confirm(sw: &Switch, url: &str, to: &Backend) -> std::result::Result<String, String> {
+    let proof = Proof::of(sw, to);
+    let timeout = sw.confirm_timeout;
     let deadline = Instant::now() + timeout;
-    let want = pid.to_string();
+    let want = to.pid.to_string();
+    let mut seen = match proof {
+        Proof::Connection(port) => crate::sockets::peers_of(port),
+        Proof::Header(_) => Default::default(),
+    };
     let mut streak = 0;
     let mut last = String::from("no answer yet");
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(Error::unable(
-                format!("confirm the switch through {url}"),
-                format!("pid {pid} did not answer {CONFIRMATIONS} times in a row within {timeout:?} (last: {last})"),
-            )
-            .hint("the proxy did not take the new upstream (see its error log), or the new instance is not reachable from it"));
+            let whom = match proof {
+                Proof::Header(h) => format!("pid {} did not answer (by its {h} header)", to.pid),
+                Proof::Connection(port) => {
+                    format!("requests did not reach pid {} on port {port}", to.pid)
+                }
+            };
+            return Err(format!(
+                "{whom} {CONFIRMATIONS} times in a row within {} (last: {last})",
+                crate::config::human(timeout)
+            ));
         }
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(left.min(Duration::from_secs(1)))
@@ -226,19 +263,44 @@ pub fn confirm(url: &str, pid: i32, timeout: Duration) -> Result<()> {
                 None
             }
         };
-        if let Some(r) = response {
-            let got = r.header("X-Pid").map(str::trim).map(str::to_owned);
-            last = match &got {
-                Some(p) => format!("HTTP {} from pid {p}", r.status()),
-                None => format!("HTTP {} without an X-Pid header", r.status()),
-            };
-            if got.as_deref() == Some(want.as_str()) {
-                streak += 1;
-                if streak == CONFIRMATIONS {
-                    return Ok(());
-                }
-                continue;
+        let hit = match (response, &proof) {
+            (None, _) => false,
+            (Some(r), Proof::Header(h)) => {
+                let got = r.header(h).map(str::trim).map(str::to_owned);
+                last = match &got {
+                    Some(p) => format!("HTTP {} from pid {p}", r.status()),
+                    None => format!("HTTP {} without an {h} header", r.status()),
+                };
+                got.as_deref() == Some(want.as_str())
             }
+            (Some(r), Proof::Connection(port)) => {
+                let now = crate::sockets::peers_of(*port);
+                let fresh = now.difference(&seen).count();
+                seen.extend(now);
+                let gateway_error = matches!(r.status(), 502..=504);
+                last = format!(
+                    "HTTP {}, {}",
+                    r.status(),
+                    if fresh > 0 {
+                        format!("a new connection to port {port}")
+                    } else {
+                        format!("no new connection to port {port}")
+                    }
+                );
+                fresh > 0 && !gateway_error
+            }
+        };
+        if hit {
+            streak += 1;
+            if streak == CONFIRMATIONS {
+                return Ok(match proof {
+                    Proof::Header(_) => format!("pid {} answers", to.pid),
+                    Proof::Connection(port) => {
+                        format!("requests reach pid {} (new connections to port {port})", to.pid)
+                    }
+                });
+            }
+            continue;
         }
         streak = 0;
         std::thread::sleep(

@@ -138,14 +138,6 @@ impl Handoff {
     }
 }
 
-fn ms(d: Duration) -> String {
-    if d >= Duration::from_secs(1) {
-        format!("{:.2}s", d.as_secs_f64())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
-}
-
 impl Supervisor {
     /// `deploy ID` / `rollback ID`: begins a handoff, or says why not.
     pub(super) fn begin_handoff(
@@ -167,7 +159,7 @@ impl Supervisor {
                 self.spec.name,
                 h.release,
                 h.step.name(),
-                ms(h.started.elapsed())
+                crate::config::human(h.started.elapsed())
             ));
         }
         if !matches!(self.machine.phase, super::Phase::Ready { .. }) {
@@ -299,7 +291,7 @@ impl Supervisor {
                 args.extend(["--old-release".into(), r.clone()]);
             }
         }
-        let line = format!("[2/5] ready after {}", ms(took));
+        let line = format!("[2/5] ready after {}", crate::config::human(took));
         self.tell_handoff(&line);
         tracing::info!("handoff: {line}");
         match spawn_worker(&self.spec.file, &self.spec.name, &args) {
@@ -408,7 +400,7 @@ impl Supervisor {
         let now = Instant::now();
         let line = format!(
             "[3/5] traffic switched and published in {}",
-            ms(now.duration_since(h.step_since))
+            crate::config::human(now.duration_since(h.step_since))
         );
         let new_pid = new.pid;
         let old = self.instance.replace(new);
@@ -459,7 +451,7 @@ impl Supervisor {
                     let why = format!(
                         "step 2 (readiness) failed: release {} not ready within {}; waiting for: {pending}",
                         h.release,
-                        ms(self.spec.ready.timeout)
+                        crate::config::human(self.spec.ready.timeout)
                     );
                     self.abort_handoff(why);
                 }
@@ -477,7 +469,7 @@ impl Supervisor {
                         format!(
                             "[4/5] old instance (pid {}) drained in {}",
                             old.pid,
-                            ms(now.duration_since(h.step_since))
+                            crate::config::human(now.duration_since(h.step_since))
                         )
                     } else {
                         format!("[4/5] drain timeout: old instance (pid {}) still holds {left} connection(s)", old.pid)
@@ -510,7 +502,7 @@ impl Supervisor {
                     process::signal_group(old.pid, Signal::SIGKILL);
                     let line = format!(
                         "      old instance still running after {}: sent SIGKILL",
-                        ms(stop_timeout)
+                        crate::config::human(stop_timeout)
                     );
                     self.tell_handoff(&line);
                 }
@@ -606,7 +598,7 @@ impl Supervisor {
         let (kind, release, total) = (h.kind, h.release.clone(), now.duration_since(h.started));
         let line = format!(
             "[5/5] old instance stopped in {}",
-            ms(now.duration_since(h.step_since))
+            crate::config::human(now.duration_since(h.step_since))
         );
         let previous = h.old.as_ref().and_then(|o| o.release.clone());
         self.tell_handoff(&line);
@@ -619,7 +611,7 @@ impl Supervisor {
                 .as_ref()
                 .and_then(|i| i.port)
                 .map_or(String::new(), |p| format!(", port {p}")),
-            ms(total)
+            crate::config::human(total)
         );
         if let Some(r) = &self.spec.release {
             if let Err(e) = crate::deploy::release::switch_current(&r.root, &release) {

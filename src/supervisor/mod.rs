@@ -684,6 +684,9 @@ impl Supervisor {
                 }
             };
             let now = Instant::now();
+            // What it printed just before it went is in its pipes still: read it first, so a
+            // failure report carries its last words (poll reports the exit and the data at once).
+            self.drain_output_of(pid);
             if self.instance.as_ref().is_some_and(|i| i.pid == pid) {
                 tracing::info!("service (pid {pid}) {exit}");
                 self.cancel_handoff(&format!("the serving instance (pid {pid}) {exit}"));
@@ -712,6 +715,20 @@ impl Supervisor {
                     tracing::debug!("reaped descendant {pid} ({exit})");
                 }
                 self.check_probes();
+            }
+        }
+    }
+
+    /// Reads whatever `pid`'s pipes hold now; they stay in the poll set until they report closed.
+    fn drain_output_of(&mut self, pid: Pid) {
+        for i in 0..self.pipes.len() {
+            if self.pipes.get(i).is_some_and(|p| p.owner == pid) {
+                // Bounded: a grandchild may hold the pipe open and keep writing.
+                for _ in 0..4 {
+                    if let Drained::Closed = self.drain_pipe(i) {
+                        break;
+                    }
+                }
             }
         }
     }
