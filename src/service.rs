@@ -437,6 +437,15 @@ pub fn preflight(spec: &Spec) -> Result<()> {
             .hint("run it as root (sudo), or remove `user` from the config"));
         }
     }
+    let host = crate::config::host::check(spec);
+    if !host.errors.is_empty() {
+        return Err(Error::unable(
+            format!("start {} with {}", spec.name, spec.file.display()),
+            host.errors.join("; "),
+        )
+        .code(Action::NotConfigured)
+        .hint(format!("`baton check {}` says the same; nothing was started", spec.name)));
+    }
     let dirs = [
         ("PID file directory", spec.pidfile.parent()),
         ("control socket directory", spec.socket.parent()),

@@ -1,5 +1,6 @@
 //! TOML service file -> validated [`Spec`], gathering every problem before reporting.
 
+pub mod host;
 mod reader;
 mod units;
 pub(crate) use units::{human, parse_duration};

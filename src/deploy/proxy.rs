@@ -48,14 +48,8 @@ pub fn check_config(
     live: &Path,
     candidate: &Path,
 ) -> std::result::Result<String, String> {
-    let live = live.to_string_lossy();
-    if !main.contains(live.as_ref()) {
-        return Err(format!(
-            "the main config does not mention the upstream file {live}; include it by that path \
-             from proxy.config, or use kind = \"command\" with a check of your own"
-        ));
-    }
-    Ok(main.replace(live.as_ref(), &candidate.to_string_lossy()))
+    crate::config::host::nginx_includes(main, live).map_err(|e| format!("the main config {e}"))?;
+    Ok(main.replace(live.to_string_lossy().as_ref(), &candidate.to_string_lossy()))
 }
 
 /// A rendered upstream file next to the live one, not yet installed; removed unless installed.

@@ -82,8 +82,14 @@ struct Supervisor {
     queue: VecDeque<Input>,
     /// The deploy or rollback in progress.
     handoff: Option<Handoff>,
-    /// A `__switch` publishing a restarted instance: its PID, output and partial line.
+    /// A `__switch` routing a (re)started instance: its PID, output and partial line.
     publisher: Option<(Pid, handoff::WorkerOutput)>,
+    /// Ready, but a waiting `start` hears so only once traffic is routed; true on the first start.
+    routing: Option<bool>,
+    /// Why the serving instance is not routed (its publish failed), for `status`.
+    unrouted: Option<String>,
+    /// What the running publisher said went wrong, before it exited.
+    publish_error: Option<String>,
     /// The listening socket handed to every instance ([listen]), bound for the supervisor's life.
     listener: Option<OwnedFd>,
 }
@@ -209,6 +215,9 @@ fn setup(
         queue: VecDeque::new(),
         handoff: None,
         publisher: None,
+        routing: None,
+        unrouted: None,
+        publish_error: None,
         listener,
     })
 }
@@ -360,7 +369,12 @@ impl Supervisor {
                     }
                 }
                 Source::Worker => self.on_worker_output(),
-                Source::Publisher => self.on_publisher_output(),
+                Source::Publisher => {
+                    // The error line also matters at exit; it is printed, then seen again there.
+                    if let Some(e) = self.on_publisher_output() {
+                        self.publish_error = Some(e);
+                    }
+                }
             }
         }
         for i in closed_pipes.into_iter().rev() {
@@ -591,10 +605,21 @@ impl Supervisor {
         if let Some(inst) = self.instance.as_mut() {
             inst.probes = None;
         }
+        // A first start that has not been routed yet is still the first start.
+        let first = first | self.routing.take().unwrap_or(false);
+        if self.publish() {
+            // Ready and routed: a waiting `start` hears when the switch has finished.
+            self.routing = Some(first);
+            return;
+        }
+        self.ready_and_routed(first);
+    }
+
+    /// The instance serves, proxy and registry point at it: answer `start`, write the PID file.
+    fn ready_and_routed(&mut self, first: bool) {
         self.answer_start(Reply::Ok {
             message: format!("{} is ready", self.spec.name),
         });
-        self.publish_in_background();
         if !first {
             return;
         }
@@ -693,11 +718,9 @@ impl Supervisor {
                 self.feed(Input::LeaderExited(exit));
             } else if self.handoff_reaped(pid, exit) {
             } else if self.publisher.as_ref().is_some_and(|p| p.0 == pid) {
-                self.on_publisher_output();
+                let said = self.on_publisher_output().or(self.publish_error.take());
                 self.publisher = None;
-                if exit != Exit::Code(0) {
-                    tracing::error!("pointing the proxy and registry at the new instance failed: the switch {exit}");
-                }
+                self.published(exit, said);
                 // A handoff waits for it: two writers would race on the registry.
                 self.check_candidate();
             } else {
@@ -720,6 +743,47 @@ impl Supervisor {
     }
 
     /// Reads whatever `pid`'s pipes hold now; they stay in the poll set until they report closed.
+    fn published(&mut self, exit: Exit, said: Option<String>) {
+        let outcome = crate::deploy::switch::Outcome::from_code(match exit {
+            Exit::Code(c) => Some(c),
+            Exit::Signal(_) => None,
+        });
+        let routing = self.routing.take();
+        if outcome == crate::deploy::switch::Outcome::Switched {
+            self.unrouted = None;
+            self.dirty = true;
+            if let Some(first) = routing {
+                self.ready_and_routed(first);
+            }
+            return;
+        }
+        let pid = self.instance.as_ref().map_or(0, |i| i.pid.as_raw());
+        let why = format!(
+            "unable to route traffic to {} (pid {pid}): {}",
+            self.spec.name,
+            said.unwrap_or_else(|| format!("the switch {exit}"))
+        );
+        tracing::error!("{why}");
+        self.unrouted = Some(why.clone());
+        self.dirty = true;
+        match routing {
+            // `start` means ready and routed: a first start that cannot be routed leaves nothing.
+            Some(true) => {
+                self.reporter.failed(crate::exit::Action::Generic.code(), &why);
+                self.answer_start(Reply::Error {
+                    message: why,
+                    code: crate::exit::Action::Generic.code(),
+                });
+                self.feed(Input::StopRequested);
+            }
+            Some(false) => self.answer_start(Reply::Error {
+                message: why,
+                code: crate::exit::Action::Generic.code(),
+            }),
+            None => {}
+        }
+    }
+
     fn drain_output_of(&mut self, pid: Pid) {
         for i in 0..self.pipes.len() {
             if self.pipes.get(i).is_some_and(|p| p.owner == pid) {
@@ -1028,7 +1092,7 @@ impl Supervisor {
                 _ => None,
             },
             last_exit: self.machine.last_exit.map(|e| e.to_string()),
-            problem: None,
+            problem: self.unrouted.clone(),
             waiting_for: inst.and_then(|i| i.probes.as_ref()).map(Probes::pending),
             tail: self.output.tail(10),
             release: inst.and_then(|i| i.release.clone()),
