@@ -1,6 +1,6 @@
 //! TCP sockets as the kernel lists them in /proc/net/tcp and /proc/net/tcp6.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// TCP state numbers of include/net/tcp_states.h.
@@ -70,25 +70,25 @@ fn endpoint(text: &str) -> Option<(IpAddr, u16)> {
     Some((ip, port))
 }
 
-/// The peers of every connection to local `port`, in any state but LISTEN (TIME_WAIT included).
+/// Every connection to local `port` in any state but LISTEN (TIME_WAIT included), by the
+/// client's endpoint, with whether it is established.
 ///
 /// A connection over loopback shows twice: the server's half (local `port`) and the
 /// client's (remote `port`). Whichever half closed first lingers in TIME_WAIT while the
 /// other may already be gone, so both are looked at, each reduced to the client's endpoint.
-pub fn peers_of(port: u16) -> HashSet<(IpAddr, u16)> {
-    all()
-        .into_iter()
-        .filter(|s| s.state != LISTEN)
-        .filter_map(|s| {
-            if s.local.1 == port {
-                Some(s.remote)
-            } else if s.remote.1 == port && s.remote.0.is_loopback() {
-                Some(s.local)
-            } else {
-                None
-            }
-        })
-        .collect()
+pub fn peers_of(port: u16) -> HashMap<(IpAddr, u16), bool> {
+    let mut out = HashMap::new();
+    for s in all().into_iter().filter(|s| s.state != LISTEN) {
+        let peer = if s.local.1 == port {
+            s.remote
+        } else if s.remote.1 == port && s.remote.0.is_loopback() {
+            s.local
+        } else {
+            continue;
+        };
+        *out.entry(peer).or_insert(false) |= s.state == ESTABLISHED;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -116,6 +116,6 @@ mod tests {
         let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
         let me = client.local_addr().expect("addr");
         let (_server, _) = listener.accept().expect("accept");
-        assert!(peers_of(port).contains(&(me.ip(), me.port())));
+        assert_eq!(peers_of(port).get(&(me.ip(), me.port())), Some(&true));
     }
 }

@@ -210,23 +210,40 @@ impl Proof<'_> {
     }
 }
 
+/// The connections to an instance's port before the proxy reloaded, for [`confirm`].
+pub struct Baseline(std::collections::HashMap<(std::net::IpAddr, u16), bool>);
+
+/// Takes the [`Baseline`] for `to`; call it before the reload that should move traffic.
+pub fn baseline(sw: &Switch, to: &Backend) -> Baseline {
+    Baseline(match Proof::of(sw, to) {
+        Proof::Connection(port) => crate::sockets::peers_of(port),
+        Proof::Header(_) => Default::default(),
+    })
+}
+
 /// Requests `url` through the proxy (a fresh connection each time) until [`CONFIRMATIONS`]
 /// answers in a row come from `to`; Ok says who answers, Err why it is not confirmed.
 ///
 /// The proof is the instance's PID in `proxy.confirm_header` when one is configured, else
-/// observation: each request must open a new connection to `to`'s own port (seen in
-/// /proc/net/tcp, the server's half or the client's) and get an answer that is not a gateway
-/// error. The first request after a reload may still reach the old workers; the streak waits
-/// them out.
-pub fn confirm(sw: &Switch, url: &str, to: &Backend) -> std::result::Result<String, String> {
+/// observation, which needs nothing from the service: after each request, /proc/net/tcp must
+/// show a connection to `to`'s own port that is new since the previous request, or one the
+/// proxy keeps established there and did not hold before the reload (`before`: with upstream
+/// keepalive, the new workers' first connections may come before this looks); and the answer must not
+/// be a gateway error. Only the proxy's new configuration connects to that port, so this
+/// proves the reload took. The streak waits out the first requests after a reload, which may
+/// still reach the previous worker generation.
+pub fn confirm(
+    sw: &Switch,
+    url: &str,
+    to: &Backend,
+    before: &Baseline,
+) -> std::result::Result<String, String> {
     let proof = Proof::of(sw, to);
     let timeout = sw.confirm_timeout;
     let deadline = Instant::now() + timeout;
     let want = to.pid.to_string();
-    let mut seen = match proof {
-        Proof::Connection(port) => crate::sockets::peers_of(port),
-        Proof::Header(_) => Default::default(),
-    };
+    let before = &before.0;
+    let mut seen: std::collections::HashSet<_> = before.keys().copied().collect();
     let mut streak = 0;
     let mut last = String::from("no answer yet");
     loop {
@@ -269,19 +286,22 @@ pub fn confirm(sw: &Switch, url: &str, to: &Backend) -> std::result::Result<Stri
             }
             (Some(r), Proof::Connection(port)) => {
                 let now = crate::sockets::peers_of(*port);
-                let fresh = now.difference(&seen).count();
-                seen.extend(now);
+                // A connection opened for this request, or one the proxy keeps alive to the
+                // new instance (upstream keepalive reuses it), opened since the reload.
+                let fresh = now.keys().any(|p| !seen.contains(p));
+                let kept = now.iter().any(|(p, up)| *up && !before.contains_key(p));
+                seen.extend(now.keys().copied());
                 let gateway_error = matches!(r.status(), 502..=504);
                 last = format!(
                     "HTTP {}, {}",
                     r.status(),
-                    if fresh > 0 {
-                        format!("a new connection to port {port}")
+                    if fresh || kept {
+                        format!("a connection to port {port}")
                     } else {
-                        format!("no new connection to port {port}")
+                        format!("no connection to port {port}")
                     }
                 );
-                fresh > 0 && !gateway_error
+                (fresh || kept) && !gateway_error
             }
         };
         if hit {

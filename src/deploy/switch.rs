@@ -201,6 +201,7 @@ fn switch_proxy(
     say(format!("proxy: candidate passed {checker} {}", ms(t)));
 
     let t = Instant::now();
+    let before = proxy::baseline(sw, to);
     let installed = proxy::install(sw, candidate).map_err(|e| Failure::new("proxy reload", &e))?;
     let proxy_name = if nginx { "nginx" } else { "the proxy" };
     if let Err(e) = proxy::reload(sw) {
@@ -213,7 +214,7 @@ fn switch_proxy(
     }
     match &sw.confirm {
         Some(url) => {
-            match proxy::confirm(sw, url, to) {
+            match proxy::confirm(sw, url, to, &before) {
                 Ok(seen) => say(format!(
                     "proxy: reloaded {proxy_name}; confirmed {seen} through {url} {}",
                     ms(t)
@@ -288,6 +289,7 @@ impl Failure {
 ///
 /// Ok carries how far that was verified; Err says exactly what is left.
 fn undo(sw: &Switch, installed: &Installed, from: Option<&Backend>) -> Result<String, String> {
+    let before = from.map(|old| proxy::baseline(sw, old));
     if let Err(e) = proxy::put_back(installed) {
         return Err(format!(
             "{}; {} still holds the new instance's upstream and the proxy may be using it",
@@ -304,10 +306,10 @@ fn undo(sw: &Switch, installed: &Installed, from: Option<&Backend>) -> Result<St
         )
     })?;
     // A reload is asynchronous and its exit status proves nothing: see the old instance answer again.
-    let (Some(url), Some(old)) = (&sw.confirm, from) else {
+    let (Some(url), Some(old), Some(before)) = (&sw.confirm, from, before) else {
         return Ok(String::new());
     };
-    proxy::confirm(sw, url, old)
+    proxy::confirm(sw, url, old, &before)
         .map(|seen| format!("; confirmed {seen} again"))
         .map_err(|cause| {
             format!(

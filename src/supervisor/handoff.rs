@@ -393,10 +393,15 @@ impl Supervisor {
                     if let Some(h) = self.handoff.as_mut() {
                         h.restore_failed = outcome == Outcome::Left;
                     }
+                    // Its hint was relayed with its error line above; said once is enough.
                     let why = self
                         .handoff
                         .as_ref()
                         .and_then(|h| h.worker_error.clone())
+                        .map(|e| match e.split_once("; hint: ") {
+                            Some((e, _)) => e.to_string(),
+                            None => e,
+                        })
                         .unwrap_or_else(|| format!("the switch {exit}"));
                     self.abort_handoff(format!("step 3 (switch traffic) failed: {why}"));
                 }

@@ -90,6 +90,8 @@ struct Supervisor {
     unrouted: Option<String>,
     /// What the running publisher said went wrong, before it exited.
     publish_error: Option<String>,
+    /// The first start failed after ready (it could not be routed): told once all is stopped.
+    start_failure: Option<String>,
     /// The listening socket handed to every instance ([listen]), bound for the supervisor's life.
     listener: Option<OwnedFd>,
 }
@@ -218,6 +220,7 @@ fn setup(
         routing: None,
         unrouted: None,
         publish_error: None,
+        start_failure: None,
         listener,
     })
 }
@@ -768,8 +771,9 @@ impl Supervisor {
         self.dirty = true;
         match routing {
             // `start` means ready and routed: a first start that cannot be routed leaves nothing.
+            // `baton start` hears of it once the service is gone (see `finish`).
             Some(true) => {
-                self.reporter.failed(crate::exit::Action::Generic.code(), &why);
+                self.start_failure = Some(why.clone());
                 self.answer_start(Reply::Error {
                     message: why,
                     code: crate::exit::Action::Generic.code(),
@@ -1111,7 +1115,7 @@ impl Supervisor {
             });
         let failure = match &self.machine.phase {
             Phase::Done(Outcome::Dead(r) | Outcome::Failed(r)) => Some(r.clone()),
-            _ => None,
+            _ => self.start_failure.clone(),
         };
         let state = StateFile {
             supervisor: Identity::of(nix::unistd::getpid()),
@@ -1134,6 +1138,16 @@ impl Supervisor {
             _ => Outcome::Stopped,
         };
         let code = match &outcome {
+            Outcome::Stopped if self.start_failure.is_some() => {
+                let why = self.start_failure.clone().unwrap_or_default();
+                tracing::error!("{why}; {} stopped", self.spec.name);
+                self.dirty = true;
+                self.reporter.failed(
+                    crate::exit::Action::Generic.code(),
+                    &format!("{why}\n{} was stopped: nothing is left running", self.spec.name),
+                );
+                1
+            }
             Outcome::Stopped => {
                 pidfile::remove(&self.spec.pidfile);
                 tracing::info!("{} stopped", self.spec.name);
