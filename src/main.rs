@@ -14,8 +14,8 @@ mod probe;
 mod process;
 mod service;
 mod ship;
-mod supervisor;
 mod sockets;
+mod supervisor;
 mod sys;
 
 use clap::Parser;

@@ -353,7 +353,6 @@ fn socket_inodes(pids: &[Pid]) -> std::collections::HashSet<u64> {
     out
 }
 
-
 /// The processes of an instance: its leader and every descendant.
 pub fn instance_pids(leader: Pid) -> Vec<Pid> {
     let mut pids = descendants(leader);

@@ -444,7 +444,10 @@ pub fn preflight(spec: &Spec) -> Result<()> {
             host.errors.join("; "),
         )
         .code(Action::NotConfigured)
-        .hint(format!("`baton check {}` says the same; nothing was started", spec.name)));
+        .hint(format!(
+            "`baton check {}` says the same; nothing was started",
+            spec.name
+        )));
     }
     let dirs = [
         ("PID file directory", spec.pidfile.parent()),

@@ -40,9 +40,7 @@ fn safe_range() -> u16 {
     let seed = ((std::process::id() % 300) as u16 * 10 + call * 3) % 3000;
     (0..3000u16)
         .map(|i| 22000 + ((seed + i * 3) % 9000))
-        .find(|&p| {
-            (p..p + 3).all(|q| std::net::TcpListener::bind(("0.0.0.0", q)).is_ok())
-        })
+        .find(|&p| (p..p + 3).all(|q| std::net::TcpListener::bind(("0.0.0.0", q)).is_ok()))
         .expect("three free ports")
 }
 
@@ -107,7 +105,8 @@ fn a_release_that_prints_and_exits_at_once_shows_its_last_output() {
         assert!(r.stderr.contains("exited with code 1"), "{r:?}");
         assert!(
             r.stderr.contains(&format!("loading release bad{n}"))
-                && r.stderr.contains(&format!("fatal: no database configured ({n})")),
+                && r.stderr
+                    .contains(&format!("fatal: no database configured ({n})")),
             "the deploy error carries the release's last output: {r:?}"
         );
     }
@@ -136,8 +135,10 @@ fn start_with_a_proxy_means_ready_and_routed() {
     let r = base.baton(&["check"]);
     assert_eq!(r.code, 6, "{r:?}");
     assert!(
-        r.stderr
-            .contains(&format!("does not mention the upstream file {}", nginx.upstream.display())),
+        r.stderr.contains(&format!(
+            "does not mention the upstream file {}",
+            nginx.upstream.display()
+        )),
         "{r:?}"
     );
     let v1 = release(&base.dir, "v1", &["NOPID"], None);
@@ -208,7 +209,10 @@ fn start_with_an_unreachable_etcd_fails_and_leaves_nothing() {
     let v1 = release(&svc.dir, "v1", &["NOPID"], None);
     let r = deploy(&svc, &v1);
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains(&format!("127.0.0.1:{dead}")), "names the endpoint: {r:?}");
+    assert!(
+        r.stderr.contains(&format!("127.0.0.1:{dead}")),
+        "names the endpoint: {r:?}"
+    );
     assert!(svc.processes().is_empty(), "nothing left running: {r:?}");
     assert_eq!(svc.status().0, 3);
 }
@@ -251,7 +255,10 @@ fn a_switch_is_confirmed_by_observation_without_x_pid() {
         once.display(),
         once.display()
     );
-    table = table.replace(&reload_line, &format!("reload = [\"sh\", \"-c\", {script:?}]"));
+    table = table.replace(
+        &reload_line,
+        &format!("reload = [\"sh\", \"-c\", {script:?}]"),
+    );
     svc.rewrite(&with(&table));
     let v3 = release(&svc.dir, "v3", &["NOPID"], None);
     let r = deploy(&svc, &v3);
@@ -259,7 +266,8 @@ fn a_switch_is_confirmed_by_observation_without_x_pid() {
     assert!(r.stderr.contains("step 3"), "{r:?}");
     assert!(r.stderr.contains("no connection to port"), "{r:?}");
     assert!(
-        r.stderr.contains(&format!("confirmed requests reach pid {pid2}"))
+        r.stderr
+            .contains(&format!("confirmed requests reach pid {pid2}"))
             && r.stderr.contains("again"),
         "the restore is confirmed by observation too: {r:?}"
     );
@@ -297,7 +305,9 @@ fn a_failed_confirmation_and_a_failed_restore_say_what_is_true() {
         "{r:?}"
     );
     assert!(
-        err.contains(&format!("the old instance (pid {pid1}, port {port1}) still runs")),
+        err.contains(&format!(
+            "the old instance (pid {pid1}, port {port1}) still runs"
+        )),
         "{r:?}"
     );
     assert_eq!(
@@ -309,7 +319,9 @@ fn a_failed_confirmation_and_a_failed_restore_say_what_is_true() {
     assert!(!err.contains("kept serving"), "{r:?}");
     assert_eq!(svc.status().1["service_pid"], pid1);
     // What it said is true: the previous upstream is back and nginx routes to v1.
-    assert!(nginx.upstream_text().contains(&format!("127.0.0.1:{port1}")));
+    assert!(nginx
+        .upstream_text()
+        .contains(&format!("127.0.0.1:{port1}")));
     assert_eq!(body(&nginx.url("/")).as_deref(), Some("v1"));
     svc.stop();
 }

@@ -922,7 +922,11 @@ impl Reader<'_> {
                 && h.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
             if !token {
-                self.problem(span, "proxy.confirm_header", "is not an HTTP header name (e.g. \"X-Pid\")");
+                self.problem(
+                    span,
+                    "proxy.confirm_header",
+                    "is not an HTTP header name (e.g. \"X-Pid\")",
+                );
             }
             h
         });

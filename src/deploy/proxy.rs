@@ -49,7 +49,10 @@ pub fn check_config(
     candidate: &Path,
 ) -> std::result::Result<String, String> {
     crate::config::host::nginx_includes(main, live).map_err(|e| format!("the main config {e}"))?;
-    Ok(main.replace(live.to_string_lossy().as_ref(), &candidate.to_string_lossy()))
+    Ok(main.replace(
+        live.to_string_lossy().as_ref(),
+        &candidate.to_string_lossy(),
+    ))
 }
 
 /// A rendered upstream file next to the live one, not yet installed; removed unless installed.
@@ -310,7 +313,10 @@ pub fn confirm(
                 return Ok(match proof {
                     Proof::Header(_) => format!("pid {} answers", to.pid),
                     Proof::Connection(port) => {
-                        format!("requests reach pid {} (new connections to port {port})", to.pid)
+                        format!(
+                            "requests reach pid {} (new connections to port {port})",
+                            to.pid
+                        )
                     }
                 });
             }

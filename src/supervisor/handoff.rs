@@ -422,7 +422,9 @@ impl Supervisor {
     /// A new instance that died before ready because its auto port was taken (by an outgoing
     /// connection's ephemeral port, typically) is started again on another one, a few times.
     fn retry_on_another_port(&mut self) -> bool {
-        if self.listener.is_some() || !matches!(self.spec.port, crate::config::PortSpec::Auto { .. }) {
+        if self.listener.is_some()
+            || !matches!(self.spec.port, crate::config::PortSpec::Auto { .. })
+        {
             return false;
         }
         let Some(h) = self.handoff.as_mut() else {

@@ -1144,7 +1144,10 @@ impl Supervisor {
                 self.dirty = true;
                 self.reporter.failed(
                     crate::exit::Action::Generic.code(),
-                    &format!("{why}\n{} was stopped: nothing is left running", self.spec.name),
+                    &format!(
+                        "{why}\n{} was stopped: nothing is left running",
+                        self.spec.name
+                    ),
                 );
                 1
             }

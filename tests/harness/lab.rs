@@ -81,8 +81,7 @@ impl Nginx {
 
     /// The [proxy] table switching this nginx, confirmed through it by the backend's X-Pid header.
     pub fn proxy_table(&self, template: Option<&str>, confirm_timeout: &str) -> String {
-        self.proxy_table_observed(template, confirm_timeout)
-            + "confirm_header = \"X-Pid\"\n"
+        self.proxy_table_observed(template, confirm_timeout) + "confirm_header = \"X-Pid\"\n"
     }
 
     /// The [proxy] table switching this nginx, confirmed through it by observation alone.
