@@ -7,6 +7,7 @@ mod daemon;
 mod deploy;
 mod error;
 mod exit;
+mod files;
 mod generate;
 mod logs;
 mod pidfile;

@@ -143,19 +143,17 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 
 /// Points `current` at release `id` atomically (a new symlink renamed over the old).
 pub fn switch_current(root: &Path, id: &str) -> std::io::Result<()> {
-    let tmp = root.join(format!(".current.{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(Path::new("releases").join(id), &tmp)?;
-    std::fs::rename(&tmp, root.join("current"))
+    crate::files::Dir::open(root)?
+        .symlink_atomic(&Path::new("releases").join(id), std::ffi::OsStr::new("current"))
 }
 
 /// Appends one line to `root/revisions.log`, Capistrano's audit trail.
+///
+/// `root` usually belongs to the service user: the log is opened through [`crate::files`],
+/// so a link planted as `revisions.log` is refused rather than appended to as root.
 pub fn log_revision(root: &Path, line: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(root.join("revisions.log"))?;
+    let mut f = crate::files::open_append(&root.join("revisions.log"), 0o644)?;
     writeln!(f, "{} {line}", utc_stamps(std::time::SystemTime::now()).1)
 }
 
