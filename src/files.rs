@@ -399,7 +399,7 @@ pub fn untrusted_reason(st: &FileStat) -> Option<String> {
     let me = Uid::effective().as_raw();
     if st.st_uid != 0 && st.st_uid != me {
         return Some(format!(
-            "is owned by uid {} (not root): chown root it",
+            "is owned by uid {}, not root: chown root it",
             st.st_uid
         ));
     }
@@ -408,8 +408,7 @@ pub fn untrusted_reason(st: &FileStat) -> Option<String> {
     // A sticky directory (/tmp) lets others add names but not replace ours.
     if mode & 0o022 != 0 && !(is_dir && mode & 0o1000 != 0) {
         return Some(format!(
-            "is writable by {} (mode {mode:04o}): chmod go-w it",
-            if mode & 0o002 != 0 { "everyone" } else { "its group" }
+            "is writable by others (mode {mode:04o}): chmod go-w it"
         ));
     }
     None

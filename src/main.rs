@@ -5,6 +5,7 @@ mod config;
 mod control;
 mod daemon;
 mod deploy;
+mod environ;
 mod error;
 mod exit;
 mod files;
