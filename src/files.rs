@@ -55,11 +55,6 @@ impl Dir {
         &self.path
     }
 
-    /// For `*at` calls of callers that need one more (e.g. a socket's `fchownat`).
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-
     /// Opens `name` for appending, creating it with `mode` if absent; refuses links and strangers' files.
     pub fn open_append(&self, name: &OsStr, mode: u32) -> io::Result<File> {
         let flags = OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT;
@@ -69,14 +64,6 @@ impl Dir {
     /// Opens `name` read-write for a lock, creating it if absent; refuses links and strangers' files.
     pub fn open_lock(&self, name: &OsStr, mode: u32) -> io::Result<File> {
         self.open_existing_or_new(name, OFlag::O_RDWR | OFlag::O_CREAT, mode)
-    }
-
-    /// Reads `name` whole, refusing links and strangers' files.
-    pub fn read(&self, name: &OsStr) -> io::Result<Vec<u8>> {
-        let mut f = self.open_existing_or_new(name, OFlag::O_RDONLY, 0)?;
-        let mut out = Vec::new();
-        f.read_to_end(&mut out)?;
-        Ok(out)
     }
 
     fn open_existing_or_new(&self, name: &OsStr, flags: OFlag, mode: u32) -> io::Result<File> {
@@ -204,23 +191,58 @@ impl Dir {
         )))
     }
 
-    /// Creates a subdirectory `name` (mode 0700, must not exist) and opens it.
-    pub fn create_subdir(&self, name: &OsStr) -> io::Result<Dir> {
-        plain_name(name)?;
-        nix::sys::stat::mkdirat(Some(self.fd.as_raw_fd()), name, Mode::S_IRWXU)
-            .map_err(|e| self.explain(name, e.into()))?;
-        let fd = sys::openat(
-            Some(self.fd.as_fd()),
-            Path::new(name),
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
-            Mode::empty(),
-        )?;
-        let stat = nix::sys::stat::fstat(fd.as_raw_fd())?;
-        Ok(Dir {
-            fd,
-            path: self.path.join(name),
-            stat,
-        })
+    /// Creates the file `rel` (a relative path below this directory) with `contents`,
+    /// making missing directories (mode `dir_mode`) on the way; nothing may exist at `rel`.
+    pub fn create_tree_file(
+        &self,
+        rel: &Path,
+        contents: &[u8],
+        dir_mode: u32,
+        mode: u32,
+    ) -> io::Result<()> {
+        let mut names: Vec<&OsStr> = Vec::new();
+        for c in rel.components() {
+            match c {
+                Component::Normal(n) => names.push(n),
+                Component::CurDir => {}
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{} must stay below {}", rel.display(), self.path.display()),
+                    ))
+                }
+            }
+        }
+        let Some((file, parents)) = names.split_last() else {
+            return Err(io::Error::other(format!("{} names no file", rel.display())));
+        };
+        let mut owned: Option<Dir> = None;
+        for name in parents {
+            let here = owned.as_ref().unwrap_or(self);
+            match nix::sys::stat::mkdirat(
+                Some(here.fd.as_raw_fd()),
+                *name,
+                Mode::from_bits_truncate(dir_mode as nix::libc::mode_t),
+            ) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(here.explain(name, e.into())),
+            }
+            let fd = sys::openat(
+                Some(here.fd.as_fd()),
+                Path::new(name),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+                Mode::empty(),
+            )
+            .map_err(|e| here.explain(name, e))?;
+            let stat = nix::sys::stat::fstat(fd.as_raw_fd())?;
+            let path = here.path.join(name);
+            owned = Some(Dir { fd, path, stat });
+        }
+        let here = owned.as_ref().unwrap_or(self);
+        let mut f = here.create_new(file, mode).map_err(|e| {
+            io::Error::new(e.kind(), format!("{}: {e}", here.path.join(file).display()))
+        })?;
+        f.write_all(contents)
     }
 
     /// The directory's owner and mode, for messages: "(owner uid 1001, mode 0750)".
@@ -312,8 +334,6 @@ pub fn split(path: &Path) -> io::Result<(Dir, OsString)> {
 pub struct Checked {
     /// The open file: everything checked was checked on this descriptor.
     pub file: File,
-    /// Its status, from `fstat` on that descriptor.
-    pub stat: FileStat,
     /// Why someone other than root (or baton's user) could have changed it; empty if nobody.
     pub untrusted: Untrusted,
 }
@@ -360,7 +380,6 @@ pub fn open_checked(path: &Path) -> io::Result<Checked> {
                 }
                 return Ok(Checked {
                     file: File::from(fd),
-                    stat,
                     untrusted,
                 });
             }
@@ -643,7 +662,8 @@ mod tests {
         std::fs::create_dir_all(d.join("real/sub")).expect("mkdir");
         std::os::unix::fs::symlink("real", d.join("alias")).expect("symlink");
         let dir = Dir::open(&d.join("alias/sub/../sub")).expect("open through link");
-        dir.write_atomic(OsStr::new("f"), b"1", 0o644).expect("write");
+        dir.write_atomic(OsStr::new("f"), b"1", 0o644)
+            .expect("write");
         assert_eq!(
             std::fs::read(d.join("real/sub/f")).expect("read"),
             b"1".to_vec()

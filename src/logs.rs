@@ -127,10 +127,7 @@ fn open_append(path: &std::path::Path) -> io::Result<File> {
 
 /// "unable to open /var/log/web/stdout.log: it is a symbolic link, ...": the path first.
 fn open_error(path: &std::path::Path, e: io::Error) -> io::Error {
-    io::Error::new(
-        e.kind(),
-        format!("unable to open {}: {e}", path.display()),
-    )
+    io::Error::new(e.kind(), format!("unable to open {}: {e}", path.display()))
 }
 
 /// Who sees each line of output, if anyone (a log probe waiting for its line).

@@ -18,6 +18,7 @@ mod proxy;
 mod registry;
 mod release;
 mod service;
+mod shell;
 mod ship;
 mod supervisor;
 mod switch;

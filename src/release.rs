@@ -143,8 +143,10 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 
 /// Points `current` at release `id` atomically (a new symlink renamed over the old).
 pub fn switch_current(root: &Path, id: &str) -> std::io::Result<()> {
-    crate::files::Dir::open(root)?
-        .symlink_atomic(&Path::new("releases").join(id), std::ffi::OsStr::new("current"))
+    crate::files::Dir::open(root)?.symlink_atomic(
+        &Path::new("releases").join(id),
+        std::ffi::OsStr::new("current"),
+    )
 }
 
 /// Appends one line to `root/revisions.log`, Capistrano's audit trail.

@@ -397,8 +397,11 @@ pub(crate) fn read_checked(file: &Path) -> Result<(String, Vec<Problem>)> {
         Error::unable(format!("read config {}", file.display()), e).code(Action::NotConfigured)
     })?;
     let text = String::from_utf8(bytes).map_err(|_| {
-        Error::unable(format!("read config {}", file.display()), "it is not UTF-8 text")
-            .code(Action::NotConfigured)
+        Error::unable(
+            format!("read config {}", file.display()),
+            "it is not UTF-8 text",
+        )
+        .code(Action::NotConfigured)
     })?;
     let mut problems = Vec::new();
     if Uid::effective().is_root() {

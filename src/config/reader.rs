@@ -5,8 +5,8 @@
 
 use super::units::{parse_duration, parse_env_file, parse_signal, parse_size};
 use super::{
-    Account, DeploySpec, ListenSpec, LogSpec, Policy, PortSpec, ProbeSpec, Problem,
-    ProxySpec, ReadySpec, RegistrySpec, ReleaseSpec, RestartSpec, Spec, StopSpec, Switch,
+    Account, DeploySpec, ListenSpec, LogSpec, Policy, PortSpec, ProbeSpec, Problem, ProxySpec,
+    ReadySpec, RegistrySpec, ReleaseSpec, RestartSpec, Spec, StopSpec, Switch,
 };
 use crate::exit::Action;
 use nix::sys::signal::Signal;
@@ -549,7 +549,9 @@ impl Reader<'_> {
                 self.problem_code(
                     span.clone(),
                     "env_file",
-                    format!("{why}; baton runs as root and refuses an environment others could change"),
+                    format!(
+                        "{why}; baton runs as root and refuses an environment others could change"
+                    ),
                     Action::NoPrivilege,
                 );
             }
@@ -820,7 +822,11 @@ impl Reader<'_> {
             }
             let span = t.get(key.trim_start_matches("ready.")).and_then(Item::span);
             if bare.contains('{') {
-                self.problem(span, key, format!("{host:?}: the host must be an address or a name, not a placeholder"));
+                self.problem(
+                    span,
+                    key,
+                    format!("{host:?}: the host must be an address or a name, not a placeholder"),
+                );
                 continue;
             }
             // Once, here, where blocking is harmless; never in the supervisor's poll loop.
@@ -828,7 +834,11 @@ impl Reader<'_> {
             match (bare, 0u16).to_socket_addrs().map(|mut a| a.next()) {
                 Ok(Some(a)) => hosts.push((bare.to_string(), a.ip())),
                 Ok(None) => self.problem(span, key, format!("{bare:?} resolves to no address")),
-                Err(e) => self.problem(span, key, format!("cannot resolve {bare:?}: {e}; use an address such as 127.0.0.1")),
+                Err(e) => self.problem(
+                    span,
+                    key,
+                    format!("cannot resolve {bare:?}: {e}; use an address such as 127.0.0.1"),
+                ),
             }
         }
         Some(ReadySpec {

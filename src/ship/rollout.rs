@@ -6,8 +6,9 @@
 use super::config::{Env, Host};
 use super::http;
 use super::release::Release;
-use super::ssh::{sh_quote, CmdOut, Ssh};
+use super::ssh::{CmdOut, Ssh};
 use super::view::View;
+use crate::shell::quote as sh_quote;
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::PathBuf;
@@ -296,9 +297,9 @@ fn field(out: &str, key: &str) -> Option<String> {
 
 fn check_baton(env: &Env) -> String {
     let b = sh_quote(&env.baton);
+    // The path is quoted in the message too: inside double quotes `$(...)` would still run.
     format!(
-        "if ! [ -x {b} ]; then echo \"baton is not installed at {} on this host\" >&2; exit 5; fi",
-        env.baton
+        "if ! [ -x {b} ]; then echo \"baton is not installed at \"{b}\" on this host\" >&2; exit 5; fi"
     )
 }
 
