@@ -13,6 +13,8 @@ mod generate;
 mod logs;
 mod pidfile;
 mod probe;
+#[cfg(test)]
+mod proptests;
 mod process;
 mod proxy;
 mod registry;

@@ -1,7 +1,7 @@
 //! TOML service file -> validated [`Spec`], gathering every problem before reporting.
 
 mod reader;
-mod units;
+pub(crate) mod units;
 pub(crate) use units::parse_duration;
 
 use reader::Reader;

@@ -85,7 +85,7 @@ pub fn parse_signal(s: &str) -> std::result::Result<Signal, String> {
 }
 
 /// `KEY=VALUE` lines, `#` comments, optional `export ` and surrounding quotes.
-pub(super) fn parse_env_file(
+pub(crate) fn parse_env_file(
     body: &str,
 ) -> std::result::Result<Vec<(String, String)>, (usize, String)> {
     let mut out = Vec::new();
