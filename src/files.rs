@@ -167,28 +167,66 @@ impl Dir {
                 Err(Errno::EEXIST) => continue,
                 Err(e) => return Err(self.explain(&name, e.into())),
             }
-            let path = self.path.join(&name);
-            let fd = sys::openat(
-                Some(self.fd.as_fd()),
-                Path::new(&name),
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
-                Mode::empty(),
-            )?;
-            let stat = nix::sys::stat::fstat(fd.as_raw_fd())?;
-            if Uid::from_raw(stat.st_uid) != Uid::effective() || stat.st_mode & 0o077 != 0 {
+            let dir = self.open_subdir(&name)?;
+            if Uid::from_raw(dir.stat.st_uid) != Uid::effective() || dir.stat.st_mode & 0o077 != 0 {
                 return Err(io::Error::other(format!(
-                    "{} is not the private directory just created (owner uid {}, mode {:04o})",
-                    path.display(),
-                    stat.st_uid,
-                    stat.st_mode & 0o7777
+                    "{} is not the private directory just created: remove it",
+                    dir.described()
                 )));
             }
-            return Ok(Dir { fd, path, stat });
+            return Ok(dir);
         }
         Err(io::Error::other(format!(
             "no unused name for a private directory in {}",
             self.path.display()
         )))
+    }
+
+    /// Creates the subdirectory `name` (nothing may exist there) and opens it.
+    pub fn create_subdir(&self, name: &OsStr, mode: u32) -> io::Result<Dir> {
+        plain_name(name)?;
+        nix::sys::stat::mkdirat(
+            Some(self.fd.as_raw_fd()),
+            name,
+            Mode::from_bits_truncate(mode as nix::libc::mode_t),
+        )
+        .map_err(|e| self.explain(name, e.into()))?;
+        self.open_subdir(name)
+    }
+
+    /// Opens the subdirectory `name`, refusing a link.
+    fn open_subdir(&self, name: &OsStr) -> io::Result<Dir> {
+        let fd = sys::openat(
+            Some(self.fd.as_fd()),
+            Path::new(name),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(|e| self.explain(name, e))?;
+        let stat = nix::sys::stat::fstat(fd.as_raw_fd())?;
+        Ok(Dir {
+            fd,
+            path: self.path.join(name),
+            stat,
+        })
+    }
+
+    /// Creates the symbolic link `name` -> `target` (nothing may exist at `name`).
+    pub fn symlink(&self, target: &Path, name: &OsStr) -> io::Result<()> {
+        plain_name(name)?;
+        Ok(nix::unistd::symlinkat(
+            target,
+            Some(self.fd.as_raw_fd()),
+            name,
+        )?)
+    }
+
+    /// Sets this directory's own permission bits (on the descriptor, not by path).
+    pub fn set_mode(&self, mode: u32) -> io::Result<()> {
+        Ok(nix::sys::stat::fchmod(
+            self.fd.as_raw_fd(),
+            Mode::from_bits_truncate(mode as nix::libc::mode_t),
+        )?)
     }
 
     /// Creates the file `rel` (a relative path below this directory) with `contents`,
@@ -227,16 +265,7 @@ impl Dir {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(e) => return Err(here.explain(name, e.into())),
             }
-            let fd = sys::openat(
-                Some(here.fd.as_fd()),
-                Path::new(name),
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
-                Mode::empty(),
-            )
-            .map_err(|e| here.explain(name, e))?;
-            let stat = nix::sys::stat::fstat(fd.as_raw_fd())?;
-            let path = here.path.join(name);
-            owned = Some(Dir { fd, path, stat });
+            owned = Some(here.open_subdir(name)?);
         }
         let here = owned.as_ref().unwrap_or(self);
         let mut f = here.create_new(file, mode).map_err(|e| {

@@ -569,3 +569,51 @@ fn ship_never_stages_in_a_directory_another_user_planted() {
     assert_eq!(before.len(), after.len(), "baton left a directory behind");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_releases_symlink_planted_by_the_service_user_is_not_followed() {
+    if skip_unless_root() {
+        return;
+    }
+    let user = User::new();
+    let svc = Spec::new(
+        "rellink",
+        "[\"/bin/sh\", \"-c\", \"echo up; exec sleep 1000\"]",
+    )
+    .tables("[ready]\nlog = \"up\"\n[release]\nroot = \"{dir}/app\"")
+    .create();
+    // Root's directory the attacker wants release files written into.
+    let elsewhere = svc.path("root-only");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir");
+    let root = svc.path("app");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    Command::new("chown")
+        .arg(format!("{0}:{0}", user.name))
+        .arg(&root)
+        .status()
+        .expect("chown");
+    user.sh(&format!(
+        "ln -s {} {}/releases",
+        elsewhere.display(),
+        root.display()
+    ));
+    let release = svc.path("build");
+    std::fs::create_dir_all(&release).expect("mkdir");
+    std::fs::write(release.join("app.txt"), "v1\n").expect("write");
+
+    let r = svc.baton(&["deploy", "--release", &release.display().to_string()]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "{} is a symbolic link in {}",
+            root.join("releases").display(),
+            root.display()
+        )),
+        "{r:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&elsewhere).expect("ls").count(),
+        0,
+        "root wrote through the planted link"
+    );
+}
