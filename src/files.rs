@@ -547,10 +547,10 @@ fn walk(path: &Path, seen: &mut Option<Untrusted>) -> io::Result<Dir> {
                     AtFlags::AT_SYMLINK_NOFOLLOW,
                 )?;
                 if SFlag::from_bits_truncate(link.st_mode) & SFlag::S_IFMT != SFlag::S_IFLNK {
-                    return Err(io::Error::new(
-                        io::ErrorKind::NotADirectory,
-                        format!("{} is not a directory", here.display()),
-                    ));
+                    return Err(io::Error::other(format!(
+                        "{} is not a directory",
+                        here.display()
+                    )));
                 }
                 if !link_trusted(&cur_stat, &link) {
                     return Err(io::Error::other(format!(

@@ -13,9 +13,9 @@ mod generate;
 mod logs;
 mod pidfile;
 mod probe;
+mod process;
 #[cfg(test)]
 mod proptests;
-mod process;
 mod proxy;
 mod registry;
 mod release;

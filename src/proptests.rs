@@ -113,7 +113,7 @@ proptest! {
         path in "(/[a-zA-Z0-9._~?=&-]{0,10}){0,4}",
     ) {
         let url = format!("http://{host}:{port}{path}");
-        let t = HttpTarget::parse(&url).map_err(|e| TestCaseError::fail(e))?;
+        let t = HttpTarget::parse(&url).map_err(TestCaseError::fail)?;
         prop_assert_eq!(t.host, host);
         prop_assert_eq!(t.port, port);
         prop_assert_eq!(t.path, if path.is_empty() { "/".to_string() } else { path });

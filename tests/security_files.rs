@@ -115,7 +115,11 @@ fn a_symlink_planted_as_stdout_log_is_refused_not_followed() {
     let svc = service_as(&user, "symlog", "echo hello; exec sleep 1000", "");
     let victim = victim(&svc.dir);
     let log = cookbook_log_dir(&svc, &user);
-    user.sh(&format!("ln -s {} {}/stdout.log", victim.display(), log.display()));
+    user.sh(&format!(
+        "ln -s {} {}/stdout.log",
+        victim.display(),
+        log.display()
+    ));
 
     let r = svc.baton(&["start"]);
     assert_ne!(r.code, 0, "{r:?}");
@@ -187,8 +191,7 @@ fn links_planted_for_rotation_and_reopen_logs_are_never_written_through() {
         assert_eq!(svc.baton(&["reload"]).code, 0);
         wait_until(T, "the line after HUP", || {
             svc.log("stdout.log").contains("line-after-hup")
-                || svc.log("stdout.log.1").contains("line-after-hup")
-                    && n > 0
+                || svc.log("stdout.log.1").contains("line-after-hup") && n > 0
         });
     }
     assert_untouched(&victim);
@@ -322,8 +325,7 @@ fn an_env_file_others_can_write_is_refused_as_root() {
     // Owned by another user: refused too, naming the fix.
     let user = User::new();
     std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    nix::unistd::chown(&env_file, Some(nix::unistd::Uid::from_raw(user.uid)), None)
-        .expect("chown");
+    nix::unistd::chown(&env_file, Some(nix::unistd::Uid::from_raw(user.uid)), None).expect("chown");
     let r = svc.baton(&["check"]);
     assert_eq!(r.code, 4, "{r:?}");
     assert!(
@@ -401,14 +403,23 @@ fn the_service_gets_a_clean_environment_not_the_callers() {
         .arg("start")
         .env("BHF_SECRET", "hunter2")
         .env("BHF_PASSED", "allowed")
-        .env("PATH", format!("/tmp/bhf-evil:{}", std::env::var("PATH").unwrap_or_default()))
+        .env(
+            "PATH",
+            format!(
+                "/tmp/bhf-evil:{}",
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
         .env("LD_LIBRARY_PATH", "/tmp/bhf-evil")
         .output()
         .expect("start")
         .into();
     assert_eq!(r.code, 0, "{r:?}");
     let out = svc.log("stdout.log");
-    assert!(!out.contains("hunter2"), "the caller's secret leaked: {out}");
+    assert!(
+        !out.contains("hunter2"),
+        "the caller's secret leaked: {out}"
+    );
     assert!(!out.contains("BHF_SECRET"), "{out}");
     assert!(!out.contains("bhf-evil"), "the caller's PATH leaked: {out}");
     assert!(!out.contains("LD_LIBRARY_PATH"), "{out}");
@@ -461,10 +472,14 @@ fn thirty_thousand_unknown_keys_are_reported_briefly() {
     let r = svc.baton(&["check"]);
     assert_eq!(r.code, 6, "{r:?}");
     assert!(r.stderr.contains("30000 problems"), "{}", &r.stderr[..200]);
-    assert!(r.stderr.contains("manykeys.toml:30001: unknown_29999") == false);
+    assert!(!r.stderr.contains("manykeys.toml:30001: unknown_29999"));
     assert!(r.stderr.contains("manykeys.toml:2: unknown_0: unknown key"));
     assert!(r.stderr.contains("and 29900 more"), "{}", r.stderr.len());
-    assert!(r.stderr.lines().count() < 110, "{} lines", r.stderr.lines().count());
+    assert!(
+        r.stderr.lines().count() < 110,
+        "{} lines",
+        r.stderr.lines().count()
+    );
 
     // Larger than a config can be: refused before parsing, naming the limit.
     let big = "# padding\n".repeat(200_000);
@@ -559,7 +574,12 @@ fn ship_never_stages_in_a_directory_another_user_planted() {
             .expect("planted")
             .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names.len(), 2, "ship wrote into {}: {names:?}", stage.display());
+        assert_eq!(
+            names.len(),
+            2,
+            "ship wrote into {}: {names:?}",
+            stage.display()
+        );
     }
     // And baton removed its own private directories.
     let after: Vec<_> = std::fs::read_dir(&tmp)

@@ -467,7 +467,10 @@ mod tests {
         assert!(!marker.exists(), "a command hidden in the baton path ran");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains(&format!("baton is not installed at {} on this host", env.baton)),
+            err.contains(&format!(
+                "baton is not installed at {} on this host",
+                env.baton
+            )),
             "{err}"
         );
         std::fs::remove_dir_all(&dir).ok();
