@@ -16,14 +16,10 @@ mod probe;
 mod process;
 #[cfg(test)]
 mod proptests;
-mod proxy;
-mod registry;
-mod release;
 mod service;
 mod shell;
 mod ship;
 mod supervisor;
-mod switch;
 mod sys;
 
 use clap::Parser;

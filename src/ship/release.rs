@@ -2,9 +2,9 @@
 
 use super::config::{DeployFile, Env};
 use super::ssh;
+use crate::deploy::release::utc_stamps;
 use crate::error::{Error, Result};
 use crate::files::Dir;
-use crate::release::utc_stamps;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
