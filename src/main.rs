@@ -5,17 +5,23 @@ mod config;
 mod control;
 mod daemon;
 mod deploy;
+mod environ;
 mod error;
 mod etcd;
 mod exit;
+mod files;
 mod generate;
 mod lease;
 mod logs;
 mod pidfile;
 mod probe;
 mod process;
+#[cfg(test)]
+mod proptests;
 mod service;
+mod shell;
 mod ship;
+mod sockets;
 mod supervisor;
 mod sys;
 

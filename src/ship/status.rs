@@ -3,8 +3,9 @@
 use super::config::{DeployFile, Env};
 use super::http;
 use super::rollout::read_current;
-use super::ssh::{sh_quote, Ssh};
+use super::ssh::Ssh;
 use crate::error::{Error, Result};
+use crate::shell::quote as sh_quote;
 use serde::Serialize;
 use std::sync::mpsc;
 use std::sync::Arc;
