@@ -189,7 +189,12 @@ fn applied(check: &Check, now: Option<&Kv>) -> bool {
 
 /// Classifies an error answer: gRPC code 14 (Unavailable) without a leader was not applied anywhere.
 fn classify_status(url: &str, code: u16, body: &str) -> Miss {
-    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    // The first JSON value; anything after it (a trailer) is not ours.
+    let v: Value = serde_json::Deserializer::from_str(body)
+        .into_iter::<Value>()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or(Value::Null);
     let msg = v["error"]
         .as_str()
         .map(str::to_string)
@@ -250,8 +255,19 @@ impl Client {
                     .map_err(|e| Miss::Refused(format!("unexpected answer from {url}: {e}")))
             }
             Err(ureq::Error::Status(code, r)) => {
-                let text = r.into_string().unwrap_or_default();
-                Err(classify_status(&url, code, &text))
+                // The gateway ends error bodies with a gRPC trailer that ureq reads
+                // as a broken chunk: keep what arrived before it.
+                let mut bytes = Vec::new();
+                let reader = r.into_reader();
+                let _ = std::io::Read::read_to_end(
+                    &mut std::io::Read::take(reader, 64 * 1024),
+                    &mut bytes,
+                );
+                Err(classify_status(
+                    &url,
+                    code,
+                    &String::from_utf8_lossy(&bytes),
+                ))
             }
             Err(ureq::Error::Transport(t)) => match t.kind() {
                 // Nothing reached the member.
@@ -536,7 +552,7 @@ mod tests {
             classify_status("u", 503, timed_out),
             Miss::Lost(_)
         ));
-        let gone = r#"{"error":"etcdserver: requested lease not found","code":5}"#;
+        let gone = "{\"error\":\"etcdserver: requested lease not found\",\"code\":5}Grpc-Trailer-Content-Type: application/grpc\r\n";
         assert!(
             matches!(classify_status("u", 404, gone), Miss::Refused(m) if m.contains("lease not found"))
         );

@@ -387,3 +387,49 @@ fn a_clean_stop_revokes_the_lease_so_the_keys_go_at_once() {
     );
     assert_eq!(cluster.get_at(2, "test/web/endpoint"), None);
 }
+
+#[test]
+fn a_deploy_whose_lease_is_gone_fails_safely_and_says_why() {
+    let test = Spec::new("etcd-holder", r#"["true"]"#).create();
+    let cluster = EtcdCluster::start(&test.dir);
+    let svc = Spec::new("web", r#"["sleep", "300"]"#)
+        .tables(&format!(
+            "{}\n[registry]\nfile = \"{{dir}}/registry.json\"\netcd = [{}]\nprefix = \"test/web\"\nttl = \"5s\"\n",
+            file_proxy(&test.dir),
+            cluster.toml(&[0, 1, 2])
+        ))
+        .create();
+    std::fs::write(test.dir.join("upstream.conf"), "server 127.0.0.1:20001;\n").expect("upstream");
+    let upstream_before = std::fs::read(test.dir.join("upstream.conf")).expect("upstream");
+    // The lease the supervisor last held, since expired (a partition longer than the TTL).
+    let granted = cluster.ctl_at(0, &["lease", "grant", "5"]);
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    cluster.ctl_at(0, &["lease", "revoke", &id]);
+    std::fs::create_dir_all(svc.path("state")).expect("state dir");
+    std::fs::write(
+        svc.path("state/etcd-lease"),
+        format!("{}\n", i64::from_str_radix(&id, 16).expect("hex id")),
+    )
+    .expect("lease file");
+
+    let r = switch(&svc, 4343, 20002);
+    assert_eq!(r.code, 1, "{r:?}");
+    let last = last_line(&r);
+    assert!(last.starts_with("error: registry publish: "), "{r:?}");
+    assert!(last.contains("requested lease not found"), "{last}");
+    assert!(last.contains("the registry lease expired"), "{last}");
+    assert!(r.stdout.contains("proxy: restored the previous"), "{r:?}");
+    assert_eq!(
+        std::fs::read(test.dir.join("upstream.conf")).expect("upstream"),
+        upstream_before
+    );
+    assert_eq!(
+        cluster.get_at(1, "test/web/pid/current"),
+        None,
+        "nothing written"
+    );
+}
