@@ -325,10 +325,7 @@ impl Handoff {
                         let line = format!(
                             "      port {p} was taken before the new instance could bind it (Address already in use): starting it on another"
                         );
-                        (
-                            Spawning,
-                            vec![Effect::Tell(line), Effect::Spawn { avoid }],
-                        )
+                        (Spawning, vec![Effect::Tell(line), Effect::Spawn { avoid }])
                     }
                     _ => {
                         let why = format!(
@@ -391,11 +388,14 @@ impl Handoff {
                     (outcome, gone) => {
                         // Switched to an instance that died meanwhile is not a handoff either.
                         self.restore_failed = outcome != Outcome::Undone;
-                        let said = self.switch_error.clone().map(|e| match e.split_once("; hint: ") {
-                            // Its hint was relayed with its error line; said once is enough.
-                            Some((e, _)) => e.to_string(),
-                            None => e,
-                        });
+                        let said =
+                            self.switch_error
+                                .clone()
+                                .map(|e| match e.split_once("; hint: ") {
+                                    // Its hint was relayed with its error line; said once is enough.
+                                    Some((e, _)) => e.to_string(),
+                                    None => e,
+                                });
                         let why = format!(
                             "step 3 (switch traffic) failed: {}",
                             said.unwrap_or_else(|| "the switch failed".into())
@@ -420,39 +420,18 @@ impl Handoff {
                 | Input::Tick { .. }),
             ) => ignore(s, &i),
 
-            (
-                Draining {
-                    until,
-                    next_check,
-                },
-                Input::Tick { .. },
-            ) => {
+            (Draining { until, next_check }, Input::Tick { .. }) => {
                 if next_check <= now || until <= now {
                     let next_check = now + DRAIN_CHECK_EVERY;
                     (
-                        Draining {
-                            until,
-                            next_check,
-                        },
+                        Draining { until, next_check },
                         vec![Effect::CountConnections],
                     )
                 } else {
-                    (
-                        Draining {
-                            until,
-                            next_check,
-                        },
-                        vec![],
-                    )
+                    (Draining { until, next_check }, vec![])
                 }
             }
-            (
-                Draining {
-                    until,
-                    next_check,
-                },
-                Input::Connections(left),
-            ) => {
+            (Draining { until, next_check }, Input::Connections(left)) => {
                 if left == 0 || until <= now {
                     let old = self.serving.0;
                     let line = if self.rules.shared_socket {
@@ -478,13 +457,7 @@ impl Handoff {
                         ],
                     )
                 } else {
-                    (
-                        Draining {
-                            until,
-                            next_check,
-                        },
-                        vec![],
-                    )
+                    (Draining { until, next_check }, vec![])
                 }
             }
             (
@@ -521,12 +494,7 @@ impl Handoff {
                 )
             }
 
-            (
-                StoppingOld {
-                    mut ladder, ..
-                },
-                Input::OldExited,
-            ) => {
+            (StoppingOld { mut ladder, .. }, Input::OldExited) => {
                 ladder.dump_at = None;
                 (
                     StoppingOld {
@@ -682,7 +650,10 @@ impl Handoff {
 
     /// The new instance is taking traffic: promote it, then drain the old one.
     fn promote(&mut self, now: Instant) -> (Phase, Vec<Effect>) {
-        let line = format!("[3/5] traffic switched and published in {}", self.since(now));
+        let line = format!(
+            "[3/5] traffic switched and published in {}",
+            self.since(now)
+        );
         // The old instance keeps accepting from a shared socket until told to stop; its stop
         // signal is the drain.
         let until = if self.rules.shared_socket {
@@ -817,4 +788,498 @@ impl Handoff {
 fn ignore(phase: Phase, input: &Input) -> (Phase, Vec<Effect>) {
     tracing::debug!("handoff: {input:?} ignored in {phase:?}");
     (phase, vec![])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Effect as E;
+    use Input as I;
+
+    const MS: Duration = Duration::from_millis(1);
+    const OLD: i32 = 100;
+    const NEW: i32 = 200;
+
+    fn rules() -> Rules {
+        Rules {
+            ready_timeout: 1000 * MS,
+            stop_signal: Signal::SIGTERM,
+            stop_timeout: 500 * MS,
+            dump: None,
+            drain_timeout: 2000 * MS,
+            shared_socket: false,
+            auto_port: true,
+        }
+    }
+
+    fn pid(n: i32) -> Pid {
+        Pid::from_raw(n)
+    }
+
+    /// A handoff begun at `t0`, with its new instance spawned on port 2002.
+    fn spawned(rules: Rules, t0: Instant) -> Handoff {
+        let (mut h, fx) = Handoff::begin(Kind::Deploy, "r2", (pid(OLD), Some(2001)), rules, t0);
+        assert_eq!(fx, vec![E::Spawn { avoid: vec![2001] }]);
+        let fx = h.step(
+            I::Spawned {
+                pid: pid(NEW),
+                port: Some(2002),
+            },
+            t0,
+        );
+        assert!(
+            matches!(&fx[..], [E::Tell(l)] if l.starts_with("[1/5] started release r2 as pid 200 on ")),
+            "{fx:?}"
+        );
+        h
+    }
+
+    fn tick() -> Input {
+        I::Tick {
+            waiting_for: "GET /health".into(),
+        }
+    }
+
+    fn tells(fx: &[Effect]) -> Vec<&str> {
+        fx.iter()
+            .filter_map(|e| match e {
+                E::Tell(l) => Some(l.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn without_tells(fx: Vec<Effect>) -> Vec<Effect> {
+        fx.into_iter()
+            .filter(|e| !matches!(e, E::Tell(_)))
+            .collect()
+    }
+
+    fn failure(fx: &[Effect]) -> &str {
+        fx.iter()
+            .find_map(|e| match e {
+                E::Fail(m) => Some(m.as_str()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no failure in {fx:?}"))
+    }
+
+    /// Drives a handoff through the switch to draining.
+    fn switched(t0: Instant) -> Handoff {
+        let mut h = spawned(rules(), t0);
+        let fx = h.step(I::Ready, t0 + 10 * MS);
+        assert_eq!(without_tells(fx), vec![E::StopProbes, E::RunSwitch]);
+        assert_eq!(h.step_name(), "switching");
+        let fx = h.step(I::SwitchFinished(Outcome::Switched), t0 + 20 * MS);
+        assert_eq!(without_tells(fx), vec![E::Promote, E::CountConnections]);
+        assert_eq!(h.step_name(), "draining");
+        h
+    }
+
+    #[test]
+    fn a_deploy_runs_every_step_in_order() {
+        let t0 = Instant::now();
+        let mut h = switched(t0);
+        // Connections left: keep counting every DRAIN_CHECK_EVERY.
+        assert_eq!(h.step(I::Connections(2), t0 + 20 * MS), vec![]);
+        assert_eq!(h.deadline(), Some(t0 + 20 * MS));
+        assert_eq!(h.step(tick(), t0 + 30 * MS), vec![E::CountConnections]);
+        assert_eq!(h.deadline(), Some(t0 + 30 * MS + DRAIN_CHECK_EVERY));
+        assert_eq!(h.step(tick(), t0 + 40 * MS), vec![], "not due yet");
+        let fx = h.step(I::Connections(0), t0 + 90 * MS);
+        assert_eq!(
+            tells(&fx),
+            vec!["[4/5] old instance (pid 100) drained in 70ms"]
+        );
+        assert_eq!(
+            without_tells(fx),
+            vec![E::Signal(Who::Old, Signal::SIGTERM)]
+        );
+        assert_eq!(
+            h.step(I::OldExited, t0 + 100 * MS),
+            vec![E::CheckGone(Who::Old)]
+        );
+        // A grandchild still runs: wait for the next reap.
+        assert_eq!(
+            h.step(I::Reaped, t0 + 110 * MS),
+            vec![E::CheckGone(Who::Old)]
+        );
+        let fx = h.step(I::Gone(Who::Old), t0 + 120 * MS);
+        assert_eq!(
+            fx,
+            vec![
+                E::Tell("[5/5] old instance stopped in 30ms".into()),
+                E::Commit("deploy took 120ms".into())
+            ]
+        );
+        assert_eq!(h.phase, Phase::Done);
+        assert_eq!(h.step(I::Reaped, t0 + 130 * MS), vec![], "over is over");
+    }
+
+    #[test]
+    fn a_candidate_that_crashes_before_ready_is_cleaned_up_and_reported_with_its_output() {
+        let t0 = Instant::now();
+        let mut h = spawned(rules(), t0);
+        h.remember("fatal: no database");
+        let fx = h.step(
+            I::CandidateExited {
+                exit: Exit::Code(1),
+                port_taken: false,
+            },
+            t0 + 5 * MS,
+        );
+        assert_eq!(
+            fx,
+            vec![
+                E::StopProbes,
+                E::Signal(Who::Candidate, Signal::SIGTERM),
+                E::CheckGone(Who::Candidate)
+            ]
+        );
+        let fx = h.step(I::Gone(Who::Candidate), t0 + 6 * MS);
+        let m = failure(&fx);
+        assert!(
+            m.starts_with(
+                "step 2 (readiness) failed: release r2 exited with code 1 before it was ready"
+            ),
+            "{m}"
+        );
+        assert!(m.contains("the old instance kept serving"), "{m}");
+        assert!(
+            m.ends_with("last output of the new instance:\n  | fatal: no database"),
+            "{m}"
+        );
+        assert_eq!(h.phase, Phase::Done);
+    }
+
+    #[test]
+    fn a_candidate_that_never_gets_ready_is_stopped_with_the_ladder() {
+        let t0 = Instant::now();
+        let mut h = spawned(rules(), t0);
+        assert_eq!(h.deadline(), Some(t0 + 1000 * MS));
+        assert_eq!(h.step(tick(), t0 + 999 * MS), vec![]);
+        let fx = h.step(tick(), t0 + 1000 * MS);
+        assert_eq!(
+            without_tells(fx),
+            vec![E::StopProbes, E::Signal(Who::Candidate, Signal::SIGTERM)]
+        );
+        assert_eq!(h.step_name(), "aborting");
+        // It ignores TERM: SIGKILL at the stop timeout, once.
+        assert_eq!(h.deadline(), Some(t0 + 1500 * MS));
+        assert_eq!(
+            h.step(tick(), t0 + 1500 * MS),
+            vec![E::Signal(Who::Candidate, Signal::SIGKILL)]
+        );
+        assert_eq!(h.step(tick(), t0 + 1600 * MS), vec![]);
+        assert_eq!(h.deadline(), None);
+        assert_eq!(
+            h.step(I::Gone(Who::Candidate), t0 + 1601 * MS),
+            vec![],
+            "the leader has not been reaped yet"
+        );
+        assert_eq!(
+            h.step(
+                I::CandidateExited {
+                    exit: Exit::Signal(Signal::SIGKILL),
+                    port_taken: false
+                },
+                t0 + 1602 * MS
+            ),
+            vec![E::CheckGone(Who::Candidate)]
+        );
+        let fx = h.step(I::Gone(Who::Candidate), t0 + 1603 * MS);
+        assert!(
+            failure(&fx).starts_with(
+                "step 2 (readiness) failed: release r2 not ready within 1s; waiting for: GET /health"
+            ),
+            "{fx:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_switch_stops_the_candidate_and_names_the_step_once() {
+        let t0 = Instant::now();
+        let mut h = spawned(rules(), t0);
+        h.step(I::Ready, t0);
+        assert_eq!(
+            h.step(
+                I::SwitchSaid("proxy check: nginx -t failed; hint: fix proxy.template".into()),
+                t0
+            ),
+            vec![]
+        );
+        let fx = h.step(I::SwitchFinished(Outcome::Undone), t0 + 10 * MS);
+        assert_eq!(
+            without_tells(fx),
+            vec![E::StopProbes, E::Signal(Who::Candidate, Signal::SIGTERM)]
+        );
+        h.step(
+            I::CandidateExited {
+                exit: Exit::Signal(Signal::SIGTERM),
+                port_taken: false,
+            },
+            t0 + 20 * MS,
+        );
+        let fx = h.step(I::Gone(Who::Candidate), t0 + 21 * MS);
+        let m = failure(&fx);
+        assert!(
+            m.starts_with("step 3 (switch traffic) failed: proxy check: nginx -t failed\n"),
+            "{m}"
+        );
+        assert!(!m.contains("hint"), "the hint was relayed already: {m}");
+        assert!(m.contains("the old instance kept serving"), "{m}");
+    }
+
+    #[test]
+    fn a_failed_restore_says_the_old_instance_still_runs_not_that_it_kept_serving() {
+        let t0 = Instant::now();
+        let mut h = spawned(rules(), t0);
+        h.step(I::Ready, t0);
+        h.step(I::SwitchFinished(Outcome::Left), t0);
+        h.step(
+            I::CandidateExited {
+                exit: Exit::Code(0),
+                port_taken: false,
+            },
+            t0,
+        );
+        let fx = h.step(I::Gone(Who::Candidate), t0);
+        let m = failure(&fx);
+        assert!(
+            m.contains("the old instance still runs, but the proxy or registry was not put back"),
+            "{m}"
+        );
+        assert!(!m.contains("kept serving"), "{m}");
+    }
+
+    #[test]
+    fn a_candidate_dying_during_the_switch_is_no_handoff_even_if_the_switch_succeeded() {
+        let t0 = Instant::now();
+        let mut h = spawned(rules(), t0);
+        h.step(I::Ready, t0);
+        let exit = Exit::Code(2);
+        assert_eq!(
+            h.step(
+                I::CandidateExited {
+                    exit,
+                    port_taken: false
+                },
+                t0
+            ),
+            vec![]
+        );
+        assert_eq!(
+            h.phase,
+            Phase::Switching {
+                candidate_gone: Some(exit)
+            }
+        );
+        let fx = h.step(I::SwitchFinished(Outcome::Switched), t0);
+        assert!(fx.contains(&E::CheckGone(Who::Candidate)), "{fx:?}");
+        assert!(!fx.contains(&E::Promote), "{fx:?}");
+        let fx = h.step(I::Gone(Who::Candidate), t0);
+        let m = failure(&fx);
+        assert!(m.contains("the new instance exited with code 2"), "{m}");
+        assert!(m.contains("still runs, but the proxy or registry"), "{m}");
+    }
+
+    #[test]
+    fn a_drain_timeout_stops_the_old_instance_anyway() {
+        let t0 = Instant::now();
+        let mut h = switched(t0);
+        h.step(I::Connections(3), t0 + 20 * MS);
+        let fx = h.step(I::Connections(3), t0 + 2020 * MS);
+        assert_eq!(
+            tells(&fx),
+            vec!["[4/5] drain timeout: old instance (pid 100) still holds 3 connection(s)"]
+        );
+        assert_eq!(
+            without_tells(fx),
+            vec![E::Signal(Who::Old, Signal::SIGTERM)]
+        );
+        let fx = h.step(tick(), t0 + 2520 * MS);
+        assert_eq!(
+            without_tells(fx),
+            vec![E::Signal(Who::Old, Signal::SIGKILL)]
+        );
+    }
+
+    #[test]
+    fn the_dump_signal_comes_before_sigkill_on_the_old_instance() {
+        let t0 = Instant::now();
+        let mut r = rules();
+        r.dump = Some((Signal::SIGQUIT, 100 * MS));
+        let mut h = spawned(r, t0);
+        h.step(I::Ready, t0);
+        h.step(I::SwitchFinished(Outcome::Switched), t0);
+        h.step(I::Connections(0), t0);
+        assert_eq!(h.deadline(), Some(t0 + 100 * MS));
+        assert_eq!(
+            h.step(tick(), t0 + 100 * MS),
+            vec![E::Signal(Who::Old, Signal::SIGQUIT)]
+        );
+        assert_eq!(h.deadline(), Some(t0 + 500 * MS));
+    }
+
+    #[test]
+    fn in_socket_mode_the_stop_signal_is_the_drain() {
+        let t0 = Instant::now();
+        let mut r = rules();
+        r.shared_socket = true;
+        let mut h = spawned(r, t0);
+        h.step(I::Ready, t0);
+        h.step(I::SwitchFinished(Outcome::Switched), t0);
+        let fx = h.step(I::Connections(5), t0);
+        assert!(tells(&fx)[0].starts_with("[4/5] sent SIGTERM to the old instance (pid 100): it stops accepting from the shared socket"), "{fx:?}");
+    }
+
+    #[test]
+    fn a_port_taken_before_the_bind_is_retried_on_others_a_few_times() {
+        let t0 = Instant::now();
+        let mut h = spawned(rules(), t0);
+        let taken = |h: &mut Handoff, port: u16| {
+            let fx = h.step(
+                I::CandidateExited {
+                    exit: Exit::Code(1),
+                    port_taken: true,
+                },
+                t0,
+            );
+            let fx2 = h.step(
+                I::Spawned {
+                    pid: pid(NEW + i32::from(port)),
+                    port: Some(port),
+                },
+                t0,
+            );
+            (fx, fx2)
+        };
+        let (fx, fx2) = taken(&mut h, 2003);
+        assert_eq!(
+            without_tells(fx),
+            vec![E::Spawn {
+                avoid: vec![2002, 2001]
+            }]
+        );
+        assert!(
+            tells(&fx2)[0].contains("started it again as pid 2203 on port 2003"),
+            "{fx2:?}"
+        );
+        let (fx, _) = taken(&mut h, 2004);
+        assert_eq!(
+            without_tells(fx),
+            vec![E::Spawn {
+                avoid: vec![2002, 2003, 2001]
+            }]
+        );
+        let (fx, _) = taken(&mut h, 2005);
+        assert_eq!(
+            without_tells(fx),
+            vec![E::Spawn {
+                avoid: vec![2002, 2003, 2004, 2001]
+            }]
+        );
+        // PORT_TRIES spent: the fourth is a failure.
+        let fx = h.step(
+            I::CandidateExited {
+                exit: Exit::Code(1),
+                port_taken: true,
+            },
+            t0,
+        );
+        assert!(fx.contains(&E::CheckGone(Who::Candidate)), "{fx:?}");
+        // Not port-related, or not an auto port: no retry either.
+        let mut r = rules();
+        r.auto_port = false;
+        let mut h = spawned(r, t0);
+        let fx = h.step(
+            I::CandidateExited {
+                exit: Exit::Code(1),
+                port_taken: true,
+            },
+            t0,
+        );
+        assert!(fx.contains(&E::CheckGone(Who::Candidate)), "{fx:?}");
+    }
+
+    #[test]
+    fn a_spawn_failure_ends_the_handoff_at_once() {
+        let t0 = Instant::now();
+        let (mut h, _) = Handoff::begin(Kind::Rollback, "r1", (pid(OLD), None), rules(), t0);
+        let fx = h.step(I::SpawnFailed("no such file".into()), t0);
+        assert!(
+            failure(&fx).starts_with("step 1 (start release r1) failed: no such file"),
+            "{fx:?}"
+        );
+        assert_eq!(h.phase, Phase::Done);
+    }
+
+    #[test]
+    fn cancel_in_every_phase_signals_what_runs_and_answers_once() {
+        let t0 = Instant::now();
+        let abandoned = |fx: &[Effect]| {
+            assert_eq!(
+                failure(fx),
+                "deploy of release r2 abandoned: the service is being stopped"
+            );
+        };
+        let cancel = || I::Cancel("the service is being stopped".into());
+
+        let mut h = spawned(rules(), t0);
+        let fx = h.step(cancel(), t0);
+        assert_eq!(fx[0], E::Signal(Who::Candidate, Signal::SIGTERM));
+        abandoned(&fx);
+        assert_eq!(h.phase, Phase::Done);
+        assert_eq!(h.step(cancel(), t0), vec![], "answered once");
+
+        let mut h = spawned(rules(), t0);
+        h.step(I::Ready, t0);
+        let fx = h.step(cancel(), t0);
+        assert_eq!(
+            &fx[..2],
+            &[
+                E::Signal(Who::Candidate, Signal::SIGTERM),
+                E::SignalSwitch(Signal::SIGTERM)
+            ]
+        );
+        abandoned(&fx);
+
+        let mut h = switched(t0);
+        let fx = h.step(cancel(), t0);
+        assert_eq!(fx[0], E::Signal(Who::Old, Signal::SIGTERM));
+        abandoned(&fx);
+
+        let mut h = switched(t0);
+        h.step(I::Connections(0), t0);
+        assert_eq!(h.step_name(), "stopping-old");
+        let fx = h.step(cancel(), t0);
+        assert_eq!(fx[0], E::Signal(Who::Old, Signal::SIGTERM));
+        abandoned(&fx);
+
+        let mut h = spawned(rules(), t0);
+        h.step(tick(), t0 + 1000 * MS);
+        assert_eq!(h.step_name(), "aborting");
+        let fx = h.step(cancel(), t0);
+        assert_eq!(fx[0], E::Signal(Who::Candidate, Signal::SIGTERM));
+        abandoned(&fx);
+    }
+
+    #[test]
+    fn late_inputs_change_nothing() {
+        let t0 = Instant::now();
+        let mut h = spawned(rules(), t0);
+        for late in [
+            I::Connections(1),
+            I::OldExited,
+            I::Gone(Who::Old),
+            I::Reaped,
+            I::SwitchFinished(Outcome::Switched),
+        ] {
+            assert_eq!(h.step(late, t0), vec![]);
+            assert_eq!(h.step_name(), "starting");
+        }
+        let mut h = switched(t0);
+        assert_eq!(h.step(I::Ready, t0), vec![]);
+        assert_eq!(h.step_name(), "draining");
+    }
 }

@@ -693,7 +693,10 @@ impl Supervisor {
                     // was not dead yet) would outlive the stop: sweep again as the tree shrinks.
                     if matches!(
                         self.machine.phase,
-                        Phase::Stopping(Stop { ladder: ladder::Ladder { killed: true, .. }, .. })
+                        Phase::Stopping(Stop {
+                            ladder: ladder::Ladder { killed: true, .. },
+                            ..
+                        })
                     ) {
                         let pgid = self.instance.as_ref().map(|i| i.pid);
                         process::signal_tree(pgid, Signal::SIGKILL, &[]);
@@ -992,7 +995,11 @@ impl Supervisor {
             ready_timeout: self.spec.ready.timeout,
             stop_signal: self.spec.stop.signal,
             stop_timeout: self.spec.stop.timeout,
-            dump: self.spec.stop.dump_signal.map(|s| (s, self.spec.stop.dump_after)),
+            dump: self
+                .spec
+                .stop
+                .dump_signal
+                .map(|s| (s, self.spec.stop.dump_after)),
             drain_timeout: self.spec.deploy.drain_timeout,
             shared_socket: self.listener.is_some(),
             auto_port: matches!(self.spec.port, PortSpec::Auto { .. }),
@@ -1091,7 +1098,9 @@ impl Supervisor {
                 let args = worker::args(&to, self.instance.as_ref().map(side).as_ref());
                 match worker::spawn(&self.spec.file, &self.spec.name, &args) {
                     Ok((pid, out)) => h.worker = Some((pid, WorkerOutput::new(out))),
-                    Err(e) => self.handoff_queue.push_back(HInput::SwitchNotRun(e.to_string())),
+                    Err(e) => self
+                        .handoff_queue
+                        .push_back(HInput::SwitchNotRun(e.to_string())),
                 }
             }
             HEffect::Signal(who, sig) => {
