@@ -145,7 +145,11 @@ fn a_symlink_planted_as_baton_log_fails_start_loudly() {
     let svc = service_as(&user, "symevents", "echo hello; exec sleep 1000", "");
     let victim = victim(&svc.dir);
     let log = cookbook_log_dir(&svc, &user);
-    user.sh(&format!("ln -s {} {}/baton.log", victim.display(), log.display()));
+    user.sh(&format!(
+        "ln -s {} {}/baton.log",
+        victim.display(),
+        log.display()
+    ));
 
     let r = svc.baton(&["start"]);
     assert_ne!(r.code, 0, "{r:?}");
