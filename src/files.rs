@@ -385,7 +385,8 @@ pub struct Checked {
 /// made on the descriptors that are then read, so the file cannot be swapped in between.
 pub fn open_checked(path: &Path) -> io::Result<Checked> {
     let mut untrusted = Untrusted::new();
-    let mut path = path.to_path_buf();
+    // Absolute, so the walk checks every directory from /, not only those below the working one.
+    let mut path = std::path::absolute(path)?;
     for _ in 0..MAX_LINKS {
         let (dir, name) = {
             let name = path
