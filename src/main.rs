@@ -19,6 +19,7 @@ mod proptests;
 mod service;
 mod shell;
 mod ship;
+mod sockets;
 mod supervisor;
 mod sys;
 
