@@ -386,18 +386,9 @@ pub fn one_line(text: &str) -> String {
         .join("; ")
 }
 
-/// An anonymous temporary file (created, then unlinked at once).
+/// An anonymous temporary file: it never has a name another user could plant or race.
 fn tempfile() -> std::io::Result<std::fs::File> {
-    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!("baton-switch-{}-{n}", std::process::id()));
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
-    let _ = std::fs::remove_file(&path);
-    Ok(f)
+    crate::files::Dir::open(&std::env::temp_dir())?.anonymous()
 }
 
 #[cfg(test)]
