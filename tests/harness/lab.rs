@@ -191,3 +191,90 @@ impl Drop for Etcd {
             .status();
     }
 }
+
+/// What one run of tests/deploy-lab/load counted.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadResult {
+    pub requests: u64,
+    /// Non-2xx answers plus socket errors.
+    pub failed: u64,
+    /// Answers with a status above 399 (a 502 from nginx, a 503 from a stopping service).
+    pub non2xx: u64,
+    /// Connections closed before a response came.
+    pub read: u64,
+}
+
+/// Steady wrk load (tests/deploy-lab/load) in the background: 2 connections, 1 thread.
+pub struct Load {
+    child: std::process::Child,
+    mode: &'static str,
+}
+
+impl Load {
+    /// `mode` is "keepalive" or "close" (`Connection: close` on every request).
+    pub fn start(url: &str, mode: &'static str, secs: u32) -> Load {
+        let child = Command::new(lab("load"))
+            .args([&secs.to_string(), url, mode])
+            .env("CONNECTIONS", "2")
+            .env("THREADS", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("load");
+        Load { child, mode }
+    }
+
+    /// Whether wrk is still sending (a test checks its load covered every step).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the load to end and reads its summary line.
+    pub fn result(self) -> LoadResult {
+        let mode = self.mode;
+        let out = self.child.wait_with_output().expect("load output");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |k: &str| -> u64 {
+            text.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {k}= in load output ({mode}): {text}"))
+        };
+        LoadResult {
+            requests: field("requests"),
+            failed: field("failed"),
+            non2xx: field("non2xx"),
+            read: field("read"),
+        }
+    }
+
+    /// Waits for the load to end; returns (requests, failed).
+    pub fn finish(self) -> (u64, u64) {
+        let r = self.result();
+        (r.requests, r.failed)
+    }
+}
+
+/// A fresh GET of `url` (curl); (X-Pid, body) of a 200 answer.
+pub fn get(url: &str) -> Option<(i32, String)> {
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "5", url])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let (head, body) = text.split_once("\n\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let pid = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-pid: ")
+                .map(str::to_string)
+        })?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((pid, body.trim().to_string()))
+}
