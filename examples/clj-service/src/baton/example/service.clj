@@ -112,6 +112,9 @@
             (if inherited?
               (.setAccepting ^ServerConnector this false)
               (let [^ServerConnector this this] (proxy-super close)))))
+    ;; Jetty names a connector after its class, here the proxy's: keep its usual
+    ;; "Started ServerConnector@..." line, which readiness probes match.
+    (.setName "ServerConnector")
     (.setInheritChannel (boolean inherited?))
     (.setHost "127.0.0.1")
     (.setPort (int port))
