@@ -8,6 +8,19 @@ use harness::lab::{get, Load, Nginx};
 use harness::{alive, free_port, Spec, Svc};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+
+/// The two tests under load take turns: on a shared 2-core machine two wrk loads and
+/// four JVMs at once only make every JVM boot slower.
+static UNDER_LOAD: Mutex<()> = Mutex::new(());
+
+fn one_under_load() -> MutexGuard<'static, ()> {
+    // A test that failed while holding the lock leaves nothing behind that matters here.
+    UNDER_LOAD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Seconds of load asked for: longer than any handoff; the test stops it once done.
+const LONG: u32 = 600;
 
 fn jvm_available() -> bool {
     let ok = Path::new("/usr/share/java/clojure.jar").exists()
@@ -79,6 +92,7 @@ fn jetty_socket_mode_deploy_and_rollback_under_load_fail_no_request() {
         eprintln!("skipped: run scripts/setup-deps for Java, Clojure and Jetty");
         return;
     }
+    let _turn = one_under_load();
     let listen = free_port();
     let svc = Spec::new("jettysock", "[\"{release}/run\"]")
         .env("JAVA_OPTS = \"-Xmx128m\"\nSTOP_TIMEOUT_MS = \"10000\"")
@@ -99,9 +113,9 @@ fn jetty_socket_mode_deploy_and_rollback_under_load_fail_no_request() {
     // connections in front of it: Jetty itself must keep every request.
     let nginx = Nginx::start(&svc.dir, listen);
 
-    let mut ka = Load::start(&url, "keepalive", 30);
-    let mut close = Load::start(&url, "close", 30);
-    let mut proxied = Load::start(&nginx.url("/version"), "keepalive", 30);
+    let mut ka = Load::start(&url, "keepalive", LONG);
+    let mut close = Load::start(&url, "close", LONG);
+    let mut proxied = Load::start(&nginx.url("/version"), "keepalive", LONG);
     hand_over(&svc, Some(&v2), &url, "v2");
     let last = hand_over(&svc, None, &url, "v1");
     assert!(
@@ -113,7 +127,7 @@ fn jetty_socket_mode_deploy_and_rollback_under_load_fail_no_request() {
         ("Connection: close", close),
         ("keep-alive through nginx", proxied),
     ] {
-        let r = load.result();
+        let r = load.stop();
         eprintln!("{what}: {r:?}");
         assert!(r.requests > 100, "{what}: load ran: {r:?}");
         assert_eq!(r.failed, 0, "{what} requests failed: {r:?}");
@@ -143,6 +157,7 @@ fn jetty_nginx_mode_deploy_and_rollback_under_load() {
         eprintln!("skipped: run scripts/setup-deps for Java, Clojure and Jetty");
         return;
     }
+    let _turn = one_under_load();
     // Port 0: Jetty binds an ephemeral port, baton finds it in /proc.
     let tables = |proxy: &str| {
         format!(
@@ -165,8 +180,8 @@ fn jetty_nginx_mode_deploy_and_rollback_under_load() {
     let url = nginx.url("/version");
     answers(&url, service_pid(&svc), "v1");
 
-    let mut ka = Load::start(&url, "keepalive", 30);
-    let mut close = Load::start(&url, "close", 30);
+    let mut ka = Load::start(&url, "keepalive", LONG);
+    let mut close = Load::start(&url, "close", LONG);
     hand_over(&svc, Some(&v2), &url, "v2");
     let (_, st) = svc.status();
     let p2 = st["port"].as_u64().expect("port") as u16;
@@ -181,11 +196,11 @@ fn jetty_nginx_mode_deploy_and_rollback_under_load() {
         ka.running() && close.running(),
         "the load covered both handoffs"
     );
-    let r = close.result();
+    let r = close.stop();
     eprintln!("Connection: close: {r:?}");
     assert!(r.requests > 100, "load ran: {r:?}");
     assert_eq!(r.failed, 0, "Connection: close requests failed: {r:?}");
-    let r = ka.result();
+    let r = ka.stop();
     eprintln!("keep-alive: {r:?}");
     assert!(r.requests > 100, "load ran: {r:?}");
     // No request reached a Jetty that was stopping or gone (that would be a 502 or a

@@ -205,8 +205,9 @@ pub struct LoadResult {
 }
 
 /// Steady wrk load (tests/deploy-lab/load) in the background: 2 connections, 1 thread.
+/// Dropped unfinished (a test failed), it stops wrk rather than let it run on.
 pub struct Load {
-    child: std::process::Child,
+    child: Option<std::process::Child>,
     mode: &'static str,
 }
 
@@ -221,18 +222,24 @@ impl Load {
             .stderr(Stdio::null())
             .spawn()
             .expect("load");
-        Load { child, mode }
+        Load {
+            child: Some(child),
+            mode,
+        }
     }
 
     /// Whether wrk is still sending (a test checks its load covered every step).
     pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Waits for the load to end and reads its summary line.
-    pub fn result(self) -> LoadResult {
+    pub fn result(mut self) -> LoadResult {
         let mode = self.mode;
-        let out = self.child.wait_with_output().expect("load output");
+        let child = self.child.take().expect("a load not yet read");
+        let out = child.wait_with_output().expect("load output");
         let text = String::from_utf8_lossy(&out.stdout);
         let field = |k: &str| -> u64 {
             text.split_whitespace()
@@ -248,11 +255,68 @@ impl Load {
         }
     }
 
+    /// Ends the load now and reads its summary: wrk stops on SIGINT and still reports.
+    /// Lets a test load for as long as its steps take, however slow the machine.
+    pub fn stop(self) -> LoadResult {
+        self.interrupt();
+        self.result()
+    }
+
+    fn interrupt(&self) {
+        let Some(child) = &self.child else { return };
+        for pid in descendants(child.id() as i32) {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "wrk" {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGINT,
+                );
+            }
+        }
+    }
+
     /// Waits for the load to end; returns (requests, failed).
     pub fn finish(self) -> (u64, u64) {
         let r = self.result();
         (r.requests, r.failed)
     }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.interrupt();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Every live descendant of `root`, from the parent links in /proc.
+fn descendants(root: i32) -> Vec<i32> {
+    let mut parent = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The field after the state, which follows the parenthesised command name.
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if let Some(ppid) = ppid {
+            parent.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parent.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.split_off(1)
 }
 
 /// A fresh GET of `url` (curl); (X-Pid, body) of a 200 answer.
