@@ -206,6 +206,17 @@ impl Cli {
             },
             Command::Check(t) => {
                 let spec = load(t)?;
+                let host = config::host::check(&spec);
+                for w in &host.warnings {
+                    eprintln!("warning: {w}");
+                }
+                if !host.errors.is_empty() {
+                    return Err(Error::unable(
+                        format!("use {} on this host", spec.file.display()),
+                        host.errors.join("; "),
+                    )
+                    .code(Action::NotConfigured));
+                }
                 println!(
                     "{}: ok ({} {})",
                     spec.file.display(),
@@ -235,7 +246,15 @@ impl Cli {
                         return Err(e);
                     }
                 };
-                let events = crate::logs::EventLog::open(&spec.log);
+                let events = match crate::logs::EventLog::open(&spec.log) {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        let e = Error::unable("open the event log", e);
+                        let mut reporter = reporter;
+                        reporter.failed(e.exit_code().code(), &e.to_string());
+                        return Err(e);
+                    }
+                };
                 init_tracing(events.clone());
                 crate::supervisor::run(
                     spec,

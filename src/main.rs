@@ -5,15 +5,21 @@ mod config;
 mod control;
 mod daemon;
 mod deploy;
+mod environ;
 mod error;
 mod exit;
+mod files;
 mod generate;
 mod logs;
 mod pidfile;
 mod probe;
 mod process;
+#[cfg(test)]
+mod proptests;
 mod service;
+mod shell;
 mod ship;
+mod sockets;
 mod supervisor;
 mod sys;
 
