@@ -651,7 +651,7 @@ mod tests {
     #[test]
     fn a_newer_client_hears_which_versions_differ() {
         let line = r#"{"protocol":2,"baton":"9.9.9","request":"reexec"}"#;
-        let e = Envelope::parse(line).unwrap_err();
+        let e = Envelope::parse(line).err().unwrap_or_default();
         assert!(
             e.starts_with(&format!("supervisor runs baton {VERSION} (protocol {PROTOCOL}), this is baton 9.9.9 (protocol 2)")),
             "{e}"
