@@ -63,6 +63,9 @@ pub struct Report {
     /// The running supervisor's baton version (absent from one older than protocol versions).
     #[serde(default)]
     pub supervisor_version: Option<String>,
+    /// The etcd lease of the registry keys (`[registry] ttl`): held, renewal failing, or re-registered after a loss.
+    #[serde(default)]
+    pub registry_lease: Option<String>,
 }
 
 /// The instance being handed over to, and where the handoff is.

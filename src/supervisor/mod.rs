@@ -83,6 +83,8 @@ struct Supervisor {
     start_failure: Option<String>,
     /// The listening socket handed to every instance ([listen]), bound for the supervisor's life.
     listener: Option<OwnedFd>,
+    /// The etcd lease the registry keys live on (`[registry] ttl`), kept by its own thread.
+    lease: Option<crate::lease::Keeper>,
 }
 
 /// How the supervisor process was started.
@@ -188,6 +190,7 @@ fn setup(
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1)
         ^ u64::from(std::process::id());
+    let lease = crate::lease::Keeper::start(&spec);
     Ok(Supervisor {
         sigfd,
         machine: Machine::new(rules),
@@ -215,6 +218,7 @@ fn setup(
         publish_error: None,
         start_failure: None,
         listener,
+        lease,
     })
 }
 
@@ -1578,6 +1582,7 @@ impl Supervisor {
             release: inst.and_then(|i| i.release.clone()),
             handoff: self.handoff.as_ref().map(|h| h.report(now)),
             supervisor_version: Some(crate::control::VERSION.to_string()),
+            registry_lease: self.lease.as_ref().map(crate::lease::Keeper::describe),
         }
     }
 
