@@ -86,8 +86,8 @@ pub fn run(spec: &Spec, opts: &Options) -> Result<()> {
     }
     // Watch before reading, so nothing written in between is missed.
     let watch = if opts.follow {
-        let ino = Inotify::init(InitFlags::IN_CLOEXEC)
-            .map_err(|e| Error::errno("set up inotify", e))?;
+        let ino =
+            Inotify::init(InitFlags::IN_CLOEXEC).map_err(|e| Error::errno("set up inotify", e))?;
         let mask = AddWatchFlags::IN_MODIFY
             | AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_MOVED_FROM
@@ -104,9 +104,11 @@ pub fn run(spec: &Spec, opts: &Options) -> Result<()> {
     let mut recent = Vec::new();
     for &stream in &streams {
         let mut f = Follower::new(stream, dir, spec.log.keep);
-        recent.extend(f.tail(opts.lines).map_err(|e| {
-            Error::io(format!("read {}", dir.join(stream.file()).display()), &e)
-        })?);
+        recent.extend(
+            f.tail(opts.lines).map_err(|e| {
+                Error::io(format!("read {}", dir.join(stream.file()).display()), &e)
+            })?,
+        );
         followers.push(f);
     }
     let mut out = std::io::stdout().lock();
@@ -132,9 +134,10 @@ pub fn run(spec: &Spec, opts: &Options) -> Result<()> {
                     .is_some_and(|n| n.starts_with(f.stream.file()))
             });
             if touched {
-                batch.extend(f.catch_up().map_err(|e| {
-                    Error::io(format!("read {}", f.path.display()), &e)
-                })?);
+                batch.extend(
+                    f.catch_up()
+                        .map_err(|e| Error::io(format!("read {}", f.path.display()), &e))?,
+                );
             }
         }
         // Closed stdout (`| head`): done, quietly.
@@ -278,9 +281,8 @@ impl Follower {
             // Rotated away: the writer is done with it; read its last lines, then go on with
             // its successor, which sits one rotation step younger than it now does.
             self.read_new(&mut out)?;
-            let now_at = (1..=self.keep + 1).find(|&i| {
-                std::fs::metadata(self.rotated(i)).is_ok_and(|m| m.ino() == ino)
-            });
+            let now_at = (1..=self.keep + 1)
+                .find(|&i| std::fs::metadata(self.rotated(i)).is_ok_and(|m| m.ino() == ino));
             let next = now_at.map_or(0, |i| i - 1);
             self.flush_partial(&mut out);
             match File::open(self.rotated(next)) {
@@ -373,7 +375,11 @@ mod tests {
         let len = f.metadata().expect("meta").len();
         let (lines, end) = last_lines(&f, len, 3).expect("read");
         assert_eq!(lines, vec!["line 19997", "line 19998", "line 19999"]);
-        assert_eq!(end, body.len() as u64, "following starts after the last whole line");
+        assert_eq!(
+            end,
+            body.len() as u64,
+            "following starts after the last whole line"
+        );
         let (all, _) = last_lines(&f, len, 50_000).expect("read");
         assert_eq!(all.len(), 20_000);
         assert_eq!(all[0], "line 0");

@@ -218,12 +218,7 @@ fn ansi(state: &str) -> &'static str {
 
 /// The two largest units, as `ps` and `uptime` print them: `3d4h`, `2h05m`, `4m07s`, `12s`.
 fn uptime(secs: u64) -> String {
-    let (d, h, m, s) = (
-        secs / 86_400,
-        secs / 3600 % 24,
-        secs / 60 % 60,
-        secs % 60,
-    );
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
     if d > 0 {
         format!("{d}d{h}h")
     } else if h > 0 {
