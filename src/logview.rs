@@ -71,11 +71,15 @@ fn time_of(line: &str) -> Option<&str> {
 
 /// Prints the last lines, then (with `follow`) new ones as they are written.
 pub fn run(spec: &Spec, opts: &Options) -> Result<()> {
-    let mut streams = opts.streams.clone();
+    let mut streams: Vec<Stream> = Vec::new();
+    for s in &opts.streams {
+        if !streams.contains(s) {
+            streams.push(*s);
+        }
+    }
     if streams.is_empty() {
         streams = vec![Stream::Stdout, Stream::Stderr];
     }
-    streams.dedup();
     let dir = &spec.log.dir;
     if !dir.is_dir() {
         return Err(Error::unable(
