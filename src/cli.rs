@@ -229,8 +229,8 @@ impl Cli {
                 target,
                 release,
                 keep,
-            } => crate::deploy::deploy(&load(target)?, release, *keep).map(|()| 0),
-            Command::Rollback(t) => crate::deploy::rollback(&load(t)?).map(|()| 0),
+            } => crate::deploy::client::deploy(&load(target)?, release, *keep).map(|()| 0),
+            Command::Rollback(t) => crate::deploy::client::rollback(&load(t)?).map(|()| 0),
             Command::ReopenLogs(t) => crate::service::reopen_logs(&load(t)?).map(|()| 0),
             Command::Status { target, json } if target.name.is_none() && self.config.is_none() => {
                 match crate::overview::status(&self.config_dir, *json) {
@@ -334,21 +334,24 @@ impl Cli {
                     Ok(s) => s,
                     // The supervisor relays stdout; keep the worker's protocol even here.
                     Err(e) => {
-                        println!("error: config: {}", crate::proxy::one_line(&e.to_string()));
+                        println!(
+                            "error: config: {}",
+                            crate::deploy::proxy::one_line(&e.to_string())
+                        );
                         return Ok(1);
                     }
                 };
-                let to = crate::switch::Backend {
+                let to = crate::deploy::switch::Backend {
                     pid: a.pid,
                     port: a.port,
                     release: a.release.clone(),
                 };
-                let from = a.old_pid.map(|pid| crate::switch::Backend {
+                let from = a.old_pid.map(|pid| crate::deploy::switch::Backend {
                     pid,
                     port: a.old_port,
                     release: a.old_release.clone(),
                 });
-                Ok(crate::switch::run(&spec, &to, from.as_ref()))
+                Ok(crate::deploy::switch::run(&spec, &to, from.as_ref()))
             }
             Command::Generate { what } => {
                 let (t, init) = match what {

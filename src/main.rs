@@ -15,13 +15,9 @@ mod overview;
 mod pidfile;
 mod probe;
 mod process;
-mod proxy;
-mod registry;
-mod release;
 mod service;
 mod ship;
 mod supervisor;
-mod switch;
 mod sys;
 
 use clap::Parser;

@@ -2,8 +2,8 @@
 
 use super::config::{DeployFile, Env};
 use super::ssh;
+use crate::deploy::release::utc_stamps;
 use crate::error::{Error, Result};
-use crate::release::utc_stamps;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};

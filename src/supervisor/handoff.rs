@@ -622,7 +622,7 @@ impl Supervisor {
             ms(total)
         );
         if let Some(r) = &self.spec.release {
-            if let Err(e) = crate::release::switch_current(&r.root, &release) {
+            if let Err(e) = crate::deploy::release::switch_current(&r.root, &release) {
                 message.push_str(&format!(
                     "\nwarning: unable to point {} at {release}: {e}",
                     r.root.join("current").display()
@@ -638,14 +638,14 @@ impl Supervisor {
                     previous.as_deref().unwrap_or("none")
                 ),
             };
-            if let Err(e) = crate::release::log_revision(&r.root, &what) {
+            if let Err(e) = crate::deploy::release::log_revision(&r.root, &what) {
                 tracing::warn!("unable to append to revisions.log: {e}");
             }
             let mut protect = vec![release.as_str()];
             if let Some(p) = previous.as_deref() {
                 protect.push(p);
             }
-            let gone = crate::release::prune(&r.root, r.keep, &protect);
+            let gone = crate::deploy::release::prune(&r.root, r.keep, &protect);
             if !gone.is_empty() {
                 message.push_str(&format!("\nremoved old releases: {}", gone.join(", ")));
             }
@@ -670,9 +670,9 @@ impl Supervisor {
             // Only the local file: written here, no process, no wakeup later. A service
             // without releases never deploys and has no registry at all.
             if self.spec.release.is_some() {
-                let old = crate::registry::read_local(&self.spec).unwrap_or_default();
-                use crate::registry::Pair;
-                let local = crate::registry::Local {
+                let old = crate::deploy::registry::read_local(&self.spec).unwrap_or_default();
+                use crate::deploy::registry::Pair;
+                let local = crate::deploy::registry::Local {
                     port: Pair {
                         current: inst.port,
                         previous: old.port.current,
@@ -685,9 +685,9 @@ impl Supervisor {
                         current: inst.release.clone(),
                         previous: old.release.current,
                     },
-                    updated: crate::registry::rfc3339(std::time::SystemTime::now()),
+                    updated: crate::deploy::registry::rfc3339(std::time::SystemTime::now()),
                 };
-                if let Err(e) = crate::registry::write_local(&self.spec, &local) {
+                if let Err(e) = crate::deploy::registry::write_local(&self.spec, &local) {
                     tracing::error!("{e}");
                 }
             }

@@ -489,7 +489,7 @@ impl Supervisor {
         // A restart keeps the release it ran; the first start takes `current`.
         let release = match self.instance.as_ref() {
             Some(i) => i.release.clone(),
-            None => crate::release::current(&self.spec),
+            None => crate::deploy::release::current(&self.spec),
         };
         match self.launch(release, &[]) {
             Ok(inst) => {
@@ -512,7 +512,7 @@ impl Supervisor {
         taken: &[u16],
     ) -> std::result::Result<Instance, String> {
         let release_dir = match (&self.spec.release, &release) {
-            (Some(r), Some(id)) => Some(crate::release::dir(&r.root, id)),
+            (Some(r), Some(id)) => Some(crate::deploy::release::dir(&r.root, id)),
             (Some(r), None) => {
                 return Err(format!(
                     "no release to run: {} does not exist; install one with `baton deploy {} --release DIR`",
@@ -573,7 +573,7 @@ impl Supervisor {
             .release
             .as_ref()
             .zip(inst.release.as_ref())
-            .map(|(r, id)| crate::release::dir(&r.root, id));
+            .map(|(r, id)| crate::deploy::release::dir(&r.root, id));
         let vars = Vars {
             port: Some(port),
             release: dir,
@@ -816,7 +816,7 @@ impl Supervisor {
                     "deploy"
                 };
                 let id = id.trim();
-                if !crate::release::valid_id(id) {
+                if !crate::deploy::release::valid_id(id) {
                     Reply::Error {
                         message: format!("{id:?} is not a release ID"),
                         code: 2,

@@ -2,9 +2,9 @@
 //! for a handoff, print each step as it happens. The handoff itself is `supervisor::handoff`.
 
 use crate::config::Spec;
+use crate::deploy::release;
 use crate::error::{Error, Result};
 use crate::pidfile;
-use crate::release;
 use std::path::Path;
 use std::time::Duration;
 

@@ -7,9 +7,9 @@
 //! (the message says what is left).
 
 use crate::config::{ProxySpec, Spec, Switch};
+use crate::deploy::proxy::{self, Installed};
+use crate::deploy::registry::{self, Etcd, Local, Pair};
 use crate::error::Error;
-use crate::proxy::{self, Installed};
-use crate::registry::{self, Etcd, Local, Pair};
 use std::time::{Duration, Instant, SystemTime};
 
 /// One instance of the service, as the switch sees it.

@@ -7,8 +7,8 @@
 //! through the proxy reach the new PID.
 
 use crate::config::Switch;
+use crate::deploy::switch::Backend;
 use crate::error::{Error, Result};
-use crate::switch::Backend;
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
