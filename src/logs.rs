@@ -125,7 +125,7 @@ fn open_append(path: &PathBuf) -> io::Result<File> {
 ///
 /// Fixed width, so the text sorts in time order: `baton logs` merges streams by it.
 pub fn stamp(t: std::time::SystemTime) -> String {
-    let (_, secs) = crate::release::utc_stamps(t);
+    let (_, secs) = crate::deploy::release::utc_stamps(t);
     let micros = t
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_micros());

@@ -130,7 +130,7 @@ fn render(rows: &[Row], deploys: &[Deploys]) -> String {
                 .report
                 .release
                 .clone()
-                .or_else(|| crate::release::current(r.spec.as_ref()?))?;
+                .or_else(|| crate::deploy::release::current(r.spec.as_ref()?))?;
             Some((
                 format!("{},release=\"{}\"", service(r), escape(&release)),
                 "1".into(),
