@@ -20,7 +20,7 @@ pub fn run(dir: &Path, output: Option<&Path>) -> Result<()> {
         }
         // tmp + rename in the same directory: the collector never reads half a file, and
         // the temporary name does not end in .prom, so it is never collected.
-        Some(path) => crate::pidfile::write_atomic(path, text.as_bytes(), 0o644)
+        Some(path) => crate::files::write_atomic(path, text.as_bytes(), 0o644)
             .map_err(|e| Error::io(format!("write metrics to {}", path.display()), &e)),
     }
 }

@@ -54,14 +54,9 @@ pub fn spawn(
         .stderr(Stdio::piped())
         .process_group(0)
         .current_dir(spec.workdir.as_deref().unwrap_or(Path::new("/")));
-    // Our own NOTIFY_SOCKET (from systemd, under `run`) is not the service's to use.
-    cmd.env_remove("NOTIFY_SOCKET");
-    if let Some(a) = &spec.account {
-        cmd.env("HOME", &a.home)
-            .env("USER", &a.name)
-            .env("LOGNAME", &a.name)
-            .env("SHELL", &a.shell);
-    }
+    // A clean environment: nothing of the caller's (root's PATH, exported secrets, our own
+    // NOTIFY_SOCKET from systemd) reaches the service unless the config names it.
+    cmd.env_clear().envs(crate::environ::base(spec));
     if let Some(p) = port {
         cmd.env("PORT", p.to_string());
     }

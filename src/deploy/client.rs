@@ -71,10 +71,15 @@ fn hand_over(spec: &Spec, kind: &str, id: &str) -> Result<()> {
         let who = std::env::var("SUDO_USER")
             .or_else(|_| std::env::var("USER"))
             .unwrap_or_else(|_| "root".into());
-        let _ = release::log_revision(
+        if let Err(e) = release::log_revision(
             root,
             &format!("{who} deployed as release {id} (previous none, started)"),
-        );
+        ) {
+            eprintln!(
+                "warning: unable to append to {}: {e}",
+                root.join("revisions.log").display()
+            );
+        }
         return Ok(());
     }
     // Bounded by what the supervisor itself enforces, plus slack for the proxy switch.

@@ -153,15 +153,17 @@ fn setup(
             .contains(&crate::config::ProbeSpec::Notify)
         {
             let path = spec.state_dir.join("notify.sock");
-            let _ = std::fs::remove_file(&path);
+            // By name in a directory held open: remove and chown act on the entry, never a planted link's target.
+            let dir = crate::files::Dir::open(&spec.state_dir)
+                .map_err(|e| Error::io(format!("open {}", spec.state_dir.display()), &e))?;
+            let _ = dir.remove(std::ffi::OsStr::new("notify.sock"));
             let sock = UnixDatagram::bind(&path)
                 .map_err(|e| Error::io(format!("create notify socket {}", path.display()), &e))?;
             sock.set_nonblocking(true)
                 .map_err(|e| Error::io("configure notify socket", &e))?;
             if let Some(a) = &spec.account {
-                nix::unistd::chown(&path, Some(a.uid), Some(a.gid)).map_err(|e| {
-                    Error::errno(format!("hand {} to {}", path.display(), a.name), e)
-                })?;
+                dir.chown(std::ffi::OsStr::new("notify.sock"), a.uid, a.gid)
+                    .map_err(|e| Error::io(format!("hand {} to {}", path.display(), a.name), &e))?;
             }
             Some((sock, path))
         } else {
