@@ -281,6 +281,17 @@ impl Cli {
             },
             Command::Check(t) => {
                 let spec = load(t)?;
+                let host = config::host::check(&spec);
+                for w in &host.warnings {
+                    eprintln!("warning: {w}");
+                }
+                if !host.errors.is_empty() {
+                    return Err(Error::unable(
+                        format!("use {} on this host", spec.file.display()),
+                        host.errors.join("; "),
+                    )
+                    .code(Action::NotConfigured));
+                }
                 println!(
                     "{}: ok ({} {})",
                     spec.file.display(),

@@ -22,6 +22,7 @@ mod proptests;
 mod service;
 mod shell;
 mod ship;
+mod sockets;
 mod supervisor;
 mod sys;
 

@@ -1,8 +1,9 @@
 //! TOML service file -> validated [`Spec`], gathering every problem before reporting.
 
+pub mod host;
 mod reader;
 pub(crate) mod units;
-pub(crate) use units::parse_duration;
+pub(crate) use units::{human, parse_duration};
 
 use reader::Reader;
 pub(crate) use reader::{join, Walker};
@@ -119,6 +120,9 @@ pub struct Switch {
     pub reload: Vec<String>,
     /// URL requested through the proxy until the new instance answers.
     pub confirm: Option<String>,
+    /// A response header that must carry the instance's PID (e.g. `X-Pid`); without it, a
+    /// request counts as answered by an instance when a new connection to its port is seen.
+    pub confirm_header: Option<String>,
     /// How long the confirmation may take before the switch is undone.
     pub confirm_timeout: Duration,
 }

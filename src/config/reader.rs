@@ -1017,6 +1017,7 @@ impl Reader<'_> {
                 "check",
                 "reload",
                 "confirm",
+                "confirm_header",
                 "confirm_timeout",
             ],
         ) else {
@@ -1089,6 +1090,19 @@ impl Reader<'_> {
             }
             c
         });
+        let confirm_header = self.string(t, "proxy", "confirm_header").map(|(h, span)| {
+            let token = !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
+            if !token {
+                self.problem(
+                    span,
+                    "proxy.confirm_header",
+                    "is not an HTTP header name (e.g. \"X-Pid\")",
+                );
+            }
+            h
+        });
         let confirm_timeout = self
             .duration(t, "proxy", "confirm_timeout")
             .unwrap_or(Duration::from_secs(10));
@@ -1099,6 +1113,7 @@ impl Reader<'_> {
             check,
             reload,
             confirm,
+            confirm_header,
             confirm_timeout,
         };
         if nginx {

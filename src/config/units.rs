@@ -4,6 +4,18 @@ use nix::sys::signal::Signal;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// The one way baton writes a duration: `250ms`, `90s`, `1.5s`, `2.25s` (parses back).
+pub fn human(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        let text = format!("{:.2}", d.as_secs_f64());
+        format!("{}s", text.trim_end_matches('0').trim_end_matches('.'))
+    }
+}
+
 /// The longest duration a config may give: a week. Every timeout, backoff and window baton
 /// knows is far shorter, and the bound keeps `Instant + duration` far from overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
