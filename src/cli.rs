@@ -321,7 +321,15 @@ impl Cli {
                         return Err(e);
                     }
                 };
-                let events = crate::logs::EventLog::open(&spec.log);
+                let events = match crate::logs::EventLog::open(&spec.log) {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        let e = Error::unable("open the event log", e);
+                        let mut reporter = reporter;
+                        reporter.failed(e.exit_code().code(), &e.to_string());
+                        return Err(e);
+                    }
+                };
                 init_tracing(events.clone());
                 crate::supervisor::run(
                     spec,

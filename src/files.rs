@@ -95,6 +95,17 @@ impl Dir {
         Ok(File::from(fd))
     }
 
+    /// A read-write file in this directory that has no name at all (`O_TMPFILE`), gone when closed.
+    pub fn anonymous(&self) -> io::Result<File> {
+        let fd = sys::openat(
+            Some(self.fd.as_fd()),
+            Path::new("."),
+            OFlag::O_TMPFILE | OFlag::O_RDWR,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        )?;
+        Ok(File::from(fd))
+    }
+
     /// Replaces `name` with `contents` atomically: a crash leaves the old file or the new one.
     ///
     /// The new contents go to a fresh file (`O_EXCL`, an unpredictable name beginning with a
@@ -374,7 +385,8 @@ pub struct Checked {
 /// made on the descriptors that are then read, so the file cannot be swapped in between.
 pub fn open_checked(path: &Path) -> io::Result<Checked> {
     let mut untrusted = Untrusted::new();
-    let mut path = path.to_path_buf();
+    // Absolute, so the walk checks every directory from /, not only those below the working one.
+    let mut path = std::path::absolute(path)?;
     for _ in 0..MAX_LINKS {
         let (dir, name) = {
             let name = path
@@ -697,6 +709,15 @@ mod tests {
             std::fs::read(d.join("real/sub/f")).expect("read"),
             b"1".to_vec()
         );
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn anonymous_files_have_no_name() {
+        let d = scratch("anon");
+        let mut f = Dir::open(&d).expect("open").anonymous().expect("O_TMPFILE");
+        f.write_all(b"out").expect("write");
+        assert_eq!(std::fs::read_dir(&d).expect("ls").count(), 0);
         std::fs::remove_dir_all(&d).ok();
     }
 

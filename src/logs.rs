@@ -419,12 +419,18 @@ pub struct EventLog {
 
 impl EventLog {
     /// Appends to `baton.log` in the log directory, rotated by the same rules as the
-    /// service's files; if it cannot be opened, events go to stderr.
-    pub fn open(spec: &LogSpec) -> Self {
-        let file = RotatingFile::open(spec.dir.join("baton.log"), spec).ok();
-        EventLog {
+    /// service's files. A link planted there is refused (an error); if the file cannot be
+    /// opened for another reason, events go to stderr.
+    pub fn open(spec: &LogSpec) -> io::Result<Self> {
+        let file = match RotatingFile::open(spec.dir.join("baton.log"), spec) {
+            Ok(f) => Some(f),
+            // Refused by files.rs (a link, a stranger's file): the operator must hear of it.
+            Err(e) if e.kind() == io::ErrorKind::Other => return Err(e),
+            Err(_) => None,
+        };
+        Ok(EventLog {
             file: std::sync::Arc::new(std::sync::Mutex::new(file)),
-        }
+        })
     }
 
     /// Events to stderr (foreground use).

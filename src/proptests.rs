@@ -120,6 +120,13 @@ proptest! {
     }
 
     #[test]
+    fn problem_lines_match_a_plain_count(text in "(\\PC{0,5}\n?){0,40}", at in any::<prop::sample::Index>()) {
+        let offset = at.index(text.len() + 1);
+        let plain = text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1;
+        prop_assert_eq!(crate::config::Walker::new(&text).line_of(offset), plain);
+    }
+
+    #[test]
     fn arbitrary_text_never_crashes_the_config_reader(text in "\\PC{0,300}") {
         let _ = crate::config::parse(&text, Path::new("/nonexistent/t.toml"), "t");
     }

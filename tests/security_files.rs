@@ -137,6 +137,34 @@ fn a_symlink_planted_as_stdout_log_is_refused_not_followed() {
 }
 
 #[test]
+fn a_symlink_planted_as_baton_log_fails_start_loudly() {
+    if skip_unless_root() {
+        return;
+    }
+    let user = User::new();
+    let svc = service_as(&user, "symevents", "echo hello; exec sleep 1000", "");
+    let victim = victim(&svc.dir);
+    let log = cookbook_log_dir(&svc, &user);
+    user.sh(&format!(
+        "ln -s {} {}/baton.log",
+        victim.display(),
+        log.display()
+    ));
+
+    let r = svc.baton(&["start"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "unable to open {}: it is a symbolic link",
+            log.join("baton.log").display()
+        )),
+        "{r:?}"
+    );
+    assert_untouched(&victim);
+    assert!(svc.processes().is_empty(), "the service was started anyway");
+}
+
+#[test]
 fn a_hard_link_planted_as_stderr_log_is_refused() {
     if skip_unless_root() {
         return;

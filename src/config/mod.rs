@@ -454,13 +454,9 @@ pub fn parse(text: &str, file: &Path, name: &str) -> std::result::Result<Spec, V
     }
 }
 
-/// The 1-based line of byte `offset` in `text`.
+/// The 1-based line of byte `offset` in `text` (one lookup; a [`Walker`] keeps its index for many).
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())]
-        .bytes()
-        .filter(|&b| b == b'\n')
-        .count()
-        + 1
+    Walker::new(text).line_of(offset)
 }
 
 /// Walks the document, turning values into types and collecting problems.
