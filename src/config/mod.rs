@@ -269,6 +269,8 @@ pub struct LogSpec {
     pub max_size: u64,
     /// Rotated files kept.
     pub keep: u32,
+    /// Prefix each line of service output with the time baton read it and the writer's PID.
+    pub timestamps: bool,
 }
 
 /// One thing wrong with a config file, located.

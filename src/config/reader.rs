@@ -1193,8 +1193,9 @@ impl Reader<'_> {
             dir: PathBuf::from(format!("/var/log/{name}")),
             max_size: 100 * 1000 * 1000,
             keep: 10,
+            timestamps: true,
         };
-        let Some(t) = self.section(top, "log", &["dir", "max_size", "keep"]) else {
+        let Some(t) = self.section(top, "log", &["dir", "max_size", "keep", "timestamps"]) else {
             return Some(spec);
         };
         if let Some((d, _)) = self.string(t, "log", "dir") {
@@ -1205,6 +1206,12 @@ impl Reader<'_> {
         }
         if let Some(n) = self.integer(t, "log", "keep", 0, 1000) {
             spec.keep = n as u32;
+        }
+        if let Some(item) = t.get("timestamps") {
+            match item.as_bool() {
+                Some(b) => spec.timestamps = b,
+                None => self.problem(item.span(), "log.timestamps", "must be true or false"),
+            }
         }
         Some(spec)
     }
