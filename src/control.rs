@@ -56,6 +56,12 @@ pub struct Report {
     /// A deploy or rollback in progress.
     #[serde(default)]
     pub handoff: Option<HandoffReport>,
+    /// How the service's processes are tracked: "cgroup" or "subreaper".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<String>,
+    /// The service's cgroup, when tracked by one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 /// The instance being handed over to, and where the handoff is.

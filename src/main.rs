@@ -1,6 +1,8 @@
 //! baton: a process supervisor whose `start` means ready. `main` is a switchboard.
 
+mod cgroup;
 mod cli;
+mod clock;
 mod config;
 mod control;
 mod daemon;
@@ -20,6 +22,7 @@ mod ship;
 mod supervisor;
 mod switch;
 mod sys;
+mod tracking;
 
 use clap::Parser;
 

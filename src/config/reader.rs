@@ -5,7 +5,7 @@
 
 use super::units::{parse_duration, parse_env_file, parse_signal, parse_size};
 use super::{
-    line_of, Account, DeploySpec, ListenSpec, LogSpec, Policy, PortSpec, ProbeSpec, Problem,
+    line_of, Account, DeploySpec, ListenSpec, LogSpec, Policy, PortSpec, ProbeSpec, ProcessSpec, Problem,
     ProxySpec, ReadySpec, RegistrySpec, ReleaseSpec, RestartSpec, Spec, StopSpec, Switch,
 };
 use crate::exit::Action;
@@ -89,6 +89,7 @@ const TOP_KEYS: &[&str] = &[
     "deploy",
     "proxy",
     "registry",
+    "process",
 ];
 
 impl Walker<'_> {
@@ -409,7 +410,21 @@ impl Reader<'_> {
             listen,
             deploy,
             proxy,
+            process: self.process(top),
         })
+    }
+
+    fn process(&mut self, top: &dyn TableLike) -> ProcessSpec {
+        let mut spec = ProcessSpec { cgroup: true };
+        if let Some(t) = self.section(top, "process", &["cgroup"]) {
+            if let Some(item) = t.get("cgroup") {
+                match item.as_bool() {
+                    Some(b) => spec.cgroup = b,
+                    None => self.problem(item.span(), "process.cgroup", "must be true or false"),
+                }
+            }
+        }
+        spec
     }
 
     /// Only `{name}`, `{port}` and `{release}` exist; anything else is a typo that would reach the service verbatim.

@@ -212,7 +212,7 @@ impl Supervisor {
             candidate: Some(inst),
             old: None,
             step: Step::Starting {
-                deadline: now + self.spec.ready.timeout,
+                deadline: crate::clock::after(now, self.spec.ready.timeout),
             },
             started: now,
             step_since: now,
@@ -427,7 +427,7 @@ impl Supervisor {
                 }
             } else {
                 Step::Draining {
-                    until: now + self.spec.deploy.drain_timeout,
+                    until: crate::clock::after(now, self.spec.deploy.drain_timeout),
                     next_check: now,
                 }
             };
@@ -484,7 +484,7 @@ impl Supervisor {
                     };
                     process::signal_group(old.pid, stop_signal);
                     h.step = Step::StoppingOld {
-                        kill_at: now + stop_timeout,
+                        kill_at: crate::clock::after(now, stop_timeout),
                         killed: false,
                         leader_reaped: false,
                     };
@@ -561,7 +561,7 @@ impl Supervisor {
             process::signal_group(c.pid, stop_signal);
         }
         h.step = Step::Aborting {
-            kill_at: now + self.spec.stop.timeout,
+            kill_at: crate::clock::after(now, self.spec.stop.timeout),
             killed: false,
             leader_reaped: h.candidate.is_none(),
             why,

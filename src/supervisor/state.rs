@@ -216,7 +216,7 @@ impl Machine {
                 Starting {
                     pid,
                     since: now,
-                    deadline: now + self.rules.ready_timeout,
+                    deadline: crate::clock::after(now, self.rules.ready_timeout),
                 },
                 vec![],
             ),
@@ -353,11 +353,11 @@ impl Machine {
     }
 
     fn stopping(&mut self, leader: Option<Pid>, then: Then, now: Instant) -> (Phase, Vec<Effect>) {
-        let kill_at = now + self.rules.stop_timeout;
+        let kill_at = crate::clock::after(now, self.rules.stop_timeout);
         let dump_at = self
             .rules
             .dump_after
-            .map(|d| now + d)
+            .map(|d| crate::clock::after(now, d))
             .filter(|_| leader.is_some());
         let mut effects = vec![Effect::SignalTree(self.rules.stop_signal)];
         if leader.is_none() {
@@ -401,7 +401,12 @@ impl Machine {
         self.attempt += 1;
         self.restarts += 1;
         let delay = backoff(self.attempt, r.backoff_min, r.backoff_max, jitter);
-        (Phase::Backoff { until: now + delay }, vec![])
+        (
+            Phase::Backoff {
+                until: crate::clock::after(now, delay),
+            },
+            vec![],
+        )
     }
 
     /// The state's short name, as status reports it.
