@@ -20,7 +20,10 @@ mod tests {
     #[test]
     fn huge_durations_are_far_away_not_a_panic() {
         let now = Instant::now();
-        assert_eq!(after(now, Duration::from_secs(5)), now + Duration::from_secs(5));
+        assert_eq!(
+            after(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
         let far = after(now, Duration::MAX);
         assert!(far > now + Duration::from_secs(50 * 365 * 24 * 3600));
         assert_eq!(far.saturating_duration_since(now), FAR);

@@ -67,8 +67,8 @@ pub fn systemd_unit(t: &Target) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let stop_secs =
-        t.stop_timeout.saturating_add(STOP_MARGIN).as_secs() + u64::from(t.stop_timeout.subsec_nanos() > 0);
+    let stop_secs = t.stop_timeout.saturating_add(STOP_MARGIN).as_secs()
+        + u64::from(t.stop_timeout.subsec_nanos() > 0);
     let restart = if t.baton_restarts {
         "# baton restarts the service ([restart] policy); systemd restarting too would double it.\n\
          Restart=no\n"

@@ -432,7 +432,12 @@ pub fn service_tree(except: &[Pid]) -> Vec<ProcStat> {
 ///
 /// The group is signalled with killpg only while `leader_unreaped`: then its number
 /// cannot belong to anyone else. Every other process is signalled through a pidfd.
-pub fn signal_tree(pgid: Option<Pid>, leader_unreaped: bool, sig: Signal, except: &[Pid]) -> Vec<Pid> {
+pub fn signal_tree(
+    pgid: Option<Pid>,
+    leader_unreaped: bool,
+    sig: Signal,
+    except: &[Pid],
+) -> Vec<Pid> {
     let group = pgid.filter(|_| leader_unreaped);
     if let Some(g) = group {
         signal_group(g, sig);
@@ -571,6 +576,50 @@ mod tests {
         }
         child.kill().ok();
         child.wait().ok();
+    }
+
+    #[test]
+    fn stat_without_fields_after_the_name_is_refused() {
+        for line in [
+            "",
+            "4242",
+            "4242 (x)",
+            "4242 (x) S 1 2",
+            "4242 (x))",
+            "(x) S 1 2 3",
+        ] {
+            assert_eq!(parse_stat(line), None, "{line:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any name the kernel may show (up to 15 bytes of anything but NUL, parentheses and
+        /// spaces included) leaves the numeric fields readable, and nothing panics.
+        #[test]
+        fn stat_fields_survive_any_command_name(
+            name in "[ -~]{0,15}",
+            pid in 1i32..4_194_304,
+            ppid in 0i32..4_194_304,
+            pgrp in 0i32..4_194_304,
+            session in 0i32..4_194_304,
+            start in proptest::num::u64::ANY,
+        ) {
+            let line = format!(
+                "{pid} ({name}) S {ppid} {pgrp} {session} 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 {start} 1000 10\n"
+            );
+            let s = parse_stat(&line).expect("parses");
+            proptest::prop_assert_eq!(s.pid, Pid::from_raw(pid));
+            proptest::prop_assert_eq!(s.ppid, Pid::from_raw(ppid));
+            proptest::prop_assert_eq!(s.pgrp, Pid::from_raw(pgrp));
+            proptest::prop_assert_eq!(s.session, Pid::from_raw(session));
+            proptest::prop_assert_eq!(s.starttime, start);
+        }
+
+        /// Arbitrary bytes never panic the parser.
+        #[test]
+        fn stat_never_panics(text in "\\PC{0,200}") {
+            let _ = parse_stat(&text);
+        }
     }
 
     #[test]

@@ -44,7 +44,8 @@ fn start_supervised(spec: &Spec) -> Result<()> {
         spec,
         "start",
         spec.ready.timeout.saturating_add(Duration::from_secs(5)),
-    ).map_err(|e| {
+    )
+    .map_err(|e| {
         e.hint(format!(
             "`baton status {}` shows the last output; logs are in {}",
             spec.name,
@@ -101,10 +102,9 @@ fn stop_locked(spec: &Spec) -> Result<()> {
             eprintln!(
                 "{name}: control socket unavailable ({e}); sending SIGTERM to supervisor pid {pid}"
             );
-            crate::sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(fd), Signal::SIGTERM)
-                .map_err(|e| {
-                    Error::io(format!("signal the supervisor of {name} (pid {pid})"), &e)
-                })?;
+            crate::sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(fd), Signal::SIGTERM).map_err(
+                |e| Error::io(format!("signal the supervisor of {name} (pid {pid})"), &e),
+            )?;
         }
     }
     // The supervisor enforces the stop timeout itself; this bound only guards against a hung supervisor.

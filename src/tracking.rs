@@ -135,9 +135,7 @@ impl Tracker {
                 }
                 others
             }
-            Tracker::Subreaper => {
-                process::signal_tree(leader, leader_unreaped, sig, except).len()
-            }
+            Tracker::Subreaper => process::signal_tree(leader, leader_unreaped, sig, except).len(),
         }
     }
 
@@ -275,7 +273,8 @@ fn take_down(why: &str) {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let mut failure = format!("the supervisor crashed ({why}); it killed the service before exiting");
+    let mut failure =
+        format!("the supervisor crashed ({why}); it killed the service before exiting");
     if !left.is_empty() {
         failure.push_str(&format!("; still alive after SIGKILL: pid {left:?}"));
     }

@@ -42,7 +42,12 @@ fn cgroup_table(cgroup: bool) -> &'static str {
 
 fn starttime(pid: i32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+    s.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 fn pids_in(path: &Path) -> Vec<i32> {
@@ -56,14 +61,22 @@ fn pids_in(path: &Path) -> Vec<i32> {
 fn processes(status: &serde_json::Value) -> Vec<i32> {
     status["processes"]
         .as_array()
-        .map(|a| a.iter().filter_map(|p| p.as_i64()).map(|p| p as i32).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.as_i64())
+                .map(|p| p as i32)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// A service whose wrapper keeps a child in its group and double-forks an escapee.
 fn escaper(cgroup: bool, extra: &str) -> (Svc, Vec<i32>, i32) {
-    let spec = Spec::new("esc", &format!(r#"["{}", "{{dir}}/pids"]"#, fixture("escaper")))
-        .tables(&format!("{}{extra}", cgroup_table(cgroup)));
+    let spec = Spec::new(
+        "esc",
+        &format!(r#"["{}", "{{dir}}/pids"]"#, fixture("escaper")),
+    )
+    .tables(&format!("{}{extra}", cgroup_table(cgroup)));
     let svc = spec.create();
     svc.start();
     let pids_file = svc.path("pids");
@@ -154,13 +167,21 @@ fn stranger_on_the_old_pid_is_left_alone(cgroup: bool) {
     let stranger_is_untouched = || starttime(leader) == Some(born) && alive(leader);
     // Its identity is what the attack forges: the old PID, as process group (and session).
     let stat = std::fs::read_to_string(format!("/proc/{leader}/stat")).expect("stat");
-    let f: Vec<&str> = stat.rsplit_once(')').expect("stat").1.split_whitespace().collect();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat")
+        .1
+        .split_whitespace()
+        .collect();
     assert_eq!((f[2], f[3]), (&*leader.to_string(), &*leader.to_string()));
 
     let (_, st) = svc.status();
     assert!(!processes(&st).contains(&leader), "stranger listed: {st}");
     assert!(
-        !st["problem"].as_str().unwrap_or("").contains(&leader.to_string()),
+        !st["problem"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&leader.to_string()),
         "{st}"
     );
     let r = svc.baton(&["stop"]);
@@ -245,12 +266,20 @@ fn haproxy_daemon_survives_stop_and_crash_restart(cgroup: bool) {
     let sup = st["supervisor_pid"].as_i64().expect("supervisor") as i32;
     let ppid = |p: i32| -> Option<i32> {
         let s = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-        s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+        s.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
     };
     // The attack's precondition: the subreaper supervisor adopted the reload's daemon.
     assert_eq!(ppid(daemon), Some(sup), "haproxy {daemon} adopted by {sup}");
     assert_eq!(st["tracking"], if cgroup { "cgroup" } else { "subreaper" });
-    assert!(!processes(&st).contains(&daemon), "haproxy is not the service: {st}");
+    assert!(
+        !processes(&st).contains(&daemon),
+        "haproxy is not the service: {st}"
+    );
     let untouched = || alive(daemon) && starttime(daemon) == Some(born);
 
     // Crash: the service dies, baton takes its tree down and restarts it.
@@ -325,7 +354,11 @@ fn huge_durations_cannot_crash_stop_or_a_restart() {
         assert!(r.stdout.contains("big stopped"), "{r:?}");
         let (code, st) = svc.status();
         assert_eq!(code, 3, "{st}");
-        assert!(svc.processes().is_empty(), "nothing left: {:?}", svc.processes());
+        assert!(
+            svc.processes().is_empty(),
+            "nothing left: {:?}",
+            svc.processes()
+        );
     }
 }
 
@@ -335,8 +368,11 @@ fn panic_takes_the_service_down(cgroup: bool) {
         return;
     }
     let (svc, pids, escaped) = {
-        let spec = Spec::new("pan", &format!(r#"["{}", "{{dir}}/pids"]"#, fixture("escaper")))
-            .tables(cgroup_table(cgroup));
+        let spec = Spec::new(
+            "pan",
+            &format!(r#"["{}", "{{dir}}/pids"]"#, fixture("escaper")),
+        )
+        .tables(cgroup_table(cgroup));
         let svc = spec.create();
         let r: harness::Run = Command::new(harness::baton_bin())
             .arg("--config")

@@ -5,8 +5,9 @@
 
 use super::units::{parse_duration, parse_env_file, parse_signal, parse_size};
 use super::{
-    line_of, Account, DeploySpec, ListenSpec, LogSpec, Policy, PortSpec, ProbeSpec, ProcessSpec, Problem,
-    ProxySpec, ReadySpec, RegistrySpec, ReleaseSpec, RestartSpec, Spec, StopSpec, Switch,
+    line_of, Account, DeploySpec, ListenSpec, LogSpec, Policy, PortSpec, ProbeSpec, Problem,
+    ProcessSpec, ProxySpec, ReadySpec, RegistrySpec, ReleaseSpec, RestartSpec, Spec, StopSpec,
+    Switch,
 };
 use crate::exit::Action;
 use nix::sys::signal::Signal;
