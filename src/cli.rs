@@ -193,8 +193,8 @@ impl Cli {
                 target,
                 release,
                 keep,
-            } => crate::deploy::deploy(&load(target)?, release, *keep).map(|()| 0),
-            Command::Rollback(t) => crate::deploy::rollback(&load(t)?).map(|()| 0),
+            } => crate::deploy::client::deploy(&load(target)?, release, *keep).map(|()| 0),
+            Command::Rollback(t) => crate::deploy::client::rollback(&load(t)?).map(|()| 0),
             Command::ReopenLogs(t) => crate::service::reopen_logs(&load(t)?).map(|()| 0),
             Command::Status { target, json } => match load(target) {
                 Ok(spec) => crate::service::status(&spec, *json).map(|s| s.code()),
@@ -206,6 +206,17 @@ impl Cli {
             },
             Command::Check(t) => {
                 let spec = load(t)?;
+                let host = config::host::check(&spec);
+                for w in &host.warnings {
+                    eprintln!("warning: {w}");
+                }
+                if !host.errors.is_empty() {
+                    return Err(Error::unable(
+                        format!("use {} on this host", spec.file.display()),
+                        host.errors.join("; "),
+                    )
+                    .code(Action::NotConfigured));
+                }
                 println!(
                     "{}: ok ({} {})",
                     spec.file.display(),
@@ -235,7 +246,15 @@ impl Cli {
                         return Err(e);
                     }
                 };
-                let events = crate::logs::EventLog::open(&spec.log);
+                let events = match crate::logs::EventLog::open(&spec.log) {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        let e = Error::unable("open the event log", e);
+                        let mut reporter = reporter;
+                        reporter.failed(e.exit_code().code(), &e.to_string());
+                        return Err(e);
+                    }
+                };
                 init_tracing(events.clone());
                 crate::supervisor::run(
                     spec,
@@ -259,21 +278,24 @@ impl Cli {
                     Ok(s) => s,
                     // The supervisor relays stdout; keep the worker's protocol even here.
                     Err(e) => {
-                        println!("error: config: {}", crate::proxy::one_line(&e.to_string()));
+                        println!(
+                            "error: config: {}",
+                            crate::deploy::proxy::one_line(&e.to_string())
+                        );
                         return Ok(1);
                     }
                 };
-                let to = crate::switch::Backend {
+                let to = crate::deploy::switch::Backend {
                     pid: a.pid,
                     port: a.port,
                     release: a.release.clone(),
                 };
-                let from = a.old_pid.map(|pid| crate::switch::Backend {
+                let from = a.old_pid.map(|pid| crate::deploy::switch::Backend {
                     pid,
                     port: a.old_port,
                     release: a.old_release.clone(),
                 });
-                Ok(crate::switch::run(&spec, &to, from.as_ref()))
+                Ok(crate::deploy::switch::run(&spec, &to, from.as_ref()))
             }
             Command::Generate { what } => {
                 let (t, init) = match what {

@@ -5,6 +5,7 @@
 //! call with *which* config. The Chef cookbook renders the same text from its
 //! own ERB copies (`chef/templates/`); `tests/provisioning/` checks they agree.
 
+use crate::shell::quote_always;
 use std::path::Path;
 use std::time::Duration;
 
@@ -42,10 +43,10 @@ pub fn init_script(t: &Target) -> String {
     let pidfile = one_line(&t.pidfile.to_string_lossy());
     // The longer keys first, so `@NAME@` never eats part of `@NAME_SH@`.
     [
-        ("@NAME_SH@", sh_quote(&name)),
-        ("@DESCRIPTION_SH@", sh_quote(&description)),
-        ("@BATON_SH@", sh_quote(&baton)),
-        ("@CONFIG_SH@", sh_quote(&config)),
+        ("@NAME_SH@", quote_always(&name)),
+        ("@DESCRIPTION_SH@", quote_always(&description)),
+        ("@BATON_SH@", quote_always(&baton)),
+        ("@CONFIG_SH@", quote_always(&config)),
         ("@NAME@", name),
         ("@DESCRIPTION@", description),
         ("@PIDFILE@", pidfile),
@@ -114,11 +115,6 @@ fn one_line(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
-}
-
-/// Single-quotes `s` for sh: nothing inside is special but the quote itself.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// One word of an `Exec*=` line: `%` and `$` are systemd's, so doubled; quoted when it has spaces.

@@ -9,10 +9,9 @@ use crate::config::LogSpec;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::Pid;
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 /// Lines longer than this are written in pieces rather than buffered without bound.
@@ -85,24 +84,32 @@ impl RotatingFile {
     }
 
     /// Renames `f` to `f.1` (shifting older copies) and starts a new `f`.
+    ///
+    /// Every rename and the new file are relative to the log directory's descriptor:
+    /// the service user owns that directory and may have planted links in it.
     pub fn rotate(&mut self) -> io::Result<()> {
+        let (dir, base) = crate::files::split(&self.path)?;
         let name = |i: u32| {
-            let mut p = self.path.clone().into_os_string();
+            let mut p = base.clone();
             p.push(format!(".{i}"));
-            PathBuf::from(p)
+            p
         };
         if self.keep == 0 {
-            std::fs::remove_file(&self.path)?;
+            dir.remove(&base)?;
         } else {
             for i in (1..self.keep).rev() {
-                match std::fs::rename(name(i), name(i + 1)) {
+                match dir.rename(&name(i), &name(i + 1)) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                     _ => {}
                 }
             }
-            std::fs::rename(&self.path, name(1))?;
+            dir.rename(&base, &name(1))?;
         }
-        self.reopen()
+        self.file = dir
+            .open_append(&base, 0o640)
+            .map_err(|e| open_error(&self.path, e))?;
+        self.size = self.file.metadata()?.len();
+        Ok(())
     }
 
     /// Starts writing to a new file at the same path (after an external logrotate moved the old one).
@@ -113,12 +120,14 @@ impl RotatingFile {
     }
 }
 
-fn open_append(path: &PathBuf) -> io::Result<File> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .open(path)
+/// Opens a log file through [`crate::files`]: a planted link is refused, never followed.
+fn open_append(path: &std::path::Path) -> io::Result<File> {
+    crate::files::open_append(path, 0o640).map_err(|e| open_error(path, e))
+}
+
+/// "unable to open /var/log/web/stdout.log: it is a symbolic link, ...": the path first.
+fn open_error(path: &std::path::Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("unable to open {}: {e}", path.display()))
 }
 
 /// Who sees each line of output, if anyone (a log probe waiting for its line).
@@ -374,12 +383,18 @@ pub struct EventLog {
 
 impl EventLog {
     /// Appends to `baton.log` in the log directory, rotated by the same rules as the
-    /// service's files; if it cannot be opened, events go to stderr.
-    pub fn open(spec: &LogSpec) -> Self {
-        let file = RotatingFile::open(spec.dir.join("baton.log"), spec).ok();
-        EventLog {
+    /// service's files. A link planted there is refused (an error); if the file cannot be
+    /// opened for another reason, events go to stderr.
+    pub fn open(spec: &LogSpec) -> io::Result<Self> {
+        let file = match RotatingFile::open(spec.dir.join("baton.log"), spec) {
+            Ok(f) => Some(f),
+            // Refused by files.rs (a link, a stranger's file): the operator must hear of it.
+            Err(e) if e.kind() == io::ErrorKind::Other => return Err(e),
+            Err(_) => None,
+        };
+        Ok(EventLog {
             file: std::sync::Arc::new(std::sync::Mutex::new(file)),
-        }
+        })
     }
 
     /// Events to stderr (foreground use).

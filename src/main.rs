@@ -7,20 +7,22 @@ mod config;
 mod control;
 mod daemon;
 mod deploy;
+mod environ;
 mod error;
 mod exit;
+mod files;
 mod generate;
 mod logs;
 mod pidfile;
 mod probe;
 mod process;
-mod proxy;
-mod registry;
-mod release;
+#[cfg(test)]
+mod proptests;
 mod service;
+mod shell;
 mod ship;
+mod sockets;
 mod supervisor;
-mod switch;
 mod sys;
 mod tracking;
 

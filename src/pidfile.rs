@@ -12,28 +12,12 @@ use crate::process;
 use nix::fcntl::{Flock, FlockArg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
-/// Writes `contents` to `path` atomically: a crash leaves the old file or the new one, never half.
-///
-/// No fsync: rename is atomic against a crashing process, and after a power loss
-/// these files describe processes that no longer exist, so durability buys nothing
-/// and would cost milliseconds on every state change (every restart).
+/// Writes `contents` to `path` atomically, never through a planted link (see [`crate::files`]).
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.write_all(contents)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    crate::files::write_atomic(path, contents, mode)
 }
 
 /// Writes the PID file (the PID alone on the first line).
@@ -91,21 +75,15 @@ pub fn state_path(spec: &Spec) -> PathBuf {
 }
 
 fn open_lock(path: &Path) -> std::io::Result<File> {
+    let (dir, name) = crate::files::split(path)?;
     // 0644: anyone allowed to run `status` may test the lock.
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(path)
-        .or_else(|e| {
-            if e.kind() == std::io::ErrorKind::PermissionDenied {
-                File::open(path)
-            } else {
-                Err(e)
-            }
-        })
+    dir.open_lock(&name, 0o644).or_else(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            File::open(path)
+        } else {
+            Err(e)
+        }
+    })
 }
 
 /// Held for the supervisor's lifetime.

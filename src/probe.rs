@@ -11,7 +11,7 @@ use nix::errno::Errno;
 use nix::poll::PollFlags;
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
 use nix::unistd::Pid;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -141,18 +141,21 @@ impl Probes {
                 ProbeSpec::Tcp(a) => {
                     let label = spec.expand(a, vars);
                     Check::Tcp {
-                        addr: resolve(&label)?,
+                        addr: resolve(&label, &spec.ready.hosts)?,
                         label,
                     }
                 }
                 ProbeSpec::Http(u) => {
                     let url = spec.expand(u, vars);
                     let t = HttpTarget::parse(&url)?;
-                    let addr = resolve(&format!(
-                        "{}:{}",
-                        t.host.trim_matches(|c| c == '[' || c == ']'),
-                        t.port
-                    ))?;
+                    let addr = resolve(
+                        &format!(
+                            "{}:{}",
+                            t.host.trim_matches(|c| c == '[' || c == ']'),
+                            t.port
+                        ),
+                        &spec.ready.hosts,
+                    )?;
                     let request = format!(
                         "GET {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: baton\r\nConnection: close\r\n\r\n",
                         t.path, t.host, t.port
@@ -509,12 +512,26 @@ fn connect(addr: &SocketAddr) -> nix::Result<(OwnedFd, bool)> {
     }
 }
 
-fn resolve(hostport: &str) -> Result<SocketAddr, String> {
-    hostport
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {hostport:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{hostport:?} resolves to no address"))
+/// HOST:PORT to an address without a DNS query: numeric, or a name the config reader resolved.
+fn resolve(hostport: &str, hosts: &[(String, IpAddr)]) -> Result<SocketAddr, String> {
+    if let Ok(a) = hostport.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{hostport:?} is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{hostport:?}: {port:?} is not a port"))?;
+    let host = host.trim_matches(|c| c == '[' || c == ']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    hosts
+        .iter()
+        .find(|(h, _)| h == host)
+        .map(|(_, ip)| SocketAddr::new(*ip, port))
+        .ok_or_else(|| format!("{host:?} was not resolved when the config was read"))
 }
 
 /// The status code of an HTTP/1.x status line.

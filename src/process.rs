@@ -59,16 +59,11 @@ pub fn spawn(
         .stderr(Stdio::piped())
         .process_group(0)
         .current_dir(spec.workdir.as_deref().unwrap_or(Path::new("/")));
-    // Our own NOTIFY_SOCKET (from systemd, under `run`) is not the service's to use.
-    cmd.env_remove("NOTIFY_SOCKET");
-    // The mark of baton's own helpers: the service must not carry it (see `is_helper`).
+    // A clean environment: nothing of the caller's (root's PATH, exported secrets, our own
+    // NOTIFY_SOCKET from systemd) reaches the service unless the config names it.
+    cmd.env_clear().envs(crate::environ::base(spec));
+    // The mark of baton's own helpers: never the service's, whatever `inherit_env` says.
     cmd.env_remove(HELPER_ENV);
-    if let Some(a) = &spec.account {
-        cmd.env("HOME", &a.home)
-            .env("USER", &a.name)
-            .env("LOGNAME", &a.name)
-            .env("SHELL", &a.shell);
-    }
     if let Some(p) = port {
         cmd.env("PORT", p.to_string());
     }
@@ -474,34 +469,6 @@ fn socket_inodes(pids: &[Pid]) -> std::collections::HashSet<u64> {
     out
 }
 
-/// TCP sockets of /proc/net/tcp{,6}: (local port, state, inode).
-fn tcp_sockets() -> Vec<(u16, u8, u64)> {
-    let mut out = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(st), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
-                continue;
-            };
-            let port = local
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            let st = u8::from_str_radix(st, 16).ok();
-            if let (Some(port), Some(st), Ok(inode)) = (port, st, inode.parse()) {
-                out.push((port, st, inode));
-            }
-        }
-    }
-    out
-}
-
-const TCP_ESTABLISHED: u8 = 1;
-const TCP_LISTEN: u8 = 0x0A;
-
 /// The processes of an instance: its leader and every descendant.
 pub fn instance_pids(leader: Pid) -> Vec<Pid> {
     let mut pids = descendants(leader);
@@ -512,10 +479,10 @@ pub fn instance_pids(leader: Pid) -> Vec<Pid> {
 /// TCP ports an instance listens on (how `port.mode = "discover"` finds a port-0 service).
 pub fn listening_ports(leader: Pid) -> Vec<u16> {
     let inodes = socket_inodes(&instance_pids(leader));
-    let mut ports: Vec<u16> = tcp_sockets()
+    let mut ports: Vec<u16> = crate::sockets::all()
         .into_iter()
-        .filter(|(_, st, ino)| *st == TCP_LISTEN && inodes.contains(ino))
-        .map(|(p, _, _)| p)
+        .filter(|s| s.state == crate::sockets::LISTEN && inodes.contains(&s.inode))
+        .map(|s| s.local.1)
         .collect();
     ports.sort_unstable();
     ports.dedup();
@@ -525,9 +492,11 @@ pub fn listening_ports(leader: Pid) -> Vec<u16> {
 /// Established connections an instance holds on local `port` (what a drain waits to reach 0).
 pub fn established(leader: Pid, port: u16) -> usize {
     let inodes = socket_inodes(&instance_pids(leader));
-    tcp_sockets()
+    crate::sockets::all()
         .into_iter()
-        .filter(|(p, st, ino)| *p == port && *st == TCP_ESTABLISHED && inodes.contains(ino))
+        .filter(|s| {
+            s.local.1 == port && s.state == crate::sockets::ESTABLISHED && inodes.contains(&s.inode)
+        })
         .count()
 }
 

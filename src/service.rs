@@ -320,7 +320,7 @@ fn render(r: &Report) -> String {
         {
             out.push_str(&format!(
                 ", next try in {}",
-                crate::supervisor::state::human(Duration::from_secs_f64(s))
+                crate::config::human(Duration::from_secs_f64(s))
             ));
         }
     }
@@ -341,7 +341,7 @@ fn render(r: &Report) -> String {
     if let Some(u) = r.uptime_secs {
         facts.push(format!(
             "up {}",
-            crate::supervisor::state::human(Duration::from_secs(u as u64))
+            crate::config::human(Duration::from_secs(u as u64))
         ));
     }
     if r.supervisor_pid.is_some() && r.state != "dead" {
@@ -446,6 +446,18 @@ pub fn preflight(spec: &Spec) -> Result<()> {
             .code(Action::NoPrivilege)
             .hint("run it as root (sudo), or remove `user` from the config"));
         }
+    }
+    let host = crate::config::host::check(spec);
+    if !host.errors.is_empty() {
+        return Err(Error::unable(
+            format!("start {} with {}", spec.name, spec.file.display()),
+            host.errors.join("; "),
+        )
+        .code(Action::NotConfigured)
+        .hint(format!(
+            "`baton check {}` says the same; nothing was started",
+            spec.name
+        )));
     }
     let dirs = [
         ("PID file directory", spec.pidfile.parent()),

@@ -257,3 +257,24 @@ unsafe extern "C" fn drop_readonly_segments(
     // 0: go on with the next object (the libraries are read-only file mappings too).
     0
 }
+
+/// `openat(2)` relative to `dir` (or the working directory), returning an owned descriptor.
+///
+/// The one place a raw descriptor from nix becomes owned; `files.rs` builds every safe
+/// open on it. `O_CLOEXEC` is always added: nothing baton opens is meant for its children.
+pub fn openat(
+    dir: Option<std::os::fd::BorrowedFd<'_>>,
+    name: &std::path::Path,
+    flags: nix::fcntl::OFlag,
+    mode: nix::sys::stat::Mode,
+) -> std::io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let fd = nix::fcntl::openat(
+        dir.map(|d| d.as_raw_fd()),
+        name,
+        flags | nix::fcntl::OFlag::O_CLOEXEC,
+        mode,
+    )?;
+    // SAFETY: openat just returned this descriptor; nothing else in the process knows it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -125,9 +125,8 @@ impl Tracker {
                 let path = cg.path();
                 let mut others = 0;
                 for pid in cg.members() {
-                    let ours = |s: &ProcStat| {
-                        group.map_or(true, |g| s.pgrp != g) && cgroup::contains(path, s.pid)
-                    };
+                    let ours =
+                        |s: &ProcStat| group != Some(s.pgrp) && cgroup::contains(path, s.pid);
                     if let Some(fd) = process::open_verified(pid, ours) {
                         process::signal_pidfd(&fd, pid, sig);
                         others += 1;

@@ -315,6 +315,7 @@ fn largest_accepted(key_table: &str, key: &str) -> String {
         "1000000000000s",
         "3153600000s",
         "31536000s",
+        "604800s",
         "86400s",
     ] {
         let svc = Spec::new("big", r#"["sleep", "1000"]"#)

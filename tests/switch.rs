@@ -496,7 +496,7 @@ fn haproxy_command_switch_is_confirmed() {
     svc.rewrite(&Spec::new("web", r#"["sleep", "100"]"#).tables(&format!(
         "[proxy]\nkind = \"command\"\nupstream = \"{d}/haproxy.cfg\"\ntemplate = {template:?}\n\
          check = [\"haproxy\", \"-c\", \"-q\", \"-f\", \"{{candidate}}\"]\nreload = [\"sh\", \"-c\", {reload:?}]\n\
-         confirm = \"http://127.0.0.1:{front}/version\"\nconfirm_timeout = \"5s\"\n\
+         confirm = \"http://127.0.0.1:{front}/version\"\nconfirm_header = \"X-Pid\"\nconfirm_timeout = \"5s\"\n\
          [registry]\nfile = \"{{dir}}/registry.json\"\n"
     )));
 

@@ -1,8 +1,9 @@
 //! TOML service file -> validated [`Spec`], gathering every problem before reporting.
 
+pub mod host;
 mod reader;
-mod units;
-pub(crate) use units::parse_duration;
+pub(crate) mod units;
+pub(crate) use units::{human, parse_duration};
 
 use reader::Reader;
 pub(crate) use reader::{join, Walker};
@@ -12,7 +13,6 @@ use crate::exit::Action;
 use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Uid};
 use std::fmt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml_edit::ImDocument;
@@ -35,6 +35,8 @@ pub struct Spec {
     pub workdir: Option<PathBuf>,
     /// Extra environment (env_file first, then `env`), `{port}` expanded per instance.
     pub env: Vec<(String, String)>,
+    /// Names of the caller's variables passed on to the service (everything else is dropped).
+    pub inherit_env: Vec<String>,
     /// umask for the service.
     pub umask: Option<u32>,
     /// How the port is chosen.
@@ -128,6 +130,9 @@ pub struct Switch {
     pub reload: Vec<String>,
     /// URL requested through the proxy until the new instance answers.
     pub confirm: Option<String>,
+    /// A response header that must carry the instance's PID (e.g. `X-Pid`); without it, a
+    /// request counts as answered by an instance when a new connection to its port is seen.
+    pub confirm_header: Option<String>,
     /// How long the confirmation may take before the switch is undone.
     pub confirm_timeout: Duration,
 }
@@ -204,6 +209,9 @@ pub struct ReadySpec {
     pub probes: Vec<ProbeSpec>,
     /// How long `start` waits before giving up.
     pub timeout: Duration,
+    /// Probe host names, resolved when the config was read: the poll loop must never
+    /// block in getaddrinfo.
+    pub hosts: Vec<(String, std::net::IpAddr)>,
 }
 
 /// The stop ladder: signal, optional thread dump, then SIGKILL.
@@ -286,6 +294,9 @@ impl fmt::Display for Problems {
             if i > 0 {
                 writeln!(f)?;
             }
+            if i == MAX_PROBLEMS_SHOWN {
+                return write!(f, "and {} more", self.list.len() - i);
+            }
             write!(f, "{}", self.file.display())?;
             if let Some(line) = p.line {
                 write!(f, ":{line}")?;
@@ -350,23 +361,15 @@ pub fn locate(
     }
 }
 
+/// A service config larger than this is a mistake, not a config (and would be slow to report on).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// At most this many problems are listed; the rest are counted ("and 29990 more").
+pub const MAX_PROBLEMS_SHOWN: usize = 100;
+
 /// Reads and validates a service file; every problem is reported at once.
 pub fn load(file: &Path, name: &str) -> Result<Spec> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        let code = match e.kind() {
-            std::io::ErrorKind::NotFound => Action::NotConfigured,
-            std::io::ErrorKind::PermissionDenied => Action::NoPrivilege,
-            _ => Action::Generic,
-        };
-        Error::io(format!("read config {}", file.display()), &e)
-            .code(code)
-            .hint(format!(
-                "create {} (see examples/) or pass --config FILE",
-                file.display()
-            ))
-    })?;
-    let mut problems = Vec::new();
-    check_file_safety(file, &mut problems);
+    let (text, mut problems) = read_checked(file)?;
     match parse(&text, file, name) {
         Ok(spec) if problems.is_empty() => Ok(spec),
         Ok(_) => Err(Problems {
@@ -385,27 +388,49 @@ pub fn load(file: &Path, name: &str) -> Result<Spec> {
     }
 }
 
-/// A root-run supervisor executing a command from a file others can write is a privilege escalation.
-fn check_file_safety(file: &Path, problems: &mut Vec<Problem>) {
-    if !Uid::effective().is_root() {
-        return;
-    }
-    if let Ok(meta) = std::fs::metadata(file) {
-        let mode = meta.permissions().mode();
-        if mode & 0o022 != 0 || meta.uid() != 0 {
+/// Reads a config file through one descriptor and reports, when baton is root, what about
+/// it or its directories someone other than root could change (sshd's StrictModes): a
+/// root-run supervisor executing a command from such a file is a privilege escalation.
+/// The checks are made on the same descriptor that is read, so nothing can be swapped in.
+pub(crate) fn read_checked(file: &Path) -> Result<(String, Vec<Problem>)> {
+    let io_error = |e: std::io::Error| {
+        let code = match e.kind() {
+            std::io::ErrorKind::NotFound => Action::NotConfigured,
+            std::io::ErrorKind::PermissionDenied => Action::NoPrivilege,
+            _ => Action::Generic,
+        };
+        Error::io(format!("read config {}", file.display()), &e)
+            .code(code)
+            .hint(format!(
+                "create {} (see examples/) or pass --config FILE",
+                file.display()
+            ))
+    };
+    let mut checked = crate::files::open_checked(file).map_err(io_error)?;
+    let bytes = crate::files::read_limited(&mut checked.file, MAX_CONFIG_BYTES).map_err(|e| {
+        Error::unable(format!("read config {}", file.display()), e).code(Action::NotConfigured)
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        Error::unable(
+            format!("read config {}", file.display()),
+            "it is not UTF-8 text",
+        )
+        .code(Action::NotConfigured)
+    })?;
+    let mut problems = Vec::new();
+    if Uid::effective().is_root() {
+        for why in checked.untrusted {
             problems.push(Problem {
                 line: None,
                 key: String::new(),
                 message: format!(
-                    "is writable by others (owner uid {}, mode {:o}); baton runs its command as root \
-                     and refuses it: chown root and chmod go-w the file",
-                    meta.uid(),
-                    mode & 0o7777
+                    "{why}; baton runs its command as root and refuses a config others could change"
                 ),
                 code: Action::NoPrivilege,
             });
         }
     }
+    Ok((text, problems))
 }
 
 /// Parses text into a spec, or returns every problem found.
@@ -437,13 +462,9 @@ pub fn parse(text: &str, file: &Path, name: &str) -> std::result::Result<Spec, V
     }
 }
 
-/// The 1-based line of byte `offset` in `text`.
+/// The 1-based line of byte `offset` in `text` (one lookup; a [`Walker`] keeps its index for many).
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())]
-        .bytes()
-        .filter(|&b| b == b'\n')
-        .count()
-        + 1
+    Walker::new(text).line_of(offset)
 }
 
 /// Walks the document, turning values into types and collecting problems.

@@ -5,9 +5,8 @@
 
 use super::units::{parse_duration, parse_env_file, parse_signal, parse_size};
 use super::{
-    line_of, Account, DeploySpec, ListenSpec, LogSpec, Policy, PortSpec, ProbeSpec, Problem,
-    ProcessSpec, ProxySpec, ReadySpec, RegistrySpec, ReleaseSpec, RestartSpec, Spec, StopSpec,
-    Switch,
+    Account, DeploySpec, ListenSpec, LogSpec, Policy, PortSpec, ProbeSpec, Problem, ProcessSpec,
+    ProxySpec, ReadySpec, RegistrySpec, ReleaseSpec, RestartSpec, Spec, StopSpec, Switch,
 };
 use crate::exit::Action;
 use nix::sys::signal::Signal;
@@ -23,16 +22,29 @@ use toml_edit::{Item, TableLike};
 /// failing, so a file's every mistake is reported at once. Shared by the service config
 /// and `ship`'s deploy file.
 pub(crate) struct Walker<'t> {
-    pub(crate) text: &'t str,
     pub(crate) problems: Vec<Problem>,
+    /// Byte offset of every line's start, so locating a problem is a binary search,
+    /// not a scan of the text (30k unknown keys once took a minute to report).
+    line_starts: Vec<usize>,
+    /// Spans point into this text.
+    text: std::marker::PhantomData<&'t str>,
 }
 
 impl<'t> Walker<'t> {
     pub(crate) fn new(text: &'t str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
         Walker {
-            text,
             problems: Vec::new(),
+            line_starts,
+            text: std::marker::PhantomData,
         }
+    }
+
+    /// The 1-based line of byte `offset`.
+    pub(crate) fn line_of(&self, offset: usize) -> usize {
+        self.line_starts.partition_point(|&start| start <= offset)
     }
 }
 
@@ -68,6 +80,9 @@ impl<'t> std::ops::DerefMut for Reader<'t> {
     }
 }
 
+/// An env_file larger than this is not an env file.
+const MAX_ENV_FILE: u64 = 1 << 20;
+
 const TOP_KEYS: &[&str] = &[
     "command",
     "user",
@@ -75,6 +90,7 @@ const TOP_KEYS: &[&str] = &[
     "workdir",
     "env",
     "env_file",
+    "inherit_env",
     "umask",
     "pidfile",
     "socket",
@@ -110,7 +126,7 @@ impl Walker<'_> {
         message: impl Into<String>,
         code: Action,
     ) {
-        let line = span.map(|s| line_of(self.text, s.start));
+        let line = span.map(|s| self.line_of(s.start));
         self.problems.push(Problem {
             line,
             key: key.to_string(),
@@ -294,7 +310,6 @@ impl Reader<'_> {
                         self.placeholders(arg, item.span(), "command");
                     }
                     let v: Vec<String> = v.into_iter().map(|a| a.replace("{name}", name)).collect();
-                    self.program(&v[0], base, item.span());
                     Some(v)
                 }
                 None => None,
@@ -320,29 +335,23 @@ impl Reader<'_> {
         let mut env = Vec::new();
         if let Some((f, span)) = self.string(top, "", "env_file") {
             let path = absolutize(base, &f.replace("{name}", name));
-            match std::fs::read_to_string(&path) {
-                Ok(body) => match parse_env_file(&body) {
-                    Ok(pairs) => env.extend(pairs),
-                    Err((line, msg)) => self.problem(
-                        span,
-                        "env_file",
-                        format!("{}:{line}: {msg}", path.display()),
-                    ),
-                },
-                Err(e) => self.problem(
-                    span,
-                    "env_file",
-                    format!("cannot read {}: {e}", path.display()),
-                ),
-            }
+            self.env_file(&path, span, &mut env);
         }
         if let Some(item) = top.get("env") {
             match item.as_table_like() {
                 Some(t) => {
                     for (k, v) in t.iter() {
+                        let span = v.span();
+                        if !crate::environ::valid_name(k) {
+                            self.problem(
+                                span.clone(),
+                                &join("env", k),
+                                format!("{k:?} is not a valid variable name (letters, digits, _)"),
+                            );
+                        }
                         match v.as_str() {
                             Some(s) => {
-                                self.placeholders(s, v.span(), &join("env", k));
+                                self.placeholders(s, span, &join("env", k));
                                 env.push((k.to_string(), s.replace("{name}", name)));
                             }
                             None => self.problem(
@@ -359,6 +368,16 @@ impl Reader<'_> {
                     "must be a table of strings, e.g. env = { JAVA_OPTS = \"-Xmx512m\" }",
                 ),
             }
+        }
+        let inherit_env = self.inherit_env(top);
+        if let (Some(argv), Some(item)) = (&command, top.get("command")) {
+            // As the service will see it: its PATH, not baton's caller's.
+            let path = crate::environ::lookup_path(&env, &inherit_env);
+            let as_root = match &account {
+                Some(a) => a.uid.is_root(),
+                None => nix::unistd::Uid::effective().is_root(),
+            };
+            self.program(&argv[0], base, item.span(), &path, as_root);
         }
 
         let umask = self.umask(top);
@@ -396,6 +415,7 @@ impl Reader<'_> {
             account,
             workdir,
             env,
+            inherit_env,
             umask,
             port,
             ready: ready?,
@@ -468,7 +488,14 @@ impl Reader<'_> {
     }
 
     /// A missing program is LSB "not installed"; catch it now, not at spawn.
-    fn program(&mut self, prog: &str, base: &Path, span: Option<Range<usize>>) {
+    fn program(
+        &mut self,
+        prog: &str,
+        base: &Path,
+        span: Option<Range<usize>>,
+        search: &std::ffi::OsStr,
+        as_root: bool,
+    ) {
         // Resolved per instance (a release's own launcher): checked when it is spawned.
         if prog.contains("{port}") || prog.contains("{release}") {
             return;
@@ -477,7 +504,7 @@ impl Reader<'_> {
             let p = absolutize(base, prog);
             Some(p).filter(|p| p.exists())
         } else {
-            find_in_path(prog)
+            find_in_path(prog, search)
         };
         match found {
             None => self.problem_code(
@@ -502,8 +529,105 @@ impl Reader<'_> {
                         ),
                         Action::NotInstalled,
                     );
+                } else if as_root && nix::unistd::Uid::effective().is_root() {
+                    self.trusted_program(&p, span);
                 }
             }
+        }
+    }
+
+    /// Reads `env_file` on one descriptor, checked like sshd's StrictModes when baton is root:
+    /// a file others can write could hand a root service LD_PRELOAD.
+    fn env_file(
+        &mut self,
+        path: &Path,
+        span: Option<Range<usize>>,
+        env: &mut Vec<(String, String)>,
+    ) {
+        let read = crate::files::open_checked(path).and_then(|mut c| {
+            let body = crate::files::read_limited(&mut c.file, MAX_ENV_FILE)?;
+            Ok((body, c.untrusted))
+        });
+        let (body, untrusted) = match read {
+            Ok(v) => v,
+            Err(e) => {
+                self.problem(
+                    span,
+                    "env_file",
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                return;
+            }
+        };
+        if nix::unistd::Uid::effective().is_root() {
+            for why in untrusted {
+                self.problem_code(
+                    span.clone(),
+                    "env_file",
+                    format!(
+                        "{why}; baton runs as root and refuses an environment others could change"
+                    ),
+                    Action::NoPrivilege,
+                );
+            }
+        }
+        let Ok(body) = String::from_utf8(body) else {
+            self.problem(
+                span,
+                "env_file",
+                format!("{} is not UTF-8 text", path.display()),
+            );
+            return;
+        };
+        match parse_env_file(&body) {
+            Ok(pairs) => env.extend(pairs),
+            Err((line, msg)) => self.problem(
+                span,
+                "env_file",
+                format!("{}:{line}: {msg}", path.display()),
+            ),
+        }
+    }
+
+    /// `inherit_env = ["NAME", ...]`: the caller's variables the service may see.
+    fn inherit_env(&mut self, top: &dyn TableLike) -> Vec<String> {
+        let Some(item) = top.get("inherit_env") else {
+            return Vec::new();
+        };
+        let Some(names) = self.strings(item, "inherit_env") else {
+            return Vec::new();
+        };
+        for n in &names {
+            if !crate::environ::valid_name(n) {
+                self.problem(
+                    item.span(),
+                    "inherit_env",
+                    format!("{n:?} is not a variable name (letters, digits, _)"),
+                );
+            }
+        }
+        names
+    }
+
+    /// A program run as root must be as safe as root's own: nobody else may change it or its directories.
+    fn trusted_program(&mut self, p: &Path, span: Option<Range<usize>>) {
+        match crate::files::open_checked(p) {
+            Ok(c) => {
+                for why in c.untrusted {
+                    self.problem_code(
+                        span.clone(),
+                        "command",
+                        format!("{why}; the service runs as root, so nobody else may be able to change what it executes"),
+                        Action::NoPrivilege,
+                    );
+                }
+            }
+            Err(e) => self.problem_code(
+                span,
+                "command",
+                format!("cannot check {}: {e}", p.display()),
+                Action::NoPrivilege,
+            ),
         }
     }
 
@@ -638,7 +762,11 @@ impl Reader<'_> {
             "ready",
             &["tcp", "http", "exec", "log", "notify", "timeout"],
         ) else {
-            return Some(ReadySpec { probes, timeout });
+            return Some(ReadySpec {
+                probes,
+                timeout,
+                hosts: Vec::new(),
+            });
         };
         if let Some((s, span)) = self.string(t, "ready", "tcp") {
             self.placeholders(&s, span.clone(), "ready.tcp");
@@ -688,7 +816,51 @@ impl Reader<'_> {
         if let Some(d) = self.duration(t, "ready", "timeout") {
             timeout = d;
         }
-        Some(ReadySpec { probes, timeout })
+        let mut hosts = Vec::new();
+        for p in &probes {
+            let (host, key) = match p {
+                ProbeSpec::Tcp(a) => match a.rsplit_once(':') {
+                    Some((h, _)) => (h.to_string(), "ready.tcp"),
+                    None => continue,
+                },
+                ProbeSpec::Http(u) => match crate::probe::HttpTarget::parse(
+                    &u.replace("{port}", "1").replace("{name}", "x"),
+                ) {
+                    Ok(t) => (t.host, "ready.http"),
+                    Err(_) => continue,
+                },
+                _ => continue,
+            };
+            let bare = host.trim_matches(|c| c == '[' || c == ']');
+            if bare.parse::<std::net::IpAddr>().is_ok() || hosts.iter().any(|(h, _)| h == bare) {
+                continue;
+            }
+            let span = t.get(key.trim_start_matches("ready.")).and_then(Item::span);
+            if bare.contains('{') {
+                self.problem(
+                    span,
+                    key,
+                    format!("{host:?}: the host must be an address or a name, not a placeholder"),
+                );
+                continue;
+            }
+            // Once, here, where blocking is harmless; never in the supervisor's poll loop.
+            use std::net::ToSocketAddrs;
+            match (bare, 0u16).to_socket_addrs().map(|mut a| a.next()) {
+                Ok(Some(a)) => hosts.push((bare.to_string(), a.ip())),
+                Ok(None) => self.problem(span, key, format!("{bare:?} resolves to no address")),
+                Err(e) => self.problem(
+                    span,
+                    key,
+                    format!("cannot resolve {bare:?}: {e}; use an address such as 127.0.0.1"),
+                ),
+            }
+        }
+        Some(ReadySpec {
+            probes,
+            timeout,
+            hosts,
+        })
     }
 
     fn stop(&mut self, top: &dyn TableLike) -> Option<StopSpec> {
@@ -860,6 +1032,7 @@ impl Reader<'_> {
                 "check",
                 "reload",
                 "confirm",
+                "confirm_header",
                 "confirm_timeout",
             ],
         ) else {
@@ -932,6 +1105,19 @@ impl Reader<'_> {
             }
             c
         });
+        let confirm_header = self.string(t, "proxy", "confirm_header").map(|(h, span)| {
+            let token = !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
+            if !token {
+                self.problem(
+                    span,
+                    "proxy.confirm_header",
+                    "is not an HTTP header name (e.g. \"X-Pid\")",
+                );
+            }
+            h
+        });
         let confirm_timeout = self
             .duration(t, "proxy", "confirm_timeout")
             .unwrap_or(Duration::from_secs(10));
@@ -942,6 +1128,7 @@ impl Reader<'_> {
             check,
             reload,
             confirm,
+            confirm_header,
             confirm_timeout,
         };
         if nginx {
@@ -1034,9 +1221,8 @@ fn absolutize(base: &Path, p: &str) -> PathBuf {
     }
 }
 
-fn find_in_path(prog: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
+fn find_in_path(prog: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
+    std::env::split_paths(path)
         .map(|d| d.join(prog))
         .find(|p| p.is_file())
 }

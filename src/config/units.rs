@@ -4,7 +4,26 @@ use nix::sys::signal::Signal;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// `100ms`, `30s`, `5m`, `1h`, `1.5s`.
+/// The one way baton writes a duration: `250ms`, `90s`, `1.5s`, `2.25s` (parses back).
+pub fn human(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        let text = format!("{:.2}", d.as_secs_f64());
+        format!("{}s", text.trim_end_matches('0').trim_end_matches('.'))
+    }
+}
+
+/// The longest duration a config may give: a week. Every timeout, backoff and window baton
+/// knows is far shorter, and the bound keeps `Instant + duration` far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The largest size a config may give: 1 TiB (a log file rotated beyond that is never rotated).
+pub const MAX_SIZE: u64 = 1 << 40;
+
+/// `100ms`, `30s`, `5m`, `1h`, `1.5s`; at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -26,10 +45,16 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
             ))
         }
     };
-    Ok(Duration::from_secs_f64(secs))
+    if !secs.is_finite() || secs > MAX_DURATION.as_secs_f64() {
+        return Err(format!(
+            "{s:?} is too long: durations are at most 168h (a week)"
+        ));
+    }
+    // Rounded to the microsecond: decimal input must not turn into 99.999999ms.
+    Ok(Duration::from_micros((secs * 1e6).round() as u64))
 }
 
-/// `100MB`, `10KiB`, `1G`, `4096`.
+/// `100MB`, `10KiB`, `1G`, `4096`; at most [`MAX_SIZE`].
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -52,8 +77,8 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         }
     };
     n.checked_mul(mult)
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("{s:?} is out of range"))
+        .filter(|&n| n > 0 && n <= MAX_SIZE)
+        .ok_or_else(|| format!("{s:?} is out of range: sizes are from 1 byte to 1TiB"))
 }
 
 /// `TERM`, `SIGTERM`, `15`.
@@ -72,7 +97,7 @@ pub fn parse_signal(s: &str) -> std::result::Result<Signal, String> {
 }
 
 /// `KEY=VALUE` lines, `#` comments, optional `export ` and surrounding quotes.
-pub(super) fn parse_env_file(
+pub(crate) fn parse_env_file(
     body: &str,
 ) -> std::result::Result<Vec<(String, String)>, (usize, String)> {
     let mut out = Vec::new();

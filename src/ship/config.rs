@@ -160,7 +160,12 @@ pub fn load(file: &Path) -> Result<DeployFile> {
     })
 }
 
-fn parse(text: &str, file: &Path, base: &Path) -> std::result::Result<DeployFile, Vec<Problem>> {
+/// Parses deploy-file text; `base` is where relative paths resolve.
+pub(crate) fn parse(
+    text: &str,
+    file: &Path,
+    base: &Path,
+) -> std::result::Result<DeployFile, Vec<Problem>> {
     let doc = ImDocument::parse(text.to_string()).map_err(|e| {
         vec![Problem {
             line: e.span().map(|s| line_of(text, s.start)),

@@ -98,9 +98,18 @@ pub fn run(opts: &Options) -> Result<i32> {
         took.as_secs_f64(),
         df.build.artifact.display()
     );
-    let stage = std::env::temp_dir().join(format!("baton-ship-stage-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&stage);
-    let staged = release::stage(&env, &release, &stage);
+    // A fresh private directory: a predictable /tmp name could be planted by another user.
+    let tmp = std::env::temp_dir();
+    let stage_dir = crate::files::Dir::open(&tmp)
+        .and_then(|d| d.create_private("baton-ship-stage-"))
+        .map_err(|e| {
+            Error::io(
+                format!("create a staging directory in {}", tmp.display()),
+                &e,
+            )
+        })?;
+    let stage = stage_dir.path().to_path_buf();
+    let staged = release::stage(&env, &release, &stage_dir);
     let job = Arc::new(Job {
         ssh: ssh::Ssh::new(&env)?,
         artifact: df.build.artifact.clone(),

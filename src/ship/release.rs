@@ -2,8 +2,9 @@
 
 use super::config::{DeployFile, Env};
 use super::ssh;
+use crate::deploy::release::utc_stamps;
 use crate::error::{Error, Result};
-use crate::release::utc_stamps;
+use crate::files::Dir;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
@@ -123,20 +124,19 @@ pub fn build(df: &DeployFile, rel: &Release) -> Result<Duration> {
 }
 
 /// Writes each host's release files (config files, properties, REVISION) under `root/HOST/`.
-pub fn stage(env: &Env, rel: &Release, root: &Path) -> Result<Vec<PathBuf>> {
+///
+/// `root` is a private directory made for this ship alone (see [`crate::files::Dir::create_private`]);
+/// every file in it is created anew (`O_EXCL|O_NOFOLLOW`), so nothing another local user
+/// planted can be overwritten or shipped. Modes are the ones the hosts should get
+/// (rsync -a keeps them): directories 0755, files 0644.
+pub fn stage(env: &Env, rel: &Release, root: &Dir) -> Result<Vec<PathBuf>> {
     let mut dirs = Vec::new();
     for h in &env.hosts {
-        let dir = root.join(&h.address);
+        let host = Path::new(&h.address);
         let write = |rel_path: &str, text: &[u8]| -> Result<()> {
-            let p = dir.join(rel_path);
-            if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| Error::io(format!("create {}", parent.display()), &e))?;
-            }
-            std::fs::write(&p, text).map_err(|e| Error::io(format!("write {}", p.display()), &e))
+            root.create_tree_file(&host.join(rel_path), text, 0o755, 0o644)
+                .map_err(|e| Error::io(format!("stage {rel_path} for {}", h.address), &e))
         };
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("create {}", dir.display()), &e))?;
         for (dest, src) in &env.files {
             let text =
                 std::fs::read(src).map_err(|e| Error::io(format!("read {}", src.display()), &e))?;
@@ -144,7 +144,7 @@ pub fn stage(env: &Env, rel: &Release, root: &Path) -> Result<Vec<PathBuf>> {
         }
         write(&env.properties, rel.properties(&h.address).as_bytes())?;
         write("REVISION", format!("{}\n", rel.commit).as_bytes())?;
-        dirs.push(dir);
+        dirs.push(root.path().join(host));
     }
     Ok(dirs)
 }

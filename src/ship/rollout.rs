@@ -6,8 +6,9 @@
 use super::config::{Env, Host};
 use super::http;
 use super::release::Release;
-use super::ssh::{sh_quote, CmdOut, Ssh};
+use super::ssh::{CmdOut, Ssh};
 use super::view::View;
+use crate::shell::quote as sh_quote;
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::PathBuf;
@@ -296,9 +297,9 @@ fn field(out: &str, key: &str) -> Option<String> {
 
 fn check_baton(env: &Env) -> String {
     let b = sh_quote(&env.baton);
+    // The path is quoted in the message too: inside double quotes `$(...)` would still run.
     format!(
-        "if ! [ -x {b} ]; then echo \"baton is not installed at {} on this host\" >&2; exit 5; fi",
-        env.baton
+        "if ! [ -x {b} ]; then echo \"baton is not installed at \"{b}\" on this host\" >&2; exit 5; fi"
     )
 }
 
@@ -437,6 +438,43 @@ fn verify(host: &Host, expected: &str, timeout: Duration, r: &mut HostReport) {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn check_baton_runs_nothing_hidden_in_the_remote_path() {
+        let dir = std::env::temp_dir().join(format!("baton-quote-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let marker = dir.join("PWNED");
+        let text = format!(
+            "service = \"web\"\n[build]\ncommand = \"true\"\nartifact = \"a\"\n[environments.p]\n\
+             hosts = [\"h\"]\ndeploy_to = \"/srv\"\nversion_url = \"http://h:1/v\"\n\
+             baton = \"/nonexistent/$(touch {m})/`touch {m}`/'x\\\"/baton\"\n",
+            m = marker.display()
+        );
+        let df = super::super::config::parse(
+            &text,
+            std::path::Path::new("deploy.toml"),
+            std::path::Path::new("/tmp"),
+        )
+        .expect("parses");
+        let env = &df.envs["p"];
+        // The script the host's shell runs first, run by this machine's sh.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(check_baton(env))
+            .output()
+            .expect("sh");
+        assert_eq!(out.status.code(), Some(5), "{out:?}");
+        assert!(!marker.exists(), "a command hidden in the baton path ran");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "baton is not installed at {} on this host",
+                env.baton
+            )),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     /// Runs a rollout of `n` hosts where the hosts in `failing` fail; returns outcomes and halted.
     fn rollout(

@@ -2,6 +2,7 @@
 
 use super::config::{Env, Transfer};
 use crate::error::{Error, Result};
+use crate::shell::quote;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -205,17 +206,6 @@ fn run_inner(
     res
 }
 
-/// Quotes a word for a POSIX shell.
-pub fn sh_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b))
-    {
-        return s.to_string();
-    }
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 /// SSH settings for one environment, with a private directory for the control sockets.
 pub struct Ssh {
     user: Option<String>,
@@ -232,11 +222,21 @@ impl Ssh {
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
-        let control_dir = base.join(format!("baton-ship-{}", std::process::id()));
-        std::fs::create_dir_all(&control_dir)
-            .map_err(|e| Error::io(format!("create {}", control_dir.display()), &e))?;
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&control_dir, std::fs::Permissions::from_mode(0o700));
+        // Fresh, private and unpredictable: whoever could plant the ControlPath directory
+        // could hijack every connection made through it.
+        let control_dir = crate::files::Dir::open(&base)
+            .and_then(|d| d.create_private("baton-ship-"))
+            .map_err(|e| {
+                Error::io(
+                    format!(
+                        "create a directory for ssh control sockets in {}",
+                        base.display()
+                    ),
+                    &e,
+                )
+            })?
+            .path()
+            .to_path_buf();
         // BatchMode: never prompt (a deploy has no one to answer); ControlMaster:
         // one TCP connection and one authentication per host for every step.
         let mut options: Vec<String> = [
@@ -334,7 +334,7 @@ impl Ssh {
                 let e = self
                     .ssh_words()
                     .iter()
-                    .map(|w| sh_quote(w))
+                    .map(|w| quote(w))
                     .collect::<Vec<_>>()
                     .join(" ");
                 let mut c = Command::new("rsync");
@@ -357,14 +357,11 @@ impl Ssh {
                         // scp -r cannot copy a directory's contents into an existing one; tar can.
                         let mut ssh = self.ssh_words();
                         ssh.push(self.target(host));
-                        ssh.push(format!("tar -C {} -xf -", sh_quote(dest_dir)));
+                        ssh.push(format!("tar -C {} -xf -", quote(dest_dir)));
                         let pipeline = format!(
                             "tar -C {} -cf - . | {}",
-                            sh_quote(&arg(src)),
-                            ssh.iter()
-                                .map(|w| sh_quote(w))
-                                .collect::<Vec<_>>()
-                                .join(" ")
+                            quote(&arg(src)),
+                            ssh.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" ")
                         );
                         let mut c = Command::new("sh");
                         c.arg("-c").arg(pipeline);
@@ -403,14 +400,6 @@ impl Drop for Ssh {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quoting() {
-        assert_eq!(sh_quote("/srv/app"), "/srv/app");
-        assert_eq!(sh_quote("a b"), "'a b'");
-        assert_eq!(sh_quote("it's"), r"'it'\''s'");
-        assert_eq!(sh_quote(""), "''");
-    }
 
     #[test]
     fn runs_and_times_out() {

@@ -14,6 +14,7 @@
 
 use super::{Instance, Supervisor};
 use crate::control::{Awaits, HandoffReport, Reply};
+use crate::deploy::switch::Outcome;
 use crate::process;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -89,10 +90,20 @@ pub(super) struct Handoff {
     worker_error: Option<String>,
     /// The new instance's own last lines, for a failure report.
     pub tail: VecDeque<String>,
+    /// The switch failed and could not put the proxy or registry back.
+    restore_failed: bool,
+    /// Auto ports new instances could not bind (taken between baton's pick and their bind).
+    tried_ports: Vec<u16>,
 }
 
 /// Lines of the new instance's output kept for a failure report.
 const TAIL: usize = 20;
+
+/// strerror(EADDRINUSE), in what a service prints when its bind fails (Java, Python, C alike).
+const ADDRESS_IN_USE: &str = "Address already in use";
+
+/// How many auto ports a handoff tries before it gives up on a new instance that cannot bind.
+const PORT_TRIES: usize = 3;
 
 impl Handoff {
     /// The status view.
@@ -138,14 +149,6 @@ impl Handoff {
     }
 }
 
-fn ms(d: Duration) -> String {
-    if d >= Duration::from_secs(1) {
-        format!("{:.2}s", d.as_secs_f64())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
-}
-
 impl Supervisor {
     /// `deploy ID` / `rollback ID`: begins a handoff, or says why not.
     pub(super) fn begin_handoff(
@@ -167,7 +170,7 @@ impl Supervisor {
                 self.spec.name,
                 h.release,
                 h.step.name(),
-                ms(h.started.elapsed())
+                crate::config::human(h.started.elapsed())
             ));
         }
         if !matches!(self.machine.phase, super::Phase::Ready { .. }) {
@@ -219,6 +222,8 @@ impl Supervisor {
             worker_out: None,
             worker_error: None,
             tail: VecDeque::new(),
+            restore_failed: false,
+            tried_ports: Vec::new(),
         });
         tracing::info!("{kind}: {line}");
         self.tell_handoff(&line);
@@ -299,7 +304,7 @@ impl Supervisor {
                 args.extend(["--old-release".into(), r.clone()]);
             }
         }
-        let line = format!("[2/5] ready after {}", ms(took));
+        let line = format!("[2/5] ready after {}", crate::config::human(took));
         self.tell_handoff(&line);
         tracing::info!("handoff: {line}");
         match spawn_worker(&self.spec.file, &self.spec.name, &args) {
@@ -339,6 +344,12 @@ impl Supervisor {
         };
         if h.candidate.as_ref().is_some_and(|c| c.pid == pid) {
             tracing::info!("new instance (pid {pid}) {exit}");
+            if matches!(h.step, Step::Starting { .. }) && self.retry_on_another_port() {
+                return true;
+            }
+            let Some(h) = self.handoff.as_mut() else {
+                return true;
+            };
             match &mut h.step {
                 Step::Aborting { leader_reaped, .. } => *leader_reaped = true,
                 // The worker finishes first and, with no instance to confirm, restores the proxy.
@@ -372,14 +383,25 @@ impl Supervisor {
         if let Step::Switching { worker } = h.step {
             if worker == pid {
                 self.on_worker_output();
-                let ok = matches!(exit, super::Exit::Code(0));
-                if ok {
+                let outcome = Outcome::from_code(match exit {
+                    super::Exit::Code(c) => Some(c),
+                    super::Exit::Signal(_) => None,
+                });
+                if outcome == Outcome::Switched {
                     self.promote();
                 } else {
+                    if let Some(h) = self.handoff.as_mut() {
+                        h.restore_failed = outcome == Outcome::Left;
+                    }
+                    // Its hint was relayed with its error line above; said once is enough.
                     let why = self
                         .handoff
                         .as_ref()
                         .and_then(|h| h.worker_error.clone())
+                        .map(|e| match e.split_once("; hint: ") {
+                            Some((e, _)) => e.to_string(),
+                            None => e,
+                        })
                         .unwrap_or_else(|| format!("the switch {exit}"));
                     self.abort_handoff(format!("step 3 (switch traffic) failed: {why}"));
                 }
@@ -397,6 +419,58 @@ impl Supervisor {
         false
     }
 
+    /// A new instance that died before ready because its auto port was taken (by an outgoing
+    /// connection's ephemeral port, typically) is started again on another one, a few times.
+    fn retry_on_another_port(&mut self) -> bool {
+        if self.listener.is_some()
+            || !matches!(self.spec.port, crate::config::PortSpec::Auto { .. })
+        {
+            return false;
+        }
+        let Some(h) = self.handoff.as_mut() else {
+            return false;
+        };
+        let Some(port) = h.candidate.as_ref().and_then(|c| c.port) else {
+            return false;
+        };
+        let said_so = h.tail.iter().any(|l| l.contains(ADDRESS_IN_USE));
+        if !said_so || h.tried_ports.len() >= PORT_TRIES {
+            return false;
+        }
+        h.tried_ports.push(port);
+        let mut taken = h.tried_ports.clone();
+        taken.extend(self.instance.as_ref().and_then(|i| i.port));
+        let release = h.release.clone();
+        match self.launch(Some(release), &taken) {
+            Ok(inst) => {
+                let line = format!(
+                    "      port {port} was taken before the new instance could bind it ({ADDRESS_IN_USE}): started it again as pid {} on port {}",
+                    inst.pid,
+                    inst.port.map_or("-".into(), |p| p.to_string())
+                );
+                let passed = inst.passed();
+                let now = Instant::now();
+                if let Some(h) = self.handoff.as_mut() {
+                    h.candidate = Some(inst);
+                    h.step = Step::Starting {
+                        deadline: crate::clock::after(now, self.spec.ready.timeout),
+                    };
+                    h.tail.clear();
+                }
+                tracing::warn!("handoff: {}", line.trim_start());
+                self.tell_handoff(&line);
+                if passed {
+                    self.check_candidate();
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!("handoff: unable to start the new instance again: {e}");
+                false
+            }
+        }
+    }
+
     /// The new instance serves: it becomes the main one; the old one drains.
     fn promote(&mut self) {
         let Some(h) = self.handoff.as_mut() else {
@@ -408,7 +482,7 @@ impl Supervisor {
         let now = Instant::now();
         let line = format!(
             "[3/5] traffic switched and published in {}",
-            ms(now.duration_since(h.step_since))
+            crate::config::human(now.duration_since(h.step_since))
         );
         let new_pid = new.pid;
         let old = self.instance.replace(new);
@@ -459,7 +533,7 @@ impl Supervisor {
                     let why = format!(
                         "step 2 (readiness) failed: release {} not ready within {}; waiting for: {pending}",
                         h.release,
-                        ms(self.spec.ready.timeout)
+                        crate::config::human(self.spec.ready.timeout)
                     );
                     self.abort_handoff(why);
                 }
@@ -477,7 +551,7 @@ impl Supervisor {
                         format!(
                             "[4/5] old instance (pid {}) drained in {}",
                             old.pid,
-                            ms(now.duration_since(h.step_since))
+                            crate::config::human(now.duration_since(h.step_since))
                         )
                     } else {
                         format!("[4/5] drain timeout: old instance (pid {}) still holds {left} connection(s)", old.pid)
@@ -510,7 +584,7 @@ impl Supervisor {
                     process::signal_group(old.pid, Signal::SIGKILL);
                     let line = format!(
                         "      old instance still running after {}: sent SIGKILL",
-                        ms(stop_timeout)
+                        crate::config::human(stop_timeout)
                     );
                     self.tell_handoff(&line);
                 }
@@ -525,10 +599,21 @@ impl Supervisor {
                     return;
                 };
                 if *leader_reaped && !process::group_alive(c.pid) {
-                    let mut message = format!(
-                        "{why}\nrelease {} stopped; the old instance kept serving",
-                        h.release
-                    );
+                    let serving = self.instance.as_ref().map(|i| i.pid);
+                    let mut message = match (h.restore_failed, serving) {
+                        (false, _) => format!(
+                            "{why}\nrelease {} stopped; the old instance kept serving",
+                            h.release
+                        ),
+                        (true, Some(pid)) => format!(
+                            "{why}\nrelease {} stopped; the old instance (pid {pid}) still runs, but the proxy or registry was not put back as it was (see above)",
+                            h.release
+                        ),
+                        (true, None) => format!(
+                            "{why}\nrelease {} stopped; the proxy or registry was not put back as it was (see above)",
+                            h.release
+                        ),
+                    };
                     if !h.tail.is_empty() {
                         message.push_str("\nlast output of the new instance:");
                         for l in &h.tail {
@@ -606,7 +691,7 @@ impl Supervisor {
         let (kind, release, total) = (h.kind, h.release.clone(), now.duration_since(h.started));
         let line = format!(
             "[5/5] old instance stopped in {}",
-            ms(now.duration_since(h.step_since))
+            crate::config::human(now.duration_since(h.step_since))
         );
         let previous = h.old.as_ref().and_then(|o| o.release.clone());
         self.tell_handoff(&line);
@@ -619,10 +704,10 @@ impl Supervisor {
                 .as_ref()
                 .and_then(|i| i.port)
                 .map_or(String::new(), |p| format!(", port {p}")),
-            ms(total)
+            crate::config::human(total)
         );
         if let Some(r) = &self.spec.release {
-            if let Err(e) = crate::release::switch_current(&r.root, &release) {
+            if let Err(e) = crate::deploy::release::switch_current(&r.root, &release) {
                 message.push_str(&format!(
                     "\nwarning: unable to point {} at {release}: {e}",
                     r.root.join("current").display()
@@ -638,14 +723,14 @@ impl Supervisor {
                     previous.as_deref().unwrap_or("none")
                 ),
             };
-            if let Err(e) = crate::release::log_revision(&r.root, &what) {
+            if let Err(e) = crate::deploy::release::log_revision(&r.root, &what) {
                 tracing::warn!("unable to append to revisions.log: {e}");
             }
             let mut protect = vec![release.as_str()];
             if let Some(p) = previous.as_deref() {
                 protect.push(p);
             }
-            let gone = crate::release::prune(&r.root, r.keep, &protect);
+            let gone = crate::deploy::release::prune(&r.root, r.keep, &protect);
             if !gone.is_empty() {
                 message.push_str(&format!("\nremoved old releases: {}", gone.join(", ")));
             }
@@ -657,22 +742,23 @@ impl Supervisor {
 
 impl Supervisor {
     /// Outside a handoff, a (re)started instance has a new PID, maybe a new port: point the
-    /// proxy and the registry at it, in the background (`start` has already answered).
-    pub(super) fn publish_in_background(&mut self) {
+    /// proxy and the registry at it. True if a switch worker now does that (the loop hears
+    /// when it exits); false if there was nothing to wait for.
+    pub(super) fn publish(&mut self) -> bool {
         if self.handoff.is_some() {
-            return;
+            return false;
         }
         let Some(inst) = self.instance.as_ref() else {
-            return;
+            return false;
         };
         let proxied = self.spec.proxy != crate::config::ProxySpec::None;
         if !proxied && self.spec.registry.etcd.is_empty() {
             // Only the local file: written here, no process, no wakeup later. A service
             // without releases never deploys and has no registry at all.
             if self.spec.release.is_some() {
-                let old = crate::registry::read_local(&self.spec).unwrap_or_default();
-                use crate::registry::Pair;
-                let local = crate::registry::Local {
+                let old = crate::deploy::registry::read_local(&self.spec).unwrap_or_default();
+                use crate::deploy::registry::Pair;
+                let local = crate::deploy::registry::Local {
                     port: Pair {
                         current: inst.port,
                         previous: old.port.current,
@@ -685,13 +771,13 @@ impl Supervisor {
                         current: inst.release.clone(),
                         previous: old.release.current,
                     },
-                    updated: crate::registry::rfc3339(std::time::SystemTime::now()),
+                    updated: crate::deploy::registry::rfc3339(std::time::SystemTime::now()),
                 };
-                if let Err(e) = crate::registry::write_local(&self.spec, &local) {
+                if let Err(e) = crate::deploy::registry::write_local(&self.spec, &local) {
                     tracing::error!("{e}");
                 }
             }
-            return;
+            return false;
         }
         let mut args: Vec<String> = vec!["__switch".into(), "--pid".into(), inst.pid.to_string()];
         if let Some(p) = inst.port {
@@ -700,27 +786,38 @@ impl Supervisor {
         if let Some(r) = &inst.release {
             args.extend(["--release".into(), r.clone()]);
         }
+        self.publish_error = None;
         if let Some((old, _)) = self.publisher.take() {
             // Superseded: a newer instance is what must be published.
             process::signal(old, Signal::SIGTERM);
         }
         match spawn_worker(&self.spec.file, &self.spec.name, &args) {
-            Ok((pid, out)) => self.publisher = Some((pid, WorkerOutput::new(out))),
-            Err(e) => tracing::error!("unable to publish the new instance: {e}"),
+            Ok((pid, out)) => {
+                self.publisher = Some((pid, WorkerOutput::new(out)));
+                true
+            }
+            Err(e) => {
+                self.unrouted = Some(format!("unable to run the switch: {e}"));
+                tracing::error!("unable to publish the new instance: {e}");
+                false
+            }
         }
     }
 
-    /// Logs what the background publisher printed.
-    pub(super) fn on_publisher_output(&mut self) {
-        let Some((_, out)) = self.publisher.as_mut() else {
-            return;
-        };
+    /// Logs what the publisher printed; returns its error line, if it printed one.
+    pub(super) fn on_publisher_output(&mut self) -> Option<String> {
+        let (_, out) = self.publisher.as_mut()?;
+        let mut error = None;
         for line in out.lines() {
             match line.strip_prefix("error: ") {
-                Some(e) => tracing::error!("publish: {e}"),
+                Some(e) => {
+                    tracing::error!("publish: {e}");
+                    error = Some(e.to_string());
+                }
                 None => tracing::info!("publish: {line}"),
             }
         }
+        error
     }
 }
 

@@ -83,8 +83,16 @@ struct Supervisor {
     queue: VecDeque<Input>,
     /// The deploy or rollback in progress.
     handoff: Option<Handoff>,
-    /// A `__switch` publishing a restarted instance: its PID, output and partial line.
+    /// A `__switch` routing a (re)started instance: its PID, output and partial line.
     publisher: Option<(Pid, handoff::WorkerOutput)>,
+    /// Ready, but a waiting `start` hears so only once traffic is routed; true on the first start.
+    routing: Option<bool>,
+    /// Why the serving instance is not routed (its publish failed), for `status`.
+    unrouted: Option<String>,
+    /// What the running publisher said went wrong, before it exited.
+    publish_error: Option<String>,
+    /// The first start failed after ready (it could not be routed): told once all is stopped.
+    start_failure: Option<String>,
     /// The listening socket handed to every instance ([listen]), bound for the supervisor's life.
     listener: Option<OwnedFd>,
     /// Which processes are the service's: its cgroup, or our subreaper tree.
@@ -158,15 +166,17 @@ fn setup(
             .contains(&crate::config::ProbeSpec::Notify)
         {
             let path = spec.state_dir.join("notify.sock");
-            let _ = std::fs::remove_file(&path);
+            // By name in a directory held open: remove and chown act on the entry, never a planted link's target.
+            let dir = crate::files::Dir::open(&spec.state_dir)
+                .map_err(|e| Error::io(format!("open {}", spec.state_dir.display()), &e))?;
+            let _ = dir.remove(std::ffi::OsStr::new("notify.sock"));
             let sock = UnixDatagram::bind(&path)
                 .map_err(|e| Error::io(format!("create notify socket {}", path.display()), &e))?;
             sock.set_nonblocking(true)
                 .map_err(|e| Error::io("configure notify socket", &e))?;
             if let Some(a) = &spec.account {
-                nix::unistd::chown(&path, Some(a.uid), Some(a.gid)).map_err(|e| {
-                    Error::errno(format!("hand {} to {}", path.display(), a.name), e)
-                })?;
+                dir.chown(std::ffi::OsStr::new("notify.sock"), a.uid, a.gid)
+                    .map_err(|e| Error::io(format!("hand {} to {}", path.display(), a.name), &e))?;
             }
             Some((sock, path))
         } else {
@@ -224,6 +234,10 @@ fn setup(
         queue: VecDeque::new(),
         handoff: None,
         publisher: None,
+        routing: None,
+        unrouted: None,
+        publish_error: None,
+        start_failure: None,
         listener,
         tracker,
     })
@@ -382,7 +396,12 @@ impl Supervisor {
                     }
                 }
                 Source::Worker => self.on_worker_output(),
-                Source::Publisher => self.on_publisher_output(),
+                Source::Publisher => {
+                    // The error line also matters at exit; it is printed, then seen again there.
+                    if let Some(e) = self.on_publisher_output() {
+                        self.publish_error = Some(e);
+                    }
+                }
                 Source::Cgroup => self.check_tree_empty(),
             }
         }
@@ -511,7 +530,7 @@ impl Supervisor {
         // A restart keeps the release it ran; the first start takes `current`.
         let release = match self.instance.as_ref() {
             Some(i) => i.release.clone(),
-            None => crate::release::current(&self.spec),
+            None => crate::deploy::release::current(&self.spec),
         };
         match self.launch(release, &[]) {
             Ok(inst) => {
@@ -534,7 +553,7 @@ impl Supervisor {
         taken: &[u16],
     ) -> std::result::Result<Instance, String> {
         let release_dir = match (&self.spec.release, &release) {
-            (Some(r), Some(id)) => Some(crate::release::dir(&r.root, id)),
+            (Some(r), Some(id)) => Some(crate::deploy::release::dir(&r.root, id)),
             (Some(r), None) => {
                 return Err(format!(
                     "no release to run: {} does not exist; install one with `baton deploy {} --release DIR`",
@@ -604,7 +623,7 @@ impl Supervisor {
             .release
             .as_ref()
             .zip(inst.release.as_ref())
-            .map(|(r, id)| crate::release::dir(&r.root, id));
+            .map(|(r, id)| crate::deploy::release::dir(&r.root, id));
         let vars = Vars {
             port: Some(port),
             release: dir,
@@ -622,10 +641,21 @@ impl Supervisor {
         if let Some(inst) = self.instance.as_mut() {
             inst.probes = None;
         }
+        // A first start that has not been routed yet is still the first start.
+        let first = first | self.routing.take().unwrap_or(false);
+        if self.publish() {
+            // Ready and routed: a waiting `start` hears when the switch has finished.
+            self.routing = Some(first);
+            return;
+        }
+        self.ready_and_routed(first);
+    }
+
+    /// The instance serves, proxy and registry point at it: answer `start`, write the PID file.
+    fn ready_and_routed(&mut self, first: bool) {
         self.answer_start(Reply::Ok {
             message: format!("{} is ready", self.spec.name),
         });
-        self.publish_in_background();
         if !first {
             return;
         }
@@ -711,6 +741,9 @@ impl Supervisor {
                 }
             };
             let now = Instant::now();
+            // What it printed just before it went is in its pipes still: read it first, so a
+            // failure report carries its last words (poll reports the exit and the data at once).
+            self.drain_output_of(pid);
             if self.instance.as_ref().is_some_and(|i| i.pid == pid) {
                 tracking::set_leader(None);
                 tracing::info!("service (pid {pid}) {exit}");
@@ -718,11 +751,9 @@ impl Supervisor {
                 self.feed(Input::LeaderExited(exit));
             } else if self.handoff_reaped(pid, exit) {
             } else if self.publisher.as_ref().is_some_and(|p| p.0 == pid) {
-                self.on_publisher_output();
+                let said = self.on_publisher_output().or(self.publish_error.take());
                 self.publisher = None;
-                if exit != Exit::Code(0) {
-                    tracing::error!("pointing the proxy and registry at the new instance failed: the switch {exit}");
-                }
+                self.published(exit, said);
                 // A handoff waits for it: two writers would race on the registry.
                 self.check_candidate();
             } else {
@@ -740,6 +771,62 @@ impl Supervisor {
                     tracing::debug!("reaped descendant {pid} ({exit})");
                 }
                 self.check_probes();
+            }
+        }
+    }
+
+    /// Reads whatever `pid`'s pipes hold now; they stay in the poll set until they report closed.
+    fn published(&mut self, exit: Exit, said: Option<String>) {
+        let outcome = crate::deploy::switch::Outcome::from_code(match exit {
+            Exit::Code(c) => Some(c),
+            Exit::Signal(_) => None,
+        });
+        let routing = self.routing.take();
+        if outcome == crate::deploy::switch::Outcome::Switched {
+            self.unrouted = None;
+            self.dirty = true;
+            if let Some(first) = routing {
+                self.ready_and_routed(first);
+            }
+            return;
+        }
+        let pid = self.instance.as_ref().map_or(0, |i| i.pid.as_raw());
+        let why = format!(
+            "unable to route traffic to {} (pid {pid}): {}",
+            self.spec.name,
+            said.unwrap_or_else(|| format!("the switch {exit}"))
+        );
+        tracing::error!("{why}");
+        self.unrouted = Some(why.clone());
+        self.dirty = true;
+        match routing {
+            // `start` means ready and routed: a first start that cannot be routed leaves nothing.
+            // `baton start` hears of it once the service is gone (see `finish`).
+            Some(true) => {
+                self.start_failure = Some(why.clone());
+                self.answer_start(Reply::Error {
+                    message: why,
+                    code: crate::exit::Action::Generic.code(),
+                });
+                self.feed(Input::StopRequested);
+            }
+            Some(false) => self.answer_start(Reply::Error {
+                message: why,
+                code: crate::exit::Action::Generic.code(),
+            }),
+            None => {}
+        }
+    }
+
+    fn drain_output_of(&mut self, pid: Pid) {
+        for i in 0..self.pipes.len() {
+            if self.pipes.get(i).is_some_and(|p| p.owner == pid) {
+                // Bounded: a grandchild may hold the pipe open and keep writing.
+                for _ in 0..4 {
+                    if let Drained::Closed = self.drain_pipe(i) {
+                        break;
+                    }
+                }
             }
         }
     }
@@ -844,7 +931,7 @@ impl Supervisor {
                     "deploy"
                 };
                 let id = id.trim();
-                if !crate::release::valid_id(id) {
+                if !crate::deploy::release::valid_id(id) {
                     Reply::Error {
                         message: format!("{id:?} is not a release ID"),
                         code: 2,
@@ -1045,7 +1132,7 @@ impl Supervisor {
                 _ => None,
             },
             last_exit: self.machine.last_exit.map(|e| e.to_string()),
-            problem: None,
+            problem: self.unrouted.clone(),
             waiting_for: inst.and_then(|i| i.probes.as_ref()).map(Probes::pending),
             tail: self.output.tail(10),
             release: inst.and_then(|i| i.release.clone()),
@@ -1066,7 +1153,7 @@ impl Supervisor {
             });
         let failure = match &self.machine.phase {
             Phase::Done(Outcome::Dead(r) | Outcome::Failed(r)) => Some(r.clone()),
-            _ => None,
+            _ => self.start_failure.clone(),
         };
         let state = StateFile {
             supervisor: Identity::of(nix::unistd::getpid()),
@@ -1092,6 +1179,19 @@ impl Supervisor {
             _ => Outcome::Stopped,
         };
         let code = match &outcome {
+            Outcome::Stopped if self.start_failure.is_some() => {
+                let why = self.start_failure.clone().unwrap_or_default();
+                tracing::error!("{why}; {} stopped", self.spec.name);
+                self.dirty = true;
+                self.reporter.failed(
+                    crate::exit::Action::Generic.code(),
+                    &format!(
+                        "{why}\n{} was stopped: nothing is left running",
+                        self.spec.name
+                    ),
+                );
+                1
+            }
             Outcome::Stopped => {
                 pidfile::remove(&self.spec.pidfile);
                 tracing::info!("{} stopped", self.spec.name);

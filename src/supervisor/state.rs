@@ -3,6 +3,7 @@
 //! Nothing here touches the OS, so every transition is tested with tables and
 //! no sleeps. The loop in `mod.rs` feeds inputs and performs the effects.
 
+use crate::config::human;
 use crate::config::{Policy, RestartSpec};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -448,17 +449,6 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Durat
         .min(max);
     let half = exp / 2;
     (half + half.mul_f64(jitter.clamp(0.0, 1.0))).max(min)
-}
-
-/// `1.5s`, `90s`, `250ms`.
-pub fn human(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
 }
 
 #[cfg(test)]

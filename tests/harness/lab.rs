@@ -79,8 +79,13 @@ impl Nginx {
         }
     }
 
-    /// The [proxy] table switching this nginx, confirmed through it.
+    /// The [proxy] table switching this nginx, confirmed through it by the backend's X-Pid header.
     pub fn proxy_table(&self, template: Option<&str>, confirm_timeout: &str) -> String {
+        self.proxy_table_observed(template, confirm_timeout) + "confirm_header = \"X-Pid\"\n"
+    }
+
+    /// The [proxy] table switching this nginx, confirmed through it by observation alone.
+    pub fn proxy_table_observed(&self, template: Option<&str>, confirm_timeout: &str) -> String {
         let d = self.dir.display();
         let template = template
             .map(|t| format!("template = {t:?}\n"))

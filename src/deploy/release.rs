@@ -101,21 +101,32 @@ pub fn install(spec: &Spec, source: &Path) -> Result<String> {
         id = format!("{}-{n}", timestamp());
         n += 1;
     }
-    let dest = releases.join(&id);
-    let tmp = releases.join(format!(".{id}.partial"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)
-        .map_err(|e| Error::io(format!("create {}", tmp.display()), &e))?;
+    // root/ usually belongs to the service user, who could plant links in a predictable
+    // temporary directory: copy into a fresh private one, reached only by descriptor.
+    let dir = crate::files::Dir::open(&releases)
+        .map_err(|e| Error::io(format!("open {}", releases.display()), &e))?;
+    let tmp = dir
+        .create_private(&format!(".{id}.partial-"))
+        .map_err(|e| Error::io(format!("create a directory in {}", releases.display()), &e))?;
     let copied = if source.is_dir() {
         copy_dir(&source, &tmp)
     } else {
         let name = source
             .file_name()
             .unwrap_or(std::ffi::OsStr::new("artifact"));
-        std::fs::copy(&source, tmp.join(name)).map(|_| ())
+        copy_file(&source, &tmp, name)
     };
-    if let Err(e) = copied.and_then(|()| std::fs::rename(&tmp, &dest)) {
-        let _ = std::fs::remove_dir_all(&tmp);
+    let tmp_name = tmp
+        .path()
+        .file_name()
+        .map(std::ffi::OsStr::to_os_string)
+        .unwrap_or_default();
+    // Readable by the service user once complete, as releases always were.
+    let done = copied
+        .and_then(|()| tmp.set_mode(0o755))
+        .and_then(|()| dir.rename(&tmp_name, std::ffi::OsStr::new(&id)));
+    if let Err(e) = done {
+        let _ = std::fs::remove_dir_all(tmp.path());
         return Err(Error::io(&what, &e).hint(format!(
             "check free space and permissions in {}",
             releases.display()
@@ -124,38 +135,50 @@ pub fn install(spec: &Spec, source: &Path) -> Result<String> {
     Ok(id)
 }
 
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+/// Copies the tree at `from` into `to`, creating everything anew relative to `to`'s descriptor.
+fn copy_dir(from: &Path, to: &crate::files::Dir) -> std::io::Result<()> {
     for e in std::fs::read_dir(from)? {
         let e = e?;
-        let (src, dst) = (e.path(), to.join(e.file_name()));
         let ty = e.file_type()?;
+        let name = e.file_name();
         if ty.is_dir() {
-            std::fs::create_dir_all(&dst)?;
-            copy_dir(&src, &dst)?;
+            let sub = to.create_subdir(&name, 0o755)?;
+            copy_dir(&e.path(), &sub)?;
         } else if ty.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+            to.symlink(&std::fs::read_link(e.path())?, &name)?;
         } else {
-            std::fs::copy(&src, &dst)?;
+            copy_file(&e.path(), to, &name)?;
         }
     }
     Ok(())
 }
 
+/// Copies one file into `to` as `name` (created anew), keeping its permission bits.
+fn copy_file(src: &Path, to: &crate::files::Dir, name: &std::ffi::OsStr) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut input = std::fs::File::open(src)?;
+    let mode = input.metadata()?.permissions().mode() & 0o777;
+    let mut out = to.create_new(name, mode)?;
+    std::io::copy(&mut input, &mut out)?;
+    // Exactly the source's bits, whatever baton's umask (as fs::copy did).
+    out.set_permissions(std::fs::Permissions::from_mode(mode))
+}
+
 /// Points `current` at release `id` atomically (a new symlink renamed over the old).
 pub fn switch_current(root: &Path, id: &str) -> std::io::Result<()> {
-    let tmp = root.join(format!(".current.{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(Path::new("releases").join(id), &tmp)?;
-    std::fs::rename(&tmp, root.join("current"))
+    crate::files::Dir::open(root)?.symlink_atomic(
+        &Path::new("releases").join(id),
+        std::ffi::OsStr::new("current"),
+    )
 }
 
 /// Appends one line to `root/revisions.log`, Capistrano's audit trail.
+///
+/// `root` usually belongs to the service user: the log is opened through [`crate::files`],
+/// so a link planted as `revisions.log` is refused rather than appended to as root.
 pub fn log_revision(root: &Path, line: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(root.join("revisions.log"))?;
+    let mut f = crate::files::open_append(&root.join("revisions.log"), 0o644)?;
     writeln!(f, "{} {line}", utc_stamps(std::time::SystemTime::now()).1)
 }
 

@@ -7,9 +7,9 @@
 //! (the message says what is left).
 
 use crate::config::{ProxySpec, Spec, Switch};
+use crate::deploy::proxy::{self, Installed};
+use crate::deploy::registry::{self, Etcd, Local, Pair};
 use crate::error::Error;
-use crate::proxy::{self, Installed};
-use crate::registry::{self, Etcd, Local, Pair};
 use std::time::{Duration, Instant, SystemTime};
 
 /// One instance of the service, as the switch sees it.
@@ -26,10 +26,36 @@ pub struct Backend {
 /// Test-only: milliseconds to wait between the proxy switch and publishing, to let a test race the registry.
 const PUBLISH_DELAY_ENV: &str = "BATON_TEST_PUBLISH_DELAY_MS";
 
-/// Exit code when everything was put back as it was.
-const FAILED: i32 = 1;
-/// Exit code when putting back failed as well.
-const FAILED_DIRTY: i32 = 3;
+/// How a switch worker ended; its exit code carries this to the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Traffic moved and the registry names the new instance.
+    Switched,
+    /// Failed; the proxy and the registry are as they were.
+    Undone,
+    /// Failed, and putting things back failed too: the last line says what is left.
+    Left,
+}
+
+impl Outcome {
+    /// The worker's exit code.
+    pub fn code(self) -> i32 {
+        match self {
+            Outcome::Switched => 0,
+            Outcome::Undone => 1,
+            Outcome::Left => 3,
+        }
+    }
+
+    /// Decodes an exit code; anything unknown (a crash, a kill) leaves the state unknown.
+    pub fn from_code(code: Option<i32>) -> Outcome {
+        match code {
+            Some(0) => Outcome::Switched,
+            Some(1) => Outcome::Undone,
+            _ => Outcome::Left,
+        }
+    }
+}
 
 /// Switches traffic and the registry from `from` to `to`; returns the worker's exit code.
 pub fn run(spec: &Spec, to: &Backend, from: Option<&Backend>) -> i32 {
@@ -37,10 +63,10 @@ pub fn run(spec: &Spec, to: &Backend, from: Option<&Backend>) -> i32 {
     // mask; unblocked, a SIGTERM from the supervisor ends us as it should.
     let _ = nix::sys::signal::SigSet::all().thread_unblock();
     match switch(spec, to, from) {
-        Ok(()) => 0,
+        Ok(()) => Outcome::Switched.code(),
         Err(f) => {
-            println!("error: {}: {}", f.step, f.message);
-            f.code
+            println!("error: {}: {}", f.step, f.text());
+            f.outcome.code()
         }
     }
 }
@@ -49,24 +75,37 @@ pub fn run(spec: &Spec, to: &Backend, from: Option<&Backend>) -> i32 {
 struct Failure {
     step: &'static str,
     message: String,
-    code: i32,
+    /// What the operator can do; said once, last.
+    hint: Option<String>,
+    outcome: Outcome,
 }
 
 impl Failure {
     fn new(step: &'static str, e: &Error) -> Failure {
+        let text = proxy::one_line(&e.to_string());
+        let (message, hint) = match text.split_once("; hint: ") {
+            Some((m, h)) => (m.to_string(), Some(h.to_string())),
+            None => (text, None),
+        };
         Failure {
             step,
-            message: proxy::one_line(&e.to_string()),
-            code: FAILED,
+            message,
+            hint,
+            outcome: Outcome::Undone,
         }
     }
 
-    /// Adds what happened after the failure, before the hint so the hint stays last.
-    fn note(&mut self, note: &str) {
-        match self.message.find("; hint: ") {
-            Some(i) => self.message.insert_str(i, &format!("; {note}")),
-            None => self.message = format!("{}; {note}", self.message),
+    /// The one line the worker prints after `error: STEP: `.
+    fn text(&self) -> String {
+        match &self.hint {
+            Some(h) => format!("{}; hint: {h}", self.message),
+            None => self.message.clone(),
         }
+    }
+
+    /// Adds what happened after the failure (the hint stays last).
+    fn note(&mut self, note: &str) {
+        self.message = format!("{}; {note}", self.message);
     }
 }
 
@@ -129,7 +168,7 @@ fn switch(spec: &Spec, to: &Backend, from: Option<&Backend>) -> Result<(), Failu
                 )),
                 Err(left) => {
                     f.note(&format!("AND restoring the proxy failed: {left}"));
-                    f.code = FAILED_DIRTY;
+                    f.left(sw, from);
                 }
             }
         }
@@ -162,6 +201,7 @@ fn switch_proxy(
     say(format!("proxy: candidate passed {checker} {}", ms(t)));
 
     let t = Instant::now();
+    let before = proxy::baseline(sw, to);
     let installed = proxy::install(sw, candidate).map_err(|e| Failure::new("proxy reload", &e))?;
     let proxy_name = if nginx { "nginx" } else { "the proxy" };
     if let Err(e) = proxy::reload(sw) {
@@ -174,14 +214,21 @@ fn switch_proxy(
     }
     match &sw.confirm {
         Some(url) => {
-            if let Err(e) = proxy::confirm(url, to.pid, sw.confirm_timeout) {
-                return Err(restore_after(sw, &installed, from, Failure::new("proxy confirm", &e)));
+            match proxy::confirm(sw, url, to, &before) {
+                Ok(seen) => say(format!(
+                    "proxy: reloaded {proxy_name}; confirmed {seen} through {url} {}",
+                    ms(t)
+                )),
+                Err(cause) => {
+                    let f = Failure {
+                        step: "proxy confirm",
+                        message: format!("unable to confirm the switch through {url}: {cause}"),
+                        hint: Some("the proxy did not take the new upstream (see its error log), or the new instance is not reachable from it".into()),
+                        outcome: Outcome::Undone,
+                    };
+                    return Err(restore_after(sw, &installed, from, f));
+                }
             }
-            say(format!(
-                "proxy: reloaded {proxy_name}; confirmed pid {} answers through {url} {}",
-                to.pid,
-                ms(t)
-            ));
         }
         None => say(format!(
             "proxy: reloaded {proxy_name}; warning: unconfirmed (a reload's exit status proves nothing; set proxy.confirm to a URL through the proxy) {}",
@@ -210,16 +257,39 @@ fn restore_after(
         }
         Err(left) => {
             f.note(&format!("AND restoring failed: {left}"));
-            f.code = FAILED_DIRTY;
+            f.left(sw, from);
         }
     }
     f
+}
+
+impl Failure {
+    /// Putting back failed: what is true now, and the one thing the operator must do.
+    fn left(&mut self, sw: &Switch, from: Option<&Backend>) {
+        self.outcome = Outcome::Left;
+        let old = from.map_or(String::new(), |b| {
+            format!(
+                "the old instance (pid {}{}) still runs; ",
+                b.pid,
+                b.port.map_or(String::new(), |p| format!(", port {p}"))
+            )
+        });
+        let check = sw
+            .confirm
+            .as_ref()
+            .map_or(String::new(), |u| format!(", then `curl {u}`"));
+        self.hint = Some(format!(
+            "{old}the proxy may be sending traffic nowhere: look at {} and the proxy's error log, fix the proxy{check}",
+            sw.upstream.display()
+        ));
+    }
 }
 
 /// Restores the live file, reloads, and confirms the old instance answers again when it can.
 ///
 /// Ok carries how far that was verified; Err says exactly what is left.
 fn undo(sw: &Switch, installed: &Installed, from: Option<&Backend>) -> Result<String, String> {
+    let before = from.map(|old| proxy::baseline(sw, old));
     if let Err(e) = proxy::put_back(installed) {
         return Err(format!(
             "{}; {} still holds the new instance's upstream and the proxy may be using it",
@@ -236,16 +306,15 @@ fn undo(sw: &Switch, installed: &Installed, from: Option<&Backend>) -> Result<St
         )
     })?;
     // A reload is asynchronous and its exit status proves nothing: see the old instance answer again.
-    let (Some(url), Some(old)) = (&sw.confirm, from) else {
+    let (Some(url), Some(old), Some(before)) = (&sw.confirm, from, before) else {
         return Ok(String::new());
     };
-    proxy::confirm(url, old.pid, sw.confirm_timeout)
-        .map(|()| format!("; confirmed pid {} answers again", old.pid))
-        .map_err(|e| {
+    proxy::confirm(sw, url, old, &before)
+        .map(|seen| format!("; confirmed {seen} again"))
+        .map_err(|cause| {
             format!(
-                "the previous {} is back in place and the proxy reloaded, but {}",
+                "the previous {} is back in place and the proxy reloaded, but requests through {url} do not reach the old instance either: {cause}",
                 sw.upstream.display(),
-                proxy::one_line(&e.to_string())
             )
         })
 }
@@ -324,7 +393,7 @@ fn publish(
                         "AND {}: it names the new instance while etcd does not",
                         proxy::one_line(&e.to_string())
                     ));
-                    f.code = FAILED_DIRTY;
+                    f.outcome = Outcome::Left;
                 }
             }
             Err(f)

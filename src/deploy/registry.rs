@@ -73,7 +73,7 @@ pub fn restore_local(spec: &Spec, previous: Option<&[u8]>) -> Result<()> {
 
 /// `t` as RFC 3339 in UTC, to the second ("2026-11-22T23:51:48Z").
 pub fn rfc3339(t: SystemTime) -> String {
-    crate::release::utc_stamps(t).1
+    crate::deploy::release::utc_stamps(t).1
 }
 
 /// What etcd held under the prefix when the deploy began.
@@ -207,7 +207,7 @@ fn post(
             let text = r.into_string().unwrap_or_default();
             Err(format!(
                 "{url}: HTTP {code}: {}",
-                crate::proxy::one_line(&text)
+                crate::deploy::proxy::one_line(&text)
             ))
         }
         Err(e) => Err(e.to_string()),

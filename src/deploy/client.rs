@@ -2,9 +2,9 @@
 //! for a handoff, print each step as it happens. The handoff itself is `supervisor::handoff`.
 
 use crate::config::Spec;
+use crate::deploy::release;
 use crate::error::{Error, Result};
 use crate::pidfile;
-use crate::release;
 use std::path::Path;
 use std::time::Duration;
 
@@ -71,10 +71,15 @@ fn hand_over(spec: &Spec, kind: &str, id: &str) -> Result<()> {
         let who = std::env::var("SUDO_USER")
             .or_else(|_| std::env::var("USER"))
             .unwrap_or_else(|_| "root".into());
-        let _ = release::log_revision(
+        if let Err(e) = release::log_revision(
             root,
             &format!("{who} deployed as release {id} (previous none, started)"),
-        );
+        ) {
+            eprintln!(
+                "warning: unable to append to {}: {e}",
+                root.join("revisions.log").display()
+            );
+        }
         return Ok(());
     }
     // Bounded by what the supervisor itself enforces, plus slack for the proxy switch.

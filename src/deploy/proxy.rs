@@ -7,8 +7,8 @@
 //! through the proxy reach the new PID.
 
 use crate::config::Switch;
+use crate::deploy::switch::Backend;
 use crate::error::{Error, Result};
-use crate::switch::Backend;
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -48,14 +48,11 @@ pub fn check_config(
     live: &Path,
     candidate: &Path,
 ) -> std::result::Result<String, String> {
-    let live = live.to_string_lossy();
-    if !main.contains(live.as_ref()) {
-        return Err(format!(
-            "the main config does not mention the upstream file {live}; include it by that path \
-             from proxy.config, or use kind = \"command\" with a check of your own"
-        ));
-    }
-    Ok(main.replace(live.as_ref(), &candidate.to_string_lossy()))
+    crate::config::host::nginx_includes(main, live).map_err(|e| format!("the main config {e}"))?;
+    Ok(main.replace(
+        live.to_string_lossy().as_ref(),
+        &candidate.to_string_lossy(),
+    ))
 }
 
 /// A rendered upstream file next to the live one, not yet installed; removed unless installed.
@@ -197,20 +194,74 @@ pub fn put_back(installed: &Installed) -> Result<()> {
     }
 }
 
-/// GETs `url` (fresh connection each time) until `pid` answers [`CONFIRMATIONS`] times in a row.
-pub fn confirm(url: &str, pid: i32, timeout: Duration) -> Result<()> {
+/// What proves that a request through the proxy reached an instance.
+enum Proof<'a> {
+    /// The response carries the instance's PID in this header (the service must send it).
+    Header(&'a str),
+    /// A connection to the instance's own port appears: needs nothing from the service.
+    Connection(u16),
+}
+
+impl Proof<'_> {
+    fn of<'a>(sw: &'a Switch, to: &Backend) -> Proof<'a> {
+        match (&sw.confirm_header, to.port) {
+            (Some(h), _) => Proof::Header(h),
+            (None, Some(port)) => Proof::Connection(port),
+            // On a shared listening socket only the service itself can tell instances apart.
+            (None, None) => Proof::Header("X-Pid"),
+        }
+    }
+}
+
+/// The connections to an instance's port before the proxy reloaded, for [`confirm`].
+pub struct Baseline(std::collections::HashMap<(std::net::IpAddr, u16), bool>);
+
+/// Takes the [`Baseline`] for `to`; call it before the reload that should move traffic.
+pub fn baseline(sw: &Switch, to: &Backend) -> Baseline {
+    Baseline(match Proof::of(sw, to) {
+        Proof::Connection(port) => crate::sockets::peers_of(port),
+        Proof::Header(_) => Default::default(),
+    })
+}
+
+/// Requests `url` through the proxy (a fresh connection each time) until [`CONFIRMATIONS`]
+/// answers in a row come from `to`; Ok says who answers, Err why it is not confirmed.
+///
+/// The proof is the instance's PID in `proxy.confirm_header` when one is configured, else
+/// observation, which needs nothing from the service: after each request, /proc/net/tcp must
+/// show a connection to `to`'s own port that is new since the previous request, or one the
+/// proxy keeps established there and did not hold before the reload (`before`: with upstream
+/// keepalive, the new workers' first connections may come before this looks); and the answer must not
+/// be a gateway error. Only the proxy's new configuration connects to that port, so this
+/// proves the reload took. The streak waits out the first requests after a reload, which may
+/// still reach the previous worker generation.
+pub fn confirm(
+    sw: &Switch,
+    url: &str,
+    to: &Backend,
+    before: &Baseline,
+) -> std::result::Result<String, String> {
+    let proof = Proof::of(sw, to);
+    let timeout = sw.confirm_timeout;
     let deadline = crate::clock::after(Instant::now(), timeout);
-    let want = pid.to_string();
+    let want = to.pid.to_string();
+    let before = &before.0;
+    let mut seen: std::collections::HashSet<_> = before.keys().copied().collect();
     let mut streak = 0;
     let mut last = String::from("no answer yet");
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(Error::unable(
-                format!("confirm the switch through {url}"),
-                format!("pid {pid} did not answer {CONFIRMATIONS} times in a row within {timeout:?} (last: {last})"),
-            )
-            .hint("the proxy did not take the new upstream (see its error log), or the new instance is not reachable from it"));
+            let whom = match proof {
+                Proof::Header(h) => format!("pid {} did not answer (by its {h} header)", to.pid),
+                Proof::Connection(port) => {
+                    format!("requests did not reach pid {} on port {port}", to.pid)
+                }
+            };
+            return Err(format!(
+                "{whom} {CONFIRMATIONS} times in a row within {} (last: {last})",
+                crate::config::human(timeout)
+            ));
         }
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(left.min(Duration::from_secs(1)))
@@ -226,19 +277,50 @@ pub fn confirm(url: &str, pid: i32, timeout: Duration) -> Result<()> {
                 None
             }
         };
-        if let Some(r) = response {
-            let got = r.header("X-Pid").map(str::trim).map(str::to_owned);
-            last = match &got {
-                Some(p) => format!("HTTP {} from pid {p}", r.status()),
-                None => format!("HTTP {} without an X-Pid header", r.status()),
-            };
-            if got.as_deref() == Some(want.as_str()) {
-                streak += 1;
-                if streak == CONFIRMATIONS {
-                    return Ok(());
-                }
-                continue;
+        let hit = match (response, &proof) {
+            (None, _) => false,
+            (Some(r), Proof::Header(h)) => {
+                let got = r.header(h).map(str::trim).map(str::to_owned);
+                last = match &got {
+                    Some(p) => format!("HTTP {} from pid {p}", r.status()),
+                    None => format!("HTTP {} without an {h} header", r.status()),
+                };
+                got.as_deref() == Some(want.as_str())
             }
+            (Some(r), Proof::Connection(port)) => {
+                let now = crate::sockets::peers_of(*port);
+                // A connection opened for this request, or one the proxy keeps alive to the
+                // new instance (upstream keepalive reuses it), opened since the reload.
+                let fresh = now.keys().any(|p| !seen.contains(p));
+                let kept = now.iter().any(|(p, up)| *up && !before.contains_key(p));
+                seen.extend(now.keys().copied());
+                let gateway_error = matches!(r.status(), 502..=504);
+                last = format!(
+                    "HTTP {}, {}",
+                    r.status(),
+                    if fresh || kept {
+                        format!("a connection to port {port}")
+                    } else {
+                        format!("no connection to port {port}")
+                    }
+                );
+                (fresh || kept) && !gateway_error
+            }
+        };
+        if hit {
+            streak += 1;
+            if streak == CONFIRMATIONS {
+                return Ok(match proof {
+                    Proof::Header(_) => format!("pid {} answers", to.pid),
+                    Proof::Connection(port) => {
+                        format!(
+                            "requests reach pid {} (new connections to port {port})",
+                            to.pid
+                        )
+                    }
+                });
+            }
+            continue;
         }
         streak = 0;
         std::thread::sleep(
@@ -304,18 +386,9 @@ pub fn one_line(text: &str) -> String {
         .join("; ")
 }
 
-/// An anonymous temporary file (created, then unlinked at once).
+/// An anonymous temporary file: it never has a name another user could plant or race.
 fn tempfile() -> std::io::Result<std::fs::File> {
-    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!("baton-switch-{}-{n}", std::process::id()));
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
-    let _ = std::fs::remove_file(&path);
-    Ok(f)
+    crate::files::Dir::open(&std::env::temp_dir())?.anonymous()
 }
 
 #[cfg(test)]
