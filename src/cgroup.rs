@@ -25,10 +25,12 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    /// Creates (or takes over) the cgroup for the service whose state lives in `state_dir`.
+    /// Creates the cgroup for the service whose state lives in `state_dir`.
     ///
     /// `Ok(None)` when cgroup v2 cannot be had here (no cgroup2 mount, not root, a
     /// systemd cgroup that was not delegated to us); the caller falls back to the subreaper.
+    /// A populated cgroup of that name is never taken over (nor killed): what is in it
+    /// cannot be proven ours, so the next free name is used.
     pub fn create(name: &str, state_dir: &Path) -> std::io::Result<Option<Cgroup>> {
         if !nix::unistd::Uid::effective().is_root() {
             return Ok(None);
@@ -36,13 +38,30 @@ impl Cgroup {
         let Some(base) = base_dir() else {
             return Ok(None);
         };
-        let path = base.join(leaf_name(name, state_dir));
-        match std::fs::DirBuilder::new().mode(0o755).create(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
+        let leaf = leaf_name(name, state_dir)?;
+        for n in 0..16 {
+            let path = match n {
+                0 => base.join(&leaf),
+                n => base.join(format!("{leaf}.{n}")),
+            };
+            match std::fs::DirBuilder::new().mode(0o755).create(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            let cg = Self::open(path)?;
+            if !cg.populated() {
+                return Ok(Some(cg));
+            }
+            tracing::warn!(
+                "{} still holds processes (of a supervisor that died?); not using it",
+                cg.path.display()
+            );
         }
-        Self::open(path).map(Some)
+        Err(std::io::Error::other(format!(
+            "every cgroup named {leaf}[.N] in {} holds processes",
+            base.display()
+        )))
     }
 
     fn open(path: PathBuf) -> std::io::Result<Cgroup> {
@@ -232,16 +251,27 @@ fn base_dir() -> Option<PathBuf> {
     delegated.then_some(dir)
 }
 
-/// `NAME.HASH`: readable, and distinct for two services of one name in different state dirs.
-fn leaf_name(name: &str, state_dir: &Path) -> String {
+/// `NAME.HASH`: readable, and distinct for two services of one name in different state
+/// directories, even where two mount namespaces show the same path (the hash covers the
+/// directory's device and inode as well as its path).
+fn leaf_name(name: &str, state_dir: &Path) -> std::io::Result<String> {
     use std::os::unix::ffi::OsStrExt;
-    // FNV-1a: stable across versions and builds, unlike std's hasher.
-    let mut h: u32 = 0x811c_9dc5;
-    for b in state_dir.as_os_str().as_bytes() {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(state_dir)?;
+    let mut key = state_dir.as_os_str().as_bytes().to_vec();
+    key.extend_from_slice(&meta.dev().to_le_bytes());
+    key.extend_from_slice(&meta.ino().to_le_bytes());
+    Ok(format!("{name}.{:016x}", fnv1a(&key)))
+}
+
+/// FNV-1a, 64 bits: stable across versions and builds, unlike std's hasher.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("{name}.{h:08x}")
+    h
 }
 
 #[cfg(test)]
@@ -273,10 +303,12 @@ mod tests {
 
     #[test]
     fn leaf_names_differ_by_state_dir() {
-        let a = leaf_name("web", Path::new("/var/lib/baton/web"));
-        let b = leaf_name("web", Path::new("/tmp/t/state"));
+        let tmp = std::env::temp_dir();
+        let a = leaf_name("web", &tmp).expect("tmp");
+        let b = leaf_name("web", Path::new("/")).expect("/");
         assert!(a.starts_with("web.") && b.starts_with("web."));
         assert_ne!(a, b);
-        assert_eq!(a, leaf_name("web", Path::new("/var/lib/baton/web")));
+        assert_eq!(a, leaf_name("web", &tmp).expect("tmp"));
+        assert!(leaf_name("web", Path::new("/nonexistent/baton")).is_err());
     }
 }

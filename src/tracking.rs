@@ -31,18 +31,7 @@ impl Tracker {
             return Tracker::Subreaper;
         }
         match Cgroup::create(&spec.name, &spec.state_dir) {
-            Ok(Some(cg)) => {
-                // Only a supervisor of this very service (same state directory) puts
-                // processes there, and none is alive (we hold the lock): leftovers.
-                if cg.populated() {
-                    tracing::warn!(
-                        "killing processes left in {} by a supervisor that died",
-                        cg.path().display()
-                    );
-                    cg.signal(Signal::SIGKILL);
-                }
-                Tracker::Cgroup(cg)
-            }
+            Ok(Some(cg)) => Tracker::Cgroup(cg),
             Ok(None) => Tracker::Subreaper,
             Err(e) => {
                 tracing::warn!(
