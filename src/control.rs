@@ -56,6 +56,9 @@ pub struct Report {
     /// A deploy or rollback in progress.
     #[serde(default)]
     pub handoff: Option<HandoffReport>,
+    /// The etcd lease of the registry keys (`[registry] ttl`): held, renewal failing, or re-registered after a loss.
+    #[serde(default)]
+    pub registry_lease: Option<String>,
     /// How the service's processes are tracked: "cgroup" or "subreaper".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracking: Option<String>,

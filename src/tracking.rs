@@ -198,6 +198,8 @@ struct Takedown {
     leader: Option<(Pid, u64)>,
     spec_state: PathBuf,
     socket: PathBuf,
+    /// The supervisor loop's thread: a helper thread's panic (with unwinding) kills only that thread.
+    thread: std::thread::ThreadId,
 }
 
 static TAKEDOWN: Mutex<Option<Takedown>> = Mutex::new(None);
@@ -213,6 +215,7 @@ pub fn arm(spec: &Spec, tracker: &Tracker) {
             leader: None,
             spec_state: pidfile::state_path(spec),
             socket: spec.socket.clone(),
+            thread: std::thread::current().id(),
         });
     }
     let previous = std::panic::take_hook();
@@ -233,9 +236,19 @@ pub fn set_leader(leader: Option<(Pid, u64)>) {
 
 fn take_down(why: &str) {
     // try_lock: the panic may have happened while the lock was held.
-    let Some(t) = TAKEDOWN.try_lock().ok().and_then(|mut t| t.take()) else {
+    let Ok(mut guard) = TAKEDOWN.try_lock() else {
         return;
     };
+    // Unwinding, a panic elsewhere than in the loop leaves the supervisor running; aborting,
+    // every panic ends the process.
+    let here = std::thread::current().id();
+    if cfg!(panic = "unwind") && guard.as_ref().is_some_and(|t| t.thread != here) {
+        return;
+    }
+    let Some(t) = guard.take() else {
+        return;
+    };
+    drop(guard);
     let limit = Duration::from_secs(5);
     let left = match &t.cgroup {
         Some(path) => {

@@ -82,6 +82,8 @@ struct Supervisor {
     start_failure: Option<String>,
     /// The listening socket handed to every instance ([listen]), bound for the supervisor's life.
     listener: Option<OwnedFd>,
+    /// The etcd lease the registry keys live on (`[registry] ttl`), kept by its own thread.
+    lease: Option<crate::lease::Keeper>,
     /// Which processes are the service's: its cgroup, or our subreaper tree.
     tracker: Tracker,
 }
@@ -201,6 +203,7 @@ fn setup(
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1)
         ^ u64::from(std::process::id());
+    let lease = crate::lease::Keeper::start(&spec);
     Ok(Supervisor {
         sigfd,
         machine: Machine::new(rules),
@@ -227,6 +230,7 @@ fn setup(
         publish_error: None,
         start_failure: None,
         listener,
+        lease,
         tracker,
     })
 }
@@ -1560,6 +1564,7 @@ impl Supervisor {
             tail: self.output.tail(10),
             release: inst.and_then(|i| i.release.clone()),
             handoff: self.handoff.as_ref().map(|h| h.report(now)),
+            registry_lease: self.lease.as_ref().map(crate::lease::Keeper::describe),
             tracking: Some(self.tracker.kind().to_string()),
             cgroup: self.tracker.cgroup_path().map(|p| p.display().to_string()),
         }
