@@ -2,6 +2,7 @@
 //! for a handoff, print each step as it happens. The handoff itself is `supervisor::handoff`.
 
 use crate::config::Spec;
+use crate::control::Request;
 use crate::deploy::release;
 use crate::error::{Error, Result};
 use crate::pidfile;
@@ -90,7 +91,12 @@ fn hand_over(spec: &Spec, kind: &str, id: &str) -> Result<()> {
         .saturating_add(spec.stop.timeout.saturating_mul(2))
         .saturating_add(Duration::from_secs(60));
     let label = format!("{kind} {} to release {id}", spec.name);
-    crate::service::ask_as(spec, &format!("{kind} {id}"), &label, limit).map_err(|e| {
+    let release = id.to_string();
+    let request = match kind {
+        "rollback" => Request::Rollback { release },
+        _ => Request::Deploy { release },
+    };
+    crate::service::ask_as(spec, &request, &label, limit).map_err(|e| {
         e.hint(format!(
             "`baton status {}` shows what serves now; logs are in {}",
             spec.name,
