@@ -13,8 +13,12 @@ mod etcd;
 mod exit;
 mod files;
 mod generate;
+mod host;
 mod lease;
 mod logs;
+mod logview;
+mod metrics;
+mod overview;
 mod pidfile;
 mod probe;
 mod process;
@@ -27,6 +31,7 @@ mod sockets;
 mod supervisor;
 mod sys;
 mod tracking;
+mod url;
 
 use clap::Parser;
 

@@ -284,7 +284,7 @@ fn take_down(why: &str) {
     state.service = None;
     state.supervisor = None;
     if let Ok(body) = serde_json::to_vec_pretty(&state) {
-        let _ = pidfile::write_atomic(&t.spec_state, &body, 0o644);
+        let _ = crate::files::write_atomic(&t.spec_state, &body, 0o644);
     }
     if let Some(path) = &t.cgroup {
         let _ = std::fs::remove_dir(path);
