@@ -249,6 +249,7 @@ pub fn confirm(
     let mut seen: std::collections::HashSet<_> = before.keys().copied().collect();
     let mut streak = 0;
     let mut last = String::from("no answer yet");
+    let mut answered = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -273,10 +274,14 @@ pub fn confirm(
             Ok(r) => Some(r),
             Err(ureq::Error::Status(_, r)) => Some(r),
             Err(e) => {
-                last = e.to_string();
+                // An answer says more than the timeout of a request cut short by the deadline.
+                if !answered || !left_was_short(left) {
+                    last = e.to_string();
+                }
                 None
             }
         };
+        answered |= response.is_some();
         let hit = match (response, &proof) {
             (None, _) => false,
             (Some(r), Proof::Header(h)) => {
@@ -327,6 +332,11 @@ pub fn confirm(
             Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())),
         );
     }
+}
+
+/// Whether a request had less time than a proxy needs to answer (it was cut short, not refused).
+fn left_was_short(left: Duration) -> bool {
+    left < Duration::from_millis(500)
 }
 
 /// Runs `argv` to completion within [`COMMAND_TIMEOUT`]; on failure, its output as one line.

@@ -1,123 +1,251 @@
-//! A zero-downtime handoff (`deploy`, `rollback`): a second instance beside the serving one.
+//! A zero-downtime handoff (`deploy`, `rollback`) as one pure transition function: `step(input, now) -> effects`.
 //!
 //! Steps, each reported to the waiting client with its duration:
 //! 1. start the new instance (fresh port, or the shared listening socket);
 //! 2. wait for its readiness probes;
-//! 3. switch traffic and publish port and PID, in a `baton __switch` child process
+//! 3. switch traffic and publish, in a `baton __switch` child process
 //!    (nginx -t, reload, confirmation and etcd calls block; the loop must not);
 //! 4. drain the old instance: observe its established connections reach 0 (proxy
 //!    mode), or let it drain itself on its stop signal (shared socket mode);
-//! 5. stop the old instance gracefully (stop signal, timeout, SIGKILL).
+//! 5. stop the old instance with the stop ladder (signal, dump, timeout, SIGKILL).
 //!
 //! A failure in steps 1–3 stops the new instance; the switch worker has put the
-//! proxy and registry back, and the old instance never stopped serving.
+//! proxy and registry back, and the old instance never stopped serving. Nothing
+//! here touches the OS: the loop feeds inputs and performs the effects, and every
+//! (phase, input) pair is spelled out below.
 
-use super::{Instance, Supervisor};
-use crate::control::{Awaits, HandoffReport, Reply};
+use super::ladder::{Ladder, Rung};
+use super::state::Exit;
+use crate::config::human;
 use crate::deploy::switch::Outcome;
-use crate::process;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 /// How often a draining instance's connections are counted.
-const DRAIN_CHECK_EVERY: Duration = Duration::from_millis(50);
-
-/// Which instance something belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Which {
-    /// The serving instance (the state machine's).
-    Main,
-    /// The one a handoff is starting.
-    Candidate,
-}
-
-/// Where a handoff is.
-#[derive(Debug)]
-pub(super) enum Step {
-    /// The new instance runs; its probes have not all passed.
-    Starting { deadline: Instant },
-    /// The switch worker moves traffic and publishes.
-    Switching { worker: Pid },
-    /// The old instance still holds connections.
-    Draining { until: Instant, next_check: Instant },
-    /// The old instance got its stop signal.
-    StoppingOld {
-        kill_at: Instant,
-        killed: bool,
-        leader_reaped: bool,
-    },
-    /// A step failed: the new instance is being stopped.
-    Aborting {
-        kill_at: Instant,
-        killed: bool,
-        leader_reaped: bool,
-        why: String,
-    },
-}
-
-impl Step {
-    fn name(&self) -> &'static str {
-        match self {
-            Step::Starting { .. } => "starting",
-            Step::Switching { .. } => "switching",
-            Step::Draining { .. } => "draining",
-            Step::StoppingOld { .. } => "stopping-old",
-            Step::Aborting { .. } => "aborting",
-        }
-    }
-}
-
-/// One handoff in progress; at most one per service.
-pub(super) struct Handoff {
-    /// deploy | rollback.
-    pub kind: &'static str,
-    /// The release handed over to.
-    pub release: String,
-    /// The new instance, until it is promoted (or dies).
-    pub candidate: Option<Instance>,
-    /// The previous instance, once the new one serves.
-    pub old: Option<Instance>,
-    pub step: Step,
-    started: Instant,
-    step_since: Instant,
-    /// The switch worker's output, relayed line by line.
-    worker_out: Option<WorkerOutput>,
-    /// What the switch worker last said went wrong.
-    worker_error: Option<String>,
-    /// The new instance's own last lines, for a failure report.
-    pub tail: VecDeque<String>,
-    /// The switch failed and could not put the proxy or registry back.
-    restore_failed: bool,
-    /// Auto ports new instances could not bind (taken between baton's pick and their bind).
-    tried_ports: Vec<u16>,
-}
+pub const DRAIN_CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// Lines of the new instance's output kept for a failure report.
 const TAIL: usize = 20;
 
-/// strerror(EADDRINUSE), in what a service prints when its bind fails (Java, Python, C alike).
-const ADDRESS_IN_USE: &str = "Address already in use";
-
 /// How many auto ports a handoff tries before it gives up on a new instance that cannot bind.
-const PORT_TRIES: usize = 3;
+pub const PORT_TRIES: usize = 3;
+
+/// What the operator asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `deploy`: to a newly installed release.
+    Deploy,
+    /// `rollback`: back to the release before `current`.
+    Rollback,
+}
+
+impl Kind {
+    /// The word the operator typed.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Deploy => "deploy",
+            Kind::Rollback => "rollback",
+        }
+    }
+}
+
+/// Which of the two instances an effect is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    /// The one being started.
+    Candidate,
+    /// The one that served before, after traffic moved.
+    Old,
+}
+
+/// Timing rules from the config.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// Readiness deadline of the new instance.
+    pub ready_timeout: Duration,
+    /// The stop signal.
+    pub stop_signal: Signal,
+    /// Grace period before SIGKILL.
+    pub stop_timeout: Duration,
+    /// The thread-dump signal and when to send it while stopping, if configured.
+    pub dump: Option<(Signal, Duration)>,
+    /// How long the old instance may take to lose its connections.
+    pub drain_timeout: Duration,
+    /// Instances share one listening socket: the old one drains on its stop signal.
+    pub shared_socket: bool,
+    /// Port mode auto: a new instance whose port was taken may be started on another.
+    pub auto_port: bool,
+}
+
+/// Where a handoff is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Asked the loop to start the new instance.
+    Spawning,
+    /// The new instance runs; its probes have not all passed.
+    Starting { pid: Pid, deadline: Instant },
+    /// The switch worker moves traffic and publishes; the new instance may die meanwhile.
+    Switching { candidate_gone: Option<Exit> },
+    /// The old instance still holds connections.
+    Draining { until: Instant, next_check: Instant },
+    /// The old instance got its stop signal.
+    StoppingOld { ladder: Ladder, leader_gone: bool },
+    /// A step failed: the new instance is being stopped.
+    Aborting {
+        ladder: Ladder,
+        leader_gone: bool,
+        why: String,
+    },
+    /// Over: the client has its answer.
+    Done,
+}
+
+/// An event the loop observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The loop started the new instance.
+    Spawned { pid: Pid, port: Option<u16> },
+    /// It could not.
+    SpawnFailed(String),
+    /// Every readiness check of the new instance passed (and no publisher races the switch).
+    Ready,
+    /// The new instance's leader exited; `port_taken` if it said its bind failed.
+    CandidateExited { exit: Exit, port_taken: bool },
+    /// The switch worker could not be started.
+    SwitchNotRun(String),
+    /// The switch worker's error line, as it printed it.
+    SwitchSaid(String),
+    /// The switch worker exited.
+    SwitchFinished(Outcome),
+    /// Established connections the old instance holds on its port.
+    Connections(usize),
+    /// The old instance's leader exited.
+    OldExited,
+    /// No process of that instance's group is left.
+    Gone(Who),
+    /// Some child was reaped: a group being stopped may be empty now.
+    Reaped,
+    /// Time passed; `waiting_for` says what the new instance's probes still wait for.
+    Tick { waiting_for: String },
+    /// The service is being stopped, or the serving instance died: give up.
+    Cancel(String),
+}
+
+/// What the loop must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Start the new instance on a port none of `avoid` is; feed `Spawned` or `SpawnFailed`.
+    Spawn { avoid: Vec<u16> },
+    /// Stop watching the new instance's readiness.
+    StopProbes,
+    /// Start the switch worker from the serving instance to the new one.
+    RunSwitch,
+    /// Signal an instance's process group.
+    Signal(Who, Signal),
+    /// Signal the switch worker.
+    SignalSwitch(Signal),
+    /// Count the old instance's established connections; feed `Connections`.
+    CountConnections,
+    /// Feed `Gone(who)` if that group is empty.
+    CheckGone(Who),
+    /// The new instance serves: it becomes the instance machine's; the old one is kept aside.
+    Promote,
+    /// Tell the waiting client (and the log) one line of progress.
+    Tell(String),
+    /// Point `current` at the release, log the revision, prune; then answer `Ok(message)`.
+    Commit(String),
+    /// Answer the client with this failure; the handoff is over.
+    Fail(String),
+}
+
+/// One handoff in progress; at most one per service.
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    /// deploy or rollback.
+    pub kind: Kind,
+    /// The release handed over to.
+    pub release: String,
+    /// Where it is.
+    pub phase: Phase,
+    rules: Rules,
+    started: Instant,
+    step_since: Instant,
+    /// The new instance's port, once spawned.
+    port: Option<u16>,
+    /// Auto ports new instances could not bind (taken between baton's pick and their bind).
+    tried_ports: Vec<u16>,
+    /// The serving instance (the old one once traffic moved) and its port.
+    serving: (Pid, Option<u16>),
+    /// What the switch worker last said went wrong.
+    switch_error: Option<String>,
+    /// The switch failed and could not put the proxy or registry back.
+    restore_failed: bool,
+    /// The new instance's own last lines, for a failure report.
+    tail: VecDeque<String>,
+}
 
 impl Handoff {
-    /// The status view.
-    pub fn report(&self, now: Instant) -> HandoffReport {
-        let inst = self.candidate.as_ref().or(self.old.as_ref());
-        HandoffReport {
-            kind: self.kind.to_string(),
-            step: self.step.name().to_string(),
-            release: self.release.clone(),
-            // The instance that is not serving: the new one, or after promotion the old one.
-            pid: inst.map(|i| i.pid.as_raw()),
-            port: inst.and_then(|i| i.port),
-            elapsed_secs: now.duration_since(self.started).as_secs_f64(),
+    /// Begins a handoff to `release` from an instance serving on `serving_port`.
+    pub fn begin(
+        kind: Kind,
+        release: &str,
+        serving: (Pid, Option<u16>),
+        rules: Rules,
+        now: Instant,
+    ) -> (Handoff, Vec<Effect>) {
+        let avoid = serving.1.into_iter().collect();
+        let h = Handoff {
+            kind,
+            release: release.to_string(),
+            phase: Phase::Spawning,
+            rules,
+            started: now,
+            step_since: now,
+            port: None,
+            tried_ports: Vec::new(),
+            serving,
+            switch_error: None,
+            restore_failed: false,
+            tail: VecDeque::new(),
+        };
+        (h, vec![Effect::Spawn { avoid }])
+    }
+
+    /// The phase's short name, as status reports it.
+    pub fn step_name(&self) -> &'static str {
+        match self.phase {
+            Phase::Spawning | Phase::Starting { .. } => "starting",
+            Phase::Switching { .. } => "switching",
+            Phase::Draining { .. } => "draining",
+            Phase::StoppingOld { .. } => "stopping-old",
+            Phase::Aborting { .. } => "aborting",
+            Phase::Done => "done",
         }
+    }
+
+    /// When the handoff began.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The earliest time a `Tick` would change something.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Starting { deadline, .. } => Some(*deadline),
+            Phase::Draining {
+                until, next_check, ..
+            } => Some((*until).min(*next_check)),
+            Phase::StoppingOld { ladder, .. } => ladder.deadline(),
+            Phase::Aborting { ladder, .. } => ladder.deadline(),
+            Phase::Spawning | Phase::Switching { .. } | Phase::Done => None,
+        }
+    }
+
+    /// Whether the new instance's last lines mention `text`.
+    pub fn said(&self, text: &str) -> bool {
+        self.tail.iter().any(|l| l.contains(text))
     }
 
     /// Records one line the new instance printed.
@@ -128,772 +256,1030 @@ impl Handoff {
         self.tail.push_back(line.to_string());
     }
 
-    /// The earliest time the handoff needs the loop.
-    pub fn deadline(&self) -> Option<Instant> {
-        match &self.step {
-            Step::Starting { deadline } => Some(*deadline),
-            Step::Switching { .. } => None,
-            Step::Draining { until, next_check } => Some((*until).min(*next_check)),
-            Step::StoppingOld {
-                kill_at, killed, ..
-            }
-            | Step::Aborting {
-                kill_at, killed, ..
-            } => (!killed).then_some(*kill_at),
-        }
+    fn since(&mut self, now: Instant) -> String {
+        let took = human(now.duration_since(self.step_since));
+        self.step_since = now;
+        took
     }
 
-    /// The switch worker's output descriptor, for the poll set.
-    pub fn worker_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.worker_out.as_ref().and_then(WorkerOutput::as_fd)
-    }
-}
+    /// Applies one input.
+    pub fn step(&mut self, input: Input, now: Instant) -> Vec<Effect> {
+        use Phase::*;
+        let phase = std::mem::replace(&mut self.phase, Done);
+        let (next, effects) = match (phase, input) {
+            // Anything that ends the handoff from outside ends it in every phase.
+            (Done, _) => (Done, vec![]),
+            (phase, Input::Cancel(why)) => self.cancel(phase, &why),
 
-impl Supervisor {
-    /// `deploy ID` / `rollback ID`: begins a handoff, or says why not.
-    pub(super) fn begin_handoff(
-        &mut self,
-        conn: usize,
-        kind: &'static str,
-        release: &str,
-    ) -> Option<Reply> {
-        let refuse = |message: String| {
-            Some(Reply::Error {
-                message,
-                code: crate::exit::Action::Generic.code(),
-            })
-        };
-        if let Some(h) = &self.handoff {
-            return refuse(format!(
-                "a {} of {} to release {} is already in progress (step {}, for {}); wait for it to finish",
-                h.kind,
-                self.spec.name,
-                h.release,
-                h.step.name(),
-                crate::config::human(h.started.elapsed())
-            ));
-        }
-        if !matches!(self.machine.phase, super::Phase::Ready { .. }) {
-            return refuse(format!(
-                "{} is {}: a handoff needs a serving instance to hand over from",
-                self.spec.name,
-                self.machine.name()
-            ));
-        }
-        if let (crate::config::PortSpec::Fixed(p), None) = (&self.spec.port, &self.listener) {
-            return refuse(format!(
-                "port.mode is fixed ({p}): two instances cannot share it; use port.mode = \"auto\" or \"discover\", or a [listen] socket"
-            ));
-        }
-        let taken: Vec<u16> = self
-            .instance
-            .as_ref()
-            .and_then(|i| i.port)
-            .into_iter()
-            .collect();
-        let now = Instant::now();
-        let inst = match self.launch(Some(release.to_string()), &taken) {
-            Ok(i) => i,
-            Err(e) => return refuse(format!("step 1 (start release {release}) failed: {e}")),
-        };
-        if let Some(c) = self.conns.get_mut(conn) {
-            c.awaits = Awaits::Handoff;
-        }
-        let line = format!(
-            "[1/5] started release {release} as pid {}{}",
-            inst.pid,
-            match (inst.port, &self.listener) {
-                (_, Some(_)) => " on the shared listening socket".to_string(),
-                (Some(p), None) => format!(" on port {p}"),
-                (None, None) => String::new(),
-            }
-        );
-        let passed = inst.passed();
-        self.handoff = Some(Handoff {
-            kind,
-            release: release.to_string(),
-            candidate: Some(inst),
-            old: None,
-            step: Step::Starting {
-                deadline: now + self.spec.ready.timeout,
-            },
-            started: now,
-            step_since: now,
-            worker_out: None,
-            worker_error: None,
-            tail: VecDeque::new(),
-            restore_failed: false,
-            tried_ports: Vec::new(),
-        });
-        tracing::info!("{kind}: {line}");
-        self.tell_handoff(&line);
-        if passed {
-            self.check_candidate();
-        }
-        None
-    }
-
-    /// Progress for the client waiting on the handoff, and the event log.
-    fn tell_handoff(&mut self, line: &str) {
-        let reply = Reply::Progress {
-            message: line.to_string(),
-        };
-        for c in self
-            .conns
-            .iter_mut()
-            .filter(|c| c.awaits == Awaits::Handoff)
-        {
-            c.send(&reply);
-        }
-    }
-
-    /// Ends the handoff and answers its client.
-    fn end_handoff(&mut self, reply: Reply) {
-        self.handoff = None;
-        for c in self
-            .conns
-            .iter_mut()
-            .filter(|c| c.awaits == Awaits::Handoff)
-        {
-            c.send(&reply);
-            c.awaits = Awaits::Nothing;
-            c.finish();
-        }
-        self.worked = true;
-    }
-
-    /// Called whenever the candidate's checks may have passed.
-    pub(super) fn check_candidate(&mut self) {
-        // A background publish still running would race the switch on the registry.
-        let ready = self.publisher.is_none()
-            && self.handoff.as_ref().is_some_and(|h| {
-                matches!(h.step, Step::Starting { .. })
-                    && h.candidate.as_ref().is_some_and(Instance::passed)
-            });
-        if ready {
-            self.candidate_ready();
-        }
-    }
-
-    fn candidate_ready(&mut self) {
-        let Some(h) = self.handoff.as_mut() else {
-            return;
-        };
-        let now = Instant::now();
-        let took = now.duration_since(h.step_since);
-        if let Some(c) = h.candidate.as_mut() {
-            c.probes = None;
-        }
-        let (to, from) = (h.candidate.as_ref(), self.instance.as_ref());
-        let mut args: Vec<String> = vec!["__switch".into()];
-        if let Some(to) = to {
-            args.extend(["--pid".into(), to.pid.to_string()]);
-            if let Some(p) = to.port {
-                args.extend(["--port".into(), p.to_string()]);
-            }
-            if let Some(r) = &to.release {
-                args.extend(["--release".into(), r.clone()]);
-            }
-        }
-        if let Some(from) = from {
-            args.extend(["--old-pid".into(), from.pid.to_string()]);
-            if let Some(p) = from.port {
-                args.extend(["--old-port".into(), p.to_string()]);
-            }
-            if let Some(r) = &from.release {
-                args.extend(["--old-release".into(), r.clone()]);
-            }
-        }
-        let line = format!("[2/5] ready after {}", crate::config::human(took));
-        self.tell_handoff(&line);
-        tracing::info!("handoff: {line}");
-        match spawn_worker(&self.spec.file, &self.spec.name, &args) {
-            Ok((pid, out)) => {
-                if let Some(h) = self.handoff.as_mut() {
-                    h.step = Step::Switching { worker: pid };
-                    h.step_since = now;
-                    h.worker_out = Some(WorkerOutput::new(out));
-                }
-            }
-            Err(e) => self.abort_handoff(format!(
-                "step 3 (switch traffic) failed: cannot run the switch: {e}"
-            )),
-        }
-    }
-
-    /// Reads what the switch worker printed and relays whole lines.
-    pub(super) fn on_worker_output(&mut self) {
-        let Some(out) = self.handoff.as_mut().and_then(|h| h.worker_out.as_mut()) else {
-            return;
-        };
-        for line in out.lines() {
-            tracing::info!("switch: {line}");
-            if let Some(msg) = line.strip_prefix("error: ") {
-                if let Some(h) = self.handoff.as_mut() {
-                    h.worker_error = Some(msg.to_string());
-                }
-            }
-            self.tell_handoff(&format!("      {line}"));
-        }
-    }
-
-    /// Routes a reaped child that belongs to the handoff; false if it is not one of ours.
-    pub(super) fn handoff_reaped(&mut self, pid: Pid, exit: super::Exit) -> bool {
-        let Some(h) = self.handoff.as_mut() else {
-            return false;
-        };
-        if h.candidate.as_ref().is_some_and(|c| c.pid == pid) {
-            tracing::info!("new instance (pid {pid}) {exit}");
-            if matches!(h.step, Step::Starting { .. }) && self.retry_on_another_port() {
-                return true;
-            }
-            let Some(h) = self.handoff.as_mut() else {
-                return true;
-            };
-            match &mut h.step {
-                Step::Aborting { leader_reaped, .. } => *leader_reaped = true,
-                // The worker finishes first and, with no instance to confirm, restores the proxy.
-                Step::Switching { .. } => {
-                    h.worker_error
-                        .get_or_insert(format!("the new instance {exit}"));
-                    if let Some(c) = h.candidate.as_mut() {
-                        c.probes = None;
-                    }
-                    h.tail
-                        .push_back(format!("(baton: the new instance {exit})"));
-                }
-                _ => {
-                    let why = format!(
-                        "step 2 (readiness) failed: release {} {exit} before it was ready",
-                        h.release
-                    );
-                    self.abort_handoff(why);
-                    if let Some(Handoff {
-                        step: Step::Aborting { leader_reaped, .. },
-                        ..
-                    }) = self.handoff.as_mut()
-                    {
-                        *leader_reaped = true;
-                    }
-                }
-            }
-            self.handoff_progress();
-            return true;
-        }
-        if let Step::Switching { worker } = h.step {
-            if worker == pid {
-                self.on_worker_output();
-                let outcome = Outcome::from_code(match exit {
-                    super::Exit::Code(c) => Some(c),
-                    super::Exit::Signal(_) => None,
-                });
-                if outcome == Outcome::Switched {
-                    self.promote();
+            (Spawning, Input::Spawned { pid, port }) => {
+                let retried = self.port.is_some();
+                self.port = port;
+                let on = match (self.rules.shared_socket, port) {
+                    (true, _) => " on the shared listening socket".to_string(),
+                    (false, Some(p)) => format!(" on port {p}"),
+                    (false, None) => String::new(),
+                };
+                let line = if retried {
+                    format!("      started it again as pid {pid}{on}")
                 } else {
-                    if let Some(h) = self.handoff.as_mut() {
-                        h.restore_failed = outcome == Outcome::Left;
+                    format!("[1/5] started release {} as pid {pid}{on}", self.release)
+                };
+                let deadline = now + self.rules.ready_timeout;
+                (Starting { pid, deadline }, vec![Effect::Tell(line)])
+            }
+            (Spawning, Input::SpawnFailed(e)) => {
+                let why = format!("step 1 (start release {}) failed: {e}", self.release);
+                (Done, vec![Effect::Fail(self.failure(&why))])
+            }
+            (
+                Spawning,
+                i @ (Input::Ready
+                | Input::CandidateExited { .. }
+                | Input::SwitchNotRun(_)
+                | Input::SwitchSaid(_)
+                | Input::SwitchFinished(_)
+                | Input::Connections(_)
+                | Input::OldExited
+                | Input::Gone(_)
+                | Input::Reaped
+                | Input::Tick { .. }),
+            ) => ignore(Spawning, &i),
+
+            (Starting { .. }, Input::Ready) => {
+                let line = format!("[2/5] ready after {}", self.since(now));
+                (
+                    Switching {
+                        candidate_gone: None,
+                    },
+                    vec![Effect::StopProbes, Effect::Tell(line), Effect::RunSwitch],
+                )
+            }
+            (Starting { .. }, Input::CandidateExited { exit, port_taken }) => {
+                let port = self.port.filter(|_| port_taken && self.rules.auto_port);
+                match port {
+                    Some(p) if self.tried_ports.len() < PORT_TRIES => {
+                        self.tried_ports.push(p);
+                        self.tail.clear();
+                        let mut avoid = self.tried_ports.clone();
+                        avoid.extend(self.serving.1);
+                        let line = format!(
+                            "      port {p} was taken before the new instance could bind it (Address already in use): starting it on another"
+                        );
+                        (Spawning, vec![Effect::Tell(line), Effect::Spawn { avoid }])
                     }
-                    // Its hint was relayed with its error line above; said once is enough.
-                    let why = self
-                        .handoff
-                        .as_ref()
-                        .and_then(|h| h.worker_error.clone())
-                        .map(|e| match e.split_once("; hint: ") {
-                            Some((e, _)) => e.to_string(),
-                            None => e,
-                        })
-                        .unwrap_or_else(|| format!("the switch {exit}"));
-                    self.abort_handoff(format!("step 3 (switch traffic) failed: {why}"));
+                    _ => {
+                        let why = format!(
+                            "step 2 (readiness) failed: release {} {exit} before it was ready",
+                            self.release
+                        );
+                        self.aborted(why, now)
+                    }
                 }
-                return true;
             }
-        }
-        if h.old.as_ref().is_some_and(|o| o.pid == pid) {
-            tracing::info!("old instance (pid {pid}) {exit}");
-            if let Step::StoppingOld { leader_reaped, .. } = &mut h.step {
-                *leader_reaped = true;
-            }
-            self.handoff_progress();
-            return true;
-        }
-        false
-    }
-
-    /// A new instance that died before ready because its auto port was taken (by an outgoing
-    /// connection's ephemeral port, typically) is started again on another one, a few times.
-    fn retry_on_another_port(&mut self) -> bool {
-        if self.listener.is_some()
-            || !matches!(self.spec.port, crate::config::PortSpec::Auto { .. })
-        {
-            return false;
-        }
-        let Some(h) = self.handoff.as_mut() else {
-            return false;
-        };
-        let Some(port) = h.candidate.as_ref().and_then(|c| c.port) else {
-            return false;
-        };
-        let said_so = h.tail.iter().any(|l| l.contains(ADDRESS_IN_USE));
-        if !said_so || h.tried_ports.len() >= PORT_TRIES {
-            return false;
-        }
-        h.tried_ports.push(port);
-        let mut taken = h.tried_ports.clone();
-        taken.extend(self.instance.as_ref().and_then(|i| i.port));
-        let release = h.release.clone();
-        match self.launch(Some(release), &taken) {
-            Ok(inst) => {
-                let line = format!(
-                    "      port {port} was taken before the new instance could bind it ({ADDRESS_IN_USE}): started it again as pid {} on port {}",
-                    inst.pid,
-                    inst.port.map_or("-".into(), |p| p.to_string())
-                );
-                let passed = inst.passed();
-                let now = Instant::now();
-                if let Some(h) = self.handoff.as_mut() {
-                    h.candidate = Some(inst);
-                    h.step = Step::Starting {
-                        deadline: now + self.spec.ready.timeout,
-                    };
-                    h.tail.clear();
-                }
-                tracing::warn!("handoff: {}", line.trim_start());
-                self.tell_handoff(&line);
-                if passed {
-                    self.check_candidate();
-                }
-                true
-            }
-            Err(e) => {
-                tracing::warn!("handoff: unable to start the new instance again: {e}");
-                false
-            }
-        }
-    }
-
-    /// The new instance serves: it becomes the main one; the old one drains.
-    fn promote(&mut self) {
-        let Some(h) = self.handoff.as_mut() else {
-            return;
-        };
-        let Some(new) = h.candidate.take() else {
-            return;
-        };
-        let now = Instant::now();
-        let line = format!(
-            "[3/5] traffic switched and published in {}",
-            crate::config::human(now.duration_since(h.step_since))
-        );
-        let new_pid = new.pid;
-        let old = self.instance.replace(new);
-        self.machine.handed_over(new_pid, now);
-        self.dirty = true;
-        let socket_mode = self.listener.is_some();
-        if let Some(h) = self.handoff.as_mut() {
-            h.old = old;
-            h.step_since = now;
-            h.step = if socket_mode {
-                // The old instance keeps accepting from the shared socket until told to stop;
-                // its stop signal is the drain.
-                Step::Draining {
-                    until: now,
-                    next_check: now,
-                }
-            } else {
-                Step::Draining {
-                    until: now + self.spec.deploy.drain_timeout,
-                    next_check: now,
-                }
-            };
-        }
-        self.tell_handoff(&line);
-        tracing::info!("handoff: {line}");
-        self.handoff_progress();
-    }
-
-    /// Steps the handoff on time and on child exits.
-    pub(super) fn handoff_progress(&mut self) {
-        let now = Instant::now();
-        let stop_signal = self.spec.stop.signal;
-        let stop_timeout = self.spec.stop.timeout;
-        let Some(h) = self.handoff.as_mut() else {
-            return;
-        };
-        match &mut h.step {
-            Step::Starting { deadline } => {
-                if *deadline <= now {
-                    let pending = h
-                        .candidate
-                        .as_ref()
-                        .map(|c| match &c.probes {
-                            Some(p) => p.pending(),
-                            None => "the port it listens on (port.mode = discover)".into(),
-                        })
-                        .unwrap_or_default();
+            (Starting { pid, deadline }, Input::Tick { waiting_for }) => {
+                if deadline <= now {
                     let why = format!(
-                        "step 2 (readiness) failed: release {} not ready within {}; waiting for: {pending}",
-                        h.release,
-                        crate::config::human(self.spec.ready.timeout)
+                        "step 2 (readiness) failed: release {} not ready within {}; waiting for: {waiting_for}",
+                        self.release,
+                        human(self.rules.ready_timeout)
                     );
-                    self.abort_handoff(why);
-                }
-            }
-            Step::Switching { .. } => {}
-            Step::Draining { until, next_check } => {
-                let Some(old) = h.old.as_ref() else {
-                    return;
-                };
-                let left = old.port.map_or(0, |p| process::established(old.pid, p));
-                if left == 0 || *until <= now {
-                    let line = if self.listener.is_some() {
-                        format!("[4/5] sent {stop_signal} to the old instance (pid {}): it stops accepting from the shared socket and drains", old.pid)
-                    } else if left == 0 {
-                        format!(
-                            "[4/5] old instance (pid {}) drained in {}",
-                            old.pid,
-                            crate::config::human(now.duration_since(h.step_since))
-                        )
-                    } else {
-                        format!("[4/5] drain timeout: old instance (pid {}) still holds {left} connection(s)", old.pid)
-                    };
-                    process::signal_group(old.pid, stop_signal);
-                    h.step = Step::StoppingOld {
-                        kill_at: now + stop_timeout,
-                        killed: false,
-                        leader_reaped: false,
-                    };
-                    h.step_since = now;
-                    self.tell_handoff(&line);
-                    tracing::info!("handoff: {line}");
+                    self.aborting(why, now)
                 } else {
-                    *next_check = now + DRAIN_CHECK_EVERY;
+                    (Starting { pid, deadline }, vec![])
                 }
             }
-            Step::StoppingOld {
-                kill_at,
-                killed,
-                leader_reaped,
-            } => {
-                let Some(old) = h.old.as_ref() else {
-                    return;
-                };
-                if *leader_reaped && !process::group_alive(old.pid) {
-                    self.finish_handoff();
-                } else if !*killed && *kill_at <= now {
-                    *killed = true;
-                    process::signal_group(old.pid, Signal::SIGKILL);
-                    let line = format!(
-                        "      old instance still running after {}: sent SIGKILL",
-                        crate::config::human(stop_timeout)
-                    );
-                    self.tell_handoff(&line);
-                }
+            (
+                s @ Starting { .. },
+                i @ (Input::Spawned { .. }
+                | Input::SpawnFailed(_)
+                | Input::SwitchNotRun(_)
+                | Input::SwitchSaid(_)
+                | Input::SwitchFinished(_)
+                | Input::Connections(_)
+                | Input::OldExited
+                | Input::Gone(_)
+                | Input::Reaped),
+            ) => ignore(s, &i),
+
+            (Switching { .. }, Input::SwitchNotRun(e)) => {
+                let why = format!("step 3 (switch traffic) failed: cannot run the switch: {e}");
+                self.aborting(why, now)
             }
-            Step::Aborting {
-                kill_at,
-                killed,
-                leader_reaped,
-                why,
-            } => {
-                let Some(c) = h.candidate.as_ref() else {
-                    return;
-                };
-                if *leader_reaped && !process::group_alive(c.pid) {
-                    let serving = self.instance.as_ref().map(|i| i.pid);
-                    let mut message = match (h.restore_failed, serving) {
-                        (false, _) => format!(
-                            "{why}\nrelease {} stopped; the old instance kept serving",
-                            h.release
-                        ),
-                        (true, Some(pid)) => format!(
-                            "{why}\nrelease {} stopped; the old instance (pid {pid}) still runs, but the proxy or registry was not put back as it was (see above)",
-                            h.release
-                        ),
-                        (true, None) => format!(
-                            "{why}\nrelease {} stopped; the proxy or registry was not put back as it was (see above)",
-                            h.release
-                        ),
-                    };
-                    if !h.tail.is_empty() {
-                        message.push_str("\nlast output of the new instance:");
-                        for l in &h.tail {
-                            message.push_str(&format!("\n  | {l}"));
+            (Switching { candidate_gone }, Input::SwitchSaid(e)) => {
+                self.switch_error = Some(e);
+                (Switching { candidate_gone }, vec![])
+            }
+            // The worker finishes first and, with no instance to confirm, puts the proxy back.
+            (Switching { .. }, Input::CandidateExited { exit, .. }) => {
+                self.switch_error
+                    .get_or_insert(format!("the new instance {exit}"));
+                self.tail
+                    .push_back(format!("(baton: the new instance {exit})"));
+                (
+                    Switching {
+                        candidate_gone: Some(exit),
+                    },
+                    vec![],
+                )
+            }
+            (Switching { candidate_gone, .. }, Input::SwitchFinished(outcome)) => {
+                match (outcome, candidate_gone) {
+                    (Outcome::Switched, None) => self.promote(now),
+                    (outcome, gone) => {
+                        // Switched to an instance that died meanwhile is not a handoff either.
+                        self.restore_failed = outcome != Outcome::Undone;
+                        let said =
+                            self.switch_error
+                                .clone()
+                                .map(|e| match e.split_once("; hint: ") {
+                                    // Its hint was relayed with its error line; said once is enough.
+                                    Some((e, _)) => e.to_string(),
+                                    None => e,
+                                });
+                        let why = format!(
+                            "step 3 (switch traffic) failed: {}",
+                            said.unwrap_or_else(|| "the switch failed".into())
+                        );
+                        if gone.is_some() {
+                            self.aborted(why, now)
+                        } else {
+                            self.aborting(why, now)
                         }
                     }
-                    tracing::error!("{}: {message}", h.kind);
-                    self.end_handoff(Reply::Error {
-                        message,
-                        code: crate::exit::Action::Generic.code(),
-                    });
-                } else if !*killed && *kill_at <= now {
-                    *killed = true;
-                    process::signal_group(c.pid, Signal::SIGKILL);
                 }
             }
-        }
+            (
+                s @ Switching { .. },
+                i @ (Input::Spawned { .. }
+                | Input::SpawnFailed(_)
+                | Input::Ready
+                | Input::Connections(_)
+                | Input::OldExited
+                | Input::Gone(_)
+                | Input::Reaped
+                | Input::Tick { .. }),
+            ) => ignore(s, &i),
+
+            (Draining { until, next_check }, Input::Tick { .. }) => {
+                if next_check <= now || until <= now {
+                    let next_check = now + DRAIN_CHECK_EVERY;
+                    (
+                        Draining { until, next_check },
+                        vec![Effect::CountConnections],
+                    )
+                } else {
+                    (Draining { until, next_check }, vec![])
+                }
+            }
+            (Draining { until, next_check }, Input::Connections(left)) => {
+                if left == 0 || until <= now {
+                    let old = self.serving.0;
+                    let line = if self.rules.shared_socket {
+                        format!("[4/5] sent {} to the old instance (pid {old}): it stops accepting from the shared socket and drains", self.rules.stop_signal)
+                    } else if left == 0 {
+                        format!(
+                            "[4/5] old instance (pid {old}) drained in {}",
+                            self.since(now)
+                        )
+                    } else {
+                        format!("[4/5] drain timeout: old instance (pid {old}) still holds {left} connection(s)")
+                    };
+                    self.step_since = now;
+                    let ladder = self.ladder(now);
+                    (
+                        StoppingOld {
+                            ladder,
+                            leader_gone: false,
+                        },
+                        vec![
+                            Effect::Signal(Who::Old, self.rules.stop_signal),
+                            Effect::Tell(line),
+                        ],
+                    )
+                } else {
+                    (Draining { until, next_check }, vec![])
+                }
+            }
+            (
+                d @ Draining { .. },
+                i @ (Input::Spawned { .. }
+                | Input::SpawnFailed(_)
+                | Input::Ready
+                | Input::CandidateExited { .. }
+                | Input::SwitchNotRun(_)
+                | Input::SwitchSaid(_)
+                | Input::SwitchFinished(_)
+                | Input::Gone(_)
+                | Input::Reaped),
+            ) => ignore(d, &i),
+            // It died on its own while draining: nothing left to drain.
+            (Draining { .. }, Input::OldExited) => {
+                let mut ladder = self.ladder(now);
+                ladder.dump_at = None;
+                let took = self.since(now);
+                let line = format!(
+                    "[4/5] old instance (pid {}) exited while draining, after {took}",
+                    self.serving.0
+                );
+                (
+                    StoppingOld {
+                        ladder,
+                        leader_gone: true,
+                    },
+                    vec![
+                        Effect::Tell(line),
+                        Effect::Signal(Who::Old, self.rules.stop_signal),
+                        Effect::CheckGone(Who::Old),
+                    ],
+                )
+            }
+
+            (StoppingOld { mut ladder, .. }, Input::OldExited) => {
+                ladder.dump_at = None;
+                (
+                    StoppingOld {
+                        ladder,
+                        leader_gone: true,
+                    },
+                    vec![Effect::CheckGone(Who::Old)],
+                )
+            }
+            (
+                StoppingOld {
+                    ladder,
+                    leader_gone: true,
+                },
+                Input::Reaped,
+            ) => (
+                StoppingOld {
+                    ladder,
+                    leader_gone: true,
+                },
+                vec![Effect::CheckGone(Who::Old)],
+            ),
+            (
+                StoppingOld {
+                    leader_gone: true, ..
+                },
+                Input::Gone(Who::Old),
+            ) => self.finish(now),
+            (
+                StoppingOld {
+                    mut ladder,
+                    leader_gone,
+                },
+                Input::Tick { .. },
+            ) => {
+                let effects = ladder
+                    .tick(now)
+                    .into_iter()
+                    .flat_map(|rung| match rung {
+                        Rung::Dump => self.dump_signal(Who::Old),
+                        Rung::Kill => vec![
+                            Effect::Signal(Who::Old, Signal::SIGKILL),
+                            Effect::Tell(format!(
+                                "      old instance still running after {}: sent SIGKILL",
+                                human(self.rules.stop_timeout)
+                            )),
+                        ],
+                    })
+                    .collect();
+                (
+                    StoppingOld {
+                        ladder,
+                        leader_gone,
+                    },
+                    effects,
+                )
+            }
+            (
+                s @ StoppingOld { .. },
+                i @ (Input::Spawned { .. }
+                | Input::SpawnFailed(_)
+                | Input::Ready
+                | Input::CandidateExited { .. }
+                | Input::SwitchNotRun(_)
+                | Input::SwitchSaid(_)
+                | Input::SwitchFinished(_)
+                | Input::Connections(_)
+                | Input::Gone(_)
+                | Input::Reaped),
+            ) => ignore(s, &i),
+
+            (
+                Aborting {
+                    mut ladder, why, ..
+                },
+                Input::CandidateExited { .. },
+            ) => {
+                ladder.dump_at = None;
+                (
+                    Aborting {
+                        ladder,
+                        leader_gone: true,
+                        why,
+                    },
+                    vec![Effect::CheckGone(Who::Candidate)],
+                )
+            }
+            (
+                Aborting {
+                    ladder,
+                    leader_gone: true,
+                    why,
+                },
+                Input::Reaped,
+            ) => (
+                Aborting {
+                    ladder,
+                    leader_gone: true,
+                    why,
+                },
+                vec![Effect::CheckGone(Who::Candidate)],
+            ),
+            (
+                Aborting {
+                    leader_gone: true,
+                    why,
+                    ..
+                },
+                Input::Gone(Who::Candidate),
+            ) => (Done, vec![Effect::Fail(self.failure(&why))]),
+            (
+                Aborting {
+                    mut ladder,
+                    leader_gone,
+                    why,
+                },
+                Input::Tick { .. },
+            ) => {
+                let effects = ladder
+                    .tick(now)
+                    .into_iter()
+                    .flat_map(|rung| match rung {
+                        Rung::Dump => self.dump_signal(Who::Candidate),
+                        Rung::Kill => vec![Effect::Signal(Who::Candidate, Signal::SIGKILL)],
+                    })
+                    .collect();
+                (
+                    Aborting {
+                        ladder,
+                        leader_gone,
+                        why,
+                    },
+                    effects,
+                )
+            }
+            (
+                a @ Aborting { .. },
+                i @ (Input::Spawned { .. }
+                | Input::SpawnFailed(_)
+                | Input::Ready
+                | Input::SwitchNotRun(_)
+                | Input::SwitchSaid(_)
+                | Input::SwitchFinished(_)
+                | Input::Connections(_)
+                | Input::OldExited
+                | Input::Gone(_)
+                | Input::Reaped),
+            ) => ignore(a, &i),
+        };
+        self.phase = next;
+        effects
     }
 
-    /// Stops the new instance after a failed step; the client hears why once it is gone.
-    pub(super) fn abort_handoff(&mut self, why: String) {
-        let stop_signal = self.spec.stop.signal;
-        let now = Instant::now();
-        let Some(h) = self.handoff.as_mut() else {
-            return;
-        };
-        tracing::warn!("{}: {why}", h.kind);
-        if let Some(c) = h.candidate.as_mut() {
-            c.probes = None;
-            process::signal_group(c.pid, stop_signal);
-        }
-        h.step = Step::Aborting {
-            kill_at: now + self.spec.stop.timeout,
-            killed: false,
-            leader_reaped: h.candidate.is_none(),
-            why,
-        };
-        self.tell_handoff("      stopping the new instance");
-        self.handoff_progress();
-    }
-
-    /// The operator stopped the service, or the serving instance died: the handoff cannot go on.
-    pub(super) fn cancel_handoff(&mut self, why: &str) {
-        let Some(h) = self.handoff.as_ref() else {
-            return;
-        };
-        // Gracefully: the state machine's stop ladder that follows waits for every
-        // descendant, these included, and sends SIGKILL to what outlives its timeout.
-        for pid in [
-            h.candidate.as_ref().map(|c| c.pid),
-            h.old.as_ref().map(|o| o.pid),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            process::signal_group(pid, self.spec.stop.signal);
-        }
-        if let Step::Switching { worker } = h.step {
-            process::signal(worker, Signal::SIGTERM);
-        }
-        let message = format!("{} of release {} abandoned: {why}", h.kind, h.release);
-        tracing::warn!("{message}");
-        self.end_handoff(Reply::Error {
-            message,
-            code: crate::exit::Action::Generic.code(),
-        });
-    }
-
-    /// The old instance is gone: record the release and answer the client.
-    fn finish_handoff(&mut self) {
-        let Some(h) = self.handoff.as_ref() else {
-            return;
-        };
-        let now = Instant::now();
-        let (kind, release, total) = (h.kind, h.release.clone(), now.duration_since(h.started));
+    /// The new instance is taking traffic: promote it, then drain the old one.
+    fn promote(&mut self, now: Instant) -> (Phase, Vec<Effect>) {
         let line = format!(
-            "[5/5] old instance stopped in {}",
-            crate::config::human(now.duration_since(h.step_since))
+            "[3/5] traffic switched and published in {}",
+            self.since(now)
         );
-        let previous = h.old.as_ref().and_then(|o| o.release.clone());
-        self.tell_handoff(&line);
-        tracing::info!("handoff: {line}");
-        let mut message = format!(
-            "{} now runs release {release} (pid {}{}); {kind} took {}",
-            self.spec.name,
-            self.instance.as_ref().map_or(0, |i| i.pid.as_raw()),
-            self.instance
-                .as_ref()
-                .and_then(|i| i.port)
-                .map_or(String::new(), |p| format!(", port {p}")),
-            crate::config::human(total)
-        );
-        if let Some(r) = &self.spec.release {
-            if let Err(e) = crate::deploy::release::switch_current(&r.root, &release) {
-                message.push_str(&format!(
-                    "\nwarning: unable to point {} at {release}: {e}",
-                    r.root.join("current").display()
-                ));
-            }
-            let who = std::env::var("SUDO_USER")
-                .or_else(|_| std::env::var("USER"))
-                .unwrap_or_else(|_| "root".into());
-            let what = match kind {
-                "rollback" => format!("{who} rolled back to release {release}"),
-                _ => format!(
-                    "{who} deployed as release {release} (previous {})",
-                    previous.as_deref().unwrap_or("none")
-                ),
-            };
-            if let Err(e) = crate::deploy::release::log_revision(&r.root, &what) {
-                tracing::warn!("unable to append to revisions.log: {e}");
-            }
-            let mut protect = vec![release.as_str()];
-            if let Some(p) = previous.as_deref() {
-                protect.push(p);
-            }
-            let gone = crate::deploy::release::prune(&r.root, r.keep, &protect);
-            if !gone.is_empty() {
-                message.push_str(&format!("\nremoved old releases: {}", gone.join(", ")));
-            }
-        }
-        tracing::info!("{message}");
-        self.end_handoff(Reply::Ok { message });
-    }
-}
-
-impl Supervisor {
-    /// Outside a handoff, a (re)started instance has a new PID, maybe a new port: point the
-    /// proxy and the registry at it. True if a switch worker now does that (the loop hears
-    /// when it exits); false if there was nothing to wait for.
-    pub(super) fn publish(&mut self) -> bool {
-        if self.handoff.is_some() {
-            return false;
-        }
-        let Some(inst) = self.instance.as_ref() else {
-            return false;
+        // The old instance keeps accepting from a shared socket until told to stop; its stop
+        // signal is the drain.
+        let until = if self.rules.shared_socket {
+            now
+        } else {
+            now + self.rules.drain_timeout
         };
-        let proxied = self.spec.proxy != crate::config::ProxySpec::None;
-        if !proxied && self.spec.registry.etcd.is_empty() {
-            // Only the local file: written here, no process, no wakeup later. A service
-            // without releases never deploys and has no registry at all.
-            if self.spec.release.is_some() {
-                let old = crate::deploy::registry::read_local(&self.spec).unwrap_or_default();
-                use crate::deploy::registry::Pair;
-                let local = crate::deploy::registry::Local {
-                    port: Pair {
-                        current: inst.port,
-                        previous: old.port.current,
-                    },
-                    pid: Pair {
-                        current: Some(inst.pid.as_raw()),
-                        previous: old.pid.current,
-                    },
-                    release: Pair {
-                        current: inst.release.clone(),
-                        previous: old.release.current,
-                    },
-                    updated: crate::deploy::registry::rfc3339(std::time::SystemTime::now()),
-                };
-                if let Err(e) = crate::deploy::registry::write_local(&self.spec, &local) {
-                    tracing::error!("{e}");
-                }
-            }
-            return false;
-        }
-        let mut args: Vec<String> = vec!["__switch".into(), "--pid".into(), inst.pid.to_string()];
-        if let Some(p) = inst.port {
-            args.extend(["--port".into(), p.to_string()]);
-        }
-        if let Some(r) = &inst.release {
-            args.extend(["--release".into(), r.clone()]);
-        }
-        self.publish_error = None;
-        if let Some((old, _)) = self.publisher.take() {
-            // Superseded: a newer instance is what must be published.
-            process::signal(old, Signal::SIGTERM);
-        }
-        match spawn_worker(&self.spec.file, &self.spec.name, &args) {
-            Ok((pid, out)) => {
-                self.publisher = Some((pid, WorkerOutput::new(out)));
-                true
-            }
-            Err(e) => {
-                self.unrouted = Some(format!("unable to run the switch: {e}"));
-                tracing::error!("unable to publish the new instance: {e}");
-                false
-            }
-        }
+        (
+            Phase::Draining {
+                until,
+                next_check: now,
+            },
+            vec![
+                Effect::Tell(line),
+                Effect::Promote,
+                Effect::CountConnections,
+            ],
+        )
     }
 
-    /// Logs what the publisher printed; returns its error line, if it printed one.
-    pub(super) fn on_publisher_output(&mut self) -> Option<String> {
-        let (_, out) = self.publisher.as_mut()?;
-        let mut error = None;
-        for line in out.lines() {
-            match line.strip_prefix("error: ") {
-                Some(e) => {
-                    tracing::error!("publish: {e}");
-                    error = Some(e.to_string());
-                }
-                None => tracing::info!("publish: {line}"),
+    /// The stop ladder from `now`.
+    fn ladder(&self, now: Instant) -> Ladder {
+        Ladder::start(now, self.rules.stop_timeout, self.rules.dump.map(|d| d.1))
+    }
+
+    fn dump_signal(&self, who: Who) -> Vec<Effect> {
+        self.rules
+            .dump
+            .map(|(sig, _)| Effect::Signal(who, sig))
+            .into_iter()
+            .collect()
+    }
+
+    /// A failed step while the new instance runs: stop it with the ladder.
+    fn aborting(&mut self, why: String, now: Instant) -> (Phase, Vec<Effect>) {
+        (
+            Phase::Aborting {
+                ladder: self.ladder(now),
+                leader_gone: false,
+                why,
+            },
+            vec![
+                Effect::StopProbes,
+                Effect::Signal(Who::Candidate, self.rules.stop_signal),
+                Effect::Tell("      stopping the new instance".into()),
+            ],
+        )
+    }
+
+    /// A failed step once the new instance's leader is gone: what it left goes too.
+    fn aborted(&mut self, why: String, now: Instant) -> (Phase, Vec<Effect>) {
+        let mut ladder = self.ladder(now);
+        ladder.dump_at = None;
+        (
+            Phase::Aborting {
+                ladder,
+                leader_gone: true,
+                why,
+            },
+            vec![
+                Effect::StopProbes,
+                Effect::Signal(Who::Candidate, self.rules.stop_signal),
+                Effect::CheckGone(Who::Candidate),
+            ],
+        )
+    }
+
+    /// The failure message: why, what is true now, and the new instance's last words.
+    fn failure(&self, why: &str) -> String {
+        let mut message = if self.restore_failed {
+            format!(
+                "{why}\nrelease {} stopped; the old instance still runs, but the proxy or registry was not put back as it was (see above)",
+                self.release
+            )
+        } else {
+            format!(
+                "{why}\nrelease {} stopped; the old instance kept serving",
+                self.release
+            )
+        };
+        if !self.tail.is_empty() {
+            message.push_str("\nlast output of the new instance:");
+            for l in &self.tail {
+                message.push_str(&format!("\n  | {l}"));
             }
         }
-        error
+        message
+    }
+
+    /// The old instance is gone: commit the release and answer.
+    fn finish(&mut self, now: Instant) -> (Phase, Vec<Effect>) {
+        let line = format!("[5/5] old instance stopped in {}", self.since(now));
+        let total = human(now.duration_since(self.started));
+        (
+            Phase::Done,
+            vec![
+                Effect::Tell(line),
+                Effect::Commit(format!("{} took {total}", self.kind.name())),
+            ],
+        )
+    }
+
+    /// Stopped from outside: both instances get the stop signal (the instance machine's
+    /// ladder that follows waits for every descendant, these included), the worker TERM.
+    fn cancel(&mut self, phase: Phase, why: &str) -> (Phase, Vec<Effect>) {
+        let mut effects = Vec::new();
+        match &phase {
+            Phase::Spawning | Phase::Done => {}
+            Phase::Starting { .. } | Phase::Aborting { .. } => {
+                effects.push(Effect::Signal(Who::Candidate, self.rules.stop_signal));
+            }
+            Phase::Switching { candidate_gone, .. } => {
+                if candidate_gone.is_none() {
+                    effects.push(Effect::Signal(Who::Candidate, self.rules.stop_signal));
+                }
+                effects.push(Effect::SignalSwitch(Signal::SIGTERM));
+            }
+            Phase::Draining { .. } | Phase::StoppingOld { .. } => {
+                effects.push(Effect::Signal(Who::Old, self.rules.stop_signal));
+            }
+        }
+        effects.push(Effect::Fail(format!(
+            "{} of release {} abandoned: {why}",
+            self.kind.name(),
+            self.release
+        )));
+        (Phase::Done, effects)
     }
 }
 
-/// A switch worker's stdout and stderr, read in whole lines as they come.
-pub(super) struct WorkerOutput {
-    /// None once the worker closed it, so the poll set no longer reports its hang-up.
-    fd: Option<OwnedFd>,
-    partial: Vec<u8>,
+/// An input that means nothing in this phase (a late or duplicate event): kept as it was.
+fn ignore(phase: Phase, input: &Input) -> (Phase, Vec<Effect>) {
+    tracing::debug!("handoff: {input:?} ignored in {phase:?}");
+    (phase, vec![])
 }
 
-impl WorkerOutput {
-    fn new(fd: OwnedFd) -> Self {
-        WorkerOutput {
-            fd: Some(fd),
-            partial: Vec::new(),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Effect as E;
+    use Input as I;
+
+    const MS: Duration = Duration::from_millis(1);
+    const OLD: i32 = 100;
+    const NEW: i32 = 200;
+
+    fn rules() -> Rules {
+        Rules {
+            ready_timeout: 1000 * MS,
+            stop_signal: Signal::SIGTERM,
+            stop_timeout: 500 * MS,
+            dump: None,
+            drain_timeout: 2000 * MS,
+            shared_socket: false,
+            auto_port: true,
         }
     }
 
-    /// For the poll set, while the worker may still write.
-    pub(super) fn as_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        use std::os::fd::AsFd;
-        self.fd.as_ref().map(|fd| fd.as_fd())
+    fn pid(n: i32) -> Pid {
+        Pid::from_raw(n)
     }
 
-    /// The non-empty whole lines that have arrived (the last one completed at end of file).
-    fn lines(&mut self) -> Vec<String> {
-        if let Some(fd) = &self.fd {
-            let mut buf = [0u8; 4096];
-            loop {
-                match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
-                    Ok(0) => {
-                        self.partial.push(b'\n');
-                        self.fd = None;
-                        break;
-                    }
-                    Ok(n) => self.partial.extend_from_slice(&buf[..n]),
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(_) => break,
-                }
+    /// A handoff begun at `t0`, with its new instance spawned on port 2002.
+    fn spawned(rules: Rules, t0: Instant) -> Handoff {
+        let (mut h, fx) = Handoff::begin(Kind::Deploy, "r2", (pid(OLD), Some(2001)), rules, t0);
+        assert_eq!(fx, vec![E::Spawn { avoid: vec![2001] }]);
+        let fx = h.step(
+            I::Spawned {
+                pid: pid(NEW),
+                port: Some(2002),
+            },
+            t0,
+        );
+        assert!(
+            matches!(&fx[..], [E::Tell(l)] if l.starts_with("[1/5] started release r2 as pid 200 on ")),
+            "{fx:?}"
+        );
+        h
+    }
+
+    fn tick() -> Input {
+        I::Tick {
+            waiting_for: "GET /health".into(),
+        }
+    }
+
+    fn tells(fx: &[Effect]) -> Vec<&str> {
+        fx.iter()
+            .filter_map(|e| match e {
+                E::Tell(l) => Some(l.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn without_tells(fx: Vec<Effect>) -> Vec<Effect> {
+        fx.into_iter()
+            .filter(|e| !matches!(e, E::Tell(_)))
+            .collect()
+    }
+
+    fn failure(fx: &[Effect]) -> &str {
+        fx.iter()
+            .find_map(|e| match e {
+                E::Fail(m) => Some(m.as_str()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no failure in {fx:?}"))
+    }
+
+    /// Drives a handoff through the switch to draining.
+    fn switched(t0: Instant) -> Handoff {
+        let mut h = spawned(rules(), t0);
+        let fx = h.step(I::Ready, t0 + 10 * MS);
+        assert_eq!(without_tells(fx), vec![E::StopProbes, E::RunSwitch]);
+        assert_eq!(h.step_name(), "switching");
+        let fx = h.step(I::SwitchFinished(Outcome::Switched), t0 + 20 * MS);
+        assert_eq!(without_tells(fx), vec![E::Promote, E::CountConnections]);
+        assert_eq!(h.step_name(), "draining");
+        h
+    }
+
+    #[test]
+    fn a_deploy_runs_every_step_in_order() {
+        let t0 = Instant::now();
+        let mut h = switched(t0);
+        // Connections left: keep counting every DRAIN_CHECK_EVERY.
+        assert_eq!(h.step(I::Connections(2), t0 + 20 * MS), vec![]);
+        assert_eq!(h.deadline(), Some(t0 + 20 * MS));
+        assert_eq!(h.step(tick(), t0 + 30 * MS), vec![E::CountConnections]);
+        assert_eq!(h.deadline(), Some(t0 + 30 * MS + DRAIN_CHECK_EVERY));
+        assert_eq!(h.step(tick(), t0 + 40 * MS), vec![], "not due yet");
+        let fx = h.step(I::Connections(0), t0 + 90 * MS);
+        assert_eq!(
+            tells(&fx),
+            vec!["[4/5] old instance (pid 100) drained in 70ms"]
+        );
+        assert_eq!(
+            without_tells(fx),
+            vec![E::Signal(Who::Old, Signal::SIGTERM)]
+        );
+        assert_eq!(
+            h.step(I::OldExited, t0 + 100 * MS),
+            vec![E::CheckGone(Who::Old)]
+        );
+        // A grandchild still runs: wait for the next reap.
+        assert_eq!(
+            h.step(I::Reaped, t0 + 110 * MS),
+            vec![E::CheckGone(Who::Old)]
+        );
+        let fx = h.step(I::Gone(Who::Old), t0 + 120 * MS);
+        assert_eq!(
+            fx,
+            vec![
+                E::Tell("[5/5] old instance stopped in 30ms".into()),
+                E::Commit("deploy took 120ms".into())
+            ]
+        );
+        assert_eq!(h.phase, Phase::Done);
+        assert_eq!(h.step(I::Reaped, t0 + 130 * MS), vec![], "over is over");
+    }
+
+    #[test]
+    fn a_candidate_that_crashes_before_ready_is_cleaned_up_and_reported_with_its_output() {
+        let t0 = Instant::now();
+        let mut h = spawned(rules(), t0);
+        h.remember("fatal: no database");
+        let fx = h.step(
+            I::CandidateExited {
+                exit: Exit::Code(1),
+                port_taken: false,
+            },
+            t0 + 5 * MS,
+        );
+        assert_eq!(
+            fx,
+            vec![
+                E::StopProbes,
+                E::Signal(Who::Candidate, Signal::SIGTERM),
+                E::CheckGone(Who::Candidate)
+            ]
+        );
+        let fx = h.step(I::Gone(Who::Candidate), t0 + 6 * MS);
+        let m = failure(&fx);
+        assert!(
+            m.starts_with(
+                "step 2 (readiness) failed: release r2 exited with code 1 before it was ready"
+            ),
+            "{m}"
+        );
+        assert!(m.contains("the old instance kept serving"), "{m}");
+        assert!(
+            m.ends_with("last output of the new instance:\n  | fatal: no database"),
+            "{m}"
+        );
+        assert_eq!(h.phase, Phase::Done);
+    }
+
+    #[test]
+    fn a_candidate_that_never_gets_ready_is_stopped_with_the_ladder() {
+        let t0 = Instant::now();
+        let mut h = spawned(rules(), t0);
+        assert_eq!(h.deadline(), Some(t0 + 1000 * MS));
+        assert_eq!(h.step(tick(), t0 + 999 * MS), vec![]);
+        let fx = h.step(tick(), t0 + 1000 * MS);
+        assert_eq!(
+            without_tells(fx),
+            vec![E::StopProbes, E::Signal(Who::Candidate, Signal::SIGTERM)]
+        );
+        assert_eq!(h.step_name(), "aborting");
+        // It ignores TERM: SIGKILL at the stop timeout, once.
+        assert_eq!(h.deadline(), Some(t0 + 1500 * MS));
+        assert_eq!(
+            h.step(tick(), t0 + 1500 * MS),
+            vec![E::Signal(Who::Candidate, Signal::SIGKILL)]
+        );
+        assert_eq!(h.step(tick(), t0 + 1600 * MS), vec![]);
+        assert_eq!(h.deadline(), None);
+        assert_eq!(
+            h.step(I::Gone(Who::Candidate), t0 + 1601 * MS),
+            vec![],
+            "the leader has not been reaped yet"
+        );
+        assert_eq!(
+            h.step(
+                I::CandidateExited {
+                    exit: Exit::Signal(Signal::SIGKILL),
+                    port_taken: false
+                },
+                t0 + 1602 * MS
+            ),
+            vec![E::CheckGone(Who::Candidate)]
+        );
+        let fx = h.step(I::Gone(Who::Candidate), t0 + 1603 * MS);
+        assert!(
+            failure(&fx).starts_with(
+                "step 2 (readiness) failed: release r2 not ready within 1s; waiting for: GET /health"
+            ),
+            "{fx:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_switch_stops_the_candidate_and_names_the_step_once() {
+        let t0 = Instant::now();
+        let mut h = spawned(rules(), t0);
+        h.step(I::Ready, t0);
+        assert_eq!(
+            h.step(
+                I::SwitchSaid("proxy check: nginx -t failed; hint: fix proxy.template".into()),
+                t0
+            ),
+            vec![]
+        );
+        let fx = h.step(I::SwitchFinished(Outcome::Undone), t0 + 10 * MS);
+        assert_eq!(
+            without_tells(fx),
+            vec![E::StopProbes, E::Signal(Who::Candidate, Signal::SIGTERM)]
+        );
+        h.step(
+            I::CandidateExited {
+                exit: Exit::Signal(Signal::SIGTERM),
+                port_taken: false,
+            },
+            t0 + 20 * MS,
+        );
+        let fx = h.step(I::Gone(Who::Candidate), t0 + 21 * MS);
+        let m = failure(&fx);
+        assert!(
+            m.starts_with("step 3 (switch traffic) failed: proxy check: nginx -t failed\n"),
+            "{m}"
+        );
+        assert!(!m.contains("hint"), "the hint was relayed already: {m}");
+        assert!(m.contains("the old instance kept serving"), "{m}");
+    }
+
+    #[test]
+    fn a_failed_restore_says_the_old_instance_still_runs_not_that_it_kept_serving() {
+        let t0 = Instant::now();
+        let mut h = spawned(rules(), t0);
+        h.step(I::Ready, t0);
+        h.step(I::SwitchFinished(Outcome::Left), t0);
+        h.step(
+            I::CandidateExited {
+                exit: Exit::Code(0),
+                port_taken: false,
+            },
+            t0,
+        );
+        let fx = h.step(I::Gone(Who::Candidate), t0);
+        let m = failure(&fx);
+        assert!(
+            m.contains("the old instance still runs, but the proxy or registry was not put back"),
+            "{m}"
+        );
+        assert!(!m.contains("kept serving"), "{m}");
+    }
+
+    #[test]
+    fn a_candidate_dying_during_the_switch_is_no_handoff_even_if_the_switch_succeeded() {
+        let t0 = Instant::now();
+        let mut h = spawned(rules(), t0);
+        h.step(I::Ready, t0);
+        let exit = Exit::Code(2);
+        assert_eq!(
+            h.step(
+                I::CandidateExited {
+                    exit,
+                    port_taken: false
+                },
+                t0
+            ),
+            vec![]
+        );
+        assert_eq!(
+            h.phase,
+            Phase::Switching {
+                candidate_gone: Some(exit)
             }
-        }
-        let mut lines = Vec::new();
-        while let Some(nl) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=nl).collect();
-            let line = String::from_utf8_lossy(&line).trim_end().to_string();
-            if !line.is_empty() {
-                lines.push(line);
-            }
-        }
-        lines
+        );
+        let fx = h.step(I::SwitchFinished(Outcome::Switched), t0);
+        assert!(fx.contains(&E::CheckGone(Who::Candidate)), "{fx:?}");
+        assert!(!fx.contains(&E::Promote), "{fx:?}");
+        let fx = h.step(I::Gone(Who::Candidate), t0);
+        let m = failure(&fx);
+        assert!(m.contains("the new instance exited with code 2"), "{m}");
+        assert!(m.contains("still runs, but the proxy or registry"), "{m}");
     }
-}
 
-/// Starts `baton __switch` with its output on a pipe the loop reads.
-fn spawn_worker(
-    config: &std::path::Path,
-    name: &str,
-    args: &[String],
-) -> std::io::Result<(Pid, OwnedFd)> {
-    let (read, write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-            .map_err(std::io::Error::from)?;
-    let write2 = write.try_clone()?;
-    // /proc/self/exe, not its path: after a package upgrade replaced the binary, the path
-    // names the new file (or nothing) while this supervisor speaks its own version's protocol.
-    let exe = std::path::Path::new("/proc/self/exe");
-    let child = std::process::Command::new(exe)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .arg(name)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::from(write))
-        .stderr(std::process::Stdio::from(write2))
-        .process_group(0)
-        .spawn()?;
-    // Reaped by the loop's waitpid(-1), like every child.
-    Ok((Pid::from_raw(child.id() as i32), read))
+    #[test]
+    fn a_drain_timeout_stops_the_old_instance_anyway() {
+        let t0 = Instant::now();
+        let mut h = switched(t0);
+        h.step(I::Connections(3), t0 + 20 * MS);
+        let fx = h.step(I::Connections(3), t0 + 2020 * MS);
+        assert_eq!(
+            tells(&fx),
+            vec!["[4/5] drain timeout: old instance (pid 100) still holds 3 connection(s)"]
+        );
+        assert_eq!(
+            without_tells(fx),
+            vec![E::Signal(Who::Old, Signal::SIGTERM)]
+        );
+        let fx = h.step(tick(), t0 + 2520 * MS);
+        assert_eq!(
+            without_tells(fx),
+            vec![E::Signal(Who::Old, Signal::SIGKILL)]
+        );
+    }
+
+    #[test]
+    fn the_dump_signal_comes_before_sigkill_on_the_old_instance() {
+        let t0 = Instant::now();
+        let mut r = rules();
+        r.dump = Some((Signal::SIGQUIT, 100 * MS));
+        let mut h = spawned(r, t0);
+        h.step(I::Ready, t0);
+        h.step(I::SwitchFinished(Outcome::Switched), t0);
+        h.step(I::Connections(0), t0);
+        assert_eq!(h.deadline(), Some(t0 + 100 * MS));
+        assert_eq!(
+            h.step(tick(), t0 + 100 * MS),
+            vec![E::Signal(Who::Old, Signal::SIGQUIT)]
+        );
+        assert_eq!(h.deadline(), Some(t0 + 500 * MS));
+    }
+
+    #[test]
+    fn in_socket_mode_the_stop_signal_is_the_drain() {
+        let t0 = Instant::now();
+        let mut r = rules();
+        r.shared_socket = true;
+        let mut h = spawned(r, t0);
+        h.step(I::Ready, t0);
+        h.step(I::SwitchFinished(Outcome::Switched), t0);
+        let fx = h.step(I::Connections(5), t0);
+        assert!(tells(&fx)[0].starts_with("[4/5] sent SIGTERM to the old instance (pid 100): it stops accepting from the shared socket"), "{fx:?}");
+    }
+
+    #[test]
+    fn a_port_taken_before_the_bind_is_retried_on_others_a_few_times() {
+        let t0 = Instant::now();
+        let mut h = spawned(rules(), t0);
+        let taken = |h: &mut Handoff, port: u16| {
+            let fx = h.step(
+                I::CandidateExited {
+                    exit: Exit::Code(1),
+                    port_taken: true,
+                },
+                t0,
+            );
+            let fx2 = h.step(
+                I::Spawned {
+                    pid: pid(NEW + i32::from(port)),
+                    port: Some(port),
+                },
+                t0,
+            );
+            (fx, fx2)
+        };
+        let (fx, fx2) = taken(&mut h, 2003);
+        assert_eq!(
+            without_tells(fx),
+            vec![E::Spawn {
+                avoid: vec![2002, 2001]
+            }]
+        );
+        assert!(
+            tells(&fx2)[0].contains("started it again as pid 2203 on port 2003"),
+            "{fx2:?}"
+        );
+        let (fx, _) = taken(&mut h, 2004);
+        assert_eq!(
+            without_tells(fx),
+            vec![E::Spawn {
+                avoid: vec![2002, 2003, 2001]
+            }]
+        );
+        let (fx, _) = taken(&mut h, 2005);
+        assert_eq!(
+            without_tells(fx),
+            vec![E::Spawn {
+                avoid: vec![2002, 2003, 2004, 2001]
+            }]
+        );
+        // PORT_TRIES spent: the fourth is a failure.
+        let fx = h.step(
+            I::CandidateExited {
+                exit: Exit::Code(1),
+                port_taken: true,
+            },
+            t0,
+        );
+        assert!(fx.contains(&E::CheckGone(Who::Candidate)), "{fx:?}");
+        // Not port-related, or not an auto port: no retry either.
+        let mut r = rules();
+        r.auto_port = false;
+        let mut h = spawned(r, t0);
+        let fx = h.step(
+            I::CandidateExited {
+                exit: Exit::Code(1),
+                port_taken: true,
+            },
+            t0,
+        );
+        assert!(fx.contains(&E::CheckGone(Who::Candidate)), "{fx:?}");
+    }
+
+    #[test]
+    fn a_spawn_failure_ends_the_handoff_at_once() {
+        let t0 = Instant::now();
+        let (mut h, _) = Handoff::begin(Kind::Rollback, "r1", (pid(OLD), None), rules(), t0);
+        let fx = h.step(I::SpawnFailed("no such file".into()), t0);
+        assert!(
+            failure(&fx).starts_with("step 1 (start release r1) failed: no such file"),
+            "{fx:?}"
+        );
+        assert_eq!(h.phase, Phase::Done);
+    }
+
+    #[test]
+    fn cancel_in_every_phase_signals_what_runs_and_answers_once() {
+        let t0 = Instant::now();
+        let abandoned = |fx: &[Effect]| {
+            assert_eq!(
+                failure(fx),
+                "deploy of release r2 abandoned: the service is being stopped"
+            );
+        };
+        let cancel = || I::Cancel("the service is being stopped".into());
+
+        let mut h = spawned(rules(), t0);
+        let fx = h.step(cancel(), t0);
+        assert_eq!(fx[0], E::Signal(Who::Candidate, Signal::SIGTERM));
+        abandoned(&fx);
+        assert_eq!(h.phase, Phase::Done);
+        assert_eq!(h.step(cancel(), t0), vec![], "answered once");
+
+        let mut h = spawned(rules(), t0);
+        h.step(I::Ready, t0);
+        let fx = h.step(cancel(), t0);
+        assert_eq!(
+            &fx[..2],
+            &[
+                E::Signal(Who::Candidate, Signal::SIGTERM),
+                E::SignalSwitch(Signal::SIGTERM)
+            ]
+        );
+        abandoned(&fx);
+
+        let mut h = switched(t0);
+        let fx = h.step(cancel(), t0);
+        assert_eq!(fx[0], E::Signal(Who::Old, Signal::SIGTERM));
+        abandoned(&fx);
+
+        let mut h = switched(t0);
+        h.step(I::Connections(0), t0);
+        assert_eq!(h.step_name(), "stopping-old");
+        let fx = h.step(cancel(), t0);
+        assert_eq!(fx[0], E::Signal(Who::Old, Signal::SIGTERM));
+        abandoned(&fx);
+
+        let mut h = spawned(rules(), t0);
+        h.step(tick(), t0 + 1000 * MS);
+        assert_eq!(h.step_name(), "aborting");
+        let fx = h.step(cancel(), t0);
+        assert_eq!(fx[0], E::Signal(Who::Candidate, Signal::SIGTERM));
+        abandoned(&fx);
+    }
+
+    #[test]
+    fn late_inputs_change_nothing() {
+        let t0 = Instant::now();
+        let mut h = spawned(rules(), t0);
+        for late in [
+            I::Connections(1),
+            I::OldExited,
+            I::Gone(Who::Old),
+            I::Reaped,
+            I::SwitchFinished(Outcome::Switched),
+        ] {
+            assert_eq!(h.step(late, t0), vec![]);
+            assert_eq!(h.step_name(), "starting");
+        }
+        let mut h = switched(t0);
+        assert_eq!(h.step(I::Ready, t0), vec![]);
+        assert_eq!(h.step_name(), "draining");
+    }
 }

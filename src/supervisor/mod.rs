@@ -6,9 +6,14 @@
 //! idle supervisor never wakes up.
 
 mod handoff;
+mod instance;
+mod ladder;
 pub mod state;
+mod worker;
 
-use handoff::{Handoff, Which};
+use handoff::{Effect as HEffect, Handoff, Input as HInput, Kind, Who};
+use instance::{pick_port, Handing, Instance, Which, DISCOVER_EVERY};
+use worker::WorkerOutput;
 
 use crate::config::{PortSpec, Spec, Vars};
 use crate::control::{Awaits, Conn, Incoming, Reply, Report, Server};
@@ -32,31 +37,11 @@ use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// strerror(EADDRINUSE), in what a service prints when its bind fails (Java, Python, C alike).
+const ADDRESS_IN_USE: &str = "Address already in use";
+
 /// How often a waiting `stop` hears what it is waiting for.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-
-/// The running instance of the service.
-struct Instance {
-    pid: Pid,
-    starttime: u64,
-    port: Option<u16>,
-    /// The release it runs from, when the service has releases.
-    release: Option<String>,
-    /// Present while starting.
-    probes: Option<Probes>,
-    /// Port mode discover: the probes wait until the port it listens on is known.
-    discovering: bool,
-}
-
-impl Instance {
-    /// Whether every readiness check has passed.
-    fn passed(&self) -> bool {
-        !self.discovering && self.probes.as_ref().is_some_and(Probes::passed)
-    }
-}
-
-/// How often a port-0 service's listening socket is looked for in /proc while it starts.
-const DISCOVER_EVERY: Duration = Duration::from_millis(20);
 
 /// Everything the loop owns.
 struct Supervisor {
@@ -80,10 +65,12 @@ struct Supervisor {
     dirty: bool,
     rng: u64,
     queue: VecDeque<Input>,
-    /// The deploy or rollback in progress.
-    handoff: Option<Handoff>,
+    /// The deploy or rollback in progress: its machine and its two instances.
+    handoff: Option<Handing>,
+    /// Inputs for the handoff machine not yet stepped.
+    handoff_queue: VecDeque<HInput>,
     /// A `__switch` routing a (re)started instance: its PID, output and partial line.
-    publisher: Option<(Pid, handoff::WorkerOutput)>,
+    publisher: Option<(Pid, WorkerOutput)>,
     /// Ready, but a waiting `start` hears so only once traffic is routed; true on the first start.
     routing: Option<bool>,
     /// Why the serving instance is not routed (its publish failed), for `status`.
@@ -218,6 +205,7 @@ fn setup(
         rng: seed | 1,
         queue: VecDeque::new(),
         handoff: None,
+        handoff_queue: VecDeque::new(),
         publisher: None,
         routing: None,
         unrouted: None,
@@ -264,7 +252,7 @@ impl Supervisor {
                 .and_then(|i| i.probes.as_ref())
                 .and_then(Probes::next_deadline),
             self.next_progress,
-            self.handoff.as_ref().and_then(Handoff::deadline),
+            self.handoff.as_ref().and_then(|h| h.machine.deadline()),
             self.handoff
                 .as_ref()
                 .and_then(|h| h.candidate.as_ref())
@@ -316,7 +304,7 @@ impl Supervisor {
                         sources.push(Source::Probe(Which::Candidate, interest.index));
                     }
                 }
-                if let Some(fd) = h.worker_fd() {
+                if let Some(fd) = h.worker.as_ref().and_then(|(_, out)| out.as_fd()) {
                     fds.push(PollFd::new(fd, PollFlags::POLLIN));
                     sources.push(Source::Worker);
                 }
@@ -409,7 +397,19 @@ impl Supervisor {
             }
         }
         self.check_probes();
-        self.handoff_progress();
+        if let Some(h) = self.handoff.as_ref() {
+            if h.machine.deadline().is_some_and(|d| d <= now) {
+                let waiting_for = h
+                    .candidate
+                    .as_ref()
+                    .map(|c| match &c.probes {
+                        Some(p) => p.pending(),
+                        None => "the port it listens on (port.mode = discover)".into(),
+                    })
+                    .unwrap_or_default();
+                self.feed_handoff(HInput::Tick { waiting_for });
+            }
+        }
         if self.machine.deadline().is_some_and(|d| d <= now) {
             self.feed(Input::Tick);
         }
@@ -663,7 +663,7 @@ impl Supervisor {
                 Signal::SIGCHLD => self.reap(),
                 Signal::SIGTERM | Signal::SIGINT => {
                     tracing::info!("received {sig}: stopping");
-                    self.cancel_handoff("the service is being stopped");
+                    self.feed_handoff(HInput::Cancel("the service is being stopped".into()));
                     self.feed(Input::StopRequested);
                 }
                 Signal::SIGHUP => match self.reload() {
@@ -679,7 +679,7 @@ impl Supervisor {
     /// Reaps every exited child, then lets a handoff see what changed.
     fn reap(&mut self) {
         self.reap_children();
-        self.handoff_progress();
+        self.feed_handoff(HInput::Reaped);
     }
 
     /// Reaps every exited child; feeds the leader's exit and, when nothing is left, `TreeEmpty`.
@@ -693,7 +693,10 @@ impl Supervisor {
                     // was not dead yet) would outlive the stop: sweep again as the tree shrinks.
                     if matches!(
                         self.machine.phase,
-                        Phase::Stopping(Stop { killed: true, .. })
+                        Phase::Stopping(Stop {
+                            ladder: ladder::Ladder { killed: true, .. },
+                            ..
+                        })
                     ) {
                         let pgid = self.instance.as_ref().map(|i| i.pid);
                         process::signal_tree(pgid, Signal::SIGKILL, &[]);
@@ -719,9 +722,12 @@ impl Supervisor {
             self.drain_output_of(pid);
             if self.instance.as_ref().is_some_and(|i| i.pid == pid) {
                 tracing::info!("service (pid {pid}) {exit}");
-                self.cancel_handoff(&format!("the serving instance (pid {pid}) {exit}"));
+                self.feed_handoff(HInput::Cancel(format!(
+                    "the serving instance (pid {pid}) {exit}"
+                )));
                 self.feed(Input::LeaderExited(exit));
-            } else if self.handoff_reaped(pid, exit) {
+            } else if let Some(input) = self.handoff_child(pid, exit) {
+                self.feed_handoff(input);
             } else if self.publisher.as_ref().is_some_and(|p| p.0 == pid) {
                 let said = self.on_publisher_output().or(self.publish_error.take());
                 self.publisher = None;
@@ -820,7 +826,7 @@ impl Supervisor {
                 Some(&mut |_, line| lines.push(line.to_string())),
             );
             for line in &lines {
-                h.remember(line);
+                h.machine.remember(line);
                 if let Some(p) = h.candidate.as_mut().and_then(|c| c.probes.as_mut()) {
                     p.on_line(line);
                 }
@@ -898,9 +904,9 @@ impl Supervisor {
             r if r.starts_with("deploy ") || r.starts_with("rollback ") => {
                 let (kind, id) = r.split_once(' ').unwrap_or((r, ""));
                 let kind = if kind == "rollback" {
-                    "rollback"
+                    Kind::Rollback
                 } else {
-                    "deploy"
+                    Kind::Deploy
                 };
                 let id = id.trim();
                 if !crate::deploy::release::valid_id(id) {
@@ -916,7 +922,7 @@ impl Supervisor {
                 }
             }
             "stop" => {
-                self.cancel_handoff("the service is being stopped");
+                self.feed_handoff(HInput::Cancel("the service is being stopped".into()));
                 if let Some(c) = self.conns.get_mut(i) {
                     c.awaits = Awaits::Stopped;
                 }
@@ -950,6 +956,420 @@ impl Supervisor {
             }
             None => false,
         }
+    }
+
+    /// `deploy ID` / `rollback ID`: begins a handoff, or says why not.
+    fn begin_handoff(&mut self, conn: usize, kind: Kind, release: &str) -> Option<Reply> {
+        let refuse = |message: String| {
+            Some(Reply::Error {
+                message,
+                code: crate::exit::Action::Generic.code(),
+            })
+        };
+        if let Some(h) = &self.handoff {
+            return refuse(format!(
+                "a {} of {} to release {} is already in progress (step {}, for {}); wait for it to finish",
+                h.machine.kind.name(),
+                self.spec.name,
+                h.machine.release,
+                h.machine.step_name(),
+                crate::config::human(h.machine.started().elapsed())
+            ));
+        }
+        let serving = match (&self.machine.phase, &self.instance) {
+            (Phase::Ready { .. }, Some(i)) => (i.pid, i.port),
+            _ => {
+                return refuse(format!(
+                    "{} is {}: a handoff needs a serving instance to hand over from",
+                    self.spec.name,
+                    self.machine.name()
+                ))
+            }
+        };
+        if let (PortSpec::Fixed(p), None) = (&self.spec.port, &self.listener) {
+            return refuse(format!(
+                "port.mode is fixed ({p}): two instances cannot share it; use port.mode = \"auto\" or \"discover\", or a [listen] socket"
+            ));
+        }
+        let rules = handoff::Rules {
+            ready_timeout: self.spec.ready.timeout,
+            stop_signal: self.spec.stop.signal,
+            stop_timeout: self.spec.stop.timeout,
+            dump: self
+                .spec
+                .stop
+                .dump_signal
+                .map(|s| (s, self.spec.stop.dump_after)),
+            drain_timeout: self.spec.deploy.drain_timeout,
+            shared_socket: self.listener.is_some(),
+            auto_port: matches!(self.spec.port, PortSpec::Auto { .. }),
+        };
+        let (machine, effects) = Handoff::begin(kind, release, serving, rules, Instant::now());
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.awaits = Awaits::Handoff;
+        }
+        self.handoff = Some(Handing {
+            machine,
+            candidate: None,
+            old: None,
+            worker: None,
+        });
+        for e in effects {
+            self.perform_handoff(e);
+        }
+        self.feed_handoff_queue();
+        // The reply comes when the handoff ends; a refusal found by the machine already ended it.
+        None
+    }
+
+    /// Steps the handoff machine with `input` and performs effects until no input is pending.
+    fn feed_handoff(&mut self, input: HInput) {
+        if self.handoff.is_none() {
+            return;
+        }
+        self.handoff_queue.push_back(input);
+        self.feed_handoff_queue();
+    }
+
+    fn feed_handoff_queue(&mut self) {
+        while let Some(input) = self.handoff_queue.pop_front() {
+            let Some(h) = self.handoff.as_mut() else {
+                self.handoff_queue.clear();
+                return;
+            };
+            let effects = h.machine.step(input, Instant::now());
+            for e in effects {
+                self.perform_handoff(e);
+            }
+            if self
+                .handoff
+                .as_ref()
+                .is_some_and(|h| h.machine.phase == handoff::Phase::Done)
+            {
+                self.handoff = None;
+                self.handoff_queue.clear();
+            }
+        }
+    }
+
+    fn perform_handoff(&mut self, effect: HEffect) {
+        let Some(h) = self.handoff.as_mut() else {
+            return;
+        };
+        match effect {
+            HEffect::Spawn { avoid } => {
+                let release = h.machine.release.clone();
+                match self.launch(Some(release), &avoid) {
+                    Ok(inst) => {
+                        let (pid, port, passed) = (inst.pid, inst.port, inst.passed());
+                        if let Some(h) = self.handoff.as_mut() {
+                            h.candidate = Some(inst);
+                        }
+                        self.handoff_queue.push_back(HInput::Spawned { pid, port });
+                        if passed {
+                            self.handoff_queue.push_back(HInput::Ready);
+                        }
+                    }
+                    Err(e) => self.handoff_queue.push_back(HInput::SpawnFailed(e)),
+                }
+            }
+            HEffect::StopProbes => {
+                if let Some(p) = h.candidate.as_mut().and_then(|c| c.probes.as_mut()) {
+                    p.abort();
+                }
+                if let Some(c) = h.candidate.as_mut() {
+                    c.probes = None;
+                    c.discovering = false;
+                }
+            }
+            HEffect::RunSwitch => {
+                fn side(i: &Instance) -> worker::Side<'_> {
+                    worker::Side {
+                        pid: i.pid,
+                        port: i.port,
+                        release: i.release.as_deref(),
+                    }
+                }
+                let Some(to) = h.candidate.as_ref().map(side) else {
+                    self.handoff_queue
+                        .push_back(HInput::SwitchNotRun("the new instance is gone".into()));
+                    return;
+                };
+                let args = worker::args(&to, self.instance.as_ref().map(side).as_ref());
+                match worker::spawn(&self.spec.file, &self.spec.name, &args) {
+                    Ok((pid, out)) => h.worker = Some((pid, WorkerOutput::new(out))),
+                    Err(e) => self
+                        .handoff_queue
+                        .push_back(HInput::SwitchNotRun(e.to_string())),
+                }
+            }
+            HEffect::Signal(who, sig) => {
+                let inst = match who {
+                    Who::Candidate => h.candidate.as_ref(),
+                    Who::Old => h.old.as_ref(),
+                };
+                if let Some(i) = inst {
+                    process::signal_group(i.pid, sig);
+                }
+            }
+            HEffect::SignalSwitch(sig) => {
+                if let Some((pid, _)) = &h.worker {
+                    process::signal(*pid, sig);
+                }
+            }
+            HEffect::CountConnections => {
+                let left = h
+                    .old
+                    .as_ref()
+                    .and_then(|o| o.port.map(|p| process::established(o.pid, p)))
+                    .unwrap_or(0);
+                self.handoff_queue.push_back(HInput::Connections(left));
+            }
+            HEffect::CheckGone(who) => {
+                let pid = match who {
+                    Who::Candidate => h.candidate.as_ref().map(|c| c.pid),
+                    Who::Old => h.old.as_ref().map(|o| o.pid),
+                };
+                if !pid.is_some_and(process::group_alive) {
+                    self.handoff_queue.push_back(HInput::Gone(who));
+                }
+            }
+            HEffect::Promote => {
+                let Some(new) = h.candidate.take() else {
+                    return;
+                };
+                let new_pid = new.pid;
+                h.old = self.instance.replace(new);
+                self.machine.handed_over(new_pid, Instant::now());
+                self.dirty = true;
+            }
+            HEffect::Tell(line) => {
+                tracing::info!("{}: {}", h.machine.kind.name(), line.trim_start());
+                self.tell_handoff(&line);
+            }
+            HEffect::Commit(took) => {
+                let message = self.commit_release(&took);
+                tracing::info!("{message}");
+                self.end_handoff(Reply::Ok { message });
+            }
+            HEffect::Fail(message) => {
+                tracing::error!("{}: {message}", h.machine.kind.name());
+                self.end_handoff(Reply::Error {
+                    message,
+                    code: crate::exit::Action::Generic.code(),
+                });
+            }
+        }
+    }
+
+    /// What a reaped child means to the handoff, if it is one of its processes.
+    fn handoff_child(&mut self, pid: Pid, exit: Exit) -> Option<HInput> {
+        let h = self.handoff.as_mut()?;
+        if h.candidate.as_ref().is_some_and(|c| c.pid == pid) {
+            tracing::info!("new instance (pid {pid}) {exit}");
+            let port_taken = h.machine.said(ADDRESS_IN_USE);
+            return Some(HInput::CandidateExited { exit, port_taken });
+        }
+        if h.worker.as_ref().is_some_and(|(w, _)| *w == pid) {
+            self.on_worker_output();
+            if let Some(h) = self.handoff.as_mut() {
+                h.worker = None;
+            }
+            let code = match exit {
+                Exit::Code(c) => Some(c),
+                Exit::Signal(_) => None,
+            };
+            return Some(HInput::SwitchFinished(
+                crate::deploy::switch::Outcome::from_code(code),
+            ));
+        }
+        if h.old.as_ref().is_some_and(|o| o.pid == pid) {
+            tracing::info!("old instance (pid {pid}) {exit}");
+            return Some(HInput::OldExited);
+        }
+        None
+    }
+
+    /// Called whenever the new instance's checks may have passed.
+    fn check_candidate(&mut self) {
+        // A background publish still running would race the switch on the registry.
+        let ready = self.publisher.is_none()
+            && self.handoff.as_ref().is_some_and(|h| {
+                h.worker.is_none() && h.candidate.as_ref().is_some_and(Instance::passed)
+            });
+        if ready {
+            self.feed_handoff(HInput::Ready);
+        }
+    }
+
+    /// Relays what the switch worker printed, line by line; its error line goes to the machine.
+    fn on_worker_output(&mut self) {
+        let Some((_, out)) = self.handoff.as_mut().and_then(|h| h.worker.as_mut()) else {
+            return;
+        };
+        for line in out.lines() {
+            tracing::info!("switch: {line}");
+            self.tell_handoff(&format!("      {line}"));
+            if let Some(msg) = line.strip_prefix("error: ") {
+                self.feed_handoff(HInput::SwitchSaid(msg.to_string()));
+            }
+        }
+    }
+
+    /// Progress for the client waiting on the handoff.
+    fn tell_handoff(&mut self, line: &str) {
+        let reply = Reply::Progress {
+            message: line.to_string(),
+        };
+        for c in self
+            .conns
+            .iter_mut()
+            .filter(|c| c.awaits == Awaits::Handoff)
+        {
+            c.send(&reply);
+        }
+    }
+
+    /// Answers the handoff's client.
+    fn end_handoff(&mut self, reply: Reply) {
+        for c in self
+            .conns
+            .iter_mut()
+            .filter(|c| c.awaits == Awaits::Handoff)
+        {
+            c.send(&reply);
+            c.awaits = Awaits::Nothing;
+            c.finish();
+        }
+        self.worked = true;
+    }
+
+    /// The old instance is gone: point `current` at the release, log it, prune; the answer.
+    fn commit_release(&mut self, took: &str) -> String {
+        let Some(h) = self.handoff.as_ref() else {
+            return String::new();
+        };
+        let (kind, release) = (h.machine.kind, h.machine.release.clone());
+        let previous = h.old.as_ref().and_then(|o| o.release.clone());
+        let mut message = format!(
+            "{} now runs release {release} (pid {}{}); {took}",
+            self.spec.name,
+            self.instance.as_ref().map_or(0, |i| i.pid.as_raw()),
+            self.instance
+                .as_ref()
+                .and_then(|i| i.port)
+                .map_or(String::new(), |p| format!(", port {p}")),
+        );
+        if let Some(r) = &self.spec.release {
+            if let Err(e) = crate::deploy::release::switch_current(&r.root, &release) {
+                message.push_str(&format!(
+                    "\nwarning: unable to point {} at {release}: {e}",
+                    r.root.join("current").display()
+                ));
+            }
+            let who = std::env::var("SUDO_USER")
+                .or_else(|_| std::env::var("USER"))
+                .unwrap_or_else(|_| "root".into());
+            let what = match kind {
+                Kind::Rollback => format!("{who} rolled back to release {release}"),
+                Kind::Deploy => format!(
+                    "{who} deployed as release {release} (previous {})",
+                    previous.as_deref().unwrap_or("none")
+                ),
+            };
+            if let Err(e) = crate::deploy::release::log_revision(&r.root, &what) {
+                tracing::warn!("unable to append to revisions.log: {e}");
+            }
+            let mut protect = vec![release.as_str()];
+            if let Some(p) = previous.as_deref() {
+                protect.push(p);
+            }
+            let gone = crate::deploy::release::prune(&r.root, r.keep, &protect);
+            if !gone.is_empty() {
+                message.push_str(&format!("\nremoved old releases: {}", gone.join(", ")));
+            }
+        }
+        message
+    }
+
+    /// Outside a handoff, a (re)started instance has a new PID, maybe a new port: point the
+    /// proxy and the registry at it. True if a switch worker now does that (the loop hears
+    /// when it exits); false if there was nothing to wait for.
+    fn publish(&mut self) -> bool {
+        if self.handoff.is_some() {
+            return false;
+        }
+        let Some(inst) = self.instance.as_ref() else {
+            return false;
+        };
+        let proxied = self.spec.proxy != crate::config::ProxySpec::None;
+        if !proxied && self.spec.registry.etcd.is_empty() {
+            // Only the local file: written here, no process, no wakeup later. A service
+            // without releases never deploys and has no registry at all.
+            if self.spec.release.is_some() {
+                let old = crate::deploy::registry::read_local(&self.spec).unwrap_or_default();
+                use crate::deploy::registry::Pair;
+                let local = crate::deploy::registry::Local {
+                    port: Pair {
+                        current: inst.port,
+                        previous: old.port.current,
+                    },
+                    pid: Pair {
+                        current: Some(inst.pid.as_raw()),
+                        previous: old.pid.current,
+                    },
+                    release: Pair {
+                        current: inst.release.clone(),
+                        previous: old.release.current,
+                    },
+                    updated: crate::deploy::registry::rfc3339(std::time::SystemTime::now()),
+                };
+                if let Err(e) = crate::deploy::registry::write_local(&self.spec, &local) {
+                    tracing::error!("{e}");
+                }
+            }
+            return false;
+        }
+        let args = worker::args(
+            &worker::Side {
+                pid: inst.pid,
+                port: inst.port,
+                release: inst.release.as_deref(),
+            },
+            None,
+        );
+        self.publish_error = None;
+        if let Some((old, _)) = self.publisher.take() {
+            // Superseded: a newer instance is what must be published.
+            process::signal(old, Signal::SIGTERM);
+        }
+        match worker::spawn(&self.spec.file, &self.spec.name, &args) {
+            Ok((pid, out)) => {
+                self.publisher = Some((pid, WorkerOutput::new(out)));
+                true
+            }
+            Err(e) => {
+                self.unrouted = Some(format!("unable to run the switch: {e}"));
+                tracing::error!("unable to publish the new instance: {e}");
+                false
+            }
+        }
+    }
+
+    /// Logs what the publisher printed; returns its error line, if it printed one.
+    fn on_publisher_output(&mut self) -> Option<String> {
+        let (_, out) = self.publisher.as_mut()?;
+        let mut error = None;
+        for line in out.lines() {
+            match line.strip_prefix("error: ") {
+                Some(e) => {
+                    tracing::error!("publish: {e}");
+                    error = Some(e.to_string());
+                }
+                None => tracing::info!("publish: {line}"),
+            }
+        }
+        error
     }
 
     fn reload(&mut self) -> std::result::Result<String, String> {
@@ -1024,7 +1444,10 @@ impl Supervisor {
 
     fn progress(&mut self) {
         let Phase::Stopping(Stop {
-            kill_at, killed, ..
+            ladder: ladder::Ladder {
+                kill_at, killed, ..
+            },
+            ..
         }) = self.machine.phase.clone()
         else {
             self.next_progress = None;
@@ -1219,24 +1642,6 @@ fn describe(input: &Input) -> String {
         Input::Tick => "timer".into(),
         Input::StopRequested => "stop requested".into(),
         Input::StartNow => "start requested".into(),
-    }
-}
-
-/// Picks the port for a new instance.
-fn pick_port(spec: &PortSpec, taken: &[u16]) -> std::result::Result<Option<u16>, String> {
-    match *spec {
-        PortSpec::None | PortSpec::Discover => Ok(None),
-        PortSpec::Fixed(p) => Ok(Some(p)),
-        PortSpec::Auto { from, to } => {
-            let span = u32::from(to - from) + 1;
-            let start = std::process::id() % span;
-            (0..span)
-                .map(|i| from + ((start + i) % span) as u16)
-                .filter(|p| !taken.contains(p))
-                .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-                .map(Some)
-                .ok_or_else(|| format!("no free port in {from}..={to}"))
-        }
     }
 }
 

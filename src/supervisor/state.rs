@@ -3,6 +3,7 @@
 //! Nothing here touches the OS, so every transition is tested with tables and
 //! no sleeps. The loop in `mod.rs` feeds inputs and performs the effects.
 
+use super::ladder::{Ladder, Rung};
 use crate::config::human;
 use crate::config::{Policy, RestartSpec};
 use nix::sys::signal::Signal;
@@ -72,12 +73,8 @@ pub enum Phase {
 pub struct Stop {
     /// The main process, until it is reaped.
     pub leader: Option<Pid>,
-    /// When the dump signal is due; None once sent or if not configured.
-    pub dump_at: Option<Instant>,
-    /// When SIGKILL is due.
-    pub kill_at: Instant,
-    /// Whether SIGKILL went out.
-    pub killed: bool,
+    /// Dump signal and SIGKILL, when due.
+    pub ladder: Ladder,
     /// What happens once no process is left.
     pub then: Then,
 }
@@ -196,13 +193,7 @@ impl Machine {
         match &self.phase {
             Phase::Starting { deadline, .. } => Some(*deadline),
             Phase::Backoff { until } => Some(*until),
-            Phase::Stopping(stop) => {
-                let kill = (!stop.killed).then_some(stop.kill_at);
-                match (stop.dump_at, kill) {
-                    (Some(d), Some(k)) => Some(d.min(k)),
-                    (d, k) => d.or(k),
-                }
-            }
+            Phase::Stopping(stop) => stop.ladder.deadline(),
             _ => None,
         }
     }
@@ -308,15 +299,15 @@ impl Machine {
                 )
             }
             (Stopping(mut stop), Input::Tick) => {
-                let mut effects = vec![];
-                if stop.dump_at.is_some_and(|d| d <= now) {
-                    stop.dump_at = None;
-                    effects.push(Effect::Dump);
-                }
-                if !stop.killed && stop.kill_at <= now {
-                    stop.killed = true;
-                    effects.push(Effect::SignalTree(Signal::SIGKILL));
-                }
+                let effects = stop
+                    .ladder
+                    .tick(now)
+                    .into_iter()
+                    .map(|rung| match rung {
+                        Rung::Dump => Effect::Dump,
+                        Rung::Kill => Effect::SignalTree(Signal::SIGKILL),
+                    })
+                    .collect();
                 (Stopping(stop), effects)
             }
             (
@@ -354,12 +345,9 @@ impl Machine {
     }
 
     fn stopping(&mut self, leader: Option<Pid>, then: Then, now: Instant) -> (Phase, Vec<Effect>) {
-        let kill_at = now + self.rules.stop_timeout;
-        let dump_at = self
-            .rules
-            .dump_after
-            .map(|d| now + d)
-            .filter(|_| leader.is_some());
+        // A thread dump needs a live leader to take it.
+        let dump_after = self.rules.dump_after.filter(|_| leader.is_some());
+        let ladder = Ladder::start(now, self.rules.stop_timeout, dump_after);
         let mut effects = vec![Effect::SignalTree(self.rules.stop_signal)];
         if leader.is_none() {
             effects.push(Effect::CheckTree);
@@ -367,9 +355,7 @@ impl Machine {
         (
             Phase::Stopping(Stop {
                 leader,
-                dump_at,
-                kill_at,
-                killed: false,
+                ladder,
                 then,
             }),
             effects,
