@@ -85,14 +85,25 @@ fn assert_untouched(victim: &Path) {
     assert_eq!(meta.mode() & 0o777, 0o600, "the victim changed mode");
 }
 
-/// PIDs far enough ahead that nothing takes them before the test asks for them.
+/// PIDs far enough ahead that nothing takes them before the test asks for them
+/// (wrapping below pid_max, as the kernel does).
 fn pids_ahead() -> u32 {
-    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
-        .expect("ns_last_pid")
-        .trim()
-        .parse()
-        .expect("pid");
-    last + 5000
+    let read = |f: &str| -> u32 {
+        std::fs::read_to_string(f)
+            .expect(f)
+            .trim()
+            .parse()
+            .expect("a number")
+    };
+    let (last, max) = (
+        read("/proc/sys/kernel/ns_last_pid"),
+        read("/proc/sys/kernel/pid_max"),
+    );
+    if last + 2000 < max {
+        last + 1000
+    } else {
+        1000
+    }
 }
 
 /// The next process created gets a PID just above `base` (give or take what the rest of
