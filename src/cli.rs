@@ -153,6 +153,18 @@ pub struct ShipArgs {
     /// If the rollout fails, hand the hosts already deployed back to their previous release.
     #[arg(long, conflicts_with = "rollback")]
     pub rollback_on_failure: bool,
+    /// When another ship holds the environment's fleet lock, wait up to this long (e.g. 10m) instead of refusing.
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    pub wait_lock: Option<std::time::Duration>,
+    /// Break the environment's fleet lock (say whose it was) and exit.
+    #[arg(long, conflicts_with_all = ["rollback", "dry_run", "status", "version"])]
+    pub unlock: bool,
+    /// Show every host's release, version, supervisor state and version URL, and exit.
+    #[arg(long, conflicts_with_all = ["rollback", "dry_run", "version"])]
+    pub status: bool,
+    /// Machine-readable output (with --status, and for the final ship report).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Files `generate` can render.
@@ -272,6 +284,10 @@ impl Cli {
                 dry_run: a.dry_run,
                 rollback: a.rollback,
                 rollback_on_failure: a.rollback_on_failure,
+                wait_lock: a.wait_lock,
+                unlock: a.unlock,
+                status: a.status,
+                json: a.json,
             }),
             Command::Switch(a) => {
                 let spec = match load(&a.target) {

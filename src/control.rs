@@ -56,6 +56,9 @@ pub struct Report {
     /// A deploy or rollback in progress.
     #[serde(default)]
     pub handoff: Option<HandoffReport>,
+    /// The etcd lease of the registry keys (`[registry] ttl`): held, renewal failing, or re-registered after a loss.
+    #[serde(default)]
+    pub registry_lease: Option<String>,
 }
 
 /// The instance being handed over to, and where the handoff is.

@@ -355,6 +355,9 @@ fn render(r: &Report) -> String {
             h.port.map_or(String::new(), |p| format!(" port {p}")),
         ));
     }
+    if let Some(l) = &r.registry_lease {
+        out.push_str(&format!("  registry: {l}\n"));
+    }
     if let Some(w) = &r.waiting_for {
         out.push_str(&format!("  waiting for: {w}\n"));
     }

@@ -60,6 +60,8 @@ struct Deploy {
     known_hosts: String,
     /// Host entries (TOML), default: every lab host by address.
     hosts: Option<String>,
+    /// More keys for every environment (etcd, lock_ttl).
+    extra: String,
 }
 
 impl Lab {
@@ -188,6 +190,7 @@ impl Lab {
             identity: "../id_ed25519".into(),
             known_hosts: "../known_hosts".into(),
             hosts: None,
+            extra: String::new(),
         }
     }
 
@@ -209,10 +212,10 @@ impl Lab {
                 "\n[environments.{env}]\nhosts = [{hosts}]\nuser = \"root\"\nport = {SSH_PORT}\nidentity = {:?}\n\
                  known_hosts = {:?}\ndeploy_to = \"{HOST_ROOT}/app\"\nbaton = {baton:?}\nconfig = \"{HOST_ROOT}/etc/app.toml\"\n\
                  version_url = \"http://{{host}}:{APP_PORT}/version\"\nverify_timeout = \"5s\"\nkeep_releases = 3\n\
-                 max_parallel = {}\ncanary = {}\n\n[environments.{env}.files]\n\
+                 max_parallel = {}\ncanary = {}\n{}\n[environments.{env}.files]\n\
                  \"config/logging.properties\" = \"config/{env}/logging.properties\"\n\
                  \"config/database.properties\" = \"config/{env}/database.properties\"\n",
-                d.identity, d.known_hosts, d.max_parallel, d.canary
+                d.identity, d.known_hosts, d.max_parallel, d.canary, d.extra
             ));
         }
         std::fs::write(self.proj().join("deploy.toml"), text).expect("deploy.toml");
@@ -652,5 +655,272 @@ fn keep_releases_prunes_old_releases_but_never_current() {
         log.matches("deployed as release").count(),
         5,
         "one line per deploy: {log}"
+    );
+}
+
+/// `baton ship ARGS` started in the background (its output in files under the lab).
+fn ship_child(lab: &Lab, args: &[&str], tag: &str) -> std::process::Child {
+    let out = std::fs::File::create(lab.dir.join(format!("{tag}.out"))).expect("out");
+    let err = std::fs::File::create(lab.dir.join(format!("{tag}.err"))).expect("err");
+    use std::os::unix::process::CommandExt;
+    Command::new(baton_bin())
+        .arg("ship")
+        .args(args)
+        .current_dir(lab.proj())
+        // Its own group, so a test can kill the shipper with its build.
+        .process_group(0)
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("start baton ship")
+}
+
+fn child_output(lab: &Lab, tag: &str) -> String {
+    format!(
+        "{}{}",
+        std::fs::read_to_string(lab.dir.join(format!("{tag}.out"))).unwrap_or_default(),
+        std::fs::read_to_string(lab.dir.join(format!("{tag}.err"))).unwrap_or_default()
+    )
+}
+
+/// A lab whose environments take the fleet lock in a real 3-member etcd cluster; the build takes `build_secs`.
+fn locked_lab(build_secs: u32) -> Option<(Lab, harness::lab::EtcdCluster)> {
+    let lab = Lab::new(1, Service::Light)?;
+    let cluster = harness::lab::EtcdCluster::start(&lab.dir);
+    let mut d = lab.deploy();
+    d.build = format!("sleep {build_secs} && {}", d.build);
+    d.extra = format!("etcd = [{}]\nlock_ttl = \"3s\"\n", cluster.toml(&[0, 1, 2]));
+    lab.write_deploy(&d);
+    Some((lab, cluster))
+}
+
+const LOCK_KEY: &str = "baton/lock/app/test";
+
+#[test]
+fn a_second_ship_is_refused_at_once_and_a_waiting_one_ships_after() {
+    let Some((mut lab, cluster)) = locked_lab(4) else {
+        return;
+    };
+    let mut first = ship_child(&lab, &["test", "--version", "1.0"], "first");
+    wait_until(
+        Duration::from_secs(30),
+        "the first ship to hold the lock",
+        || cluster.get_at(1, LOCK_KEY).is_some(),
+    );
+    let holder = cluster.get_at(1, LOCK_KEY).unwrap_or_default();
+    assert!(
+        holder.contains(&format!("\"pid\":{}", first.id())),
+        "{holder}"
+    );
+    assert!(holder.contains("ship 1.0"), "{holder}");
+
+    let r = lab.ship(&["test", "--version", "2.0"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!("{LOCK_KEY} is held by")),
+        "{r:?}"
+    );
+    assert!(
+        r.stderr
+            .contains(&format!("(pid {}) doing ship 1.0 since ", first.id())),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("--wait-lock"), "{r:?}");
+    assert!(!r.stdout.contains("build:"), "nothing was built: {r:?}");
+
+    let r = lab.ship(&["test", "--version", "3.0", "--wait-lock", "3m"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("waiting for the fleet lock"), "{r:?}");
+    let status = first.wait().expect("wait first");
+    assert!(status.success(), "{}", child_output(&lab, "first"));
+    assert_eq!(lab.version(1).as_deref(), Some("3.0"));
+    assert_eq!(cluster.get_at(0, LOCK_KEY), None, "released at the end");
+}
+
+#[test]
+fn a_killed_shippers_lock_expires_with_its_lease() {
+    let Some((mut lab, cluster)) = locked_lab(120) else {
+        return;
+    };
+    let mut first = ship_child(&lab, &["test", "--version", "1.0"], "killed");
+    wait_until(Duration::from_secs(30), "the ship to hold the lock", || {
+        cluster.get_at(1, LOCK_KEY).is_some()
+    });
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = first.wait();
+    wait_until(Duration::from_secs(30), "the lock to expire", || {
+        cluster.get_at(1, LOCK_KEY).is_none()
+    });
+    let mut d = lab.deploy();
+    d.extra = format!("etcd = [{}]\nlock_ttl = \"3s\"\n", cluster.toml(&[0, 1, 2]));
+    lab.write_deploy(&d);
+    lab.ship_ok("2.0");
+}
+
+#[test]
+fn unlock_breaks_the_lock_says_whose_it_was_and_the_holder_halts() {
+    let Some((mut lab, cluster)) = locked_lab(5) else {
+        return;
+    };
+    let mut first = ship_child(&lab, &["test", "--version", "1.0"], "broken");
+    wait_until(Duration::from_secs(30), "the ship to hold the lock", || {
+        cluster.get_at(1, LOCK_KEY).is_some()
+    });
+    let r = lab.ship(&["test", "--unlock"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains(&format!("unlocked {LOCK_KEY}: it was held by ")),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("(pid {}) doing ship 1.0", first.id())),
+        "{r:?}"
+    );
+    assert_eq!(cluster.get_at(0, LOCK_KEY), None);
+    let status = first.wait().expect("wait");
+    let out = child_output(&lab, "broken");
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("the fleet lock was lost"), "{out}");
+    assert_eq!(lab.current(1), None, "no host was touched: {out}");
+    let r = lab.ship(&["test", "--unlock"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("was not locked"), "{r:?}");
+}
+
+#[test]
+fn an_unreachable_lock_endpoint_stops_the_ship_before_any_host() {
+    let Some(mut lab) = Lab::new(1, Service::Light) else {
+        return;
+    };
+    let mut d = lab.deploy();
+    d.extra = format!("etcd = [\"http://127.0.0.1:{}\"]\n", harness::free_port());
+    lab.write_deploy(&d);
+    let r = lab.ship(&["test", "--version", "1.0"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("unable to take the fleet lock baton/lock/app/test"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("no host was touched"), "{r:?}");
+    assert!(lab.releases(1).is_empty());
+    let r = lab.ship(&["nowhere", "--version", "1.0"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("defines only: production, test"), "{r:?}");
+}
+
+#[test]
+fn fleet_status_reads_every_host_as_a_table_and_as_json() {
+    let Some(mut lab) = Lab::new(2, Service::Light) else {
+        return;
+    };
+    let d = lab.deploy();
+    lab.write_deploy(&d);
+    lab.ship_ok("1.0");
+    let release = lab.current(1).expect("current");
+
+    let r = lab.ship(&["test", "--status"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let header = r.stdout.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("HOST") && header.contains("ANSWERS"),
+        "{r:?}"
+    );
+    for i in 1..=2 {
+        let line = row(&r, &lab.addr(i));
+        assert!(line.contains(&release) && line.contains("ready"), "{line}");
+        assert_eq!(line.matches("1.0").count(), 2, "version and answer: {line}");
+    }
+
+    let r = lab.ship(&["test", "--status", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(v["environment"], "test");
+    let hosts = v["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts.len(), 2);
+    for h in hosts {
+        assert_eq!(h["release"], release.as_str());
+        assert_eq!(h["version"], "1.0");
+        assert_eq!(h["answers"], "1.0");
+        assert_eq!(h["state"], "ready");
+        assert!(h["since"].as_str().is_some_and(|s| s.ends_with('Z')), "{h}");
+    }
+
+    lab.take_down(2);
+    let r = lab.ship(&["test", "--status", "--json"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("1 of 2 host(s) not ready"), "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(v["hosts"][0]["state"], "ready");
+    assert!(
+        v["hosts"][1]["problem"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("ssh: ")),
+        "{v}"
+    );
+    assert_eq!(v["hosts"][1]["state"], serde_json::Value::Null);
+}
+
+#[test]
+fn the_final_report_times_each_phase_per_host_also_as_json() {
+    let Some(mut lab) = Lab::new(2, Service::Light) else {
+        return;
+    };
+    let d = lab.deploy();
+    lab.write_deploy(&d);
+    let r = lab.ship(&["test", "--version", "1.0", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // Only the report on stdout; the human view went to stderr, table included.
+    let v: serde_json::Value =
+        serde_json::from_str(&r.stdout).expect("stdout is one JSON document");
+    assert!(
+        r.stderr.contains("CONNECT") && r.stderr.contains("VERIFY"),
+        "{r:?}"
+    );
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["environment"], "test");
+    let hosts = v["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts.len(), 2);
+    for (i, h) in hosts.iter().enumerate() {
+        assert_eq!(h["host"], lab.addr(i + 1).as_str());
+        assert_eq!(h["new"], "1.0");
+        assert_eq!(h["result"], "ok");
+        for p in ["connect", "upload", "deploy", "verify"] {
+            assert!(
+                h["phases"][p].as_f64().is_some_and(|s| s >= 0.0),
+                "{p}: {h}"
+            );
+        }
+        let sum: f64 = ["connect", "upload", "deploy", "verify"]
+            .iter()
+            .filter_map(|p| h["phases"][p].as_f64())
+            .sum();
+        assert!(
+            sum <= h["secs"].as_f64().unwrap_or(0.0) + 0.01,
+            "phases within the host's time: {h}"
+        );
+    }
+    // The plain table carries the same columns.
+    let r = lab.ship(&["test", "--version", "2.0"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let header = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("HOST"))
+        .expect("table header");
+    assert!(
+        header.split_whitespace().collect::<Vec<_>>()
+            == ["HOST", "OLD", "NEW", "TIME", "CONNECT", "UPLOAD", "DEPLOY", "VERIFY", "RESULT"],
+        "{header}"
+    );
+    let line = row(&r, &lab.addr(1));
+    assert!(
+        line.starts_with(&format!("{}  1.0", lab.addr(1))) && line.ends_with("ok"),
+        "{line}"
     );
 }

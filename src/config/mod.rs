@@ -136,6 +136,10 @@ pub struct RegistrySpec {
     pub etcd: Vec<String>,
     /// Key prefix: PREFIX/port/current, PREFIX/port/previous, PREFIX/pid/current, PREFIX/pid/previous.
     pub prefix: String,
+    /// Lease TTL: the keys vanish this long after the supervisor stops renewing them.
+    pub ttl: Option<Duration>,
+    /// This host's name in PREFIX/endpoint (`host:port`); the system hostname by default.
+    pub advertise: String,
 }
 
 /// What one instance's placeholders stand for.

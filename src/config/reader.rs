@@ -1139,8 +1139,11 @@ impl Reader<'_> {
             etcd: Vec::new(),
             // Ports and PIDs are per host: two hosts must never share keys.
             prefix: format!("baton/{host}/{name}"),
+            ttl: None,
+            advertise: host.clone(),
         };
-        let Some(t) = self.section(top, "registry", &["file", "etcd", "prefix"]) else {
+        let Some(t) = self.section(top, "registry", &["file", "etcd", "prefix", "ttl", "host"])
+        else {
             return spec;
         };
         if let Some((f, _)) = self.string(t, "registry", "file") {
@@ -1162,6 +1165,25 @@ impl Reader<'_> {
                 .replace("{host}", &host)
                 .trim_end_matches('/')
                 .to_string();
+        }
+        if let Some((h, _)) = self.string(t, "registry", "host") {
+            spec.advertise = h;
+        }
+        if let Some(ttl) = self.duration(t, "registry", "ttl") {
+            // etcd leases count whole seconds, and a keepalive every ttl/3 needs room.
+            if ttl < Duration::from_secs(3) {
+                let span = t.get("ttl").and_then(|i| i.span());
+                self.problem(span, "registry.ttl", format!("{}s is too short: a lease needs at least \"3s\" (keepalives go every third of it)", ttl.as_secs_f64()));
+            } else if spec.etcd.is_empty() {
+                let span = t.get("ttl").and_then(|i| i.span());
+                self.problem(
+                    span,
+                    "registry.ttl",
+                    "needs registry.etcd: a lease lives in etcd",
+                );
+            } else {
+                spec.ttl = Some(ttl);
+            }
         }
         spec
     }

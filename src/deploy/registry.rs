@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// A published value and the one it replaced.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,12 +89,13 @@ pub struct Seen {
     pub pid_revision: String,
 }
 
-/// An etcd endpoint that answered, and what it held.
+/// The etcd cluster as the switch worker found it, and what it held.
 pub struct Etcd {
-    endpoint: String,
+    client: crate::etcd::Client,
     prefix: String,
-    agent: ureq::Agent,
     seen: Seen,
+    lease: Option<i64>,
+    advertise: Option<String>,
 }
 
 /// What a rotation wrote.
@@ -102,50 +103,51 @@ pub struct Etcd {
 pub struct Rotated {
     /// The revision all puts of the transaction carry.
     pub revision: String,
+    /// The answer was lost and reading back showed it applied.
+    pub read_back: bool,
+}
+
+/// Why a rotation failed, and whether etcd may hold it anyway.
+#[derive(Debug)]
+pub struct RotateError {
+    /// What went wrong.
+    pub error: Error,
+    /// The transaction's answer was lost and could not be read back: etcd may name the new instance.
+    pub unknown: bool,
 }
 
 impl Etcd {
-    /// Reads PREFIX/ from the first endpoint that answers; an unreachable etcd fails here, before traffic moves.
+    /// Reads PREFIX/ from the first member with quorum; an unreachable etcd fails here, before traffic moves.
     pub fn connect(spec: &Spec) -> Result<Etcd> {
         let prefix = spec.registry.prefix.trim_end_matches('/').to_string();
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .redirects(0)
-            .build();
+        let client = crate::etcd::Client::new(&spec.registry.etcd);
         let key = format!("{prefix}/");
-        let body = serde_json::json!({
-            "key": B64.encode(&key),
-            // Every key starting with PREFIX/: '/' + 1 is '0'.
-            "range_end": B64.encode(format!("{prefix}0")),
-        });
-        let mut failures = Vec::new();
-        for endpoint in &spec.registry.etcd {
-            match post(&agent, endpoint, "/v3/kv/range", &body) {
-                Ok(text) => {
-                    let seen = parse_range(&text, &prefix).map_err(|e| {
-                        Error::unable(format!("read {key} from etcd at {endpoint}"), e)
-                    })?;
-                    return Ok(Etcd {
-                        endpoint: endpoint.clone(),
-                        prefix,
-                        agent,
-                        seen,
-                    });
-                }
-                Err(e) => failures.push(format!("{endpoint}: {e}")),
-            }
-        }
-        Err(Error::unable(format!("reach etcd ({})", spec.registry.etcd.join(", ")), failures.join("; "))
+        match client.range(&key, Some(&crate::etcd::prefix_end(&key))) {
+            Ok((kvs, _)) => Ok(Etcd {
+                seen: seen_of(&kvs, &prefix),
+                client,
+                prefix,
+                lease: crate::lease::current(spec),
+                // Without a TTL the keys stay as they always were: no endpoint key.
+                advertise: spec
+                    .registry
+                    .ttl
+                    .map(|_| spec.registry.advertise.clone()),
+            }),
+            Err(e) => Err(Error::unable(
+                format!("reach etcd ({}) to read {key}", spec.registry.etcd.join(", ")),
+                e,
+            )
             .hint(format!(
-                "nothing was switched, the old instance keeps serving; start etcd, or fix registry.etcd in {}, then deploy again",
+                "nothing was switched, the old instance keeps serving; bring etcd's quorum back, or fix registry.etcd in {}, then deploy again",
                 spec.file.display()
-            )))
+            ))),
+        }
     }
 
-    /// The endpoint that answered.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
+    /// The member that answered.
+    pub fn endpoint(&self) -> String {
+        self.client.endpoint()
     }
 
     /// The key prefix.
@@ -158,66 +160,115 @@ impl Etcd {
         &self.seen
     }
 
+    /// The lease the keys are attached to, if `[registry] ttl` is set and the supervisor holds one.
+    pub fn lease(&self) -> Option<i64> {
+        self.lease
+    }
+
     /// Rotates current → previous and sets current, in one transaction that fails if anyone wrote current since connect.
-    pub fn rotate(&self, port: Option<u16>, pid: i32) -> Result<Rotated> {
-        let body = rotate_txn(&self.prefix, &self.seen, port, pid);
-        let what = format!(
-            "publish to etcd at {} under {}/",
-            self.endpoint, self.prefix
+    pub fn rotate(&self, port: Option<u16>, pid: i32) -> std::result::Result<Rotated, RotateError> {
+        let endpoint = port
+            .zip(self.advertise.as_ref())
+            .map(|(p, host)| format!("{host}:{p}"));
+        let body = rotate_txn(
+            &self.prefix,
+            &self.seen,
+            port,
+            pid,
+            self.lease,
+            endpoint.as_deref(),
         );
-        let text = post(&self.agent, &self.endpoint, "/v3/kv/txn", &body)
-            .map_err(|e| Error::unable(&what, e))?;
-        let outcome = parse_txn(&text).map_err(|e| Error::unable(&what, e))?;
+        let what = format!(
+            "publish to etcd ({}) under {}/",
+            self.client.endpoints().join(", "),
+            self.prefix
+        );
+        let check = crate::etcd::Check {
+            key: format!("{}/pid/current", self.prefix),
+            value: pid.to_string(),
+            after: self.seen.pid_revision.parse().unwrap_or(0),
+        };
+        let outcome = match self.client.txn(&body, &check) {
+            Ok(t) => t,
+            Err(e) => {
+                let unknown = matches!(e, crate::etcd::Fault::Unknown(_));
+                let hint = if unknown {
+                    format!("check {}/pid/current with etcdctl once etcd has quorum: if it names pid {pid}, point it back at the serving instance (`baton status` shows it)", self.prefix)
+                } else if e.to_string().contains("lease not found") {
+                    "the registry lease expired (etcd was out of reach longer than registry.ttl); the supervisor registers again with a new lease: deploy again once `baton status` shows it".to_string()
+                } else {
+                    "nothing was written to etcd; bring etcd's quorum back, then deploy again"
+                        .to_string()
+                };
+                return Err(RotateError {
+                    error: Error::unable(what, e).hint(hint),
+                    unknown,
+                });
+            }
+        };
         if outcome.succeeded {
             return Ok(Rotated {
-                revision: outcome.revision,
+                revision: outcome.revision.to_string(),
+                read_back: outcome.read_back,
             });
         }
-        let now = outcome.port_now.as_deref().unwrap_or("absent");
-        Err(Error::unable(
-            what,
-            format!(
-                "the registry changed under us (another deploy?): {}/port/current was {} at mod_revision {}, is now {now}; nothing was written",
-                self.prefix,
-                self.seen.port.as_deref().unwrap_or("absent"),
-                self.seen.port_revision
-            ),
-        )
-        .hint("check for a concurrent deploy of this service, then deploy again"))
+        let now = outcome
+            .ranges
+            .first()
+            .and_then(|r| r.first())
+            .map_or_else(|| "absent".to_string(), |kv| kv.value.clone());
+        Err(RotateError {
+            error: Error::unable(
+                what,
+                format!(
+                    "the registry changed under us (another deploy?): {}/port/current was {} at mod_revision {}, is now {now}; nothing was written",
+                    self.prefix,
+                    self.seen.port.as_deref().unwrap_or("absent"),
+                    self.seen.port_revision
+                ),
+            )
+            .hint("check for a concurrent deploy of this service, then deploy again"),
+            unknown: false,
+        })
     }
 }
 
-/// POSTs JSON to the gateway; the body of a 200, or why not.
-fn post(
-    agent: &ureq::Agent,
-    endpoint: &str,
-    path: &str,
-    body: &serde_json::Value,
-) -> std::result::Result<String, String> {
-    let url = format!("{}{path}", endpoint.trim_end_matches('/'));
-    match agent
-        .post(&url)
-        .set("Content-Type", "application/json")
-        .send_string(&body.to_string())
-    {
-        Ok(r) => r
-            .into_string()
-            .map_err(|e| format!("reading the answer of {url}: {e}")),
-        Err(ureq::Error::Status(code, r)) => {
-            let text = r.into_string().unwrap_or_default();
-            Err(format!(
-                "{url}: HTTP {code}: {}",
-                crate::deploy::proxy::one_line(&text)
-            ))
+/// The current keys and their revisions among `kvs`.
+fn seen_of(kvs: &[crate::etcd::Kv], prefix: &str) -> Seen {
+    let mut seen = Seen {
+        port_revision: "0".into(),
+        pid_revision: "0".into(),
+        ..Seen::default()
+    };
+    for kv in kvs {
+        if kv.key == format!("{prefix}/port/current") {
+            seen.port = Some(kv.value.clone());
+            seen.port_revision = kv.mod_revision.to_string();
+        } else if kv.key == format!("{prefix}/pid/current") {
+            seen.pid = Some(kv.value.clone());
+            seen.pid_revision = kv.mod_revision.to_string();
         }
-        Err(e) => Err(e.to_string()),
     }
+    seen
 }
 
 /// The transaction body: compare both current keys' mod_revisions, then put previous and current.
-fn rotate_txn(prefix: &str, seen: &Seen, port: Option<u16>, pid: i32) -> serde_json::Value {
+fn rotate_txn(
+    prefix: &str,
+    seen: &Seen,
+    port: Option<u16>,
+    pid: i32,
+    lease: Option<i64>,
+    endpoint: Option<&str>,
+) -> serde_json::Value {
     let key = |k: &str| B64.encode(format!("{prefix}/{k}"));
-    let put = |k: &str, v: &str| serde_json::json!({"request_put": {"key": key(k), "value": B64.encode(v)}});
+    let put = |k: &str, v: &str| {
+        let mut p = serde_json::json!({"request_put": {"key": key(k), "value": B64.encode(v)}});
+        if let Some(l) = lease {
+            p["request_put"]["lease"] = serde_json::Value::String(l.to_string());
+        }
+        p
+    };
     let mut success = Vec::new();
     if let Some(port) = port {
         if let Some(old) = &seen.port {
@@ -229,6 +280,9 @@ fn rotate_txn(prefix: &str, seen: &Seen, port: Option<u16>, pid: i32) -> serde_j
         success.push(put("pid/previous", old));
     }
     success.push(put("pid/current", &pid.to_string()));
+    if let Some(e) = endpoint {
+        success.push(put("endpoint", e));
+    }
     serde_json::json!({
         "compare": [
             {"key": key("port/current"), "target": "MOD", "result": "EQUAL", "mod_revision": seen.port_revision},
@@ -240,163 +294,10 @@ fn rotate_txn(prefix: &str, seen: &Seen, port: Option<u16>, pid: i32) -> serde_j
     })
 }
 
-/// A range response; etcd 3.4 omits `kvs` and `count` when nothing matched.
-#[derive(Debug, Default, Deserialize)]
-struct RangeResponse {
-    #[serde(default)]
-    kvs: Vec<Kv>,
-}
-
-/// One key-value; `value` and `mod_revision` are omitted when empty or zero.
-#[derive(Debug, Deserialize)]
-struct Kv {
-    #[serde(default)]
-    key: String,
-    #[serde(default)]
-    value: String,
-    #[serde(default)]
-    mod_revision: Option<String>,
-}
-
-/// A txn response; `succeeded` is omitted when false.
-#[derive(Debug, Deserialize)]
-struct TxnResponse {
-    #[serde(default)]
-    header: Header,
-    #[serde(default)]
-    succeeded: bool,
-    #[serde(default)]
-    responses: Vec<ResponseOp>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Header {
-    #[serde(default)]
-    revision: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ResponseOp {
-    #[serde(default)]
-    response_range: Option<RangeResponse>,
-}
-
-/// What a txn answered.
-#[derive(Debug, PartialEq, Eq)]
-struct TxnOutcome {
-    succeeded: bool,
-    revision: String,
-    /// On failure: port/current's value now, from the failure branch's range.
-    port_now: Option<String>,
-}
-
-fn unb64(s: &str) -> std::result::Result<String, String> {
-    let bytes = B64
-        .decode(s)
-        .map_err(|e| format!("bad base64 {s:?} from etcd: {e}"))?;
-    String::from_utf8(bytes).map_err(|_| format!("etcd holds a non-UTF-8 value {s:?}"))
-}
-
-fn parse_range(body: &str, prefix: &str) -> std::result::Result<Seen, String> {
-    let r: RangeResponse =
-        serde_json::from_str(body).map_err(|e| format!("unexpected answer {body:?}: {e}"))?;
-    let mut seen = Seen {
-        port_revision: "0".into(),
-        pid_revision: "0".into(),
-        ..Seen::default()
-    };
-    for kv in &r.kvs {
-        let key = unb64(&kv.key)?;
-        let value = unb64(&kv.value)?;
-        let revision = kv.mod_revision.clone().unwrap_or_else(|| "0".into());
-        if key == format!("{prefix}/port/current") {
-            seen.port = Some(value);
-            seen.port_revision = revision;
-        } else if key == format!("{prefix}/pid/current") {
-            seen.pid = Some(value);
-            seen.pid_revision = revision;
-        }
-    }
-    Ok(seen)
-}
-
-fn parse_txn(body: &str) -> std::result::Result<TxnOutcome, String> {
-    let r: TxnResponse =
-        serde_json::from_str(body).map_err(|e| format!("unexpected answer {body:?}: {e}"))?;
-    let mut port_now = None;
-    for op in r.responses {
-        if let Some(kv) = op.response_range.and_then(|rr| rr.kvs.into_iter().next()) {
-            port_now = Some(unb64(&kv.value)?);
-        }
-    }
-    Ok(TxnOutcome {
-        succeeded: r.succeeded,
-        revision: r.header.revision.unwrap_or_else(|| "0".into()),
-        port_now,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::UNIX_EPOCH;
-
-    fn b(s: &str) -> String {
-        B64.encode(s)
-    }
-
-    #[test]
-    fn an_empty_range_has_no_kvs_and_means_revision_zero() {
-        // Verbatim shape of etcd 3.4.23's answer for a prefix with no keys.
-        let body = r#"{"header":{"cluster_id":"14841639068965178418","member_id":"10276657743932975437","revision":"1","raft_term":"2"}}"#;
-        let seen = parse_range(body, "baton/h/web").expect("parse");
-        assert_eq!(seen.port, None);
-        assert_eq!(seen.pid, None);
-        assert_eq!(seen.port_revision, "0");
-        assert_eq!(seen.pid_revision, "0");
-    }
-
-    #[test]
-    fn a_range_yields_current_values_and_revisions() {
-        let body = format!(
-            r#"{{"header":{{"revision":"9"}},"kvs":[
-              {{"key":"{}","create_revision":"2","mod_revision":"7","version":"3","value":"{}"}},
-              {{"key":"{}","create_revision":"2","mod_revision":"7","version":"3","value":"{}"}},
-              {{"key":"{}","create_revision":"5","mod_revision":"7","version":"2","value":"{}"}}],"count":"3"}}"#,
-            b("p/pid/current"),
-            b("1234"),
-            b("p/port/current"),
-            b("20001"),
-            b("p/port/previous"),
-            b("20000")
-        );
-        let seen = parse_range(&body, "p").expect("parse");
-        assert_eq!(seen.port.as_deref(), Some("20001"));
-        assert_eq!(seen.pid.as_deref(), Some("1234"));
-        assert_eq!(seen.port_revision, "7");
-    }
-
-    #[test]
-    fn a_failed_txn_has_no_succeeded_field() {
-        let body = format!(
-            r#"{{"header":{{"revision":"12"}},"responses":[{{"response_range":{{"header":{{"revision":"12"}},"kvs":[{{"key":"{}","mod_revision":"11","value":"{}"}}],"count":"1"}}}}]}}"#,
-            b("p/port/current"),
-            b("20009")
-        );
-        let out = parse_txn(&body).expect("parse");
-        assert_eq!(
-            out,
-            TxnOutcome {
-                succeeded: false,
-                revision: "12".into(),
-                port_now: Some("20009".into())
-            }
-        );
-        let ok = parse_txn(r#"{"header":{"revision":"13"},"succeeded":true,"responses":[{"response_put":{"header":{"revision":"13"}}}]}"#)
-            .expect("parse");
-        assert!(ok.succeeded);
-        assert_eq!(ok.revision, "13");
-    }
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn the_txn_rotates_only_what_existed() {
@@ -409,6 +310,8 @@ mod tests {
             },
             Some(20001),
             42,
+            None,
+            None,
         );
         assert_eq!(first["success"].as_array().map(Vec::len), Some(2));
         assert_eq!(first["compare"][0]["mod_revision"], "0");
@@ -418,7 +321,7 @@ mod tests {
             port_revision: "7".into(),
             pid_revision: "7".into(),
         };
-        let next = rotate_txn("p", &seen, Some(20002), 43);
+        let next = rotate_txn("p", &seen, Some(20002), 43, Some(7), Some("h:20002"));
         let puts: Vec<(String, String)> = next["success"]
             .as_array()
             .into_iter()
@@ -426,7 +329,11 @@ mod tests {
             .map(|op| {
                 let p = &op["request_put"];
                 let s = |v: &serde_json::Value| {
-                    unb64(v.as_str().unwrap_or_default()).unwrap_or_default()
+                    String::from_utf8(
+                        B64.decode(v.as_str().unwrap_or_default())
+                            .unwrap_or_default(),
+                    )
+                    .unwrap_or_default()
                 };
                 (s(&p["key"]), s(&p["value"]))
             })
@@ -436,10 +343,12 @@ mod tests {
             ("p/port/current", "20002"),
             ("p/pid/previous", "42"),
             ("p/pid/current", "43"),
+            ("p/endpoint", "h:20002"),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string()));
         assert_eq!(puts, want);
         assert_eq!(next["compare"][0]["mod_revision"], "7");
+        assert_eq!(next["success"][0]["request_put"]["lease"], "7");
     }
 
     #[test]

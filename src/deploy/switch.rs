@@ -369,7 +369,7 @@ fn publish(
         Ok(r) => {
             let seen = etcd.seen();
             say(format!(
-                "registry: etcd {} {} port current={} previous={} pid current={} previous={} (revision {}) {}",
+                "registry: etcd {} {} port current={} previous={} pid current={} previous={} (revision {}{}{}) {}",
                 etcd.endpoint(),
                 etcd.prefix(),
                 show(&to.port),
@@ -377,12 +377,18 @@ fn publish(
                 to.pid,
                 show(&seen.pid),
                 r.revision,
+                etcd.lease().map_or(String::new(), |l| format!(", lease {l:x}")),
+                if r.read_back { ", answer lost: read back, applied" } else { "" },
                 ms(t)
             ));
             Ok(())
         }
         Err(e) => {
-            let mut f = Failure::new("registry publish", &e);
+            let mut f = Failure::new("registry publish", &e.error);
+            if e.unknown {
+                // etcd may name the new instance: not "everything put back".
+                f.outcome = Outcome::Left;
+            }
             match registry::restore_local(spec, replaced.as_deref()) {
                 Ok(()) => say(format!(
                     "registry: restored {}",

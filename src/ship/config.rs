@@ -91,6 +91,10 @@ pub struct Env {
     pub verify_timeout: Duration,
     /// How files are copied.
     pub transfer: Transfer,
+    /// etcd members holding the environment's fleet lock (none: no lock).
+    pub etcd: Vec<String>,
+    /// The fleet lock's lease: a killed shipper's lock expires this long after its last renewal.
+    pub lock_ttl: Duration,
 }
 
 /// One thing wrong with the deploy file.
@@ -130,6 +134,8 @@ const ENV_KEYS: &[&str] = &[
     "files",
     "properties",
     "transfer",
+    "etcd",
+    "lock_ttl",
 ];
 
 /// Reads and validates a deploy file; every problem is reported at once.
@@ -360,6 +366,34 @@ impl Reader<'_> {
             }
         };
         let files = self.files(t, p, base);
+        let mut etcd = Vec::new();
+        if let Some(item) = t.get("etcd") {
+            if let Some(v) = self.strings(item, &join(p, "etcd")) {
+                for e in &v {
+                    if !e.starts_with("http://") {
+                        self.problem(
+                            item.span(),
+                            &join(p, "etcd"),
+                            format!("{e:?} must be an http:// URL of an etcd member's client endpoint, e.g. \"http://10.0.0.5:2379\""),
+                        );
+                    }
+                }
+                etcd = v;
+            }
+        }
+        let lock_ttl = match self.duration(t, p, "lock_ttl") {
+            Some(d) if d < Duration::from_secs(3) => {
+                let span = t.get("lock_ttl").and_then(Item::span);
+                self.problem(
+                    span,
+                    &join(p, "lock_ttl"),
+                    "must be at least \"3s\" (the lock is renewed every third of it)",
+                );
+                Duration::from_secs(15)
+            }
+            Some(d) => d,
+            None => Duration::from_secs(15),
+        };
         if let Some(c) = t.get("canary") {
             if let (Some(n), Some(h)) = (c.as_integer(), hosts.as_ref()) {
                 if n as usize > h.len() {
@@ -389,6 +423,8 @@ impl Reader<'_> {
             properties,
             verify_timeout,
             transfer,
+            etcd,
+            lock_ttl,
         })
     }
 

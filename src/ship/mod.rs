@@ -2,9 +2,11 @@
 
 pub mod config;
 pub mod http;
+mod lock;
 mod release;
 mod rollout;
 mod ssh;
+mod status;
 mod view;
 
 use crate::error::{Error, Result};
@@ -13,6 +15,7 @@ use config::{DeployFile, Env, Transfer};
 use release::Release;
 use rollout::{HostReport, Job, Outcome, Work};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,6 +34,14 @@ pub struct Options {
     pub rollback: bool,
     /// After a halted rollout, hand the deployed hosts back to their previous release.
     pub rollback_on_failure: bool,
+    /// Wait this long for another ship's fleet lock instead of refusing.
+    pub wait_lock: Option<std::time::Duration>,
+    /// Break the fleet lock and exit.
+    pub unlock: bool,
+    /// Show the fleet's state and exit.
+    pub status: bool,
+    /// JSON output.
+    pub json: bool,
 }
 
 /// Runs `baton ship`; Ok(0) only if every host ended on the intended version.
@@ -52,13 +63,32 @@ pub fn run(opts: &Options) -> Result<i32> {
         )
         .code(Action::BadArgs));
     };
+    if opts.unlock {
+        return unlock(&df, &env);
+    }
+    if opts.status {
+        return status::run(&df, &env, opts.json);
+    }
     let release = Release::new(&df, &env, opts.version.as_deref());
+    if opts.json && !opts.dry_run {
+        json_stdout()?;
+    }
     if opts.dry_run {
         print!("{}", plan(&df, &env, &release, opts));
         return Ok(0);
     }
     let started = Instant::now();
     let all: Vec<usize> = (0..env.hosts.len()).collect();
+    let doing = if opts.rollback {
+        "rollback".to_string()
+    } else {
+        format!("ship {}", release.version)
+    };
+    // Held until this function returns: the whole rollout, rollback on failure included.
+    let lock = take_lock(&df, &env, &doing, opts)?;
+    let lock_lost = lock
+        .as_ref()
+        .map_or_else(|| Arc::new(AtomicBool::new(false)), lock::Lock::lost);
     if opts.rollback {
         let job = Arc::new(Job {
             ssh: ssh::Ssh::new(&env)?,
@@ -66,6 +96,7 @@ pub fn run(opts: &Options) -> Result<i32> {
             stage: PathBuf::new(),
             env,
             release,
+            lock_lost,
         });
         println!(
             "rolling back {} in {} on {} host(s)",
@@ -116,6 +147,7 @@ pub fn run(opts: &Options) -> Result<i32> {
         stage: stage.clone(),
         env,
         release,
+        lock_lost,
     });
     let result = staged.map(|_| {
         let names = names(&job.env, &all);
@@ -155,6 +187,79 @@ pub fn run(opts: &Options) -> Result<i32> {
     )
 }
 
+/// With --json: the real stdout, kept for the report while everything else goes to stderr.
+static JSON_OUT: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
+
+/// Sends stdout's human output to stderr and keeps stdout for the JSON report alone.
+fn json_stdout() -> Result<()> {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let _ = std::io::stdout().flush();
+    let real = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::io("keep stdout for --json", &e))?;
+    nix::unistd::dup2(2, 1).map_err(|e| Error::errno("send progress to stderr for --json", e))?;
+    if let Ok(mut o) = JSON_OUT.lock() {
+        *o = Some(std::fs::File::from(real));
+    }
+    Ok(())
+}
+
+/// Takes the environment's fleet lock when the deploy file names etcd members for it.
+fn take_lock(
+    df: &DeployFile,
+    env: &Env,
+    doing: &str,
+    opts: &Options,
+) -> Result<Option<lock::Lock>> {
+    if env.etcd.is_empty() {
+        if opts.wait_lock.is_some() {
+            return Err(Error::unable(
+                "wait for the fleet lock",
+                format!(
+                    "environments.{} in {} names no etcd members, so there is no lock",
+                    env.name,
+                    df.file.display()
+                ),
+            )
+            .code(Action::BadArgs)
+            .hint(
+                "add etcd = [\"http://HOST:2379\", ...] to the environment, or drop --wait-lock",
+            ));
+        }
+        return Ok(None);
+    }
+    let l = lock::acquire(env, &df.service, doing, opts.wait_lock)?;
+    println!(
+        "fleet lock: holding {} (lease {}s)",
+        l.key(),
+        env.lock_ttl.as_secs()
+    );
+    Ok(Some(l))
+}
+
+/// `--unlock`: breaks the lock and says whose it was.
+fn unlock(df: &DeployFile, env: &Env) -> Result<i32> {
+    if env.etcd.is_empty() {
+        return Err(Error::unable(
+            format!("unlock {}", env.name),
+            format!(
+                "environments.{} in {} names no etcd members, so there is no lock",
+                env.name,
+                df.file.display()
+            ),
+        )
+        .code(Action::BadArgs));
+    }
+    let key = lock::key(&df.service, &env.name);
+    match lock::unlock(env, &df.service)? {
+        Some(holder) => println!("unlocked {key}: it was held by {holder}"),
+        None => println!("{key} was not locked"),
+    }
+    Ok(0)
+}
+
 fn names(env: &Env, idx: &[usize]) -> Vec<String> {
     idx.iter().map(|&i| env.hosts[i].address.clone()).collect()
 }
@@ -180,6 +285,11 @@ fn rollback_deployed(job: &Arc<Job>, reports: &mut [HostReport]) {
     for (slot, u) in back.iter().zip(undone) {
         let r = &mut reports[*slot];
         r.took += u.took;
+        r.phases.extend(
+            u.phases
+                .iter()
+                .map(|&(p, d)| (if p == "verify" { "rollback verify" } else { p }, d)),
+        );
         match u.outcome {
             Outcome::Ok => {
                 r.new = u.new;
@@ -212,6 +322,11 @@ fn close(job: &Job, idx: &[usize]) {
 fn finish(reports: &[HostReport], started: Instant, what: &str, env: &str) -> Result<i32> {
     println!();
     print!("{}", view::table(reports));
+    if let Some(mut out) = JSON_OUT.lock().ok().and_then(|mut o| o.take()) {
+        use std::io::Write;
+        let v = view::json(reports, what, env, started.elapsed());
+        let _ = writeln!(out, "{v}");
+    }
     for r in reports {
         if let Outcome::Failed { step, .. } = &r.outcome {
             if !r.output.trim().is_empty() {

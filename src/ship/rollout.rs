@@ -12,6 +12,7 @@ use crate::shell::quote as sh_quote;
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,6 +63,8 @@ pub struct HostReport {
     pub output: String,
     /// `baton deploy` succeeded: the host's `current` moved (rollback-on-failure undoes it).
     pub deployed: bool,
+    /// Wall time of each phase it went through (connect, upload, deploy, verify; rollback), in order.
+    pub phases: Vec<(&'static str, Duration)>,
 }
 
 impl HostReport {
@@ -74,7 +77,21 @@ impl HostReport {
             outcome: Outcome::Skipped,
             output: String::new(),
             deployed: false,
+            phases: Vec::new(),
         }
+    }
+
+    /// Records that `phase` began at `since` and ended now.
+    fn timed(&mut self, phase: &'static str, since: Instant) {
+        self.phases.push((phase, since.elapsed()));
+    }
+
+    /// The duration of `phase`, if the host went through it.
+    pub fn phase(&self, phase: &str) -> Option<Duration> {
+        self.phases
+            .iter()
+            .find(|(p, _)| *p == phase)
+            .map(|(_, d)| *d)
     }
 
     fn fail(&mut self, step: &'static str, out: &CmdOut) {
@@ -107,6 +124,8 @@ pub struct Job {
     pub artifact: PathBuf,
     /// Per-host staged files: `stage/HOST/`.
     pub stage: PathBuf,
+    /// Set when the fleet lock is lost: no further host is started.
+    pub lock_lost: Arc<AtomicBool>,
 }
 
 enum Event {
@@ -172,9 +191,10 @@ pub fn run(
         canary,
         max_failed,
     };
+    let halt = Arc::clone(&job.lock_lost);
     let job = Arc::clone(job);
     let hosts = hosts.to_vec();
-    schedule(&names, limits, view, move |slot, rep| {
+    schedule(&names, limits, &halt, view, move |slot, rep| {
         let host = &job.env.hosts[hosts[slot]];
         match work {
             Work::Ship => ship_host(&job, host, rep),
@@ -199,6 +219,7 @@ pub struct Limits {
 fn schedule<F>(
     names: &[String],
     limits: Limits,
+    halt: &AtomicBool,
     view: &mut View,
     work: F,
 ) -> (Vec<HostReport>, bool)
@@ -220,6 +241,10 @@ where
         let mut queue: VecDeque<usize> = range.collect();
         let mut in_flight = 0usize;
         loop {
+            if halt.load(Ordering::SeqCst) && !halted {
+                halted = true;
+                println!("the fleet lock was lost (expired or broken): no further host is started");
+            }
             while !halted && in_flight < limits.max_parallel.max(1) {
                 let Some(slot) = queue.pop_front() else { break };
                 let work = Arc::clone(&work);
@@ -271,7 +296,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const LONG: Duration = Duration::from_secs(900);
 
 /// The shell snippet printing `release=ID` and `version=V` of the host's current release.
-fn read_current(env: &Env) -> String {
+pub(super) fn read_current(env: &Env) -> String {
     let root = sh_quote(&env.deploy_to);
     let props = sh_quote(&env.properties);
     format!(
@@ -312,6 +337,7 @@ fn ship_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
 
     // The first command opens the shared connection: one handshake per host.
     rep.step("connect");
+    let t = Instant::now();
     let root = sh_quote(&env.deploy_to);
     let script = format!(
         "set -e\n{}\n{}\nmkdir -p {root}/releases\nif ! mkdir {q} 2>/dev/null; then echo \"release directory {q} already exists on this host\" >&2; exit 1; fi\n",
@@ -319,6 +345,7 @@ fn ship_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
         read_current(env)
     );
     let out = job.ssh.exec(a, &script, CONNECT_TIMEOUT, |_| {});
+    r.timed("connect", t);
     if !out.ok() {
         r.fail(connect_or(&out, "prepare"), &out);
         return r;
@@ -328,6 +355,7 @@ fn ship_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
 
     // The artifact and this host's config files, properties and REVISION, in one transfer.
     rep.step("upload");
+    let t = Instant::now();
     let staged = job.stage.join(a);
     let out = job.ssh.upload(
         a,
@@ -337,12 +365,14 @@ fn ship_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
         LONG,
         &mut |l| rep.progress(l),
     );
+    r.timed("upload", t);
     if !out.ok() {
         r.fail("upload", &out);
         return r;
     }
 
     rep.step("deploy");
+    let t = Instant::now();
     let cmd = format!(
         "{} --config {} deploy --release {q} --keep {}",
         sh_quote(&env.baton),
@@ -350,6 +380,7 @@ fn ship_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
         env.keep_releases
     );
     let out = job.ssh.exec(a, &cmd, LONG, |l| rep.line(l));
+    r.timed("deploy", t);
     if !out.ok() {
         r.fail("deploy", &out);
         return r;
@@ -357,7 +388,9 @@ fn ship_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
     r.deployed = true;
 
     rep.step("verify");
+    let t = Instant::now();
     verify(host, &job.release.version, env.verify_timeout, &mut r);
+    r.timed("verify", t);
     r
 }
 
@@ -367,6 +400,7 @@ fn rollback_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
     let mut r = HostReport::new(a);
 
     rep.step("rollback");
+    let t = Instant::now();
     let script = format!(
         "set -e\n{}\n{}\necho ---\n{} --config {} rollback >&2\n{}\n",
         check_baton(env),
@@ -376,6 +410,7 @@ fn rollback_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
         read_current(env)
     );
     let out = job.ssh.exec(a, &script, LONG, |l| rep.line(l));
+    r.timed("rollback", t);
     let (before, after) = out.stdout.split_once("---\n").unwrap_or((&out.stdout, ""));
     r.old = field(before, "version=");
     if !out.ok() {
@@ -386,7 +421,9 @@ fn rollback_host(job: &Job, host: &Host, rep: &Reporter) -> HostReport {
     match field(after, "version=") {
         Some(v) => {
             rep.step("verify");
+            let t = Instant::now();
             verify(host, &v, env.verify_timeout, &mut r);
+            r.timed("verify", t);
         }
         None => {
             r.new = None;
@@ -437,7 +474,7 @@ fn verify(host: &Host, expected: &str, timeout: Duration, r: &mut HostReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     #[test]
     fn check_baton_runs_nothing_hidden_in_the_remote_path() {
@@ -488,7 +525,8 @@ mod tests {
         let now = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let (now2, peak2) = (Arc::clone(&now), Arc::clone(&peak));
-        let (reports, halted) = schedule(&names, limits, &mut view, move |slot, rep| {
+        let halt = AtomicBool::new(false);
+        let (reports, halted) = schedule(&names, limits, &halt, &mut view, move |slot, rep| {
             let c = now2.fetch_add(1, Ordering::SeqCst) + 1;
             peak2.fetch_max(c, Ordering::SeqCst);
             rep.step("work");

@@ -168,47 +168,99 @@ fn cell(v: &Option<String>) -> String {
     v.clone().unwrap_or_else(|| "-".into())
 }
 
-/// The final table: host, old version, new version, duration, result.
+/// The phases the final table and JSON report time, in order.
+pub const PHASES: [&str; 4] = ["connect", "upload", "deploy", "verify"];
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or_else(|| "-".into(), |d| format!("{:.1}s", d.as_secs_f64()))
+}
+
+/// The final table: host, old version, new version, duration and each phase's, result.
 pub fn table(reports: &[HostReport]) -> String {
-    let mut rows = vec![[
-        "HOST".to_string(),
-        "OLD".to_string(),
-        "NEW".to_string(),
-        "TIME".to_string(),
-        "RESULT".to_string(),
-    ]];
+    let mut rows: Vec<Vec<String>> = vec![[
+        "HOST", "OLD", "NEW", "TIME", "CONNECT", "UPLOAD", "DEPLOY", "VERIFY", "RESULT",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()];
     for r in reports {
-        rows.push([
+        let mut row = vec![
             r.host.clone(),
             cell(&r.old),
             cell(&r.new),
             match r.outcome {
                 Outcome::Skipped => "-".into(),
-                _ => format!("{:.1}s", r.took.as_secs_f64()),
+                _ => secs(Some(r.took)),
             },
-            r.outcome.to_string(),
-        ]);
+        ];
+        // A rollback's single step shows under DEPLOY: it is the handoff.
+        for p in PHASES {
+            let d = r
+                .phase(p)
+                .or_else(|| (p == "deploy").then(|| r.phase("rollback")).flatten());
+            row.push(secs(d));
+        }
+        row.push(r.outcome.to_string());
+        rows.push(row);
     }
-    let mut w = [0usize; 4];
+    let n = rows[0].len();
+    let mut w = vec![0usize; n];
     for row in &rows {
-        for (i, c) in row.iter().take(4).enumerate() {
+        for (i, c) in row.iter().enumerate().take(n - 1) {
             w[i] = w[i].max(c.len());
         }
     }
     let mut out = String::new();
     for row in &rows {
-        out.push_str(&format!(
-            "{:w0$}  {:w1$}  {:w2$}  {:>w3$}  {}\n",
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[4],
-            w0 = w[0],
-            w1 = w[1],
-            w2 = w[2],
-            w3 = w[3]
-        ));
+        let mut line = String::new();
+        for (i, c) in row.iter().enumerate() {
+            if i == n - 1 {
+                line.push_str(c);
+            } else if i >= 3 {
+                line.push_str(&format!("{c:>w$}  ", w = w[i]));
+            } else {
+                line.push_str(&format!("{c:w$}  ", w = w[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
     out
+}
+
+/// The final report as JSON: one object per host, durations in seconds.
+pub fn json(reports: &[HostReport], what: &str, env: &str, took: Duration) -> serde_json::Value {
+    let hosts: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|r| {
+            let (result, step, reason) = match &r.outcome {
+                Outcome::Ok => ("ok", None, None),
+                Outcome::Failed { step, reason } => ("failed", Some(*step), Some(reason.clone())),
+                Outcome::Skipped => ("skipped", None, None),
+                Outcome::RolledBack => ("rolled back", None, None),
+            };
+            let phases: serde_json::Map<String, serde_json::Value> = r
+                .phases
+                .iter()
+                .map(|(p, d)| (p.to_string(), serde_json::json!(d.as_secs_f64())))
+                .collect();
+            serde_json::json!({
+                "host": r.host,
+                "old": r.old,
+                "new": r.new,
+                "result": result,
+                "failed_step": step,
+                "reason": reason,
+                "secs": r.took.as_secs_f64(),
+                "phases": phases,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "what": what,
+        "environment": env,
+        "ok": reports.iter().all(|r| r.outcome == Outcome::Ok),
+        "secs": took.as_secs_f64(),
+        "hosts": hosts,
+    })
 }

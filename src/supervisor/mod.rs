@@ -81,6 +81,8 @@ struct Supervisor {
     start_failure: Option<String>,
     /// The listening socket handed to every instance ([listen]), bound for the supervisor's life.
     listener: Option<OwnedFd>,
+    /// The etcd lease the registry keys live on (`[registry] ttl`), kept by its own thread.
+    lease: Option<crate::lease::Keeper>,
 }
 
 /// How the supervisor process was started.
@@ -186,6 +188,7 @@ fn setup(
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1)
         ^ u64::from(std::process::id());
+    let lease = crate::lease::Keeper::start(&spec);
     Ok(Supervisor {
         sigfd,
         machine: Machine::new(rules),
@@ -212,6 +215,7 @@ fn setup(
         publish_error: None,
         start_failure: None,
         listener,
+        lease,
     })
 }
 
@@ -1526,6 +1530,7 @@ impl Supervisor {
             tail: self.output.tail(10),
             release: inst.and_then(|i| i.release.clone()),
             handoff: self.handoff.as_ref().map(|h| h.report(now)),
+            registry_lease: self.lease.as_ref().map(crate::lease::Keeper::describe),
         }
     }
 

@@ -196,3 +196,169 @@ impl Drop for Etcd {
             .status();
     }
 }
+
+/// A private 3-member etcd 3.4 cluster on loopback (free ports, data under `test/etcd-cluster`);
+/// members can be stopped and restarted to take quorum away and give it back.
+pub struct EtcdCluster {
+    pub dir: PathBuf,
+    /// Client URLs, member by member.
+    pub urls: Vec<String>,
+    peers: Vec<u16>,
+    children: Vec<Option<std::process::Child>>,
+}
+
+impl EtcdCluster {
+    pub fn start(test: &Path) -> EtcdCluster {
+        let dir = test.join("etcd-cluster");
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let clients: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut c = EtcdCluster {
+            dir,
+            urls: clients
+                .iter()
+                .map(|p| format!("http://127.0.0.1:{p}"))
+                .collect(),
+            peers,
+            children: vec![None, None, None],
+        };
+        for i in 0..3 {
+            c.spawn(i);
+        }
+        for i in 0..3 {
+            c.wait_healthy(i);
+        }
+        c
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let initial: Vec<String> = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(j, p)| format!("m{j}=http://127.0.0.1:{p}"))
+            .collect();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("m{i}.log")))
+            .expect("member log");
+        let mut cmd = Command::new("etcd");
+        // Environment ETCD_* variables would override flags; start clean.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ETCD") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .arg("--name")
+            .arg(format!("m{i}"))
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("m{i}.data")))
+            .arg("--listen-client-urls")
+            .arg(&self.urls[i])
+            .arg("--advertise-client-urls")
+            .arg(&self.urls[i])
+            .arg("--listen-peer-urls")
+            .arg(format!("http://127.0.0.1:{}", self.peers[i]))
+            .arg("--initial-advertise-peer-urls")
+            .arg(format!("http://127.0.0.1:{}", self.peers[i]))
+            .arg("--initial-cluster")
+            .arg(initial.join(","))
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .arg("--initial-cluster-token")
+            .arg(self.dir.display().to_string())
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd member");
+        self.children[i] = Some(child);
+    }
+
+    /// Member `i` answers /health with true (it has a leader and quorum).
+    pub fn healthy(&self, i: usize) -> bool {
+        let port: u16 = self.urls[i]
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let Ok(mut s) =
+            TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
+        else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+        if s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text.contains("\"health\":\"true\"")
+    }
+
+    pub fn wait_healthy(&self, i: usize) {
+        wait_until(
+            Duration::from_secs(30),
+            "an etcd member to be healthy",
+            || self.healthy(i),
+        );
+    }
+
+    /// Kills member `i` (as a crash or a partition would take it away).
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data (healthy once it has quorum: see [`EtcdCluster::wait_healthy`]).
+    pub fn restart(&mut self, i: usize) {
+        self.spawn(i);
+    }
+
+    pub fn ctl_at(&self, i: usize, args: &[&str]) -> String {
+        let out = Command::new("timeout")
+            .args(["20", "etcdctl", "--endpoints", &self.urls[i]])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("etcdctl");
+        assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The value of one key, read through member `i`.
+    pub fn get_at(&self, i: usize, key: &str) -> Option<String> {
+        let v = self
+            .ctl_at(i, &["get", "--print-value-only", key])
+            .trim()
+            .to_string();
+        (!v.is_empty()).then_some(v)
+    }
+
+    /// The endpoints as a TOML array's contents.
+    pub fn toml(&self, members: &[usize]) -> String {
+        members
+            .iter()
+            .map(|&i| format!("\"{}\"", self.urls[i]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.stop(i);
+        }
+        for i in 0..3 {
+            let _ = std::fs::remove_dir_all(self.dir.join(format!("m{i}.data")));
+        }
+    }
+}
