@@ -683,9 +683,13 @@ fn child_output(lab: &Lab, tag: &str) -> String {
     )
 }
 
-/// A lab whose environments take the fleet lock in a real 3-member etcd cluster; the build takes `build_secs`.
+/// A one-host lab whose environments take the fleet lock in a real 3-member etcd cluster; the build takes `build_secs`.
 fn locked_lab(build_secs: u32) -> Option<(Lab, harness::lab::EtcdCluster)> {
-    let lab = Lab::new(1, Service::Light)?;
+    locked_lab_of(1, build_secs)
+}
+
+fn locked_lab_of(hosts: usize, build_secs: u32) -> Option<(Lab, harness::lab::EtcdCluster)> {
+    let lab = Lab::new(hosts, Service::Light)?;
     let cluster = harness::lab::EtcdCluster::start(&lab.dir);
     let mut d = lab.deploy();
     d.build = format!("sleep {build_secs} && {}", d.build);
@@ -922,5 +926,82 @@ fn the_final_report_times_each_phase_per_host_also_as_json() {
     assert!(
         line.starts_with(&format!("{}  1.0", lab.addr(1))) && line.ends_with("ok"),
         "{line}"
+    );
+}
+
+#[test]
+fn an_etcd_member_down_mid_rollout_does_not_disturb_the_lock() {
+    let Some((mut lab, mut cluster)) = locked_lab(3) else {
+        return;
+    };
+    let mut ship = ship_child(&lab, &["test", "--version", "1.0"], "member-down");
+    wait_until(Duration::from_secs(30), "the ship to hold the lock", || {
+        cluster.get_at(1, LOCK_KEY).is_some()
+    });
+    // The renewals and the release go to the members still up.
+    cluster.stop(0);
+    let status = ship.wait().expect("wait");
+    let out = child_output(&lab, "member-down");
+    assert!(status.success(), "{out}");
+    assert!(!out.contains("the fleet lock was lost"), "{out}");
+    assert_eq!(lab.version(1).as_deref(), Some("1.0"));
+    assert_eq!(cluster.get_at(1, LOCK_KEY), None, "released: {out}");
+    cluster.restart(0);
+    cluster.wait_healthy(0);
+    lab.ship_ok("2.0");
+}
+
+#[test]
+fn a_ship_killed_mid_rollout_leaves_every_host_whole_and_status_shows_which() {
+    let Some((mut lab, cluster)) = locked_lab_of(2, 0) else {
+        return;
+    };
+    // Host 2's instances are ready only while HOST_ROOT/slow is absent: its next
+    // handoff can be held open, and the ship killed while it runs.
+    let conf = lab.root(2).join("etc/app.toml");
+    let text = std::fs::read_to_string(&conf).expect("config");
+    std::fs::write(
+        &conf,
+        text.replace(
+            "[ready]\n",
+            &format!("[ready]\nexec = [\"/bin/sh\", \"-c\", \"test ! -e {HOST_ROOT}/slow\"]\n"),
+        ),
+    )
+    .expect("config");
+    lab.ship_ok("1.0");
+    let old2 = lab.current(2).expect("host 2 current");
+    std::fs::write(lab.root(2).join("slow"), "").expect("slow marker");
+    let mut d = lab.deploy();
+    d.max_parallel = 1;
+    d.extra = format!("etcd = [{}]\nlock_ttl = \"3s\"\n", cluster.toml(&[0, 1, 2]));
+    lab.write_deploy(&d);
+    let addr2 = lab.addr(2);
+    let mut ship = ship_child(&lab, &["test", "--version", "2.0"], "killed-mid");
+    wait_until(Duration::from_secs(90), "host 2's handoff to begin", || {
+        child_output(&lab, "killed-mid")
+            .lines()
+            .any(|l| l.contains(&addr2) && l.contains("deploy: [1/5] started release"))
+    });
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(ship.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = ship.wait();
+    wait_until(Duration::from_secs(30), "the lock to expire", || {
+        cluster.get_at(1, LOCK_KEY).is_none()
+    });
+
+    let r = lab.ship(&["test", "--status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    let h = &v["hosts"];
+    assert_eq!(h[0]["version"], "2.0", "{v}");
+    assert_eq!(h[0]["answers"], "2.0", "{v}");
+    // Host 2 is whole: still on its old release and serving it while the handoff runs.
+    assert_eq!(h[1]["release"], old2.as_str(), "{v}");
+    assert_eq!(h[1]["version"], "1.0", "{v}");
+    assert_eq!(h[1]["answers"], "1.0", "{v}");
+    assert!(
+        v["lock"].as_str().is_some_and(|l| l.ends_with(" free")),
+        "{v}"
     );
 }
