@@ -254,7 +254,7 @@ impl Cli {
                     Ok(s) => s,
                     Err(e) => {
                         let mut reporter = reporter;
-                        reporter.failed(e.exit_code().code(), &e.to_string());
+                        reporter.failed(e.exit_code(), &e.to_string());
                         return Err(e);
                     }
                 };
@@ -263,7 +263,7 @@ impl Cli {
                     Err(e) => {
                         let e = Error::unable("open the event log", e);
                         let mut reporter = reporter;
-                        reporter.failed(e.exit_code().code(), &e.to_string());
+                        reporter.failed(e.exit_code(), &e.to_string());
                         return Err(e);
                     }
                 };

@@ -1,9 +1,13 @@
-//! The per-service Unix control socket: one request line in, JSON lines out.
+//! The per-service Unix control socket: typed, versioned requests and replies, one JSON line each.
 //!
-//! Requests: `status`, `start`, `stop`, `reload`, `reopen`. `stop` keeps the
-//! connection open and streams progress until the supervisor exits, which
-//! closes it; `start` keeps it open until the service is ready or has failed.
-//! Only root and the supervisor's own user may connect (peer credentials).
+//! A request is one line, `{"protocol":1,"baton":"0.1.0","request":"deploy","release":"ID"}`,
+//! parsed once into an [`Envelope`]; the plain words of protocol 0 (`status`, `deploy ID`…) are
+//! still understood. Every reply line carries the supervisor's protocol and version, so a
+//! client of another baton can say "supervisor runs baton X, this is Y" instead of failing
+//! obscurely. `stop` keeps the connection open and streams progress until the supervisor
+//! exits; `start` keeps it open until the service is ready or has failed; `deploy` and
+//! `rollback` until the handoff ends. Only root and the supervisor's own user may connect
+//! (peer credentials). Output is buffered per connection and written as the client reads it.
 
 use crate::error::{Error, Result};
 use crate::exit::Action;
@@ -15,7 +19,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What `status` reports; also the `--json` output.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -56,6 +60,9 @@ pub struct Report {
     /// A deploy or rollback in progress.
     #[serde(default)]
     pub handoff: Option<HandoffReport>,
+    /// The running supervisor's baton version (absent from one older than protocol versions).
+    #[serde(default)]
+    pub supervisor_version: Option<String>,
     /// The etcd lease of the registry keys (`[registry] ttl`): held, renewal failing, or re-registered after a loss.
     #[serde(default)]
     pub registry_lease: Option<String>,
@@ -78,6 +85,157 @@ pub struct HandoffReport {
     pub elapsed_secs: f64,
 }
 
+/// The control protocol this baton speaks: 0 was plain request words, 1 is a JSON envelope.
+/// Bump it when a request or reply changes meaning; a new request alone needs no bump.
+pub const PROTOCOL: u32 = 1;
+
+/// This baton's version, as requests and replies carry it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The longest request line a supervisor reads.
+const MAX_REQUEST: usize = 4096;
+
+/// What a client asks the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "lowercase")]
+pub enum Request {
+    /// The status report.
+    Status,
+    /// Start a service that backs off or is stopping; answered once ready.
+    Start,
+    /// Stop everything; progress until the supervisor exits.
+    Stop,
+    /// Send the service its reload signal.
+    Reload,
+    /// Reopen the log files.
+    Reopen,
+    /// Hand over to a newly installed release.
+    Deploy { release: String },
+    /// Hand back to an earlier release.
+    Rollback { release: String },
+}
+
+impl Request {
+    /// The request's name on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Start => "start",
+            Request::Stop => "stop",
+            Request::Reload => "reload",
+            Request::Reopen => "reopen",
+            Request::Deploy { .. } => "deploy",
+            Request::Rollback { .. } => "rollback",
+        }
+    }
+
+    /// Protocol 0's line for it, for a supervisor older than protocol versions.
+    fn legacy_line(&self) -> String {
+        match self {
+            Request::Deploy { release } | Request::Rollback { release } => {
+                format!("{} {release}", self.name())
+            }
+            other => other.name().to_string(),
+        }
+    }
+}
+
+/// A request with who sent it: the client's protocol and baton version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The client's protocol (0 for plain words).
+    pub protocol: u32,
+    /// The client's baton version ("" before protocol 1).
+    pub baton: String,
+    /// What it asks.
+    pub request: Request,
+}
+
+impl Envelope {
+    /// A request from this baton.
+    pub fn new(request: Request) -> Envelope {
+        Envelope {
+            protocol: PROTOCOL,
+            baton: VERSION.to_string(),
+            request,
+        }
+    }
+
+    /// The wire line (without its newline).
+    pub fn to_line(&self) -> String {
+        let mut v = serde_json::to_value(&self.request).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("protocol".into(), self.protocol.into());
+            o.insert("baton".into(), self.baton.clone().into());
+        }
+        v.to_string()
+    }
+
+    /// Parses one request line, JSON or protocol 0's plain words; Err says why not, for the client.
+    pub fn parse(line: &str) -> std::result::Result<Envelope, String> {
+        let line = line.trim();
+        if line.len() > MAX_REQUEST {
+            return Err(format!("request longer than {MAX_REQUEST} bytes"));
+        }
+        if !line.starts_with('{') {
+            let (word, arg) = match line.split_once(' ') {
+                Some((w, a)) => (w, Some(a.trim())),
+                None => (line, None),
+            };
+            let request = match (word, arg) {
+                ("status", None) => Request::Status,
+                ("start", None) => Request::Start,
+                ("stop", None) => Request::Stop,
+                ("reload", None) => Request::Reload,
+                ("reopen", None) => Request::Reopen,
+                ("deploy", Some(r)) => Request::Deploy {
+                    release: r.to_string(),
+                },
+                ("rollback", Some(r)) => Request::Rollback {
+                    release: r.to_string(),
+                },
+                _ => return Err(format!("unknown request {line:?}")),
+            };
+            return Ok(Envelope {
+                protocol: 0,
+                baton: String::new(),
+                request,
+            });
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("unreadable request: {e}"))?;
+        let protocol = v
+            .get("protocol")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|p| u32::try_from(p).ok())
+            .ok_or("request without a protocol version")?;
+        let baton = v
+            .get("baton")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let name = v
+            .get("request")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        match serde_json::from_value::<Request>(v) {
+            Ok(request) => Ok(Envelope {
+                protocol,
+                baton,
+                request,
+            }),
+            // A newer client asking for something this supervisor does not know.
+            Err(_) if protocol > PROTOCOL || baton != VERSION => Err(format!(
+                "supervisor runs baton {VERSION} (protocol {PROTOCOL}), this is baton {} (protocol {protocol}): \
+                 the running supervisor does not know the request {name:?}; restart it (or `baton reexec` it) onto this version",
+                if baton.is_empty() { "?" } else { &baton }
+            )),
+            Err(e) => Err(format!("unknown request {name:?}: {e}")),
+        }
+    }
+}
+
 /// One line the supervisor sends.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -86,15 +244,56 @@ pub enum Reply {
     Status(Box<Report>),
     /// Request accepted.
     Ok { message: String },
-    /// Request refused.
-    Error { message: String, code: i32 },
-    /// Progress of a stop.
+    /// Request refused, with the LSB code the client exits with.
+    Error { message: String, code: Action },
+    /// Progress of a stop, start or handoff.
     Progress { message: String },
 }
+
+/// A reply as it travels: the supervisor's protocol and version beside it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Line {
+    /// The supervisor's protocol; absent (0) from a supervisor older than versions.
+    #[serde(default)]
+    protocol: u32,
+    /// The supervisor's baton version.
+    #[serde(default)]
+    baton: Option<String>,
+    #[serde(flatten)]
+    reply: Reply,
+}
+
+/// The baton version on the other end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its protocol (0: before versions).
+    pub protocol: u32,
+    /// Its version, when it says.
+    pub baton: Option<String>,
+}
+
+/// The most clients connected at once; more are turned away (a stuck script cannot exhaust us).
+pub const MAX_CONNS: usize = 64;
+/// How long a client may take to send its request, or to read what it was sent.
+pub const IDLE: Duration = Duration::from_secs(10);
+/// How much unread output a client may hold before it is dropped.
+const MAX_PENDING: usize = 1 << 20;
+/// How long accepting pauses when the supervisor is out of file descriptors.
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// The listening side, owned by the supervisor loop.
 pub struct Server {
     listener: UnixListener,
+}
+
+/// What an accept round found besides new clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Everything waiting was taken.
+    All,
+    /// Out of file descriptors (EMFILE/ENFILE): stop polling the socket for a moment, or
+    /// the loop would wake on it forever.
+    OutOfFiles,
 }
 
 impl Server {
@@ -116,19 +315,32 @@ impl Server {
         self.listener.as_fd()
     }
 
-    /// Accepts waiting clients whose peer credentials allow control.
-    pub fn accept(&self) -> Vec<Conn> {
+    /// Accepts waiting clients whose peer credentials allow control, beside `open` others.
+    pub fn accept(&self, open: usize, now: Instant) -> (Vec<Conn>, Accepted) {
         let mut out = Vec::new();
-        while let Ok((stream, _)) = self.listener.accept() {
-            match socket::getsockopt(&stream, sockopt::PeerCredentials) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    tracing::warn!("unable to accept a control connection: {e}");
+                    return (out, Accepted::OutOfFiles);
+                }
+                Err(_) => return (out, Accepted::All),
+            };
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let mut c = Conn::new(stream, now);
+            if open + out.len() >= MAX_CONNS {
+                c.send(&Reply::Error {
+                    message: format!("too many control connections ({MAX_CONNS}); try again"),
+                    code: Action::Generic,
+                });
+                continue;
+            }
+            match socket::getsockopt(&c.stream, sockopt::PeerCredentials) {
                 Ok(cred) if cred.uid() == 0 || cred.uid() == Uid::effective().as_raw() => {
-                    if stream.set_nonblocking(true).is_ok() {
-                        out.push(Conn {
-                            stream,
-                            buf: Vec::new(),
-                            awaits: Awaits::Nothing,
-                        });
-                    }
+                    out.push(c);
                 }
                 Ok(cred) => {
                     tracing::warn!(
@@ -136,20 +348,14 @@ impl Server {
                         cred.uid(),
                         cred.pid()
                     );
-                    let mut c = Conn {
-                        stream,
-                        buf: Vec::new(),
-                        awaits: Awaits::Nothing,
-                    };
                     c.send(&Reply::Error {
                         message: "permission denied: only root or the supervisor's user".into(),
-                        code: 4,
+                        code: Action::NoPrivilege,
                     });
                 }
                 Err(e) => tracing::warn!("unable to read control peer credentials: {e}"),
             }
         }
-        out
     }
 }
 
@@ -157,6 +363,14 @@ impl Server {
 pub struct Conn {
     stream: UnixStream,
     buf: Vec<u8>,
+    /// Reply bytes the client has not taken yet.
+    out: Vec<u8>,
+    /// The conversation is over: close once `out` is delivered.
+    closing: bool,
+    /// The peer is gone, or misbehaved: drop it.
+    dead: bool,
+    /// When it last sent or took something.
+    active: Instant,
     /// What this client still waits for after its first reply.
     pub awaits: Awaits,
 }
@@ -176,8 +390,8 @@ pub enum Awaits {
 
 /// What reading a connection produced.
 pub enum Incoming {
-    /// A complete request line.
-    Request(String),
+    /// A complete request line, parsed (or why it could not be).
+    Request(std::result::Result<Envelope, String>),
     /// Nothing complete yet.
     Nothing,
     /// The client went away.
@@ -185,53 +399,159 @@ pub enum Incoming {
 }
 
 impl Conn {
+    fn new(stream: UnixStream, now: Instant) -> Conn {
+        Conn {
+            stream,
+            buf: Vec::new(),
+            out: Vec::new(),
+            closing: false,
+            dead: false,
+            active: now,
+            awaits: Awaits::Nothing,
+        }
+    }
+
     /// For the poll set.
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
     }
 
+    /// Whether output waits for the client to read (poll for POLLOUT).
+    pub fn wants_write(&self) -> bool {
+        !self.out.is_empty() && !self.dead
+    }
+
+    /// Whether the connection can go: delivered and closed, or dead.
+    pub fn done(&self) -> bool {
+        self.dead || (self.closing && self.out.is_empty())
+    }
+
+    /// When an idle client is given up on: one that neither asks nor reads. A client
+    /// waiting for a stop, start or handoff is not idle while it takes what it is sent.
+    pub fn idle_deadline(&self) -> Option<Instant> {
+        let waiting = self.awaits != Awaits::Nothing && self.out.is_empty();
+        (!waiting && !self.dead).then(|| self.active + IDLE)
+    }
+
+    /// Gives up on the client.
+    pub fn drop_now(&mut self) {
+        self.dead = true;
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
     /// Reads what is available; requests are single short lines.
-    pub fn read(&mut self) -> Incoming {
+    pub fn read(&mut self, now: Instant) -> Incoming {
         let mut chunk = [0u8; 512];
         match nix::unistd::read(self.stream.as_raw_fd(), &mut chunk) {
             Ok(0) => Incoming::Closed,
             Ok(n) => {
+                self.active = now;
                 self.buf.extend_from_slice(&chunk[..n]);
                 if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
-                    let line = String::from_utf8_lossy(&self.buf[..i]).trim().to_string();
+                    let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
                     self.buf.drain(..=i);
-                    Incoming::Request(line)
-                } else if self.buf.len() > 4096 {
+                    Incoming::Request(Envelope::parse(&line))
+                } else if self.buf.len() > MAX_REQUEST {
                     Incoming::Closed
                 } else {
                     Incoming::Nothing
                 }
             }
-            Err(nix::errno::Errno::EAGAIN) => Incoming::Nothing,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => Incoming::Nothing,
             Err(_) => Incoming::Closed,
         }
     }
 
-    /// Ends the conversation: the client reads end-of-file, and our next read sees it closed.
+    /// Ends the conversation: the client reads end-of-file once it has every reply.
     pub fn finish(&mut self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.closing = true;
+        if self.out.is_empty() {
+            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        }
     }
 
-    /// Sends one reply line; a client too slow to take a few hundred bytes misses it.
-    pub fn send(&mut self, reply: &Reply) -> bool {
-        let mut line = serde_json::to_vec(reply).unwrap_or_default();
-        line.push(b'\n');
-        socket::send(
-            self.stream.as_raw_fd(),
-            &line,
-            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-        )
-        .is_ok()
+    /// Queues one reply line, with this supervisor's version, and writes what the client takes.
+    pub fn send(&mut self, reply: &Reply) {
+        if self.dead {
+            return;
+        }
+        let line = Line {
+            protocol: PROTOCOL,
+            baton: Some(VERSION.to_string()),
+            reply: reply.clone(),
+        };
+        if let Ok(mut bytes) = serde_json::to_vec(&line) {
+            bytes.push(b'\n');
+            self.out.extend_from_slice(&bytes);
+        }
+        if self.out.len() > MAX_PENDING {
+            tracing::warn!("dropped a control client that does not read its replies");
+            self.drop_now();
+            return;
+        }
+        self.flush(Instant::now());
+    }
+
+    /// Writes as much queued output as the socket takes now (on POLLOUT, and after each send).
+    pub fn flush(&mut self, now: Instant) {
+        while !self.out.is_empty() && !self.dead {
+            match socket::send(
+                self.stream.as_raw_fd(),
+                &self.out,
+                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(n) => {
+                    self.out.drain(..n);
+                    self.active = now;
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(_) => {
+                    self.dead = true;
+                    self.out.clear();
+                }
+            }
+        }
+        if self.closing && self.out.is_empty() {
+            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Conn {
+    /// Reads what the client sent and nobody will answer: closing a socket with unread
+    /// input resets the connection, and the client would lose the replies it has not read.
+    fn drop(&mut self) {
+        let mut chunk = [0u8; 512];
+        for _ in 0..16 {
+            match nix::unistd::read(self.stream.as_raw_fd(), &mut chunk) {
+                Ok(n) if n > 0 => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                _ => break,
+            }
+        }
     }
 }
 
 /// Client side: sends `request` and returns a reader over the reply lines.
-pub fn request(path: &Path, request: &str, timeout: Option<Duration>) -> Result<Replies> {
+///
+/// A supervisor older than protocol versions does not understand the JSON line: its
+/// "unknown request" reply without a version is answered by asking again in its words.
+pub fn request(path: &Path, request: &Request, timeout: Option<Duration>) -> Result<Replies> {
+    let mut replies = send(path, &Envelope::new(request.clone()).to_line(), timeout)?;
+    let first = replies.next();
+    let old = matches!(
+        &first,
+        Some(Ok(Reply::Error { message, .. })) if message.starts_with("unknown request")
+    ) && replies.peer.as_ref().is_some_and(|p| p.protocol == 0);
+    if old {
+        return send(path, &request.legacy_line(), timeout);
+    }
+    replies.first = first;
+    Ok(replies)
+}
+
+fn send(path: &Path, line: &str, timeout: Option<Duration>) -> Result<Replies> {
     let stream = UnixStream::connect(path).map_err(|e| {
         Error::io(format!("connect to control socket {}", path.display()), &e)
             .hint("is the supervisor running? `baton status` tells")
@@ -242,15 +562,16 @@ pub fn request(path: &Path, request: &str, timeout: Option<Duration>) -> Result<
     // A supervisor that refuses us replies and closes at once, so the write may fail
     // with EPIPE while its refusal waits to be read: read before giving up.
     // One write, so the supervisor wakes once for it.
-    let sent = (&stream).write_all(format!("{request}\n").as_bytes());
+    let sent = (&stream).write_all(format!("{line}\n").as_bytes());
     let mut replies = Replies {
         reader: BufReader::new(stream),
         first: None,
+        peer: None,
     };
     if let Err(e) = sent {
         match replies.next() {
             Some(reply) => replies.first = Some(reply),
-            None => return Err(Error::io(format!("send {request:?} to the supervisor"), &e)),
+            None => return Err(Error::io("send the request to the supervisor", &e)),
         }
     }
     Ok(replies)
@@ -259,8 +580,10 @@ pub fn request(path: &Path, request: &str, timeout: Option<Duration>) -> Result<
 /// Reply lines from the supervisor.
 pub struct Replies {
     reader: BufReader<UnixStream>,
-    /// A reply already read while checking a failed send.
+    /// A reply already read (while checking a failed send, or the supervisor's version).
     first: Option<Result<Reply>>,
+    /// Who answers, once a line has said.
+    pub peer: Option<Peer>,
 }
 
 impl Iterator for Replies {
@@ -273,16 +596,159 @@ impl Iterator for Replies {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) => None,
-            Ok(_) => Some(serde_json::from_str(&line).map_err(|e| {
-                Error::unable(
+            Ok(_) => Some(match serde_json::from_str::<Line>(&line) {
+                Ok(l) => {
+                    self.peer = Some(Peer {
+                        protocol: l.protocol,
+                        baton: l.baton,
+                    });
+                    Ok(l.reply)
+                }
+                Err(e) => Err(Error::unable(
                     "understand the supervisor's reply",
                     format!("{e}: {line:?}"),
                 )
-                .hint("the running supervisor may be another baton version; restart it")
-            })),
+                .hint(format!(
+                    "the running supervisor may be another baton version (this is {VERSION}); restart it"
+                ))),
+            }),
             Err(e) => Some(Err(
                 Error::io("read the supervisor's reply", &e).code(Action::Generic)
             )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn requests_round_trip_and_protocol_0_words_still_parse() {
+        for r in [
+            Request::Status,
+            Request::Start,
+            Request::Stop,
+            Request::Reload,
+            Request::Reopen,
+            Request::Deploy {
+                release: "20261129-1".into(),
+            },
+            Request::Rollback {
+                release: "r1".into(),
+            },
+        ] {
+            let e = Envelope::new(r.clone());
+            assert_eq!(Envelope::parse(&e.to_line()), Ok(e));
+            let legacy = Envelope::parse(&r.legacy_line()).expect("legacy");
+            assert_eq!((legacy.protocol, legacy.request), (0, r));
+        }
+        assert!(Envelope::parse("deploy").is_err());
+        assert!(
+            Envelope::parse("{\"request\":\"status\"}").is_err(),
+            "no version"
+        );
+    }
+
+    #[test]
+    fn a_newer_client_hears_which_versions_differ() {
+        let line = r#"{"protocol":2,"baton":"9.9.9","request":"reexec"}"#;
+        let e = Envelope::parse(line).err().unwrap_or_default();
+        assert!(
+            e.starts_with(&format!("supervisor runs baton {VERSION} (protocol {PROTOCOL}), this is baton 9.9.9 (protocol 2)")),
+            "{e}"
+        );
+        // Extra fields of a newer request do not stop an old one from being understood.
+        let line = r#"{"protocol":2,"baton":"9.9.9","request":"status","verbose":true}"#;
+        assert_eq!(
+            Envelope::parse(line).map(|e| e.request),
+            Ok(Request::Status)
+        );
+    }
+
+    #[test]
+    fn replies_carry_the_supervisor_version_and_the_code_as_a_number() {
+        let line = Line {
+            protocol: PROTOCOL,
+            baton: Some(VERSION.into()),
+            reply: Reply::Error {
+                message: "no".into(),
+                code: Action::NotRunning,
+            },
+        };
+        let text = serde_json::to_string(&line).expect("json");
+        assert!(text.contains("\"code\":7"), "{text}");
+        let back: Line = serde_json::from_str(&text).expect("parse");
+        assert!(matches!(
+            back.reply,
+            Reply::Error {
+                code: Action::NotRunning,
+                ..
+            }
+        ));
+        assert_eq!(back.baton.as_deref(), Some(VERSION));
+        // What a supervisor before versions sent.
+        let old: Line = serde_json::from_str(r#"{"type":"ok","message":"fine"}"#).expect("old");
+        assert_eq!(old.protocol, 0);
+        let status = Line {
+            protocol: PROTOCOL,
+            baton: None,
+            reply: Reply::Status(Box::default()),
+        };
+        let text = serde_json::to_string(&status).expect("json");
+        assert!(matches!(
+            serde_json::from_str::<Line>(&text).map(|l| l.reply),
+            Ok(Reply::Status(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn the_request_parser_never_panics_and_bounds_what_it_accepts(line in "\\PC{0,300}") {
+            if let Ok(e) = Envelope::parse(&line) {
+                prop_assert!(line.len() <= MAX_REQUEST);
+                // Whatever it accepted reads back the same.
+                prop_assert_eq!(Envelope::parse(&e.to_line()).map(|x| x.request), Ok(e.request));
+            }
+        }
+
+        #[test]
+        fn json_requests_with_any_fields_parse_or_refuse(
+            name in prop::sample::select(vec!["status", "deploy", "rollback", "stop", "reexec", ""]),
+            release in proptest::option::of("\\PC{0,40}"),
+            protocol in 0u32..4,
+        ) {
+            let mut v = serde_json::json!({"protocol": protocol, "baton": "1.0.0", "request": name});
+            if let Some(r) = &release {
+                v["release"] = serde_json::Value::from(r.clone());
+            }
+            match Envelope::parse(&v.to_string()) {
+                Ok(e) => {
+                    prop_assert_eq!(e.protocol, protocol);
+                    prop_assert_eq!(e.request.name(), name);
+                }
+                Err(e) => prop_assert!(!e.is_empty()),
+            }
+        }
+
+        #[test]
+        fn reply_lines_round_trip(message in "\\PC{0,200}", code in -5i32..300) {
+            let line = Line {
+                protocol: PROTOCOL,
+                baton: Some(VERSION.into()),
+                reply: Reply::Error { message: message.clone(), code: Action::from_code(code) },
+            };
+            let text = serde_json::to_string(&line).expect("json");
+            prop_assert!(!text.contains('\n'));
+            let back: Line = serde_json::from_str(&text).expect("parse");
+            match back.reply {
+                Reply::Error { message: m, code: c } => {
+                    prop_assert_eq!(m, message);
+                    prop_assert_eq!(c, Action::from_code(code));
+                }
+                _ => prop_assert!(false),
+            }
         }
     }
 }

@@ -65,8 +65,8 @@ impl Reporter {
     }
 
     /// Start failed; `message` says why, with the service's last output.
-    pub fn failed(&mut self, code: i32, message: &str) {
-        self.send(&format!("failed {code}\n{message}\n"));
+    pub fn failed(&mut self, code: Action, message: &str) {
+        self.send(&format!("failed {}\n{message}\n", code.code()));
     }
 }
 
@@ -140,12 +140,9 @@ fn parse_report(
         (Some("ready"), Some(pid)) => Ok(Started::Ready(pid.parse().unwrap_or(0))),
         (Some("running"), _) => Ok(Started::AlreadyRunning),
         (Some("failed"), code) => {
-            let code = match code.and_then(|c| c.parse::<i32>().ok()) {
-                Some(4) => Action::NoPrivilege,
-                Some(5) => Action::NotInstalled,
-                Some(6) => Action::NotConfigured,
-                _ => Action::Generic,
-            };
+            let code = code
+                .and_then(|c| c.parse::<i32>().ok())
+                .map_or(Action::Generic, Action::from_code);
             let body = body.trim_end();
             let cause = body
                 .strip_prefix("unable to ")

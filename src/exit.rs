@@ -4,7 +4,13 @@
 //! They overlap numerically but not in meaning, so they are separate types.
 
 /// Exit codes of every action except `status`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+///
+/// On the control socket and the readiness pipe they travel as their number and are decoded
+/// once, here ([`Action::from_code`]).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(into = "i32", from = "i32")]
 #[allow(dead_code)] // the full LSB table, documented even where baton never fails that way
 pub enum Action {
     /// 0: success.
@@ -42,6 +48,32 @@ impl Action {
     /// The numeric code handed to `exit(2)`.
     pub fn code(self) -> i32 {
         self as i32
+    }
+
+    /// The action a number names; a number LSB does not define is a generic error.
+    pub fn from_code(code: i32) -> Action {
+        match code {
+            0 => Action::Ok,
+            2 => Action::BadArgs,
+            3 => Action::Unimplemented,
+            4 => Action::NoPrivilege,
+            5 => Action::NotInstalled,
+            6 => Action::NotConfigured,
+            7 => Action::NotRunning,
+            _ => Action::Generic,
+        }
+    }
+}
+
+impl From<i32> for Action {
+    fn from(code: i32) -> Action {
+        Action::from_code(code)
+    }
+}
+
+impl From<Action> for i32 {
+    fn from(a: Action) -> i32 {
+        a.code()
     }
 }
 

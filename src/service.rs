@@ -1,7 +1,7 @@
 //! What each LSB action does, from the operator's side: find the supervisor, talk to it, report.
 
 use crate::config::{PortSpec, Spec};
-use crate::control::{self, Reply, Report};
+use crate::control::{self, Reply, Report, Request};
 use crate::daemon::{self, Started};
 use crate::error::{Error, Result};
 use crate::exit::{Action, Status};
@@ -40,7 +40,14 @@ fn start_locked(spec: &Spec) -> Result<()> {
 /// `start` with a supervisor already running: 0 if ready; while it backs off after a
 /// crash, spawn now and wait until ready. "start" means ready in every state.
 fn start_supervised(spec: &Spec) -> Result<()> {
-    ask(spec, "start", spec.ready.timeout + Duration::from_secs(5)).map_err(|e| {
+    let label = format!("start {}", spec.name);
+    ask_as(
+        spec,
+        &Request::Start,
+        &label,
+        spec.ready.timeout + Duration::from_secs(5),
+    )
+    .map_err(|e| {
         e.hint(format!(
             "`baton status {}` shows the last output; logs are in {}",
             spec.name,
@@ -71,15 +78,13 @@ fn stop_locked(spec: &Spec) -> Result<()> {
         .filter(|s| s.alive())
         .map(|s| Pid::from_raw(s.pid));
     let watched = process::watch_exits(sup.as_slice());
-    match control::request(&spec.socket, "stop", None) {
+    match control::request(&spec.socket, &Request::Stop, None) {
         Ok(replies) => {
             for reply in replies {
                 match reply? {
                     Reply::Progress { message } => eprintln!("{name}: {message}"),
                     Reply::Error { message, code } => {
-                        return Err(
-                            Error::unable(format!("stop {name}"), message).code(action(code))
-                        )
+                        return Err(Error::unable(format!("stop {name}"), message).code(code))
                     }
                     Reply::Ok { .. } | Reply::Status(_) => {}
                 }
@@ -134,32 +139,28 @@ pub fn try_restart(spec: &Spec) -> Result<()> {
 
 /// Delivers the reload signal to the running service.
 pub fn reload(spec: &Spec) -> Result<()> {
-    simple_request(spec, "reload")
+    simple_request(spec, Request::Reload)
 }
 
 /// Asks the supervisor to reopen its log files (after an external logrotate).
 pub fn reopen_logs(spec: &Spec) -> Result<()> {
-    simple_request(spec, "reopen")
+    simple_request(spec, Request::Reopen)
 }
 
-fn simple_request(spec: &Spec, what: &str) -> Result<()> {
+fn simple_request(spec: &Spec, request: Request) -> Result<()> {
     let name = &spec.name;
+    let what = request.name();
     if !pidfile::supervisor_alive(spec).unwrap_or(false) {
         return Err(
             Error::unable(format!("{what} {name}"), format!("{name} is not running"))
                 .code(Action::NotRunning),
         );
     }
-    ask(spec, what, STATUS_TIMEOUT)
-}
-
-/// Sends one request to the running supervisor and prints its answer; a refusal is an error.
-pub fn ask(spec: &Spec, what: &str, timeout: Duration) -> Result<()> {
-    ask_as(spec, what, &format!("{what} {}", spec.name), timeout)
+    ask_as(spec, &request, &format!("{what} {name}"), STATUS_TIMEOUT)
 }
 
 /// Sends `request`; errors read "unable to LABEL: ...". Progress lines go to stderr as they come.
-pub fn ask_as(spec: &Spec, request: &str, label: &str, timeout: Duration) -> Result<()> {
+pub fn ask_as(spec: &Spec, request: &Request, label: &str, timeout: Duration) -> Result<()> {
     let mut answered = false;
     for reply in control::request(&spec.socket, request, Some(timeout))? {
         match reply? {
@@ -167,9 +168,7 @@ pub fn ask_as(spec: &Spec, request: &str, label: &str, timeout: Duration) -> Res
                 println!("{message}");
                 answered = true;
             }
-            Reply::Error { message, code } => {
-                return Err(Error::unable(label, message).code(action(code)))
-            }
+            Reply::Error { message, code } => return Err(Error::unable(label, message).code(code)),
             Reply::Progress { message } => eprintln!("{message}"),
             Reply::Status(_) => {}
         }
@@ -187,8 +186,8 @@ pub fn ask_as(spec: &Spec, request: &str, label: &str, timeout: Duration) -> Res
 pub fn status(spec: &Spec, json: bool) -> Result<Status> {
     let (report, code) = match pidfile::supervisor_alive(spec) {
         Ok(true) => {
-            let reply =
-                control::request(&spec.socket, "status", Some(STATUS_TIMEOUT)).and_then(|mut r| {
+            let reply = control::request(&spec.socket, &Request::Status, Some(STATUS_TIMEOUT))
+                .and_then(|mut r| {
                     r.next()
                         .unwrap_or_else(|| Err(Error::unable("read status", "no reply")))
                 });
@@ -375,15 +374,6 @@ fn join(pids: &[i32]) -> String {
         .map(i32::to_string)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn action(code: i32) -> Action {
-    match code {
-        2 => Action::BadArgs,
-        4 => Action::NoPrivilege,
-        7 => Action::NotRunning,
-        _ => Action::Generic,
-    }
 }
 
 /// Kills what a dead supervisor left behind and removes its stale PID file; true if there was anything.

@@ -2,6 +2,7 @@
 //! for a handoff, print each step as it happens. The handoff itself is `supervisor::handoff`.
 
 use crate::config::Spec;
+use crate::control::Request;
 use crate::deploy::release;
 use crate::error::{Error, Result};
 use crate::pidfile;
@@ -88,7 +89,12 @@ fn hand_over(spec: &Spec, kind: &str, id: &str) -> Result<()> {
         + spec.stop.timeout * 2
         + Duration::from_secs(60);
     let label = format!("{kind} {} to release {id}", spec.name);
-    crate::service::ask_as(spec, &format!("{kind} {id}"), &label, limit).map_err(|e| {
+    let release = id.to_string();
+    let request = match kind {
+        "rollback" => Request::Rollback { release },
+        _ => Request::Deploy { release },
+    };
+    crate::service::ask_as(spec, &request, &label, limit).map_err(|e| {
         e.hint(format!(
             "`baton status {}` shows what serves now; logs are in {}",
             spec.name,

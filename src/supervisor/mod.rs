@@ -16,7 +16,7 @@ use instance::{pick_port, Handing, Instance, Which, DISCOVER_EVERY};
 use worker::WorkerOutput;
 
 use crate::config::{PortSpec, Spec, Vars};
-use crate::control::{Awaits, Conn, Incoming, Reply, Report, Server};
+use crate::control::{Accepted, Awaits, Conn, Envelope, Incoming, Reply, Report, Request, Server};
 use crate::daemon::Reporter;
 use crate::error::{Error, Result};
 use crate::logs::{Drained, Output, Pipe, StreamKind};
@@ -67,6 +67,8 @@ struct Supervisor {
     queue: VecDeque<Input>,
     /// The deploy or rollback in progress: its machine and its two instances.
     handoff: Option<Handing>,
+    /// Accepting control connections waits until then (out of file descriptors).
+    accept_paused_until: Option<Instant>,
     /// Inputs for the handoff machine not yet stepped.
     handoff_queue: VecDeque<HInput>,
     /// A `__switch` routing a (re)started instance: its PID, output and partial line.
@@ -110,7 +112,7 @@ pub fn run(spec: Spec, opts: Options) -> Result<i32> {
     match setup(spec, reporter, systemd_notify, events) {
         Ok(mut sup) => sup.run(),
         Err((e, mut reporter)) => {
-            reporter.failed(e.exit_code().code(), &e.to_string());
+            reporter.failed(e.exit_code(), &e.to_string());
             Err(e)
         }
     }
@@ -209,6 +211,7 @@ fn setup(
         queue: VecDeque::new(),
         handoff: None,
         handoff_queue: VecDeque::new(),
+        accept_paused_until: None,
         publisher: None,
         routing: None,
         unrouted: None,
@@ -256,6 +259,8 @@ impl Supervisor {
                 .and_then(|i| i.probes.as_ref())
                 .and_then(Probes::next_deadline),
             self.next_progress,
+            self.accept_paused_until,
+            self.conns.iter().filter_map(Conn::idle_deadline).min(),
             self.handoff.as_ref().and_then(|h| h.machine.deadline()),
             self.handoff
                 .as_ref()
@@ -281,10 +286,18 @@ impl Supervisor {
         let ready: Vec<(Source, PollFlags)> = {
             let mut fds = vec![PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN)];
             let mut sources = vec![Source::Signals];
-            fds.push(PollFd::new(self.server.as_fd(), PollFlags::POLLIN));
-            sources.push(Source::Control);
+            // Out of file descriptors, accepting waits a moment: the socket would stay readable.
+            if self.accept_paused_until.is_none() {
+                fds.push(PollFd::new(self.server.as_fd(), PollFlags::POLLIN));
+                sources.push(Source::Control);
+            }
             for (i, c) in self.conns.iter().enumerate() {
-                fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+                let events = if c.wants_write() {
+                    PollFlags::POLLIN | PollFlags::POLLOUT
+                } else {
+                    PollFlags::POLLIN
+                };
+                fds.push(PollFd::new(c.as_fd(), events));
                 sources.push(Source::Conn(i));
             }
             if let Some((sock, _)) = &self.notify {
@@ -341,19 +354,41 @@ impl Supervisor {
         self.worked = true;
         let now = Instant::now();
         let mut closed_pipes = Vec::new();
-        let mut closed_conns = Vec::new();
-        for (src, _) in ready {
+        for (src, flags) in ready {
             match src {
                 Source::Signals => self.on_signals(),
                 Source::Control => {
-                    let new = self.server.accept();
+                    let (new, how) = self.server.accept(self.conns.len(), now);
                     self.conns.extend(new);
+                    if how == Accepted::OutOfFiles {
+                        self.accept_paused_until = Some(now + crate::control::ACCEPT_PAUSE);
+                    }
                 }
-                Source::Conn(i) => match self.conns.get_mut(i).map(Conn::read) {
-                    Some(Incoming::Request(r)) if !self.on_request(i, &r) => closed_conns.push(i),
-                    Some(Incoming::Closed) => closed_conns.push(i),
-                    _ => {}
-                },
+                Source::Conn(i) => {
+                    if flags.contains(PollFlags::POLLOUT) {
+                        if let Some(c) = self.conns.get_mut(i) {
+                            c.flush(now);
+                        }
+                    }
+                    if flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+                    {
+                        match self.conns.get_mut(i).map(|c| c.read(now)) {
+                            Some(Incoming::Request(r)) => {
+                                if !self.on_request(i, r) {
+                                    if let Some(c) = self.conns.get_mut(i) {
+                                        c.finish();
+                                    }
+                                }
+                            }
+                            Some(Incoming::Closed) => {
+                                if let Some(c) = self.conns.get_mut(i) {
+                                    c.drop_now();
+                                }
+                            }
+                            Some(Incoming::Nothing) | None => {}
+                        }
+                    }
+                }
                 Source::Notify => self.on_notify(),
                 Source::Pipe(i) => {
                     if let Drained::Closed = self.drain_pipe(i) {
@@ -377,12 +412,8 @@ impl Supervisor {
         for i in closed_pipes.into_iter().rev() {
             self.pipes.swap_remove(i);
         }
-        closed_conns.sort_unstable();
-        closed_conns.dedup();
-        for i in closed_conns.into_iter().rev() {
-            self.conns.swap_remove(i);
-        }
         self.on_time(Instant::now());
+        self.conns.retain(|c| !c.done());
         Ok(())
     }
 
@@ -394,6 +425,15 @@ impl Supervisor {
     }
 
     fn on_time(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept_paused_until = None;
+        }
+        for c in self.conns.iter_mut() {
+            if c.idle_deadline().is_some_and(|d| d <= now) {
+                tracing::warn!("dropped an idle control connection");
+                c.drop_now();
+            }
+        }
         for which in [Which::Main, Which::Candidate] {
             self.discover(which, now);
             if let Some(p) = self.instance_mut(which).and_then(|i| i.probes.as_mut()) {
@@ -635,7 +675,7 @@ impl Supervisor {
         let me = nix::unistd::getpid();
         if let Err(e) = pidfile::write(&self.spec.pidfile, me) {
             tracing::error!("{e}");
-            self.reporter.failed(e.exit_code().code(), &e.to_string());
+            self.reporter.failed(e.exit_code(), &e.to_string());
             self.queue.push_back(Input::StopRequested);
             return;
         }
@@ -788,13 +828,13 @@ impl Supervisor {
                 self.start_failure = Some(why.clone());
                 self.answer_start(Reply::Error {
                     message: why,
-                    code: crate::exit::Action::Generic.code(),
+                    code: crate::exit::Action::Generic,
                 });
                 self.feed(Input::StopRequested);
             }
             Some(false) => self.answer_start(Reply::Error {
                 message: why,
-                code: crate::exit::Action::Generic.code(),
+                code: crate::exit::Action::Generic,
             }),
             None => {}
         }
@@ -877,11 +917,23 @@ impl Supervisor {
         self.check_probes();
     }
 
-    /// Answers one request; returns whether the connection stays open (only a waiting `stop`).
-    fn on_request(&mut self, i: usize, request: &str) -> bool {
+    /// Answers one request; returns whether the connection stays open for more than the reply.
+    fn on_request(&mut self, i: usize, request: std::result::Result<Envelope, String>) -> bool {
+        let request = match request {
+            Ok(e) => e.request,
+            Err(message) => {
+                return self.reply(
+                    i,
+                    Reply::Error {
+                        message,
+                        code: crate::exit::Action::BadArgs,
+                    },
+                )
+            }
+        };
         let reply = match request {
-            "status" => Reply::Status(Box::new(self.report())),
-            "start" => match &self.machine.phase {
+            Request::Status => Reply::Status(Box::new(self.report())),
+            Request::Start => match &self.machine.phase {
                 Phase::Ready { .. } => Reply::Ok {
                     message: format!("{} is already running", self.spec.name),
                 },
@@ -891,7 +943,7 @@ impl Supervisor {
                     ..
                 }) => Reply::Error {
                     message: format!("{} is {}", self.spec.name, self.machine.name()),
-                    code: crate::exit::Action::Generic.code(),
+                    code: crate::exit::Action::Generic,
                 },
                 // Answered when the service is ready, or has failed again (see `feed`).
                 _ => {
@@ -905,27 +957,25 @@ impl Supervisor {
                         .is_some_and(|c| c.awaits != Awaits::Nothing);
                 }
             },
-            r if r.starts_with("deploy ") || r.starts_with("rollback ") => {
-                let (kind, id) = r.split_once(' ').unwrap_or((r, ""));
-                let kind = if kind == "rollback" {
-                    Kind::Rollback
-                } else {
-                    Kind::Deploy
-                };
-                let id = id.trim();
-                if !crate::deploy::release::valid_id(id) {
-                    Reply::Error {
-                        message: format!("{id:?} is not a release ID"),
-                        code: 2,
-                    }
-                } else {
-                    match self.begin_handoff(i, kind, id) {
-                        Some(reply) => reply,
-                        None => return true,
-                    }
+            Request::Deploy { release } | Request::Rollback { release }
+                if !crate::deploy::release::valid_id(&release) =>
+            {
+                Reply::Error {
+                    message: format!("{release:?} is not a release ID"),
+                    code: crate::exit::Action::BadArgs,
                 }
             }
-            "stop" => {
+            Request::Deploy { release } => match self.begin_handoff(i, Kind::Deploy, &release) {
+                Some(reply) => reply,
+                None => return true,
+            },
+            Request::Rollback { release } => {
+                match self.begin_handoff(i, Kind::Rollback, &release) {
+                    Some(reply) => reply,
+                    None => return true,
+                }
+            }
+            Request::Stop => {
                 self.feed_handoff(HInput::Cancel("the service is being stopped".into()));
                 if let Some(c) = self.conns.get_mut(i) {
                     c.awaits = Awaits::Stopped;
@@ -935,24 +985,25 @@ impl Supervisor {
                     message: format!("stopping {}", self.spec.name),
                 }
             }
-            "reload" => match self.reload() {
+            Request::Reload => match self.reload() {
                 Ok(m) => Reply::Ok { message: m },
                 Err(m) => Reply::Error {
                     message: m,
-                    code: crate::exit::Action::NotRunning.code(),
+                    code: crate::exit::Action::NotRunning,
                 },
             },
-            "reopen" => {
+            Request::Reopen => {
                 self.reopen();
                 Reply::Ok {
                     message: "log files reopened".into(),
                 }
             }
-            other => Reply::Error {
-                message: format!("unknown request {other:?}"),
-                code: 2,
-            },
         };
+        self.reply(i, reply)
+    }
+
+    /// Sends `reply` on connection `i`; true if the client waits for more.
+    fn reply(&mut self, i: usize, reply: Reply) -> bool {
         match self.conns.get_mut(i) {
             Some(c) => {
                 c.send(&reply);
@@ -967,7 +1018,7 @@ impl Supervisor {
         let refuse = |message: String| {
             Some(Reply::Error {
                 message,
-                code: crate::exit::Action::Generic.code(),
+                code: crate::exit::Action::Generic,
             })
         };
         if let Some(h) = &self.handoff {
@@ -1160,7 +1211,7 @@ impl Supervisor {
                 tracing::error!("{}: {message}", h.machine.kind.name());
                 self.end_handoff(Reply::Error {
                     message,
-                    code: crate::exit::Action::Generic.code(),
+                    code: crate::exit::Action::Generic,
                 });
             }
         }
@@ -1419,7 +1470,7 @@ impl Supervisor {
         };
         self.answer_start(Reply::Error {
             message: why,
-            code: crate::exit::Action::Generic.code(),
+            code: crate::exit::Action::Generic,
         });
     }
 
@@ -1527,9 +1578,10 @@ impl Supervisor {
             last_exit: self.machine.last_exit.map(|e| e.to_string()),
             problem: self.unrouted.clone(),
             waiting_for: inst.and_then(|i| i.probes.as_ref()).map(Probes::pending),
-            tail: self.output.tail(10),
+            tail: self.output.tail(10).into_iter().map(cap_line).collect(),
             release: inst.and_then(|i| i.release.clone()),
             handoff: self.handoff.as_ref().map(|h| h.report(now)),
+            supervisor_version: Some(crate::control::VERSION.to_string()),
             registry_lease: self.lease.as_ref().map(crate::lease::Keeper::describe),
         }
     }
@@ -1573,7 +1625,7 @@ impl Supervisor {
                 tracing::error!("{why}; {} stopped", self.spec.name);
                 self.dirty = true;
                 self.reporter.failed(
-                    crate::exit::Action::Generic.code(),
+                    crate::exit::Action::Generic,
                     &format!(
                         "{why}\n{} was stopped: nothing is left running",
                         self.spec.name
@@ -1612,7 +1664,8 @@ impl Supervisor {
                     }
                 }
                 tracing::error!("{msg}");
-                self.reporter.failed(1, msg.trim_end());
+                self.reporter
+                    .failed(crate::exit::Action::Generic, msg.trim_end());
                 1
             }
         };
@@ -1634,6 +1687,21 @@ impl Supervisor {
         self.rng ^= self.rng << 17;
         (self.rng >> 11) as f64 / (1u64 << 53) as f64
     }
+}
+
+/// The longest output line a status reply carries: a chatty service cannot make it unbounded.
+const TAIL_LINE_MAX: usize = 512;
+
+/// `line`, cut at [`TAIL_LINE_MAX`] bytes (on a character boundary) with what was left out said.
+fn cap_line(line: String) -> String {
+    if line.len() <= TAIL_LINE_MAX {
+        return line;
+    }
+    let mut end = TAIL_LINE_MAX;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes)", &line[..end], line.len() - end)
 }
 
 fn describe(input: &Input) -> String {
