@@ -376,12 +376,12 @@ impl Cli {
                         return Ok(1);
                     }
                 };
-                let to = crate::deploy::switch::Backend {
+                let to = crate::deploy::Backend {
                     pid: a.pid,
                     port: a.port,
                     release: a.release.clone(),
                 };
-                let from = a.old_pid.map(|pid| crate::deploy::switch::Backend {
+                let from = a.old_pid.map(|pid| crate::deploy::Backend {
                     pid,
                     port: a.old_port,
                     release: a.old_release.clone(),

@@ -11,6 +11,7 @@ mod etcd;
 mod exit;
 mod files;
 mod generate;
+mod host;
 mod lease;
 mod logs;
 mod logview;
@@ -27,6 +28,7 @@ mod ship;
 mod sockets;
 mod supervisor;
 mod sys;
+mod url;
 
 use clap::Parser;
 

@@ -168,6 +168,17 @@ pub struct Account {
     pub shell: PathBuf,
 }
 
+impl Account {
+    /// What the OS layer needs to drop to this account.
+    pub fn credentials(&self) -> crate::sys::Credentials {
+        crate::sys::Credentials {
+            uid: self.uid,
+            gid: self.gid,
+            groups: self.groups.clone(),
+        }
+    }
+}
+
 /// How the service's port is chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PortSpec {
