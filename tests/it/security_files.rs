@@ -4,7 +4,7 @@
 //! operator), then checks that the target is untouched and that baton's refusal names the
 //! path. They need root (useradd, chown); without it they skip with a message.
 
-mod harness;
+use crate::harness;
 
 use harness::{baton_bin, is_root, wait_until, Run, Spec, Svc};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
