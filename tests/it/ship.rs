@@ -5,7 +5,7 @@
 //! them over real ssh and runs the real `baton deploy` there. Needs root (the
 //! tests skip with a message otherwise) and scripts/setup-deps (openssh, rsync).
 
-mod harness;
+use crate::harness;
 
 use harness::{baton_bin, wait_until, Run};
 use std::path::{Path, PathBuf};
