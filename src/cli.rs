@@ -79,13 +79,17 @@ pub enum Command {
     },
     /// Hand over to a new release with no failed request: start it beside the running one,
     /// wait until ready, switch traffic, drain and stop the old instance.
+    ///
+    /// The new instance always runs from the config as it is on disk now, so without
+    /// --release this applies a config change (env, JVM flags, probes, stop...) to the
+    /// current release the same way.
     Deploy {
         #[command(flatten)]
         target: Target,
         /// The release: a directory or a file (an uberjar), copied in as releases/ID; a
-        /// directory already under releases/ is used in place.
+        /// directory already under releases/ is used in place. Default: the current release.
         #[arg(long, value_name = "PATH")]
-        release: PathBuf,
+        release: Option<PathBuf>,
         /// Keep this many releases (overrides [release] keep).
         #[arg(long, value_name = "N")]
         keep: Option<u32>,
@@ -205,7 +209,14 @@ impl Cli {
                 target,
                 release,
                 keep,
-            } => crate::deploy::client::deploy(&load(target)?, release, *keep).map(|()| 0),
+            } => {
+                let spec = load(target)?;
+                match release {
+                    Some(r) => crate::deploy::client::deploy(&spec, r, *keep),
+                    None => crate::deploy::client::reconfigure(&spec),
+                }
+                .map(|()| 0)
+            }
             Command::Rollback(t) => crate::deploy::client::rollback(&load(t)?).map(|()| 0),
             Command::ReopenLogs(t) => crate::service::reopen_logs(&load(t)?).map(|()| 0),
             Command::Status { target, json } => match load(target) {

@@ -9,7 +9,7 @@ use crate::pidfile;
 use std::path::Path;
 use std::time::Duration;
 
-/// `baton deploy NAME --release PATH`: hands over to a new release with no failed request.
+/// `baton deploy NAME --release PATH`: hands over to a new release (and the config on disk) with no failed request.
 pub fn deploy(spec: &Spec, source: &Path, keep: Option<u32>) -> Result<()> {
     let root = release::root(spec)?.to_path_buf();
     crate::service::preflight(spec)?;
@@ -30,6 +30,35 @@ pub fn deploy(spec: &Spec, source: &Path, keep: Option<u32>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `baton deploy NAME` without a release: hands over to the current release with the config
+/// on disk now, the zero-downtime way to apply a config change.
+pub fn reconfigure(spec: &Spec) -> Result<()> {
+    release::root(spec)?;
+    crate::service::preflight(spec)?;
+    let id = release::current(spec).ok_or_else(|| {
+        Error::unable(
+            format!("deploy {}", spec.name),
+            "there is no current release to hand over to",
+        )
+        .code(crate::exit::Action::NotConfigured)
+        .hint(format!("install one with `baton deploy {} --release DIR`", spec.name))
+    })?;
+    if !pidfile::supervisor_alive(spec)? {
+        return Err(Error::unable(
+            format!("apply the config of {}", spec.name),
+            format!("{} is not running", spec.name),
+        )
+        .code(crate::exit::Action::NotRunning)
+        .hint(format!("`baton start {}` starts it with this config", spec.name)));
+    }
+    eprintln!(
+        "{}: handing over to release {id} with the config in {}",
+        spec.name,
+        spec.file.display()
+    );
+    hand_over(spec, "deploy", &id)
 }
 
 /// `baton rollback NAME`: the same handoff, back to the release before `current`.

@@ -178,13 +178,7 @@ fn setup(
         Ok(v) => v,
         Err(e) => return Err((e, reporter)),
     };
-    let rules = Rules {
-        restart: spec.restart.clone(),
-        ready_timeout: spec.ready.timeout,
-        stop_signal: spec.stop.signal,
-        stop_timeout: spec.stop.timeout,
-        dump_after: spec.stop.dump_signal.map(|_| spec.stop.dump_after),
-    };
+    let rules = rules_of(&spec);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -554,7 +548,8 @@ impl Supervisor {
             Some(i) => i.release.clone(),
             None => crate::deploy::release::current(&self.spec),
         };
-        match self.launch(release, &[]) {
+        let spec = self.spec.clone();
+        match self.launch(&spec, release, &[]) {
             Ok(inst) => {
                 let pid = inst.pid;
                 let passed = inst.passed();
@@ -571,38 +566,39 @@ impl Supervisor {
     /// Spawns one instance of the service from `release`, on a port none of `taken` uses.
     fn launch(
         &mut self,
+        spec: &Spec,
         release: Option<String>,
         taken: &[u16],
     ) -> std::result::Result<Instance, String> {
-        let release_dir = match (&self.spec.release, &release) {
+        let release_dir = match (&spec.release, &release) {
             (Some(r), Some(id)) => Some(crate::deploy::release::dir(&r.root, id)),
             (Some(r), None) => {
                 return Err(format!(
                     "no release to run: {} does not exist; install one with `baton deploy {} --release DIR`",
                     r.root.join("current").display(),
-                    self.spec.name
+                    spec.name
                 ))
             }
             (None, _) => None,
         };
         let port = match &self.listener {
-            Some(_) => self.spec.listen.as_ref().map(|l| l.address.port()),
-            None => pick_port(&self.spec.port, taken)?,
+            Some(_) => spec.listen.as_ref().map(|l| l.address.port()),
+            None => pick_port(&spec.port, taken)?,
         };
         let vars = Vars {
             port,
             release: release_dir,
         };
-        let discovering = self.spec.port == PortSpec::Discover && self.listener.is_none();
+        let discovering = spec.port == PortSpec::Discover && self.listener.is_none();
         let now = Instant::now();
         let probes = if discovering {
             None
         } else {
-            Some(Probes::new(&self.spec, &vars, now).map_err(|e| format!("readiness probe: {e}"))?)
+            Some(Probes::new(spec, &vars, now).map_err(|e| format!("readiness probe: {e}"))?)
         };
         let notify = self.notify.as_ref().map(|(_, p)| p.clone());
         let listener = self.listener.as_ref().map(|l| l.as_raw_fd());
-        let sp = process::spawn(&self.spec, &vars, notify.as_deref(), listener)
+        let sp = process::spawn(spec, &vars, notify.as_deref(), listener)
             .map_err(|e| e.to_string())?;
         tracing::info!("spawned {} (pid {})", sp.argv.join(" "), sp.pid);
         self.pipes
@@ -621,10 +617,12 @@ impl Supervisor {
 
     /// Port mode discover: once the instance listens, its port is known and the probes can run.
     fn discover(&mut self, which: Which, now: Instant) {
-        let spec = &self.spec;
-        let inst = match which {
-            Which::Main => self.instance.as_mut(),
-            Which::Candidate => self.handoff.as_mut().and_then(|h| h.candidate.as_mut()),
+        let (spec, inst) = match which {
+            Which::Main => (&self.spec, self.instance.as_mut()),
+            Which::Candidate => match self.handoff.as_mut() {
+                Some(h) => (&*h.spec, h.candidate.as_mut()),
+                None => return,
+            },
         };
         let Some(inst) = inst.filter(|i| i.discovering) else {
             return;
@@ -1041,23 +1039,24 @@ impl Supervisor {
                 ))
             }
         };
-        if let (PortSpec::Fixed(p), None) = (&self.spec.port, &self.listener) {
+        // Every handoff starts the new instance from the config on disk: a config change is a handoff.
+        let next = match reread(&self.spec) {
+            Ok(next) => next,
+            Err(reply) => return Some(reply),
+        };
+        if let (PortSpec::Fixed(p), None) = (&next.port, &self.listener) {
             return refuse(format!(
                 "port.mode is fixed ({p}): two instances cannot share it; use port.mode = \"auto\" or \"discover\", or a [listen] socket"
             ));
         }
         let rules = handoff::Rules {
-            ready_timeout: self.spec.ready.timeout,
-            stop_signal: self.spec.stop.signal,
-            stop_timeout: self.spec.stop.timeout,
-            dump: self
-                .spec
-                .stop
-                .dump_signal
-                .map(|s| (s, self.spec.stop.dump_after)),
-            drain_timeout: self.spec.deploy.drain_timeout,
+            ready_timeout: next.ready.timeout,
+            stop_signal: next.stop.signal,
+            stop_timeout: next.stop.timeout,
+            dump: next.stop.dump_signal.map(|s| (s, next.stop.dump_after)),
+            drain_timeout: next.deploy.drain_timeout,
             shared_socket: self.listener.is_some(),
-            auto_port: matches!(self.spec.port, PortSpec::Auto { .. }),
+            auto_port: matches!(next.port, PortSpec::Auto { .. }),
         };
         let (machine, effects) = Handoff::begin(kind, release, serving, rules, Instant::now());
         if let Some(c) = self.conns.get_mut(conn) {
@@ -1068,6 +1067,7 @@ impl Supervisor {
             candidate: None,
             old: None,
             worker: None,
+            spec: Box::new(next),
         });
         for e in effects {
             self.perform_handoff(e);
@@ -1114,7 +1114,8 @@ impl Supervisor {
         match effect {
             HEffect::Spawn { avoid } => {
                 let release = h.machine.release.clone();
-                match self.launch(Some(release), &avoid) {
+                let spec = (*h.spec).clone();
+                match self.launch(&spec, Some(release), &avoid) {
                     Ok(inst) => {
                         let (pid, port, passed) = (inst.pid, inst.port, inst.passed());
                         if let Some(h) = self.handoff.as_mut() {
@@ -1195,7 +1196,11 @@ impl Supervisor {
                 };
                 let new_pid = new.pid;
                 h.old = self.instance.replace(new);
-                self.machine.handed_over(new_pid, Instant::now());
+                // From here on the supervisor runs the config the new instance was started from.
+                let spec = (*h.spec).clone();
+                self.machine
+                    .handed_over(new_pid, rules_of(&spec), Instant::now());
+                self.spec = spec;
                 self.dirty = true;
             }
             HEffect::Tell(line) => {
@@ -1716,6 +1721,55 @@ fn describe(input: &Input) -> String {
         Input::StopRequested => "stop requested".into(),
         Input::StartNow => "start requested".into(),
     }
+}
+
+/// The instance machine's rules from a config.
+fn rules_of(spec: &Spec) -> Rules {
+    Rules {
+        restart: spec.restart.clone(),
+        ready_timeout: spec.ready.timeout,
+        stop_signal: spec.stop.signal,
+        stop_timeout: spec.stop.timeout,
+        dump_after: spec.stop.dump_signal.map(|_| spec.stop.dump_after),
+    }
+}
+
+/// The config on disk now, for a handoff: parsed, checked against the host, and compared
+/// with the running one; Err is the refusal (exit 6, every problem named).
+fn reread(running: &Spec) -> std::result::Result<Spec, Reply> {
+    let refuse = |message: String| Reply::Error {
+        message,
+        code: crate::exit::Action::NotConfigured,
+    };
+    let mut next = match crate::config::load(&running.file, &running.name) {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(Reply::Error {
+                message: format!("{e}\nnothing was changed: the running instance serves on"),
+                code: e.exit_code(),
+            })
+        }
+    };
+    next.file = running.file.clone();
+    let host = crate::config::host::check(&next);
+    if !host.errors.is_empty() {
+        return Err(refuse(format!(
+            "unable to use {}: {}\nnothing was changed: the running instance serves on",
+            next.file.display(),
+            host.errors.join("; ")
+        )));
+    }
+    let fixed = crate::config::change::unchangeable(running, &next);
+    if !fixed.is_empty() {
+        return Err(refuse(format!(
+            "{} changes settings a running supervisor cannot take:\n  {}\n\
+             put them back to hand over, or apply them with `baton restart {}` (an outage); nothing was changed",
+            next.file.display(),
+            fixed.join("\n  "),
+            running.name
+        )));
+    }
+    Ok(next)
 }
 
 /// Binds the listening socket every instance inherits; SO_REUSEADDR so a restart of

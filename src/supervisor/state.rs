@@ -393,10 +393,12 @@ impl Machine {
 
     /// The state's short name, as status reports it.
     /// A handoff made `pid` the serving instance: still Ready, with a new leader.
-    pub fn handed_over(&mut self, pid: Pid, now: Instant) {
+    pub fn handed_over(&mut self, pid: Pid, rules: Rules, now: Instant) {
         if let Phase::Ready { .. } = self.phase {
             self.phase = Phase::Ready { pid, since: now };
         }
+        // The new instance runs from the config on disk: its restart and stop rules are the new ones.
+        self.rules = rules;
     }
 
     pub fn name(&self) -> &'static str {
