@@ -96,6 +96,16 @@ pub enum Command {
     },
     /// Hand back to the release before `current`, the same way.
     Rollback(Target),
+    /// Replace the running supervisor with the baton binary now on disk (after an upgrade),
+    /// keeping the service running: same supervisor and service PIDs, no line of output lost.
+    Reexec(Target),
+    /// Send the service's main process a signal, e.g. HUP for its own config reload.
+    Signal {
+        #[command(flatten)]
+        target: Target,
+        /// The signal: HUP, USR1, USR2, TERM... (with or without SIG).
+        signal: String,
+    },
     /// Deploy a new version to every host of an environment over SSH (see the deploy file).
     ///
     /// Builds once, locally; uploads to each host's releases/ID, writes the environment's
@@ -107,6 +117,15 @@ pub enum Command {
     /// Internal: the detached supervisor that `start` launches.
     #[command(hide = true)]
     Supervise(Target),
+    /// Internal: the supervisor's next image after `reexec`, carrying on from its record.
+    #[command(hide = true, name = "__resume")]
+    Resume(Target),
+    /// Internal: says whether this binary can take over a supervisor's record of FORMAT.
+    #[command(hide = true, name = "__reexec-check")]
+    ReexecCheck {
+        /// The record format the running supervisor writes.
+        format: u32,
+    },
     /// Internal: a deploy's switch worker (registry preflight, proxy switch, publish).
     #[command(hide = true, name = "__switch")]
     Switch(SwitchArgs),
@@ -218,6 +237,27 @@ impl Cli {
                 .map(|()| 0)
             }
             Command::Rollback(t) => crate::deploy::client::rollback(&load(t)?).map(|()| 0),
+            Command::Reexec(t) => crate::service::reexec(&load(t)?).map(|()| 0),
+            Command::Signal { target, signal } => {
+                let sig = config::units::parse_signal(signal).map_err(|e| {
+                    Error::unable(format!("signal {signal}"), e).code(Action::BadArgs)
+                })?;
+                crate::service::signal(&load(target)?, sig).map(|()| 0)
+            }
+            Command::ReexecCheck { format } => crate::supervisor::reexec_check(*format).map(|()| 0),
+            Command::Resume(t) => {
+                let spec = load(t)?;
+                crate::supervisor::resume_from_env(spec, |foreground, log| {
+                    let events = if foreground {
+                        crate::logs::EventLog::stderr()
+                    } else {
+                        crate::logs::EventLog::open(log)
+                            .map_err(|e| Error::unable("open the event log", e))?
+                    };
+                    init_tracing(events.clone());
+                    Ok(events)
+                })
+            }
             Command::ReopenLogs(t) => crate::service::reopen_logs(&load(t)?).map(|()| 0),
             Command::Status { target, json } => match load(target) {
                 Ok(spec) => crate::service::status(&spec, *json).map(|s| s.code()),
@@ -254,6 +294,7 @@ impl Cli {
                     reporter: crate::daemon::Reporter::none(),
                     systemd_notify: std::env::var("NOTIFY_SOCKET").ok(),
                     events: crate::logs::EventLog::stderr(),
+                    foreground: true,
                 };
                 init_tracing(opts.events.clone());
                 crate::service::preflight(&spec)?;
@@ -285,6 +326,7 @@ impl Cli {
                         reporter,
                         systemd_notify: None,
                         events,
+                        foreground: false,
                     },
                 )
             }

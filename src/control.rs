@@ -113,6 +113,10 @@ pub enum Request {
     Deploy { release: String },
     /// Hand back to an earlier release.
     Rollback { release: String },
+    /// Replace the supervisor's image with the baton binary now on disk, keeping the service.
+    Reexec,
+    /// Send the service's main process a signal (by name, e.g. "SIGHUP").
+    Signal { signal: String },
 }
 
 impl Request {
@@ -126,6 +130,8 @@ impl Request {
             Request::Reopen => "reopen",
             Request::Deploy { .. } => "deploy",
             Request::Rollback { .. } => "rollback",
+            Request::Reexec => "reexec",
+            Request::Signal { .. } => "signal",
         }
     }
 
@@ -135,6 +141,7 @@ impl Request {
             Request::Deploy { release } | Request::Rollback { release } => {
                 format!("{} {release}", self.name())
             }
+            Request::Signal { signal } => format!("signal {signal}"),
             other => other.name().to_string(),
         }
     }
@@ -188,6 +195,10 @@ impl Envelope {
                 ("stop", None) => Request::Stop,
                 ("reload", None) => Request::Reload,
                 ("reopen", None) => Request::Reopen,
+                ("reexec", None) => Request::Reexec,
+                ("signal", Some(s)) => Request::Signal {
+                    signal: s.to_string(),
+                },
                 ("deploy", Some(r)) => Request::Deploy {
                     release: r.to_string(),
                 },
@@ -398,7 +409,30 @@ pub enum Incoming {
     Closed,
 }
 
+impl Server {
+    /// The listening socket a previous image of this supervisor bound (`baton reexec`).
+    pub fn inherited(fd: std::os::fd::OwnedFd) -> Result<Self> {
+        let listener = UnixListener::from(fd);
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("configure control socket", &e))?;
+        Ok(Server { listener })
+    }
+
+    /// The listening descriptor, to carry across a reexec.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.listener.as_raw_fd()
+    }
+}
+
 impl Conn {
+    /// A client connection a previous image of this supervisor accepted (`baton reexec`).
+    pub fn inherited(fd: std::os::fd::OwnedFd, now: Instant) -> Conn {
+        let stream = UnixStream::from(fd);
+        let _ = stream.set_nonblocking(true);
+        Conn::new(stream, now)
+    }
+
     fn new(stream: UnixStream, now: Instant) -> Conn {
         Conn {
             stream,
@@ -632,6 +666,10 @@ mod tests {
             Request::Stop,
             Request::Reload,
             Request::Reopen,
+            Request::Reexec,
+            Request::Signal {
+                signal: "SIGHUP".into(),
+            },
             Request::Deploy {
                 release: "20261129-1".into(),
             },

@@ -142,6 +142,38 @@ pub fn reload(spec: &Spec) -> Result<()> {
     simple_request(spec, Request::Reload)
 }
 
+/// `reexec`: the supervisor replaces itself with the baton binary on disk; the answer comes
+/// from the new image, with both versions.
+pub fn reexec(spec: &Spec) -> Result<()> {
+    let name = &spec.name;
+    if !pidfile::supervisor_alive(spec)? {
+        return Err(Error::unable(
+            format!("reexec {name}"),
+            format!("{name} is not running: `baton start {name}` runs this baton"),
+        )
+        .code(Action::NotRunning));
+    }
+    ask_as(
+        spec,
+        &Request::Reexec,
+        &format!("reexec {name}"),
+        REEXEC_TIMEOUT,
+    )
+}
+
+/// Bounds a reexec: the new binary's check, the exec and the new image's first answer.
+const REEXEC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `signal NAME SIG`: the service's main process gets `sig` (its own reload, a thread dump...).
+pub fn signal(spec: &Spec, sig: Signal) -> Result<()> {
+    simple_request(
+        spec,
+        Request::Signal {
+            signal: sig.as_str().to_string(),
+        },
+    )
+}
+
 /// Asks the supervisor to reopen its log files (after an external logrotate).
 pub fn reopen_logs(spec: &Spec) -> Result<()> {
     simple_request(spec, Request::Reopen)

@@ -135,7 +135,10 @@ fn config_change_is_a_handoff_under_load_and_bad_configs_change_nothing() {
     let good = std::fs::read_to_string(&svc.config).expect("config");
     std::fs::write(&svc.config, format!("{good}\nbogus = [\n")).expect("config");
     let r = svc.baton(&["deploy"]);
-    assert_eq!(r.code, 6, "an unparseable config is 'not configured': {r:?}");
+    assert_eq!(
+        r.code, 6,
+        "an unparseable config is 'not configured': {r:?}"
+    );
     assert!(r.stderr.contains("TOML syntax error"), "{r:?}");
     // Valid TOML the supervisor refuses on its own (a key check misses): still nothing moves.
     std::fs::write(

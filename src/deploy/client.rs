@@ -43,7 +43,10 @@ pub fn reconfigure(spec: &Spec) -> Result<()> {
             "there is no current release to hand over to",
         )
         .code(crate::exit::Action::NotConfigured)
-        .hint(format!("install one with `baton deploy {} --release DIR`", spec.name))
+        .hint(format!(
+            "install one with `baton deploy {} --release DIR`",
+            spec.name
+        ))
     })?;
     if !pidfile::supervisor_alive(spec)? {
         return Err(Error::unable(
@@ -51,7 +54,10 @@ pub fn reconfigure(spec: &Spec) -> Result<()> {
             format!("{} is not running", spec.name),
         )
         .code(crate::exit::Action::NotRunning)
-        .hint(format!("`baton start {}` starts it with this config", spec.name)));
+        .hint(format!(
+            "`baton start {}` starts it with this config",
+            spec.name
+        )));
     }
     eprintln!(
         "{}: handing over to release {id} with the config in {}",
