@@ -101,10 +101,10 @@ pub enum Command {
     Reexec(Target),
     /// Send the service's main process a signal, e.g. HUP for its own config reload.
     Signal {
-        #[command(flatten)]
-        target: Target,
-        /// The signal: HUP, USR1, USR2, TERM... (with or without SIG).
-        signal: String,
+        /// [NAME] SIGNAL: the service (unless --config names it) and the signal, HUP, USR1,
+        /// USR2, TERM... (with or without SIG).
+        #[arg(required = true, num_args = 1..=2, value_names = ["NAME", "SIGNAL"])]
+        args: Vec<String>,
     },
     /// Deploy a new version to every host of an environment over SSH (see the deploy file).
     ///
@@ -238,11 +238,19 @@ impl Cli {
             }
             Command::Rollback(t) => crate::deploy::client::rollback(&load(t)?).map(|()| 0),
             Command::Reexec(t) => crate::service::reexec(&load(t)?).map(|()| 0),
-            Command::Signal { target, signal } => {
+            Command::Signal { args } => {
+                let (name, signal) = match &args[..] {
+                    [name, signal] => (Some(name.clone()), signal),
+                    [signal] => (None, signal),
+                    _ => {
+                        return Err(Error::unable("send a signal", "expected [NAME] SIGNAL")
+                            .code(Action::BadArgs))
+                    }
+                };
                 let sig = config::units::parse_signal(signal).map_err(|e| {
-                    Error::unable(format!("signal {signal}"), e).code(Action::BadArgs)
+                    Error::unable(format!("send signal {signal}"), e).code(Action::BadArgs)
                 })?;
-                crate::service::signal(&load(target)?, sig).map(|()| 0)
+                crate::service::signal(&load(&Target { name })?, sig).map(|()| 0)
             }
             Command::ReexecCheck { format } => crate::supervisor::reexec_check(*format).map(|()| 0),
             Command::Resume(t) => {

@@ -194,13 +194,21 @@ fn simple_request(spec: &Spec, request: Request) -> Result<()> {
 /// Sends `request`; errors read "unable to LABEL: ...". Progress lines go to stderr as they come.
 pub fn ask_as(spec: &Spec, request: &Request, label: &str, timeout: Duration) -> Result<()> {
     let mut answered = false;
-    for reply in control::request(&spec.socket, request, Some(timeout))? {
+    let mut replies = control::request(&spec.socket, request, Some(timeout))?;
+    while let Some(reply) = replies.next() {
         match reply? {
             Reply::Ok { message } => {
                 println!("{message}");
                 answered = true;
             }
-            Reply::Error { message, code } => return Err(Error::unable(label, message).code(code)),
+            Reply::Error { message, code } => {
+                // A supervisor of another baton that does not know the request: say which
+                // versions differ and what moves it to this one.
+                let message =
+                    control::version_skew(replies.peer.as_ref(), request, &spec.name, &message)
+                        .unwrap_or(message);
+                return Err(Error::unable(label, message).code(code));
+            }
             Reply::Progress { message } => eprintln!("{message}"),
             Reply::Status(_) => {}
         }
@@ -347,8 +355,10 @@ fn render(r: &Report) -> String {
     }
     out.push('\n');
     let mut facts = Vec::new();
-    if let Some(p) = r.supervisor_pid {
-        facts.push(format!("supervisor pid {p}"));
+    match (r.supervisor_pid, &r.supervisor_version) {
+        (Some(p), Some(v)) => facts.push(format!("supervisor pid {p} (baton {v})")),
+        (Some(p), None) => facts.push(format!("supervisor pid {p}")),
+        _ => {}
     }
     if let Some(p) = r.service_pid {
         facts.push(format!("service pid {p}"));

@@ -170,3 +170,25 @@ fn config_change_is_a_handoff_under_load_and_bad_configs_change_nothing() {
     svc.rewrite(&config(listen, "{dir}/b.properties", "-Xmx160m"));
     svc.stop();
 }
+
+#[test]
+fn the_services_own_reload_is_baton_signal_hup() {
+    let svc = Spec::new(
+        "cfgsig",
+        &format!("[\"{}\", \"{{dir}}/hups\"]", harness::fixture("hup-counter")),
+    )
+    .tables("[ready]\nlog = \"ready\"")
+    .create();
+    let r = svc.baton(&["signal", "HUP"]);
+    assert_eq!(r.code, 7, "nothing to signal while stopped: {r:?}");
+    svc.start();
+    let r = svc.baton(&["signal", "SIGBOGUS"]);
+    assert_eq!(r.code, 2, "an unknown signal: {r:?}");
+    let r = svc.baton(&["signal", "HUP"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("sent SIGHUP"), "{r:?}");
+    harness::wait_until(std::time::Duration::from_secs(30), "the HUP to arrive", || {
+        std::fs::read_to_string(svc.path("hups")).unwrap_or_default() == "HUP\n"
+    });
+    svc.stop();
+}

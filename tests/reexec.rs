@@ -82,8 +82,7 @@ fn assert_consecutive(svc: &Svc) {
     for (pid, ns) in counters(svc) {
         for (i, n) in ns.iter().enumerate() {
             assert_eq!(
-                *n,
-                i as u64,
+                *n, i as u64,
                 "pid {pid}: line {i} of stdout.log is counter {n} (lost or doubled across an exec)"
             );
         }
@@ -107,7 +106,11 @@ fn reexec_keeps_both_pids_and_every_line_then_a_deploy_works() {
     std::fs::create_dir_all(svc.path("bin")).expect("bin");
     install(&baton_bin(), &bin);
     let v1 = release(&svc.dir, "v1", false);
-    let r = baton(&bin, &svc, &["deploy", "--release", v1.to_str().expect("utf-8")]);
+    let r = baton(
+        &bin,
+        &svc,
+        &["deploy", "--release", v1.to_str().expect("utf-8")],
+    );
     assert_eq!(r.code, 0, "{r:?}");
     let sup = svc.pid_in_file().expect("PID file");
     let pid = service_pid(&svc);
@@ -139,7 +142,11 @@ fn reexec_keeps_both_pids_and_every_line_then_a_deploy_works() {
 
     // A deploy after the reexec: the new image runs handoffs too.
     let v2 = release(&svc.dir, "v2", false);
-    let r = baton(&bin, &svc, &["deploy", "--release", v2.to_str().expect("utf-8")]);
+    let r = baton(
+        &bin,
+        &svc,
+        &["deploy", "--release", v2.to_str().expect("utf-8")],
+    );
     assert_eq!(r.code, 0, "deploy after reexec: {r:?}");
     let pid2 = service_pid(&svc);
     assert_ne!(pid2, pid);
@@ -157,7 +164,11 @@ fn reexec_onto_a_file_that_is_not_baton_is_refused_and_changes_nothing() {
     std::fs::create_dir_all(svc.path("bin")).expect("bin");
     install(&baton_bin(), &bin);
     let v1 = release(&svc.dir, "v1", false);
-    let r = baton(&bin, &svc, &["deploy", "--release", v1.to_str().expect("utf-8")]);
+    let r = baton(
+        &bin,
+        &svc,
+        &["deploy", "--release", v1.to_str().expect("utf-8")],
+    );
     assert_eq!(r.code, 0, "{r:?}");
     let sup = svc.pid_in_file().expect("PID file");
     let pid = service_pid(&svc);
