@@ -113,6 +113,8 @@ pub enum Request {
     Deploy { release: String },
     /// Hand back to an earlier release.
     Rollback { release: String },
+    /// Hand over to the serving release with the config as it is on disk now.
+    Reconfigure,
     /// Replace the supervisor's image with the baton binary now on disk, keeping the service.
     Reexec,
     /// Send the service's main process a signal (by name, e.g. "SIGHUP").
@@ -130,6 +132,7 @@ impl Request {
             Request::Reopen => "reopen",
             Request::Deploy { .. } => "deploy",
             Request::Rollback { .. } => "rollback",
+            Request::Reconfigure => "reconfigure",
             Request::Reexec => "reexec",
             Request::Signal { .. } => "signal",
         }
@@ -196,6 +199,7 @@ impl Envelope {
                 ("reload", None) => Request::Reload,
                 ("reopen", None) => Request::Reopen,
                 ("reexec", None) => Request::Reexec,
+                ("reconfigure", None) => Request::Reconfigure,
                 ("signal", Some(s)) => Request::Signal {
                     signal: s.to_string(),
                 },
@@ -694,6 +698,7 @@ mod tests {
             Request::Reload,
             Request::Reopen,
             Request::Reexec,
+            Request::Reconfigure,
             Request::Signal {
                 signal: "SIGHUP".into(),
             },

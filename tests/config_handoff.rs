@@ -175,7 +175,10 @@ fn config_change_is_a_handoff_under_load_and_bad_configs_change_nothing() {
 fn the_services_own_reload_is_baton_signal_hup() {
     let svc = Spec::new(
         "cfgsig",
-        &format!("[\"{}\", \"{{dir}}/hups\"]", harness::fixture("hup-counter")),
+        &format!(
+            "[\"{}\", \"{{dir}}/hups\"]",
+            harness::fixture("hup-counter")
+        ),
     )
     .tables("[ready]\nlog = \"ready\"")
     .create();
@@ -187,8 +190,10 @@ fn the_services_own_reload_is_baton_signal_hup() {
     let r = svc.baton(&["signal", "HUP"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("sent SIGHUP"), "{r:?}");
-    harness::wait_until(std::time::Duration::from_secs(30), "the HUP to arrive", || {
-        std::fs::read_to_string(svc.path("hups")).unwrap_or_default() == "HUP\n"
-    });
+    harness::wait_until(
+        std::time::Duration::from_secs(30),
+        "the HUP to arrive",
+        || std::fs::read_to_string(svc.path("hups")).unwrap_or_default() == "HUP\n",
+    );
     svc.stop();
 }

@@ -35,19 +35,7 @@ pub fn deploy(spec: &Spec, source: &Path, keep: Option<u32>) -> Result<()> {
 /// `baton deploy NAME` without a release: hands over to the current release with the config
 /// on disk now, the zero-downtime way to apply a config change.
 pub fn reconfigure(spec: &Spec) -> Result<()> {
-    release::root(spec)?;
     crate::service::preflight(spec)?;
-    let id = release::current(spec).ok_or_else(|| {
-        Error::unable(
-            format!("deploy {}", spec.name),
-            "there is no current release to hand over to",
-        )
-        .code(crate::exit::Action::NotConfigured)
-        .hint(format!(
-            "install one with `baton deploy {} --release DIR`",
-            spec.name
-        ))
-    })?;
     if !pidfile::supervisor_alive(spec)? {
         return Err(Error::unable(
             format!("apply the config of {}", spec.name),
@@ -60,11 +48,24 @@ pub fn reconfigure(spec: &Spec) -> Result<()> {
         )));
     }
     eprintln!(
-        "{}: handing over to release {id} with the config in {}",
+        "{}: handing over to a new instance of the serving release with the config in {}",
         spec.name,
         spec.file.display()
     );
-    hand_over(spec, "deploy", &id)
+    let limit = handoff_limit(spec);
+    crate::service::ask_as(
+        spec,
+        &Request::Reconfigure,
+        &format!("apply the config of {}", spec.name),
+        limit,
+    )
+    .map_err(|e| {
+        e.hint(format!(
+            "`baton status {}` shows what serves now; logs are in {}",
+            spec.name,
+            spec.log.dir.display()
+        ))
+    })
 }
 
 /// `baton rollback NAME`: the same handoff, back to the release before `current`.
@@ -118,11 +119,7 @@ fn hand_over(spec: &Spec, kind: &str, id: &str) -> Result<()> {
         }
         return Ok(());
     }
-    // Bounded by what the supervisor itself enforces, plus slack for the proxy switch.
-    let limit = spec.ready.timeout
-        + spec.deploy.drain_timeout
-        + spec.stop.timeout * 2
-        + Duration::from_secs(60);
+    let limit = handoff_limit(spec);
     let label = format!("{kind} {} to release {id}", spec.name);
     let release = id.to_string();
     let request = match kind {
@@ -136,4 +133,10 @@ fn hand_over(spec: &Spec, kind: &str, id: &str) -> Result<()> {
             spec.log.dir.display()
         ))
     })
+}
+
+/// How long a client waits for a handoff: what the supervisor itself enforces, plus slack
+/// for the proxy switch.
+fn handoff_limit(spec: &Spec) -> Duration {
+    spec.ready.timeout + spec.deploy.drain_timeout + spec.stop.timeout * 2 + Duration::from_secs(60)
 }

@@ -1051,6 +1051,19 @@ impl Supervisor {
                 Some(reply) => reply,
                 None => return true,
             },
+            // The serving release again, from the config on disk (a service without
+            // releases hands over all the same; "none" only labels its progress lines).
+            Request::Reconfigure => {
+                let release = self
+                    .instance
+                    .as_ref()
+                    .and_then(|i| i.release.clone())
+                    .unwrap_or_else(|| "none".into());
+                match self.begin_handoff(i, Kind::Deploy, &release) {
+                    Some(reply) => reply,
+                    None => return true,
+                }
+            }
             Request::Rollback { release } => {
                 match self.begin_handoff(i, Kind::Rollback, &release) {
                     Some(reply) => reply,
@@ -1357,9 +1370,9 @@ impl Supervisor {
         };
         match effect {
             HEffect::Spawn { avoid } => {
-                let release = h.machine.release.clone();
                 let spec = (*h.spec).clone();
-                match self.launch(&spec, Some(release), &avoid) {
+                let release = spec.release.is_some().then(|| h.machine.release.clone());
+                match self.launch(&spec, release, &avoid) {
                     Ok(inst) => {
                         let (pid, port, passed) = (inst.pid, inst.port, inst.passed());
                         if let Some(h) = self.handoff.as_mut() {
