@@ -69,11 +69,7 @@ pub fn unchangeable(old: &Spec, new: &Spec) -> Vec<String> {
         notify(new),
         "the notify socket is made when the supervisor starts",
     );
-    let ttl = |s: &Spec| {
-        s.registry
-            .ttl
-            .map_or("none".to_string(), |t| super::human(t))
-    };
+    let ttl = |s: &Spec| s.registry.ttl.map_or("none".to_string(), super::human);
     differs(
         "registry.ttl",
         ttl(old),
