@@ -26,8 +26,18 @@ test-provisioning: build
 demo: deps release
 	scripts/demo
 
+# The man page and completions come from the binary itself (its clap definition).
+SHARE = $(DESTDIR)$(PREFIX)/share
 install: release
 	install -D -m 0755 target/release/baton $(DESTDIR)$(PREFIX)/bin/baton
+	install -d $(SHARE)/man/man1 $(SHARE)/bash-completion/completions \
+		$(SHARE)/zsh/site-functions $(SHARE)/fish/vendor_completions.d
+	target/release/baton man >$(SHARE)/man/man1/baton.1
+	target/release/baton completions bash >$(SHARE)/bash-completion/completions/baton
+	target/release/baton completions zsh >$(SHARE)/zsh/site-functions/_baton
+	target/release/baton completions fish >$(SHARE)/fish/vendor_completions.d/baton.fish
+	chmod 0644 $(SHARE)/man/man1/baton.1 $(SHARE)/bash-completion/completions/baton \
+		$(SHARE)/zsh/site-functions/_baton $(SHARE)/fish/vendor_completions.d/baton.fish
 
 # benches/run (supervisor figures, bounded by its BUDGET), then the deploy switches, then ship.
 bench: deps release

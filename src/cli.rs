@@ -58,13 +58,32 @@ pub enum Command {
     /// Reload the service; baton always has a reload signal, so this never falls back to restart.
     ForceReload(Target),
     /// Show the service's state. Exit: 0 running, 1 dead with PID file, 3 not running, 4 unknown.
+    ///
+    /// Without NAME (and without --config): one line for every NAME.toml in CONFIG_DIR, a
+    /// config that does not parse included; exit 0 if every service runs, else 3.
     Status {
         #[command(flatten)]
         target: Target,
-        /// Print one JSON object instead of text.
+        /// Print JSON instead of text: one object, or an array of them without NAME.
         #[arg(long)]
         json: bool,
     },
+    /// Print the service's latest output from its log files (works when it is stopped too).
+    Logs(LogsArgs),
+    /// Print every service in CONFIG_DIR as Prometheus metrics (for node_exporter's textfile collector).
+    Metrics {
+        /// Write to FILE atomically (a temporary file renamed in the same directory).
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print baton's man page (roff; view it with `baton man | man -l -`).
+    Man,
     /// Supervise the service in the foreground (for systemd Type=notify and containers).
     Run(Target),
     /// Validate the config and list every problem with file, line and key.
@@ -129,6 +148,23 @@ pub enum Command {
     /// Internal: a deploy's switch worker (registry preflight, proxy switch, publish).
     #[command(hide = true, name = "__switch")]
     Switch(SwitchArgs),
+}
+
+/// `baton logs`' arguments.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Print the last N lines.
+    #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 20)]
+    lines: usize,
+    /// Keep printing lines as they are written, across rotation and deploys, until interrupted.
+    #[arg(short, long)]
+    follow: bool,
+    /// The streams to show, merged by time; repeat or separate with commas. events is
+    /// baton's own log (baton.log). Default: stdout,stderr.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "STREAM")]
+    stream: Vec<crate::logview::Stream>,
 }
 
 /// The instances a `__switch` worker moves traffic between.
@@ -267,6 +303,45 @@ impl Cli {
                 })
             }
             Command::ReopenLogs(t) => crate::service::reopen_logs(&load(t)?).map(|()| 0),
+            Command::Status { target, json } if target.name.is_none() && self.config.is_none() => {
+                match crate::overview::status(&self.config_dir, *json) {
+                    Ok(code) => Ok(code.code()),
+                    Err(e) => {
+                        eprintln!("baton: {e}");
+                        Ok(crate::exit::Status::Unknown.code())
+                    }
+                }
+            }
+            Command::Logs(a) => crate::logview::run(
+                &load(&a.target)?,
+                &crate::logview::Options {
+                    lines: a.lines,
+                    follow: a.follow,
+                    streams: a.stream.clone(),
+                },
+            )
+            .map(|()| 0),
+            Command::Metrics { output } => {
+                crate::metrics::run(&self.config_dir, output.as_deref()).map(|()| 0)
+            }
+            Command::Completions { shell } => {
+                clap_complete::generate(
+                    *shell,
+                    &mut <Cli as clap::CommandFactory>::command(),
+                    "baton",
+                    &mut std::io::stdout(),
+                );
+                Ok(0)
+            }
+            Command::Man => {
+                let mut out = Vec::new();
+                clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                    .render(&mut out)
+                    .map_err(|e| Error::io("render the man page", &e))?;
+                std::io::Write::write_all(&mut std::io::stdout(), &out)
+                    .map_err(|e| Error::io("write the man page", &e))?;
+                Ok(0)
+            }
             Command::Status { target, json } => match load(target) {
                 Ok(spec) => crate::service::status(&spec, *json).map(|s| s.code()),
                 // LSB: status of a service that cannot be read is "unknown".
@@ -362,12 +437,12 @@ impl Cli {
                         return Ok(1);
                     }
                 };
-                let to = crate::deploy::switch::Backend {
+                let to = crate::deploy::Backend {
                     pid: a.pid,
                     port: a.port,
                     release: a.release.clone(),
                 };
-                let from = a.old_pid.map(|pid| crate::deploy::switch::Backend {
+                let from = a.old_pid.map(|pid| crate::deploy::Backend {
                     pid,
                     port: a.old_port,
                     release: a.old_release.clone(),

@@ -196,7 +196,7 @@ fn write_id(path: &Path, id: i64) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    crate::pidfile::write_atomic(path, format!("{id}\n").as_bytes(), 0o644)
+    crate::files::write_atomic(path, format!("{id}\n").as_bytes(), 0o644)
 }
 
 /// Puts the serving instance's keys on lease `id` if etcd names it (or nothing) as current.

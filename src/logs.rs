@@ -130,6 +130,17 @@ fn open_error(path: &std::path::Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("unable to open {}: {e}", path.display()))
 }
 
+/// `t` as RFC 3339 UTC with microseconds (`2026-11-29T06:11:08.123456Z`), as baton.log's events.
+///
+/// Fixed width, so the text sorts in time order: `baton logs` merges streams by it.
+pub fn stamp(t: std::time::SystemTime) -> String {
+    let (_, secs) = crate::deploy::release::utc_stamps(t);
+    let micros = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_micros());
+    format!("{}.{micros:06}Z", secs.trim_end_matches('Z'))
+}
+
 /// Who sees each line of output, if anyone (a log probe waiting for its line).
 pub type LineWatcher<'a, 'f> = Option<&'a mut (dyn FnMut(StreamKind, &str) + 'f)>;
 
@@ -201,7 +212,7 @@ impl Pipe {
                     if !self.partial.is_empty() {
                         self.partial.push(b'\n');
                         let rest = std::mem::take(&mut self.partial);
-                        out.emit(self.kind, &rest, on_line.as_deref_mut());
+                        out.emit(self.kind, self.owner, &rest, on_line.as_deref_mut());
                     }
                     return Drained::Closed;
                 }
@@ -222,11 +233,11 @@ impl Pipe {
             Some(last) => {
                 let (lines, rest) = data.split_at(last + 1);
                 if self.partial.is_empty() {
-                    out.emit(self.kind, lines, on_line.as_deref_mut());
+                    out.emit(self.kind, self.owner, lines, on_line.as_deref_mut());
                 } else {
                     self.partial.extend_from_slice(lines);
                     let joined = std::mem::take(&mut self.partial);
-                    out.emit(self.kind, &joined, on_line.as_deref_mut());
+                    out.emit(self.kind, self.owner, &joined, on_line.as_deref_mut());
                 }
                 self.partial.extend_from_slice(rest);
             }
@@ -235,7 +246,7 @@ impl Pipe {
         if self.partial.len() >= MAX_LINE {
             self.partial.push(b'\n');
             let long = std::mem::take(&mut self.partial);
-            out.emit(self.kind, &long, on_line);
+            out.emit(self.kind, self.owner, &long, on_line);
         }
     }
 }
@@ -245,6 +256,10 @@ pub struct Output {
     stdout: RotatingFile,
     stderr: RotatingFile,
     tail: VecDeque<String>,
+    /// Whether lines get the `TIME [PID] ` prefix ([`stamp`]).
+    timestamps: bool,
+    /// Reused for prefixed blocks, so a flood allocates once.
+    scratch: Vec<u8>,
 }
 
 impl Output {
@@ -254,17 +269,37 @@ impl Output {
             stdout: RotatingFile::open(spec.dir.join("stdout.log"), spec)?,
             stderr: RotatingFile::open(spec.dir.join("stderr.log"), spec)?,
             tail: VecDeque::with_capacity(TAIL_LINES),
+            timestamps: spec.timestamps,
+            scratch: Vec::new(),
         })
     }
 
     /// Writes a block of whole lines, keeps its last lines for the tail, and shows
     /// every line to `on_line` when someone (a log probe) is watching.
-    fn emit<'f>(&mut self, kind: StreamKind, lines: &[u8], on_line: LineWatcher<'_, 'f>) {
+    fn emit<'f>(
+        &mut self,
+        kind: StreamKind,
+        owner: Pid,
+        lines: &[u8],
+        on_line: LineWatcher<'_, 'f>,
+    ) {
         let file = match kind {
             StreamKind::Stdout => &mut self.stdout,
             StreamKind::Stderr => &mut self.stderr,
         };
-        if let Err(e) = file.write_lines(lines) {
+        let written = if self.timestamps {
+            // One clock read per block: every line in it reached baton at that moment.
+            let prefix = format!("{} [{owner}] ", stamp(std::time::SystemTime::now()));
+            self.scratch.clear();
+            for line in lines.split_inclusive(|&b| b == b'\n') {
+                self.scratch.extend_from_slice(prefix.as_bytes());
+                self.scratch.extend_from_slice(line);
+            }
+            file.write_lines(&self.scratch)
+        } else {
+            file.write_lines(lines)
+        };
+        if let Err(e) = written {
             tracing::error!(
                 "unable to write service output to {}: {e}",
                 file.path.display()
@@ -316,6 +351,7 @@ mod tests {
             dir: dir.to_path_buf(),
             max_size: max,
             keep,
+            timestamps: true,
         }
     }
 

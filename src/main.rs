@@ -11,8 +11,12 @@ mod etcd;
 mod exit;
 mod files;
 mod generate;
+mod host;
 mod lease;
 mod logs;
+mod logview;
+mod metrics;
+mod overview;
 mod pidfile;
 mod probe;
 mod process;
@@ -24,6 +28,7 @@ mod ship;
 mod sockets;
 mod supervisor;
 mod sys;
+mod url;
 
 use clap::Parser;
 

@@ -15,14 +15,9 @@ use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-/// Writes `contents` to `path` atomically, never through a planted link (see [`crate::files`]).
-pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
-    crate::files::write_atomic(path, contents, mode)
-}
-
 /// Writes the PID file (the PID alone on the first line).
 pub fn write(path: &Path, pid: Pid) -> Result<()> {
-    write_atomic(path, format!("{pid}\n").as_bytes(), 0o644)
+    crate::files::write_atomic(path, format!("{pid}\n").as_bytes(), 0o644)
         .map_err(|e| Error::io(format!("write PID file {}", path.display()), &e))
 }
 
@@ -199,7 +194,7 @@ pub struct StateFile {
 pub fn write_state(spec: &Spec, state: &StateFile) {
     let path = state_path(spec);
     let body = serde_json::to_vec_pretty(state).unwrap_or_default();
-    if let Err(e) = write_atomic(&path, &body, 0o644) {
+    if let Err(e) = crate::files::write_atomic(&path, &body, 0o644) {
         tracing::warn!("unable to write state file {}: {e}", path.display());
     }
 }

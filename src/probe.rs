@@ -7,6 +7,7 @@
 //! so readiness is seen within milliseconds of the service getting there.
 
 use crate::config::{ProbeSpec, Spec, Vars};
+use crate::url::HttpTarget;
 use nix::errno::Errno;
 use nix::poll::PollFlags;
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
@@ -24,46 +25,6 @@ const MAX_RETRY_ANSWERED: Duration = Duration::from_millis(50);
 const MAX_RETRY_EXEC: Duration = Duration::from_millis(250);
 /// One attempt may take this long before it counts as failed.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// An `http://host:port/path` URL, as far as a readiness GET needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpTarget {
-    /// Host as written (sent in the Host header).
-    pub host: String,
-    /// TCP port (80 if absent).
-    pub port: u16,
-    /// Path and query, starting with `/`.
-    pub path: String,
-}
-
-impl HttpTarget {
-    /// Parses a plain-HTTP URL; https is refused with a reason.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!("{url:?} must start with http:// (readiness probes speak plain HTTP)")
-        })?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| format!("{url:?}: {p:?} is not a port"))?,
-            ),
-            _ => (authority, 80),
-        };
-        if host.is_empty() {
-            return Err(format!("{url:?} has no host"));
-        }
-        Ok(HttpTarget {
-            host: host.to_string(),
-            port,
-            path: path.to_string(),
-        })
-    }
-}
 
 /// What a probe checks, resolved for one instance.
 enum Check {
@@ -400,7 +361,7 @@ impl Probe {
                 crate::sys::install(
                     &mut cmd,
                     crate::sys::ChildSetup {
-                        account: account.clone(),
+                        account: account.as_ref().map(crate::config::Account::credentials),
                         umask: None,
                         parent: nix::unistd::getpid(),
                         new_session: false,

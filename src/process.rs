@@ -72,7 +72,10 @@ pub fn spawn(
     sys::install(
         &mut cmd,
         sys::ChildSetup {
-            account: spec.account.clone(),
+            account: spec
+                .account
+                .as_ref()
+                .map(crate::config::Account::credentials),
             umask: spec.umask,
             parent: nix::unistd::getpid(),
             new_session: false,

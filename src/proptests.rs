@@ -2,7 +2,7 @@
 //! and what they accept stays inside the bounds the rest of baton relies on.
 
 use crate::config::units::{parse_duration, parse_env_file, parse_size, MAX_DURATION, MAX_SIZE};
-use crate::probe::HttpTarget;
+use crate::url::HttpTarget;
 use proptest::prelude::*;
 use std::path::Path;
 

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// `status` asks the supervisor; a hung one must not hang `status` too.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Starts the service and returns once it is ready (or already running).
 pub fn start(spec: &Spec) -> Result<()> {
@@ -224,7 +224,25 @@ pub fn ask_as(spec: &Spec, request: &Request, label: &str, timeout: Duration) ->
 
 /// Reports the service's state and returns the LSB status code.
 pub fn status(spec: &Spec, json: bool) -> Result<Status> {
-    let (report, code) = match pidfile::supervisor_alive(spec) {
+    let (report, code) = report(spec);
+    if json {
+        println!("{}", status_json(&report, code));
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(code)
+}
+
+/// The `status --json` object: the report plus its LSB `status_code`.
+pub fn status_json(report: &Report, code: Status) -> serde_json::Value {
+    let mut v = serde_json::to_value(report).unwrap_or_default();
+    v["status_code"] = serde_json::Value::from(code.code());
+    v
+}
+
+/// The service's state, asked of its supervisor (bounded by [`STATUS_TIMEOUT`]) or read post mortem.
+pub fn report(spec: &Spec) -> (Report, Status) {
+    match pidfile::supervisor_alive(spec) {
         Ok(true) => {
             let reply = control::request(&spec.socket, &Request::Status, Some(STATUS_TIMEOUT))
                 .and_then(|mut r| {
@@ -258,15 +276,7 @@ pub fn status(spec: &Spec, json: bool) -> Result<Status> {
         }
         Ok(false) => post_mortem(spec),
         Err(e) => (unknown(spec, e.to_string()), Status::Unknown),
-    };
-    if json {
-        let mut v = serde_json::to_value(&report).unwrap_or_default();
-        v["status_code"] = serde_json::Value::from(code.code());
-        println!("{v}");
-    } else {
-        print!("{}", render(&report));
     }
-    Ok(code)
 }
 
 fn unknown(spec: &Spec, why: String) -> Report {

@@ -2,17 +2,27 @@
 //!
 //! Everything else uses nix's safe wrappers. Each block says why it is sound.
 
-use crate::config::Account;
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
+use nix::unistd::{Gid, Pid, Uid};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
+/// The identity a child drops to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User id (setuid).
+    pub uid: Uid,
+    /// Group id (setgid).
+    pub gid: Gid,
+    /// Supplementary groups (setgroups).
+    pub groups: Vec<Gid>,
+}
+
 /// What the child must do to itself between fork and exec.
 pub struct ChildSetup {
     /// Identity to drop to (setgroups, setgid, setuid), if any.
-    pub account: Option<Account>,
+    pub account: Option<Credentials>,
     /// umask to apply.
     pub umask: Option<u32>,
     /// The supervisor's PID: if the child is orphaned before exec it must not run.

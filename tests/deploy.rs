@@ -5,71 +5,13 @@
 
 mod harness;
 
-use harness::lab::{lab, Etcd, Nginx};
+use harness::lab::{get, Etcd, Load, Nginx};
 use harness::{fixture, free_port, wait_until, Spec, Svc};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
-
-/// Steady wrk load through nginx in the background.
-struct Load {
-    child: std::process::Child,
-    mode: &'static str,
-}
-
-impl Load {
-    fn start(url: &str, mode: &'static str, secs: u32) -> Load {
-        let child = Command::new(lab("load"))
-            .args([&secs.to_string(), url, mode])
-            .env("CONNECTIONS", "2")
-            .env("THREADS", "1")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("load");
-        Load { child, mode }
-    }
-
-    /// Waits for the load to end; returns (requests, failed).
-    fn finish(self) -> (u64, u64) {
-        let mode = self.mode;
-        let out = self.child.wait_with_output().expect("load output");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let field = |k: &str| -> u64 {
-            text.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{k}=")))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no {k}= in load output ({mode}): {text}"))
-        };
-        (field("requests"), field("failed"))
-    }
-}
-
-/// GET through a URL; (X-Pid, body).
-fn get(url: &str) -> Option<(i32, String)> {
-    let out = Command::new("curl")
-        .args(["-s", "-i", "--max-time", "5", url])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
-    let (head, body) = text.split_once("\n\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    let pid = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("x-pid: ")
-                .map(str::to_string)
-        })?
-        .trim()
-        .parse()
-        .ok()?;
-    Some((pid, body.trim().to_string()))
-}
 
 /// A release directory of the JVM example service with its own service.properties.
 fn jvm_release(dir: &Path, version: &str) -> PathBuf {

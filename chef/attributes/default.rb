@@ -3,6 +3,14 @@ default['baton']['source'] = 'file:///usr/local/src/baton/baton'
 default['baton']['checksum'] = nil
 default['baton']['bin_path'] = '/usr/local/bin/baton'
 default['baton']['config_dir'] = '/etc/baton'
+# The man page and shell completions go under here (man/man1, bash-completion, zsh, fish).
+default['baton']['share_dir'] = '/usr/local/share'
+
+# Metrics for node_exporter's textfile collector: with a directory set, a cron job
+# writes DIR/baton.prom (`baton metrics --output`) on this schedule. nil: no job.
+default['baton']['metrics']['textfile_dir'] = nil
+default['baton']['metrics']['schedule'] = '* * * * *'
+default['baton']['metrics']['cron_file'] = '/etc/cron.d/baton-metrics'
 
 # 'auto' picks systemd where it runs (/run/systemd/system exists), else the LSB init script.
 default['baton']['init_system'] = 'auto'

@@ -169,6 +169,17 @@ pub struct Account {
     pub shell: PathBuf,
 }
 
+impl Account {
+    /// What the OS layer needs to drop to this account.
+    pub fn credentials(&self) -> crate::sys::Credentials {
+        crate::sys::Credentials {
+            uid: self.uid,
+            gid: self.gid,
+            groups: self.groups.clone(),
+        }
+    }
+}
+
 /// How the service's port is chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PortSpec {
@@ -259,6 +270,8 @@ pub struct LogSpec {
     pub max_size: u64,
     /// Rotated files kept.
     pub keep: u32,
+    /// Prefix each line of service output with the time baton read it and the writer's PID.
+    pub timestamps: bool,
 }
 
 /// One thing wrong with a config file, located.

@@ -489,7 +489,7 @@ impl Reader<'_> {
             let p = absolutize(base, prog);
             Some(p).filter(|p| p.exists())
         } else {
-            find_in_path(prog, search)
+            crate::host::find_in_path(prog, search)
         };
         match found {
             None => self.problem_code(
@@ -767,7 +767,7 @@ impl Reader<'_> {
         if let Some((s, span)) = self.string(t, "ready", "http") {
             self.placeholders(&s, span.clone(), "ready.http");
             if let Err(e) =
-                crate::probe::HttpTarget::parse(&s.replace("{port}", "1").replace("{name}", "x"))
+                crate::url::HttpTarget::parse(&s.replace("{port}", "1").replace("{name}", "x"))
             {
                 self.problem(span, "ready.http", e);
             }
@@ -808,7 +808,7 @@ impl Reader<'_> {
                     Some((h, _)) => (h.to_string(), "ready.tcp"),
                     None => continue,
                 },
-                ProbeSpec::Http(u) => match crate::probe::HttpTarget::parse(
+                ProbeSpec::Http(u) => match crate::url::HttpTarget::parse(
                     &u.replace("{port}", "1").replace("{name}", "x"),
                 ) {
                     Ok(t) => (t.host, "ready.http"),
@@ -1085,7 +1085,7 @@ impl Reader<'_> {
         let check = command(self, "check", &["nginx", "-t", "-q", "-c", "{config}"]);
         let reload = command(self, "reload", &["nginx", "-s", "reload"]);
         let confirm = self.string(t, "proxy", "confirm").map(|(c, span)| {
-            if let Err(e) = crate::probe::HttpTarget::parse(&c) {
+            if let Err(e) = crate::url::HttpTarget::parse(&c) {
                 self.problem(span, "proxy.confirm", e);
             }
             c
@@ -1193,8 +1193,9 @@ impl Reader<'_> {
             dir: PathBuf::from(format!("/var/log/{name}")),
             max_size: 100 * 1000 * 1000,
             keep: 10,
+            timestamps: true,
         };
-        let Some(t) = self.section(top, "log", &["dir", "max_size", "keep"]) else {
+        let Some(t) = self.section(top, "log", &["dir", "max_size", "keep", "timestamps"]) else {
             return Some(spec);
         };
         if let Some((d, _)) = self.string(t, "log", "dir") {
@@ -1205,6 +1206,12 @@ impl Reader<'_> {
         }
         if let Some(n) = self.integer(t, "log", "keep", 0, 1000) {
             spec.keep = n as u32;
+        }
+        if let Some(item) = t.get("timestamps") {
+            match item.as_bool() {
+                Some(b) => spec.timestamps = b,
+                None => self.problem(item.span(), "log.timestamps", "must be true or false"),
+            }
         }
         Some(spec)
     }
@@ -1226,10 +1233,4 @@ fn absolutize(base: &Path, p: &str) -> PathBuf {
     } else {
         base.join(p)
     }
-}
-
-fn find_in_path(prog: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
-    std::env::split_paths(path)
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
 }

@@ -105,9 +105,7 @@ fn hand_over(spec: &Spec, kind: &str, id: &str) -> Result<()> {
             }
             return Err(e);
         }
-        let who = std::env::var("SUDO_USER")
-            .or_else(|_| std::env::var("USER"))
-            .unwrap_or_else(|_| "root".into());
+        let who = crate::host::operator().unwrap_or_else(|| "root".into());
         if let Err(e) = release::log_revision(
             root,
             &format!("{who} deployed as release {id} (previous none, started)"),

@@ -7,7 +7,7 @@
 //! through the proxy reach the new PID.
 
 use crate::config::Switch;
-use crate::deploy::switch::Backend;
+use crate::deploy::Backend;
 use crate::error::{Error, Result};
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
@@ -90,7 +90,7 @@ pub fn check(sw: &Switch, nginx: bool, text: &str) -> Result<Candidate> {
     let candidate = Candidate {
         path: sibling(&sw.upstream, "candidate"),
     };
-    crate::pidfile::write_atomic(&candidate.path, text.as_bytes(), 0o644)
+    crate::files::write_atomic(&candidate.path, text.as_bytes(), 0o644)
         .map_err(|e| Error::io(format!("write {}", candidate.path.display()), &e))?;
     let mut copy = None;
     let config = if nginx {
@@ -101,7 +101,7 @@ pub fn check(sw: &Switch, nginx: bool, text: &str) -> Result<Candidate> {
         // Same directory as the main config, so its relative includes still resolve.
         let path = sibling(&sw.config, "check");
         let removed = Removed(path.clone());
-        crate::pidfile::write_atomic(&path, text.as_bytes(), 0o644)
+        crate::files::write_atomic(&path, text.as_bytes(), 0o644)
             .map_err(|e| Error::io(format!("write {}", path.display()), &e))?;
         copy = Some(removed);
         path
@@ -187,7 +187,7 @@ pub fn reload(sw: &Switch) -> Result<()> {
 /// Puts the previous live file back (atomically); the caller reloads.
 pub fn put_back(installed: &Installed) -> Result<()> {
     match &installed.previous {
-        Some(bytes) => crate::pidfile::write_atomic(&installed.live, bytes, 0o644)
+        Some(bytes) => crate::files::write_atomic(&installed.live, bytes, 0o644)
             .map_err(|e| Error::io(format!("restore {}", installed.live.display()), &e)),
         None => std::fs::remove_file(&installed.live)
             .map_err(|e| Error::io(format!("remove {}", installed.live.display()), &e)),

@@ -41,6 +41,37 @@ pub fn read_local(spec: &Spec) -> Option<Local> {
     serde_json::from_str(&text).ok()
 }
 
+/// Names `to` as current in the local file, and as previous `from` (or, without one, the
+/// instance the file named as current); returns what was written and what it replaced.
+pub fn publish_local(
+    spec: &Spec,
+    to: &crate::deploy::Backend,
+    from: Option<&crate::deploy::Backend>,
+) -> Result<(Local, Option<Vec<u8>>)> {
+    let old = read_local(spec).unwrap_or_default();
+    let previous = match from {
+        Some(b) => (b.port, Some(b.pid), b.release.clone()),
+        None => (old.port.current, old.pid.current, old.release.current),
+    };
+    let local = Local {
+        port: Pair {
+            current: to.port,
+            previous: previous.0,
+        },
+        pid: Pair {
+            current: Some(to.pid),
+            previous: previous.1,
+        },
+        release: Pair {
+            current: to.release.clone(),
+            previous: previous.2,
+        },
+        updated: rfc3339(std::time::SystemTime::now()),
+    };
+    let replaced = write_local(spec, &local)?;
+    Ok((local, replaced))
+}
+
 /// Writes the local registry file atomically; returns the bytes it replaced, for [`restore_local`].
 pub fn write_local(spec: &Spec, local: &Local) -> Result<Option<Vec<u8>>> {
     let file = &spec.registry.file;
@@ -56,7 +87,7 @@ pub fn write_local(spec: &Spec, local: &Local) -> Result<Option<Vec<u8>>> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("create {}", dir.display()), &e))?;
     }
-    crate::pidfile::write_atomic(file, text.as_bytes(), 0o644)
+    crate::files::write_atomic(file, text.as_bytes(), 0o644)
         .map_err(|e| Error::io(format!("write {}", file.display()), &e))?;
     Ok(previous)
 }
@@ -65,7 +96,7 @@ pub fn write_local(spec: &Spec, local: &Local) -> Result<Option<Vec<u8>>> {
 pub fn restore_local(spec: &Spec, previous: Option<&[u8]>) -> Result<()> {
     let file = &spec.registry.file;
     match previous {
-        Some(b) => crate::pidfile::write_atomic(file, b, 0o644),
+        Some(b) => crate::files::write_atomic(file, b, 0o644),
         None => std::fs::remove_file(file),
     }
     .map_err(|e| Error::io(format!("restore {}", file.display()), &e))

@@ -8,20 +8,10 @@
 
 use crate::config::{ProxySpec, Spec, Switch};
 use crate::deploy::proxy::{self, Installed};
-use crate::deploy::registry::{self, Etcd, Local, Pair};
+use crate::deploy::registry::{self, Etcd};
+use crate::deploy::Backend;
 use crate::error::Error;
-use std::time::{Duration, Instant, SystemTime};
-
-/// One instance of the service, as the switch sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backend {
-    /// Its process ID (what `X-Pid` must show once traffic reaches it).
-    pub pid: i32,
-    /// The port it listens on, if it has one of its own.
-    pub port: Option<u16>,
-    /// The release ID it runs.
-    pub release: Option<String>,
-}
+use std::time::{Duration, Instant};
 
 /// Test-only: milliseconds to wait between the proxy switch and publishing, to let a test race the registry.
 const PUBLISH_DELAY_ENV: &str = "BATON_TEST_PUBLISH_DELAY_MS";
@@ -327,29 +317,8 @@ fn publish(
     from: Option<&Backend>,
 ) -> Result<(), Failure> {
     let t = Instant::now();
-    let old = registry::read_local(spec).unwrap_or_default();
-    // Without an explicit old instance, the one the file names as current becomes previous.
-    let previous = match from {
-        Some(b) => (b.port, Some(b.pid), b.release.clone()),
-        None => (old.port.current, old.pid.current, old.release.current),
-    };
-    let local = Local {
-        port: Pair {
-            current: to.port,
-            previous: previous.0,
-        },
-        pid: Pair {
-            current: Some(to.pid),
-            previous: previous.1,
-        },
-        release: Pair {
-            current: to.release.clone(),
-            previous: previous.2,
-        },
-        updated: registry::rfc3339(SystemTime::now()),
-    };
-    let replaced =
-        registry::write_local(spec, &local).map_err(|e| Failure::new("registry publish", &e))?;
+    let (local, replaced) = registry::publish_local(spec, to, from)
+        .map_err(|e| Failure::new("registry publish", &e))?;
     say(format!(
         "registry: wrote {} port current={} previous={} pid current={} previous={} release current={} previous={} {}",
         spec.registry.file.display(),

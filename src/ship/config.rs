@@ -565,8 +565,8 @@ impl Reader<'_> {
 /// Whether `prog` is on PATH.
 pub fn which(prog: &str) -> bool {
     std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
-        .unwrap_or(false)
+        .and_then(|p| crate::host::find_in_path(prog, &p))
+        .is_some()
 }
 
 #[cfg(test)]

@@ -56,9 +56,7 @@ pub fn key(service: &str, env: &str) -> String {
 
 fn me(doing: &str) -> Holder {
     Holder {
-        who: std::env::var("SUDO_USER")
-            .or_else(|_| std::env::var("USER"))
-            .unwrap_or_else(|_| "unknown".into()),
+        who: crate::host::operator().unwrap_or_else(|| "unknown".into()),
         from: nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok())

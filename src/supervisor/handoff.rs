@@ -530,20 +530,7 @@ impl Handoff {
                 },
                 Input::Tick { .. },
             ) => {
-                let effects = ladder
-                    .tick(now)
-                    .into_iter()
-                    .flat_map(|rung| match rung {
-                        Rung::Dump => self.dump_signal(Who::Old),
-                        Rung::Kill => vec![
-                            Effect::Signal(Who::Old, Signal::SIGKILL),
-                            Effect::Tell(format!(
-                                "      old instance still running after {}: sent SIGKILL",
-                                human(self.rules.stop_timeout)
-                            )),
-                        ],
-                    })
-                    .collect();
+                let effects = self.climb(&mut ladder, Who::Old, now);
                 (
                     StoppingOld {
                         ladder,
@@ -613,14 +600,7 @@ impl Handoff {
                 },
                 Input::Tick { .. },
             ) => {
-                let effects = ladder
-                    .tick(now)
-                    .into_iter()
-                    .flat_map(|rung| match rung {
-                        Rung::Dump => self.dump_signal(Who::Candidate),
-                        Rung::Kill => vec![Effect::Signal(Who::Candidate, Signal::SIGKILL)],
-                    })
-                    .collect();
+                let effects = self.climb(&mut ladder, Who::Candidate, now);
                 (
                     Aborting {
                         ladder,
@@ -679,12 +659,28 @@ impl Handoff {
         Ladder::start(now, self.rules.stop_timeout, self.rules.dump.map(|d| d.1))
     }
 
-    fn dump_signal(&self, who: Who) -> Vec<Effect> {
-        self.rules
-            .dump
-            .map(|(sig, _)| Effect::Signal(who, sig))
-            .into_iter()
-            .collect()
+    /// The rungs of `ladder` due at `now`, as signals to `who` (and a word when SIGKILL goes).
+    fn climb(&self, ladder: &mut Ladder, who: Who, now: Instant) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for rung in ladder.tick(now) {
+            match rung {
+                Rung::Dump => {
+                    effects.extend(self.rules.dump.map(|(sig, _)| Effect::Signal(who, sig)))
+                }
+                Rung::Kill => {
+                    let which = match who {
+                        Who::Old => "old",
+                        Who::Candidate => "new",
+                    };
+                    effects.push(Effect::Signal(who, Signal::SIGKILL));
+                    effects.push(Effect::Tell(format!(
+                        "      {which} instance still running after {}: sent SIGKILL",
+                        human(self.rules.stop_timeout)
+                    )));
+                }
+            }
+        }
+        effects
     }
 
     /// A failed step while the new instance runs: stop it with the ladder.
@@ -967,7 +963,7 @@ mod tests {
         // It ignores TERM: SIGKILL at the stop timeout, once.
         assert_eq!(h.deadline(), Some(t0 + 1500 * MS));
         assert_eq!(
-            h.step(tick(), t0 + 1500 * MS),
+            without_tells(h.step(tick(), t0 + 1500 * MS)),
             vec![E::Signal(Who::Candidate, Signal::SIGKILL)]
         );
         assert_eq!(h.step(tick(), t0 + 1600 * MS), vec![]);

@@ -1584,9 +1584,7 @@ impl Supervisor {
                     r.root.join("current").display()
                 ));
             }
-            let who = std::env::var("SUDO_USER")
-                .or_else(|_| std::env::var("USER"))
-                .unwrap_or_else(|_| "root".into());
+            let who = crate::host::operator().unwrap_or_else(|| "root".into());
             let what = match kind {
                 Kind::Rollback => format!("{who} rolled back to release {release}"),
                 Kind::Deploy => format!(
@@ -1624,24 +1622,12 @@ impl Supervisor {
             // Only the local file: written here, no process, no wakeup later. A service
             // without releases never deploys and has no registry at all.
             if self.spec.release.is_some() {
-                let old = crate::deploy::registry::read_local(&self.spec).unwrap_or_default();
-                use crate::deploy::registry::Pair;
-                let local = crate::deploy::registry::Local {
-                    port: Pair {
-                        current: inst.port,
-                        previous: old.port.current,
-                    },
-                    pid: Pair {
-                        current: Some(inst.pid.as_raw()),
-                        previous: old.pid.current,
-                    },
-                    release: Pair {
-                        current: inst.release.clone(),
-                        previous: old.release.current,
-                    },
-                    updated: crate::deploy::registry::rfc3339(std::time::SystemTime::now()),
+                let me = crate::deploy::Backend {
+                    pid: inst.pid.as_raw(),
+                    port: inst.port,
+                    release: inst.release.clone(),
                 };
-                if let Err(e) = crate::deploy::registry::write_local(&self.spec, &local) {
+                if let Err(e) = crate::deploy::registry::publish_local(&self.spec, &me, None) {
                     tracing::error!("{e}");
                 }
             }

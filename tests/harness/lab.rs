@@ -197,6 +197,157 @@ impl Drop for Etcd {
     }
 }
 
+/// What one run of tests/deploy-lab/load counted.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadResult {
+    pub requests: u64,
+    /// Non-2xx answers plus socket errors.
+    pub failed: u64,
+    /// Answers with a status above 399 (a 502 from nginx, a 503 from a stopping service).
+    pub non2xx: u64,
+    /// Connections closed before a response came.
+    pub read: u64,
+}
+
+/// Steady wrk load (tests/deploy-lab/load) in the background: 2 connections, 1 thread.
+/// Dropped unfinished (a test failed), it stops wrk rather than let it run on.
+pub struct Load {
+    child: Option<std::process::Child>,
+    mode: &'static str,
+}
+
+impl Load {
+    /// `mode` is "keepalive" or "close" (`Connection: close` on every request).
+    pub fn start(url: &str, mode: &'static str, secs: u32) -> Load {
+        let child = Command::new(lab("load"))
+            .args([&secs.to_string(), url, mode])
+            .env("CONNECTIONS", "2")
+            .env("THREADS", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("load");
+        Load {
+            child: Some(child),
+            mode,
+        }
+    }
+
+    /// Whether wrk is still sending (a test checks its load covered every step).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits for the load to end and reads its summary line.
+    pub fn result(mut self) -> LoadResult {
+        let mode = self.mode;
+        let child = self.child.take().expect("a load not yet read");
+        let out = child.wait_with_output().expect("load output");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |k: &str| -> u64 {
+            text.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {k}= in load output ({mode}): {text}"))
+        };
+        LoadResult {
+            requests: field("requests"),
+            failed: field("failed"),
+            non2xx: field("non2xx"),
+            read: field("read"),
+        }
+    }
+
+    /// Ends the load now and reads its summary: wrk stops on SIGINT and still reports.
+    /// Lets a test load for as long as its steps take, however slow the machine.
+    pub fn stop(self) -> LoadResult {
+        self.interrupt();
+        self.result()
+    }
+
+    fn interrupt(&self) {
+        let Some(child) = &self.child else { return };
+        for pid in descendants(child.id() as i32) {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "wrk" {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGINT,
+                );
+            }
+        }
+    }
+
+    /// Waits for the load to end; returns (requests, failed).
+    pub fn finish(self) -> (u64, u64) {
+        let r = self.result();
+        (r.requests, r.failed)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.interrupt();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Every live descendant of `root`, from the parent links in /proc.
+fn descendants(root: i32) -> Vec<i32> {
+    let mut parent = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The field after the state, which follows the parenthesised command name.
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if let Some(ppid) = ppid {
+            parent.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parent.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.split_off(1)
+}
+
+/// A fresh GET of `url` (curl); (X-Pid, body) of a 200 answer.
+pub fn get(url: &str) -> Option<(i32, String)> {
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "5", url])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let (head, body) = text.split_once("\n\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let pid = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-pid: ")
+                .map(str::to_string)
+        })?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((pid, body.trim().to_string()))
+}
+
 /// A private 3-member etcd 3.4 cluster on loopback (free ports, data under `test/etcd-cluster`);
 /// members can be stopped and restarted to take quorum away and give it back.
 pub struct EtcdCluster {

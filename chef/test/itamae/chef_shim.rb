@@ -318,7 +318,8 @@ module ChefShim
   ITAMAE = {
     group: { system: :system_group },
     user: { system: :system_user, gid: :gid, home: :home, shell: :shell, manage_home: :create_home },
-    directory: { owner: :owner, group: :group, mode: :mode },
+    # Itamae's directory always creates parents (mkdir -p), as Chef's does with `recursive true`.
+    directory: { owner: :owner, group: :group, mode: :mode, recursive: nil },
     template: { cookbook: nil, source: :source, variables: :variables, owner: :owner, group: :group,
                 mode: :mode, verify: :verify },
     remote_file: { source: :source, checksum: nil, owner: :owner, group: :group, mode: :mode },
