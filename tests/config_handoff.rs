@@ -4,44 +4,10 @@
 
 mod harness;
 
-use harness::lab::{lab, Nginx};
+use harness::lab::{Load, Nginx};
 use harness::Spec;
 use std::path::Path;
 use std::process::Command;
-
-/// Steady wrk load through nginx in the background (tests/deploy-lab/load).
-struct Load {
-    child: std::process::Child,
-    mode: &'static str,
-}
-
-impl Load {
-    fn start(url: &str, mode: &'static str, secs: u32) -> Load {
-        let child = Command::new(lab("load"))
-            .args([&secs.to_string(), url, mode])
-            .env("CONNECTIONS", "2")
-            .env("THREADS", "1")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("load");
-        Load { child, mode }
-    }
-
-    /// Waits for the load to end; returns (requests, failed).
-    fn finish(self) -> (u64, u64) {
-        let mode = self.mode;
-        let out = self.child.wait_with_output().expect("load output");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let field = |k: &str| -> u64 {
-            text.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{k}=")))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no {k}= in load output ({mode}): {text}"))
-        };
-        (field("requests"), field("failed"))
-    }
-}
 
 /// The body of a fresh GET through `url`, if it answered 200.
 fn body(url: &str) -> Option<String> {
