@@ -1288,12 +1288,16 @@ impl Supervisor {
         }
         let serving = match (&self.machine.phase, &self.instance) {
             (Phase::Ready { .. }, Some(i)) => (i.pid, i.port),
+            // LSB's "not running" (7): an init script's reload of a crash-looping service.
             _ => {
-                return refuse(format!(
-                    "{} is {}: a handoff needs a serving instance to hand over from",
-                    self.spec.name,
-                    self.machine.name()
-                ))
+                return Some(Reply::Error {
+                    message: format!(
+                        "{} is {}: a handoff needs a serving instance to hand over from",
+                        self.spec.name,
+                        self.machine.name()
+                    ),
+                    code: crate::exit::Action::NotRunning,
+                })
             }
         };
         // Every handoff starts the new instance from the config on disk: a config change is a handoff.
