@@ -44,7 +44,7 @@ action :create do
   pidfile = unit_vars[:pidfile]
   # A config change reaches a running service by a handoff (the init script's reload is
   # `baton deploy NAME`), never by a restart; a stopped one takes it when it starts.
-  running = shell_out("#{baton} --config #{config} status #{name}").exitstatus.zero?
+  running = ::File.executable?(baton) && shell_out("#{baton} --config #{config} status #{name}").exitstatus.zero?
 
   group new_resource.group do
     system true
