@@ -67,8 +67,9 @@ fn baton(bin: &Path, svc: &Svc, args: &[&str]) -> Run {
 fn counters(svc: &Svc) -> BTreeMap<i32, Vec<u64>> {
     let mut out: BTreeMap<i32, Vec<u64>> = BTreeMap::new();
     for l in svc.log("stdout.log").lines() {
+        // The log may stamp each line (time, [pid]): the counter is the last three words.
         let w: Vec<&str> = l.split_whitespace().collect();
-        if let [pid, "line", n] = w[..] {
+        if let [.., pid, "line", n] = w[..] {
             if let (Ok(pid), Ok(n)) = (pid.parse(), n.parse()) {
                 out.entry(pid).or_default().push(n);
             }
@@ -114,7 +115,18 @@ fn reexec_keeps_both_pids_and_every_line_then_a_deploy_works() {
     assert_eq!(r.code, 0, "{r:?}");
     let sup = svc.pid_in_file().expect("PID file");
     let pid = service_pid(&svc);
-    wait_until(T, "output before the reexec", || lines_of(&svc, pid) > 50);
+    let deadline = std::time::Instant::now() + T;
+    while lines_of(&svc, pid) <= 50 {
+        if std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        panic!(
+            "no output of pid {pid} before the reexec; status {:?}; stdout.log starts {:?}",
+            svc.status(),
+            svc.log("stdout.log").lines().take(5).collect::<Vec<_>>()
+        );
+    }
 
     // The upgrade: a new file at the same path; the running image is the deleted one.
     install(&baton_bin(), &bin);
