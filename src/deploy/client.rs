@@ -136,5 +136,9 @@ fn hand_over(spec: &Spec, kind: &str, id: &str) -> Result<()> {
 /// How long a client waits for a handoff: what the supervisor itself enforces, plus slack
 /// for the proxy switch.
 fn handoff_limit(spec: &Spec) -> Duration {
-    spec.ready.timeout + spec.deploy.drain_timeout + spec.stop.timeout * 2 + Duration::from_secs(60)
+    spec.ready
+        .timeout
+        .saturating_add(spec.deploy.drain_timeout)
+        .saturating_add(spec.stop.timeout.saturating_mul(2))
+        .saturating_add(Duration::from_secs(60))
 }

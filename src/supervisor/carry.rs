@@ -44,6 +44,9 @@ pub struct Carried {
     pub restarts: u32,
     /// How long the serving instance has been ready.
     pub uptime_ms: u64,
+    /// The service's cgroup, when tracked by one (else the subreaper's tree).
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
     /// Why the serving instance is not routed, if its publish failed.
     pub unrouted: Option<String>,
 }
@@ -229,6 +232,7 @@ mod tests {
             }],
             restarts: 1,
             uptime_ms: 1500,
+            cgroup: Some("/sys/fs/cgroup/baton/web.1a2b".into()),
             unrouted: None,
         }
     }

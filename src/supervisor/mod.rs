@@ -24,6 +24,7 @@ use crate::logs::{Drained, Output, Pipe, StreamKind};
 use crate::pidfile::{self, Identity, StateFile};
 use crate::probe::Probes;
 use crate::process;
+use crate::tracking::{self, Tracker};
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -92,6 +93,8 @@ struct Supervisor {
     exe: PathBuf,
     /// Supervising in the foreground (`baton run`).
     foreground: bool,
+    /// Which processes are the service's: its cgroup, or our subreaper tree.
+    tracker: Tracker,
 }
 
 /// How the supervisor process was started.
@@ -148,6 +151,9 @@ fn setup(
 ) -> std::result::Result<Supervisor, (Error, Reporter)> {
     let r = (|| {
         let sigfd = signals()?;
+        // Before the first child: every helper we start carries the mark, the service never.
+        // (A reexec keeps the mark: the environment crosses the exec.)
+        process::mark_helpers();
         let output = open_output(&spec)?;
         let server = Server::bind(&spec.socket)?;
         let notify = if spec
@@ -182,6 +188,16 @@ fn setup(
         Ok(v) => v,
         Err(e) => return Err((e, reporter)),
     };
+    let tracker = Tracker::setup(&spec);
+    tracking::arm(&spec, &tracker);
+    tracing::info!(
+        "tracking {} by {}{}",
+        spec.name,
+        tracker.kind(),
+        tracker
+            .cgroup_path()
+            .map_or(String::new(), |p| format!(" {}", p.display()))
+    );
     let rules = rules_of(&spec);
     Ok(assemble(
         spec,
@@ -197,6 +213,7 @@ fn setup(
             events,
             lock,
             foreground,
+            tracker,
         },
     ))
 }
@@ -213,6 +230,7 @@ struct Parts {
     events: crate::logs::EventLog,
     lock: pidfile::SupervisorLock,
     foreground: bool,
+    tracker: Tracker,
 }
 
 fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
@@ -227,6 +245,7 @@ fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
         events,
         lock,
         foreground,
+        tracker,
     } = p;
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -265,6 +284,7 @@ fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
         lock,
         exe: own_path(),
         foreground,
+        tracker,
     }
 }
 
@@ -307,6 +327,7 @@ enum Source {
     Probe(Which, usize),
     Worker,
     Publisher,
+    Cgroup,
 }
 
 impl Supervisor {
@@ -408,6 +429,11 @@ impl Supervisor {
                 fds.push(PollFd::new(fd, PollFlags::POLLIN));
                 sources.push(Source::Publisher);
             }
+            // The kernel raises POLLPRI only when `populated` flips: no wakeup while idle.
+            if let Some(fd) = self.tracker.events_fd() {
+                fds.push(PollFd::new(fd, PollFlags::POLLPRI));
+                sources.push(Source::Cgroup);
+            }
             // Going to sleep with nothing scheduled: give back what start-up and the last
             // burst of work left mapped. Last thing before poll(2), so little runs after it.
             if std::mem::take(&mut self.dirty) {
@@ -485,6 +511,7 @@ impl Supervisor {
                         self.publish_error = Some(e);
                     }
                 }
+                Source::Cgroup => self.check_tree_empty(),
             }
         }
         for i in closed_pipes.into_iter().rev() {
@@ -595,15 +622,14 @@ impl Supervisor {
             Effect::Spawn => self.spawn(),
             Effect::SignalTree(sig) => {
                 let pgid = self.instance.as_ref().map(|i| i.pid);
-                let probes = self.probe_pids();
-                let others = process::signal_tree(pgid, sig, &probes);
+                let others = self.signal_service(sig);
                 let msg = format!(
                     "sent {sig} to process group {}{}",
                     pgid.map_or("-".into(), |p| p.to_string()),
-                    if others.is_empty() {
+                    if others == 0 {
                         String::new()
                     } else {
-                        format!(" and {} other descendants", others.len())
+                        format!(" and {others} other service processes")
                     }
                 );
                 tracing::info!("{msg}");
@@ -682,8 +708,17 @@ impl Supervisor {
         };
         let notify = self.notify.as_ref().map(|(_, p)| p.clone());
         let listener = self.listener.as_ref().map(|l| l.as_raw_fd());
-        let sp =
-            process::spawn(spec, &vars, notify.as_deref(), listener).map_err(|e| e.to_string())?;
+        let sp = process::spawn(
+            spec,
+            &vars,
+            notify.as_deref(),
+            listener,
+            self.tracker.procs_fd(),
+        )
+        .map_err(|e| e.to_string())?;
+        if self.handoff.is_none() {
+            tracking::set_leader(Some((sp.pid, sp.starttime)));
+        }
         tracing::info!("spawned {} (pid {})", sp.argv.join(" "), sp.pid);
         self.pipes
             .push(Pipe::new(sp.stdout, StreamKind::Stdout, sp.pid));
@@ -824,21 +859,17 @@ impl Supervisor {
                             ..
                         })
                     ) {
-                        let pgid = self.instance.as_ref().map(|i| i.pid);
-                        process::signal_tree(pgid, Signal::SIGKILL, &[]);
+                        self.signal_service(Signal::SIGKILL);
                     }
+                    // Baton's helpers (a proxy daemon) may outlive the service: ask the tracker.
+                    self.check_tree_empty();
                     return;
                 }
                 Ok(_) => continue,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => {
                     // ECHILD: not a single descendant is left.
-                    if matches!(
-                        self.machine.phase,
-                        Phase::Stopping(Stop { leader: None, .. })
-                    ) {
-                        self.feed(Input::TreeEmpty);
-                    }
+                    self.check_tree_empty();
                     return;
                 }
             };
@@ -847,6 +878,7 @@ impl Supervisor {
             // failure report carries its last words (poll reports the exit and the data at once).
             self.drain_output_of(pid);
             if self.instance.as_ref().is_some_and(|i| i.pid == pid) {
+                tracking::set_leader(None);
                 tracing::info!("service (pid {pid}) {exit}");
                 self.feed_handoff(HInput::Cancel(format!(
                     "the serving instance (pid {pid}) {exit}"
@@ -1088,6 +1120,10 @@ impl Supervisor {
                 },
             },
             Request::Reopen => {
+                // Test-only: a supervisor dying of a bug must take the service down with it.
+                if cfg!(debug_assertions) && std::env::var_os("BATON_TEST_PANIC").is_some() {
+                    panic!("BATON_TEST_PANIC is set: panicking as the test asked");
+                }
                 self.reopen();
                 Reply::Ok {
                     message: "log files reopened".into(),
@@ -1214,6 +1250,7 @@ impl Supervisor {
                 .collect(),
             restarts: self.machine.restarts,
             uptime_ms: u64::try_from(uptime.as_millis()).unwrap_or(u64::MAX),
+            cgroup: self.tracker.cgroup_path().map(std::path::Path::to_path_buf),
             unrouted: self.unrouted.clone(),
         };
         let memfd = match record.to_memfd() {
@@ -1760,7 +1797,9 @@ impl Supervisor {
             self.next_progress = None;
             return;
         };
-        let mut pids: Vec<i32> = process::descendants(nix::unistd::getpid())
+        let mut pids: Vec<i32> = self
+            .tracker
+            .members(&self.probe_pids())
             .iter()
             .map(|p| p.as_raw())
             .collect();
@@ -1790,10 +1829,10 @@ impl Supervisor {
         let inst = self.instance.as_ref();
         let mut processes = vec![];
         if inst.is_some() {
-            let probes = self.probe_pids();
-            processes = process::descendants(nix::unistd::getpid())
+            processes = self
+                .tracker
+                .members(&self.probe_pids())
                 .into_iter()
-                .filter(|p| !probes.contains(p))
                 .map(|p| p.as_raw())
                 .collect();
             processes.sort_unstable();
@@ -1835,6 +1874,8 @@ impl Supervisor {
             handoff: self.handoff.as_ref().map(|h| h.report(now)),
             supervisor_version: Some(crate::control::VERSION.to_string()),
             registry_lease: self.lease.as_ref().map(crate::lease::Keeper::describe),
+            tracking: Some(self.tracker.kind().to_string()),
+            cgroup: self.tracker.cgroup_path().map(|p| p.display().to_string()),
         }
     }
 
@@ -1854,6 +1895,9 @@ impl Supervisor {
         let state = StateFile {
             supervisor: Identity::of(nix::unistd::getpid()),
             service,
+            // The service's group lives in our session: with the leader's start time, its identity.
+            session: nix::unistd::getsid(None).ok().map(|s| s.as_raw()),
+            cgroup: self.tracker.cgroup_path().map(|p| p.to_path_buf()),
             state: self.machine.name().to_string(),
             last_exit: self.machine.last_exit.map(|e| e.to_string()),
             failure,
@@ -1924,12 +1968,48 @@ impl Supervisor {
         if std::mem::take(&mut self.dirty) {
             self.persist();
         }
+        // Its switch still running would publish a service that is gone; what it started stays.
+        if let Some((pid, _)) = self.publisher.take() {
+            process::signal(pid, Signal::SIGTERM);
+        }
+        std::mem::replace(&mut self.tracker, Tracker::Subreaper).finish();
         self.broadcast(self.machine.name());
         pidfile::remove(&self.spec.socket);
         if let Some((_, path)) = &self.notify {
             pidfile::remove(path);
         }
         code
+    }
+
+    /// Signals the whole service through the tracker; returns how many processes outside
+    /// the leader's group got it.
+    fn signal_service(&mut self, sig: Signal) -> usize {
+        let leader = self.instance.as_ref().map(|i| i.pid);
+        let unreaped = matches!(
+            self.machine.phase,
+            Phase::Stopping(Stop {
+                leader: Some(_),
+                ..
+            })
+        );
+        self.tracker
+            .signal(leader, unreaped, sig, &self.probe_pids())
+    }
+
+    /// Feeds `TreeEmpty` once the stop ladder waits for the last process and none is left.
+    fn check_tree_empty(&mut self) {
+        let waiting = matches!(
+            self.machine.phase,
+            Phase::Stopping(Stop { leader: None, .. })
+        );
+        // Reading the cgroup's state re-arms its POLLPRI, so it is read even when nobody
+        // waits; the subreaper's tree walk is done only when someone does.
+        if !waiting && self.tracker.events_fd().is_none() {
+            return;
+        }
+        if self.tracker.empty(&self.probe_pids()) && waiting {
+            self.feed(Input::TreeEmpty);
+        }
     }
 
     fn jitter(&mut self) -> f64 {
@@ -2046,6 +2126,17 @@ fn resume(spec: Spec, c: carry::Carried, events: crate::logs::EventLog) -> Resul
         .checked_sub(Duration::from_millis(c.uptime_ms))
         .unwrap_or(now);
     let machine = Machine::resumed(rules_of(&spec), pid, since, c.restarts);
+    let tracker = Tracker::resumed(c.cgroup.as_deref()).map_err(|e| {
+        Error::io(
+            format!(
+                "reopen the service's cgroup {}",
+                c.cgroup.as_deref().unwrap_or(std::path::Path::new("")).display()
+            ),
+            &e,
+        )
+    })?;
+    tracking::arm(&spec, &tracker);
+    tracking::set_leader(Some((pid, c.service.starttime)));
     let mut sup = assemble(
         spec,
         machine,
@@ -2060,6 +2151,7 @@ fn resume(spec: Spec, c: carry::Carried, events: crate::logs::EventLog) -> Resul
             events,
             lock,
             foreground: c.foreground,
+            tracker,
         },
     );
     sup.exe = c.exe.clone();
@@ -2106,7 +2198,11 @@ fn check_binary(exe: &std::path::Path) -> std::result::Result<String, String> {
         .spawn()
         .map_err(|e| format!("unable to run it: {e}"))?;
     let pid = Pid::from_raw(child.id() as i32);
-    let watched = process::watch_exits(&[pid]);
+    let watched: Vec<_> = crate::sys::pidfd_open(pid)
+        .ok()
+        .map(|fd| (pid, fd))
+        .into_iter()
+        .collect();
     if !process::wait_exits(watched, REEXEC_CHECK_TIMEOUT).is_empty() {
         let _ = child.kill();
         let _ = child.wait();

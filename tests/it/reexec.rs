@@ -4,7 +4,7 @@
 //! Each test runs its own copy of baton from the test directory, so it can replace that
 //! file the way a package upgrade does (write beside, rename over).
 
-mod harness;
+use crate::harness;
 
 use harness::{baton_bin, wait_until, Run, Spec, Svc};
 use std::collections::BTreeMap;

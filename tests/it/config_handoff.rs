@@ -2,7 +2,7 @@
 //! release from the config on disk beside the running instance, under load, with the real
 //! JVM example service behind the shared listening socket and a real nginx in front.
 
-mod harness;
+use crate::harness;
 
 use harness::lab::{Load, Nginx};
 use harness::Spec;
