@@ -2130,7 +2130,10 @@ fn resume(spec: Spec, c: carry::Carried, events: crate::logs::EventLog) -> Resul
         Error::io(
             format!(
                 "reopen the service's cgroup {}",
-                c.cgroup.as_deref().unwrap_or(std::path::Path::new("")).display()
+                c.cgroup
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
             ),
             &e,
         )

@@ -1,6 +1,7 @@
 //! A config change is a handoff: `baton deploy NAME` with no release starts the current
 //! release from the config on disk beside the running instance, under load, with the real
-//! JVM example service behind the shared listening socket and a real nginx in front.
+//! JVM example service behind the shared listening socket and a real nginx in front; and
+//! a `baton reexec` under the same load fails no request.
 
 use crate::harness;
 
@@ -56,7 +57,7 @@ fn cmdline(pid: i64) -> String {
 }
 
 #[test]
-fn config_change_is_a_handoff_under_load_and_bad_configs_change_nothing() {
+fn config_change_is_a_handoff_and_reexec_fails_no_request_and_bad_configs_change_nothing() {
     let listen = harness::free_port();
     let spec = config(listen, "{dir}/a.properties", "-Xmx128m");
     let svc = spec.create();
@@ -96,6 +97,30 @@ fn config_change_is_a_handoff_under_load_and_bad_configs_change_nothing() {
         assert_eq!(body(&url).as_deref(), Some("version=env-b"));
     }
     assert!(cmdline(pid2).contains("-Xmx160m"), "{}", cmdline(pid2));
+
+    // A baton upgrade under the same load: the supervisor re-executes, the JVM serves on.
+    let ka = Load::start(&url, "keepalive", 6);
+    let close = Load::start(&url, "close", 6);
+    let r = svc.baton(&["reexec"]);
+    assert_eq!(r.code, 0, "reexec: {r:?}");
+    let (n_ka, failed_ka) = ka.finish();
+    let (n_close, failed_close) = close.finish();
+    assert!(n_ka > 50 && n_close > 50, "load ran: {n_ka} {n_close}");
+    assert_eq!(
+        failed_ka, 0,
+        "keep-alive requests failed across reexec ({n_ka} sent)"
+    );
+    assert_eq!(
+        failed_close, 0,
+        "close requests failed across reexec ({n_close} sent)"
+    );
+    let (_, st) = svc.status();
+    assert_eq!(
+        st["service_pid"].as_i64(),
+        Some(pid2),
+        "the JVM kept its PID: {st}"
+    );
+    assert_eq!(st["supervisor_pid"], sup, "the same supervisor: {st}");
 
     // A config that no longer parses: a clear error, nothing moves.
     let good = std::fs::read_to_string(&svc.config).expect("config");
