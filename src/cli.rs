@@ -6,7 +6,7 @@ use crate::exit::Action;
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
-/// baton: a process supervisor whose `start` means ready.
+/// A process supervisor whose `start` means ready.
 ///
 /// It starts a long-running service, writes the PID file only once a readiness
 /// probe passes, restarts it with backoff, captures its logs, and stops the

@@ -186,6 +186,8 @@ struct Follower {
     pos: u64,
     partial: Vec<u8>,
     time: String,
+    /// A rotated file read to its end whose successor is not open yet (its inode).
+    finished: Option<u64>,
 }
 
 impl Follower {
@@ -198,6 +200,7 @@ impl Follower {
             pos: 0,
             partial: Vec::new(),
             time: String::new(),
+            finished: None,
         }
     }
 
@@ -257,13 +260,16 @@ impl Follower {
         let mut out = Vec::new();
         loop {
             if self.file.is_none() {
-                match File::open(&self.path) {
-                    Ok(f) => {
+                let next = match self.finished.take() {
+                    Some(ino) => self.successor(ino)?,
+                    None => open_existing(&self.path)?,
+                };
+                match next {
+                    Some(f) => {
                         self.file = Some(f);
                         self.pos = 0;
                     }
-                    Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
-                    Err(e) => return Err(e),
+                    None => return Ok(out),
                 }
             }
             self.read_new(&mut out)?;
@@ -283,22 +289,35 @@ impl Follower {
                 _ => {}
             }
             // Rotated away: the writer is done with it; read its last lines, then go on with
-            // its successor, which sits one rotation step younger than it now does.
+            // its successor (found on the next turn, or on a later event if not there yet).
             self.read_new(&mut out)?;
-            let now_at = (1..=self.keep + 1)
-                .find(|&i| std::fs::metadata(self.rotated(i)).is_ok_and(|m| m.ino() == ino));
-            let next = now_at.map_or(0, |i| i - 1);
             self.flush_partial(&mut out);
-            match File::open(self.rotated(next)) {
-                Ok(f) => {
-                    self.file = Some(f);
-                    self.pos = 0;
+            self.file = None;
+            self.finished = Some(ino);
+        }
+    }
+
+    /// The file written after the one with inode `ino`, however many rotations happened
+    /// since; `None` if it does not exist yet.
+    fn successor(&mut self, ino: u64) -> std::io::Result<Option<File>> {
+        let inode = |p: PathBuf| std::fs::metadata(p).ok().map(|m| m.ino());
+        loop {
+            // Copies only move to higher numbers, so an ascending search cannot miss it.
+            let Some(j) = (1..=self.keep + 1).find(|&i| inode(self.rotated(i)) == Some(ino)) else {
+                eprintln!(
+                    "baton: lines of {} were rotated away before they could be read",
+                    self.path.display()
+                );
+                return open_existing(&self.path);
+            };
+            let next = open_existing(&self.rotated(j - 1))?;
+            // A rotation renames from the oldest copy down: while `ino` still sits at j, the
+            // file at j - 1 has not moved either, so what was opened is its successor.
+            if inode(self.rotated(j)) == Some(ino) {
+                if next.is_none() {
+                    self.finished = Some(ino);
                 }
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    self.file = None;
-                    return Ok(out);
-                }
-                Err(e) => return Err(e),
+                return Ok(next);
             }
         }
     }
@@ -331,6 +350,15 @@ impl Follower {
             let line = self.line(text);
             out.push(line);
         }
+    }
+}
+
+/// Opens `path` for reading; `None` if it does not exist.
+fn open_existing(path: &Path) -> std::io::Result<Option<File>> {
+    match File::open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

@@ -588,11 +588,19 @@ fn logs_follow_across_rotations_loses_and_repeats_nothing() {
     // The last line comes first: from then on, the watch is in place.
     let first = follow.until("the tail", |_| true);
     assert!(first[0].ends_with("] waiting"), "{first:?}");
+    // Frozen while the flood starts, the follower wakes several rotations behind, with more
+    // rotations happening as it catches up.
+    let follower = nix::unistd::Pid::from_raw(follow.child.id() as i32);
+    nix::sys::signal::kill(follower, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
     std::fs::OpenOptions::new()
         .write(true)
         .open(&fifo)
         .and_then(|mut f| f.write_all(b"go\n"))
         .expect("release the flood");
+    wait_until(T, "a few rotations", || {
+        svc.path("log/stdout.log.4").exists()
+    });
+    nix::sys::signal::kill(follower, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
     let lines = follow.until("flood done", |l| l.ends_with("] flood done"));
     assert!(
         svc.path("log/stdout.log.10").exists(),
