@@ -4,7 +4,7 @@
 //! by the proxy reload, a double-forked escaping grandchild, huge durations and a
 //! supervisor that panics. Each runs with cgroup tracking and with `[process] cgroup = false`.
 
-mod harness;
+use crate::harness;
 
 use harness::{alive, fixture, is_root, wait_until, Spec, Svc};
 use nix::sys::signal::{kill, Signal};
