@@ -17,6 +17,7 @@ mod jvm;
 mod operator;
 mod reexec;
 mod security_files;
+mod security_procs;
 mod ship;
 mod supervisor;
 mod switch;
