@@ -66,6 +66,12 @@ pub struct Report {
     /// The etcd lease of the registry keys (`[registry] ttl`): held, renewal failing, or re-registered after a loss.
     #[serde(default)]
     pub registry_lease: Option<String>,
+    /// How the service's processes are tracked: "cgroup" or "subreaper".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<String>,
+    /// The service's cgroup, when tracked by one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 /// The instance being handed over to, and where the handoff is.

@@ -109,6 +109,7 @@ pub fn start_supervisor(config: &Path, name: &str) -> Result<Started> {
             parent_death_signal: None,
             keep_fd: Some(write_end.as_raw_fd()),
             listen: None,
+            cgroup_procs: None,
         },
     );
     let mut child = cmd

@@ -68,8 +68,8 @@ pub fn systemd_unit(t: &Target) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let stop_secs =
-        (t.stop_timeout + STOP_MARGIN).as_secs() + u64::from(t.stop_timeout.subsec_nanos() > 0);
+    let stop_secs = t.stop_timeout.saturating_add(STOP_MARGIN).as_secs()
+        + u64::from(t.stop_timeout.subsec_nanos() > 0);
     let restart = if t.baton_restarts {
         "# baton restarts the service ([restart] policy); systemd restarting too would double it.\n\
          Restart=no\n"
@@ -96,6 +96,9 @@ pub fn systemd_unit(t: &Target) -> String {
          # systemd signals baton alone, and kills leftovers only after TimeoutStopSec.\n\
          KillMode=mixed\n\
          TimeoutStopSec={stop_secs}\n\
+         # baton puts the service in a cgroup of its own below this unit's ([process] cgroup):\n\
+         # the only way it tells the service's processes from daemons its proxy reload starts.\n\
+         Delegate=yes\n\
          {restart}\
          \n\
          [Install]\n\
@@ -317,6 +320,7 @@ mod tests {
             "ExecStart=/usr/local/bin/baton --config /etc/baton/web.toml run web\n",
             "ExecReload=/usr/local/bin/baton --config /etc/baton/web.toml reload web\n",
             "KillMode=mixed\n",
+            "Delegate=yes\n",
             "[Install]\nWantedBy=multi-user.target\n",
         ] {
             assert!(u.contains(want), "missing {want:?} in:\n{u}");

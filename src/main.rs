@@ -1,6 +1,8 @@
 //! baton: a process supervisor whose `start` means ready. `main` is a switchboard.
 
+mod cgroup;
 mod cli;
+mod clock;
 mod config;
 mod control;
 mod daemon;
@@ -28,6 +30,7 @@ mod ship;
 mod sockets;
 mod supervisor;
 mod sys;
+mod tracking;
 mod url;
 
 use clap::Parser;

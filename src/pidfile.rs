@@ -154,6 +154,7 @@ impl Identity {
     }
 
     /// Whether this exact process (not a successor with the same PID) still runs.
+    #[cfg(test)]
     pub fn alive(&self) -> bool {
         process::starttime(Pid::from_raw(self.pid)) == Some(self.starttime)
     }
@@ -166,6 +167,12 @@ pub struct StateFile {
     pub supervisor: Option<Identity>,
     /// The service leader (also its process group).
     pub service: Option<Identity>,
+    /// The session the service's group lives in (the supervisor's), part of its identity.
+    #[serde(default)]
+    pub session: Option<i32>,
+    /// The service's cgroup, when tracked by one.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
     /// The state name, e.g. "ready", "failed".
     pub state: String,
     /// Why the service last ended.
@@ -189,14 +196,6 @@ pub fn read_state(spec: &Spec) -> StateFile {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
-}
-
-/// Processes of a previous service whose supervisor died, still alive.
-pub fn orphans(state: &StateFile) -> Vec<Pid> {
-    match state.service {
-        Some(id) => process::group_members(Pid::from_raw(id.pid), id.starttime),
-        None => Vec::new(),
-    }
 }
 
 #[cfg(test)]

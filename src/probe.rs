@@ -338,7 +338,9 @@ impl Probe {
         self.tries += 1;
         self.last_failure = Some(why);
         let delay = FIRST_RETRY.saturating_mul(1 << self.tries.min(10)).min(cap);
-        self.attempt = Attempt::Waiting { at: now + delay };
+        self.attempt = Attempt::Waiting {
+            at: crate::clock::after(now, delay),
+        };
     }
 
     fn begin(&mut self, now: Instant) {
@@ -368,6 +370,7 @@ impl Probe {
                         parent_death_signal: Some(nix::sys::signal::Signal::SIGKILL),
                         keep_fd: None,
                         listen: None,
+                        cgroup_procs: None,
                     },
                 );
                 let spawned = cmd.spawn();

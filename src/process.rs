@@ -1,4 +1,8 @@
 //! Spawning the service into its own process group, and finding, signalling and identifying processes.
+//!
+//! A PID alone never names a process here: whatever was looked up (in /proc, in a
+//! cgroup) is opened as a pidfd, its identity checked again through that handle's
+//! PID, and signalled through the handle, so a PID reused in between is never hit.
 
 use crate::config::{Spec, Vars};
 use crate::error::{Error, Result};
@@ -32,6 +36,7 @@ pub fn spawn(
     vars: &Vars,
     notify_socket: Option<&Path>,
     listener: Option<RawFd>,
+    cgroup_procs: Option<RawFd>,
 ) -> Result<Spawned> {
     let port = vars.port;
     let argv: Vec<String> = spec.command.iter().map(|a| spec.expand(a, vars)).collect();
@@ -57,6 +62,8 @@ pub fn spawn(
     // A clean environment: nothing of the caller's (root's PATH, exported secrets, our own
     // NOTIFY_SOCKET from systemd) reaches the service unless the config names it.
     cmd.env_clear().envs(crate::environ::base(spec));
+    // The mark of baton's own helpers: never the service's, whatever `inherit_env` says.
+    cmd.env_remove(HELPER_ENV);
     if let Some(p) = port {
         cmd.env("PORT", p.to_string());
     }
@@ -84,6 +91,7 @@ pub fn spawn(
             parent_death_signal: Some(Signal::SIGKILL),
             keep_fd: None,
             listen,
+            cgroup_procs,
         },
     );
     let mut child = cmd.spawn().map_err(|e| {
@@ -130,20 +138,27 @@ pub struct ProcStat {
     pub ppid: Pid,
     /// Its process group.
     pub pgrp: Pid,
+    /// Its session.
+    pub session: Pid,
     /// Start time in clock ticks since boot: with the PID, a process's identity.
     pub starttime: u64,
 }
 
 /// Parses /proc/PID/stat text; the command name may contain spaces and parentheses.
+///
+/// The name is whatever the process chose (up to 15 bytes, any of them `)`), so the
+/// fields are found after the *last* `)`.
 pub fn parse_stat(text: &str) -> Option<ProcStat> {
-    let pid = text.split_whitespace().next()?.parse().ok()?;
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state(0) ppid(1) pgrp(2) ... starttime is field 22 overall, index 19 here.
+    let (head, tail) = text.rsplit_once(')')?;
+    let pid = head.split_once(" (")?.0.trim().parse().ok()?;
+    let f: Vec<&str> = tail.split_whitespace().collect();
+    let field = |i: usize| -> Option<i32> { f.get(i)?.parse().ok() };
+    // After the name: state(0) ppid(1) pgrp(2) session(3) ... starttime is field 22 overall, index 19 here.
     Some(ProcStat {
         pid: Pid::from_raw(pid),
-        ppid: Pid::from_raw(f.get(1)?.parse().ok()?),
-        pgrp: Pid::from_raw(f.get(2)?.parse().ok()?),
+        ppid: Pid::from_raw(field(1)?),
+        pgrp: Pid::from_raw(field(2)?),
+        session: Pid::from_raw(field(3)?),
         starttime: f.get(19)?.parse().ok()?,
     })
 }
@@ -222,13 +237,54 @@ fn descendants_by_scan(root: Pid) -> Vec<Pid> {
     out
 }
 
-/// Processes still in group `pgid` that started no earlier than its leader did (so not a reused id).
-pub fn group_members(pgid: Pid, leader_starttime: u64) -> Vec<Pid> {
-    all()
-        .into_iter()
-        .filter(|p| p.pgrp == pgid && p.starttime >= leader_starttime)
-        .map(|p| p.pid)
-        .collect()
+/// The recorded identity of a service's process group: what proves a process belongs to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupIdentity {
+    /// The group, which is the leader's PID.
+    pub pgid: Pid,
+    /// The leader's start time.
+    pub leader_starttime: u64,
+    /// The session the group lives in (the supervisor's): a stranger that reuses the PID
+    /// and calls setsid(2) is in a session of its own.
+    pub session: Pid,
+}
+
+impl GroupIdentity {
+    /// Whether `p` is provably a member: same group, same session, and not older than the group.
+    pub fn owns(&self, p: &ProcStat) -> bool {
+        p.pgrp == self.pgid && p.session == self.session && p.starttime >= self.leader_starttime
+    }
+}
+
+/// Processes still in the recorded group (a stranger on a reused PID does not qualify).
+pub fn group_members(id: &GroupIdentity) -> Vec<ProcStat> {
+    all().into_iter().filter(|p| id.owns(p)).collect()
+}
+
+/// Opens `pid` as a pidfd and returns it only if, *after* opening, the process still passes `check`.
+///
+/// A pidfd pins the process, not the number: once it is open, a check that passes is
+/// about the process the signal will reach.
+pub fn open_verified(pid: Pid, check: impl Fn(&ProcStat) -> bool) -> Option<OwnedFd> {
+    let fd = sys::pidfd_open(pid).ok()?;
+    stat(pid).filter(|s| check(s)).map(|_| fd)
+}
+
+/// Signals the process a pidfd refers to; one that already exited is not an error.
+pub fn signal_pidfd(fd: &OwnedFd, pid: Pid, sig: Signal) {
+    use std::os::fd::AsFd;
+    match sys::pidfd_send_signal(fd.as_fd(), sig) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+        Err(e) => tracing::warn!("unable to send {sig} to pid {pid}: {e}"),
+    }
+}
+
+/// Signals `p` if it is still the same process (same PID and start time).
+pub fn signal_same(p: &ProcStat, sig: Signal) {
+    if let Some(fd) = open_verified(p.pid, |now| now.starttime == p.starttime) {
+        signal_pidfd(&fd, p.pid, sig);
+    }
 }
 
 /// Signals a process group; a group that is already gone is not an error.
@@ -247,20 +303,22 @@ pub fn signal(pid: Pid, sig: Signal) {
     }
 }
 
-/// Sends SIGKILL to processes that are not our children and waits (up to `limit`) until they are gone.
-pub fn kill_and_wait(pids: &[Pid], limit: std::time::Duration) -> Vec<Pid> {
-    let watched = watch_exits(pids);
-    for &p in pids {
-        signal(p, Signal::SIGKILL);
-    }
+/// Sends SIGKILL to processes that are not our children, each only if still the very
+/// process that was found, and waits (up to `limit`) until they are gone.
+pub fn kill_and_wait(
+    procs: &[ProcStat],
+    still_ours: impl Fn(&ProcStat) -> bool,
+    limit: std::time::Duration,
+) -> Vec<Pid> {
+    let watched: Vec<(Pid, OwnedFd)> = procs
+        .iter()
+        .filter_map(|p| {
+            let fd = open_verified(p.pid, |now| now.starttime == p.starttime && still_ours(now))?;
+            signal_pidfd(&fd, p.pid, Signal::SIGKILL);
+            Some((p.pid, fd))
+        })
+        .collect();
     wait_exits(watched, limit)
-}
-
-/// Pidfds for processes we will wait on (taken before signalling, so no exit is missed).
-pub fn watch_exits(pids: &[Pid]) -> Vec<(Pid, OwnedFd)> {
-    pids.iter()
-        .filter_map(|&p| Some((p, sys::pidfd_open(p).ok()?)))
-        .collect()
 }
 
 /// Waits until every watched process has exited or `limit` passes; returns those still alive.
@@ -269,7 +327,7 @@ pub fn watch_exits(pids: &[Pid]) -> Vec<(Pid, OwnedFd)> {
 pub fn wait_exits(watched: Vec<(Pid, OwnedFd)>, limit: std::time::Duration) -> Vec<Pid> {
     use nix::poll::{PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
-    let deadline = std::time::Instant::now() + limit;
+    let deadline = crate::clock::after(std::time::Instant::now(), limit);
     let mut waiting = watched;
     while !waiting.is_empty() {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -310,24 +368,87 @@ pub fn has_children() -> bool {
     !matches!(waitid(Id::All, flags), Err(nix::errno::Errno::ECHILD))
 }
 
-/// Signals the service group and every other descendant of this supervisor, however far they strayed.
-pub fn signal_tree(pgid: Option<Pid>, sig: Signal, except: &[Pid]) -> Vec<Pid> {
-    if let Some(g) = pgid {
-        signal_group(g, sig);
-    }
+/// The environment variable that marks baton's own helpers (switch worker, proxy
+/// commands, exec probes run as root) and whatever they start, e.g. a daemonizing HAProxy.
+pub const HELPER_ENV: &str = "BATON_HELPER";
+
+/// Marks every child this supervisor starts from now on as a helper, except the service
+/// (whose environment `spawn` strips of the mark). The value is random, so a service
+/// that cannot read root's processes cannot forge it to slip out of a stop.
+pub fn mark_helpers() {
+    let mut seed = [0u8; 8];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
+        .is_ok();
+    let nonce = if random {
+        u64::from_ne_bytes(seed)
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id())
+    };
+    // Set once, at start-up, before any thread or child exists.
+    std::env::set_var(HELPER_ENV, format!("{nonce:016x}"));
+}
+
+/// Whether `pid` carries this supervisor's helper mark (read from /proc/PID/environ).
+pub fn is_helper(pid: Pid) -> bool {
+    let Some(mark) = std::env::var_os(HELPER_ENV) else {
+        return false;
+    };
+    let mut want = HELPER_ENV.as_bytes().to_vec();
+    want.push(b'=');
+    want.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(mark.as_os_str()));
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == want.as_slice()))
+}
+
+/// The service's processes under the subreaper: every descendant of this supervisor
+/// except baton's own helpers and what they started (`is_helper`), and `except`.
+pub fn service_tree(except: &[Pid]) -> Vec<ProcStat> {
     // As a subreaper we are an ancestor of every descendant: no child, nothing to scan.
     if !has_children() {
         return Vec::new();
     }
-    // Processes still in the group got the signal above; these are the ones that left it.
-    let rest: Vec<Pid> = descendants(nix::unistd::getpid())
-        .into_iter()
-        .filter(|p| !except.contains(p) && stat(*p).is_some_and(|s| Some(s.pgrp) != pgid))
-        .collect();
-    for &p in &rest {
-        signal(p, sig);
+    let mut out = Vec::new();
+    let mut stack = children(nix::unistd::getpid()).unwrap_or_default();
+    while let Some(p) = stack.pop() {
+        // A helper's subtree is the helper's, whatever it did (double fork, setsid).
+        if except.contains(&p) || is_helper(p) {
+            continue;
+        }
+        if let Some(s) = stat(p) {
+            out.push(s);
+        }
+        stack.extend(children(p).unwrap_or_default());
     }
-    rest
+    out
+}
+
+/// Signals the service group and every other process of the service tree, however far they strayed.
+///
+/// The group is signalled with killpg only while `leader_unreaped`: then its number
+/// cannot belong to anyone else. Every other process is signalled through a pidfd.
+pub fn signal_tree(
+    pgid: Option<Pid>,
+    leader_unreaped: bool,
+    sig: Signal,
+    except: &[Pid],
+) -> Vec<Pid> {
+    let group = pgid.filter(|_| leader_unreaped);
+    if let Some(g) = group {
+        signal_group(g, sig);
+    }
+    // Processes still in the group got the signal above; these are the ones that left it.
+    let rest: Vec<ProcStat> = service_tree(except)
+        .into_iter()
+        .filter(|s| group.is_none() || Some(s.pgrp) != group)
+        .collect();
+    for p in &rest {
+        signal_same(p, sig);
+    }
+    rest.into_iter().map(|p| p.pid).collect()
 }
 
 /// Socket inodes held open by `pids` (from the /proc/PID/fd links `socket:[N]`).
@@ -427,6 +548,50 @@ mod tests {
         }
         child.kill().ok();
         child.wait().ok();
+    }
+
+    #[test]
+    fn stat_without_fields_after_the_name_is_refused() {
+        for line in [
+            "",
+            "4242",
+            "4242 (x)",
+            "4242 (x) S 1 2",
+            "4242 (x))",
+            "(x) S 1 2 3",
+        ] {
+            assert_eq!(parse_stat(line), None, "{line:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any name the kernel may show (up to 15 bytes of anything but NUL, parentheses and
+        /// spaces included) leaves the numeric fields readable, and nothing panics.
+        #[test]
+        fn stat_fields_survive_any_command_name(
+            name in "[ -~]{0,15}",
+            pid in 1i32..4_194_304,
+            ppid in 0i32..4_194_304,
+            pgrp in 0i32..4_194_304,
+            session in 0i32..4_194_304,
+            start in proptest::num::u64::ANY,
+        ) {
+            let line = format!(
+                "{pid} ({name}) S {ppid} {pgrp} {session} 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 {start} 1000 10\n"
+            );
+            let s = parse_stat(&line).expect("parses");
+            proptest::prop_assert_eq!(s.pid, Pid::from_raw(pid));
+            proptest::prop_assert_eq!(s.ppid, Pid::from_raw(ppid));
+            proptest::prop_assert_eq!(s.pgrp, Pid::from_raw(pgrp));
+            proptest::prop_assert_eq!(s.session, Pid::from_raw(session));
+            proptest::prop_assert_eq!(s.starttime, start);
+        }
+
+        /// Arbitrary bytes never panic the parser.
+        #[test]
+        fn stat_never_panics(text in "\\PC{0,200}") {
+            let _ = parse_stat(&text);
+        }
     }
 
     #[test]

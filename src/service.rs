@@ -45,7 +45,7 @@ fn start_supervised(spec: &Spec) -> Result<()> {
         spec,
         &Request::Start,
         &label,
-        spec.ready.timeout + Duration::from_secs(5),
+        spec.ready.timeout.saturating_add(Duration::from_secs(5)),
     )
     .map_err(|e| {
         e.hint(format!(
@@ -71,13 +71,17 @@ fn stop_locked(spec: &Spec) -> Result<()> {
         }
         return Ok(());
     }
-    // Watch the supervisor before asking it to stop, so its exit cannot be missed.
+    // Watch the supervisor before asking it to stop, so its exit cannot be missed; the
+    // pidfd is checked against the recorded start time after opening, so it is that supervisor.
     let state = pidfile::read_state(spec);
-    let sup = state
+    let watched: Vec<(Pid, std::os::fd::OwnedFd)> = state
         .supervisor
-        .filter(|s| s.alive())
-        .map(|s| Pid::from_raw(s.pid));
-    let watched = process::watch_exits(sup.as_slice());
+        .and_then(|s| {
+            let pid = Pid::from_raw(s.pid);
+            process::open_verified(pid, |p| p.starttime == s.starttime).map(|fd| (pid, fd))
+        })
+        .into_iter()
+        .collect();
     match control::request(&spec.socket, &Request::Stop, None) {
         Ok(replies) => {
             for reply in replies {
@@ -92,19 +96,19 @@ fn stop_locked(spec: &Spec) -> Result<()> {
         }
         // No socket to talk to: signal the supervisor, identified by PID and start time.
         Err(e) => {
-            let Some(pid) = sup else {
+            let Some((pid, fd)) = watched.first() else {
                 return Err(e.hint("the supervisor holds its lock but cannot be identified; check the state directory"));
             };
             eprintln!(
                 "{name}: control socket unavailable ({e}); sending SIGTERM to supervisor pid {pid}"
             );
-            nix::sys::signal::kill(pid, Signal::SIGTERM).map_err(|e| {
-                Error::errno(format!("signal the supervisor of {name} (pid {pid})"), e)
-            })?;
+            crate::sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(fd), Signal::SIGTERM).map_err(
+                |e| Error::io(format!("signal the supervisor of {name} (pid {pid})"), &e),
+            )?;
         }
     }
     // The supervisor enforces the stop timeout itself; this bound only guards against a hung supervisor.
-    let limit = spec.stop.timeout + Duration::from_secs(10);
+    let limit = spec.stop.timeout.saturating_add(Duration::from_secs(10));
     if !process::wait_exits(watched, limit).is_empty() {
         return Err(Error::unable(
             format!("stop {name}"),
@@ -251,9 +255,10 @@ fn unknown(spec: &Spec, why: String) -> Report {
 /// The truth when no supervisor holds the lock: "dead" if a PID file remains, else "not running".
 fn post_mortem(spec: &Spec) -> (Report, Status) {
     let state = pidfile::read_state(spec);
-    let orphans: Vec<i32> = pidfile::orphans(&state)
+    let orphans: Vec<i32> = crate::tracking::orphans(&state)
+        .0
         .iter()
-        .map(|p| p.as_raw())
+        .map(|p| p.pid.as_raw())
         .collect();
     let pid_in_file = pidfile::read(&spec.pidfile);
     let mut report = Report {
@@ -390,15 +395,15 @@ fn join(pids: &[i32]) -> String {
 fn clean_up_dead(spec: &Spec) -> bool {
     let name = &spec.name;
     let state: StateFile = pidfile::read_state(spec);
-    let orphans = pidfile::orphans(&state);
+    let (orphans, _) = crate::tracking::orphans(&state);
     if !orphans.is_empty() {
         eprintln!(
             "{name}: killing {} process(es) left by a supervisor that died: pid {}",
             orphans.len(),
-            join(&orphans.iter().map(|p| p.as_raw()).collect::<Vec<_>>())
+            join(&orphans.iter().map(|p| p.pid.as_raw()).collect::<Vec<_>>())
         );
         // Wait for them: they may still hold the port the new instance needs.
-        let survivors = process::kill_and_wait(&orphans, Duration::from_secs(5));
+        let survivors = crate::tracking::kill_orphans(&state, Duration::from_secs(5));
         if !survivors.is_empty() {
             eprintln!(
                 "{name}: still alive after SIGKILL: pid {}",

@@ -1,4 +1,4 @@
-//! The few places baton needs `unsafe`: the pre-exec hook, adopting an inherited fd, pidfd_open.
+//! The few places baton needs `unsafe`: the pre-exec hook, adopting an inherited fd, pidfds, xattrs.
 //!
 //! Everything else uses nix's safe wrappers. Each block says why it is sound.
 
@@ -35,6 +35,9 @@ pub struct ChildSetup {
     pub keep_fd: Option<RawFd>,
     /// A listening socket to hand over: (the supervisor's descriptor, the number the child gets).
     pub listen: Option<(RawFd, RawFd)>,
+    /// An open `cgroup.procs` the child writes itself into before anything else, so that
+    /// nothing it ever forks is outside the service's cgroup.
+    pub cgroup_procs: Option<RawFd>,
 }
 
 /// Installs the pre-exec hook that applies `setup` in the child.
@@ -47,8 +50,18 @@ pub fn install(cmd: &mut Command, setup: ChildSetup) {
         parent_death_signal,
         keep_fd,
         listen,
+        cgroup_procs,
     } = setup;
     let hook = move || -> std::io::Result<()> {
+        if let Some(fd) = cgroup_procs {
+            // "0" means "the writing process"; done first, while still root.
+            // SAFETY: the buffer is a static byte string and fd an open descriptor the
+            // parent keeps open across the fork; write(2) is async-signal-safe.
+            let r = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
         // The supervisor blocks the signals it reads from its signalfd; a child
         // inheriting that mask would never see SIGTERM.
         nix::sys::signal::SigSet::all().thread_unblock()?;
@@ -101,7 +114,7 @@ pub fn install(cmd: &mut Command, setup: ChildSetup) {
         Ok(())
     };
     // SAFETY: the hook runs in the forked child before exec and only makes
-    // async-signal-safe system calls (sigprocmask, close_range, dup2, fcntl, setsid, umask, setgroups, setgid, setuid,
+    // async-signal-safe system calls (write, sigprocmask, close_range, dup2, fcntl, setsid, umask, setgroups, setgid, setuid,
     // prctl, getppid) on data moved in beforehand; it allocates nothing (every
     // error is an io::Error built from an errno).
     unsafe {
@@ -150,6 +163,43 @@ pub fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: the kernel just returned this fd to us; we are its only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `sig` to the process `pidfd` refers to: the very process that was opened, never
+/// a successor that reuses its PID (Linux >= 5.1).
+pub fn pidfd_send_signal(pidfd: std::os::fd::BorrowedFd<'_>, sig: Signal) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_send_signal takes an fd, a signal number, a null siginfo (the kernel
+    // fills in a kill(2)-like one) and flags; no memory of ours is read or written.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0 as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether the directory `path` carries the extended attribute `name` (e.g. systemd's
+/// `trusted.delegate` on a cgroup it delegated).
+pub fn has_xattr(path: &std::path::Path, name: &str) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(p), Ok(n)) = (
+        std::ffi::CString::new(path.as_os_str().as_bytes()),
+        std::ffi::CString::new(name),
+    ) else {
+        return false;
+    };
+    // SAFETY: both strings are NUL-terminated and live across the call; a null buffer of
+    // size 0 asks only for the value's length, so the kernel writes nothing.
+    let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+    r >= 0
 }
 
 /// Hands memory the idle loop does not need back to the kernel.

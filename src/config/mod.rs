@@ -67,6 +67,16 @@ pub struct Spec {
     pub proxy: ProxySpec,
     /// Where the serving instance's port and PID are published.
     pub registry: RegistrySpec,
+    /// How the service's processes are tracked.
+    pub process: ProcessSpec,
+}
+
+/// `[process]`: how baton knows which processes are the service's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSpec {
+    /// Track the service in a cgroup v2 of its own when the host has one (default true);
+    /// false: as a child subreaper, by process identity.
+    pub cgroup: bool,
 }
 
 /// Capistrano's layout: `root/releases/ID` and a `root/current` symlink.

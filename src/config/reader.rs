@@ -5,8 +5,8 @@
 
 use super::units::{parse_duration, parse_env_file, parse_signal, parse_size};
 use super::{
-    Account, DeploySpec, ListenSpec, LogSpec, Policy, PortSpec, ProbeSpec, Problem, ProxySpec,
-    ReadySpec, RegistrySpec, ReleaseSpec, RestartSpec, Spec, StopSpec, Switch,
+    Account, DeploySpec, ListenSpec, LogSpec, Policy, PortSpec, ProbeSpec, Problem, ProcessSpec,
+    ProxySpec, ReadySpec, RegistrySpec, ReleaseSpec, RestartSpec, Spec, StopSpec, Switch,
 };
 use crate::exit::Action;
 use nix::sys::signal::Signal;
@@ -106,6 +106,7 @@ const TOP_KEYS: &[&str] = &[
     "deploy",
     "proxy",
     "registry",
+    "process",
 ];
 
 impl Walker<'_> {
@@ -430,7 +431,21 @@ impl Reader<'_> {
             listen,
             deploy,
             proxy,
+            process: self.process(top),
         })
+    }
+
+    fn process(&mut self, top: &dyn TableLike) -> ProcessSpec {
+        let mut spec = ProcessSpec { cgroup: true };
+        if let Some(t) = self.section(top, "process", &["cgroup"]) {
+            if let Some(item) = t.get("cgroup") {
+                match item.as_bool() {
+                    Some(b) => spec.cgroup = b,
+                    None => self.problem(item.span(), "process.cgroup", "must be true or false"),
+                }
+            }
+        }
+        spec
     }
 
     /// Only `{name}`, `{port}` and `{release}` exist; anything else is a typo that would reach the service verbatim.

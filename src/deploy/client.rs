@@ -82,10 +82,12 @@ fn hand_over(spec: &Spec, kind: &str, id: &str) -> Result<()> {
         return Ok(());
     }
     // Bounded by what the supervisor itself enforces, plus slack for the proxy switch.
-    let limit = spec.ready.timeout
-        + spec.deploy.drain_timeout
-        + spec.stop.timeout * 2
-        + Duration::from_secs(60);
+    let limit = spec
+        .ready
+        .timeout
+        .saturating_add(spec.deploy.drain_timeout)
+        .saturating_add(spec.stop.timeout.saturating_mul(2))
+        .saturating_add(Duration::from_secs(60));
     let label = format!("{kind} {} to release {id}", spec.name);
     let release = id.to_string();
     let request = match kind {

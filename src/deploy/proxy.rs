@@ -243,7 +243,7 @@ pub fn confirm(
 ) -> std::result::Result<String, String> {
     let proof = Proof::of(sw, to);
     let timeout = sw.confirm_timeout;
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::clock::after(Instant::now(), timeout);
     let want = to.pid.to_string();
     let before = &before.0;
     let mut seen: std::collections::HashSet<_> = before.keys().copied().collect();

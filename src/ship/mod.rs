@@ -444,6 +444,14 @@ fn plan(df: &DeployFile, env: &Env, rel: &Release, opts: &Options) -> String {
             env.verify_timeout.as_secs()
         ));
     }
+    if !env.etcd.is_empty() {
+        s.push_str(&format!(
+            "fleet lock: {} in etcd ({}), lease {}s, held for the whole rollout\n",
+            lock::key(&df.service, &env.name),
+            env.etcd.join(", "),
+            env.lock_ttl.as_secs()
+        ));
+    }
     s.push_str("dry run: nothing was built, copied or changed\n");
     s
 }

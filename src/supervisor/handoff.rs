@@ -284,7 +284,7 @@ impl Handoff {
                 } else {
                     format!("[1/5] started release {} as pid {pid}{on}", self.release)
                 };
-                let deadline = now + self.rules.ready_timeout;
+                let deadline = crate::clock::after(now, self.rules.ready_timeout);
                 (Starting { pid, deadline }, vec![Effect::Tell(line)])
             }
             (Spawning, Input::SpawnFailed(e)) => {
@@ -639,7 +639,7 @@ impl Handoff {
         let until = if self.rules.shared_socket {
             now
         } else {
-            now + self.rules.drain_timeout
+            crate::clock::after(now, self.rules.drain_timeout)
         };
         (
             Phase::Draining {

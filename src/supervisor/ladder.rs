@@ -26,8 +26,8 @@ impl Ladder {
     /// The stop signal went out at `now`; `dump_after` only while the leader lives.
     pub fn start(now: Instant, timeout: Duration, dump_after: Option<Duration>) -> Ladder {
         Ladder {
-            dump_at: dump_after.map(|d| now + d),
-            kill_at: now + timeout,
+            dump_at: dump_after.map(|d| crate::clock::after(now, d)),
+            kill_at: crate::clock::after(now, timeout),
             killed: false,
         }
     }

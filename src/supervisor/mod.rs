@@ -23,6 +23,7 @@ use crate::logs::{Drained, Output, Pipe, StreamKind};
 use crate::pidfile::{self, Identity, StateFile};
 use crate::probe::Probes;
 use crate::process;
+use crate::tracking::{self, Tracker};
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -85,6 +86,8 @@ struct Supervisor {
     listener: Option<OwnedFd>,
     /// The etcd lease the registry keys live on (`[registry] ttl`), kept by its own thread.
     lease: Option<crate::lease::Keeper>,
+    /// Which processes are the service's: its cgroup, or our subreaper tree.
+    tracker: Tracker,
 }
 
 /// How the supervisor process was started.
@@ -129,6 +132,8 @@ fn setup(
         // so a stop can find and reap every one of them without cgroups.
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(|e| Error::errno("become a child subreaper", e))?;
+        // Before the first child: every helper we start carries the mark, the service never.
+        process::mark_helpers();
         let mut mask = SigSet::empty();
         for s in [
             Signal::SIGCHLD,
@@ -178,6 +183,16 @@ fn setup(
         Ok(v) => v,
         Err(e) => return Err((e, reporter)),
     };
+    let tracker = Tracker::setup(&spec);
+    tracking::arm(&spec, &tracker);
+    tracing::info!(
+        "tracking {} by {}{}",
+        spec.name,
+        tracker.kind(),
+        tracker
+            .cgroup_path()
+            .map_or(String::new(), |p| format!(" {}", p.display()))
+    );
     let rules = Rules {
         restart: spec.restart.clone(),
         ready_timeout: spec.ready.timeout,
@@ -219,6 +234,7 @@ fn setup(
         start_failure: None,
         listener,
         lease,
+        tracker,
     })
 }
 
@@ -233,6 +249,7 @@ enum Source {
     Probe(Which, usize),
     Worker,
     Publisher,
+    Cgroup,
 }
 
 impl Supervisor {
@@ -330,6 +347,11 @@ impl Supervisor {
                 fds.push(PollFd::new(fd, PollFlags::POLLIN));
                 sources.push(Source::Publisher);
             }
+            // The kernel raises POLLPRI only when `populated` flips: no wakeup while idle.
+            if let Some(fd) = self.tracker.events_fd() {
+                fds.push(PollFd::new(fd, PollFlags::POLLPRI));
+                sources.push(Source::Cgroup);
+            }
             // Going to sleep with nothing scheduled: give back what start-up and the last
             // burst of work left mapped. Last thing before poll(2), so little runs after it.
             if std::mem::take(&mut self.dirty) {
@@ -407,6 +429,7 @@ impl Supervisor {
                         self.publish_error = Some(e);
                     }
                 }
+                Source::Cgroup => self.check_tree_empty(),
             }
         }
         for i in closed_pipes.into_iter().rev() {
@@ -517,15 +540,14 @@ impl Supervisor {
             Effect::Spawn => self.spawn(),
             Effect::SignalTree(sig) => {
                 let pgid = self.instance.as_ref().map(|i| i.pid);
-                let probes = self.probe_pids();
-                let others = process::signal_tree(pgid, sig, &probes);
+                let others = self.signal_service(sig);
                 let msg = format!(
                     "sent {sig} to process group {}{}",
                     pgid.map_or("-".into(), |p| p.to_string()),
-                    if others.is_empty() {
+                    if others == 0 {
                         String::new()
                     } else {
-                        format!(" and {} other descendants", others.len())
+                        format!(" and {others} other service processes")
                     }
                 );
                 tracing::info!("{msg}");
@@ -602,8 +624,17 @@ impl Supervisor {
         };
         let notify = self.notify.as_ref().map(|(_, p)| p.clone());
         let listener = self.listener.as_ref().map(|l| l.as_raw_fd());
-        let sp = process::spawn(&self.spec, &vars, notify.as_deref(), listener)
-            .map_err(|e| e.to_string())?;
+        let sp = process::spawn(
+            &self.spec,
+            &vars,
+            notify.as_deref(),
+            listener,
+            self.tracker.procs_fd(),
+        )
+        .map_err(|e| e.to_string())?;
+        if self.handoff.is_none() {
+            tracking::set_leader(Some((sp.pid, sp.starttime)));
+        }
         tracing::info!("spawned {} (pid {})", sp.argv.join(" "), sp.pid);
         self.pipes
             .push(Pipe::new(sp.stdout, StreamKind::Stdout, sp.pid));
@@ -742,21 +773,17 @@ impl Supervisor {
                             ..
                         })
                     ) {
-                        let pgid = self.instance.as_ref().map(|i| i.pid);
-                        process::signal_tree(pgid, Signal::SIGKILL, &[]);
+                        self.signal_service(Signal::SIGKILL);
                     }
+                    // Baton's helpers (a proxy daemon) may outlive the service: ask the tracker.
+                    self.check_tree_empty();
                     return;
                 }
                 Ok(_) => continue,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => {
                     // ECHILD: not a single descendant is left.
-                    if matches!(
-                        self.machine.phase,
-                        Phase::Stopping(Stop { leader: None, .. })
-                    ) {
-                        self.feed(Input::TreeEmpty);
-                    }
+                    self.check_tree_empty();
                     return;
                 }
             };
@@ -765,6 +792,7 @@ impl Supervisor {
             // failure report carries its last words (poll reports the exit and the data at once).
             self.drain_output_of(pid);
             if self.instance.as_ref().is_some_and(|i| i.pid == pid) {
+                tracking::set_leader(None);
                 tracing::info!("service (pid {pid}) {exit}");
                 self.feed_handoff(HInput::Cancel(format!(
                     "the serving instance (pid {pid}) {exit}"
@@ -993,6 +1021,10 @@ impl Supervisor {
                 },
             },
             Request::Reopen => {
+                // Test-only: a supervisor dying of a bug must take the service down with it.
+                if cfg!(debug_assertions) && std::env::var_os("BATON_TEST_PANIC").is_some() {
+                    panic!("BATON_TEST_PANIC is set: panicking as the test asked");
+                }
                 self.reopen();
                 Reply::Ok {
                     message: "log files reopened".into(),
@@ -1494,7 +1526,9 @@ impl Supervisor {
             self.next_progress = None;
             return;
         };
-        let mut pids: Vec<i32> = process::descendants(nix::unistd::getpid())
+        let mut pids: Vec<i32> = self
+            .tracker
+            .members(&self.probe_pids())
             .iter()
             .map(|p| p.as_raw())
             .collect();
@@ -1524,10 +1558,10 @@ impl Supervisor {
         let inst = self.instance.as_ref();
         let mut processes = vec![];
         if inst.is_some() {
-            let probes = self.probe_pids();
-            processes = process::descendants(nix::unistd::getpid())
+            processes = self
+                .tracker
+                .members(&self.probe_pids())
                 .into_iter()
-                .filter(|p| !probes.contains(p))
                 .map(|p| p.as_raw())
                 .collect();
             processes.sort_unstable();
@@ -1569,6 +1603,8 @@ impl Supervisor {
             handoff: self.handoff.as_ref().map(|h| h.report(now)),
             supervisor_version: Some(crate::control::VERSION.to_string()),
             registry_lease: self.lease.as_ref().map(crate::lease::Keeper::describe),
+            tracking: Some(self.tracker.kind().to_string()),
+            cgroup: self.tracker.cgroup_path().map(|p| p.display().to_string()),
         }
     }
 
@@ -1588,6 +1624,9 @@ impl Supervisor {
         let state = StateFile {
             supervisor: Identity::of(nix::unistd::getpid()),
             service,
+            // The service's group lives in our session: with the leader's start time, its identity.
+            session: nix::unistd::getsid(None).ok().map(|s| s.as_raw()),
+            cgroup: self.tracker.cgroup_path().map(|p| p.to_path_buf()),
             state: self.machine.name().to_string(),
             last_exit: self.machine.last_exit.map(|e| e.to_string()),
             failure,
@@ -1658,12 +1697,48 @@ impl Supervisor {
         if std::mem::take(&mut self.dirty) {
             self.persist();
         }
+        // Its switch still running would publish a service that is gone; what it started stays.
+        if let Some((pid, _)) = self.publisher.take() {
+            process::signal(pid, Signal::SIGTERM);
+        }
+        std::mem::replace(&mut self.tracker, Tracker::Subreaper).finish();
         self.broadcast(self.machine.name());
         pidfile::remove(&self.spec.socket);
         if let Some((_, path)) = &self.notify {
             pidfile::remove(path);
         }
         code
+    }
+
+    /// Signals the whole service through the tracker; returns how many processes outside
+    /// the leader's group got it.
+    fn signal_service(&mut self, sig: Signal) -> usize {
+        let leader = self.instance.as_ref().map(|i| i.pid);
+        let unreaped = matches!(
+            self.machine.phase,
+            Phase::Stopping(Stop {
+                leader: Some(_),
+                ..
+            })
+        );
+        self.tracker
+            .signal(leader, unreaped, sig, &self.probe_pids())
+    }
+
+    /// Feeds `TreeEmpty` once the stop ladder waits for the last process and none is left.
+    fn check_tree_empty(&mut self) {
+        let waiting = matches!(
+            self.machine.phase,
+            Phase::Stopping(Stop { leader: None, .. })
+        );
+        // Reading the cgroup's state re-arms its POLLPRI, so it is read even when nobody
+        // waits; the subreaper's tree walk is done only when someone does.
+        if !waiting && self.tracker.events_fd().is_none() {
+            return;
+        }
+        if self.tracker.empty(&self.probe_pids()) && waiting {
+            self.feed(Input::TreeEmpty);
+        }
     }
 
     fn jitter(&mut self) -> f64 {

@@ -208,7 +208,7 @@ impl Machine {
                 Starting {
                     pid,
                     since: now,
-                    deadline: now + self.rules.ready_timeout,
+                    deadline: crate::clock::after(now, self.rules.ready_timeout),
                 },
                 vec![],
             ),
@@ -388,7 +388,12 @@ impl Machine {
         self.attempt += 1;
         self.restarts += 1;
         let delay = backoff(self.attempt, r.backoff_min, r.backoff_max, jitter);
-        (Phase::Backoff { until: now + delay }, vec![])
+        (
+            Phase::Backoff {
+                until: crate::clock::after(now, delay),
+            },
+            vec![],
+        )
     }
 
     /// The state's short name, as status reports it.
@@ -429,7 +434,10 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Durat
         .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
         .min(max);
     let half = exp / 2;
-    (half + half.mul_f64(jitter.clamp(0.0, 1.0))).max(min)
+    // Checked: a backoff near Duration::MAX must not overflow into a panic.
+    let spread =
+        Duration::try_from_secs_f64(half.as_secs_f64() * jitter.clamp(0.0, 1.0)).unwrap_or(half);
+    half.saturating_add(spread).max(min)
 }
 
 #[cfg(test)]
@@ -780,5 +788,35 @@ mod tests {
         assert!(!Exit::Code(1).clean(true, t));
         assert!(Exit::Signal(Signal::SIGTERM).clean(true, t));
         assert!(!Exit::Signal(Signal::SIGSEGV).clean(true, t));
+    }
+
+    #[test]
+    fn the_largest_durations_never_overflow_a_deadline() {
+        use Input as I;
+        let mut r = rules(Policy::Always, None);
+        r.restart.backoff_min = Duration::MAX;
+        r.restart.backoff_max = Duration::MAX;
+        r.restart.window = Duration::MAX;
+        r.ready_timeout = Duration::MAX;
+        r.stop_timeout = Duration::MAX;
+        r.dump_after = Some(Duration::MAX);
+        let mut m = Machine::new(r);
+        let t0 = Instant::now();
+        m.step(I::Start, t0, 0.5);
+        m.step(I::Spawned(Pid::from_raw(42)), t0, 0.5);
+        assert!(m.deadline().is_some_and(|d| d > t0), "far, not now");
+        m.step(I::ProbesPassed, t0, 0.5);
+        m.step(I::LeaderExited(Exit::Code(1)), t0, 0.5);
+        m.step(I::TreeEmpty, t0, 1.0);
+        assert!(matches!(m.phase, Phase::Backoff { until } if until > t0));
+        m.step(I::StartNow, t0, 0.5);
+        m.step(I::Spawned(Pid::from_raw(43)), t0, 0.5);
+        m.step(I::ProbesPassed, t0, 0.5);
+        m.step(I::StopRequested, t0, 0.5);
+        assert!(matches!(&m.phase, Phase::Stopping(s) if s.ladder.kill_at > t0));
+        m.step(I::Tick, t0, 0.5);
+        m.step(I::LeaderExited(Exit::Signal(Signal::SIGTERM)), t0, 0.5);
+        m.step(I::TreeEmpty, t0, 0.5);
+        assert_eq!(m.phase, Phase::Done(Outcome::Stopped));
     }
 }

@@ -2,7 +2,7 @@
 //! Clojure/Jetty example (examples/clj-service) under steady wrk load, in shared socket
 //! mode and in nginx reload mode, with real nginx.
 
-mod harness;
+use crate::harness;
 
 use harness::lab::{get, Load, Nginx};
 use harness::{alive, free_port, Spec, Svc};

@@ -1,7 +1,7 @@
 //! The registry on a real 3-member etcd cluster (Debian's etcd-server, on loopback):
 //! failover between members, no quorum, lost answers, leased keys that expire and come back.
 
-mod harness;
+use crate::harness;
 
 use harness::lab::EtcdCluster;
 use harness::{free_port, processes_with_env, wait_until, Run, Spec, Svc};

@@ -1,7 +1,7 @@
 //! Regressions of the deploy defects found under load (issue 10), with real nginx and a
 //! service that sends no `X-Pid` header, as most services do not.
 
-mod harness;
+use crate::harness;
 
 use harness::lab::Nginx;
 use harness::{fixture, free_port, wait_until, Spec, Svc};

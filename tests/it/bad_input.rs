@@ -1,6 +1,6 @@
 //! Bad input and faults: a clear "unable to …" message, the right LSB code, and nothing running touched.
 
-mod harness;
+use crate::harness;
 
 use harness::{alive, is_root, Spec, Svc};
 use std::os::unix::fs::PermissionsExt;

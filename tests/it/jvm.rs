@@ -1,6 +1,6 @@
 //! The original case: a real Clojure service on Jetty (examples/clj-service) under baton.
 
-mod harness;
+use crate::harness;
 
 use harness::{free_port, Spec};
 use std::io::{Read, Write};

@@ -1,6 +1,6 @@
 //! The core issue's behaviours, each driven through the real baton binary against real processes.
 
-mod harness;
+use crate::harness;
 
 use harness::{alive, baton_bin, fixture, free_port, wait_until, Spec, Svc};
 use std::net::TcpStream;

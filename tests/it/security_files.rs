@@ -4,7 +4,7 @@
 //! operator), then checks that the target is untouched and that baton's refusal names the
 //! path. They need root (useradd, chown); without it they skip with a message.
 
-mod harness;
+use crate::harness;
 
 use harness::{baton_bin, is_root, wait_until, Run, Spec, Svc};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -83,6 +83,33 @@ fn assert_untouched(victim: &Path) {
     let meta = std::fs::metadata(victim).expect("victim");
     assert_eq!(meta.uid(), 0, "the victim changed owner");
     assert_eq!(meta.mode() & 0o777, 0o600, "the victim changed mode");
+}
+
+/// PIDs far enough ahead that nothing takes them before the test asks for them
+/// (wrapping below pid_max, as the kernel does).
+fn pids_ahead() -> u32 {
+    let read = |f: &str| -> u32 {
+        std::fs::read_to_string(f)
+            .expect(f)
+            .trim()
+            .parse()
+            .expect("a number")
+    };
+    let (last, max) = (
+        read("/proc/sys/kernel/ns_last_pid"),
+        read("/proc/sys/kernel/pid_max"),
+    );
+    if last + 2000 < max {
+        last + 1000
+    } else {
+        1000
+    }
+}
+
+/// The next process created gets a PID just above `base` (give or take what the rest of
+/// the machine forks meanwhile): the attacker's guess made right.
+fn next_pid_after(base: u32) {
+    std::fs::write("/proc/sys/kernel/ns_last_pid", base.to_string()).expect("ns_last_pid");
 }
 
 /// The log directory as the Chef cookbook makes it: owned by the service user, 0750.
@@ -552,12 +579,8 @@ fn ship_never_stages_in_a_directory_another_user_planted() {
 
     // The attacker pre-creates the old predictable names for the next few hundred PIDs,
     // each with links where ship would write (and the ControlPath directory).
-    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
-        .expect("ns_last_pid")
-        .trim()
-        .parse()
-        .expect("pid");
-    let planted: Vec<u32> = (last + 1..last + 400).collect();
+    let base = pids_ahead();
+    let planted: Vec<u32> = (base + 1..base + 400).collect();
     let mut script = String::new();
     for pid in &planted {
         let t = tmp.display();
@@ -576,6 +599,7 @@ fn ship_never_stages_in_a_directory_another_user_planted() {
         .map(|e| e.expect("entry").file_name())
         .collect();
 
+    next_pid_after(base);
     let r: Run = Command::new("timeout")
         .arg("120")
         .arg(baton_bin())
@@ -664,4 +688,47 @@ fn a_releases_symlink_planted_by_the_service_user_is_not_followed() {
         0,
         "root wrote through the planted link"
     );
+}
+
+#[test]
+fn links_planted_as_pid_and_state_files_are_replaced_not_followed() {
+    if skip_unless_root() {
+        return;
+    }
+    let user = User::new();
+    let svc = Svc::new(
+        "pidlink",
+        "[\"/bin/sh\", \"-c\", \"echo up; exec sleep 1000\"]",
+        "[ready]\nlog = \"up\"",
+    );
+    let victim = victim(&svc.dir);
+    // A careless operator lets the service user write the PID and state directories.
+    for d in ["run", "state"] {
+        let p = svc.path(d);
+        std::fs::create_dir_all(&p).expect("mkdir");
+        nix::unistd::chown(&p, Some(nix::unistd::Uid::from_raw(user.uid)), None).expect("chown");
+    }
+    // The final names, and the temporary names an atomic write once used (NAME.tmp.PID)
+    // for the next few hundred PIDs: the supervisor is one of them.
+    let base = pids_ahead();
+    let (v, d) = (victim.display(), svc.dir.display());
+    let mut script = format!(
+        "ln -s {v} {d}/run/pidlink.pid && ln -s {v} {d}/state/state.json && ln -s {v} {d}/state/registry.json\n"
+    );
+    for pid in base + 1..base + 400 {
+        script.push_str(&format!(
+            "ln -s {v} {d}/run/pidlink.tmp.{pid}; ln -s {v} {d}/state/state.tmp.{pid}\n"
+        ));
+    }
+    let plant = svc.path("plant.sh");
+    std::fs::write(&plant, script).expect("script");
+    user.sh(&format!("sh {}", plant.display()));
+    next_pid_after(base);
+    svc.start();
+    assert_untouched(&victim);
+    let meta = std::fs::symlink_metadata(svc.pidfile()).expect("pid file");
+    assert!(meta.file_type().is_file(), "the PID file is still a link");
+    assert!(svc.pid_in_file().is_some());
+    svc.stop();
+    assert_untouched(&victim);
 }

@@ -1,7 +1,7 @@
 //! The control socket: bounded, fully delivered replies; versioned requests; idle and
 //! excess clients turned away.
 
-mod harness;
+use crate::harness;
 
 use harness::{wait_until, Svc};
 use std::io::{BufRead, BufReader, Read, Write};

@@ -4,7 +4,7 @@
 //! Each test builds a config directory holding one running service, one stopped, and one
 //! whose config does not parse, all with their files in temporary directories.
 
-mod harness;
+use crate::harness;
 
 use harness::{baton_bin, fixture, free_port, wait_until, Run, Spec, Svc};
 use std::io::{BufRead, BufReader, Write};

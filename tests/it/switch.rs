@@ -1,6 +1,6 @@
 //! The deploy's switch worker (`baton __switch`) against real nginx, HAProxy and etcd on loopback.
 
-mod harness;
+use crate::harness;
 
 use harness::lab::{served_by, Etcd, Nginx};
 use harness::{alive, baton_bin, free_port, wait_until, Run, Spec, Svc};

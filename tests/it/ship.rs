@@ -5,7 +5,7 @@
 //! them over real ssh and runs the real `baton deploy` there. Needs root (the
 //! tests skip with a message otherwise) and scripts/setup-deps (openssh, rsync).
 
-mod harness;
+use crate::harness;
 
 use harness::{baton_bin, wait_until, Run};
 use std::path::{Path, PathBuf};
@@ -813,6 +813,13 @@ fn an_unreachable_lock_endpoint_stops_the_ship_before_any_host() {
     );
     assert!(r.stderr.contains("no host was touched"), "{r:?}");
     assert!(lab.releases(1).is_empty());
+    let r = lab.ship(&["test", "--dry-run"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("fleet lock: baton/lock/app/test in etcd (http://127.0.0.1:"),
+        "{r:?}"
+    );
     let r = lab.ship(&["nowhere", "--version", "1.0"]);
     assert_ne!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("defines only: production, test"), "{r:?}");

@@ -3,7 +3,7 @@
 //! Each test starts what it needs on loopback in its own temporary directory
 //! (tests/deploy-lab scripts) and stops it at the end.
 
-mod harness;
+use crate::harness;
 
 use harness::lab::{get, Etcd, Load, Nginx};
 use harness::{fixture, free_port, wait_until, Spec, Svc};

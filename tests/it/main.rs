@@ -1,0 +1,20 @@
+//! The integration tests: one crate, one harness (tests/harness), each module one topic,
+//! every test driving the real `baton` binary against real services on loopback.
+//!
+//! Run one topic with `cargo test --test it deploy::`, one test by (part of) its name.
+
+#[path = "../harness/mod.rs"]
+mod harness;
+
+mod bad_input;
+mod control;
+mod deploy;
+mod deploy_defects;
+mod etcd_cluster;
+mod jetty;
+mod jvm;
+mod operator;
+mod security_files;
+mod ship;
+mod supervisor;
+mod switch;
