@@ -242,7 +242,7 @@ fn a_switch_is_confirmed_by_observation_without_x_pid() {
 
     // A proxy that does not take the new upstream (its first reload does nothing, yet exits
     // 0) is caught: nothing reaches the new port. The restore's reload is real, and seen.
-    let mut table = nginx.proxy_table_observed(None, "6s");
+    let mut table = nginx.proxy_table_observed(None, "15s");
     let reload_line = table
         .lines()
         .find(|l| l.starts_with("reload = "))

@@ -15,6 +15,7 @@ mod jetty;
 mod jvm;
 mod operator;
 mod security_files;
+mod security_procs;
 mod ship;
 mod supervisor;
 mod switch;

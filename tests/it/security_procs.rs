@@ -4,32 +4,56 @@
 //! by the proxy reload, a double-forked escaping grandchild, huge durations and a
 //! supervisor that panics. Each runs with cgroup tracking and with `[process] cgroup = false`.
 
-mod harness;
+use crate::harness;
 
 use harness::{alive, fixture, is_root, wait_until, Spec, Svc};
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Once;
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// Supervisors detach from `baton start`; with this test process as their subreaper
-/// (this host's PID 1 reaps nothing), the PIDs of what the tests kill by hand can be
-/// reaped here and so become free for a stranger. Only known PIDs are ever reaped.
-fn become_subreaper() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
-    });
+/// Runs `baton start` under tests/fixtures/reaper, a child subreaper: this host's PID 1
+/// reaps nothing, so the PIDs of what the test kills by hand are freed only if something
+/// reaps them. The reaper runs until dropped.
+struct Reaper(std::process::Child);
+
+impl Reaper {
+    fn start(svc: &Svc) -> Reaper {
+        use std::io::BufRead;
+        let mut child = Command::new(fixture("reaper"))
+            .arg(harness::baton_bin())
+            .arg("--config")
+            .arg(&svc.config)
+            .arg("start")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("reaper");
+        let mut line = String::new();
+        let out = child.stdout.take().expect("stdout");
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .expect("start's exit code");
+        assert_eq!(line.trim(), "0", "start under the reaper");
+        Reaper(child)
+    }
 }
 
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `pid` is gone for good: exited and reaped (by the reaper), its number free.
 fn reap(pid: i32) {
-    wait_until(LONG, &format!("pid {pid} to exit"), || !alive(pid));
-    let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+    wait_until(LONG, &format!("pid {pid} to be reaped"), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
 }
 
 fn cgroup_table(cgroup: bool) -> &'static str {
@@ -72,19 +96,28 @@ fn processes(status: &serde_json::Value) -> Vec<i32> {
 
 /// A service whose wrapper keeps a child in its group and double-forks an escapee.
 fn escaper(cgroup: bool, extra: &str) -> (Svc, Vec<i32>, i32) {
-    let spec = Spec::new(
+    let svc = escaper_spec(cgroup, extra).create();
+    svc.start();
+    let (pids, escaped) = escaper_pids(&svc);
+    (svc, pids, escaped)
+}
+
+fn escaper_spec(cgroup: bool, extra: &str) -> Spec {
+    Spec::new(
         "esc",
         &format!(r#"["{}", "{{dir}}/pids"]"#, fixture("escaper")),
     )
-    .tables(&format!("{}{extra}", cgroup_table(cgroup)));
-    let svc = spec.create();
-    svc.start();
+    .tables(&format!("{}{extra}", cgroup_table(cgroup)))
+}
+
+/// (wrapper, its child), the escaped grandchild; once the escaper wrote them.
+fn escaper_pids(svc: &Svc) -> (Vec<i32>, i32) {
     let pids_file = svc.path("pids");
     let escaped_file = svc.path("pids.escaped");
     wait_until(LONG, "the escaper's pid files", || {
         pids_in(&pids_file).len() == 2 && pids_in(&escaped_file).len() == 1
     });
-    (svc, pids_in(&pids_file), pids_in(&escaped_file)[0])
+    (pids_in(&pids_file), pids_in(&escaped_file)[0])
 }
 
 fn stop_kills_the_escaped_grandchild(cgroup: bool) {
@@ -136,8 +169,9 @@ fn stranger_on_the_old_pid_is_left_alone(cgroup: bool) {
         eprintln!("skipped: needs root");
         return;
     }
-    become_subreaper();
-    let (svc, pids, escaped) = escaper(cgroup, "");
+    let svc = escaper_spec(cgroup, "").create();
+    let _reaper = Reaper::start(&svc);
+    let (pids, escaped) = escaper_pids(&svc);
     let (_, st) = svc.status();
     let leader = st["service_pid"].as_i64().expect("service pid") as i32;
     assert_eq!(leader, pids[0]);
