@@ -64,6 +64,11 @@ impl Cgroup {
         )))
     }
 
+    /// The cgroup a previous image of this supervisor made (`baton reexec`), service and all.
+    pub fn reopen(path: &Path) -> std::io::Result<Cgroup> {
+        Self::open(path.to_path_buf())
+    }
+
     fn open(path: PathBuf) -> std::io::Result<Cgroup> {
         let file = |name: &str, write: bool| {
             std::fs::OpenOptions::new()

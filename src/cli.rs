@@ -98,19 +98,33 @@ pub enum Command {
     },
     /// Hand over to a new release with no failed request: start it beside the running one,
     /// wait until ready, switch traffic, drain and stop the old instance.
+    ///
+    /// The new instance always runs from the config as it is on disk now, so without
+    /// --release this applies a config change (env, JVM flags, probes, stop...) to the
+    /// current release the same way.
     Deploy {
         #[command(flatten)]
         target: Target,
         /// The release: a directory or a file (an uberjar), copied in as releases/ID; a
-        /// directory already under releases/ is used in place.
+        /// directory already under releases/ is used in place. Default: the current release.
         #[arg(long, value_name = "PATH")]
-        release: PathBuf,
+        release: Option<PathBuf>,
         /// Keep this many releases (overrides [release] keep).
         #[arg(long, value_name = "N")]
         keep: Option<u32>,
     },
     /// Hand back to the release before `current`, the same way.
     Rollback(Target),
+    /// Replace the running supervisor with the baton binary now on disk (after an upgrade),
+    /// keeping the service running: same supervisor and service PIDs, no line of output lost.
+    Reexec(Target),
+    /// Send the service's main process a signal, e.g. HUP for its own config reload.
+    Signal {
+        /// [NAME] SIGNAL: the service (unless --config names it) and the signal, HUP, USR1,
+        /// USR2, TERM... (with or without SIG).
+        #[arg(required = true, num_args = 1..=2, value_names = ["NAME", "SIGNAL"])]
+        args: Vec<String>,
+    },
     /// Deploy a new version to every host of an environment over SSH (see the deploy file).
     ///
     /// Builds once, locally; uploads to each host's releases/ID, writes the environment's
@@ -122,6 +136,15 @@ pub enum Command {
     /// Internal: the detached supervisor that `start` launches.
     #[command(hide = true)]
     Supervise(Target),
+    /// Internal: the supervisor's next image after `reexec`, carrying on from its record.
+    #[command(hide = true, name = "__resume")]
+    Resume(Target),
+    /// Internal: says whether this binary can take over a supervisor's record of FORMAT.
+    #[command(hide = true, name = "__reexec-check")]
+    ReexecCheck {
+        /// The record format the running supervisor writes.
+        format: u32,
+    },
     /// Internal: a deploy's switch worker (registry preflight, proxy switch, publish).
     #[command(hide = true, name = "__switch")]
     Switch(SwitchArgs),
@@ -241,8 +264,44 @@ impl Cli {
                 target,
                 release,
                 keep,
-            } => crate::deploy::client::deploy(&load(target)?, release, *keep).map(|()| 0),
+            } => {
+                let spec = load(target)?;
+                match release {
+                    Some(r) => crate::deploy::client::deploy(&spec, r, *keep),
+                    None => crate::deploy::client::reconfigure(&spec),
+                }
+                .map(|()| 0)
+            }
             Command::Rollback(t) => crate::deploy::client::rollback(&load(t)?).map(|()| 0),
+            Command::Reexec(t) => crate::service::reexec(&load(t)?).map(|()| 0),
+            Command::Signal { args } => {
+                let (name, signal) = match &args[..] {
+                    [name, signal] => (Some(name.clone()), signal),
+                    [signal] => (None, signal),
+                    _ => {
+                        return Err(Error::unable("send a signal", "expected [NAME] SIGNAL")
+                            .code(Action::BadArgs))
+                    }
+                };
+                let sig = config::units::parse_signal(signal).map_err(|e| {
+                    Error::unable(format!("send signal {signal}"), e).code(Action::BadArgs)
+                })?;
+                crate::service::signal(&load(&Target { name })?, sig).map(|()| 0)
+            }
+            Command::ReexecCheck { format } => crate::supervisor::reexec_check(*format).map(|()| 0),
+            Command::Resume(t) => {
+                let spec = load(t)?;
+                crate::supervisor::resume_from_env(spec, |foreground, log| {
+                    let events = if foreground {
+                        crate::logs::EventLog::stderr()
+                    } else {
+                        crate::logs::EventLog::open(log)
+                            .map_err(|e| Error::unable("open the event log", e))?
+                    };
+                    init_tracing(events.clone());
+                    Ok(events)
+                })
+            }
             Command::ReopenLogs(t) => crate::service::reopen_logs(&load(t)?).map(|()| 0),
             Command::Status { target, json } if target.name.is_none() && self.config.is_none() => {
                 match crate::overview::status(&self.config_dir, *json) {
@@ -318,6 +377,7 @@ impl Cli {
                     reporter: crate::daemon::Reporter::none(),
                     systemd_notify: std::env::var("NOTIFY_SOCKET").ok(),
                     events: crate::logs::EventLog::stderr(),
+                    foreground: true,
                 };
                 init_tracing(opts.events.clone());
                 crate::service::preflight(&spec)?;
@@ -349,6 +409,7 @@ impl Cli {
                         reporter,
                         systemd_notify: None,
                         events,
+                        foreground: false,
                     },
                 )
             }

@@ -119,6 +119,12 @@ pub enum Request {
     Deploy { release: String },
     /// Hand back to an earlier release.
     Rollback { release: String },
+    /// Hand over to the serving release with the config as it is on disk now.
+    Reconfigure,
+    /// Replace the supervisor's image with the baton binary now on disk, keeping the service.
+    Reexec,
+    /// Send the service's main process a signal (by name, e.g. "SIGHUP").
+    Signal { signal: String },
 }
 
 impl Request {
@@ -132,6 +138,9 @@ impl Request {
             Request::Reopen => "reopen",
             Request::Deploy { .. } => "deploy",
             Request::Rollback { .. } => "rollback",
+            Request::Reconfigure => "reconfigure",
+            Request::Reexec => "reexec",
+            Request::Signal { .. } => "signal",
         }
     }
 
@@ -141,6 +150,7 @@ impl Request {
             Request::Deploy { release } | Request::Rollback { release } => {
                 format!("{} {release}", self.name())
             }
+            Request::Signal { signal } => format!("signal {signal}"),
             other => other.name().to_string(),
         }
     }
@@ -194,6 +204,11 @@ impl Envelope {
                 ("stop", None) => Request::Stop,
                 ("reload", None) => Request::Reload,
                 ("reopen", None) => Request::Reopen,
+                ("reexec", None) => Request::Reexec,
+                ("reconfigure", None) => Request::Reconfigure,
+                ("signal", Some(s)) => Request::Signal {
+                    signal: s.to_string(),
+                },
                 ("deploy", Some(r)) => Request::Deploy {
                     release: r.to_string(),
                 },
@@ -404,7 +419,30 @@ pub enum Incoming {
     Closed,
 }
 
+impl Server {
+    /// The listening socket a previous image of this supervisor bound (`baton reexec`).
+    pub fn inherited(fd: std::os::fd::OwnedFd) -> Result<Self> {
+        let listener = UnixListener::from(fd);
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("configure control socket", &e))?;
+        Ok(Server { listener })
+    }
+
+    /// The listening descriptor, to carry across a reexec.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.listener.as_raw_fd()
+    }
+}
+
 impl Conn {
+    /// A client connection a previous image of this supervisor accepted (`baton reexec`).
+    pub fn inherited(fd: std::os::fd::OwnedFd, now: Instant) -> Conn {
+        let stream = UnixStream::from(fd);
+        let _ = stream.set_nonblocking(true);
+        Conn::new(stream, now)
+    }
+
     fn new(stream: UnixStream, now: Instant) -> Conn {
         Conn {
             stream,
@@ -583,6 +621,33 @@ fn send(path: &Path, line: &str, timeout: Option<Duration>) -> Result<Replies> {
     Ok(replies)
 }
 
+/// What to tell the operator when a supervisor of another baton refused `request` as one
+/// it does not know; None if the refusal is not that (or both run the same baton).
+pub fn version_skew(
+    peer: Option<&Peer>,
+    request: &Request,
+    name: &str,
+    refusal: &str,
+) -> Option<String> {
+    let theirs = peer.and_then(|p| p.baton.clone());
+    if theirs.as_deref() == Some(VERSION) {
+        return None;
+    }
+    let unknown =
+        refusal.starts_with("unknown request") || refusal.contains("does not know the request");
+    if !unknown {
+        return None;
+    }
+    let theirs = theirs.unwrap_or_else(|| "from before protocol versions".into());
+    Some(match request {
+        Request::Reexec => format!(
+            "supervisor runs baton {theirs}, this is {VERSION}, and baton {theirs} cannot re-execute itself: \
+             `baton restart {name}` moves it to {VERSION} (the service restarts)"
+        ),
+        _ => format!("supervisor runs baton {theirs}, this is {VERSION}: run `baton reexec {name}`"),
+    })
+}
+
 /// Reply lines from the supervisor.
 pub struct Replies {
     reader: BufReader<UnixStream>,
@@ -638,6 +703,11 @@ mod tests {
             Request::Stop,
             Request::Reload,
             Request::Reopen,
+            Request::Reexec,
+            Request::Reconfigure,
+            Request::Signal {
+                signal: "SIGHUP".into(),
+            },
             Request::Deploy {
                 release: "20261129-1".into(),
             },
@@ -657,9 +727,85 @@ mod tests {
         );
     }
 
+    /// An older supervisor simulated by the exact lines it writes: protocol 0 replies carry
+    /// neither protocol nor version (no older baton build runs in unit tests).
+    #[test]
+    fn replies_of_an_older_supervisor_decode_and_name_both_versions() {
+        let (ours, theirs) = UnixStream::pair().expect("pair");
+        (&theirs)
+            .write_all(
+                b"{\"type\":\"status\",\"name\":\"web\",\"state\":\"ready\",\"ready\":true,\"supervisor_pid\":7,\"service_pid\":8,\"processes\":[8],\"port\":null,\"uptime_secs\":1.0,\"restarts\":0,\"attempt\":0,\"next_try_in_secs\":null,\"last_exit\":null,\"problem\":null,\"waiting_for\":null,\"tail\":[]}\n\
+                  {\"type\":\"error\",\"message\":\"unknown request \\\"reexec\\\"\",\"code\":1}\n",
+            )
+            .expect("write");
+        drop(theirs);
+        let mut replies = Replies {
+            reader: BufReader::new(ours),
+            first: None,
+            peer: None,
+        };
+        match replies.next() {
+            Some(Ok(Reply::Status(r))) => {
+                assert_eq!((r.name.as_str(), r.supervisor_version), ("web", None));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            replies.peer,
+            Some(Peer {
+                protocol: 0,
+                baton: None
+            })
+        );
+        let Some(Ok(Reply::Error { message, .. })) = replies.next() else {
+            panic!("an error line");
+        };
+        let said = version_skew(replies.peer.as_ref(), &Request::Reload, "web", &message);
+        assert_eq!(
+            said.as_deref(),
+            Some(format!("supervisor runs baton from before protocol versions, this is {VERSION}: run `baton reexec web`").as_str())
+        );
+        let said = version_skew(replies.peer.as_ref(), &Request::Reexec, "web", &message)
+            .unwrap_or_default();
+        assert!(said.contains("`baton restart web`"), "{said}");
+        // A protocol 1 supervisor of another version says which request it does not know.
+        let peer = Peer {
+            protocol: 1,
+            baton: Some("0.0.9".into()),
+        };
+        let refusal = "supervisor runs baton 0.0.9 (protocol 1), this is baton 0.1.0 (protocol 1): the running supervisor does not know the request \"signal\"";
+        let said = version_skew(
+            Some(&peer),
+            &Request::Signal {
+                signal: "SIGHUP".into(),
+            },
+            "web",
+            refusal,
+        );
+        assert_eq!(
+            said,
+            Some(format!(
+                "supervisor runs baton 0.0.9, this is {VERSION}: run `baton reexec web`"
+            ))
+        );
+        // The same baton, or another refusal: no skew to speak of.
+        let same = Peer {
+            protocol: 1,
+            baton: Some(VERSION.into()),
+        };
+        assert_eq!(
+            version_skew(Some(&same), &Request::Reexec, "web", refusal),
+            None
+        );
+        assert_eq!(
+            version_skew(Some(&peer), &Request::Reexec, "web", "web is stopping"),
+            None
+        );
+    }
+
     #[test]
     fn a_newer_client_hears_which_versions_differ() {
-        let line = r#"{"protocol":2,"baton":"9.9.9","request":"reexec"}"#;
+        let line = r#"{"protocol":2,"baton":"9.9.9","request":"frobnicate"}"#;
         let e = Envelope::parse(line).err().unwrap_or_default();
         assert!(
             e.starts_with(&format!("supervisor runs baton {VERSION} (protocol {PROTOCOL}), this is baton 9.9.9 (protocol 2)")),

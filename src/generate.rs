@@ -106,7 +106,9 @@ pub fn systemd_unit(t: &Target) -> String {
         name = one_line(t.name),
         description = one_line(t.description).replace('%', "%%"),
         start = call("run"),
-        reload = call("reload"),
+        // A reload applies the config on disk by a zero-downtime handoff; the service's own
+        // reload signal is `baton signal NAME HUP`.
+        reload = call("deploy"),
     )
 }
 
@@ -281,7 +283,7 @@ mod tests {
         std::fs::write(
             &fake,
             "#!/bin/sh\n[ \"$1 $2\" = '--config /etc/baton/web.toml' ] || exit 99\n[ \"$4\" = web ] || exit 98\n\
-             echo \"baton says $3\" >&2\ncase $3 in start) exit 0;; stop) exit 1;; reload) exit 7;; status) exit 3;; *) exit 6;; esac\n",
+             echo \"baton says $3\" >&2\ncase $3 in start) exit 0;; stop) exit 1;; deploy) exit 7;; status) exit 3;; *) exit 6;; esac\n",
         )
         .expect("write fake baton");
         Command::new("chmod")
@@ -290,21 +292,22 @@ mod tests {
             .status()
             .expect("chmod");
         let s = init_script(&target("web", "Web", &fake, true));
+        // ACTION, the baton command it runs, the code: reloads are config handoffs.
         let cases = [
-            ("start", 0),
-            ("stop", 1),
-            ("reload", 7),
-            ("status", 3),
-            ("restart", 6),
-            ("try-restart", 6),
-            ("force-reload", 6),
+            ("start", "start", 0),
+            ("stop", "stop", 1),
+            ("reload", "deploy", 7),
+            ("status", "status", 3),
+            ("restart", "restart", 6),
+            ("try-restart", "try-restart", 6),
+            ("force-reload", "deploy", 7),
         ];
-        for (action, want) in cases {
+        for (action, command, want) in cases {
             let (code, out) = run_script(&s, action);
             // Root-only check reads /etc/baton/web.toml; absent here, so it never fires.
             assert_eq!(code, want, "{action}: {out}");
             assert!(
-                out.contains(&format!("baton says {action}")),
+                out.contains(&format!("baton says {command}")),
                 "{action}: {out}"
             );
         }
@@ -318,7 +321,7 @@ mod tests {
             "Description=Web shop\n",
             "[Service]\nType=notify\n",
             "ExecStart=/usr/local/bin/baton --config /etc/baton/web.toml run web\n",
-            "ExecReload=/usr/local/bin/baton --config /etc/baton/web.toml reload web\n",
+            "ExecReload=/usr/local/bin/baton --config /etc/baton/web.toml deploy web\n",
             "KillMode=mixed\n",
             "Delegate=yes\n",
             "[Install]\nWantedBy=multi-user.target\n",

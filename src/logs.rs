@@ -190,6 +190,19 @@ impl Pipe {
         self.fd.as_fd()
     }
 
+    /// A pipe a previous image of this supervisor read (`baton reexec`), with the start of
+    /// a line it had read but not yet written.
+    pub fn inherited(fd: OwnedFd, kind: StreamKind, owner: Pid, partial: Vec<u8>) -> Self {
+        let mut p = Pipe::new(fd, kind, owner);
+        p.partial = partial;
+        p
+    }
+
+    /// The start of a line read but not yet ended, to carry across a reexec.
+    pub fn partial(&self) -> &[u8] {
+        &self.partial
+    }
+
     /// Reads what is available (bounded, to stay fair to other events) and hands whole lines to `out`.
     pub fn drain<'f>(&mut self, out: &mut Output, mut on_line: LineWatcher<'_, 'f>) -> Drained {
         let mut buf = [0u8; 64 * 1024];

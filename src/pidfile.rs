@@ -84,6 +84,22 @@ fn open_lock(path: &Path) -> std::io::Result<File> {
 /// Held for the supervisor's lifetime.
 pub struct SupervisorLock(#[allow(dead_code)] Flock<File>);
 
+impl SupervisorLock {
+    /// The lock's descriptor, to carry across a reexec (the flock belongs to the open file).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.0.as_raw_fd()
+    }
+
+    /// The lock a previous image of this supervisor held, on the descriptor it left open:
+    /// locking the same open file again succeeds at once.
+    pub fn inherited(fd: std::os::fd::OwnedFd) -> Result<SupervisorLock> {
+        Flock::lock(File::from(fd), FlockArg::LockExclusiveNonblock)
+            .map(SupervisorLock)
+            .map_err(|(_, e)| Error::errno("take over the supervisor lock", e))
+    }
+}
+
 /// Takes the supervisor lock, or says another supervisor holds it.
 pub fn lock_supervisor(spec: &Spec) -> Result<Option<SupervisorLock>> {
     let path = lock_path(spec);

@@ -146,6 +146,38 @@ pub fn reload(spec: &Spec) -> Result<()> {
     simple_request(spec, Request::Reload)
 }
 
+/// `reexec`: the supervisor replaces itself with the baton binary on disk; the answer comes
+/// from the new image, with both versions.
+pub fn reexec(spec: &Spec) -> Result<()> {
+    let name = &spec.name;
+    if !pidfile::supervisor_alive(spec)? {
+        return Err(Error::unable(
+            format!("reexec {name}"),
+            format!("{name} is not running: `baton start {name}` runs this baton"),
+        )
+        .code(Action::NotRunning));
+    }
+    ask_as(
+        spec,
+        &Request::Reexec,
+        &format!("reexec {name}"),
+        REEXEC_TIMEOUT,
+    )
+}
+
+/// Bounds a reexec: the new binary's check, the exec and the new image's first answer.
+const REEXEC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `signal NAME SIG`: the service's main process gets `sig` (its own reload, a thread dump...).
+pub fn signal(spec: &Spec, sig: Signal) -> Result<()> {
+    simple_request(
+        spec,
+        Request::Signal {
+            signal: sig.as_str().to_string(),
+        },
+    )
+}
+
 /// Asks the supervisor to reopen its log files (after an external logrotate).
 pub fn reopen_logs(spec: &Spec) -> Result<()> {
     simple_request(spec, Request::Reopen)
@@ -166,13 +198,21 @@ fn simple_request(spec: &Spec, request: Request) -> Result<()> {
 /// Sends `request`; errors read "unable to LABEL: ...". Progress lines go to stderr as they come.
 pub fn ask_as(spec: &Spec, request: &Request, label: &str, timeout: Duration) -> Result<()> {
     let mut answered = false;
-    for reply in control::request(&spec.socket, request, Some(timeout))? {
+    let mut replies = control::request(&spec.socket, request, Some(timeout))?;
+    while let Some(reply) = replies.next() {
         match reply? {
             Reply::Ok { message } => {
                 println!("{message}");
                 answered = true;
             }
-            Reply::Error { message, code } => return Err(Error::unable(label, message).code(code)),
+            Reply::Error { message, code } => {
+                // A supervisor of another baton that does not know the request: say which
+                // versions differ and what moves it to this one.
+                let message =
+                    control::version_skew(replies.peer.as_ref(), request, &spec.name, &message)
+                        .unwrap_or(message);
+                return Err(Error::unable(label, message).code(code));
+            }
             Reply::Progress { message } => eprintln!("{message}"),
             Reply::Status(_) => {}
         }
@@ -330,8 +370,10 @@ fn render(r: &Report) -> String {
     }
     out.push('\n');
     let mut facts = Vec::new();
-    if let Some(p) = r.supervisor_pid {
-        facts.push(format!("supervisor pid {p}"));
+    match (r.supervisor_pid, &r.supervisor_version) {
+        (Some(p), Some(v)) => facts.push(format!("supervisor pid {p} (baton {v})")),
+        (Some(p), None) => facts.push(format!("supervisor pid {p}")),
+        _ => {}
     }
     if let Some(p) = r.service_pid {
         facts.push(format!("service pid {p}"));

@@ -288,3 +288,13 @@ pub fn openat(
     // SAFETY: openat just returned this descriptor; nothing else in the process knows it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// Takes ownership of a descriptor this process's previous image left open across
+/// `execve` (`baton reexec`), marking it close-on-exec again so no child inherits it.
+pub fn inherited(fd: std::os::fd::RawFd) -> std::io::Result<OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    // SAFETY: the descriptor is open (F_SETFD succeeded) and is named once, in the reexec
+    // record the previous image wrote for this one: nothing else in this image owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -43,6 +43,14 @@ impl Tracker {
         }
     }
 
+    /// The tracker of this supervisor's previous image (`baton reexec`): its cgroup, reopened.
+    pub fn resumed(cgroup: Option<&Path>) -> std::io::Result<Tracker> {
+        match cgroup {
+            Some(path) => Cgroup::reopen(path).map(Tracker::Cgroup),
+            None => Ok(Tracker::Subreaper),
+        }
+    }
+
     /// "cgroup" or "subreaper", as `status --json` reports it.
     pub fn kind(&self) -> &'static str {
         match self {

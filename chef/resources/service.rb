@@ -15,6 +15,9 @@ property :java_opts, String
 property :umask, String, default: lazy { node['baton']['defaults']['umask'] }
 property :port, Integer
 property :port_range, Array
+# HOST:PORT baton binds and shares with every instance ([listen], fd 3): config changes
+# then apply by a zero-downtime handoff even though the port is fixed.
+property :listen, String
 property :ready, Hash, default: {}
 property :ready_timeout, String, default: lazy { node['baton']['defaults']['ready_timeout'] }
 property :stop_signal, String, default: lazy { node['baton']['defaults']['stop_signal'] }
@@ -38,6 +41,10 @@ action :create do
   config = config_path
   config_vars = config_variables
   unit_vars = unit_variables
+  pidfile = unit_vars[:pidfile]
+  # A config change reaches a running service by a handoff (the init script's reload is
+  # `baton deploy NAME`), never by a restart; a stopped one takes it when it starts.
+  running = ::File.executable?(baton) && shell_out("#{baton} --config #{config} status #{name}").exitstatus.zero?
 
   group new_resource.group do
     system true
@@ -67,7 +74,7 @@ action :create do
     mode '0640'
     variables config_vars
     verify "#{baton} --config %{path} check #{name}"
-    notifies :restart, "service[#{name}]", :delayed
+    notifies :reload, "service[#{name}]", :delayed if running
   end
 
   if systemd?
@@ -100,6 +107,14 @@ action :create do
     supports status: true, restart: true, reload: true
     action %i(enable start)
   end
+
+  # A new baton binary: the supervisor re-executes it, keeping the service (and its PID).
+  # Its running image is then a deleted file; once re-executed it is not: idempotent.
+  execute "baton reexec #{name}" do
+    command "#{baton} --config #{config} reexec #{name}"
+    only_if "pid=$(head -n1 #{pidfile} 2>/dev/null) && [ -n \"$pid\" ] && " \
+            "readlink /proc/$pid/exe | grep -q ' (deleted)$'"
+  end
 end
 
 action_class do
@@ -122,7 +137,7 @@ action_class do
     {
       name: r.service_name, command: r.command, user: r.user, group: r.group,
       workdir: r.workdir, env: env, umask: r.umask,
-      port: r.port, port_range: r.port_range,
+      port: r.port, port_range: r.port_range, listen: r.listen,
       ready: r.ready, ready_timeout: r.ready_timeout,
       stop_signal: r.stop_signal, stop_timeout: r.stop_timeout, dump_signal: r.dump_signal,
       restart_policy: r.restart_policy, restart_backoff: r.restart_backoff,

@@ -1,5 +1,6 @@
 //! TOML service file -> validated [`Spec`], gathering every problem before reporting.
 
+pub mod change;
 pub mod host;
 mod reader;
 pub(crate) mod units;

@@ -9,7 +9,7 @@ use crate::pidfile;
 use std::path::Path;
 use std::time::Duration;
 
-/// `baton deploy NAME --release PATH`: hands over to a new release with no failed request.
+/// `baton deploy NAME --release PATH`: hands over to a new release (and the config on disk) with no failed request.
 pub fn deploy(spec: &Spec, source: &Path, keep: Option<u32>) -> Result<()> {
     let root = release::root(spec)?.to_path_buf();
     crate::service::preflight(spec)?;
@@ -30,6 +30,42 @@ pub fn deploy(spec: &Spec, source: &Path, keep: Option<u32>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `baton deploy NAME` without a release: hands over to the current release with the config
+/// on disk now, the zero-downtime way to apply a config change.
+pub fn reconfigure(spec: &Spec) -> Result<()> {
+    crate::service::preflight(spec)?;
+    if !pidfile::supervisor_alive(spec)? {
+        return Err(Error::unable(
+            format!("apply the config of {}", spec.name),
+            format!("{} is not running", spec.name),
+        )
+        .code(crate::exit::Action::NotRunning)
+        .hint(format!(
+            "`baton start {}` starts it with this config",
+            spec.name
+        )));
+    }
+    eprintln!(
+        "{}: handing over to a new instance of the serving release with the config in {}",
+        spec.name,
+        spec.file.display()
+    );
+    let limit = handoff_limit(spec);
+    crate::service::ask_as(
+        spec,
+        &Request::Reconfigure,
+        &format!("apply the config of {}", spec.name),
+        limit,
+    )
+    .map_err(|e| {
+        e.hint(format!(
+            "`baton status {}` shows what serves now; logs are in {}",
+            spec.name,
+            spec.log.dir.display()
+        ))
+    })
 }
 
 /// `baton rollback NAME`: the same handoff, back to the release before `current`.
@@ -81,13 +117,7 @@ fn hand_over(spec: &Spec, kind: &str, id: &str) -> Result<()> {
         }
         return Ok(());
     }
-    // Bounded by what the supervisor itself enforces, plus slack for the proxy switch.
-    let limit = spec
-        .ready
-        .timeout
-        .saturating_add(spec.deploy.drain_timeout)
-        .saturating_add(spec.stop.timeout.saturating_mul(2))
-        .saturating_add(Duration::from_secs(60));
+    let limit = handoff_limit(spec);
     let label = format!("{kind} {} to release {id}", spec.name);
     let release = id.to_string();
     let request = match kind {
@@ -101,4 +131,14 @@ fn hand_over(spec: &Spec, kind: &str, id: &str) -> Result<()> {
             spec.log.dir.display()
         ))
     })
+}
+
+/// How long a client waits for a handoff: what the supervisor itself enforces, plus slack
+/// for the proxy switch.
+fn handoff_limit(spec: &Spec) -> Duration {
+    spec.ready
+        .timeout
+        .saturating_add(spec.deploy.drain_timeout)
+        .saturating_add(spec.stop.timeout.saturating_mul(2))
+        .saturating_add(Duration::from_secs(60))
 }

@@ -53,6 +53,9 @@ pub struct Handing {
     pub old: Option<Instance>,
     /// The switch worker, while it runs: its PID and output.
     pub worker: Option<(Pid, WorkerOutput)>,
+    /// The config as it was on disk when the handoff began: the new instance runs from it,
+    /// and the supervisor takes it once that instance serves.
+    pub spec: Box<crate::config::Spec>,
 }
 
 impl Handing {

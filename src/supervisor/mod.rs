@@ -5,6 +5,7 @@
 //! the nearest deadline, and there is none while the service runs quietly, so an
 //! idle supervisor never wakes up.
 
+mod carry;
 mod handoff;
 mod instance;
 mod ladder;
@@ -86,6 +87,12 @@ struct Supervisor {
     listener: Option<OwnedFd>,
     /// The etcd lease the registry keys live on (`[registry] ttl`), kept by its own thread.
     lease: Option<crate::lease::Keeper>,
+    /// The supervisor lock, held for the supervisor's life (and across a reexec).
+    lock: pidfile::SupervisorLock,
+    /// The path this baton was started from: `reexec` runs what is there now.
+    exe: PathBuf,
+    /// Supervising in the foreground (`baton run`).
+    foreground: bool,
     /// Which processes are the service's: its cgroup, or our subreaper tree.
     tracker: Tracker,
 }
@@ -98,6 +105,18 @@ pub struct Options {
     pub systemd_notify: Option<String>,
     /// Where the supervisor's own events go.
     pub events: crate::logs::EventLog,
+    /// Supervising in the foreground (`baton run`): a reexec keeps it so.
+    pub foreground: bool,
+}
+
+/// Resolved once at start: after a package upgrade replaced the file, /proc/self/exe names
+/// the deleted old image, while this path holds the new binary.
+fn own_path() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(p) => PathBuf::from(p),
+        None => exe,
+    }
 }
 
 /// Supervises the service until it is stopped or given up on; returns the process exit code.
@@ -106,13 +125,14 @@ pub fn run(spec: Spec, opts: Options) -> Result<i32> {
         mut reporter,
         systemd_notify,
         events,
+        foreground,
     } = opts;
-    let Some(_lock) = pidfile::lock_supervisor(&spec)? else {
+    let Some(lock) = pidfile::lock_supervisor(&spec)? else {
         reporter.already_running();
         tracing::info!("another supervisor already runs {}", spec.name);
         return Ok(0);
     };
-    match setup(spec, reporter, systemd_notify, events) {
+    match setup(spec, reporter, systemd_notify, events, lock, foreground) {
         Ok(mut sup) => sup.run(),
         Err((e, mut reporter)) => {
             reporter.failed(e.exit_code(), &e.to_string());
@@ -126,30 +146,15 @@ fn setup(
     reporter: Reporter,
     systemd: Option<String>,
     events: crate::logs::EventLog,
+    lock: pidfile::SupervisorLock,
+    foreground: bool,
 ) -> std::result::Result<Supervisor, (Error, Reporter)> {
     let r = (|| {
-        // Descendants that daemonize (double fork, setsid) are re-parented to us, not to init,
-        // so a stop can find and reap every one of them without cgroups.
-        nix::sys::prctl::set_child_subreaper(true)
-            .map_err(|e| Error::errno("become a child subreaper", e))?;
+        let sigfd = signals()?;
         // Before the first child: every helper we start carries the mark, the service never.
+        // (A reexec keeps the mark: the environment crosses the exec.)
         process::mark_helpers();
-        let mut mask = SigSet::empty();
-        for s in [
-            Signal::SIGCHLD,
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGHUP,
-            Signal::SIGUSR1,
-        ] {
-            mask.add(s);
-        }
-        mask.thread_block()
-            .map_err(|e| Error::errno("block signals", e))?;
-        let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(|e| Error::errno("create signalfd", e))?;
-        let output = Output::open(&spec.log)
-            .map_err(|e| Error::io(format!("open log files in {}", spec.log.dir.display()), &e))?;
+        let output = open_output(&spec)?;
         let server = Server::bind(&spec.socket)?;
         let notify = if spec
             .ready
@@ -193,22 +198,64 @@ fn setup(
             .cgroup_path()
             .map_or(String::new(), |p| format!(" {}", p.display()))
     );
-    let rules = Rules {
-        restart: spec.restart.clone(),
-        ready_timeout: spec.ready.timeout,
-        stop_signal: spec.stop.signal,
-        stop_timeout: spec.stop.timeout,
-        dump_after: spec.stop.dump_signal.map(|_| spec.stop.dump_after),
-    };
+    let rules = rules_of(&spec);
+    Ok(assemble(
+        spec,
+        Machine::new(rules),
+        Parts {
+            sigfd,
+            output,
+            server,
+            notify,
+            listener,
+            reporter,
+            systemd,
+            events,
+            lock,
+            foreground,
+            tracker,
+        },
+    ))
+}
+
+/// What the loop needs beyond the config and the machine, however it was set up.
+struct Parts {
+    sigfd: SignalFd,
+    output: Output,
+    server: Server,
+    notify: Option<(UnixDatagram, PathBuf)>,
+    listener: Option<OwnedFd>,
+    reporter: Reporter,
+    systemd: Option<String>,
+    events: crate::logs::EventLog,
+    lock: pidfile::SupervisorLock,
+    foreground: bool,
+    tracker: Tracker,
+}
+
+fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
+    let Parts {
+        sigfd,
+        output,
+        server,
+        notify,
+        listener,
+        reporter,
+        systemd,
+        events,
+        lock,
+        foreground,
+        tracker,
+    } = p;
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1)
         ^ u64::from(std::process::id());
     let lease = crate::lease::Keeper::start(&spec);
-    Ok(Supervisor {
+    Supervisor {
         sigfd,
-        machine: Machine::new(rules),
+        machine,
         spec,
         instance: None,
         pipes: Vec::new(),
@@ -234,8 +281,39 @@ fn setup(
         start_failure: None,
         listener,
         lease,
+        lock,
+        exe: own_path(),
+        foreground,
         tracker,
-    })
+    }
+}
+
+/// Blocks the signals the loop reads and returns the signalfd they arrive on; makes this
+/// process the subreaper of its descendants.
+fn signals() -> Result<SignalFd> {
+    // Descendants that daemonize (double fork, setsid) are re-parented to us, not to init,
+    // so a stop can find and reap every one of them without cgroups.
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| Error::errno("become a child subreaper", e))?;
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+    ] {
+        mask.add(s);
+    }
+    mask.thread_block()
+        .map_err(|e| Error::errno("block signals", e))?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| Error::errno("create signalfd", e))
+}
+
+fn open_output(spec: &Spec) -> Result<Output> {
+    Output::open(&spec.log)
+        .map_err(|e| Error::io(format!("open log files in {}", spec.log.dir.display()), &e))
 }
 
 /// What a polled descriptor belongs to.
@@ -260,6 +338,10 @@ impl Supervisor {
             self.spec.file.display()
         );
         self.feed(Input::Start);
+        self.run_loop()
+    }
+
+    fn run_loop(&mut self) -> Result<i32> {
         while !matches!(self.machine.phase, Phase::Done(_)) {
             self.wait_and_dispatch()?;
         }
@@ -576,7 +658,8 @@ impl Supervisor {
             Some(i) => i.release.clone(),
             None => crate::deploy::release::current(&self.spec),
         };
-        match self.launch(release, &[]) {
+        let spec = self.spec.clone();
+        match self.launch(&spec, release, &[]) {
             Ok(inst) => {
                 let pid = inst.pid;
                 let passed = inst.passed();
@@ -593,39 +676,40 @@ impl Supervisor {
     /// Spawns one instance of the service from `release`, on a port none of `taken` uses.
     fn launch(
         &mut self,
+        spec: &Spec,
         release: Option<String>,
         taken: &[u16],
     ) -> std::result::Result<Instance, String> {
-        let release_dir = match (&self.spec.release, &release) {
+        let release_dir = match (&spec.release, &release) {
             (Some(r), Some(id)) => Some(crate::deploy::release::dir(&r.root, id)),
             (Some(r), None) => {
                 return Err(format!(
                     "no release to run: {} does not exist; install one with `baton deploy {} --release DIR`",
                     r.root.join("current").display(),
-                    self.spec.name
+                    spec.name
                 ))
             }
             (None, _) => None,
         };
         let port = match &self.listener {
-            Some(_) => self.spec.listen.as_ref().map(|l| l.address.port()),
-            None => pick_port(&self.spec.port, taken)?,
+            Some(_) => spec.listen.as_ref().map(|l| l.address.port()),
+            None => pick_port(&spec.port, taken)?,
         };
         let vars = Vars {
             port,
             release: release_dir,
         };
-        let discovering = self.spec.port == PortSpec::Discover && self.listener.is_none();
+        let discovering = spec.port == PortSpec::Discover && self.listener.is_none();
         let now = Instant::now();
         let probes = if discovering {
             None
         } else {
-            Some(Probes::new(&self.spec, &vars, now).map_err(|e| format!("readiness probe: {e}"))?)
+            Some(Probes::new(spec, &vars, now).map_err(|e| format!("readiness probe: {e}"))?)
         };
         let notify = self.notify.as_ref().map(|(_, p)| p.clone());
         let listener = self.listener.as_ref().map(|l| l.as_raw_fd());
         let sp = process::spawn(
-            &self.spec,
+            spec,
             &vars,
             notify.as_deref(),
             listener,
@@ -652,10 +736,12 @@ impl Supervisor {
 
     /// Port mode discover: once the instance listens, its port is known and the probes can run.
     fn discover(&mut self, which: Which, now: Instant) {
-        let spec = &self.spec;
-        let inst = match which {
-            Which::Main => self.instance.as_mut(),
-            Which::Candidate => self.handoff.as_mut().and_then(|h| h.candidate.as_mut()),
+        let (spec, inst) = match which {
+            Which::Main => (&self.spec, self.instance.as_mut()),
+            Which::Candidate => match self.handoff.as_mut() {
+                Some(h) => (&*h.spec, h.candidate.as_mut()),
+                None => return,
+            },
         };
         let Some(inst) = inst.filter(|i| i.discovering) else {
             return;
@@ -997,6 +1083,19 @@ impl Supervisor {
                 Some(reply) => reply,
                 None => return true,
             },
+            // The serving release again, from the config on disk (a service without
+            // releases hands over all the same; "none" only labels its progress lines).
+            Request::Reconfigure => {
+                let release = self
+                    .instance
+                    .as_ref()
+                    .and_then(|i| i.release.clone())
+                    .unwrap_or_else(|| "none".into());
+                match self.begin_handoff(i, Kind::Deploy, &release) {
+                    Some(reply) => reply,
+                    None => return true,
+                }
+            }
             Request::Rollback { release } => {
                 match self.begin_handoff(i, Kind::Rollback, &release) {
                     Some(reply) => reply,
@@ -1030,8 +1129,169 @@ impl Supervisor {
                     message: "log files reopened".into(),
                 }
             }
+            // Returns only if the new image could not be run; it answers this client itself.
+            Request::Reexec => self.reexec(i),
+            Request::Signal { signal } => match crate::config::units::parse_signal(&signal) {
+                Err(e) => Reply::Error {
+                    message: e,
+                    code: crate::exit::Action::BadArgs,
+                },
+                Ok(sig) => match (&self.machine.phase, &self.instance) {
+                    (Phase::Ready { .. } | Phase::Starting { .. }, Some(inst)) => {
+                        process::signal(inst.pid, sig);
+                        tracing::info!(
+                            "sent {sig} to {} (pid {}) on request",
+                            self.spec.name,
+                            inst.pid
+                        );
+                        Reply::Ok {
+                            message: format!("sent {sig} to {} (pid {})", self.spec.name, inst.pid),
+                        }
+                    }
+                    _ => Reply::Error {
+                        message: format!(
+                            "{} is {}: nothing to signal",
+                            self.spec.name,
+                            self.machine.name()
+                        ),
+                        code: crate::exit::Action::NotRunning,
+                    },
+                },
+            },
         };
         self.reply(i, reply)
+    }
+
+    /// `reexec`: replaces this image with the baton binary at [`Supervisor::exe`], carrying
+    /// the service, its pipes and every socket across `execve` (same PID). Returns only on a
+    /// refusal or a failed exec, having changed nothing.
+    fn reexec(&mut self, conn: usize) -> Reply {
+        let refuse = |message: String| Reply::Error {
+            message,
+            code: crate::exit::Action::Generic,
+        };
+        if let Some(h) = &self.handoff {
+            return refuse(format!(
+                "a {} is in progress ({} to release {}, step {}): reexec once it has finished",
+                h.machine.kind.name(),
+                self.spec.name,
+                h.machine.release,
+                h.machine.step_name()
+            ));
+        }
+        if self.publisher.is_some() {
+            return refuse(format!(
+                "traffic is being switched to the restarted {}: reexec once it is routed",
+                self.spec.name
+            ));
+        }
+        let Some(inst) = self
+            .instance
+            .as_ref()
+            .filter(|_| matches!(self.machine.phase, Phase::Ready { .. }))
+        else {
+            return refuse(format!(
+                "{} is {}: reexec needs it ready (or `baton restart {}`)",
+                self.spec.name,
+                self.machine.name(),
+                self.spec.name
+            ));
+        };
+        let service = carry::Service {
+            pid: inst.pid.as_raw(),
+            starttime: inst.starttime,
+            port: inst.port,
+            release: inst.release.clone(),
+        };
+        // The new image reads the config on disk: what it cannot take must not have changed.
+        if let Err(reply) = reread(&self.spec) {
+            return reply;
+        }
+        let version = match check_binary(&self.exe) {
+            Ok(v) => v,
+            Err(why) => {
+                return refuse(format!(
+                    "unable to reexec {} onto {}: {why}\nthe supervisor (baton {}) carries on",
+                    self.spec.name,
+                    self.exe.display(),
+                    crate::control::VERSION
+                ))
+            }
+        };
+        // Every whole line read so far reaches its file; what is left stays in the pipes for
+        // the new image, and a line begun is carried with them.
+        for i in 0..self.pipes.len() {
+            self.drain_pipe(i);
+        }
+        let uptime = match self.machine.phase {
+            Phase::Ready { since, .. } => since.elapsed(),
+            _ => Duration::ZERO,
+        };
+        let record = carry::Carried {
+            format: carry::FORMAT,
+            baton: crate::control::VERSION.to_string(),
+            exe: self.exe.clone(),
+            foreground: self.foreground,
+            lock: self.lock.raw_fd(),
+            control: self.server.raw_fd(),
+            notify: self.notify.as_ref().map(|(s, _)| carry::raw(s)),
+            listener: self.listener.as_ref().map(carry::raw),
+            client: self.conns.get(conn).map(|c| c.as_fd().as_raw_fd()),
+            service,
+            pipes: self
+                .pipes
+                .iter()
+                .map(|p| carry::CarriedPipe {
+                    fd: p.as_fd().as_raw_fd(),
+                    stdout: p.kind == StreamKind::Stdout,
+                    owner: p.owner.as_raw(),
+                    partial: p.partial().to_vec(),
+                })
+                .collect(),
+            restarts: self.machine.restarts,
+            uptime_ms: u64::try_from(uptime.as_millis()).unwrap_or(u64::MAX),
+            cgroup: self.tracker.cgroup_path().map(std::path::Path::to_path_buf),
+            unrouted: self.unrouted.clone(),
+        };
+        let memfd = match record.to_memfd() {
+            Ok(fd) => fd,
+            Err(e) => return refuse(e.to_string()),
+        };
+        let mut fds = record.fds();
+        fds.push(memfd.as_raw_fd());
+        let kept: std::result::Result<Vec<()>, Error> = fds
+            .iter()
+            .map(|&fd| carry::keep_across_exec(fd, true))
+            .collect();
+        let line = format!(
+            "re-executing {} ({version}); the service (pid {}) keeps running",
+            self.exe.display(),
+            record.service.pid
+        );
+        tracing::info!("{line}");
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.send(&Reply::Progress { message: line });
+        }
+        let failed = match kept {
+            Err(e) => e.to_string(),
+            Ok(_) => carry::exec(
+                &self.exe,
+                &self.spec.file,
+                &self.spec.name,
+                memfd.as_raw_fd(),
+            )
+            .to_string(),
+        };
+        // Still this image: nothing was handed over. Nothing of ours may leak into children.
+        for &fd in &fds {
+            let _ = carry::keep_across_exec(fd, false);
+        }
+        tracing::error!("unable to reexec {}: {failed}", self.exe.display());
+        refuse(format!(
+            "unable to execute {}: {failed}\nthe supervisor (baton {}) carries on",
+            self.exe.display(),
+            crate::control::VERSION
+        ))
     }
 
     /// Sends `reply` on connection `i`; true if the client waits for more.
@@ -1065,31 +1325,36 @@ impl Supervisor {
         }
         let serving = match (&self.machine.phase, &self.instance) {
             (Phase::Ready { .. }, Some(i)) => (i.pid, i.port),
+            // LSB's "not running" (7): an init script's reload of a crash-looping service.
             _ => {
-                return refuse(format!(
-                    "{} is {}: a handoff needs a serving instance to hand over from",
-                    self.spec.name,
-                    self.machine.name()
-                ))
+                return Some(Reply::Error {
+                    message: format!(
+                        "{} is {}: a handoff needs a serving instance to hand over from",
+                        self.spec.name,
+                        self.machine.name()
+                    ),
+                    code: crate::exit::Action::NotRunning,
+                })
             }
         };
-        if let (PortSpec::Fixed(p), None) = (&self.spec.port, &self.listener) {
+        // Every handoff starts the new instance from the config on disk: a config change is a handoff.
+        let next = match reread(&self.spec) {
+            Ok(next) => next,
+            Err(reply) => return Some(reply),
+        };
+        if let (PortSpec::Fixed(p), None) = (&next.port, &self.listener) {
             return refuse(format!(
                 "port.mode is fixed ({p}): two instances cannot share it; use port.mode = \"auto\" or \"discover\", or a [listen] socket"
             ));
         }
         let rules = handoff::Rules {
-            ready_timeout: self.spec.ready.timeout,
-            stop_signal: self.spec.stop.signal,
-            stop_timeout: self.spec.stop.timeout,
-            dump: self
-                .spec
-                .stop
-                .dump_signal
-                .map(|s| (s, self.spec.stop.dump_after)),
-            drain_timeout: self.spec.deploy.drain_timeout,
+            ready_timeout: next.ready.timeout,
+            stop_signal: next.stop.signal,
+            stop_timeout: next.stop.timeout,
+            dump: next.stop.dump_signal.map(|s| (s, next.stop.dump_after)),
+            drain_timeout: next.deploy.drain_timeout,
             shared_socket: self.listener.is_some(),
-            auto_port: matches!(self.spec.port, PortSpec::Auto { .. }),
+            auto_port: matches!(next.port, PortSpec::Auto { .. }),
         };
         let (machine, effects) = Handoff::begin(kind, release, serving, rules, Instant::now());
         if let Some(c) = self.conns.get_mut(conn) {
@@ -1100,6 +1365,7 @@ impl Supervisor {
             candidate: None,
             old: None,
             worker: None,
+            spec: Box::new(next),
         });
         for e in effects {
             self.perform_handoff(e);
@@ -1145,8 +1411,9 @@ impl Supervisor {
         };
         match effect {
             HEffect::Spawn { avoid } => {
-                let release = h.machine.release.clone();
-                match self.launch(Some(release), &avoid) {
+                let spec = (*h.spec).clone();
+                let release = spec.release.is_some().then(|| h.machine.release.clone());
+                match self.launch(&spec, release, &avoid) {
                     Ok(inst) => {
                         let (pid, port, passed) = (inst.pid, inst.port, inst.passed());
                         if let Some(h) = self.handoff.as_mut() {
@@ -1227,7 +1494,11 @@ impl Supervisor {
                 };
                 let new_pid = new.pid;
                 h.old = self.instance.replace(new);
-                self.machine.handed_over(new_pid, Instant::now());
+                // From here on the supervisor runs the config the new instance was started from.
+                let spec = (*h.spec).clone();
+                self.machine
+                    .handed_over(new_pid, rules_of(&spec), Instant::now());
+                self.spec = spec;
                 self.dirty = true;
             }
             HEffect::Tell(line) => {
@@ -1777,6 +2048,253 @@ fn describe(input: &Input) -> String {
         Input::StopRequested => "stop requested".into(),
         Input::StartNow => "start requested".into(),
     }
+}
+
+/// `__resume`: reads the record the previous image left (see [`carry`]), opens the event log
+/// (`events` is told whether the supervisor runs in the foreground) and carries on.
+pub fn resume_from_env(
+    spec: Spec,
+    events: impl FnOnce(bool, &crate::config::LogSpec) -> Result<crate::logs::EventLog>,
+) -> Result<i32> {
+    let carried = carry::Carried::from_env()?.ok_or_else(|| {
+        Error::unable(
+            "resume supervising",
+            format!(
+                "no {} record: `__resume` is run by `baton reexec` only",
+                carry::ENV
+            ),
+        )
+        .code(crate::exit::Action::BadArgs)
+    })?;
+    let events = events(carried.foreground, &spec.log)?;
+    resume(spec, carried, events)
+}
+
+/// `__reexec-check FORMAT`: this binary's version line if it reads records of `format`.
+pub fn reexec_check(format: u32) -> Result<()> {
+    if format != carry::FORMAT {
+        return Err(Error::unable(
+            "take over the supervisor",
+            format!(
+                "it writes reexec format {format}; baton {} reads format {}",
+                crate::control::VERSION,
+                carry::FORMAT
+            ),
+        ));
+    }
+    println!(
+        "baton {} (reexec format {})",
+        crate::control::VERSION,
+        carry::FORMAT
+    );
+    Ok(())
+}
+
+/// Carries on supervising after `baton reexec`: this process's previous image left the
+/// service, its pipes and every socket open, and described them in `c`.
+fn resume(spec: Spec, c: carry::Carried, events: crate::logs::EventLog) -> Result<i32> {
+    let lock = pidfile::SupervisorLock::inherited(carry::adopt(c.lock)?)?;
+    let sigfd = signals()?;
+    let output = open_output(&spec)?;
+    let server = Server::inherited(carry::adopt(c.control)?)?;
+    let notify = match c.notify {
+        Some(fd) => Some((
+            UnixDatagram::from(carry::adopt(fd)?),
+            spec.state_dir.join("notify.sock"),
+        )),
+        None => None,
+    };
+    let listener = c.listener.map(carry::adopt).transpose()?;
+    let mut pipes = Vec::new();
+    for p in &c.pipes {
+        let kind = if p.stdout {
+            StreamKind::Stdout
+        } else {
+            StreamKind::Stderr
+        };
+        pipes.push(Pipe::inherited(
+            carry::adopt(p.fd)?,
+            kind,
+            Pid::from_raw(p.owner),
+            p.partial.clone(),
+        ));
+    }
+    let client = c.client.map(carry::adopt).transpose()?;
+    let now = Instant::now();
+    let pid = Pid::from_raw(c.service.pid);
+    let since = now
+        .checked_sub(Duration::from_millis(c.uptime_ms))
+        .unwrap_or(now);
+    let machine = Machine::resumed(rules_of(&spec), pid, since, c.restarts);
+    let tracker = Tracker::resumed(c.cgroup.as_deref()).map_err(|e| {
+        Error::io(
+            format!(
+                "reopen the service's cgroup {}",
+                c.cgroup
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
+            ),
+            &e,
+        )
+    })?;
+    tracking::arm(&spec, &tracker);
+    tracking::set_leader(Some((pid, c.service.starttime)));
+    let mut sup = assemble(
+        spec,
+        machine,
+        Parts {
+            sigfd,
+            output,
+            server,
+            notify,
+            listener,
+            reporter: Reporter::none(),
+            systemd: None,
+            events,
+            lock,
+            foreground: c.foreground,
+            tracker,
+        },
+    );
+    sup.exe = c.exe.clone();
+    sup.pipes = pipes;
+    sup.unrouted = c.unrouted.clone();
+    sup.instance = Some(Instance {
+        pid,
+        starttime: c.service.starttime,
+        port: c.service.port,
+        release: c.service.release.clone(),
+        probes: None,
+        discovering: false,
+    });
+    let message = format!(
+        "{}: supervisor pid {} re-executed: baton {} -> baton {}; service pid {pid} kept",
+        sup.spec.name,
+        nix::unistd::getpid(),
+        c.baton,
+        crate::control::VERSION
+    );
+    tracing::info!("{message}");
+    if let Some(fd) = client {
+        let mut conn = Conn::inherited(fd, now);
+        conn.send(&Reply::Ok { message });
+        conn.finish();
+        sup.conns.push(conn);
+    }
+    sup.dirty = true;
+    // A child that ended while no image listened left a zombie (and maybe a SIGCHLD that
+    // the exec kept pending): look now rather than wait for the next signal.
+    sup.reap();
+    sup.run_loop()
+}
+
+/// Asks `exe` whether it is a baton that reads this reexec format; its version line if so.
+fn check_binary(exe: &std::path::Path) -> std::result::Result<String, String> {
+    use std::io::Read;
+    let mut child = std::process::Command::new(exe)
+        .arg("__reexec-check")
+        .arg(carry::FORMAT.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("unable to run it: {e}"))?;
+    let pid = Pid::from_raw(child.id() as i32);
+    let watched: Vec<_> = crate::sys::pidfd_open(pid)
+        .ok()
+        .map(|fd| (pid, fd))
+        .into_iter()
+        .collect();
+    if !process::wait_exits(watched, REEXEC_CHECK_TIMEOUT).is_empty() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!(
+            "`{} __reexec-check` did not answer within {}: it is not baton",
+            exe.display(),
+            crate::config::human(REEXEC_CHECK_TIMEOUT)
+        ));
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("unable to wait for it: {e}"))?;
+    // It has exited; a descendant it left holding the pipes must not stall the loop.
+    fn read_now(r: Option<impl Read + AsRawFd>) -> String {
+        let Some(r) = r else {
+            return String::new();
+        };
+        let _ = nix::fcntl::fcntl(
+            r.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
+        let mut bytes = Vec::new();
+        let _ = r.take(4096).read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+    let out = read_now(child.stdout.take());
+    let err = read_now(child.stderr.take());
+    let first = out.lines().next().unwrap_or("").trim().to_string();
+    if status.success() && first.starts_with("baton ") {
+        return Ok(first);
+    }
+    let said = err.lines().next().unwrap_or("").trim().to_string();
+    Err(if status.success() || said.is_empty() {
+        format!("it is not baton (`__reexec-check` {status}, said {first:?})")
+    } else {
+        format!("it cannot take over: {said}")
+    })
+}
+
+/// How long a new binary may take to say whether it can take over.
+const REEXEC_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The instance machine's rules from a config.
+fn rules_of(spec: &Spec) -> Rules {
+    Rules {
+        restart: spec.restart.clone(),
+        ready_timeout: spec.ready.timeout,
+        stop_signal: spec.stop.signal,
+        stop_timeout: spec.stop.timeout,
+        dump_after: spec.stop.dump_signal.map(|_| spec.stop.dump_after),
+    }
+}
+
+/// The config on disk now, for a handoff: parsed, checked against the host, and compared
+/// with the running one; Err is the refusal (exit 6, every problem named).
+fn reread(running: &Spec) -> std::result::Result<Spec, Reply> {
+    let refuse = |message: String| Reply::Error {
+        message,
+        code: crate::exit::Action::NotConfigured,
+    };
+    let mut next = match crate::config::load(&running.file, &running.name) {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(Reply::Error {
+                message: format!("{e}\nnothing was changed: the running instance serves on"),
+                code: e.exit_code(),
+            })
+        }
+    };
+    next.file = running.file.clone();
+    let host = crate::config::host::check(&next);
+    if !host.errors.is_empty() {
+        return Err(refuse(format!(
+            "unable to use {}: {}\nnothing was changed: the running instance serves on",
+            next.file.display(),
+            host.errors.join("; ")
+        )));
+    }
+    let fixed = crate::config::change::unchangeable(running, &next);
+    if !fixed.is_empty() {
+        return Err(refuse(format!(
+            "{} changes settings a running supervisor cannot take:\n  {}\n\
+             put them back to hand over, or apply them with `baton restart {}` (an outage); nothing was changed",
+            next.file.display(),
+            fixed.join("\n  "),
+            running.name
+        )));
+    }
+    Ok(next)
 }
 
 /// Binds the listening socket every instance inherits; SO_REUSEADDR so a restart of

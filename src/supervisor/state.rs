@@ -398,10 +398,22 @@ impl Machine {
 
     /// The state's short name, as status reports it.
     /// A handoff made `pid` the serving instance: still Ready, with a new leader.
-    pub fn handed_over(&mut self, pid: Pid, now: Instant) {
+    /// A machine for a service already serving, taken over from this supervisor's previous
+    /// image (`baton reexec`): ready since `since`, with the restarts it counted.
+    pub fn resumed(rules: Rules, pid: Pid, since: Instant, restarts: u32) -> Self {
+        let mut m = Machine::new(rules);
+        m.phase = Phase::Ready { pid, since };
+        m.ever_ready = true;
+        m.restarts = restarts;
+        m
+    }
+
+    pub fn handed_over(&mut self, pid: Pid, rules: Rules, now: Instant) {
         if let Phase::Ready { .. } = self.phase {
             self.phase = Phase::Ready { pid, since: now };
         }
+        // The new instance runs from the config on disk: its restart and stop rules are the new ones.
+        self.rules = rules;
     }
 
     pub fn name(&self) -> &'static str {

@@ -73,7 +73,10 @@ fn requests_are_versioned_and_old_words_still_work() {
     assert_eq!(r[0]["protocol"], 1);
     assert_eq!(r[0]["baton"], version);
     // A newer client asking for what this supervisor does not know hears who runs what.
-    let r = raw(&svc, r#"{"protocol":2,"baton":"9.9.9","request":"reexec"}"#);
+    let r = raw(
+        &svc,
+        r#"{"protocol":2,"baton":"9.9.9","request":"frobnicate"}"#,
+    );
     assert_eq!(r[0]["type"], "error", "{r:?}");
     assert_eq!(r[0]["code"], 2);
     let message = r[0]["message"].as_str().expect("message");

@@ -7,6 +7,7 @@
 mod harness;
 
 mod bad_input;
+mod config_handoff;
 mod control;
 mod deploy;
 mod deploy_defects;
@@ -14,6 +15,7 @@ mod etcd_cluster;
 mod jetty;
 mod jvm;
 mod operator;
+mod reexec;
 mod security_files;
 mod security_procs;
 mod ship;

@@ -258,6 +258,16 @@ module ChefShim
       @dsl.node
     end
 
+    # Chef's shell_out (Mixlib::ShellOut): runs a command through the shell, for a guard
+    # evaluated while the action runs.
+    ShellOut = Struct.new(:stdout, :stderr, :exitstatus)
+
+    def shell_out(command)
+      require 'open3'
+      out, err, status = Open3.capture3(command)
+      ShellOut.new(out, err, status.exitstatus)
+    end
+
     def method_missing(type, name = nil, &)
       return super if name.nil?
 
@@ -323,7 +333,7 @@ module ChefShim
     template: { cookbook: nil, source: :source, variables: :variables, owner: :owner, group: :group,
                 mode: :mode, verify: :verify },
     remote_file: { source: :source, checksum: nil, owner: :owner, group: :group, mode: :mode },
-    execute: { command: :command, action: :action },
+    execute: { command: :command, action: :action, only_if: :only_if },
     service: { supports: nil, action: :action }
   }.freeze
 
