@@ -631,7 +631,10 @@ fn logs_follow_across_a_deploy_shows_both_instances_marked_by_pid() {
     let (_, st) = svc.status();
     let new = st["service_pid"].as_i64().expect("pid") as i32;
     assert_ne!(old, new);
-    let during = follow.until("v2's line", |l| l.contains("hello from v2"));
+    // The serving v2 instance's line (under load, a handoff may retry on another port first).
+    let during = follow.until("v2's line", |l| {
+        l.contains(&format!("hello from v2 pid {new}"))
+    });
     let marked = |l: &str| {
         let (_, rest) = l.split_once(" stdout [").expect("a tagged stdout line");
         rest.split_once(']')
@@ -648,6 +651,15 @@ fn logs_follow_across_a_deploy_shows_both_instances_marked_by_pid() {
     assert!(v2.ends_with(&format!("hello from v2 pid {new}")), "{v2}");
     // baton's events about the handoff arrive in the same, time-ordered stream.
     let all: Vec<&String> = before.iter().chain(&during).collect();
+    for l in all
+        .iter()
+        .filter(|l| l.contains(" stdout [") && l.contains("hello from"))
+    {
+        assert!(
+            l.ends_with(&format!("pid {}", marked(l))),
+            "each line marked with its own instance: {l}"
+        );
+    }
     assert!(
         all.iter()
             .any(|l| l.contains(" events ") && l.contains(&format!("pid {new}"))),
