@@ -282,3 +282,35 @@ impl Drop for Svc {
 pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
+
+/// A copy of `examples/EXAMPLE` in `dir` as a release, with its own service.properties
+/// when `version` is given.
+pub fn example_release(dir: &Path, example: &str, version: Option<&str>) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(example);
+    let rel = dir.join(format!("build-{}", version.unwrap_or("0")));
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(&rel)
+        .status()
+        .expect("cp");
+    assert!(ok.success(), "unable to copy {}", src.display());
+    if let Some(v) = version {
+        std::fs::write(rel.join("service.properties"), format!("version={v}\n")).expect("props");
+    }
+    rel
+}
+
+/// Whether Java, Clojure and Jetty are installed; in CI their absence is a failure, not a skip.
+pub fn jvm_available() -> bool {
+    let ok = Path::new("/usr/share/java/clojure.jar").exists()
+        && Path::new("/usr/share/java/jetty9-server.jar").exists();
+    // In CI the setup installs them; a silent skip there would hide a broken setup.
+    assert!(
+        ok || std::env::var_os("CI").is_none(),
+        "Java/Clojure/Jetty missing: run scripts/setup-deps"
+    );
+    ok
+}

@@ -21,18 +21,9 @@ fn body(url: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// The JVM example as the only release, in the test's app/ directory.
+/// The JVM example as the only release, in the test's directory.
 fn jvm_release(dir: &Path) -> std::path::PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/jdk-service");
-    let rel = dir.join("build");
-    let ok = Command::new("cp")
-        .arg("-a")
-        .arg(&src)
-        .arg(&rel)
-        .status()
-        .expect("cp");
-    assert!(ok.success());
-    rel
+    harness::example_release(dir, "jdk-service", None)
 }
 
 /// The service's config with this VERSION_FILE (the JVM reports the file's version over

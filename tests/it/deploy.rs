@@ -13,23 +13,8 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
 
-/// A release directory of the JVM example service with its own service.properties.
 fn jvm_release(dir: &Path, version: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/jdk-service");
-    let rel = dir.join(format!("build-{version}"));
-    let ok = Command::new("cp")
-        .arg("-a")
-        .arg(&src)
-        .arg(&rel)
-        .status()
-        .expect("cp");
-    assert!(ok.success());
-    std::fs::write(
-        rel.join("service.properties"),
-        format!("version={version}\n"),
-    )
-    .expect("props");
-    rel
+    harness::example_release(dir, "jdk-service", Some(version))
 }
 
 /// A release of the small Python version server; `extra` names marker files (CRASH, HANG).

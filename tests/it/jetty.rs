@@ -22,34 +22,8 @@ fn one_under_load() -> MutexGuard<'static, ()> {
 /// Seconds of load asked for: longer than any handoff; the test stops it once done.
 const LONG: u32 = 600;
 
-fn jvm_available() -> bool {
-    let ok = Path::new("/usr/share/java/clojure.jar").exists()
-        && Path::new("/usr/share/java/jetty9-server.jar").exists();
-    // In CI the setup installs them; a silent skip there would hide a broken setup.
-    assert!(
-        ok || std::env::var_os("CI").is_none(),
-        "Java/Clojure/Jetty missing: run scripts/setup-deps"
-    );
-    ok
-}
-
-/// A release directory of the Jetty example with its own service.properties.
 fn jetty_release(dir: &Path, version: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/clj-service");
-    let rel = dir.join(format!("build-{version}"));
-    let ok = Command::new("cp")
-        .arg("-a")
-        .arg(&src)
-        .arg(&rel)
-        .status()
-        .expect("cp");
-    assert!(ok.success());
-    std::fs::write(
-        rel.join("service.properties"),
-        format!("version={version}\n"),
-    )
-    .expect("props");
-    rel
+    harness::example_release(dir, "clj-service", Some(version))
 }
 
 fn deploy(svc: &Svc, release: &Path) -> harness::Run {
@@ -88,7 +62,7 @@ fn hand_over(svc: &Svc, release: Option<&Path>, url: &str, version: &str) -> i32
 
 #[test]
 fn jetty_socket_mode_deploy_and_rollback_under_load_fail_no_request() {
-    if !jvm_available() {
+    if !harness::jvm_available() {
         eprintln!("skipped: run scripts/setup-deps for Java, Clojure and Jetty");
         return;
     }
@@ -153,7 +127,7 @@ fn jetty_socket_mode_deploy_and_rollback_under_load_fail_no_request() {
 
 #[test]
 fn jetty_nginx_mode_deploy_and_rollback_under_load() {
-    if !jvm_available() {
+    if !harness::jvm_available() {
         eprintln!("skipped: run scripts/setup-deps for Java, Clojure and Jetty");
         return;
     }
@@ -224,7 +198,7 @@ fn jetty_nginx_mode_deploy_and_rollback_under_load() {
 
 #[test]
 fn jetty_takes_a_socket_activation_socket_on_fd_3() {
-    if !jvm_available() {
+    if !harness::jvm_available() {
         eprintln!("skipped: run scripts/setup-deps for Java, Clojure and Jetty");
         return;
     }

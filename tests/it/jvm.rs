@@ -15,20 +15,9 @@ fn get(port: u16, path: &str) -> String {
     body
 }
 
-fn jvm_available() -> bool {
-    let ok = Path::new("/usr/share/java/clojure.jar").exists()
-        && Path::new("/usr/share/java/jetty9-server.jar").exists();
-    // In CI the setup installs them; a silent skip there would hide a broken setup.
-    assert!(
-        ok || std::env::var_os("CI").is_none(),
-        "Java/Clojure/Jetty missing: run scripts/setup-deps"
-    );
-    ok
-}
-
 #[test]
 fn clojure_service_is_ready_serves_its_version_and_stops_cleanly() {
-    if !jvm_available() {
+    if !harness::jvm_available() {
         eprintln!("skipped: run scripts/setup-deps for Java, Clojure and Jetty");
         return;
     }
