@@ -513,3 +513,49 @@ impl Drop for EtcdCluster {
         }
     }
 }
+
+/// A switch worker held between the proxy switch and the registry publish
+/// (`BATON_TEST_PUBLISH_DELAY_MS`), so a test can change the world in that pause.
+pub struct PausedSwitch {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    /// What the worker printed up to the pause.
+    pub out: Vec<String>,
+}
+
+impl PausedSwitch {
+    /// Runs `baton --config CONFIG ARGS` (bounded by 60 s) with the publish delayed by
+    /// `delay_ms`, and reads its output up to the first line starting with `until`.
+    pub fn start(config: &Path, args: &[String], delay_ms: u32, until: &str) -> PausedSwitch {
+        use std::io::BufRead;
+        let mut child = Command::new("timeout")
+            .arg("60")
+            .arg(super::baton_bin())
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env("BATON_TEST_PUBLISH_DELAY_MS", delay_ms.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run baton");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut out = Vec::new();
+        for line in lines.by_ref() {
+            let line = line.expect("read");
+            out.push(line.clone());
+            if line.starts_with(until) {
+                break;
+            }
+            assert!(!line.starts_with("error:"), "{out:?}");
+        }
+        PausedSwitch { child, lines, out }
+    }
+
+    /// Lets the worker finish: its exit code and everything it printed.
+    pub fn finish(mut self) -> (Option<i32>, Vec<String>) {
+        self.out.extend(self.lines.map_while(Result::ok));
+        let code = self.child.wait().expect("wait").code();
+        (code, self.out)
+    }
+}

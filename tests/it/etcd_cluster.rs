@@ -3,12 +3,10 @@
 
 use crate::harness;
 
-use harness::lab::EtcdCluster;
+use harness::lab::{EtcdCluster, PausedSwitch};
 use harness::{free_port, processes_with_env, wait_until, Run, Spec, Svc};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// A service publishing to `endpoints` under test/web, with `extra` lines in [registry].
@@ -130,34 +128,22 @@ fn quorum_lost_after_the_proxy_moved_puts_the_proxy_back() {
     std::fs::write(test.dir.join("upstream.conf"), "server 127.0.0.1:20001;\n").expect("upstream");
     let upstream_before = std::fs::read(test.dir.join("upstream.conf")).expect("upstream");
 
-    let mut child = Command::new(harness::baton_bin())
-        .arg("--config")
-        .arg(&svc.config)
-        .args(["__switch", "--pid", "4343", "--port", "20002"])
-        .env("BATON_TEST_PUBLISH_DELAY_MS", "4000")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run baton");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut out = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.expect("read");
-        out.push(line.clone());
-        if line.starts_with("proxy: reloaded") {
-            break;
-        }
-        assert!(!line.starts_with("error:"), "{out:?}");
-    }
+    let paused = PausedSwitch::start(
+        &svc.config,
+        &["__switch", "--pid", "4343", "--port", "20002"].map(String::from),
+        4000,
+        "proxy: reloaded",
+    );
     assert_ne!(
         std::fs::read(test.dir.join("upstream.conf")).expect("upstream"),
         upstream_before,
-        "the proxy moved: {out:?}"
+        "the proxy moved: {:?}",
+        paused.out
     );
     // The first member answered the preflight read; take two away during the pause.
     cluster.stop(0);
     cluster.stop(1);
-    out.extend(lines.map_while(Result::ok));
-    let code = child.wait().expect("wait").code();
+    let (code, out) = paused.finish();
 
     assert_eq!(code, Some(1), "{out:#?}");
     let last = out.last().cloned().unwrap_or_default();
@@ -318,28 +304,15 @@ fn a_transaction_whose_answer_is_lost_is_read_back_before_anything_else() {
     std::fs::write(test.dir.join("upstream.conf"), "server 127.0.0.1:20001;\n").expect("upstream");
     let upstream_before = std::fs::read(test.dir.join("upstream.conf")).expect("upstream");
 
-    let mut child = Command::new(harness::baton_bin())
-        .arg("--config")
-        .arg(&svc.config)
-        .args(["__switch", "--pid", "4343", "--port", "20002"])
-        .env("BATON_TEST_PUBLISH_DELAY_MS", "3000")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run baton");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut out = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.expect("read");
-        out.push(line.clone());
-        if line.starts_with("proxy: reloaded") {
-            break;
-        }
-        assert!(!line.starts_with("error:"), "{out:?}");
-    }
+    let paused = PausedSwitch::start(
+        &svc.config,
+        &["__switch", "--pid", "4343", "--port", "20002"].map(String::from),
+        3000,
+        "proxy: reloaded",
+    );
     cluster.stop(0);
     cluster.stop(1);
-    out.extend(lines.map_while(Result::ok));
-    let code = child.wait().expect("wait").code();
+    let (code, out) = paused.finish();
 
     // Sent, no answer, and no member with quorum to read back from: say so, never guess.
     assert_eq!(code, Some(3), "{out:#?}");

@@ -2,10 +2,9 @@
 
 use crate::harness;
 
-use harness::lab::{served_by, Etcd, Nginx};
-use harness::{alive, baton_bin, free_port, wait_until, Run, Spec, Svc};
+use harness::lab::{served_by, Etcd, Nginx, PausedSwitch};
+use harness::{alive, free_port, wait_until, Run, Spec, Svc};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -350,37 +349,19 @@ fn a_registry_changed_under_us_is_reported_and_the_proxy_restored() {
     let upstream_before = std::fs::read(&nginx.upstream).expect("upstream");
 
     // The worker pauses between the proxy switch and publishing; another writer gets in.
-    let mut child = Command::new("timeout")
-        .arg("60")
-        .arg(baton_bin())
-        .arg("--config")
-        .arg(&svc.config)
-        .args(switch_args(
-            (new.pid(), new.port),
-            Some((old.pid(), old.port)),
-        ))
-        .env("BATON_TEST_PUBLISH_DELAY_MS", "3000")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run baton");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut out = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.expect("read");
-        out.push(line.clone());
-        if line.starts_with("proxy: reloaded nginx; confirmed") {
-            break;
-        }
-        assert!(!line.starts_with("error:"), "{out:?}");
-    }
+    let paused = PausedSwitch::start(
+        &svc.config,
+        &switch_args((new.pid(), new.port), Some((old.pid(), old.port))),
+        3000,
+        "proxy: reloaded nginx; confirmed",
+    );
     let t = Instant::now();
     etcd.ctl(&["put", "test/web/port/current", "9999"]);
     assert!(
         t.elapsed() < Duration::from_millis(2500),
         "the write must land inside the pause"
     );
-    out.extend(lines.map_while(Result::ok));
-    let code = child.wait().expect("wait").code();
+    let (code, out) = paused.finish();
 
     assert_eq!(code, Some(1), "{out:#?}");
     let last = out.last().cloned().unwrap_or_default();
