@@ -49,11 +49,27 @@ impl Keeper {
         let ttl = spec.registry.ttl?;
         let state = Arc::new(Mutex::new("no lease yet".to_string()));
         let (tx, rx) = mpsc::channel();
+        // The first grant happens before the supervisor spawns anything: a switch worker that
+        // read the lease file before the keeper thread wrote it would publish keys on no lease,
+        // and those would outlive the supervisor.
+        let secs = ttl.as_secs().max(3);
+        let first = match grant_and_register(&Client::new(&spec.registry.etcd), spec, secs) {
+            Ok((id, what)) => {
+                let line = format!("lease {id:x} ({secs}s) granted {}; {what}", stamp());
+                tracing::info!("registry: {line}");
+                set(&state, line);
+                id
+            }
+            Err(e) => {
+                tracing::warn!("registry: no lease yet: {e}; the keeper retries");
+                0
+            }
+        };
         let spec = spec.clone();
         let shared = Arc::clone(&state);
         let thread = std::thread::Builder::new()
             .name("etcd-lease".into())
-            .spawn(move || keep(&spec, ttl, &shared, &rx))
+            .spawn(move || keep(&spec, ttl, &shared, &rx, first))
             .map_err(|e| tracing::error!("unable to start the etcd lease keeper: {e}"))
             .ok()?;
         Some(Keeper {
@@ -92,11 +108,12 @@ fn stamp() -> String {
 }
 
 /// The keeper's loop: waits on its stop channel for a third of the TTL between renewals.
-fn keep(spec: &Spec, ttl: Duration, state: &Mutex<String>, stop: &mpsc::Receiver<()>) {
+fn keep(spec: &Spec, ttl: Duration, state: &Mutex<String>, stop: &mpsc::Receiver<()>, first: i64) {
     let client = Client::new(&spec.registry.etcd);
     let secs = ttl.as_secs().max(3);
     let every = Duration::from_secs(secs) / 3;
-    let mut lease: i64 = 0;
+    // 0: none yet (the grant in `Keeper::start` failed), so the loop grants one.
+    let mut lease: i64 = first;
     let mut last_renewed = Instant::now();
     // What was lost, said in status until the next loss.
     let mut history = String::new();
