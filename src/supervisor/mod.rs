@@ -44,6 +44,8 @@ const ADDRESS_IN_USE: &str = "Address already in use";
 
 /// How often a waiting `stop` hears what it is waiting for.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How long the loop must have been quiet before it gives memory back.
+const SHED_AFTER: Duration = Duration::from_secs(1);
 
 /// Everything the loop owns.
 struct Supervisor {
@@ -63,6 +65,8 @@ struct Supervisor {
     next_progress: Option<Instant>,
     /// Work happened since the loop last slept with nothing scheduled.
     worked: bool,
+    /// When to give memory back if nothing happens before ([`SHED_AFTER`]).
+    shed_at: Option<Instant>,
     /// The state file is behind the machine; written once before the loop sleeps.
     dirty: bool,
     rng: u64,
@@ -268,6 +272,7 @@ fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
         events,
         next_progress: None,
         worked: true,
+        shed_at: None,
         dirty: false,
         rng: seed | 1,
         queue: VecDeque::new(),
@@ -379,8 +384,23 @@ impl Supervisor {
         .into_iter()
         .flatten()
         .min();
+        // Memory is shed after a quiet moment, not at every sleep: a flood of output or a
+        // quick crash loop would otherwise refault the code it just dropped at each wake.
+        // One timer per burst of work, never a periodic one: no wakeup while idle.
+        let mut shed_now = false;
+        if deadline.is_none() {
+            if std::mem::take(&mut self.worked) {
+                self.shed_at = now.checked_add(SHED_AFTER);
+            } else if self.shed_at.is_some_and(|t| t <= now) {
+                self.shed_at = None;
+                shed_now = true;
+            }
+        }
+        let scheduled = deadline.is_some();
         // ppoll's nanosecond timeout: a 1 ms backoff sleeps 1 ms, not poll's rounded-up 2.
-        let timeout = deadline.map(|d| TimeSpec::from_duration(d.saturating_duration_since(now)));
+        let timeout = deadline
+            .or(self.shed_at)
+            .map(|d| TimeSpec::from_duration(d.saturating_duration_since(now)));
 
         let ready: Vec<(Source, PollFlags)> = {
             let mut fds = vec![PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN)];
@@ -434,12 +454,12 @@ impl Supervisor {
                 fds.push(PollFd::new(fd, PollFlags::POLLPRI));
                 sources.push(Source::Cgroup);
             }
-            // Going to sleep with nothing scheduled: give back what start-up and the last
-            // burst of work left mapped. Last thing before poll(2), so little runs after it.
             if std::mem::take(&mut self.dirty) {
                 self.persist();
             }
-            if timeout.is_none() && std::mem::take(&mut self.worked) {
+            // Quiet since SHED_AFTER: give back what start-up and the last burst of work
+            // left mapped. Last thing before poll(2), so little runs after it.
+            if shed_now {
                 crate::sys::shed_idle_memory();
             }
             match nix::poll::ppoll(&mut fds, timeout, None) {
@@ -455,7 +475,10 @@ impl Supervisor {
             }
         };
 
-        self.worked = true;
+        // The shed timer firing alone is not work (it would re-arm itself forever).
+        if !ready.is_empty() || scheduled {
+            self.worked = true;
+        }
         let now = Instant::now();
         let mut closed_pipes = Vec::new();
         for (src, flags) in ready {
