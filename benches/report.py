@@ -434,6 +434,9 @@ def report(res, tools):
 
     # log throughput
     methods = {"baton": "baton", "svlogd": "runit", "s6-log": "s6"}
+    ts = [int(facts["log_bytes"]) / ((int(x[1]) - int(x[0])) / 1e9) / 1e6
+          for x in lines(f"{res}/log.baton-ts") if int(x[1]) > 0]
+    ts_lost = max((int(x[3]) - int(x[2]) for x in lines(f"{res}/log.baton-ts")), default=0)
     r = Row(f"log throughput, {int(facts['log_bytes']) / 2**20:.0f} MiB of 100-byte lines: MB/s (lines lost)", "MB/s", better="high", key="log")
     direct = None
     lost = {}
@@ -502,6 +505,12 @@ def report(res, tools):
         P("")
         P(f"For scale: the service writing the file itself reaches {cell(direct, ' MB/s')}; baton reaches "
           f"{(log_row.med('baton') or 0) / statistics.median(direct) * 100:.0f}% of that.")
+    if ts:
+        P("")
+        P(f"With its default `[log] timestamps = true` (every line prefixed `TIME [PID] `; the table runs "
+          f"baton without, as the peers' loggers run without theirs), baton reaches {cell(ts, ' MB/s')} of the "
+          f"service's bytes ({ts_lost} lines lost)" + (f", {statistics.median(ts) / statistics.median(direct) * 100:.0f}% "
+          "of the service writing the file itself." if direct else "."))
     P("")
 
     # per-peer ratios
