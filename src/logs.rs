@@ -567,7 +567,10 @@ mod event_tests {
         // 2026-11-29T06:11:08.123456Z: fixed width, so `baton logs` can merge by it.
         let (time, rest) = lines[0].split_at(27);
         assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{time}");
-        assert_eq!(rest, "  INFO baton::logs::event_tests: spawned svc (pid 42)");
+        assert_eq!(
+            rest,
+            "  INFO baton::logs::event_tests: spawned svc (pid 42)"
+        );
         assert_eq!(
             &lines[1][27..],
             "  WARN baton::logs::event_tests: unable to write code=3"

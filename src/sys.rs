@@ -206,10 +206,10 @@ pub fn has_xattr(path: &std::path::Path, name: &str) -> bool {
 ///
 /// Start-up (argument parsing, config parsing, spawning) touches most of the
 /// binary, and those mappings would otherwise stay resident for the life of the
-/// supervisor. Read-only segments of the executable are file-backed and never
-/// written, so dropping their mappings loses nothing: the page cache keeps the
-/// file, and code the loop runs again comes back as a minor fault. Freed heap goes
-/// back with malloc_trim. Called only once the loop has been quiet for a moment
+/// supervisor. Read-only segments of the executable and its libraries are
+/// file-backed and never written, so dropping their mappings loses nothing: the
+/// page cache keeps the files, and code the loop runs again comes back as a minor
+/// fault. Freed heap goes back with malloc_trim. Called only once the loop has been quiet for a moment
 /// (each wake after it refaults what it runs).
 pub fn shed_idle_memory() {
     #[cfg(target_env = "gnu")]
@@ -225,7 +225,7 @@ pub fn shed_idle_memory() {
     }
 }
 
-/// dl_iterate_phdr callback: MADV_DONTNEED on the executable's non-writable PT_LOAD segments.
+/// dl_iterate_phdr callback: MADV_DONTNEED on each loaded object's non-writable PT_LOAD segments.
 unsafe extern "C" fn drop_readonly_segments(
     info: *mut libc::dl_phdr_info,
     _size: libc::size_t,
@@ -239,11 +239,9 @@ unsafe extern "C" fn drop_readonly_segments(
         // SAFETY: a non-null dlpi_name is a NUL-terminated string owned by the loader.
         unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) }.to_bytes()
     };
-    // Only the executable (the loader names it ""): its pages are ours alone unless
-    // another baton runs, so they are what counts against us. The libraries' text is
-    // shared with every other process on the host, costs us nothing, and dropping it
-    // only made the next wake fault it back (the vDSO is not even a file).
-    if !name.is_empty() {
+    // The vDSO is a special kernel mapping, not a file: leave it alone. The libraries'
+    // text is shared with other processes (no USS), but dropping it keeps RSS small.
+    if name.starts_with(b"linux-vdso") {
         return 0;
     }
     let page = 4096usize;
@@ -267,8 +265,8 @@ unsafe extern "C" fn drop_readonly_segments(
             }
         }
     }
-    // 1: stop, the executable is the first object.
-    1
+    // 0: go on with the next object (the libraries are read-only file mappings too).
+    0
 }
 
 /// `openat(2)` relative to `dir` (or the working directory), returning an owned descriptor.
