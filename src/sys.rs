@@ -209,8 +209,8 @@ pub fn has_xattr(path: &std::path::Path, name: &str) -> bool {
 /// supervisor. Read-only segments of the executable and its libraries are
 /// file-backed and never written, so dropping their mappings loses nothing: the
 /// page cache keeps the files, and code the loop runs again comes back as a minor
-/// fault. Freed heap goes back with malloc_trim. Called only once the loop has been quiet for a moment
-/// (each wake after it refaults what it runs).
+/// fault. Freed heap goes back with malloc_trim. Called only once the loop has
+/// been quiet for a moment (each wake after it refaults what it runs).
 pub fn shed_idle_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free heap pages; no live allocation moves.
