@@ -1349,9 +1349,9 @@ impl Supervisor {
         }
         let rules = handoff::Rules {
             ready_timeout: next.ready.timeout,
-            stop_signal: next.stop.signal,
-            stop_timeout: next.stop.timeout,
-            dump: next.stop.dump_signal.map(|s| (s, next.stop.dump_after)),
+            stop: handoff::StopRules::of(&next.stop),
+            // The serving instance was started under the config the supervisor holds now.
+            old_stop: handoff::StopRules::of(&self.spec.stop),
             drain_timeout: next.deploy.drain_timeout,
             shared_socket: self.listener.is_some(),
             auto_port: matches!(next.port, PortSpec::Auto { .. }),
