@@ -49,6 +49,9 @@ pub struct Carried {
     pub cgroup: Option<PathBuf>,
     /// Why the serving instance is not routed, if its publish failed.
     pub unrouted: Option<String>,
+    /// The etcd lease the registry keys live on (`[registry] ttl`): the next image renews it.
+    #[serde(default)]
+    pub lease: Option<i64>,
 }
 
 /// The serving instance's identity and what it was started with.
@@ -234,6 +237,7 @@ mod tests {
             uptime_ms: 1500,
             cgroup: Some("/sys/fs/cgroup/baton/web.1a2b".into()),
             unrouted: None,
+            lease: Some(0x694d_7a1c_22b0_1f05),
         }
     }
 

@@ -214,6 +214,7 @@ fn setup(
             lock,
             foreground,
             tracker,
+            lease: None,
         },
     ))
 }
@@ -231,6 +232,8 @@ struct Parts {
     lock: pidfile::SupervisorLock,
     foreground: bool,
     tracker: Tracker,
+    /// The etcd lease a previous image held (`baton reexec`).
+    lease: Option<i64>,
 }
 
 fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
@@ -246,13 +249,14 @@ fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
         lock,
         foreground,
         tracker,
+        lease,
     } = p;
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1)
         ^ u64::from(std::process::id());
-    let lease = crate::lease::Keeper::start(&spec);
+    let lease = crate::lease::Keeper::start(&spec, lease);
     Supervisor {
         sigfd,
         machine,
@@ -1252,6 +1256,7 @@ impl Supervisor {
             uptime_ms: u64::try_from(uptime.as_millis()).unwrap_or(u64::MAX),
             cgroup: self.tracker.cgroup_path().map(std::path::Path::to_path_buf),
             unrouted: self.unrouted.clone(),
+            lease: self.lease.as_ref().and_then(crate::lease::Keeper::id),
         };
         let memfd = match record.to_memfd() {
             Ok(fd) => fd,
@@ -2155,6 +2160,7 @@ fn resume(spec: Spec, c: carry::Carried, events: crate::logs::EventLog) -> Resul
             lock,
             foreground: c.foreground,
             tracker,
+            lease: c.lease,
         },
     );
     sup.exe = c.exe.clone();

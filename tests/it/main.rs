@@ -21,3 +21,4 @@ mod security_procs;
 mod ship;
 mod supervisor;
 mod switch;
+mod upgrade;
