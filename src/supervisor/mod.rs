@@ -1258,12 +1258,15 @@ impl Supervisor {
             unrouted: self.unrouted.clone(),
             lease: self.lease.as_ref().and_then(crate::lease::Keeper::id),
         };
-        let memfd = match record.to_memfd() {
-            Ok(fd) => fd,
+        let (memfd, back) = match record
+            .to_memfd()
+            .and_then(|m| Ok((m, carry::Fallback::prepare()?)))
+        {
+            Ok(fds) => fds,
             Err(e) => return refuse(e.to_string()),
         };
         let mut fds = record.fds();
-        fds.push(memfd.as_raw_fd());
+        fds.extend([memfd.as_raw_fd(), back.as_raw_fd()]);
         let kept: std::result::Result<Vec<()>, Error> = fds
             .iter()
             .map(|&fd| carry::keep_across_exec(fd, true))
@@ -1279,11 +1282,12 @@ impl Supervisor {
         }
         let failed = match kept {
             Err(e) => e.to_string(),
-            Ok(_) => carry::exec(
+            Ok(_) => carry::exec_next(
                 &self.exe,
                 &self.spec.file,
                 &self.spec.name,
                 memfd.as_raw_fd(),
+                back.as_raw_fd(),
             )
             .to_string(),
         };
@@ -2055,24 +2059,33 @@ fn describe(input: &Input) -> String {
     }
 }
 
-/// `__resume`: reads the record the previous image left (see [`carry`]), opens the event log
-/// (`events` is told whether the supervisor runs in the foreground) and carries on.
+/// `__resume`: loads the config (`load`), reads the record the previous image left (see
+/// [`carry`]), opens the event log (`events` is told whether the supervisor runs in the
+/// foreground) and carries on. If any of that fails, the previous image runs again.
 pub fn resume_from_env(
-    spec: Spec,
+    load: impl FnOnce() -> Result<Spec>,
     events: impl FnOnce(bool, &crate::config::LogSpec) -> Result<crate::logs::EventLog>,
 ) -> Result<i32> {
-    let carried = carry::Carried::from_env()?.ok_or_else(|| {
-        Error::unable(
-            "resume supervising",
-            format!(
-                "no {} record: `__resume` is run by `baton reexec` only",
-                carry::ENV
-            ),
-        )
-        .code(crate::exit::Action::BadArgs)
-    })?;
-    let events = events(carried.foreground, &spec.log)?;
-    resume(spec, carried, events)
+    let back = carry::Fallback::from_env();
+    let fell_back = carry::fell_back();
+    let ready = (|| -> Result<_> {
+        let spec = load()?;
+        let carried = carry::Carried::from_env()?.ok_or_else(|| {
+            Error::unable(
+                "resume supervising",
+                format!(
+                    "no {} record: `__resume` is run by `baton reexec` only",
+                    carry::ENV
+                ),
+            )
+            .code(crate::exit::Action::BadArgs)
+        })?;
+        carried.check_open()?;
+        let events = events(carried.foreground, &spec.log)?;
+        Ok((spec, carried, events))
+    })();
+    let (spec, carried, events) = carry::or_fall_back(ready, back.as_ref())?;
+    resume(spec, carried, events, fell_back, back)
 }
 
 /// `__reexec-check FORMAT`: this binary's version line if it reads records of `format`.
@@ -2097,10 +2110,34 @@ pub fn reexec_check(format: u32) -> Result<()> {
 
 /// Carries on supervising after `baton reexec`: this process's previous image left the
 /// service, its pipes and every socket open, and described them in `c`.
-fn resume(spec: Spec, c: carry::Carried, events: crate::logs::EventLog) -> Result<i32> {
+fn resume(
+    spec: Spec,
+    c: carry::Carried,
+    events: crate::logs::EventLog,
+    fell_back: Option<String>,
+    back: Option<carry::Fallback>,
+) -> Result<i32> {
+    // What can fail comes before any descriptor is adopted: they must cross a fallback exec.
+    let prepared = (|| -> Result<_> {
+        let tracker = Tracker::resumed(c.cgroup.as_deref()).map_err(|e| {
+            Error::io(
+                format!(
+                    "reopen the service's cgroup {}",
+                    c.cgroup
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new(""))
+                        .display()
+                ),
+                &e,
+            )
+        })?;
+        Ok((signals()?, open_output(&spec)?, tracker))
+    })();
+    let (sigfd, output, tracker) = carry::or_fall_back(prepared, back.as_ref())?;
+    if let Some(back) = back {
+        back.release();
+    }
     let lock = pidfile::SupervisorLock::inherited(carry::adopt(c.lock)?)?;
-    let sigfd = signals()?;
-    let output = open_output(&spec)?;
     let server = Server::inherited(carry::adopt(c.control)?)?;
     let notify = match c.notify {
         Some(fd) => Some((
@@ -2131,18 +2168,6 @@ fn resume(spec: Spec, c: carry::Carried, events: crate::logs::EventLog) -> Resul
         .checked_sub(Duration::from_millis(c.uptime_ms))
         .unwrap_or(now);
     let machine = Machine::resumed(rules_of(&spec), pid, since, c.restarts);
-    let tracker = Tracker::resumed(c.cgroup.as_deref()).map_err(|e| {
-        Error::io(
-            format!(
-                "reopen the service's cgroup {}",
-                c.cgroup
-                    .as_deref()
-                    .unwrap_or(std::path::Path::new(""))
-                    .display()
-            ),
-            &e,
-        )
-    })?;
     tracking::arm(&spec, &tracker);
     tracking::set_leader(Some((pid, c.service.starttime)));
     let mut sup = assemble(
@@ -2181,10 +2206,16 @@ fn resume(spec: Spec, c: carry::Carried, events: crate::logs::EventLog) -> Resul
         c.baton,
         crate::control::VERSION
     );
-    tracing::info!("{message}");
+    let reply = match fell_back {
+        None => {
+            tracing::info!("{message}");
+            Reply::Ok { message }
+        }
+        Some(why) => carry::fell_back_reply(&sup.spec.name, &sup.exe, &why, pid),
+    };
     if let Some(fd) = client {
         let mut conn = Conn::inherited(fd, now);
-        conn.send(&Reply::Ok { message });
+        conn.send(&reply);
         conn.finish();
         sup.conns.push(conn);
     }

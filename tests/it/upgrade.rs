@@ -93,3 +93,152 @@ fn the_etcd_lease_crosses_a_reexec_and_the_new_image_renews_it() {
         cluster.get_at(1, "test/web/pid/current").is_none()
     });
 }
+
+/// A service that says "serving" and then sleeps, its PID in the status.
+fn sleeper(name: &str) -> harness::Svc {
+    Spec::new(name, r#"["/bin/sh", "-c", "echo serving; exec sleep 300"]"#)
+        .tables("[ready]\nlog = \"serving\"\ntimeout = \"60s\"\n")
+        .create()
+}
+
+/// Installs `from` at `to` as a package manager does: a new file renamed over the old.
+fn install(from: &std::path::Path, to: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = to.with_extension("dpkg-new");
+    std::fs::copy(from, &tmp).expect("copy");
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&tmp, to).expect("rename");
+}
+
+/// A bash script (its descriptors above 9 leave the inherited ones alone) at `to` that answers `__reexec-check` as the real baton does (so the running
+/// supervisor execs it) and runs `on_resume` (shell) when it is the supervisor's new image.
+fn impostor(svc: &harness::Svc, to: &std::path::Path, on_resume: &str) {
+    let script = svc.path("impostor");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/bash\nif [ \"$3\" = __resume ]; then\n{on_resume}\nfi\nexec {} \"$@\"\n",
+            harness::baton_bin().display()
+        ),
+    )
+    .expect("script");
+    install(&script, to);
+}
+
+/// The supervisor (and its service) started from a copy of baton at `DIR/bin/baton`.
+fn started_from_a_copy(svc: &harness::Svc) -> (std::path::PathBuf, i32, i64) {
+    let bin = svc.path("bin/baton");
+    std::fs::create_dir_all(svc.path("bin")).expect("bin");
+    install(&harness::baton_bin(), &bin);
+    let r: harness::Run = Command::new("timeout")
+        .arg("120")
+        .arg(&bin)
+        .arg("--config")
+        .arg(&svc.config)
+        .arg("start")
+        .output()
+        .expect("start")
+        .into();
+    assert_eq!(r.code, 0, "{r:?}");
+    let sup = svc.pid_in_file().expect("PID file");
+    let (code, st) = svc.status();
+    assert_eq!(code, 0, "{st}");
+    (bin, sup, st["service_pid"].as_i64().expect("service pid"))
+}
+
+#[test]
+fn a_new_image_that_cannot_read_the_record_hands_the_supervisor_back() {
+    let svc = sleeper("rxback");
+    let (bin, sup, pid) = started_from_a_copy(&svc);
+
+    // Another ELF that is not baton: refused before any exec.
+    install(std::path::Path::new("/bin/true"), &bin);
+    let r = svc.baton(&["reexec"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("it is not baton"), "{r:?}");
+
+    // A baton that passes the check but, once exec'd, is handed a record of format 99.
+    std::fs::write(svc.path("bad-record"), r#"{"format":99,"baton":"9.9.9"}"#).expect("record");
+    impostor(
+        &svc,
+        &bin,
+        &format!(
+            "exec 200<{}\nBATON_REEXEC_STATE=200 exec {} \"$@\"",
+            svc.path("bad-record").display(),
+            harness::baton_bin().display()
+        ),
+    );
+    let r = svc.baton(&["reexec"]);
+    assert_eq!(r.code, 1, "the reexec reports the failure: {r:?}");
+    assert!(
+        r.stderr.contains("the new image could not take over")
+            && r.stderr.contains("format 99 written by baton 9.9.9"),
+        "says what failed: {r:?}"
+    );
+    assert!(
+        r.stderr.contains("took the supervisor back")
+            && r.stderr
+                .contains(&format!("the service (pid {pid}) kept running")),
+        "{r:?}"
+    );
+    // The previous image (the file the upgrade replaced) supervises on, same PIDs.
+    assert_eq!(svc.pid_in_file(), Some(sup));
+    let exe = std::fs::read_link(format!("/proc/{sup}/exe")).expect("exe");
+    assert!(
+        exe.to_string_lossy().ends_with("(deleted)"),
+        "the previous image runs again: {exe:?}"
+    );
+    let (code, st) = svc.status();
+    assert_eq!(code, 0, "{st}");
+    assert_eq!(st["service_pid"].as_i64(), Some(pid), "{st}");
+    assert_eq!(st["supervisor_pid"].as_i64(), Some(i64::from(sup)), "{st}");
+    let events = svc.log("baton.log");
+    assert!(
+        events.contains("the new image could not take over"),
+        "the event log says it too: {events}"
+    );
+    // It still does its job: a config handoff, then a stop.
+    let r = svc.baton(&["deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let (_, st) = svc.status();
+    let pid2 = st["service_pid"].as_i64().expect("service pid");
+    assert_ne!(pid2, pid);
+    svc.stop();
+    assert!(!harness::alive(pid2 as i32));
+    assert!(svc.processes().is_empty(), "{:?}", svc.processes());
+}
+
+#[test]
+fn a_supervisor_killed_in_the_middle_of_a_reexec_leaves_a_truthful_status_and_start_recovers() {
+    let svc = sleeper("rxkill");
+    let (bin, sup, pid) = started_from_a_copy(&svc);
+    // The new image dies at once, before it could resume anything: kill -9 of the
+    // supervisor's PID between execve and resume.
+    impostor(&svc, &bin, "kill -9 $$");
+    let r = svc.baton(&["reexec"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("closed the connection without a reply"),
+        "{r:?}"
+    );
+    wait_until(T, "the supervisor to be gone", || !harness::alive(sup));
+    // The service leader goes with its supervisor (parent-death signal), as for any kill -9.
+    wait_until(T, "the service to follow its supervisor", || {
+        !harness::alive(pid as i32)
+    });
+    let (code, st) = svc.status();
+    assert_eq!(code, 1, "LSB: dead, PID file left: {st}");
+    assert_ne!(st["state"], "ready", "{st}");
+    let r = svc.baton(&["status"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    // The next start recovers: one new instance, nothing of the old left.
+    svc.start();
+    let (code, st) = svc.status();
+    assert_eq!(code, 0, "{st}");
+    let pid2 = st["service_pid"].as_i64().expect("service pid");
+    assert_ne!(pid2, pid);
+    let procs = svc.processes();
+    assert_eq!(procs, vec![pid2 as i32], "exactly the new instance runs");
+    svc.stop();
+    assert!(svc.processes().is_empty(), "{:?}", svc.processes());
+}
