@@ -242,3 +242,140 @@ fn a_supervisor_killed_in_the_middle_of_a_reexec_leaves_a_truthful_status_and_st
     svc.stop();
     assert!(svc.processes().is_empty(), "{:?}", svc.processes());
 }
+
+/// The last commit before `baton reexec` and its record existed (6b24cba added them).
+const BEFORE_REEXEC: &str = "26e4ddb6c1c529dd8544a5a76c84cfc45f859303";
+
+/// baton built from `commit` of this repository, cached under target/baton-old/COMMIT;
+/// None (and a loud line) if this clone lacks the commit (a shallow clone, an export).
+fn baton_at(commit: &str) -> Option<std::path::PathBuf> {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = repo.join("target/baton-old").join(commit);
+    let bin = dir.join("target/debug/baton");
+    if bin.exists() {
+        return Some(bin);
+    }
+    let known = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["cat-file", "-e", &format!("{commit}^{{commit}}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !known {
+        eprintln!(
+            "\n\n*** SKIPPED: commit {commit} (baton before reexec) is not in this clone \
+             (shallow or no git): the test against a real older supervisor did not run ***\n\n"
+        );
+        return None;
+    }
+    // Built aside and renamed into place, so a build cut short is never taken for done.
+    let work = dir.with_extension(format!("building-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("src")).expect("build dir");
+    let archive = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "git -C '{}' archive {commit} | tar -x -C '{}'",
+            repo.display(),
+            work.join("src").display()
+        ))
+        .status()
+        .expect("git archive");
+    assert!(archive.success(), "git archive {commit}");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(work.join("src"))
+        .args(["build", "--locked", "--bin", "baton", "--target-dir"])
+        .arg(work.join("target"))
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("cargo build of the older baton");
+    assert!(
+        out.status.success(),
+        "building baton at {commit}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&work, &dir).expect("move the build into place");
+    Some(bin)
+}
+
+#[test]
+fn a_supervisor_of_a_baton_from_before_reexec_is_answered_truthfully_by_this_one() {
+    let Some(old) = baton_at(BEFORE_REEXEC) else {
+        return;
+    };
+    let svc = sleeper("rxold");
+    let r: harness::Run = Command::new("timeout")
+        .arg("120")
+        .arg(&old)
+        .arg("--config")
+        .arg(&svc.config)
+        .arg("start")
+        .output()
+        .expect("start with the older baton")
+        .into();
+    assert_eq!(r.code, 0, "{r:?}");
+    let sup = svc.pid_in_file().expect("PID file");
+    // This baton's status of the older supervisor: running, and which baton it runs.
+    let (code, st) = svc.status();
+    assert_eq!(code, 0, "{st}");
+    let pid = st["service_pid"].as_i64().expect("service pid");
+    assert_eq!(st["supervisor_version"], "0.1.0", "{st}");
+    let text = svc.baton(&["status"]);
+    assert_eq!(text.code, 0, "{text:?}");
+    assert!(text.stdout.contains("0.1.0"), "shows its version: {text:?}");
+
+    // A request it does not know: which versions, and what moves it on.
+    let r = svc.baton(&["signal", "HUP"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "supervisor runs baton 0.1.0, this is {}: run `baton reexec rxold`",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{r:?}"
+    );
+    // It cannot re-execute itself: said so, and nothing moves.
+    let r = svc.baton(&["reexec"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "supervisor runs baton 0.1.0, this is {v}, and that supervisor cannot re-execute itself: \
+             `baton restart rxold` moves it to {v} (the service restarts)",
+            v = env!("CARGO_PKG_VERSION")
+        )),
+        "{r:?}"
+    );
+    assert_eq!(svc.pid_in_file(), Some(sup));
+    let (code, st) = svc.status();
+    assert_eq!(code, 0, "{st}");
+    assert_eq!(st["service_pid"].as_i64(), Some(pid), "untouched: {st}");
+
+    // The way it names: a restart by this baton, then reexec works.
+    let r = svc.baton(&["restart"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let (_, st) = svc.status();
+    assert_eq!(st["supervisor_version"], env!("CARGO_PKG_VERSION"), "{st}");
+    let r = svc.baton(&["reexec"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    svc.stop();
+
+    // And this baton stops an older supervisor too.
+    let r: harness::Run = Command::new("timeout")
+        .arg("120")
+        .arg(&old)
+        .arg("--config")
+        .arg(&svc.config)
+        .arg("start")
+        .output()
+        .expect("start with the older baton")
+        .into();
+    assert_eq!(r.code, 0, "{r:?}");
+    let sup = svc.pid_in_file().expect("PID file");
+    svc.stop();
+    assert!(!harness::alive(sup));
+    assert!(svc.processes().is_empty(), "{:?}", svc.processes());
+    let (code, _) = svc.status();
+    assert_eq!(code, 3, "stopped");
+}
