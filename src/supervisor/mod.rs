@@ -713,7 +713,7 @@ impl Supervisor {
             &vars,
             notify.as_deref(),
             listener,
-            self.tracker.procs_fd(),
+            self.tracker.spawn_into(),
         )
         .map_err(|e| e.to_string())?;
         if self.handoff.is_none() {
