@@ -662,6 +662,23 @@ mod tests {
     }
 
     #[test]
+    fn candidates_follow_execvp() {
+        let c = |p: &str, path: Option<&str>| -> Vec<String> {
+            candidates(OsStr::new(p), path.map(OsStr::new))
+                .into_iter()
+                .map(|c| c.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(c("/opt/app/bin/run", Some("/bin")), ["/opt/app/bin/run"]);
+        assert_eq!(c("bin/run", Some("/bin")), ["bin/run"]);
+        assert_eq!(
+            c("java", Some("/usr/local/bin::/usr/bin")),
+            ["/usr/local/bin/java", "java", "/usr/bin/java"]
+        );
+        assert_eq!(c("java", None), ["/bin/java", "/usr/bin/java"]);
+    }
+
+    #[test]
     fn own_stat_is_readable() {
         let me = stat(nix::unistd::getpid()).expect("own stat");
         assert_eq!(me.pid, nix::unistd::getpid());

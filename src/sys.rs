@@ -351,7 +351,7 @@ pub enum Step {
     Workdir,
     /// setpgid: a process group of its own.
     ProcessGroup,
-    /// Resetting SIGPIPE and the signal mask.
+    /// Resetting every signal's disposition and the mask.
     Signals,
     /// Marking inherited descriptors close-on-exec.
     Descriptors,
@@ -561,11 +561,23 @@ fn error_pipe(exec: &Exec) -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, unsafe { OwnedFd::from_raw_fd(moved) }))
 }
 
+/// Remembers (and says, once) that every spawn from now on forks.
+fn clone3_unusable(why: &str) {
+    use std::sync::atomic::Ordering;
+    if !CLONE3_UNUSABLE.swap(true, Ordering::Relaxed) {
+        tracing::info!(
+            "clone3 is unusable here ({why}); spawning with fork, the child joining its cgroup by a cgroup.procs write (slower)"
+        );
+    }
+}
+
 /// Creates the child (clone3 where it works, else fork) and runs its setup there.
 fn start_child(p: &mut Prepared<'_>) -> Result<Pid, SpawnError> {
     use std::sync::atomic::Ordering;
-    let forced_off = cfg!(debug_assertions) && std::env::var_os(TEST_NO_CLONE3).is_some();
-    if !forced_off && !CLONE3_UNUSABLE.load(Ordering::Relaxed) {
+    if cfg!(debug_assertions) && std::env::var_os(TEST_NO_CLONE3).is_some() {
+        clone3_unusable(&format!("{TEST_NO_CLONE3} is set"));
+    }
+    if !CLONE3_UNUSABLE.load(Ordering::Relaxed) {
         let mut args = CloneArgs {
             flags: libc::CLONE_VFORK as u64,
             exit_signal: libc::SIGCHLD as u64,
@@ -600,10 +612,7 @@ fn start_child(p: &mut Prepared<'_>) -> Result<Pid, SpawnError> {
             // No clone3 (< 5.3, or a seccomp filter), no CLONE_INTO_CGROUP (< 5.7), a
             // larger clone_args than the kernel knows, or a filter that denies it.
             Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG | libc::EPERM) => {
-                CLONE3_UNUSABLE.store(true, Ordering::Relaxed);
-                tracing::info!(
-                    "clone3 is unusable here ({e}); spawning with fork, the child joining its cgroup by a cgroup.procs write (slower)"
-                );
+                clone3_unusable(&e.to_string())
             }
             _ => return Err(SpawnError::new(Step::Clone, e)),
         }
@@ -666,19 +675,38 @@ fn child(p: &mut Prepared<'_>, write_procs: bool) -> ! {
     if unsafe { libc::setpgid(0, 0) } < 0 {
         fail(Step::ProcessGroup, errno());
     }
-    // Rust ignores SIGPIPE in every program, and an ignored signal stays ignored across
-    // exec; the supervisor blocks the signals it reads from its signalfd, and a child
-    // inheriting that mask would never see SIGTERM.
-    // SAFETY: see above; a zeroed sigaction is SIG_DFL with no flags and an empty mask,
-    // and an empty sigset is a valid mask.
+    // Every signal back to its default: an ignored signal stays ignored across exec, and
+    // the supervisor ignores SIGPIPE (as every Rust program does) and may have inherited
+    // more (`nohup` ignores SIGHUP, the very signal a reload may send). Raw rt_sigaction:
+    // glibc refuses its own 32 and 33. A zeroed kernel sigaction is SIG_DFL, no flags, an
+    // empty mask, whatever the field order; 8 is the kernel's sigset size (64 signals).
+    // SIGKILL and SIGSTOP cannot be changed (EINVAL) and are never ignored anyway.
+    let dfl = [0u64; 4];
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: see above; the kernel reads 32 zero bytes and writes nothing (no old action).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                dfl.as_ptr(),
+                std::ptr::null_mut::<libc::c_void>(),
+                8usize,
+            )
+        };
+        if r < 0 {
+            fail(Step::Signals, errno());
+        }
+    }
+    // The supervisor blocks the signals it reads from its signalfd; a child inheriting
+    // that mask would never see SIGTERM.
+    // SAFETY: see above; an empty sigset is a valid mask.
     unsafe {
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
-        if libc::sigaction(libc::SIGPIPE, &dfl, std::ptr::null_mut()) < 0
-            || libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) < 0
-        {
+        if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) < 0 {
             fail(Step::Signals, errno());
         }
     }
