@@ -661,9 +661,18 @@ fn child(p: &mut Prepared<'_>, write_procs: bool) -> ! {
             fail(Step::Cgroup, errno());
         }
     }
-    for (to, from) in e.stdio.iter().enumerate() {
-        // SAFETY: see above. dup2 clears close-on-exec on the copy.
-        if unsafe { libc::dup2(*from, to as RawFd) } < 0 {
+    for (to, &from) in e.stdio.iter().enumerate() {
+        let to = to as RawFd;
+        // SAFETY: see above. dup2 clears close-on-exec on the copy; onto itself it would
+        // not, so then the flag is cleared by hand.
+        let r = unsafe {
+            if from == to {
+                libc::fcntl(to, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(from, to)
+            }
+        };
+        if r < 0 {
             fail(Step::Stdio, errno());
         }
     }
