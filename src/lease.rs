@@ -15,7 +15,7 @@ use crate::config::Spec;
 use crate::deploy::registry;
 use crate::etcd::{b64, Check, Client, Fault};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -26,21 +26,6 @@ pub struct Keeper {
     state: Arc<Mutex<String>>,
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
-}
-
-/// Where the current lease ID is kept for the switch worker.
-pub fn file(spec: &Spec) -> PathBuf {
-    spec.state_dir.join("etcd-lease")
-}
-
-/// The lease the keeper holds now, if any (read by the switch worker).
-pub fn current(spec: &Spec) -> Option<i64> {
-    spec.registry.ttl?;
-    std::fs::read_to_string(file(spec))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 impl Keeper {
@@ -156,7 +141,7 @@ fn keep(spec: &Spec, ttl: Duration, state: &Mutex<String>, stop: &mpsc::Receiver
             // Stopped: revoke, so the keys go now rather than after the TTL.
             _ => {
                 if lease != 0 {
-                    let _ = std::fs::remove_file(file(spec));
+                    let _ = std::fs::remove_file(registry::lease_file(spec));
                     if let Err(e) = client.revoke(lease) {
                         tracing::warn!("registry: unable to revoke lease {lease:x}: {e}; its keys expire within {secs}s");
                     }
@@ -202,7 +187,7 @@ fn keep(spec: &Spec, ttl: Duration, state: &Mutex<String>, stop: &mpsc::Receiver
 /// Grants a lease, records it for the switch worker, and attaches what the local registry file says serves.
 fn grant_and_register(client: &Client, spec: &Spec, secs: u64) -> Result<(i64, String), Fault> {
     let id = client.grant(secs)?;
-    if let Err(e) = write_id(&file(spec), id) {
+    if let Err(e) = write_id(&registry::lease_file(spec), id) {
         tracing::warn!("registry: unable to record lease {id:x}: {e}");
     }
     let what = register(client, spec, id)?;
