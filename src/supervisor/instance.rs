@@ -78,8 +78,8 @@ pub struct Launch<'a> {
     pub listener: Option<RawFd>,
     /// The notify socket's path, for a `notify` probe.
     pub notify: Option<&'a Path>,
-    /// The service's cgroup.procs, to spawn into.
-    pub cgroup_procs: Option<RawFd>,
+    /// The service's cgroup, to spawn into.
+    pub cgroup: Option<crate::sys::SpawnCgroup>,
 }
 
 /// Spawns one instance of the service from `release`, on a port none of `taken` uses;
@@ -116,7 +116,7 @@ pub fn launch(
     } else {
         Some(Probes::new(spec, &vars, now).map_err(|e| format!("readiness probe: {e}"))?)
     };
-    let sp = crate::process::spawn(spec, &vars, with.notify, with.listener, with.cgroup_procs)
+    let sp = crate::process::spawn(spec, &vars, with.notify, with.listener, with.cgroup)
         .map_err(|e| e.to_string())?;
     tracing::info!("spawned {} (pid {})", sp.argv.join(" "), sp.pid);
     let pipes = [

@@ -371,7 +371,7 @@ impl Supervisor {
         Launch {
             listener: self.listener.as_ref().map(AsRawFd::as_raw_fd),
             notify: self.notify.as_ref().map(|(_, p)| p.as_path()),
-            cgroup_procs: self.tracker.procs_fd(),
+            cgroup: self.tracker.spawn_into(),
         }
     }
 
@@ -748,7 +748,7 @@ impl Supervisor {
                 let with = Launch {
                     listener: self.listener.as_ref().map(AsRawFd::as_raw_fd),
                     notify: self.notify.as_ref().map(|(_, p)| p.as_path()),
-                    cgroup_procs: self.tracker.procs_fd(),
+                    cgroup: self.tracker.spawn_into(),
                 };
                 match launch(&h.spec, release, &avoid, &with) {
                     Ok((inst, pipes)) => {
