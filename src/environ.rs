@@ -10,8 +10,7 @@ use crate::config::Spec;
 use nix::unistd::{Uid, User};
 use std::ffi::OsString;
 
-/// PATH unless the config sets one: the system's directories, nothing the caller added.
-pub const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+use crate::config::units::SAFE_PATH;
 
 /// LANG unless the config sets one: UTF-8 without depending on generated locales.
 pub const DEFAULT_LANG: &str = "C.UTF-8";
@@ -46,24 +45,4 @@ pub fn base(spec: &Spec) -> Vec<(OsString, OsString)> {
         }
     }
     out
-}
-
-/// The PATH a program name in `command` is looked up in, as the service will see it.
-pub fn lookup_path(env: &[(String, String)], inherit: &[String]) -> OsString {
-    if let Some((_, v)) = env.iter().rev().find(|(k, _)| k == "PATH") {
-        return v.into();
-    }
-    if inherit.iter().any(|k| k == "PATH") {
-        if let Some(p) = std::env::var_os("PATH") {
-            return p;
-        }
-    }
-    SAFE_PATH.into()
-}
-
-/// Whether `name` can be an environment variable's name (what `env_file` and `inherit_env` accept).
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

@@ -15,7 +15,7 @@ impl HttpTarget {
     /// Parses a plain-HTTP URL; https is refused with a reason.
     pub fn parse(url: &str) -> Result<Self, String> {
         let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!("{url:?} must start with http:// (readiness probes speak plain HTTP)")
+            format!("{url:?} must start with http:// (baton speaks plain HTTP only)")
         })?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),

@@ -342,7 +342,7 @@ impl Reader<'_> {
                 Some(t) => {
                     for (k, v) in t.iter() {
                         let span = v.span();
-                        if !crate::environ::valid_name(k) {
+                        if !super::units::valid_name(k) {
                             self.problem(
                                 span.clone(),
                                 &join("env", k),
@@ -372,7 +372,7 @@ impl Reader<'_> {
         let inherit_env = self.inherit_env(top);
         if let (Some(argv), Some(item)) = (&command, top.get("command")) {
             // As the service will see it: its PATH, not baton's caller's.
-            let path = crate::environ::lookup_path(&env, &inherit_env);
+            let path = super::units::lookup_path(&env, &inherit_env);
             let as_root = match &account {
                 Some(a) => a.uid.is_root(),
                 None => nix::unistd::Uid::effective().is_root(),
@@ -598,7 +598,7 @@ impl Reader<'_> {
             return Vec::new();
         };
         for n in &names {
-            if !crate::environ::valid_name(n) {
+            if !super::units::valid_name(n) {
                 self.problem(
                     item.span(),
                     "inherit_env",

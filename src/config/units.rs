@@ -1,8 +1,31 @@
-//! The value syntaxes a config uses: durations, sizes, signals, env files.
+//! The value syntaxes a config uses: durations, sizes, signals, env files and variable names.
 
 use nix::sys::signal::Signal;
 use std::str::FromStr;
 use std::time::Duration;
+
+/// PATH unless the config sets one: the system's directories, nothing the caller added.
+pub const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The PATH a program name in `command` is looked up in, as the service will see it.
+pub fn lookup_path(env: &[(String, String)], inherit: &[String]) -> std::ffi::OsString {
+    if let Some((_, v)) = env.iter().rev().find(|(k, _)| k == "PATH") {
+        return v.into();
+    }
+    if inherit.iter().any(|k| k == "PATH") {
+        if let Some(p) = std::env::var_os("PATH") {
+            return p;
+        }
+    }
+    SAFE_PATH.into()
+}
+
+/// Whether `name` can be an environment variable's name (what `env_file` and `inherit_env` accept).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
 
 /// The one way baton writes a duration: `250ms`, `90s`, `1.5s`, `2.25s` (parses back).
 pub fn human(d: Duration) -> String {

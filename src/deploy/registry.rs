@@ -158,7 +158,7 @@ impl Etcd {
                 seen: seen_of(&kvs, &prefix),
                 client,
                 prefix,
-                lease: crate::lease::current(spec),
+                lease: lease(spec),
                 // Without a TTL the keys stay as they always were: no endpoint key.
                 advertise: spec
                     .registry
@@ -323,6 +323,21 @@ fn rotate_txn(
         // On a lost compare, fetch port/current to say what it is now.
         "failure": [{"request_range": {"key": key("port/current")}}],
     })
+}
+
+/// Where the etcd lease the registry keys live on is kept, by the supervisor's lease keeper.
+pub fn lease_file(spec: &Spec) -> std::path::PathBuf {
+    spec.state_dir.join("etcd-lease")
+}
+
+/// The lease the keeper holds now, if any (`[registry] ttl`): what the switch worker puts keys on.
+pub fn lease(spec: &Spec) -> Option<i64> {
+    spec.registry.ttl?;
+    std::fs::read_to_string(lease_file(spec))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

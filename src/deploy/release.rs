@@ -198,6 +198,31 @@ pub fn prune(root: &Path, keep: u32, protect: &[&str]) -> Vec<String> {
     gone
 }
 
+/// A handoff to `release` finished: `current` names it, `what` goes to revisions.log, and
+/// old releases beyond `keep` go (never one of `protect`); the notes for the operator.
+pub fn commit(
+    r: &crate::config::ReleaseSpec,
+    release: &str,
+    what: &str,
+    protect: &[&str],
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Err(e) = switch_current(&r.root, release) {
+        notes.push(format!(
+            "warning: unable to point {} at {release}: {e}",
+            r.root.join("current").display()
+        ));
+    }
+    if let Err(e) = log_revision(&r.root, what) {
+        tracing::warn!("unable to append to revisions.log: {e}");
+    }
+    let gone = prune(&r.root, r.keep, protect);
+    if !gone.is_empty() {
+        notes.push(format!("removed old releases: {}", gone.join(", ")));
+    }
+    notes
+}
+
 /// The directory of release `id`.
 pub fn dir(root: &Path, id: &str) -> PathBuf {
     root.join("releases").join(id)

@@ -503,7 +503,7 @@ impl Reader<'_> {
                 );
                 continue;
             };
-            if crate::ship::http::Url::parse(&version_url).is_err() {
+            if crate::url::HttpTarget::parse(&version_url).is_err() {
                 self.problem(
                     v.span(),
                     &path,

@@ -1,6 +1,6 @@
 //! What the operator sees: one live line per host on a terminal, plain progress lines otherwise, a final table.
 
-use super::rollout::{HostReport, Outcome};
+use super::report::{HostReport, Outcome};
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 

@@ -1,11 +1,14 @@
 //! The instances the loop keeps: the serving one, and during a handoff the new and the old.
 
-use super::handoff::Handoff;
-use super::worker::WorkerOutput;
-use crate::config::PortSpec;
+use super::handoff::{Handoff, Kind};
+use super::worker::{Side, WorkerOutput};
+use crate::config::{PortSpec, Spec, Vars};
 use crate::control::HandoffReport;
+use crate::logs::{Drained, Output, Pipe, StreamKind};
 use crate::probe::Probes;
 use nix::unistd::Pid;
+use std::os::fd::RawFd;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// How often a port-0 service's listening socket is looked for in /proc while it starts.
@@ -32,6 +35,103 @@ impl Instance {
     pub fn passed(&self) -> bool {
         !self.discovering && self.probes.as_ref().is_some_and(Probes::passed)
     }
+
+    /// This instance as the switch worker's arguments name it.
+    pub fn side(&self) -> Side<'_> {
+        Side {
+            pid: self.pid,
+            port: self.port,
+            release: self.release.as_deref(),
+        }
+    }
+
+    /// Port mode discover: once the instance listens, its port is known and the probes can run.
+    pub fn discover(&mut self, spec: &Spec, now: Instant) {
+        if !self.discovering {
+            return;
+        }
+        let Some(&port) = crate::process::listening_ports(self.pid).first() else {
+            return;
+        };
+        let dir = spec
+            .release
+            .as_ref()
+            .zip(self.release.as_ref())
+            .map(|(r, id)| crate::deploy::release::dir(&r.root, id));
+        let vars = Vars {
+            port: Some(port),
+            release: dir,
+        };
+        tracing::info!("pid {} listens on port {port}", self.pid);
+        self.port = Some(port);
+        self.discovering = false;
+        match Probes::new(spec, &vars, now) {
+            Ok(p) => self.probes = Some(p),
+            Err(e) => tracing::error!("readiness probe: {e}"),
+        }
+    }
+}
+
+/// What an instance is started with besides its config and release.
+pub struct Launch<'a> {
+    /// The listening socket every instance inherits ([listen]).
+    pub listener: Option<RawFd>,
+    /// The notify socket's path, for a `notify` probe.
+    pub notify: Option<&'a Path>,
+    /// The service's cgroup, to spawn into.
+    pub cgroup: Option<crate::sys::SpawnCgroup>,
+}
+
+/// Spawns one instance of the service from `release`, on a port none of `taken` uses;
+/// the instance and its output pipes.
+pub fn launch(
+    spec: &Spec,
+    release: Option<String>,
+    taken: &[u16],
+    with: &Launch<'_>,
+) -> std::result::Result<(Instance, [Pipe; 2]), String> {
+    let release_dir = match (&spec.release, &release) {
+        (Some(r), Some(id)) => Some(crate::deploy::release::dir(&r.root, id)),
+        (Some(r), None) => {
+            return Err(format!(
+                "no release to run: {} does not exist; install one with `baton deploy {} --release DIR`",
+                r.root.join("current").display(),
+                spec.name
+            ))
+        }
+        (None, _) => None,
+    };
+    let port = match with.listener {
+        Some(_) => spec.listen.as_ref().map(|l| l.address.port()),
+        None => pick_port(&spec.port, taken)?,
+    };
+    let vars = Vars {
+        port,
+        release: release_dir,
+    };
+    let discovering = spec.port == PortSpec::Discover && with.listener.is_none();
+    let now = Instant::now();
+    let probes = if discovering {
+        None
+    } else {
+        Some(Probes::new(spec, &vars, now).map_err(|e| format!("readiness probe: {e}"))?)
+    };
+    let sp = crate::process::spawn(spec, &vars, with.notify, with.listener, with.cgroup)
+        .map_err(|e| e.to_string())?;
+    tracing::info!("spawned {} (pid {})", sp.argv.join(" "), sp.pid);
+    let pipes = [
+        Pipe::new(sp.stdout, StreamKind::Stdout, sp.pid),
+        Pipe::new(sp.stderr, StreamKind::Stderr, sp.pid),
+    ];
+    let inst = Instance {
+        pid: sp.pid,
+        starttime: sp.starttime,
+        port,
+        release,
+        probes,
+        discovering,
+    };
+    Ok((inst, pipes))
 }
 
 /// Which instance something belongs to.
@@ -71,6 +171,72 @@ impl Handing {
             port: inst.and_then(|i| i.port),
             elapsed_secs: now.duration_since(self.machine.started()).as_secs_f64(),
         }
+    }
+}
+
+impl Handing {
+    /// The old instance is gone and `serving` serves: point `current` at the release, log it,
+    /// prune; the answer to the handoff's client.
+    pub fn commit(&self, spec: &Spec, serving: Option<&Instance>, took: &str) -> String {
+        let (kind, release) = (self.machine.kind, self.machine.release.as_str());
+        let previous = self.old.as_ref().and_then(|o| o.release.as_deref());
+        let mut message = format!(
+            "{} now runs release {release} (pid {}{}); {took}",
+            spec.name,
+            serving.map_or(0, |i| i.pid.as_raw()),
+            serving
+                .and_then(|i| i.port)
+                .map_or(String::new(), |p| format!(", port {p}")),
+        );
+        if let Some(r) = &spec.release {
+            let who = crate::host::operator().unwrap_or_else(|| "root".into());
+            let what = match kind {
+                Kind::Rollback => format!("{who} rolled back to release {release}"),
+                Kind::Deploy => format!(
+                    "{who} deployed as release {release} (previous {})",
+                    previous.unwrap_or("none")
+                ),
+            };
+            let mut protect = vec![release];
+            protect.extend(previous);
+            for note in crate::deploy::release::commit(r, release, &what, &protect) {
+                message.push('\n');
+                message.push_str(&note);
+            }
+        }
+        message
+    }
+}
+
+/// Reads `pipe` into the log files, and its lines to whichever instance writes it while that
+/// one waits for a line: the serving instance's log probe, or a handoff's new instance (whose
+/// lines also go to its own tail, for a failure report).
+pub fn drain(
+    pipe: &mut Pipe,
+    output: &mut Output,
+    serving: Option<&mut Instance>,
+    handoff: Option<&mut Handing>,
+) -> Drained {
+    let owner = pipe.owner;
+    if let Some(h) = handoff.filter(|h| h.candidate.as_ref().is_some_and(|c| c.pid == owner)) {
+        let mut lines = Vec::new();
+        let r = pipe.drain(output, Some(&mut |_, line| lines.push(line.to_string())));
+        for line in &lines {
+            h.machine.remember(line);
+            if let Some(p) = h.candidate.as_mut().and_then(|c| c.probes.as_mut()) {
+                p.on_line(line);
+            }
+        }
+        return r;
+    }
+    // Lines are looked at one by one only while a log probe waits for its line.
+    let probes = serving
+        .filter(|i| i.pid == owner)
+        .and_then(|i| i.probes.as_mut())
+        .filter(|p| p.watches_output());
+    match probes {
+        Some(p) => pipe.drain(output, Some(&mut |_, line| p.on_line(line))),
+        None => pipe.drain(output, None),
     }
 }
 

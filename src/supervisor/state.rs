@@ -221,6 +221,22 @@ impl Machine {
                 self.stop_requested = true;
                 (Done(Outcome::Stopped), vec![])
             }
+            // Nothing runs: no probe, leader or tree to hear of; a start is already under way.
+            (
+                Idle,
+                i @ (Input::ProbesPassed
+                | Input::LeaderExited(_)
+                | Input::TreeEmpty
+                | Input::Tick
+                | Input::StartNow),
+            ) => ignore(Idle, &i),
+            // Waiting out the backoff: too early to spawn, and nothing runs.
+            (Backoff { until }, Input::Tick) => (Backoff { until }, vec![]),
+            (
+                b @ Backoff { .. },
+                i
+                @ (Input::Start | Input::ProbesPassed | Input::LeaderExited(_) | Input::TreeEmpty),
+            ) => ignore(b, &i),
 
             (Starting { pid, .. }, Input::ProbesPassed) => {
                 let first = !self.ever_ready;
@@ -256,6 +272,17 @@ impl Machine {
                 };
                 self.stopping(Some(pid), then, now)
             }
+            // Before the ready deadline time changes nothing.
+            (s @ Starting { .. }, Input::Tick) => (s, vec![]),
+            // Already starting; another process of the tree ending is not the leader's exit.
+            (
+                s @ Starting { .. },
+                i @ (Input::Start
+                | Input::Spawned(_)
+                | Input::SpawnFailed(_)
+                | Input::TreeEmpty
+                | Input::StartNow),
+            ) => ignore(s, &i),
 
             (Ready { since, .. }, Input::LeaderExited(exit)) => {
                 self.last_exit = Some(exit);
@@ -277,6 +304,17 @@ impl Machine {
                 self.stop_requested = true;
                 self.stopping(Some(pid), Then::Exit, now)
             }
+            // Ready has no deadline; a late probe, a start, a helper's tree change change nothing.
+            (
+                r @ Ready { .. },
+                i @ (Input::Start
+                | Input::Spawned(_)
+                | Input::SpawnFailed(_)
+                | Input::ProbesPassed
+                | Input::TreeEmpty
+                | Input::Tick
+                | Input::StartNow),
+            ) => ignore(r, &i),
 
             (Stopping(stop), Input::LeaderExited(exit)) => {
                 self.last_exit = Some(exit);
@@ -337,8 +375,36 @@ impl Machine {
                     self.crashed(why, now, jitter)
                 }
             },
+            // The tree is empty only once the leader is reaped too: its exit comes next.
+            (
+                s @ Stopping(Stop {
+                    leader: Some(_), ..
+                }),
+                Input::TreeEmpty,
+            ) => (s, vec![]),
+            // Stopping: nothing starts until the tree is down.
+            (
+                s @ Stopping(_),
+                i @ (Input::Start
+                | Input::Spawned(_)
+                | Input::SpawnFailed(_)
+                | Input::ProbesPassed
+                | Input::StartNow),
+            ) => ignore(s, &i),
 
-            (phase, _) => (phase, vec![]),
+            // The supervisor is finishing: nothing changes the outcome.
+            (
+                d @ Done(_),
+                i @ (Input::Start
+                | Input::Spawned(_)
+                | Input::SpawnFailed(_)
+                | Input::ProbesPassed
+                | Input::LeaderExited(_)
+                | Input::TreeEmpty
+                | Input::Tick
+                | Input::StopRequested
+                | Input::StartNow),
+            ) => ignore(d, &i),
         };
         self.phase = next;
         effects
@@ -450,6 +516,12 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Durat
     let spread =
         Duration::try_from_secs_f64(half.as_secs_f64() * jitter.clamp(0.0, 1.0)).unwrap_or(half);
     half.saturating_add(spread).max(min)
+}
+
+/// An input that changes nothing in `phase`: said at debug level, so a dropped input is seen.
+fn ignore(phase: Phase, input: &Input) -> (Phase, Vec<Effect>) {
+    tracing::debug!("{input:?} ignored in {phase:?}");
+    (phase, vec![])
 }
 
 #[cfg(test)]
@@ -830,5 +902,53 @@ mod tests {
         m.step(I::LeaderExited(Exit::Signal(Signal::SIGTERM)), t0, 0.5);
         m.step(I::TreeEmpty, t0, 0.5);
         assert_eq!(m.phase, Phase::Done(Outcome::Stopped));
+    }
+
+    /// Inputs that mean nothing in a phase leave it as it was and do nothing, in every phase.
+    #[test]
+    fn inputs_that_mean_nothing_change_nothing() {
+        let t0 = Instant::now();
+        let all = || {
+            vec![
+                I::Start,
+                I::Spawned(pid(11)),
+                I::SpawnFailed("x".into()),
+                I::ProbesPassed,
+                I::LeaderExited(Exit::Code(0)),
+                I::TreeEmpty,
+                I::Tick,
+                I::StopRequested,
+                I::StartNow,
+            ]
+        };
+        let meaningless = |phase: &Phase, input: &Input| match phase {
+            Phase::Idle => matches!(
+                input,
+                I::ProbesPassed | I::LeaderExited(_) | I::TreeEmpty | I::Tick | I::StartNow
+            ),
+            Phase::Ready { .. } => !matches!(input, I::LeaderExited(_) | I::StopRequested),
+            Phase::Done(_) => true,
+            _ => false,
+        };
+        let mut done = ready(rules(Policy::Always, None), t0);
+        done.step(I::StopRequested, t0, 0.5);
+        done.step(I::LeaderExited(Exit::Code(0)), t0, 0.5);
+        done.step(I::TreeEmpty, t0, 0.5);
+        let starts = [
+            Machine::new(rules(Policy::Always, None)),
+            ready(rules(Policy::Always, None), t0),
+            done,
+        ];
+        for m in starts {
+            for input in all() {
+                if !meaningless(&m.phase, &input) {
+                    continue;
+                }
+                let mut after = m.clone();
+                let effects = after.step(input.clone(), t0 + 10 * MS, 0.5);
+                assert_eq!(effects, vec![], "{input:?} in {:?}", m.phase);
+                assert_eq!(after.phase, m.phase, "{input:?} in {:?}", m.phase);
+            }
+        }
     }
 }

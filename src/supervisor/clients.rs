@@ -1,0 +1,177 @@
+//! The loop's control clients: accepting them, reading their requests, delivering what they wait for.
+
+use super::poll::{PollSet, Source};
+use crate::control::{Accepted, Awaits, Conn, Envelope, Incoming, Reply, Server};
+use nix::poll::PollFlags;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
+
+/// The control socket and the clients connected to it.
+pub struct Clients {
+    server: Server,
+    conns: Vec<Conn>,
+    /// Accepting waits until then (out of file descriptors).
+    paused_until: Option<Instant>,
+}
+
+impl Clients {
+    /// Serves `server`, with no client yet.
+    pub fn new(server: Server) -> Self {
+        Clients {
+            server,
+            conns: Vec::new(),
+            paused_until: None,
+        }
+    }
+
+    /// Takes over a client a previous image accepted (`baton reexec`).
+    pub fn adopt(&mut self, conn: Conn) {
+        self.conns.push(conn);
+    }
+
+    /// The listening descriptor, to carry across a reexec.
+    pub fn server_fd(&self) -> RawFd {
+        self.server.raw_fd()
+    }
+
+    /// Client `i`'s descriptor, to carry across a reexec.
+    pub fn raw_fd(&self, i: usize) -> Option<RawFd> {
+        self.conns.get(i).map(|c| c.as_fd().as_raw_fd())
+    }
+
+    /// The nearest moment something is due: accepting resumes, or an idle client is dropped.
+    pub fn deadline(&self) -> Option<Instant> {
+        let idle = self.conns.iter().filter_map(Conn::idle_deadline).min();
+        [self.paused_until, idle].into_iter().flatten().min()
+    }
+
+    /// What to poll for: new clients (unless paused), requests, and room for pending replies.
+    pub fn interests<'a>(&'a self, set: &mut PollSet<'a>) {
+        // Out of file descriptors, accepting waits a moment: the socket would stay readable.
+        if self.paused_until.is_none() {
+            set.add(self.server.as_fd(), PollFlags::POLLIN, Source::Control);
+        }
+        for (i, c) in self.conns.iter().enumerate() {
+            let events = if c.wants_write() {
+                PollFlags::POLLIN | PollFlags::POLLOUT
+            } else {
+                PollFlags::POLLIN
+            };
+            set.add(c.as_fd(), events, Source::Conn(i));
+        }
+    }
+
+    /// Accepts who is waiting; out of file descriptors, stops accepting for a moment.
+    pub fn accept(&mut self, now: Instant) {
+        let (new, how) = self.server.accept(self.conns.len(), now);
+        self.conns.extend(new);
+        if how == Accepted::OutOfFiles {
+            self.paused_until = Some(now + crate::control::ACCEPT_PAUSE);
+        }
+    }
+
+    /// Client `i` is ready for `flags`: sends what waits, reads what came; a complete request.
+    pub fn on_ready(
+        &mut self,
+        i: usize,
+        flags: PollFlags,
+        now: Instant,
+    ) -> Option<std::result::Result<Envelope, String>> {
+        let c = self.conns.get_mut(i)?;
+        if flags.contains(PollFlags::POLLOUT) {
+            c.flush(now);
+        }
+        if !flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            return None;
+        }
+        match c.read(now) {
+            Incoming::Request(r) => Some(r),
+            Incoming::Closed => {
+                c.drop_now();
+                None
+            }
+            Incoming::Nothing => None,
+        }
+    }
+
+    /// Resumes accepting and drops idle clients when their time has come.
+    pub fn on_time(&mut self, now: Instant) {
+        if self.paused_until.is_some_and(|t| t <= now) {
+            self.paused_until = None;
+        }
+        for c in self.conns.iter_mut() {
+            if c.idle_deadline().is_some_and(|d| d <= now) {
+                tracing::warn!("dropped an idle control connection");
+                c.drop_now();
+            }
+        }
+    }
+
+    /// Forgets the clients that are done.
+    pub fn sweep(&mut self) {
+        self.conns.retain(|c| !c.done());
+    }
+
+    /// Sends `reply` to client `i`; true if the client waits for more.
+    pub fn reply(&mut self, i: usize, reply: &Reply) -> bool {
+        match self.conns.get_mut(i) {
+            Some(c) => {
+                c.send(reply);
+                c.awaits != Awaits::Nothing
+            }
+            None => false,
+        }
+    }
+
+    /// Sends `reply` to client `i`, who waits for more.
+    pub fn tell(&mut self, i: usize, reply: &Reply) {
+        if let Some(c) = self.conns.get_mut(i) {
+            c.send(reply);
+        }
+    }
+
+    /// Ends the conversation with client `i` once it has its replies.
+    pub fn finish(&mut self, i: usize) {
+        if let Some(c) = self.conns.get_mut(i) {
+            c.finish();
+        }
+    }
+
+    /// Client `i` waits for `what` after its first reply.
+    pub fn wait_for(&mut self, i: usize, what: Awaits) {
+        if let Some(c) = self.conns.get_mut(i) {
+            c.awaits = what;
+        }
+    }
+
+    /// Whether client `i` still waits for something.
+    pub fn waits(&self, i: usize) -> bool {
+        self.conns
+            .get(i)
+            .is_some_and(|c| c.awaits != Awaits::Nothing)
+    }
+
+    /// Whether any client waits for `what`.
+    pub fn any_waits_for(&self, what: Awaits) -> bool {
+        self.conns.iter().any(|c| c.awaits == what)
+    }
+
+    /// A progress line to every client waiting for `what`.
+    pub fn progress(&mut self, what: Awaits, message: &str) {
+        let reply = Reply::Progress {
+            message: message.to_string(),
+        };
+        for c in self.conns.iter_mut().filter(|c| c.awaits == what) {
+            c.send(&reply);
+        }
+    }
+
+    /// The last answer to every client waiting for `what`, who then goes.
+    pub fn answer(&mut self, what: Awaits, reply: &Reply) {
+        for c in self.conns.iter_mut().filter(|c| c.awaits == what) {
+            c.send(reply);
+            c.awaits = Awaits::Nothing;
+            c.finish();
+        }
+    }
+}
