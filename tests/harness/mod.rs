@@ -314,3 +314,45 @@ pub fn jvm_available() -> bool {
     );
     ok
 }
+
+/// One answer to a fresh GET.
+#[derive(Debug)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The header lines, lower-cased names.
+    head: String,
+    /// The body, trimmed.
+    pub body: String,
+}
+
+impl Answer {
+    /// The value of header `name` (lower case), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim().eq_ignore_ascii_case(name)).then(|| v.trim())
+        })
+    }
+}
+
+/// A fresh GET of `url` (curl, a new connection each time, 5 s at most); None if nothing answered.
+pub fn fetch(url: &str) -> Option<Answer> {
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "5", url])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let (head, body) = text.split_once("\n\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some(Answer {
+        status,
+        head: head.to_string(),
+        body: body.trim().to_string(),
+    })
+}
+
+/// The body of a fresh GET of `url` that answered 200.
+pub fn body(url: &str) -> Option<String> {
+    fetch(url).filter(|a| a.status == 200).map(|a| a.body)
+}

@@ -4,7 +4,7 @@
 use crate::harness;
 
 use harness::lab::Nginx;
-use harness::{fixture, free_port, wait_until, Spec, Svc};
+use harness::{body, fetch, fixture, free_port, wait_until, Spec, Svc};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -59,23 +59,6 @@ fn spec(name: &str, from: u16, to: u16, extra: &str) -> Spec {
 
 fn deploy(svc: &Svc, release: &Path) -> harness::Run {
     svc.baton(&["deploy", "--release", release.to_str().expect("utf-8")])
-}
-
-/// Status, body and whether an X-Pid header came back, for a fresh GET.
-fn get(url: &str) -> Option<(u16, String, bool)> {
-    let out = Command::new("curl")
-        .args(["-s", "-i", "--max-time", "5", url])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
-    let (head, body) = text.split_once("\n\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let x_pid = head.to_ascii_lowercase().contains("\nx-pid:");
-    Some((status, body.trim().to_string(), x_pid))
-}
-
-fn body(url: &str) -> Option<String> {
-    get(url).filter(|g| g.0 == 200).map(|g| g.1)
 }
 
 fn service_pid(svc: &Svc) -> i64 {
@@ -156,9 +139,17 @@ fn start_with_a_proxy_means_ready_and_routed() {
         "{}",
         nginx.upstream_text()
     );
-    let through = get(&nginx.url("/")).expect("an answer through nginx");
-    assert_eq!((through.0, through.1.as_str()), (200, "v1"), "{through:?}");
-    assert!(!through.2, "the service sends no X-Pid header");
+    let through = fetch(&nginx.url("/")).expect("an answer through nginx");
+    assert_eq!(
+        (through.status, through.body.as_str()),
+        (200, "v1"),
+        "{through:?}"
+    );
+    assert_eq!(
+        through.header("x-pid"),
+        None,
+        "the service sends no X-Pid header"
+    );
     base.stop();
 
     // A first switch that fails fails `start`, with the reason, and leaves nothing running.
@@ -237,8 +228,11 @@ fn a_switch_is_confirmed_by_observation_without_x_pid() {
         )),
         "{r:?}"
     );
-    let through = get(&nginx.url("/")).expect("answer");
-    assert_eq!((through.1.as_str(), through.2), ("v2", false));
+    let through = fetch(&nginx.url("/")).expect("answer");
+    assert_eq!(
+        (through.body.as_str(), through.header("x-pid")),
+        ("v2", None)
+    );
 
     // A proxy that does not take the new upstream (its first reload does nothing, yet exits
     // 0) is caught: nothing reaches the new port. The restore's reload is real, and seen.

@@ -244,14 +244,8 @@ impl Lab {
 
     /// What host i answers on its version URL.
     fn version(&self, i: usize) -> Option<String> {
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "3"])
-            .arg(format!("http://{}:{APP_PORT}/version", self.addr(i)))
-            .output()
-            .ok()?;
-        let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        (out.status.success() && !body.is_empty())
-            .then(|| body.strip_prefix("version=").unwrap_or(&body).to_string())
+        let body = harness::fetch(&format!("http://{}:{APP_PORT}/version", self.addr(i)))?.body;
+        (!body.is_empty()).then(|| body.strip_prefix("version=").unwrap_or(&body).to_string())
     }
 
     fn releases(&self, i: usize) -> Vec<String> {
