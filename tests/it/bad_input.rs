@@ -172,6 +172,30 @@ fn port_in_use_is_refused_before_spawning() {
 }
 
 #[test]
+fn a_port_held_on_another_address_or_the_wildcard_is_judged_by_where_the_service_listens() {
+    // Held on 127.0.0.2 only: the service, answering on 127.0.0.1, can still have it.
+    let elsewhere = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let port = elsewhere.local_addr().expect("addr").port();
+    let config = |port: u16| format!("[port]\nmode = \"fixed\"\nport = {port}");
+    let svc = Svc::new("aside", "[\"sleep\", \"100\"]", &config(port));
+    let r = svc.baton(&["start"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    svc.stop();
+
+    // Held on the wildcard: every address is taken, 127.0.0.1 too.
+    let everywhere = std::net::TcpListener::bind("0.0.0.0:0").expect("bind 0.0.0.0");
+    let port = everywhere.local_addr().expect("addr").port();
+    svc.rewrite(&Spec::new("aside", "[\"sleep\", \"100\"]").tables(&config(port)));
+    let r = svc.baton(&["start"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!("port {port} is already in use")),
+        "{r:?}"
+    );
+    assert!(svc.processes().is_empty());
+}
+
+#[test]
 fn broken_config_while_running_touches_nothing() {
     let svc = running("touchy");
     let pid = svc.pid_in_file().expect("pid");
