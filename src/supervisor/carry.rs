@@ -62,6 +62,9 @@ pub struct Service {
     pub port: Option<u16>,
     /// Its release.
     pub release: Option<String>,
+    /// Its own cgroup below the service's, when it has one.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// One output pipe's read end.
@@ -223,6 +226,7 @@ mod tests {
                 starttime: 7,
                 port: Some(8080),
                 release: Some("r1".into()),
+                cgroup: None,
             },
             pipes: vec![CarriedPipe {
                 fd: 7,

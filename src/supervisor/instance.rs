@@ -2,10 +2,12 @@
 
 use super::handoff::{Handoff, Kind};
 use super::worker::{Side, WorkerOutput};
+use crate::cgroup::Leaf;
 use crate::config::{PortSpec, Spec, Vars};
 use crate::control::HandoffReport;
 use crate::logs::{Drained, Output, Pipe, StreamKind};
 use crate::probe::Probes;
+use crate::tracking::Tracker;
 use nix::unistd::Pid;
 use std::os::fd::RawFd;
 use std::path::Path;
@@ -28,12 +30,33 @@ pub struct Instance {
     pub probes: Option<Probes>,
     /// Port mode discover: the probes wait until the port it listens on is known.
     pub discovering: bool,
+    /// Its own cgroup below the service's, when tracking by cgroup: its whole tree.
+    pub cgroup: Option<Leaf>,
 }
 
 impl Instance {
     /// Whether every readiness check has passed.
     pub fn passed(&self) -> bool {
         !self.discovering && self.probes.as_ref().is_some_and(Probes::passed)
+    }
+
+    /// Sends `sig` to this instance's whole tree: its cgroup's every process (SIGKILL by
+    /// `cgroup.kill`), else its process group.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        match &self.cgroup {
+            Some(leaf) => {
+                leaf.signal(sig);
+            }
+            None => crate::process::signal_group(self.pid, sig),
+        }
+    }
+
+    /// Whether nothing of this instance is left: its cgroup is empty, else its group.
+    pub fn gone(&self) -> bool {
+        match &self.cgroup {
+            Some(leaf) => !leaf.populated(),
+            None => !crate::process::group_alive(self.pid),
+        }
     }
 
     /// This instance as the switch worker's arguments name it.
@@ -78,8 +101,8 @@ pub struct Launch<'a> {
     pub listener: Option<RawFd>,
     /// The notify socket's path, for a `notify` probe.
     pub notify: Option<&'a Path>,
-    /// The service's cgroup.procs, to spawn into.
-    pub cgroup_procs: Option<RawFd>,
+    /// Which processes are the service's: each instance gets a cgroup of its own in it.
+    pub tracker: &'a Tracker,
 }
 
 /// Spawns one instance of the service from `release`, on a port none of `taken` uses;
@@ -116,7 +139,12 @@ pub fn launch(
     } else {
         Some(Probes::new(spec, &vars, now).map_err(|e| format!("readiness probe: {e}"))?)
     };
-    let sp = crate::process::spawn(spec, &vars, with.notify, with.listener, with.cgroup_procs)
+    let cgroup = with.tracker.instance();
+    let procs = cgroup
+        .as_ref()
+        .and_then(Leaf::procs_fd)
+        .or(with.tracker.procs_fd());
+    let sp = crate::process::spawn(spec, &vars, with.notify, with.listener, procs)
         .map_err(|e| e.to_string())?;
     tracing::info!("spawned {} (pid {})", sp.argv.join(" "), sp.pid);
     let pipes = [
@@ -130,6 +158,7 @@ pub fn launch(
         release,
         probes,
         discovering,
+        cgroup,
     };
     Ok((inst, pipes))
 }

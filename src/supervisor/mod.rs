@@ -371,7 +371,7 @@ impl Supervisor {
         Launch {
             listener: self.listener.as_ref().map(AsRawFd::as_raw_fd),
             notify: self.notify.as_ref().map(|(_, p)| p.as_path()),
-            cgroup_procs: self.tracker.procs_fd(),
+            tracker: &self.tracker,
         }
     }
 
@@ -748,7 +748,7 @@ impl Supervisor {
                 let with = Launch {
                     listener: self.listener.as_ref().map(AsRawFd::as_raw_fd),
                     notify: self.notify.as_ref().map(|(_, p)| p.as_path()),
-                    cgroup_procs: self.tracker.procs_fd(),
+                    tracker: &self.tracker,
                 };
                 match launch(&h.spec, release, &avoid, &with) {
                     Ok((inst, pipes)) => {
@@ -792,7 +792,7 @@ impl Supervisor {
                     Who::Old => h.old.as_ref(),
                 };
                 if let Some(i) = inst {
-                    process::signal_group(i.pid, sig);
+                    i.signal(sig);
                 }
             }
             HEffect::SignalSwitch(sig) => {
@@ -809,11 +809,11 @@ impl Supervisor {
                 self.handoff_queue.push_back(HInput::Connections(left));
             }
             HEffect::CheckGone(who) => {
-                let pid = match who {
-                    Who::Candidate => h.candidate.as_ref().map(|c| c.pid),
-                    Who::Old => h.old.as_ref().map(|o| o.pid),
+                let inst = match who {
+                    Who::Candidate => h.candidate.as_ref(),
+                    Who::Old => h.old.as_ref(),
                 };
-                if !pid.is_some_and(process::group_alive) {
+                if inst.is_none_or(Instance::gone) {
                     self.handoff_queue.push_back(HInput::Gone(who));
                 }
             }

@@ -87,6 +87,11 @@ pub fn record(sup: &Supervisor, conn: usize) -> Option<carry::Carried> {
             starttime: inst.starttime,
             port: inst.port,
             release: inst.release.clone(),
+            cgroup: inst
+                .cgroup
+                .as_ref()
+                .and_then(|l| l.path())
+                .map(std::path::Path::to_path_buf),
         },
         pipes: sup
             .pipes
@@ -264,6 +269,11 @@ fn resume(spec: Spec, c: carry::Carried, events: crate::logs::EventLog) -> Resul
         release: c.service.release.clone(),
         probes: None,
         discovering: false,
+        cgroup: c.service.cgroup.as_deref().and_then(|p| {
+            crate::cgroup::Leaf::reopen(p)
+                .map_err(|e| tracing::warn!("unable to reopen {}: {e}", p.display()))
+                .ok()
+        }),
     });
     let message = format!(
         "{}: supervisor pid {} re-executed: baton {} -> baton {}; service pid {pid} kept",

@@ -255,6 +255,7 @@ mod tests {
             release: release.map(String::from),
             probes: None,
             discovering: false,
+            cgroup: None,
         }
     }
 
