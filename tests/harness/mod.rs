@@ -356,3 +356,53 @@ pub fn fetch(url: &str) -> Option<Answer> {
 pub fn body(url: &str) -> Option<String> {
     fetch(url).filter(|a| a.status == 200).map(|a| a.body)
 }
+
+static USERS: AtomicU32 = AtomicU32::new(0);
+
+/// A throwaway system user named `PREFIX<pid>x<n>` (each helper's tests their own prefix),
+/// deleted when dropped: the other local user of an attack.
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+}
+
+impl User {
+    pub fn new(prefix: &str) -> User {
+        let n = USERS.fetch_add(1, Ordering::SeqCst);
+        let name = format!("{prefix}{}x{n}", std::process::id());
+        let out = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--user-group"])
+            .args(["--shell", "/usr/sbin/nologin", &name])
+            .output()
+            .expect("useradd");
+        assert!(out.status.success(), "useradd {name}: {out:?}");
+        let uid = nix::unistd::User::from_name(&name)
+            .expect("getpwnam")
+            .expect("the new user")
+            .uid
+            .as_raw();
+        User { name, uid }
+    }
+
+    /// Runs `sh -c script` as this user (the attacker's own hands); it must succeed.
+    pub fn sh(&self, script: &str) {
+        let out = self.try_sh(script);
+        assert!(out.status.success(), "as {}: {script}: {out:?}", self.name);
+    }
+
+    /// Runs `sh -c script` as this user, whatever comes of it.
+    pub fn try_sh(&self, script: &str) -> Output {
+        Command::new("setpriv")
+            .arg(format!("--reuid={}", self.uid))
+            .arg(format!("--regid={}", self.uid))
+            .args(["--clear-groups", "--", "sh", "-c", script])
+            .output()
+            .expect("setpriv")
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}

@@ -144,7 +144,11 @@ fn stop_kills_the_escaped_grandchild(cgroup: bool) {
             .map(|e| e.path())
             .filter(|p| p.is_dir())
             .collect();
-        assert_eq!(leaves.len(), 1, "one instance, one cgroup below the service's: {leaves:?}");
+        assert_eq!(
+            leaves.len(),
+            1,
+            "one instance, one cgroup below the service's: {leaves:?}"
+        );
         assert!(pids_in(&dir.join("cgroup.procs")).is_empty());
         let members = pids_in(&leaves[0].join("cgroup.procs"));
         for p in pids.iter().chain([&escaped]) {
