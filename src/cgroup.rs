@@ -8,7 +8,7 @@ use crate::sys;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use std::io::Read;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,10 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The service's cgroup, with the descriptors the supervisor keeps open on it.
 pub struct Cgroup {
     path: PathBuf,
-    /// The directory itself: what `clone3(CLONE_INTO_CGROUP)` takes, for a spawn without a pre-exec write.
-    #[allow(dead_code)]
+    /// The directory itself: what `clone3(CLONE_INTO_CGROUP)` creates the service in.
     dir: OwnedFd,
-    /// `cgroup.procs`, written by each child before exec (see `sys::ChildSetup::cgroup_procs`).
+    /// `cgroup.procs`, which a child writes itself into where clone3 cannot be used.
     procs: OwnedFd,
     /// `cgroup.events`: POLLPRI when `populated` flips, so emptiness is an event, not a poll.
     events: OwnedFd,
@@ -99,10 +98,13 @@ impl Cgroup {
         &self.path
     }
 
-    /// The `cgroup.procs` descriptor a child writes itself into.
-    pub fn procs_fd(&self) -> RawFd {
+    /// What spawning into it takes: the directory for clone3, `cgroup.procs` for a fork.
+    pub fn spawn_into(&self) -> sys::SpawnCgroup {
         use std::os::fd::AsRawFd;
-        self.procs.as_raw_fd()
+        sys::SpawnCgroup {
+            dir: self.dir.as_raw_fd(),
+            procs: self.procs.as_raw_fd(),
+        }
     }
 
     /// The descriptor to poll with POLLPRI; reading `populated()` re-arms it.
@@ -187,9 +189,9 @@ impl Leaf {
         self.cg().map(Cgroup::path)
     }
 
-    /// The `cgroup.procs` descriptor the instance writes itself into.
-    pub fn procs_fd(&self) -> Option<RawFd> {
-        self.cg().map(Cgroup::procs_fd)
+    /// What spawning the instance into it takes.
+    pub fn spawn_into(&self) -> Option<sys::SpawnCgroup> {
+        self.cg().map(Cgroup::spawn_into)
     }
 
     /// Whether any process of the instance is left.

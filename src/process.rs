@@ -10,11 +10,11 @@ use crate::exit::Action;
 use crate::sys;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use std::collections::HashMap;
-use std::os::fd::{OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 /// A freshly spawned service: its PID (also its process group) and its output pipes.
 pub struct Spawned {
@@ -31,92 +31,159 @@ pub struct Spawned {
 }
 
 /// Spawns the service for one instance: own process group, dropped privileges, environment set.
+///
+/// Everything the child needs (argv, environment, PATH candidates, descriptors) is built
+/// here; `sys::spawn` creates the child (inside `cgroup` when given) and only makes
+/// system calls there.
 pub fn spawn(
     spec: &Spec,
     vars: &Vars,
     notify_socket: Option<&Path>,
     listener: Option<RawFd>,
-    cgroup_procs: Option<RawFd>,
+    cgroup: Option<sys::SpawnCgroup>,
 ) -> Result<Spawned> {
     let port = vars.port;
     let argv: Vec<String> = spec.command.iter().map(|a| spec.expand(a, vars)).collect();
     let program = resolve_program(&argv[0], spec.base_dir());
     let listen = listener.zip(spec.listen.as_ref().map(|l| l.fd));
-    let mut cmd = if let Some((_, 3)) = listen {
+    let mut exec_argv: Vec<OsString> = Vec::with_capacity(argv.len() + 3);
+    let exec_program: OsString = if let Some((_, 3)) = listen {
         // Socket activation wants LISTEN_PID = the service's own PID, unknown before the
         // fork: a shell sets it to $$ and execs the service, which keeps that PID.
-        let mut c = Command::new("/bin/sh");
-        c.arg("-c")
-            .arg("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=listen; export LISTEN_PID LISTEN_FDS LISTEN_FDNAMES; exec \"$0\" \"$@\"")
-            .arg(&program);
-        c
+        exec_argv.extend([
+            "/bin/sh".into(),
+            "-c".into(),
+            "LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=listen; export LISTEN_PID LISTEN_FDS LISTEN_FDNAMES; exec \"$0\" \"$@\"".into(),
+        ]);
+        "/bin/sh".into()
     } else {
-        Command::new(&program)
+        program.clone().into_os_string()
     };
-    cmd.args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .current_dir(spec.workdir.as_deref().unwrap_or(Path::new("/")));
+    exec_argv.push(program.clone().into_os_string());
+    exec_argv.extend(argv[1..].iter().map(OsString::from));
     // A clean environment: nothing of the caller's (root's PATH, exported secrets, our own
-    // NOTIFY_SOCKET from systemd) reaches the service unless the config names it.
-    cmd.env_clear().envs(crate::environ::base(spec));
+    // NOTIFY_SOCKET from systemd) reaches the service unless the config names it. Later
+    // entries win, and the result is sorted, as std::process::Command does it.
+    let mut env: BTreeMap<OsString, OsString> = crate::environ::base(spec).into_iter().collect();
     // The mark of baton's own helpers: never the service's, whatever `inherit_env` says.
-    cmd.env_remove(HELPER_ENV);
+    env.remove(OsStr::new(HELPER_ENV));
     if let Some(p) = port {
-        cmd.env("PORT", p.to_string());
+        env.insert("PORT".into(), p.to_string().into());
     }
     for (k, v) in &spec.env {
-        cmd.env(k, spec.expand(v, vars));
+        env.insert(k.into(), spec.expand(v, vars).into());
     }
     if let Some(r) = &vars.release {
-        cmd.env("BATON_RELEASE", r);
+        env.insert("BATON_RELEASE".into(), r.into());
     }
     if let Some(sock) = notify_socket {
-        cmd.env("NOTIFY_SOCKET", sock);
+        env.insert("NOTIFY_SOCKET".into(), sock.into());
     }
-    sys::install(
-        &mut cmd,
-        sys::ChildSetup {
-            account: spec
-                .account
-                .as_ref()
-                .map(crate::config::Account::credentials),
-            umask: spec.umask,
-            parent: nix::unistd::getpid(),
-            new_session: false,
-            // SIGKILL, not the stop signal: a supervisor that died by kill -9 cannot
-            // finish a graceful stop anyway, and a service ignoring TERM must not linger.
-            parent_death_signal: Some(Signal::SIGKILL),
-            keep_fd: None,
-            listen,
-            cgroup_procs,
-        },
-    );
-    let mut child = cmd.spawn().map_err(|e| {
+    let failed = |what: &str, e: std::io::Error| {
         let code = match e.kind() {
             std::io::ErrorKind::NotFound => Action::NotInstalled,
             std::io::ErrorKind::PermissionDenied => Action::NoPrivilege,
             _ => Action::Generic,
         };
-        Error::io(format!("spawn {}", program.display()), &e).code(code)
-    })?;
-    let pid = Pid::from_raw(child.id() as i32);
-    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(Error::unable(
-            "capture the service's output",
-            "no pipes were created",
-        ));
+        let what = match what {
+            "" => format!("spawn {}", program.display()),
+            step => format!("spawn {} ({step})", program.display()),
+        };
+        Error::io(what, &e).code(code)
     };
-    // The Child handle is dropped without waiting: the supervisor reaps every child with waitpid(-1).
+    let nul = |_| {
+        failed(
+            "",
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "an argument, a variable or the working directory holds a NUL byte",
+            ),
+        )
+    };
+    let cstring = |s: &OsStr| CString::new(s.as_bytes());
+    let path_var = env.get(OsStr::new("PATH")).map(OsString::as_os_str);
+    let candidates = candidates(&exec_program, path_var)
+        .iter()
+        .map(|c| cstring(c))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(nul)?;
+    let exec_argv = exec_argv
+        .iter()
+        .map(|a| cstring(a))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(nul)?;
+    let envp = env
+        .iter()
+        .map(|(k, v)| {
+            let mut kv = k.clone();
+            kv.push("=");
+            kv.push(v);
+            CString::new(kv.into_vec())
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(nul)?;
+    let workdir = cstring(
+        spec.workdir
+            .as_deref()
+            .unwrap_or(Path::new("/"))
+            .as_os_str(),
+    )
+    .map_err(nul)?;
+    let stdin = std::fs::File::open("/dev/null").map_err(|e| failed("open /dev/null", e))?;
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
+    let (out_r, out_w) = pipe().map_err(|e| failed("pipe", e.into()))?;
+    let (err_r, err_w) = pipe().map_err(|e| failed("pipe", e.into()))?;
+    let exec = sys::Exec {
+        candidates,
+        argv: exec_argv,
+        envp,
+        workdir,
+        stdio: [stdin.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+        listen,
+        account: spec
+            .account
+            .as_ref()
+            .map(crate::config::Account::credentials),
+        umask: spec.umask,
+        // SIGKILL, not the stop signal: a supervisor that died by kill -9 cannot
+        // finish a graceful stop anyway, and a service ignoring TERM must not linger.
+        parent_death_signal: Some(Signal::SIGKILL),
+        cgroup,
+    };
+    let pid = sys::spawn(&exec).map_err(|e| match e.step {
+        sys::Step::Exec => failed("", e.err),
+        step => failed(step.name(), e.err),
+    })?;
+    // The supervisor reaps every child with waitpid(-1).
     Ok(Spawned {
         argv,
         pid,
         starttime: starttime(pid).unwrap_or(0),
-        stdout: out.into(),
-        stderr: err.into(),
+        stdout: out_r,
+        stderr: err_r,
     })
+}
+
+/// Where execve looks for `program`: itself when its name has a slash, else in each
+/// directory of the service's PATH (an empty entry is the working directory), or
+/// execvp's default PATH when the environment has none.
+fn candidates(program: &OsStr, path: Option<&OsStr>) -> Vec<OsString> {
+    let bytes = program.as_bytes();
+    if bytes.contains(&b'/') || bytes.is_empty() {
+        return vec![program.to_os_string()];
+    }
+    let path = path.map_or(&b"/bin:/usr/bin"[..], OsStrExt::as_bytes);
+    path.split(|&b| b == b':')
+        .map(|dir| {
+            if dir.is_empty() {
+                return program.to_os_string();
+            }
+            let mut c = dir.to_vec();
+            c.push(b'/');
+            c.extend_from_slice(bytes);
+            OsString::from_vec(c)
+        })
+        .collect()
 }
 
 /// Relative programs with a slash are relative to the config file's directory.
@@ -592,6 +659,23 @@ mod tests {
         fn stat_never_panics(text in "\\PC{0,200}") {
             let _ = parse_stat(&text);
         }
+    }
+
+    #[test]
+    fn candidates_follow_execvp() {
+        let c = |p: &str, path: Option<&str>| -> Vec<String> {
+            candidates(OsStr::new(p), path.map(OsStr::new))
+                .into_iter()
+                .map(|c| c.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(c("/opt/app/bin/run", Some("/bin")), ["/opt/app/bin/run"]);
+        assert_eq!(c("bin/run", Some("/bin")), ["bin/run"]);
+        assert_eq!(
+            c("java", Some("/usr/local/bin::/usr/bin")),
+            ["/usr/local/bin/java", "java", "/usr/bin/java"]
+        );
+        assert_eq!(c("java", None), ["/bin/java", "/usr/bin/java"]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Pid, Uid};
+use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -297,4 +298,514 @@ pub fn inherited(fd: std::os::fd::RawFd) -> std::io::Result<OwnedFd> {
     // SAFETY: the descriptor is open (F_SETFD succeeded) and is named once, in the reexec
     // record the previous image wrote for this one: nothing else in this image owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A service's cgroup as spawning needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct SpawnCgroup {
+    /// The directory: `clone3(CLONE_INTO_CGROUP)` creates the child in it, with no migration.
+    pub dir: RawFd,
+    /// `cgroup.procs`: where a child created by plain `fork` (no clone3) writes itself before exec.
+    pub procs: RawFd,
+}
+
+/// Everything the service's child does between its creation and exec, prepared beforehand
+/// so that the child itself only makes system calls.
+pub struct Exec {
+    /// Paths to try with execve, in order: the program itself when its name has a slash,
+    /// else the name in each directory of the child's PATH (execvp's search, done here
+    /// because execvp reads the environment and may allocate).
+    pub candidates: Vec<CString>,
+    /// The arguments, `argv[0]` first.
+    pub argv: Vec<CString>,
+    /// The whole environment, `NAME=value` each.
+    pub envp: Vec<CString>,
+    /// The working directory.
+    pub workdir: CString,
+    /// Descriptors that become the child's 0, 1 and 2.
+    pub stdio: [RawFd; 3],
+    /// A listening socket to hand over: (the supervisor's descriptor, the number the child gets).
+    pub listen: Option<(RawFd, RawFd)>,
+    /// Identity to drop to (setgroups, setgid, setuid), if any.
+    pub account: Option<Credentials>,
+    /// umask to apply.
+    pub umask: Option<u32>,
+    /// Signal the child gets if the supervisor dies.
+    pub parent_death_signal: Option<Signal>,
+    /// The service's cgroup, if it has one.
+    pub cgroup: Option<SpawnCgroup>,
+}
+
+/// The step of a spawn that failed; the child reports it with the errno through a pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Creating the error pipe, in the supervisor.
+    Pipe,
+    /// clone3 or fork, in the supervisor.
+    Clone,
+    /// Writing the child into `cgroup.procs` (only without clone3).
+    Cgroup,
+    /// dup2 of stdin, stdout, stderr.
+    Stdio,
+    /// chdir to the working directory.
+    Workdir,
+    /// setpgid: a process group of its own.
+    ProcessGroup,
+    /// Resetting every signal's disposition and the mask.
+    Signals,
+    /// Marking inherited descriptors close-on-exec.
+    Descriptors,
+    /// Placing the listening socket.
+    Listen,
+    /// setgroups.
+    Groups,
+    /// setgid.
+    Gid,
+    /// setuid.
+    Uid,
+    /// PR_SET_NO_NEW_PRIVS.
+    NoNewPrivs,
+    /// PR_SET_PDEATHSIG.
+    ParentDeathSignal,
+    /// The supervisor died before the parent-death signal was armed.
+    ParentGone,
+    /// execve.
+    Exec,
+}
+
+impl Step {
+    const ALL: [Step; 16] = [
+        Step::Pipe,
+        Step::Clone,
+        Step::Cgroup,
+        Step::Stdio,
+        Step::Workdir,
+        Step::ProcessGroup,
+        Step::Signals,
+        Step::Descriptors,
+        Step::Listen,
+        Step::Groups,
+        Step::Gid,
+        Step::Uid,
+        Step::NoNewPrivs,
+        Step::ParentDeathSignal,
+        Step::ParentGone,
+        Step::Exec,
+    ];
+
+    /// What the step does, for an error message ("unable to spawn X (setuid): ...").
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Pipe => "pipe",
+            Step::Clone => "clone",
+            Step::Cgroup => "write cgroup.procs",
+            Step::Stdio => "dup2 stdio",
+            Step::Workdir => "chdir to the working directory",
+            Step::ProcessGroup => "setpgid",
+            Step::Signals => "reset signals",
+            Step::Descriptors => "close_range",
+            Step::Listen => "hand over the listening socket",
+            Step::Groups => "setgroups",
+            Step::Gid => "setgid",
+            Step::Uid => "setuid",
+            Step::NoNewPrivs => "set no_new_privs",
+            Step::ParentDeathSignal => "set the parent-death signal",
+            Step::ParentGone => "check the supervisor is alive",
+            Step::Exec => "execve",
+        }
+    }
+}
+
+/// A failed spawn: the step and its error.
+#[derive(Debug)]
+pub struct SpawnError {
+    /// Which step failed.
+    pub step: Step,
+    /// The errno it failed with.
+    pub err: std::io::Error,
+}
+
+impl SpawnError {
+    fn new(step: Step, err: std::io::Error) -> Self {
+        SpawnError { step, err }
+    }
+}
+
+/// clone3's argument block (include/uapi/linux/sched.h, `CLONE_ARGS_SIZE_VER2`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Linux 5.7: the child starts life in the cgroup `clone_args.cgroup` names.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Whether clone3 is known not to work here (an old kernel, a seccomp filter): then
+/// every spawn forks, and a child with a cgroup writes itself into `cgroup.procs`.
+static CLONE3_UNUSABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A test-only switch (debug builds): spawn as kernels without clone3 do, to test that path here.
+const TEST_NO_CLONE3: &str = "BATON_TEST_NO_CLONE3";
+
+/// The raw pointers the child hands to execve, built in the supervisor before the clone.
+struct Prepared<'a> {
+    exec: &'a Exec,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    /// `/bin/sh FILE ARGS...` for a file execve refuses as ENOEXEC (execvp's fallback);
+    /// slot 1 is filled in by the child with the file that was refused.
+    sh_argv: Vec<*const libc::c_char>,
+    /// The write end of the error pipe (close-on-exec: exec closes it, which says "ok").
+    report: RawFd,
+    /// The supervisor: the child checks it is still its parent once the death signal is armed.
+    parent: libc::pid_t,
+    /// The account's supplementary groups, as setgroups(2) takes them.
+    groups: Vec<libc::gid_t>,
+}
+
+/// Starts the service's process as `exec` says and returns its PID once it has exec'd.
+///
+/// With cgroup tracking the child is created inside the cgroup by `clone3(CLONE_INTO_CGROUP)`:
+/// no `cgroup.procs` write, so none of the migration's cost (the cgroup threadgroup lock
+/// and an RCU grace period, 5-16 ms). `CLONE_VFORK` keeps the supervisor off the CPU
+/// until the child has exec'd. Where clone3 is refused (Linux < 5.7, seccomp), the child is
+/// forked and writes itself into `cgroup.procs` first, as before.
+pub fn spawn(exec: &Exec) -> Result<Pid, SpawnError> {
+    let ptrs = |v: &[CString]| -> Vec<*const libc::c_char> {
+        v.iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect()
+    };
+    let argv = ptrs(&exec.argv);
+    let envp = ptrs(&exec.envp);
+    let mut sh_argv: Vec<*const libc::c_char> = vec![SH.as_ptr(), std::ptr::null()];
+    sh_argv.extend(argv.iter().skip(1));
+    if sh_argv.len() < 3 {
+        sh_argv.push(std::ptr::null());
+    }
+    let (read_end, write_end) = error_pipe(exec).map_err(|e| SpawnError::new(Step::Pipe, e))?;
+    let mut prepared = Prepared {
+        exec,
+        argv,
+        envp,
+        sh_argv,
+        report: {
+            use std::os::fd::AsRawFd;
+            write_end.as_raw_fd()
+        },
+        parent: std::process::id() as libc::pid_t,
+        groups: exec
+            .account
+            .as_ref()
+            .map(|a| a.groups.iter().map(|g| g.as_raw()).collect())
+            .unwrap_or_default(),
+    };
+    let pid = start_child(&mut prepared)?;
+    drop(write_end);
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 8];
+    let mut got = 0;
+    while got < buf.len() {
+        match nix::unistd::read(read_end.as_raw_fd(), &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(SpawnError::new(Step::Pipe, e.into())),
+        }
+    }
+    if got == 0 {
+        return Ok(pid);
+    }
+    // The child failed before exec and exits at once: reap it here, it was never the service.
+    let _ = nix::sys::wait::waitpid(pid, None);
+    let [a, b, c, d, e, f, g, h] = buf;
+    let step = Step::ALL
+        .get(u32::from_ne_bytes([a, b, c, d]) as usize)
+        .copied()
+        .unwrap_or(Step::Exec);
+    let errno = i32::from_ne_bytes([e, f, g, h]);
+    Err(SpawnError::new(
+        step,
+        std::io::Error::from_raw_os_error(errno),
+    ))
+}
+
+static SH: &std::ffi::CStr = c"/bin/sh";
+
+/// The pipe the child reports a failure through, its write end above every descriptor
+/// number the child assigns (0-2, and the listening socket's, at most 3).
+fn error_pipe(exec: &Exec) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let highest = exec.listen.map_or(2, |(_, to)| to.max(2));
+    use std::os::fd::AsRawFd;
+    if w.as_raw_fd() > highest {
+        return Ok((r, w));
+    }
+    let moved = nix::fcntl::fcntl(
+        w.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(highest + 1),
+    )?;
+    // SAFETY: fcntl just returned this new descriptor; nothing else owns it.
+    Ok((r, unsafe { OwnedFd::from_raw_fd(moved) }))
+}
+
+/// Remembers (and says, once) that every spawn from now on forks.
+fn clone3_unusable(why: &str) {
+    use std::sync::atomic::Ordering;
+    if !CLONE3_UNUSABLE.swap(true, Ordering::Relaxed) {
+        tracing::info!(
+            "clone3 is unusable here ({why}); spawning with fork, the child joining its cgroup by a cgroup.procs write (slower)"
+        );
+    }
+}
+
+/// Creates the child (clone3 where it works, else fork) and runs its setup there.
+fn start_child(p: &mut Prepared<'_>) -> Result<Pid, SpawnError> {
+    use std::sync::atomic::Ordering;
+    if cfg!(debug_assertions) && std::env::var_os(TEST_NO_CLONE3).is_some() {
+        clone3_unusable(&format!("{TEST_NO_CLONE3} is set"));
+    }
+    if !CLONE3_UNUSABLE.load(Ordering::Relaxed) {
+        let mut args = CloneArgs {
+            flags: libc::CLONE_VFORK as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            ..CloneArgs::default()
+        };
+        if let Some(cg) = p.exec.cgroup {
+            args.flags |= CLONE_INTO_CGROUP;
+            args.cgroup = cg.dir as u64;
+        }
+        // SAFETY: without CLONE_VM the child gets a copy of our memory, as with fork(2):
+        // nothing it does touches ours. It returns here on its own copy of this stack
+        // (stack = 0), and `child` never returns: it only makes async-signal-safe
+        // system calls on data prepared above, then execs or _exits. The argument block
+        // is a valid clone_args of the size passed. Raw clone3 skips glibc's fork
+        // handlers, so the child must not call into glibc beyond thin syscall wrappers,
+        // and `child` does not.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        if r == 0 {
+            child(p, false);
+        }
+        if r > 0 {
+            return Ok(Pid::from_raw(r as i32));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            // No clone3 (< 5.3, or a seccomp filter), no CLONE_INTO_CGROUP (< 5.7), a
+            // larger clone_args than the kernel knows, or a filter that denies it.
+            Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG | libc::EPERM) => {
+                clone3_unusable(&e.to_string())
+            }
+            _ => return Err(SpawnError::new(Step::Clone, e)),
+        }
+    }
+    // SAFETY: fork gives the child a copy of our memory; `child` never returns and only
+    // makes async-signal-safe system calls before exec or _exit.
+    let r = unsafe { libc::fork() };
+    match r {
+        0 => child(p, true),
+        r if r > 0 => Ok(Pid::from_raw(r)),
+        _ => Err(SpawnError::new(
+            Step::Clone,
+            std::io::Error::last_os_error(),
+        )),
+    }
+}
+
+/// The child's side: set itself up and exec, or report the failing step and exit 127.
+///
+/// Runs between clone and exec, in a copy of the supervisor: nothing here may allocate,
+/// lock or call glibc beyond thin system-call wrappers (no setuid(3): glibc's broadcasts
+/// to threads that do not exist here), and nothing may panic.
+fn child(p: &mut Prepared<'_>, write_procs: bool) -> ! {
+    let e = p.exec;
+    let report = p.report;
+    let fail = |step: Step, errno: i32| -> ! {
+        let idx = Step::ALL.iter().position(|s| *s == step).unwrap_or(0) as u32;
+        let mut msg = [0u8; 8];
+        let (a, b) = msg.split_at_mut(4);
+        a.copy_from_slice(&idx.to_ne_bytes());
+        b.copy_from_slice(&errno.to_ne_bytes());
+        // SAFETY: write and _exit are async-signal-safe; msg lives on this stack.
+        unsafe {
+            libc::write(report, msg.as_ptr().cast(), msg.len());
+            libc::_exit(127)
+        }
+    };
+    let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    // SAFETY (for every block below): each is one system call on descriptors, integers
+    // or NUL-terminated strings prepared by the supervisor and alive in this copy of its
+    // memory; none allocates or takes a lock.
+    if let (true, Some(cg)) = (write_procs, e.cgroup) {
+        // "0" means "the writing process"; first, so nothing it ever forks is outside.
+        // SAFETY: see above.
+        if unsafe { libc::write(cg.procs, b"0".as_ptr().cast(), 1) } < 0 {
+            fail(Step::Cgroup, errno());
+        }
+    }
+    for (to, &from) in e.stdio.iter().enumerate() {
+        let to = to as RawFd;
+        // SAFETY: see above. dup2 clears close-on-exec on the copy; onto itself it would
+        // not, so then the flag is cleared by hand.
+        let r = unsafe {
+            if from == to {
+                libc::fcntl(to, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(from, to)
+            }
+        };
+        if r < 0 {
+            fail(Step::Stdio, errno());
+        }
+    }
+    // SAFETY: see above.
+    if unsafe { libc::chdir(e.workdir.as_ptr()) } < 0 {
+        fail(Step::Workdir, errno());
+    }
+    // SAFETY: see above.
+    if unsafe { libc::setpgid(0, 0) } < 0 {
+        fail(Step::ProcessGroup, errno());
+    }
+    // Every signal back to its default: an ignored signal stays ignored across exec, and
+    // the supervisor ignores SIGPIPE (as every Rust program does) and may have inherited
+    // more (`nohup` ignores SIGHUP, the very signal a reload may send). Raw rt_sigaction:
+    // glibc refuses its own 32 and 33. A zeroed kernel sigaction is SIG_DFL, no flags, an
+    // empty mask, whatever the field order; 8 is the kernel's sigset size (64 signals).
+    // SIGKILL and SIGSTOP cannot be changed (EINVAL) and are never ignored anyway.
+    let dfl = [0u64; 4];
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: see above; the kernel reads 32 zero bytes and writes nothing (no old action).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                dfl.as_ptr(),
+                std::ptr::null_mut::<libc::c_void>(),
+                8usize,
+            )
+        };
+        if r < 0 {
+            fail(Step::Signals, errno());
+        }
+    }
+    // The supervisor blocks the signals it reads from its signalfd; a child inheriting
+    // that mask would never see SIGTERM.
+    // SAFETY: see above; an empty sigset is a valid mask.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) < 0 {
+            fail(Step::Signals, errno());
+        }
+    }
+    // Whatever the supervisor holds open (other pipes, sockets, the cgroup) must not
+    // reach the service; the error pipe is close-on-exec already.
+    // SAFETY: see above.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r < 0 {
+        fail(Step::Descriptors, errno());
+    }
+    if let Some((from, to)) = e.listen {
+        // dup2 onto itself would keep the close-on-exec flag set just above.
+        // SAFETY: see above.
+        let r = unsafe {
+            if from == to {
+                libc::fcntl(to, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(from, to)
+            }
+        };
+        if r < 0 {
+            fail(Step::Listen, errno());
+        }
+    }
+    if let Some(mask) = e.umask {
+        // SAFETY: see above.
+        unsafe { libc::umask(mask as libc::mode_t) };
+    }
+    if let Some(a) = &e.account {
+        // Order matters: groups and gid need the privilege that setuid gives up. Raw
+        // system calls: glibc's wrappers would signal the supervisor's other threads.
+        // SAFETY: see above; the group list is a slice of gid_t.
+        unsafe {
+            if libc::syscall(libc::SYS_setgroups, p.groups.len(), p.groups.as_ptr()) < 0 {
+                fail(Step::Groups, errno());
+            }
+            if libc::syscall(libc::SYS_setgid, a.gid.as_raw()) < 0 {
+                fail(Step::Gid, errno());
+            }
+            if libc::syscall(libc::SYS_setuid, a.uid.as_raw()) < 0 {
+                fail(Step::Uid, errno());
+            }
+            let (one, zero): (libc::c_ulong, libc::c_ulong) = (1, 0);
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, one, zero, zero, zero) < 0 {
+                fail(Step::NoNewPrivs, errno());
+            }
+        }
+    }
+    if let Some(sig) = e.parent_death_signal {
+        // Set after setuid: changing credentials clears the parent-death signal.
+        // SAFETY: see above.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong) } < 0 {
+            fail(Step::ParentDeathSignal, errno());
+        }
+        // The supervisor may have died before the line above; then nobody would stop us.
+        // SAFETY: see above.
+        if unsafe { libc::getppid() } != p.parent {
+            fail(Step::ParentGone, libc::ESRCH);
+        }
+    }
+    // execvp's search: a missing or unreachable candidate means "try the next", a
+    // refused one is remembered, anything else ends the search.
+    let mut denied = false;
+    let mut last = libc::ENOENT;
+    for path in &e.candidates {
+        // SAFETY: see above; argv and envp are NULL-terminated arrays of pointers into
+        // CStrings that `exec` keeps alive.
+        unsafe { libc::execve(path.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr()) };
+        last = errno();
+        match last {
+            libc::ENOEXEC => {
+                // Not a binary the kernel knows, no `#!`: a shell script, as execvp assumes.
+                if let Some(slot) = p.sh_argv.get_mut(1) {
+                    *slot = path.as_ptr();
+                }
+                // SAFETY: see above; sh_argv is NULL-terminated like argv.
+                unsafe { libc::execve(SH.as_ptr(), p.sh_argv.as_ptr(), p.envp.as_ptr()) };
+                fail(Step::Exec, errno());
+            }
+            libc::EACCES => denied = true,
+            libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+            _ => fail(Step::Exec, last),
+        }
+    }
+    fail(Step::Exec, if denied { libc::EACCES } else { last })
 }

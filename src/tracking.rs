@@ -11,7 +11,7 @@ use crate::pidfile::{self, StateFile};
 use crate::process::{self, GroupIdentity, ProcStat};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -67,10 +67,10 @@ impl Tracker {
         }
     }
 
-    /// What a spawned service writes itself into before exec.
-    pub fn procs_fd(&self) -> Option<RawFd> {
+    /// The cgroup a spawned service starts in.
+    pub fn spawn_into(&self) -> Option<crate::sys::SpawnCgroup> {
         match self {
-            Tracker::Cgroup(cg) => Some(cg.procs_fd()),
+            Tracker::Cgroup(cg) => Some(cg.spawn_into()),
             Tracker::Subreaper => None,
         }
     }

@@ -140,11 +140,11 @@ pub fn launch(
         Some(Probes::new(spec, &vars, now).map_err(|e| format!("readiness probe: {e}"))?)
     };
     let cgroup = with.tracker.instance();
-    let procs = cgroup
+    let into = cgroup
         .as_ref()
-        .and_then(Leaf::procs_fd)
-        .or(with.tracker.procs_fd());
-    let sp = crate::process::spawn(spec, &vars, with.notify, with.listener, procs)
+        .and_then(Leaf::spawn_into)
+        .or(with.tracker.spawn_into());
+    let sp = crate::process::spawn(spec, &vars, with.notify, with.listener, into)
         .map_err(|e| e.to_string())?;
     tracing::info!("spawned {} (pid {})", sp.argv.join(" "), sp.pid);
     let pipes = [

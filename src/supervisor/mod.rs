@@ -127,10 +127,10 @@ pub fn run(spec: Spec, opts: Options) -> Result<i32> {
 /// `__resume`: carries on supervising where the previous image of this process left off
 /// (`baton reexec`); `events` opens the event log, told whether it runs in the foreground.
 pub fn resume_from_env(
-    spec: Spec,
+    load: impl FnOnce() -> Result<Spec>,
     events: impl FnOnce(bool, &crate::config::LogSpec) -> Result<crate::logs::EventLog>,
 ) -> Result<i32> {
-    let mut sup = reexec::resume_from_env(spec, events)?;
+    let mut sup = reexec::resume_from_env(load, events)?;
     // A child that ended while no image listened left a zombie (and maybe a SIGCHLD that
     // the exec kept pending): look now rather than wait for the next signal.
     sup.reap();

@@ -116,6 +116,7 @@ pub fn setup(
             lock,
             foreground,
             tracker,
+            lease: None,
         },
     ))
 }
@@ -133,6 +134,8 @@ pub struct Parts {
     pub lock: pidfile::SupervisorLock,
     pub foreground: bool,
     pub tracker: Tracker,
+    /// The etcd lease a previous image held (`baton reexec`).
+    pub lease: Option<i64>,
 }
 
 /// The supervisor from its parts, nothing spawned yet.
@@ -149,8 +152,9 @@ pub fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
         lock,
         foreground,
         tracker,
+        lease,
     } = p;
-    let lease = crate::lease::Keeper::start(&spec);
+    let lease = crate::lease::Keeper::start(&spec, lease);
     Supervisor {
         sigfd,
         machine,

@@ -20,5 +20,7 @@ mod reexec;
 mod security_files;
 mod security_procs;
 mod ship;
+mod spawn;
 mod supervisor;
 mod switch;
+mod upgrade;
