@@ -18,10 +18,16 @@ pub fn lab(script: &str) -> PathBuf {
 
 /// Runs a deploy-lab script, asserting success; returns its stdout.
 pub fn lab_run(script: &str, args: &[&str]) -> String {
+    lab_run_with(script, args, &[])
+}
+
+/// [`lab_run`] with `env` set for the script (its settings, such as NGINX_*).
+pub fn lab_run_with(script: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let out = Command::new("timeout")
         .arg("30")
         .arg(lab(script))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run deploy-lab script");
     assert!(
@@ -60,17 +66,23 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(test: &Path, backend_port: u16) -> Nginx {
+        Nginx::start_with(test, backend_port, &[])
+    }
+
+    /// An nginx with these settings of tests/deploy-lab/nginx-up (NGINX_UPSTREAM_KEEPALIVE_TIMEOUT…).
+    pub fn start_with(test: &Path, backend_port: u16, env: &[(&str, &str)]) -> Nginx {
         let dir = test.join("nginx");
         let upstream = test.join("upstream.conf");
         std::fs::write(&upstream, format!("server 127.0.0.1:{backend_port};\n")).expect("upstream");
         let port = free_port();
-        lab_run(
+        lab_run_with(
             "nginx-up",
             &[
                 &dir.to_string_lossy(),
                 &port.to_string(),
                 &upstream.to_string_lossy(),
             ],
+            env,
         );
         Nginx {
             dir,

@@ -406,3 +406,47 @@ fn a_new_instance_whose_auto_port_was_taken_is_started_on_another() {
         "{r:?}"
     );
 }
+
+/// With upstream keep-alive, nginx's new workers open a connection to the new instance once
+/// and then reuse it: after the first requests, no new connection appears. Observation counts
+/// an established connection the proxy did not hold before the reload as proof too, so it
+/// confirms at once rather than when those connections idle out (here a minute, far beyond
+/// the confirm timeout; the 4 s of the lab's default made that a ~10 s confirmation).
+#[test]
+fn observation_confirms_at_once_when_nginx_keeps_upstream_connections_alive() {
+    let p = safe_range();
+    let svc = spec("kaobs", p, p + 2, "").create();
+    let nginx = Nginx::start_with(
+        &svc.dir,
+        free_port(),
+        &[("NGINX_UPSTREAM_KEEPALIVE_TIMEOUT", "60s")],
+    );
+    svc.rewrite(&spec(
+        "kaobs",
+        p,
+        p + 2,
+        &nginx.proxy_table_observed(None, "10s"),
+    ));
+    let v1 = release(&svc.dir, "v1", &["NOPID"], None);
+    assert_eq!(deploy(&svc, &v1).code, 0);
+    // Clients that keep their connections too: nginx's workers keep theirs to the upstream busy.
+    let load = harness::lab::Load::start(&nginx.url("/"), "keepalive", 8);
+    for v in ["v2", "v3"] {
+        let rel = release(&svc.dir, v, &["NOPID"], None);
+        let r = deploy(&svc, &rel);
+        assert_eq!(r.code, 0, "{r:?}");
+        let pid = svc.status().1["service_pid"].clone();
+        assert!(
+            r.stderr
+                .contains(&format!("confirmed requests reach pid {pid}")),
+            "{r:?}"
+        );
+        assert_eq!(body(&nginx.url("/")).as_deref(), Some(v));
+    }
+    let (n, failed) = load.finish();
+    assert!(n > 100, "the load ran: {n}");
+    // What keep-alive clients can lose is nginx's (old workers closing idle client
+    // connections as they exit), at most 4 per reload (tests/deploy-lab/README.md).
+    assert!(failed <= 8, "{failed} of {n} failed");
+    svc.stop();
+}
