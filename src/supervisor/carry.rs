@@ -75,6 +75,9 @@ pub struct Service {
     /// Its own cgroup below the service's, when it has one.
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// Without a cgroup, the mark its processes carry (`BATON_INSTANCE`).
+    #[serde(default)]
+    pub mark: Option<String>,
 }
 
 /// One output pipe's read end.
@@ -402,6 +405,7 @@ mod tests {
                 port: Some(8080),
                 release: Some("r1".into()),
                 cgroup: None,
+                mark: None,
             },
             pipes: vec![CarriedPipe {
                 fd: 7,

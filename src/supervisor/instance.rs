@@ -11,6 +11,7 @@ use crate::tracking::Tracker;
 use nix::unistd::Pid;
 use std::os::fd::RawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often a port-0 service's listening socket is looked for in /proc while it starts.
@@ -32,7 +33,13 @@ pub struct Instance {
     pub discovering: bool,
     /// Its own cgroup below the service's, when tracking by cgroup: its whole tree.
     pub cgroup: Option<Leaf>,
+    /// Without a cgroup, the [`INSTANCE_ENV`] value its processes are started with.
+    pub mark: Option<String>,
 }
+
+/// Without cgroups, what tells one instance's processes from the other's during a handoff:
+/// the subreaper inherits an orphan without its ancestry, but not without its environment.
+pub const INSTANCE_ENV: &str = "BATON_INSTANCE";
 
 impl Instance {
     /// Whether every readiness check has passed.
@@ -47,16 +54,44 @@ impl Instance {
             Some(leaf) => {
                 leaf.signal(sig);
             }
-            None => crate::process::signal_group(self.pid, sig),
+            None => {
+                crate::process::signal_group(self.pid, sig);
+                for p in self.strays() {
+                    let ours = |s: &crate::process::ProcStat| {
+                        s.starttime == p.starttime && self.marks(s.pid)
+                    };
+                    if let Some(fd) = crate::process::open_verified(p.pid, ours) {
+                        crate::process::signal_pidfd(&fd, p.pid, sig);
+                    }
+                }
+            }
         }
     }
 
-    /// Whether nothing of this instance is left: its cgroup is empty, else its group.
+    /// Whether nothing of this instance is left: its cgroup is empty, else its group and
+    /// whatever carries its mark.
     pub fn gone(&self) -> bool {
         match &self.cgroup {
             Some(leaf) => !leaf.populated(),
-            None => !crate::process::group_alive(self.pid),
+            None => !crate::process::group_alive(self.pid) && self.strays().is_empty(),
         }
+    }
+
+    /// Without a cgroup: the service's processes outside this instance's group that carry its mark.
+    fn strays(&self) -> Vec<crate::process::ProcStat> {
+        if self.mark.is_none() {
+            return Vec::new();
+        }
+        crate::process::service_tree(&[])
+            .into_iter()
+            .filter(|p| p.pgrp != self.pid && self.marks(p.pid))
+            .collect()
+    }
+
+    fn marks(&self, pid: Pid) -> bool {
+        self.mark
+            .as_deref()
+            .is_some_and(|m| crate::process::has_env(pid, INSTANCE_ENV, m.as_bytes()))
     }
 
     /// This instance as the switch worker's arguments name it.
@@ -140,6 +175,22 @@ pub fn launch(
         Some(Probes::new(spec, &vars, now).map_err(|e| format!("readiness probe: {e}"))?)
     };
     let cgroup = with.tracker.instance();
+    // Without a cgroup of its own, the instance is told from the other by its mark.
+    let marked;
+    let (spec, mark) = if cgroup.is_none() && with.tracker.cgroup_path().is_none() {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let mark = format!(
+            "{}.{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut s = spec.clone();
+        s.env.push((INSTANCE_ENV.to_string(), mark.clone()));
+        marked = s;
+        (&marked, Some(mark))
+    } else {
+        (spec, None)
+    };
     let into = cgroup
         .as_ref()
         .and_then(Leaf::spawn_into)
@@ -159,6 +210,7 @@ pub fn launch(
         probes,
         discovering,
         cgroup,
+        mark,
     };
     Ok((inst, pipes))
 }

@@ -92,6 +92,7 @@ pub fn record(sup: &Supervisor, conn: usize) -> Option<carry::Carried> {
                 .as_ref()
                 .and_then(|l| l.path())
                 .map(std::path::Path::to_path_buf),
+            mark: inst.mark.clone(),
         },
         pipes: sup
             .pipes
@@ -307,6 +308,7 @@ fn resume(
                 .map_err(|e| tracing::warn!("unable to reopen {}: {e}", p.display()))
                 .ok()
         }),
+        mark: c.service.mark.clone(),
     });
     let message = format!(
         "{}: supervisor pid {} re-executed: baton {} -> baton {}; service pid {pid} kept",

@@ -256,6 +256,7 @@ mod tests {
             probes: None,
             discovering: false,
             cgroup: None,
+            mark: None,
         }
     }
 

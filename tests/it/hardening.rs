@@ -173,3 +173,8 @@ impl Drop for Stranger {
 fn a_deploy_stops_the_old_instances_whole_tree_by_its_cgroup_and_no_stranger() {
     deploy_escaping(true);
 }
+
+#[test]
+fn without_cgroups_a_deploy_stops_the_old_instances_whole_tree_by_its_mark_and_no_stranger() {
+    deploy_escaping(false);
+}
