@@ -44,24 +44,29 @@ impl Cgroup {
                 0 => base.join(&leaf),
                 n => base.join(format!("{leaf}.{n}")),
             };
-            match std::fs::DirBuilder::new().mode(0o755).create(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
+            match Self::unused(path)? {
+                Ok(cg) => return Ok(Some(cg)),
+                Err(path) => tracing::warn!(
+                    "{} still holds processes (of a supervisor that died?); not using it",
+                    path.display()
+                ),
             }
-            let cg = Self::open(path)?;
-            if !cg.populated() {
-                return Ok(Some(cg));
-            }
-            tracing::warn!(
-                "{} still holds processes (of a supervisor that died?); not using it",
-                cg.path.display()
-            );
         }
         Err(std::io::Error::other(format!(
             "every cgroup named {leaf}[.N] in {} holds processes",
             base.display()
         )))
+    }
+
+    /// The cgroup at `path`, made if missing, when nothing is in it; Err(path) when something is.
+    fn unused(path: PathBuf) -> std::io::Result<Result<Cgroup, PathBuf>> {
+        match std::fs::DirBuilder::new().mode(0o755).create(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let cg = Self::open(path)?;
+        Ok(if cg.populated() { Err(cg.path) } else { Ok(cg) })
     }
 
     /// The cgroup a previous image of this supervisor made (`baton reexec`), service and all.
@@ -152,15 +157,8 @@ impl Cgroup {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         for _ in 0..16 {
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let path = self.path.join(format!("instance-{n}"));
-            match std::fs::DirBuilder::new().mode(0o755).create(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
-            }
-            let cg = Self::open(path)?;
-            // One a previous image of this supervisor made, still in use: not ours to reuse.
-            if !cg.populated() {
+            // One a previous image of this supervisor made, still in use, is not ours to reuse.
+            if let Ok(cg) = Self::unused(self.path.join(format!("instance-{n}")))? {
                 return Ok(Leaf(Some(cg)));
             }
         }
