@@ -1,9 +1,15 @@
-//! The supervisor loop: one thread, one poll(2), every event fed to the state machine.
+//! The supervisor loop: one thread, one poll(2), every event fed to the two machines and their effects performed.
 //!
 //! Signals arrive on a signalfd, child output on pipes, commands on the control
 //! socket, readiness on probe sockets and the notify socket. The poll timeout is
 //! the nearest deadline, and there is none while the service runs quietly, so an
 //! idle supervisor never wakes up.
+//!
+//! This file runs the loop, feeds the instance machine (`state.rs`) and the handoff
+//! machine (`handoff.rs`), and performs their effects; what it sleeps on is `poll.rs`,
+//! the control clients `clients.rs` and what their requests ask `requests.rs`, the
+//! instances `instance.rs`, a restarted instance's routing `routing.rs`, what it
+//! reports `status.rs`, its start `setup.rs` and its re-execution `reexec.rs`.
 
 mod carry;
 mod clients;
