@@ -72,6 +72,12 @@ pub struct Service {
     pub port: Option<u16>,
     /// Its release.
     pub release: Option<String>,
+    /// Its own cgroup below the service's, when it has one.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
+    /// Without a cgroup, the mark its processes carry (`BATON_INSTANCE`).
+    #[serde(default)]
+    pub mark: Option<String>,
 }
 
 /// One output pipe's read end.
@@ -398,6 +404,8 @@ mod tests {
                 starttime: 7,
                 port: Some(8080),
                 release: Some("r1".into()),
+                cgroup: None,
+                mark: None,
             },
             pipes: vec![CarriedPipe {
                 fd: 7,

@@ -1,9 +1,15 @@
-//! The supervisor loop: one thread, one poll(2), every event fed to the state machine.
+//! The supervisor loop: one thread, one poll(2), every event fed to the two machines and their effects performed.
 //!
 //! Signals arrive on a signalfd, child output on pipes, commands on the control
 //! socket, readiness on probe sockets and the notify socket. The poll timeout is
 //! the nearest deadline, and there is none while the service runs quietly, so an
 //! idle supervisor never wakes up.
+//!
+//! This file runs the loop, feeds the instance machine (`state.rs`) and the handoff
+//! machine (`handoff.rs`), and performs their effects; what it sleeps on is `poll.rs`,
+//! the control clients `clients.rs` and what their requests ask `requests.rs`, the
+//! instances `instance.rs`, a restarted instance's routing `routing.rs`, what it
+//! reports `status.rs`, its start `setup.rs` and its re-execution `reexec.rs`.
 
 mod carry;
 mod clients;
@@ -395,7 +401,7 @@ impl Supervisor {
         Launch {
             listener: self.listener.as_ref().map(AsRawFd::as_raw_fd),
             notify: self.notify.as_ref().map(|(_, p)| p.as_path()),
-            cgroup: self.tracker.spawn_into(),
+            tracker: &self.tracker,
         }
     }
 
@@ -772,7 +778,7 @@ impl Supervisor {
                 let with = Launch {
                     listener: self.listener.as_ref().map(AsRawFd::as_raw_fd),
                     notify: self.notify.as_ref().map(|(_, p)| p.as_path()),
-                    cgroup: self.tracker.spawn_into(),
+                    tracker: &self.tracker,
                 };
                 match launch(&h.spec, release, &avoid, &with) {
                     Ok((inst, pipes)) => {
@@ -816,7 +822,7 @@ impl Supervisor {
                     Who::Old => h.old.as_ref(),
                 };
                 if let Some(i) = inst {
-                    process::signal_group(i.pid, sig);
+                    i.signal(sig);
                 }
             }
             HEffect::SignalSwitch(sig) => {
@@ -833,11 +839,11 @@ impl Supervisor {
                 self.handoff_queue.push_back(HInput::Connections(left));
             }
             HEffect::CheckGone(who) => {
-                let pid = match who {
-                    Who::Candidate => h.candidate.as_ref().map(|c| c.pid),
-                    Who::Old => h.old.as_ref().map(|o| o.pid),
+                let inst = match who {
+                    Who::Candidate => h.candidate.as_ref(),
+                    Who::Old => h.old.as_ref(),
                 };
-                if !pid.is_some_and(process::group_alive) {
+                if inst.is_none_or(Instance::gone) {
                     self.handoff_queue.push_back(HInput::Gone(who));
                 }
             }

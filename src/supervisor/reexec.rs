@@ -87,6 +87,12 @@ pub fn record(sup: &Supervisor, conn: usize) -> Option<carry::Carried> {
             starttime: inst.starttime,
             port: inst.port,
             release: inst.release.clone(),
+            cgroup: inst
+                .cgroup
+                .as_ref()
+                .and_then(|l| l.path())
+                .map(std::path::Path::to_path_buf),
+            mark: inst.mark.clone(),
         },
         pipes: sup
             .pipes
@@ -297,6 +303,12 @@ fn resume(
         release: c.service.release.clone(),
         probes: None,
         discovering: false,
+        cgroup: c.service.cgroup.as_deref().and_then(|p| {
+            crate::cgroup::Leaf::reopen(p)
+                .map_err(|e| tracing::warn!("unable to reopen {}: {e}", p.display()))
+                .ok()
+        }),
+        mark: c.service.mark.clone(),
     });
     let message = format!(
         "{}: supervisor pid {} re-executed: baton {} -> baton {}; service pid {pid} kept",

@@ -255,6 +255,8 @@ mod tests {
             release: release.map(String::from),
             probes: None,
             discovering: false,
+            cgroup: None,
+            mark: None,
         }
     }
 

@@ -140,33 +140,19 @@ pub struct Parts {
 
 /// The supervisor from its parts, nothing spawned yet.
 pub fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
-    let Parts {
-        sigfd,
-        output,
-        server,
-        notify,
-        listener,
-        reporter,
-        systemd,
-        events,
-        lock,
-        foreground,
-        tracker,
-        lease,
-    } = p;
-    let lease = crate::lease::Keeper::start(&spec, lease);
+    let lease = crate::lease::Keeper::start(&spec, p.lease);
     Supervisor {
-        sigfd,
+        sigfd: p.sigfd,
         machine,
         spec,
         instance: None,
         pipes: Vec::new(),
-        output,
-        clients: Clients::new(server),
-        notify,
-        reporter,
-        systemd,
-        events,
+        output: p.output,
+        clients: Clients::new(p.server),
+        notify: p.notify,
+        reporter: p.reporter,
+        systemd: p.systemd,
+        events: p.events,
         next_progress: None,
         worked: true,
         shed_at: None,
@@ -177,12 +163,12 @@ pub fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
         handoff_queue: VecDeque::new(),
         routing: Routing::default(),
         start_failure: None,
-        listener,
+        listener: p.listener,
         lease,
-        lock,
+        lock: p.lock,
         exe: own_path(),
-        foreground,
-        tracker,
+        foreground: p.foreground,
+        tracker: p.tracker,
     }
 }
 

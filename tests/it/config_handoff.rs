@@ -6,20 +6,8 @@
 use crate::harness;
 
 use harness::lab::{Load, Nginx};
-use harness::Spec;
+use harness::{body, Spec};
 use std::path::Path;
-use std::process::Command;
-
-/// The body of a fresh GET through `url`, if it answered 200.
-fn body(url: &str) -> Option<String> {
-    let out = Command::new("curl")
-        .args(["-s", "-f", "--max-time", "5", url])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
 
 /// The JVM example as the only release, in the test's directory.
 fn jvm_release(dir: &Path) -> std::path::PathBuf {

@@ -12,6 +12,7 @@ mod control;
 mod deploy;
 mod deploy_defects;
 mod etcd_cluster;
+mod hardening;
 mod jetty;
 mod jvm;
 mod operator;
