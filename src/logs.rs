@@ -415,6 +415,53 @@ mod tests {
     }
 
     #[test]
+    fn lines_split_across_reads_and_overlong_lines_come_out_whole_and_in_order() {
+        let dir = std::env::temp_dir().join(format!("baton-logs-pipe-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut spec = spec(&dir, 1 << 30, 1);
+        spec.timestamps = false;
+        let mut out = Output::open(&spec).expect("open");
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        let mut pipe = Pipe::new(r, StreamKind::Stdout, Pid::from_raw(1));
+        let mut w = File::from(w);
+        let mut sent = Vec::new();
+        let mut send = |w: &mut File, pipe: &mut Pipe, out: &mut Output, bytes: &[u8]| {
+            w.write_all(bytes).expect("write");
+            sent.extend_from_slice(bytes);
+            assert!(matches!(pipe.drain(out, None), Drained::Open));
+        };
+        send(&mut w, &mut pipe, &mut out, b"first li");
+        send(&mut w, &mut pipe, &mut out, b"ne\nsecond\nthi");
+        // 100 KiB with no newline, in pieces a default pipe takes: longer than MAX_LINE.
+        for _ in 0..10 {
+            send(&mut w, &mut pipe, &mut out, &[b'x'; 10 * 1024]);
+        }
+        send(&mut w, &mut pipe, &mut out, b"rd\nlast");
+        drop(w);
+        assert!(matches!(pipe.drain(&mut out, None), Drained::Closed));
+        let text = std::fs::read(dir.join("stdout.log")).expect("read");
+        let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+        assert_eq!(lines[0], b"first line");
+        assert_eq!(lines[1], b"second");
+        assert!(text.ends_with(b"rd\nlast\n"));
+        // A line is cut once MAX_LINE is reached: a piece holds at most one read more.
+        assert!(
+            lines.iter().all(|l| l.len() < 2 * MAX_LINE),
+            "a line over the cap"
+        );
+        assert!(lines.len() > 4, "the 100 KiB line was not cut");
+        let strip = |v: &[u8]| {
+            v.iter()
+                .copied()
+                .filter(|&b| b != b'\n')
+                .collect::<Vec<u8>>()
+        };
+        assert_eq!(strip(&text), strip(&sent), "bytes lost or reordered");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn keep_bounds_rotated_copies() {
         let dir = std::env::temp_dir().join(format!("baton-logs-keep-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
