@@ -46,7 +46,8 @@ bench: deps release
 	$(BENCH_SHIP)
 
 # Failed requests during v1 -> v2 -> v1 switches through nginx, baton deploy/rollback
-# included (benches/deploy-baselines; ~4 min at DURATION=20, hard limit 15 min).
+# included, and during a config change (restart vs handoff) and a reexec
+# (benches/deploy-baselines; ~8 min at DURATION=20, hard limit 15 min).
 BENCH_DEPLOY = timeout 900 benches/deploy-baselines
 bench-deploy: deps release
 	$(BENCH_DEPLOY)

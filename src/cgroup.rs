@@ -11,6 +11,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The service's cgroup, with the descriptors the supervisor keeps open on it.
 pub struct Cgroup {
@@ -43,24 +44,29 @@ impl Cgroup {
                 0 => base.join(&leaf),
                 n => base.join(format!("{leaf}.{n}")),
             };
-            match std::fs::DirBuilder::new().mode(0o755).create(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
+            match Self::unused(path)? {
+                Ok(cg) => return Ok(Some(cg)),
+                Err(path) => tracing::warn!(
+                    "{} still holds processes (of a supervisor that died?); not using it",
+                    path.display()
+                ),
             }
-            let cg = Self::open(path)?;
-            if !cg.populated() {
-                return Ok(Some(cg));
-            }
-            tracing::warn!(
-                "{} still holds processes (of a supervisor that died?); not using it",
-                cg.path.display()
-            );
         }
         Err(std::io::Error::other(format!(
             "every cgroup named {leaf}[.N] in {} holds processes",
             base.display()
         )))
+    }
+
+    /// The cgroup at `path`, made if missing, when nothing is in it; Err(path) when something is.
+    fn unused(path: PathBuf) -> std::io::Result<Result<Cgroup, PathBuf>> {
+        match std::fs::DirBuilder::new().mode(0o755).create(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let cg = Self::open(path)?;
+        Ok(if cg.populated() { Err(cg.path) } else { Ok(cg) })
     }
 
     /// The cgroup a previous image of this supervisor made (`baton reexec`), service and all.
@@ -139,13 +145,87 @@ impl Cgroup {
     /// Removes the cgroup once nothing is left in it (a non-empty one stays, and says so).
     pub fn remove(self) {
         let Cgroup { path, .. } = self;
-        if let Err(e) = std::fs::remove_dir(&path) {
+        if let Err(e) = remove_tree(&path) {
             tracing::warn!("unable to remove cgroup {}: {e}", path.display());
+        }
+    }
+
+    /// A cgroup of its own, below this one, for one instance of the service: stopping that
+    /// instance (the old one after a deploy) takes its whole tree, however far a process
+    /// strayed from its group, and nothing of the other instance's.
+    pub fn instance(&self) -> std::io::Result<Leaf> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        for _ in 0..16 {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            // One a previous image of this supervisor made, still in use, is not ours to reuse.
+            if let Ok(cg) = Self::unused(self.path.join(format!("instance-{n}")))? {
+                return Ok(Leaf(Some(cg)));
+            }
+        }
+        Err(std::io::Error::other(format!(
+            "every instance cgroup tried under {} holds processes",
+            self.path.display()
+        )))
+    }
+}
+
+/// One instance's cgroup below the service's; removed when the instance is forgotten.
+pub struct Leaf(Option<Cgroup>);
+
+impl Leaf {
+    /// The leaf a previous image of this supervisor made for the serving instance (`baton reexec`).
+    pub fn reopen(path: &Path) -> std::io::Result<Leaf> {
+        Cgroup::open(path.to_path_buf()).map(|cg| Leaf(Some(cg)))
+    }
+
+    fn cg(&self) -> Option<&Cgroup> {
+        self.0.as_ref()
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> Option<&Path> {
+        self.cg().map(Cgroup::path)
+    }
+
+    /// What spawning the instance into it takes.
+    pub fn spawn_into(&self) -> Option<sys::SpawnCgroup> {
+        self.cg().map(Cgroup::spawn_into)
+    }
+
+    /// Whether any process of the instance is left.
+    pub fn populated(&self) -> bool {
+        self.cg().is_some_and(Cgroup::populated)
+    }
+
+    /// Sends `sig` to every process of the instance (SIGKILL by `cgroup.kill`).
+    pub fn signal(&self, sig: Signal) -> usize {
+        self.cg().map_or(0, |cg| cg.signal(sig))
+    }
+}
+
+impl Drop for Leaf {
+    fn drop(&mut self) {
+        if let Some(cg) = self.0.take() {
+            // Still populated (a process that outlived its stop): the service's own stop
+            // takes it, and removes the directory then.
+            let _ = std::fs::remove_dir(cg.path());
         }
     }
 }
 
-/// Members of the cgroup at `path` (empty if it is gone).
+/// Removes the cgroup at `path` and the empty ones below it.
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    if let Ok(dir) = std::fs::read_dir(path) {
+        for e in dir.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = remove_tree(&e.path());
+            }
+        }
+    }
+    std::fs::remove_dir(path)
+}
+
+/// Members of the cgroup at `path` and of those below it, its instances' (empty if it is gone).
 pub fn members(path: &Path) -> Vec<Pid> {
     let mut text = String::new();
     match std::fs::File::open(path.join("cgroup.procs")) {
@@ -154,10 +234,19 @@ pub fn members(path: &Path) -> Vec<Pid> {
         }
         Err(_) => return Vec::new(),
     }
-    text.split_whitespace()
+    let mut out: Vec<Pid> = text
+        .split_whitespace()
         .filter_map(|n| n.parse().ok())
         .map(Pid::from_raw)
-        .collect()
+        .collect();
+    if let Ok(dir) = std::fs::read_dir(path) {
+        for e in dir.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(members(&e.path()));
+            }
+        }
+    }
+    out
 }
 
 /// Sends `sig` to every member of the cgroup at `path`; returns how many were signalled.
@@ -191,12 +280,13 @@ pub fn signal(path: &Path, sig: Signal) -> usize {
     sent
 }
 
-/// Whether `pid` is in the cgroup at `path` right now.
+/// Whether `pid` is in the cgroup at `path`, or one below it, right now.
 pub fn contains(path: &Path, pid: Pid) -> bool {
     let Some(rel) = of(pid) else {
         return false;
     };
-    mount_point().is_some_and(|m| m.join(rel.trim_start_matches('/')) == path)
+    // Component by component: `web.1` does not contain `web.10`.
+    mount_point().is_some_and(|m| m.join(rel.trim_start_matches('/')).starts_with(path))
 }
 
 /// A process's cgroup v2 path, relative to the mount (the `0::` line of /proc/PID/cgroup).

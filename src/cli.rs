@@ -289,9 +289,9 @@ impl Cli {
                 crate::service::signal(&load(&Target { name })?, sig).map(|()| 0)
             }
             Command::ReexecCheck { format } => crate::supervisor::reexec_check(*format).map(|()| 0),
-            Command::Resume(t) => {
-                let spec = load(t)?;
-                crate::supervisor::resume_from_env(spec, |foreground, log| {
+            Command::Resume(t) => crate::supervisor::resume_from_env(
+                || load(t),
+                |foreground, log| {
                     let events = if foreground {
                         crate::logs::EventLog::stderr()
                     } else {
@@ -300,8 +300,8 @@ impl Cli {
                     };
                     init_tracing(events.clone());
                     Ok(events)
-                })
-            }
+                },
+            ),
             Command::ReopenLogs(t) => crate::service::reopen_logs(&load(t)?).map(|()| 0),
             Command::Status { target, json } if target.name.is_none() && self.config.is_none() => {
                 match crate::overview::status(&self.config_dir, *json) {

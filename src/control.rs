@@ -629,22 +629,23 @@ pub fn version_skew(
     name: &str,
     refusal: &str,
 ) -> Option<String> {
-    let theirs = peer.and_then(|p| p.baton.clone());
-    if theirs.as_deref() == Some(VERSION) {
-        return None;
-    }
     let unknown =
         refusal.starts_with("unknown request") || refusal.contains("does not know the request");
     if !unknown {
         return None;
     }
-    let theirs = theirs.unwrap_or_else(|| "from before protocol versions".into());
+    // The same version number yet not the same requests: a build from before the request.
+    let theirs = match peer.and_then(|p| p.baton.clone()) {
+        Some(v) if v == VERSION => format!("an older build of baton {VERSION}"),
+        Some(v) => format!("baton {v}"),
+        None => "baton from before protocol versions".into(),
+    };
     Some(match request {
         Request::Reexec => format!(
-            "supervisor runs baton {theirs}, this is {VERSION}, and baton {theirs} cannot re-execute itself: \
+            "supervisor runs {theirs}, this is {VERSION}, and that supervisor cannot re-execute itself: \
              `baton restart {name}` moves it to {VERSION} (the service restarts)"
         ),
-        _ => format!("supervisor runs baton {theirs}, this is {VERSION}: run `baton reexec {name}`"),
+        _ => format!("supervisor runs {theirs}, this is {VERSION}: run `baton reexec {name}`"),
     })
 }
 
@@ -788,15 +789,17 @@ mod tests {
                 "supervisor runs baton 0.0.9, this is {VERSION}: run `baton reexec web`"
             ))
         );
-        // The same baton, or another refusal: no skew to speak of.
+        // The same version that does not know the request: another build of it.
         let same = Peer {
             protocol: 1,
             baton: Some(VERSION.into()),
         };
-        assert_eq!(
-            version_skew(Some(&same), &Request::Reexec, "web", refusal),
-            None
+        let said = version_skew(Some(&same), &Request::Reexec, "web", refusal).unwrap_or_default();
+        assert!(
+            said.starts_with(&format!("supervisor runs an older build of baton {VERSION}, this is {VERSION}, and that supervisor cannot")),
+            "{said}"
         );
+        // Another refusal: no skew to speak of.
         assert_eq!(
             version_skew(Some(&peer), &Request::Reexec, "web", "web is stopping"),
             None

@@ -16,6 +16,7 @@ use crate::deploy::registry;
 use crate::etcd::{b64, Check, Client, Fault};
 use serde_json::json;
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -24,13 +25,16 @@ use std::time::{Duration, Instant, SystemTime};
 /// The lease keeper thread; dropping it revokes the lease (the keys go at once).
 pub struct Keeper {
     state: Arc<Mutex<String>>,
+    /// The lease held now (0: none), for a reexec to carry.
+    id: Arc<AtomicI64>,
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Keeper {
-    /// Starts keeping a lease when `[registry] ttl` is set.
-    pub fn start(spec: &Spec) -> Option<Keeper> {
+    /// Starts keeping a lease when `[registry] ttl` is set: the one a previous image of this
+    /// supervisor held (`carried`, across `baton reexec`) while etcd still knows it, else a new one.
+    pub fn start(spec: &Spec, carried: Option<i64>) -> Option<Keeper> {
         let ttl = spec.registry.ttl?;
         let state = Arc::new(Mutex::new("no lease yet".to_string()));
         let (tx, rx) = mpsc::channel();
@@ -38,30 +42,70 @@ impl Keeper {
         // read the lease file before the keeper thread wrote it would publish keys on no lease,
         // and those would outlive the supervisor.
         let secs = ttl.as_secs().max(3);
-        let first = match grant_and_register(&Client::new(&spec.registry.etcd), spec, secs) {
-            Ok((id, what)) => {
-                let line = format!("lease {id:x} ({secs}s) granted {}; {what}", stamp());
-                tracing::info!("registry: {line}");
-                set(&state, line);
-                id
+        let client = Client::new(&spec.registry.etcd);
+        let resumed = carried.filter(|&id| id != 0).and_then(|id| {
+            match client.keepalive(id) {
+                // Renewed at once: the keys on it never went, and nothing is written again.
+                Ok(Some(_)) => {
+                    let line = format!("lease {id:x} ({secs}s) carried across a reexec {}", stamp());
+                    tracing::info!("registry: {line}");
+                    set(&state, line);
+                    Some(id)
+                }
+                // etcd unreachable for now: the loop renews this lease, or registers again once
+                // etcd says it is gone.
+                Err(e) => {
+                    let line = format!(
+                        "lease {id:x} ({secs}s) carried across a reexec {}; renewal failing: {}",
+                        stamp(),
+                        crate::deploy::proxy::one_line(&e.to_string())
+                    );
+                    tracing::warn!("registry: {line}");
+                    set(&state, line);
+                    Some(id)
+                }
+                // Expired meanwhile: a new one, as at start.
+                Ok(None) => {
+                    tracing::warn!("registry: lease {id:x} carried across a reexec had expired; granting a new one");
+                    None
+                }
             }
-            Err(e) => {
-                tracing::warn!("registry: no lease yet: {e}; the keeper retries");
-                0
-            }
+        });
+        let first = match resumed {
+            Some(id) => id,
+            None => match grant_and_register(&client, spec, secs) {
+                Ok((id, what)) => {
+                    let line = format!("lease {id:x} ({secs}s) granted {}; {what}", stamp());
+                    tracing::info!("registry: {line}");
+                    set(&state, line);
+                    id
+                }
+                Err(e) => {
+                    tracing::warn!("registry: no lease yet: {e}; the keeper retries");
+                    0
+                }
+            },
         };
+        let id = Arc::new(AtomicI64::new(first));
         let spec = spec.clone();
         let shared = Arc::clone(&state);
+        let held = Arc::clone(&id);
         let thread = std::thread::Builder::new()
             .name("etcd-lease".into())
-            .spawn(move || keep(&spec, ttl, &shared, &rx, first))
+            .spawn(move || keep(&spec, ttl, &shared, &held, &rx))
             .map_err(|e| tracing::error!("unable to start the etcd lease keeper: {e}"))
             .ok()?;
         Some(Keeper {
             state,
+            id,
             stop: Some(tx),
             thread: Some(thread),
         })
+    }
+
+    /// The lease held now, if any: what a reexec carries to the next image.
+    pub fn id(&self) -> Option<i64> {
+        Some(self.id.load(Ordering::Acquire)).filter(|&id| id != 0)
     }
 
     /// One line for `status`: the lease, when last renewed, and any loss.
@@ -93,12 +137,18 @@ fn stamp() -> String {
 }
 
 /// The keeper's loop: waits on its stop channel for a third of the TTL between renewals.
-fn keep(spec: &Spec, ttl: Duration, state: &Mutex<String>, stop: &mpsc::Receiver<()>, first: i64) {
+fn keep(
+    spec: &Spec,
+    ttl: Duration,
+    state: &Mutex<String>,
+    held: &AtomicI64,
+    stop: &mpsc::Receiver<()>,
+) {
     let client = Client::new(&spec.registry.etcd);
     let secs = ttl.as_secs().max(3);
     let every = Duration::from_secs(secs) / 3;
     // 0: none yet (the grant in `Keeper::start` failed), so the loop grants one.
-    let mut lease: i64 = first;
+    let mut lease: i64 = held.load(Ordering::Acquire);
     let mut last_renewed = Instant::now();
     // What was lost, said in status until the next loss.
     let mut history = String::new();
@@ -107,6 +157,7 @@ fn keep(spec: &Spec, ttl: Duration, state: &Mutex<String>, stop: &mpsc::Receiver
             match grant_and_register(&client, spec, secs) {
                 Ok((id, what)) => {
                     lease = id;
+                    held.store(id, Ordering::Release);
                     last_renewed = Instant::now();
                     let line = if history.is_empty() {
                         format!("lease {id:x} ({secs}s) granted {}; {what}", stamp())
@@ -165,6 +216,7 @@ fn keep(spec: &Spec, ttl: Duration, state: &Mutex<String>, stop: &mpsc::Receiver
                 history = format!("lease {lease:x} expired (lost at {})", stamp());
                 tracing::warn!("registry: {history}; registering again");
                 lease = 0;
+                held.store(0, Ordering::Release);
             }
             Err(e) => {
                 let line = format!(

@@ -461,12 +461,14 @@ pub fn mark_helpers() {
 
 /// Whether `pid` carries this supervisor's helper mark (read from /proc/PID/environ).
 pub fn is_helper(pid: Pid) -> bool {
-    let Some(mark) = std::env::var_os(HELPER_ENV) else {
-        return false;
-    };
-    let mut want = HELPER_ENV.as_bytes().to_vec();
+    std::env::var_os(HELPER_ENV).is_some_and(|mark| has_env(pid, HELPER_ENV, mark.as_bytes()))
+}
+
+/// Whether `pid` was started with `key=value` in its environment (/proc/PID/environ).
+pub fn has_env(pid: Pid, key: &str, value: &[u8]) -> bool {
+    let mut want = key.as_bytes().to_vec();
     want.push(b'=');
-    want.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(mark.as_os_str()));
+    want.extend_from_slice(value);
     std::fs::read(format!("/proc/{pid}/environ"))
         .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == want.as_slice()))
 }

@@ -533,19 +533,29 @@ fn make_dir(what: &str, dir: &Path) -> Result<()> {
 }
 
 fn check_port_free(spec: &Spec) -> Result<()> {
-    if let PortSpec::Fixed(port) = spec.port {
-        if let Err(e) = std::net::TcpListener::bind(("0.0.0.0", port)) {
-            if e.kind() == std::io::ErrorKind::AddrInUse {
-                return Err(Error::unable(
-                    format!("start {}", spec.name),
-                    format!("port {port} is already in use"),
-                )
-                .hint(format!(
-                    "find the owner with `ss -ltnp sport = :{port}`, or change [port] in {}",
-                    spec.file.display()
-                )));
-            }
-        }
+    let PortSpec::Fixed(port) = spec.port else {
+        return Ok(());
+    };
+    // Where the service will answer: its probes' addresses, and loopback where they and a
+    // proxy look by default. A listener on one of those, or on the wildcard (which takes
+    // every address), is in the way; one on another address (127.0.0.2, a public IP) is not.
+    let mut ours: Vec<std::net::IpAddr> = spec.ready.hosts.iter().map(|(_, ip)| *ip).collect();
+    ours.push(std::net::Ipv4Addr::LOCALHOST.into());
+    ours.push(std::net::Ipv6Addr::LOCALHOST.into());
+    let taken = crate::sockets::all().into_iter().any(|s| {
+        s.state == crate::sockets::LISTEN
+            && s.local.1 == port
+            && (s.local.0.is_unspecified() || ours.contains(&s.local.0))
+    });
+    if taken {
+        return Err(Error::unable(
+            format!("start {}", spec.name),
+            format!("port {port} is already in use"),
+        )
+        .hint(format!(
+            "find the owner with `ss -ltnp sport = :{port}`, or change [port] in {}",
+            spec.file.display()
+        )));
     }
     Ok(())
 }

@@ -75,6 +75,23 @@ impl Tracker {
         }
     }
 
+    /// A cgroup of its own for the next instance, when tracking by cgroup.
+    pub fn instance(&self) -> Option<cgroup::Leaf> {
+        match self {
+            Tracker::Cgroup(cg) => match cg.instance() {
+                Ok(leaf) => Some(leaf),
+                Err(e) => {
+                    tracing::warn!(
+                        "unable to create an instance cgroup in {}: {e}; the instance goes in the service's",
+                        cg.path().display()
+                    );
+                    None
+                }
+            },
+            Tracker::Subreaper => None,
+        }
+    }
+
     /// Polled with POLLPRI: the cgroup became empty (or populated).
     pub fn events_fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
@@ -193,7 +210,7 @@ pub fn kill_orphans(state: &StateFile, limit: Duration) -> Vec<Pid> {
     let left = process::kill_and_wait(&procs, |p| proof.holds(p), limit);
     if let (Proof::Cgroup(path), true) = (&proof, left.is_empty()) {
         if cgroup::members(path).is_empty() {
-            let _ = std::fs::remove_dir(path);
+            let _ = cgroup::remove_tree(path);
         }
     }
     left
@@ -295,7 +312,7 @@ fn take_down(why: &str) {
         let _ = crate::files::write_atomic(&t.spec_state, &body, 0o644);
     }
     if let Some(path) = &t.cgroup {
-        let _ = std::fs::remove_dir(path);
+        let _ = cgroup::remove_tree(path);
     }
     let _ = std::fs::remove_file(&t.socket);
 }

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use serde::{Deserialize, Serialize};
-use std::io::{Read, Seek, Write};
+use std::io::{Seek, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
@@ -14,6 +14,13 @@ pub const FORMAT: u32 = 1;
 
 /// The environment variable naming the memfd that holds the record.
 pub const ENV: &str = "BATON_REEXEC_STATE";
+
+/// Names the previous image's executable (an `O_PATH` descriptor) and the record's memfd:
+/// a new image that cannot take over runs the previous one again rather than die with it.
+pub const FALLBACK_ENV: &str = "BATON_REEXEC_FALLBACK";
+
+/// Tells the previous image, run again, why the new one could not take over.
+pub const FELL_BACK_ENV: &str = "BATON_REEXEC_FELL_BACK";
 
 /// Everything the next image needs to carry on supervising without a restart.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -49,6 +56,9 @@ pub struct Carried {
     pub cgroup: Option<PathBuf>,
     /// Why the serving instance is not routed, if its publish failed.
     pub unrouted: Option<String>,
+    /// The etcd lease the registry keys live on (`[registry] ttl`): the next image renews it.
+    #[serde(default)]
+    pub lease: Option<i64>,
 }
 
 /// The serving instance's identity and what it was started with.
@@ -62,6 +72,12 @@ pub struct Service {
     pub port: Option<u16>,
     /// Its release.
     pub release: Option<String>,
+    /// Its own cgroup below the service's, when it has one.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
+    /// Without a cgroup, the mark its processes carry (`BATON_INSTANCE`).
+    #[serde(default)]
+    pub mark: Option<String>,
 }
 
 /// One output pipe's read end.
@@ -104,7 +120,8 @@ impl Carried {
         Ok(OwnedFd::from(f))
     }
 
-    /// Reads the record from the memfd named by [`ENV`], taking ownership of it.
+    /// Reads the record from the memfd named by [`ENV`]. The descriptor stays open (marked
+    /// close-on-exec) until [`Fallback::release`]: a fallback hands it back unread.
     pub fn from_env() -> Result<Option<Carried>> {
         let Ok(v) = std::env::var(ENV) else {
             return Ok(None);
@@ -116,13 +133,23 @@ impl Carried {
                 format!("{ENV}={v:?} is not a descriptor"),
             )
         })?;
-        let fd = crate::sys::inherited(fd)
+        keep_across_exec(fd, false)
+            .map_err(|e| Error::unable(format!("read the reexec state from descriptor {fd}"), e))?;
+        // A fresh open file of the same memfd: its own offset, so whoever reads next (the
+        // previous image after a fallback) reads the record whole.
+        let text = std::fs::read(format!("/proc/self/fd/{fd}"))
             .map_err(|e| Error::io(format!("read the reexec state from descriptor {fd}"), &e))?;
-        let mut f = std::fs::File::from(fd);
-        let mut text = Vec::new();
-        f.read_to_end(&mut text)
-            .map_err(|e| Error::io("read the reexec state", &e))?;
         Self::decode(&text).map(Some)
+    }
+
+    /// Fails unless every descriptor the record names is open in this image.
+    pub fn check_open(&self) -> Result<()> {
+        for fd in self.fds() {
+            fcntl(fd, FcntlArg::F_GETFD).map_err(|e| {
+                Error::errno(format!("find descriptor {fd} of the previous image"), e)
+            })?;
+        }
+        Ok(())
     }
 
     /// Parses a record, refusing a format this baton does not know.
@@ -163,24 +190,31 @@ pub fn adopt(fd: RawFd) -> Result<OwnedFd> {
         .map_err(|e| Error::io(format!("adopt descriptor {fd} of the previous image"), &e))
 }
 
-/// Replaces this image with `exe --config CONFIG __resume NAME`, the record's memfd named
-/// in the environment. The signal mask survives execve, so a signal that comes meanwhile
-/// waits for the new image's signalfd. Returns only if the exec failed.
-pub fn exec(exe: &Path, config: &Path, name: &str, state: RawFd) -> Error {
+/// The image to execute.
+pub enum Image<'a> {
+    /// The baton binary now at this path.
+    Path(&'a Path),
+    /// The previous image, by its executable's descriptor (it may be deleted on disk).
+    Fd(RawFd),
+}
+
+/// Replaces this image with `IMAGE ARGS...`, the environment being this one's with `set`
+/// (none of the reexec variables is inherited). The signal mask survives execve, so a
+/// signal that comes meanwhile waits for the new image's signalfd. Returns only if the exec
+/// failed.
+pub fn exec(image: Image<'_>, args: &[&std::ffi::OsStr], set: &[(&str, String)]) -> Error {
     use std::os::unix::ffi::OsStrExt;
     let c = |s: &std::ffi::OsStr| std::ffi::CString::new(s.as_bytes());
-    let argv: std::result::Result<Vec<_>, _> = [
-        exe.as_os_str(),
-        "--config".as_ref(),
-        config.as_os_str(),
-        "__resume".as_ref(),
-        name.as_ref(),
-    ]
-    .into_iter()
-    .map(c)
-    .collect();
+    let argv0: &std::ffi::OsStr = match image {
+        Image::Path(p) => p.as_os_str(),
+        Image::Fd(_) => "baton".as_ref(),
+    };
+    let argv: std::result::Result<Vec<_>, _> = std::iter::once(argv0)
+        .chain(args.iter().copied())
+        .map(c)
+        .collect();
     let mut env: Vec<std::ffi::CString> = std::env::vars_os()
-        .filter(|(k, _)| k != ENV)
+        .filter(|(k, _)| ![ENV, FALLBACK_ENV, FELL_BACK_ENV].iter().any(|n| k == n))
         .filter_map(|(k, v)| {
             let mut kv = k.as_bytes().to_vec();
             kv.push(b'=');
@@ -188,13 +222,160 @@ pub fn exec(exe: &Path, config: &Path, name: &str, state: RawFd) -> Error {
             std::ffi::CString::new(kv).ok()
         })
         .collect();
-    env.extend(std::ffi::CString::new(format!("{ENV}={state}")).ok());
-    let (Ok(path), Ok(argv)) = (c(exe.as_os_str()), argv) else {
-        return Error::unable("execute baton", "a path holds a NUL byte");
+    env.extend(
+        set.iter()
+            .filter_map(|(k, v)| std::ffi::CString::new(format!("{k}={v}")).ok()),
+    );
+    let Ok(argv) = argv else {
+        return Error::unable("execute baton", "an argument holds a NUL byte");
     };
-    match nix::unistd::execve(&path, &argv, &env) {
-        Err(e) => Error::errno(format!("execute {}", exe.display()), e),
+    let done = match image {
+        Image::Path(exe) => match c(exe.as_os_str()) {
+            Ok(path) => nix::unistd::execve(&path, &argv, &env),
+            Err(_) => return Error::unable("execute baton", "its path holds a NUL byte"),
+        },
+        Image::Fd(fd) => nix::unistd::execveat(
+            Some(fd),
+            c"",
+            &argv,
+            &env,
+            nix::fcntl::AtFlags::AT_EMPTY_PATH,
+        ),
+    };
+    match done {
+        Err(e) => match image {
+            Image::Path(exe) => Error::errno(format!("execute {}", exe.display()), e),
+            Image::Fd(_) => Error::errno("execute the previous image", e),
+        },
         Ok(never) => match never {},
+    }
+}
+
+/// Replaces this image with `exe --config CONFIG __resume NAME`, the record's memfd named
+/// in the environment and `fallback` (this image's executable) with it. Returns only if
+/// the exec failed.
+pub fn exec_next(exe: &Path, config: &Path, name: &str, state: RawFd, fallback: RawFd) -> Error {
+    exec(
+        Image::Path(exe),
+        &[
+            "--config".as_ref(),
+            config.as_os_str(),
+            "__resume".as_ref(),
+            name.as_ref(),
+        ],
+        &[
+            (ENV, state.to_string()),
+            (FALLBACK_ENV, format!("{fallback} {state}")),
+        ],
+    )
+}
+
+/// The way back to the previous image, for a new image that cannot take over.
+#[derive(Debug)]
+pub struct Fallback {
+    exe: RawFd,
+    state: RawFd,
+}
+
+impl Fallback {
+    /// This image's executable, opened to be run again if the next image cannot take over;
+    /// it stays valid when a package upgrade has replaced the file on disk.
+    pub fn prepare() -> Result<OwnedFd> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open("/proc/self/exe")
+            .map(OwnedFd::from)
+            .map_err(|e| Error::io("open this baton's executable (/proc/self/exe)", &e))
+    }
+
+    /// The previous image's descriptors from [`FALLBACK_ENV`] (none for an image the
+    /// previous one ran again: there is no going back twice).
+    pub fn from_env() -> Option<Fallback> {
+        let v = std::env::var(FALLBACK_ENV).ok()?;
+        std::env::remove_var(FALLBACK_ENV);
+        let (exe, state) = v.split_once(' ')?;
+        let fb = Fallback {
+            exe: exe.parse().ok()?,
+            state: state.parse().ok()?,
+        };
+        // Until released, neither may reach a child this image starts.
+        let _ = keep_across_exec(fb.exe, false);
+        let _ = keep_across_exec(fb.state, false);
+        Some(fb)
+    }
+
+    /// Runs the previous image again on its record, with the arguments this one was given
+    /// and `why` this one cannot take over. Returns only if that failed too.
+    pub fn run(&self, why: &str) -> Error {
+        if let Err(e) = keep_across_exec(self.state, true) {
+            return e;
+        }
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let one_line = why.replace('\n', "; ");
+        exec(
+            Image::Fd(self.exe),
+            &args,
+            &[(ENV, self.state.to_string()), (FELL_BACK_ENV, one_line)],
+        )
+    }
+
+    /// This image has taken over: the previous image and the record are not needed.
+    pub fn release(self) {
+        drop(adopt(self.exe));
+        drop(adopt(self.state));
+    }
+}
+
+/// `r`, or, if it failed and there is a previous image to go back to, that image run again
+/// (the error then says why that failed too).
+pub fn or_fall_back<T>(r: Result<T>, back: Option<&Fallback>) -> Result<T> {
+    match (r, back) {
+        (Ok(v), _) => Ok(v),
+        (Err(e), None) => Err(e),
+        (Err(e), Some(back)) => {
+            let why = e.to_string();
+            tracing::error!(
+                "unable to take over the supervisor: {why}; running the previous image again"
+            );
+            Err(Error::unable(
+                "take over the supervisor",
+                format!(
+                    "{why}; and running the previous image again failed: {}",
+                    back.run(&why)
+                ),
+            ))
+        }
+    }
+}
+
+/// Why the next image handed back, in the previous image run again; removed from the environment.
+pub fn fell_back() -> Option<String> {
+    let why = std::env::var(FELL_BACK_ENV).ok()?;
+    std::env::remove_var(FELL_BACK_ENV);
+    Some(why)
+}
+
+/// The answer to the client of a reexec whose new image handed back: what failed, and
+/// that this image supervises on (logged as an error too).
+pub fn fell_back_reply(
+    name: &str,
+    exe: &Path,
+    why: &str,
+    service: nix::unistd::Pid,
+) -> crate::control::Reply {
+    let message = format!(
+        "unable to reexec {name} onto {}: the new image could not take over: {why}\n\
+         baton {} (the image before) took the supervisor back; the service (pid {service}) kept running",
+        exe.display(),
+        crate::control::VERSION
+    );
+    tracing::error!("{}", message.replace('\n', "; "));
+    crate::control::Reply::Error {
+        message,
+        code: crate::exit::Action::Generic,
     }
 }
 
@@ -223,6 +404,8 @@ mod tests {
                 starttime: 7,
                 port: Some(8080),
                 release: Some("r1".into()),
+                cgroup: None,
+                mark: None,
             },
             pipes: vec![CarriedPipe {
                 fd: 7,
@@ -234,6 +417,7 @@ mod tests {
             uptime_ms: 1500,
             cgroup: Some("/sys/fs/cgroup/baton/web.1a2b".into()),
             unrouted: None,
+            lease: Some(0x694d_7a1c_22b0_1f05),
         }
     }
 

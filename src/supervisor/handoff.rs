@@ -65,18 +65,39 @@ pub enum Who {
 pub struct Rules {
     /// Readiness deadline of the new instance.
     pub ready_timeout: Duration,
-    /// The stop signal.
-    pub stop_signal: Signal,
-    /// Grace period before SIGKILL.
-    pub stop_timeout: Duration,
-    /// The thread-dump signal and when to send it while stopping, if configured.
-    pub dump: Option<(Signal, Duration)>,
+    /// How the new instance is stopped when the handoff fails: the config it starts from.
+    pub stop: StopRules,
+    /// How the old instance is stopped: the settings it was started with (a config change
+    /// that moves the stop signal or timeout applies to the instances started under it).
+    pub old_stop: StopRules,
     /// How long the old instance may take to lose its connections.
     pub drain_timeout: Duration,
     /// Instances share one listening socket: the old one drains on its stop signal.
     pub shared_socket: bool,
     /// Port mode auto: a new instance whose port was taken may be started on another.
     pub auto_port: bool,
+}
+
+/// How one instance is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopRules {
+    /// The stop signal.
+    pub signal: Signal,
+    /// Grace period before SIGKILL.
+    pub timeout: Duration,
+    /// The thread-dump signal and when to send it while stopping, if configured.
+    pub dump: Option<(Signal, Duration)>,
+}
+
+impl StopRules {
+    /// The stop settings of a config.
+    pub fn of(stop: &crate::config::StopSpec) -> StopRules {
+        StopRules {
+            signal: stop.signal,
+            timeout: stop.timeout,
+            dump: stop.dump_signal.map(|s| (s, stop.dump_after)),
+        }
+    }
 }
 
 /// Where a handoff is.
@@ -435,7 +456,7 @@ impl Handoff {
                 if left == 0 || until <= now {
                     let old = self.serving.0;
                     let line = if self.rules.shared_socket {
-                        format!("[4/5] sent {} to the old instance (pid {old}): it stops accepting from the shared socket and drains", self.rules.stop_signal)
+                        format!("[4/5] sent {} to the old instance (pid {old}): it stops accepting from the shared socket and drains", self.rules.old_stop.signal)
                     } else if left == 0 {
                         format!(
                             "[4/5] old instance (pid {old}) drained in {}",
@@ -445,14 +466,14 @@ impl Handoff {
                         format!("[4/5] drain timeout: old instance (pid {old}) still holds {left} connection(s)")
                     };
                     self.step_since = now;
-                    let ladder = self.ladder(now);
+                    let ladder = self.ladder(Who::Old, now);
                     (
                         StoppingOld {
                             ladder,
                             leader_gone: false,
                         },
                         vec![
-                            Effect::Signal(Who::Old, self.rules.stop_signal),
+                            Effect::Signal(Who::Old, self.rules.old_stop.signal),
                             Effect::Tell(line),
                         ],
                     )
@@ -474,7 +495,7 @@ impl Handoff {
             ) => ignore(d, &i),
             // It died on its own while draining: nothing left to drain.
             (Draining { .. }, Input::OldExited) => {
-                let mut ladder = self.ladder(now);
+                let mut ladder = self.ladder(Who::Old, now);
                 ladder.dump_at = None;
                 let took = self.since(now);
                 let line = format!(
@@ -488,7 +509,7 @@ impl Handoff {
                     },
                     vec![
                         Effect::Tell(line),
-                        Effect::Signal(Who::Old, self.rules.stop_signal),
+                        Effect::Signal(Who::Old, self.rules.old_stop.signal),
                         Effect::CheckGone(Who::Old),
                     ],
                 )
@@ -654,9 +675,18 @@ impl Handoff {
         )
     }
 
-    /// The stop ladder from `now`.
-    fn ladder(&self, now: Instant) -> Ladder {
-        Ladder::start(now, self.rules.stop_timeout, self.rules.dump.map(|d| d.1))
+    /// How `who` is stopped.
+    fn stop_of(&self, who: Who) -> StopRules {
+        match who {
+            Who::Old => self.rules.old_stop,
+            Who::Candidate => self.rules.stop,
+        }
+    }
+
+    /// The stop ladder of `who` from `now`.
+    fn ladder(&self, who: Who, now: Instant) -> Ladder {
+        let stop = self.stop_of(who);
+        Ladder::start(now, stop.timeout, stop.dump.map(|d| d.1))
     }
 
     /// The rungs of `ladder` due at `now`, as signals to `who` (and a word when SIGKILL goes).
@@ -664,9 +694,11 @@ impl Handoff {
         let mut effects = Vec::new();
         for rung in ladder.tick(now) {
             match rung {
-                Rung::Dump => {
-                    effects.extend(self.rules.dump.map(|(sig, _)| Effect::Signal(who, sig)))
-                }
+                Rung::Dump => effects.extend(
+                    self.stop_of(who)
+                        .dump
+                        .map(|(sig, _)| Effect::Signal(who, sig)),
+                ),
                 Rung::Kill => {
                     let which = match who {
                         Who::Old => "old",
@@ -675,7 +707,7 @@ impl Handoff {
                     effects.push(Effect::Signal(who, Signal::SIGKILL));
                     effects.push(Effect::Tell(format!(
                         "      {which} instance still running after {}: sent SIGKILL",
-                        human(self.rules.stop_timeout)
+                        human(self.stop_of(who).timeout)
                     )));
                 }
             }
@@ -687,13 +719,13 @@ impl Handoff {
     fn aborting(&mut self, why: String, now: Instant) -> (Phase, Vec<Effect>) {
         (
             Phase::Aborting {
-                ladder: self.ladder(now),
+                ladder: self.ladder(Who::Candidate, now),
                 leader_gone: false,
                 why,
             },
             vec![
                 Effect::StopProbes,
-                Effect::Signal(Who::Candidate, self.rules.stop_signal),
+                Effect::Signal(Who::Candidate, self.rules.stop.signal),
                 Effect::Tell("      stopping the new instance".into()),
             ],
         )
@@ -701,7 +733,7 @@ impl Handoff {
 
     /// A failed step once the new instance's leader is gone: what it left goes too.
     fn aborted(&mut self, why: String, now: Instant) -> (Phase, Vec<Effect>) {
-        let mut ladder = self.ladder(now);
+        let mut ladder = self.ladder(Who::Candidate, now);
         ladder.dump_at = None;
         (
             Phase::Aborting {
@@ -711,7 +743,7 @@ impl Handoff {
             },
             vec![
                 Effect::StopProbes,
-                Effect::Signal(Who::Candidate, self.rules.stop_signal),
+                Effect::Signal(Who::Candidate, self.rules.stop.signal),
                 Effect::CheckGone(Who::Candidate),
             ],
         )
@@ -759,16 +791,16 @@ impl Handoff {
         match &phase {
             Phase::Spawning | Phase::Done => {}
             Phase::Starting { .. } | Phase::Aborting { .. } => {
-                effects.push(Effect::Signal(Who::Candidate, self.rules.stop_signal));
+                effects.push(Effect::Signal(Who::Candidate, self.rules.stop.signal));
             }
             Phase::Switching { candidate_gone, .. } => {
                 if candidate_gone.is_none() {
-                    effects.push(Effect::Signal(Who::Candidate, self.rules.stop_signal));
+                    effects.push(Effect::Signal(Who::Candidate, self.rules.stop.signal));
                 }
                 effects.push(Effect::SignalSwitch(Signal::SIGTERM));
             }
             Phase::Draining { .. } | Phase::StoppingOld { .. } => {
-                effects.push(Effect::Signal(Who::Old, self.rules.stop_signal));
+                effects.push(Effect::Signal(Who::Old, self.rules.old_stop.signal));
             }
         }
         effects.push(Effect::Fail(format!(
@@ -799,9 +831,16 @@ mod tests {
     fn rules() -> Rules {
         Rules {
             ready_timeout: 1000 * MS,
-            stop_signal: Signal::SIGTERM,
-            stop_timeout: 500 * MS,
-            dump: None,
+            stop: StopRules {
+                signal: Signal::SIGTERM,
+                timeout: 500 * MS,
+                dump: None,
+            },
+            old_stop: StopRules {
+                signal: Signal::SIGTERM,
+                timeout: 500 * MS,
+                dump: None,
+            },
             drain_timeout: 2000 * MS,
             shared_socket: false,
             auto_port: true,
@@ -1080,6 +1119,42 @@ mod tests {
     }
 
     #[test]
+    fn each_instance_is_stopped_with_the_settings_it_was_started_with() {
+        let t0 = Instant::now();
+        let mut r = rules();
+        r.old_stop = StopRules {
+            signal: Signal::SIGINT,
+            timeout: 300 * MS,
+            dump: None,
+        };
+        r.stop = StopRules {
+            signal: Signal::SIGUSR2,
+            timeout: 900 * MS,
+            dump: None,
+        };
+        // The old instance: its own signal, and SIGKILL after its own timeout.
+        let mut h = spawned(r.clone(), t0);
+        h.step(I::Ready, t0);
+        h.step(I::SwitchFinished(Outcome::Switched), t0);
+        let fx = h.step(I::Connections(0), t0);
+        assert_eq!(without_tells(fx), vec![E::Signal(Who::Old, Signal::SIGINT)]);
+        assert_eq!(h.deadline(), Some(t0 + 300 * MS));
+        let fx = h.step(tick(), t0 + 300 * MS);
+        assert_eq!(
+            without_tells(fx),
+            vec![E::Signal(Who::Old, Signal::SIGKILL)]
+        );
+        // The new instance of a failed handoff: the config it was started from.
+        let mut h = spawned(r, t0);
+        let fx = h.step(tick(), t0 + 1000 * MS);
+        assert!(
+            fx.contains(&E::Signal(Who::Candidate, Signal::SIGUSR2)),
+            "{fx:?}"
+        );
+        assert_eq!(h.deadline(), Some(t0 + 1900 * MS));
+    }
+
+    #[test]
     fn a_drain_timeout_stops_the_old_instance_anyway() {
         let t0 = Instant::now();
         let mut h = switched(t0);
@@ -1104,7 +1179,7 @@ mod tests {
     fn the_dump_signal_comes_before_sigkill_on_the_old_instance() {
         let t0 = Instant::now();
         let mut r = rules();
-        r.dump = Some((Signal::SIGQUIT, 100 * MS));
+        r.old_stop.dump = Some((Signal::SIGQUIT, 100 * MS));
         let mut h = spawned(r, t0);
         h.step(I::Ready, t0);
         h.step(I::SwitchFinished(Outcome::Switched), t0);

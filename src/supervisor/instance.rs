@@ -2,13 +2,16 @@
 
 use super::handoff::{Handoff, Kind};
 use super::worker::{Side, WorkerOutput};
+use crate::cgroup::Leaf;
 use crate::config::{PortSpec, Spec, Vars};
 use crate::control::HandoffReport;
 use crate::logs::{Drained, Output, Pipe, StreamKind};
 use crate::probe::Probes;
+use crate::tracking::Tracker;
 use nix::unistd::Pid;
 use std::os::fd::RawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often a port-0 service's listening socket is looked for in /proc while it starts.
@@ -28,12 +31,67 @@ pub struct Instance {
     pub probes: Option<Probes>,
     /// Port mode discover: the probes wait until the port it listens on is known.
     pub discovering: bool,
+    /// Its own cgroup below the service's, when tracking by cgroup: its whole tree.
+    pub cgroup: Option<Leaf>,
+    /// Without a cgroup, the [`INSTANCE_ENV`] value its processes are started with.
+    pub mark: Option<String>,
 }
+
+/// Without cgroups, what tells one instance's processes from the other's during a handoff:
+/// the subreaper inherits an orphan without its ancestry, but not without its environment.
+pub const INSTANCE_ENV: &str = "BATON_INSTANCE";
 
 impl Instance {
     /// Whether every readiness check has passed.
     pub fn passed(&self) -> bool {
         !self.discovering && self.probes.as_ref().is_some_and(Probes::passed)
+    }
+
+    /// Sends `sig` to this instance's whole tree: its cgroup's every process (SIGKILL by
+    /// `cgroup.kill`), else its process group.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        match &self.cgroup {
+            Some(leaf) => {
+                leaf.signal(sig);
+            }
+            None => {
+                crate::process::signal_group(self.pid, sig);
+                for p in self.strays() {
+                    let ours = |s: &crate::process::ProcStat| {
+                        s.starttime == p.starttime && self.marks(s.pid)
+                    };
+                    if let Some(fd) = crate::process::open_verified(p.pid, ours) {
+                        crate::process::signal_pidfd(&fd, p.pid, sig);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether nothing of this instance is left: its cgroup is empty, else its group and
+    /// whatever carries its mark.
+    pub fn gone(&self) -> bool {
+        match &self.cgroup {
+            Some(leaf) => !leaf.populated(),
+            None => !crate::process::group_alive(self.pid) && self.strays().is_empty(),
+        }
+    }
+
+    /// Without a cgroup: the service's processes outside this instance's group that carry its mark.
+    fn strays(&self) -> Vec<crate::process::ProcStat> {
+        if self.mark.is_none() {
+            return Vec::new();
+        }
+        crate::process::service_tree(&[])
+            .into_iter()
+            .filter(|p| p.pgrp != self.pid && self.marks(p.pid))
+            .collect()
+    }
+
+    fn marks(&self, pid: Pid) -> bool {
+        self.mark
+            .as_deref()
+            .is_some_and(|m| crate::process::has_env(pid, INSTANCE_ENV, m.as_bytes()))
     }
 
     /// This instance as the switch worker's arguments name it.
@@ -78,8 +136,8 @@ pub struct Launch<'a> {
     pub listener: Option<RawFd>,
     /// The notify socket's path, for a `notify` probe.
     pub notify: Option<&'a Path>,
-    /// The service's cgroup, to spawn into.
-    pub cgroup: Option<crate::sys::SpawnCgroup>,
+    /// Which processes are the service's: each instance gets a cgroup of its own in it.
+    pub tracker: &'a Tracker,
 }
 
 /// Spawns one instance of the service from `release`, on a port none of `taken` uses;
@@ -116,7 +174,28 @@ pub fn launch(
     } else {
         Some(Probes::new(spec, &vars, now).map_err(|e| format!("readiness probe: {e}"))?)
     };
-    let sp = crate::process::spawn(spec, &vars, with.notify, with.listener, with.cgroup)
+    let cgroup = with.tracker.instance();
+    // Without a cgroup of its own, the instance is told from the other by its mark.
+    let marked;
+    let (spec, mark) = if cgroup.is_none() && with.tracker.cgroup_path().is_none() {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let mark = format!(
+            "{}.{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut s = spec.clone();
+        s.env.push((INSTANCE_ENV.to_string(), mark.clone()));
+        marked = s;
+        (&marked, Some(mark))
+    } else {
+        (spec, None)
+    };
+    let into = cgroup
+        .as_ref()
+        .and_then(Leaf::spawn_into)
+        .or(with.tracker.spawn_into());
+    let sp = crate::process::spawn(spec, &vars, with.notify, with.listener, into)
         .map_err(|e| e.to_string())?;
     tracing::info!("spawned {} (pid {})", sp.argv.join(" "), sp.pid);
     let pipes = [
@@ -130,6 +209,8 @@ pub fn launch(
         release,
         probes,
         discovering,
+        cgroup,
+        mark,
     };
     Ok((inst, pipes))
 }

@@ -1,9 +1,15 @@
-//! The supervisor loop: one thread, one poll(2), every event fed to the state machine.
+//! The supervisor loop: one thread, one poll(2), every event fed to the two machines and their effects performed.
 //!
 //! Signals arrive on a signalfd, child output on pipes, commands on the control
 //! socket, readiness on probe sockets and the notify socket. The poll timeout is
 //! the nearest deadline, and there is none while the service runs quietly, so an
 //! idle supervisor never wakes up.
+//!
+//! This file runs the loop, feeds the instance machine (`state.rs`) and the handoff
+//! machine (`handoff.rs`), and performs their effects; what it sleeps on is `poll.rs`,
+//! the control clients `clients.rs` and what their requests ask `requests.rs`, the
+//! instances `instance.rs`, a restarted instance's routing `routing.rs`, what it
+//! reports `status.rs`, its start `setup.rs` and its re-execution `reexec.rs`.
 
 mod carry;
 mod clients;
@@ -127,10 +133,10 @@ pub fn run(spec: Spec, opts: Options) -> Result<i32> {
 /// `__resume`: carries on supervising where the previous image of this process left off
 /// (`baton reexec`); `events` opens the event log, told whether it runs in the foreground.
 pub fn resume_from_env(
-    spec: Spec,
+    load: impl FnOnce() -> Result<Spec>,
     events: impl FnOnce(bool, &crate::config::LogSpec) -> Result<crate::logs::EventLog>,
 ) -> Result<i32> {
-    let mut sup = reexec::resume_from_env(spec, events)?;
+    let mut sup = reexec::resume_from_env(load, events)?;
     // A child that ended while no image listened left a zombie (and maybe a SIGCHLD that
     // the exec kept pending): look now rather than wait for the next signal.
     sup.reap();
@@ -371,7 +377,7 @@ impl Supervisor {
         Launch {
             listener: self.listener.as_ref().map(AsRawFd::as_raw_fd),
             notify: self.notify.as_ref().map(|(_, p)| p.as_path()),
-            cgroup: self.tracker.spawn_into(),
+            tracker: &self.tracker,
         }
     }
 
@@ -748,7 +754,7 @@ impl Supervisor {
                 let with = Launch {
                     listener: self.listener.as_ref().map(AsRawFd::as_raw_fd),
                     notify: self.notify.as_ref().map(|(_, p)| p.as_path()),
-                    cgroup: self.tracker.spawn_into(),
+                    tracker: &self.tracker,
                 };
                 match launch(&h.spec, release, &avoid, &with) {
                     Ok((inst, pipes)) => {
@@ -792,7 +798,7 @@ impl Supervisor {
                     Who::Old => h.old.as_ref(),
                 };
                 if let Some(i) = inst {
-                    process::signal_group(i.pid, sig);
+                    i.signal(sig);
                 }
             }
             HEffect::SignalSwitch(sig) => {
@@ -809,11 +815,11 @@ impl Supervisor {
                 self.handoff_queue.push_back(HInput::Connections(left));
             }
             HEffect::CheckGone(who) => {
-                let pid = match who {
-                    Who::Candidate => h.candidate.as_ref().map(|c| c.pid),
-                    Who::Old => h.old.as_ref().map(|o| o.pid),
+                let inst = match who {
+                    Who::Candidate => h.candidate.as_ref(),
+                    Who::Old => h.old.as_ref(),
                 };
-                if !pid.is_some_and(process::group_alive) {
+                if inst.is_none_or(Instance::gone) {
                     self.handoff_queue.push_back(HInput::Gone(who));
                 }
             }

@@ -87,6 +87,12 @@ pub fn record(sup: &Supervisor, conn: usize) -> Option<carry::Carried> {
             starttime: inst.starttime,
             port: inst.port,
             release: inst.release.clone(),
+            cgroup: inst
+                .cgroup
+                .as_ref()
+                .and_then(|l| l.path())
+                .map(std::path::Path::to_path_buf),
+            mark: inst.mark.clone(),
         },
         pipes: sup
             .pipes
@@ -102,6 +108,7 @@ pub fn record(sup: &Supervisor, conn: usize) -> Option<carry::Carried> {
         uptime_ms: u64::try_from(uptime.as_millis()).unwrap_or(u64::MAX),
         cgroup: sup.tracker.cgroup_path().map(std::path::Path::to_path_buf),
         unrouted: sup.routing.unrouted.clone(),
+        lease: sup.lease.as_ref().and_then(crate::lease::Keeper::id),
     })
 }
 
@@ -114,12 +121,15 @@ pub fn exec(
     tell: impl FnOnce(&Reply),
 ) -> Reply {
     let exe = &record.exe;
-    let memfd = match record.to_memfd() {
-        Ok(fd) => fd,
+    let (memfd, back) = match record
+        .to_memfd()
+        .and_then(|m| Ok((m, carry::Fallback::prepare()?)))
+    {
+        Ok(fds) => fds,
         Err(e) => return refuse(e.to_string()),
     };
     let mut fds = record.fds();
-    fds.push(memfd.as_raw_fd());
+    fds.extend([memfd.as_raw_fd(), back.as_raw_fd()]);
     let kept: std::result::Result<Vec<()>, Error> = fds
         .iter()
         .map(|&fd| carry::keep_across_exec(fd, true))
@@ -133,7 +143,14 @@ pub fn exec(
     tell(&Reply::Progress { message: line });
     let failed = match kept {
         Err(e) => e.to_string(),
-        Ok(_) => carry::exec(exe, &spec.file, &spec.name, memfd.as_raw_fd()).to_string(),
+        Ok(_) => carry::exec_next(
+            exe,
+            &spec.file,
+            &spec.name,
+            memfd.as_raw_fd(),
+            back.as_raw_fd(),
+        )
+        .to_string(),
     };
     // Still this image: nothing was handed over. Nothing of ours may leak into children.
     for &fd in &fds {
@@ -147,24 +164,33 @@ pub fn exec(
     ))
 }
 
-/// `__resume`: reads the record the previous image left (see [`carry`]), opens the event log
-/// (`events` is told whether the supervisor runs in the foreground); the supervisor to carry on.
+/// `__resume`: loads the config (`load`), reads the record the previous image left (see
+/// [`carry`]), opens the event log (`events` is told whether the supervisor runs in the
+/// foreground); the supervisor to carry on. If any of that fails, the previous image runs again.
 pub fn resume_from_env(
-    spec: Spec,
+    load: impl FnOnce() -> Result<Spec>,
     events: impl FnOnce(bool, &crate::config::LogSpec) -> Result<crate::logs::EventLog>,
 ) -> Result<Supervisor> {
-    let carried = carry::Carried::from_env()?.ok_or_else(|| {
-        Error::unable(
-            "resume supervising",
-            format!(
-                "no {} record: `__resume` is run by `baton reexec` only",
-                carry::ENV
-            ),
-        )
-        .code(crate::exit::Action::BadArgs)
-    })?;
-    let events = events(carried.foreground, &spec.log)?;
-    resume(spec, carried, events)
+    let back = carry::Fallback::from_env();
+    let fell_back = carry::fell_back();
+    let ready = (|| -> Result<_> {
+        let spec = load()?;
+        let carried = carry::Carried::from_env()?.ok_or_else(|| {
+            Error::unable(
+                "resume supervising",
+                format!(
+                    "no {} record: `__resume` is run by `baton reexec` only",
+                    carry::ENV
+                ),
+            )
+            .code(crate::exit::Action::BadArgs)
+        })?;
+        carried.check_open()?;
+        let events = events(carried.foreground, &spec.log)?;
+        Ok((spec, carried, events))
+    })();
+    let (spec, carried, events) = carry::or_fall_back(ready, back.as_ref())?;
+    resume(spec, carried, events, fell_back, back)
 }
 
 /// `__reexec-check FORMAT`: this binary's version line if it reads records of `format`.
@@ -189,10 +215,34 @@ pub fn reexec_check(format: u32) -> Result<()> {
 
 /// The supervisor after `baton reexec`: this process's previous image left the service,
 /// its pipes and every socket open, and described them in `c`.
-fn resume(spec: Spec, c: carry::Carried, events: crate::logs::EventLog) -> Result<Supervisor> {
+fn resume(
+    spec: Spec,
+    c: carry::Carried,
+    events: crate::logs::EventLog,
+    fell_back: Option<String>,
+    back: Option<carry::Fallback>,
+) -> Result<Supervisor> {
+    // What can fail comes before any descriptor is adopted: they must cross a fallback exec.
+    let prepared = (|| -> Result<_> {
+        let tracker = Tracker::resumed(c.cgroup.as_deref()).map_err(|e| {
+            Error::io(
+                format!(
+                    "reopen the service's cgroup {}",
+                    c.cgroup
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new(""))
+                        .display()
+                ),
+                &e,
+            )
+        })?;
+        Ok((signals()?, open_output(&spec)?, tracker))
+    })();
+    let (sigfd, output, tracker) = carry::or_fall_back(prepared, back.as_ref())?;
+    if let Some(back) = back {
+        back.release();
+    }
     let lock = pidfile::SupervisorLock::inherited(carry::adopt(c.lock)?)?;
-    let sigfd = signals()?;
-    let output = open_output(&spec)?;
     let server = Server::inherited(carry::adopt(c.control)?)?;
     let notify = match c.notify {
         Some(fd) => Some((
@@ -223,18 +273,6 @@ fn resume(spec: Spec, c: carry::Carried, events: crate::logs::EventLog) -> Resul
         .checked_sub(Duration::from_millis(c.uptime_ms))
         .unwrap_or(now);
     let machine = Machine::resumed(rules_of(&spec), pid, since, c.restarts);
-    let tracker = Tracker::resumed(c.cgroup.as_deref()).map_err(|e| {
-        Error::io(
-            format!(
-                "reopen the service's cgroup {}",
-                c.cgroup
-                    .as_deref()
-                    .unwrap_or(std::path::Path::new(""))
-                    .display()
-            ),
-            &e,
-        )
-    })?;
     tracking::arm(&spec, &tracker);
     tracking::set_leader(Some((pid, c.service.starttime)));
     let mut sup = assemble(
@@ -252,6 +290,7 @@ fn resume(spec: Spec, c: carry::Carried, events: crate::logs::EventLog) -> Resul
             lock,
             foreground: c.foreground,
             tracker,
+            lease: c.lease,
         },
     );
     sup.exe = c.exe.clone();
@@ -264,6 +303,12 @@ fn resume(spec: Spec, c: carry::Carried, events: crate::logs::EventLog) -> Resul
         release: c.service.release.clone(),
         probes: None,
         discovering: false,
+        cgroup: c.service.cgroup.as_deref().and_then(|p| {
+            crate::cgroup::Leaf::reopen(p)
+                .map_err(|e| tracing::warn!("unable to reopen {}: {e}", p.display()))
+                .ok()
+        }),
+        mark: c.service.mark.clone(),
     });
     let message = format!(
         "{}: supervisor pid {} re-executed: baton {} -> baton {}; service pid {pid} kept",
@@ -272,10 +317,16 @@ fn resume(spec: Spec, c: carry::Carried, events: crate::logs::EventLog) -> Resul
         c.baton,
         crate::control::VERSION
     );
-    tracing::info!("{message}");
+    let reply = match fell_back {
+        None => {
+            tracing::info!("{message}");
+            Reply::Ok { message }
+        }
+        Some(why) => carry::fell_back_reply(&sup.spec.name, &sup.exe, &why, pid),
+    };
     if let Some(fd) = client {
         let mut conn = Conn::inherited(fd, now);
-        conn.send(&Reply::Ok { message });
+        conn.send(&reply);
         conn.finish();
         sup.clients.adopt(conn);
     }

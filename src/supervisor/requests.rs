@@ -168,9 +168,9 @@ pub fn begin_handoff(
     }
     let rules = handoff::Rules {
         ready_timeout: next.ready.timeout,
-        stop_signal: next.stop.signal,
-        stop_timeout: next.stop.timeout,
-        dump: next.stop.dump_signal.map(|s| (s, next.stop.dump_after)),
+        stop: handoff::StopRules::of(&next.stop),
+        // The serving instance was started under the config the supervisor holds now.
+        old_stop: handoff::StopRules::of(&sup.spec.stop),
         drain_timeout: next.deploy.drain_timeout,
         shared_socket: sup.listener.is_some(),
         auto_port: matches!(next.port, PortSpec::Auto { .. }),
@@ -255,6 +255,8 @@ mod tests {
             release: release.map(String::from),
             probes: None,
             discovering: false,
+            cgroup: None,
+            mark: None,
         }
     }
 

@@ -116,6 +116,7 @@ pub fn setup(
             lock,
             foreground,
             tracker,
+            lease: None,
         },
     ))
 }
@@ -133,36 +134,25 @@ pub struct Parts {
     pub lock: pidfile::SupervisorLock,
     pub foreground: bool,
     pub tracker: Tracker,
+    /// The etcd lease a previous image held (`baton reexec`).
+    pub lease: Option<i64>,
 }
 
 /// The supervisor from its parts, nothing spawned yet.
 pub fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
-    let Parts {
-        sigfd,
-        output,
-        server,
-        notify,
-        listener,
-        reporter,
-        systemd,
-        events,
-        lock,
-        foreground,
-        tracker,
-    } = p;
-    let lease = crate::lease::Keeper::start(&spec);
+    let lease = crate::lease::Keeper::start(&spec, p.lease);
     Supervisor {
-        sigfd,
+        sigfd: p.sigfd,
         machine,
         spec,
         instance: None,
         pipes: Vec::new(),
-        output,
-        clients: Clients::new(server),
-        notify,
-        reporter,
-        systemd,
-        events,
+        output: p.output,
+        clients: Clients::new(p.server),
+        notify: p.notify,
+        reporter: p.reporter,
+        systemd: p.systemd,
+        events: p.events,
         next_progress: None,
         worked: true,
         dirty: false,
@@ -172,12 +162,12 @@ pub fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
         handoff_queue: VecDeque::new(),
         routing: Routing::default(),
         start_failure: None,
-        listener,
+        listener: p.listener,
         lease,
-        lock,
+        lock: p.lock,
         exe: own_path(),
-        foreground,
-        tracker,
+        foreground: p.foreground,
+        tracker: p.tracker,
     }
 }
 

@@ -18,10 +18,16 @@ pub fn lab(script: &str) -> PathBuf {
 
 /// Runs a deploy-lab script, asserting success; returns its stdout.
 pub fn lab_run(script: &str, args: &[&str]) -> String {
+    lab_run_with(script, args, &[])
+}
+
+/// [`lab_run`] with `env` set for the script (its settings, such as NGINX_*).
+pub fn lab_run_with(script: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let out = Command::new("timeout")
         .arg("30")
         .arg(lab(script))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run deploy-lab script");
     assert!(
@@ -60,17 +66,23 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(test: &Path, backend_port: u16) -> Nginx {
+        Nginx::start_with(test, backend_port, &[])
+    }
+
+    /// An nginx with these settings of tests/deploy-lab/nginx-up (NGINX_UPSTREAM_KEEPALIVE_TIMEOUT…).
+    pub fn start_with(test: &Path, backend_port: u16, env: &[(&str, &str)]) -> Nginx {
         let dir = test.join("nginx");
         let upstream = test.join("upstream.conf");
         std::fs::write(&upstream, format!("server 127.0.0.1:{backend_port};\n")).expect("upstream");
         let port = free_port();
-        lab_run(
+        lab_run_with(
             "nginx-up",
             &[
                 &dir.to_string_lossy(),
                 &port.to_string(),
                 &upstream.to_string_lossy(),
             ],
+            env,
         );
         Nginx {
             dir,
@@ -156,14 +168,7 @@ impl Etcd {
     }
 
     pub fn ctl(&self, args: &[&str]) -> String {
-        let out = Command::new("timeout")
-            .args(["10", "etcdctl", "--endpoints", &self.url])
-            .args(args)
-            .env("ETCDCTL_API", "3")
-            .output()
-            .expect("etcdctl");
-        assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        etcdctl(&self.url, "10", args)
     }
 
     /// The value of one key, if set.
@@ -324,28 +329,11 @@ fn descendants(root: i32) -> Vec<i32> {
     found.split_off(1)
 }
 
-/// A fresh GET of `url` (curl); (X-Pid, body) of a 200 answer.
+/// (X-Pid, body) of a fresh GET of `url` that answered 200 with an X-Pid header.
 pub fn get(url: &str) -> Option<(i32, String)> {
-    let out = Command::new("curl")
-        .args(["-s", "-i", "--max-time", "5", url])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
-    let (head, body) = text.split_once("\n\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    let pid = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("x-pid: ")
-                .map(str::to_string)
-        })?
-        .trim()
-        .parse()
-        .ok()?;
-    Some((pid, body.trim().to_string()))
+    let a = super::fetch(url).filter(|a| a.status == 200)?;
+    let pid = a.header("x-pid")?.parse().ok()?;
+    Some((pid, a.body))
 }
 
 /// A private 3-member etcd 3.4 cluster on loopback (free ports, data under `test/etcd-cluster`);
@@ -474,14 +462,7 @@ impl EtcdCluster {
     }
 
     pub fn ctl_at(&self, i: usize, args: &[&str]) -> String {
-        let out = Command::new("timeout")
-            .args(["20", "etcdctl", "--endpoints", &self.urls[i]])
-            .args(args)
-            .env("ETCDCTL_API", "3")
-            .output()
-            .expect("etcdctl");
-        assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        etcdctl(&self.urls[i], "20", args)
     }
 
     /// The value of one key, read through member `i`.
@@ -558,4 +539,16 @@ impl PausedSwitch {
         let code = self.child.wait().expect("wait").code();
         (code, self.out)
     }
+}
+
+/// `etcdctl ARGS` against `endpoint`, killed after `limit` seconds; its output (it must succeed).
+fn etcdctl(endpoint: &str, limit: &str, args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .args([limit, "etcdctl", "--endpoints", endpoint])
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .output()
+        .expect("etcdctl");
+    assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

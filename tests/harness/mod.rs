@@ -314,3 +314,95 @@ pub fn jvm_available() -> bool {
     );
     ok
 }
+
+/// One answer to a fresh GET.
+#[derive(Debug)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The header lines, lower-cased names.
+    head: String,
+    /// The body, trimmed.
+    pub body: String,
+}
+
+impl Answer {
+    /// The value of header `name` (lower case), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim().eq_ignore_ascii_case(name)).then(|| v.trim())
+        })
+    }
+}
+
+/// A fresh GET of `url` (curl, a new connection each time, 5 s at most); None if nothing answered.
+pub fn fetch(url: &str) -> Option<Answer> {
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "5", url])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let (head, body) = text.split_once("\n\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some(Answer {
+        status,
+        head: head.to_string(),
+        body: body.trim().to_string(),
+    })
+}
+
+/// The body of a fresh GET of `url` that answered 200.
+pub fn body(url: &str) -> Option<String> {
+    fetch(url).filter(|a| a.status == 200).map(|a| a.body)
+}
+
+static USERS: AtomicU32 = AtomicU32::new(0);
+
+/// A throwaway system user named `PREFIX<pid>x<n>` (each helper's tests their own prefix),
+/// deleted when dropped: the other local user of an attack.
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+}
+
+impl User {
+    pub fn new(prefix: &str) -> User {
+        let n = USERS.fetch_add(1, Ordering::SeqCst);
+        let name = format!("{prefix}{}x{n}", std::process::id());
+        let out = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--user-group"])
+            .args(["--shell", "/usr/sbin/nologin", &name])
+            .output()
+            .expect("useradd");
+        assert!(out.status.success(), "useradd {name}: {out:?}");
+        let uid = nix::unistd::User::from_name(&name)
+            .expect("getpwnam")
+            .expect("the new user")
+            .uid
+            .as_raw();
+        User { name, uid }
+    }
+
+    /// Runs `sh -c script` as this user (the attacker's own hands); it must succeed.
+    pub fn sh(&self, script: &str) {
+        let out = self.try_sh(script);
+        assert!(out.status.success(), "as {}: {script}: {out:?}", self.name);
+    }
+
+    /// Runs `sh -c script` as this user, whatever comes of it.
+    pub fn try_sh(&self, script: &str) -> Output {
+        Command::new("setpriv")
+            .arg(format!("--reuid={}", self.uid))
+            .arg(format!("--regid={}", self.uid))
+            .args(["--clear-groups", "--", "sh", "-c", script])
+            .output()
+            .expect("setpriv")
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}

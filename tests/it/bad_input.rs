@@ -153,6 +153,17 @@ fn no_name_and_no_config_is_a_usage_error() {
     assert_eq!(r.code, 2, "{r:?}");
 }
 
+/// `start` refuses with the port named, and nothing was spawned.
+fn refused_for_a_busy_port(svc: &Svc, port: u16) {
+    let r = svc.baton(&["start"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!("port {port} is already in use")),
+        "{r:?}"
+    );
+    assert!(svc.processes().is_empty());
+}
+
 #[test]
 fn port_in_use_is_refused_before_spawning() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -162,13 +173,25 @@ fn port_in_use_is_refused_before_spawning() {
         "[\"/bin/sh\", \"-c\", \"exec sleep 100\"]",
         &format!("[port]\nmode = \"fixed\"\nport = {port}\n[ready]\ntcp = \"127.0.0.1:{{port}}\""),
     );
+    refused_for_a_busy_port(&svc, port);
+}
+
+#[test]
+fn a_port_held_on_another_address_or_the_wildcard_is_judged_by_where_the_service_listens() {
+    // Held on 127.0.0.2 only: the service, answering on 127.0.0.1, can still have it.
+    let elsewhere = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let port = elsewhere.local_addr().expect("addr").port();
+    let config = |port: u16| format!("[port]\nmode = \"fixed\"\nport = {port}");
+    let svc = Svc::new("aside", "[\"sleep\", \"100\"]", &config(port));
     let r = svc.baton(&["start"]);
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(
-        r.stderr.contains(&format!("port {port} is already in use")),
-        "{r:?}"
-    );
-    assert!(svc.processes().is_empty());
+    assert_eq!(r.code, 0, "{r:?}");
+    svc.stop();
+
+    // Held on the wildcard: every address is taken, 127.0.0.1 too.
+    let everywhere = std::net::TcpListener::bind("0.0.0.0:0").expect("bind 0.0.0.0");
+    let port = everywhere.local_addr().expect("addr").port();
+    svc.rewrite(&Spec::new("aside", "[\"sleep\", \"100\"]").tables(&config(port)));
+    refused_for_a_busy_port(&svc, port);
 }
 
 #[test]

@@ -6,20 +6,8 @@
 use crate::harness;
 
 use harness::lab::{Load, Nginx};
-use harness::Spec;
+use harness::{body, Spec};
 use std::path::Path;
-use std::process::Command;
-
-/// The body of a fresh GET through `url`, if it answered 200.
-fn body(url: &str) -> Option<String> {
-    let out = Command::new("curl")
-        .args(["-s", "-f", "--max-time", "5", url])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
 
 /// The JVM example as the only release, in the test's directory.
 fn jvm_release(dir: &Path) -> std::path::PathBuf {
@@ -178,4 +166,39 @@ fn the_services_own_reload_is_baton_signal_hup() {
         || std::fs::read_to_string(svc.path("hups")).unwrap_or_default() == "HUP\n",
     );
     svc.stop();
+}
+
+/// A service that says which stop signal reached it (into `{dir}/stops`) and exits.
+fn says_its_stop_signal(signal: &str) -> Spec {
+    Spec::new("cfgstop", "[\"/bin/sh\", \"-c\", \"trap 'echo $$ TERM >>{dir}/stops; exit 0' TERM; trap 'echo $$ INT >>{dir}/stops; exit 0' INT; echo serving; while :; do sleep 1 & wait $!; done\"]")
+        .tables(&format!(
+            "[ready]\nlog = \"serving\"\ntimeout = \"60s\"\n[stop]\nsignal = \"{signal}\"\ntimeout = \"30s\"\n"
+        ))
+}
+
+#[test]
+fn the_old_instance_is_stopped_with_the_stop_settings_it_was_started_with() {
+    let svc = says_its_stop_signal("SIGTERM").create();
+    svc.start();
+    let (_, st) = svc.status();
+    let pid1 = st["service_pid"].as_i64().expect("service pid");
+
+    // The change moves the stop signal: the instance started under SIGTERM still gets SIGTERM.
+    svc.rewrite(&says_its_stop_signal("SIGINT"));
+    let r = svc.baton(&["deploy"]);
+    assert_eq!(r.code, 0, "config handoff: {r:?}");
+    let (_, st) = svc.status();
+    let pid2 = st["service_pid"].as_i64().expect("service pid");
+    assert_ne!(pid1, pid2);
+    let stops = std::fs::read_to_string(svc.path("stops")).unwrap_or_default();
+    assert_eq!(
+        stops,
+        format!("{pid1} TERM\n"),
+        "the old instance's own signal"
+    );
+
+    // The new instance was started under SIGINT, and is stopped so.
+    svc.stop();
+    let stops = std::fs::read_to_string(svc.path("stops")).unwrap_or_default();
+    assert_eq!(stops, format!("{pid1} TERM\n{pid2} INT\n"));
 }

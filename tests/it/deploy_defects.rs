@@ -4,7 +4,7 @@
 use crate::harness;
 
 use harness::lab::Nginx;
-use harness::{fixture, free_port, wait_until, Spec, Svc};
+use harness::{body, fetch, fixture, free_port, wait_until, Spec, Svc};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -59,23 +59,6 @@ fn spec(name: &str, from: u16, to: u16, extra: &str) -> Spec {
 
 fn deploy(svc: &Svc, release: &Path) -> harness::Run {
     svc.baton(&["deploy", "--release", release.to_str().expect("utf-8")])
-}
-
-/// Status, body and whether an X-Pid header came back, for a fresh GET.
-fn get(url: &str) -> Option<(u16, String, bool)> {
-    let out = Command::new("curl")
-        .args(["-s", "-i", "--max-time", "5", url])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
-    let (head, body) = text.split_once("\n\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let x_pid = head.to_ascii_lowercase().contains("\nx-pid:");
-    Some((status, body.trim().to_string(), x_pid))
-}
-
-fn body(url: &str) -> Option<String> {
-    get(url).filter(|g| g.0 == 200).map(|g| g.1)
 }
 
 fn service_pid(svc: &Svc) -> i64 {
@@ -156,9 +139,17 @@ fn start_with_a_proxy_means_ready_and_routed() {
         "{}",
         nginx.upstream_text()
     );
-    let through = get(&nginx.url("/")).expect("an answer through nginx");
-    assert_eq!((through.0, through.1.as_str()), (200, "v1"), "{through:?}");
-    assert!(!through.2, "the service sends no X-Pid header");
+    let through = fetch(&nginx.url("/")).expect("an answer through nginx");
+    assert_eq!(
+        (through.status, through.body.as_str()),
+        (200, "v1"),
+        "{through:?}"
+    );
+    assert_eq!(
+        through.header("x-pid"),
+        None,
+        "the service sends no X-Pid header"
+    );
     base.stop();
 
     // A first switch that fails fails `start`, with the reason, and leaves nothing running.
@@ -237,8 +228,11 @@ fn a_switch_is_confirmed_by_observation_without_x_pid() {
         )),
         "{r:?}"
     );
-    let through = get(&nginx.url("/")).expect("answer");
-    assert_eq!((through.1.as_str(), through.2), ("v2", false));
+    let through = fetch(&nginx.url("/")).expect("answer");
+    assert_eq!(
+        (through.body.as_str(), through.header("x-pid")),
+        ("v2", None)
+    );
 
     // A proxy that does not take the new upstream (its first reload does nothing, yet exits
     // 0) is caught: nothing reaches the new port. The restore's reload is real, and seen.
@@ -411,4 +405,48 @@ fn a_new_instance_whose_auto_port_was_taken_is_started_on_another() {
         r.stderr.contains("overlaps the kernel's ephemeral ports"),
         "{r:?}"
     );
+}
+
+/// With upstream keep-alive, nginx's new workers open a connection to the new instance once
+/// and then reuse it: after the first requests, no new connection appears. Observation counts
+/// an established connection the proxy did not hold before the reload as proof too, so it
+/// confirms at once rather than when those connections idle out (here a minute, far beyond
+/// the confirm timeout; the 4 s of the lab's default made that a ~10 s confirmation).
+#[test]
+fn observation_confirms_at_once_when_nginx_keeps_upstream_connections_alive() {
+    let p = safe_range();
+    let svc = spec("kaobs", p, p + 2, "").create();
+    let nginx = Nginx::start_with(
+        &svc.dir,
+        free_port(),
+        &[("NGINX_UPSTREAM_KEEPALIVE_TIMEOUT", "60s")],
+    );
+    svc.rewrite(&spec(
+        "kaobs",
+        p,
+        p + 2,
+        &nginx.proxy_table_observed(None, "10s"),
+    ));
+    let v1 = release(&svc.dir, "v1", &["NOPID"], None);
+    assert_eq!(deploy(&svc, &v1).code, 0);
+    // Clients that keep their connections too: nginx's workers keep theirs to the upstream busy.
+    let load = harness::lab::Load::start(&nginx.url("/"), "keepalive", 8);
+    for v in ["v2", "v3"] {
+        let rel = release(&svc.dir, v, &["NOPID"], None);
+        let r = deploy(&svc, &rel);
+        assert_eq!(r.code, 0, "{r:?}");
+        let pid = svc.status().1["service_pid"].clone();
+        assert!(
+            r.stderr
+                .contains(&format!("confirmed requests reach pid {pid}")),
+            "{r:?}"
+        );
+        assert_eq!(body(&nginx.url("/")).as_deref(), Some(v));
+    }
+    let (n, failed) = load.finish();
+    assert!(n > 100, "the load ran: {n}");
+    // What keep-alive clients can lose is nginx's (old workers closing idle client
+    // connections as they exit), at most 4 per reload (tests/deploy-lab/README.md).
+    assert!(failed <= 8, "{failed} of {n} failed");
+    svc.stop();
 }

@@ -114,26 +114,51 @@ fn file_proxy(dir: &std::path::Path) -> String {
     )
 }
 
+/// A service behind the command proxy of [`file_proxy`], publishing to the members of
+/// `cluster` in `order` with `extra` lines in [registry]; the upstream file as it was before.
+fn proxied_web(test: &Svc, cluster: &EtcdCluster, order: &[usize], extra: &str) -> (Svc, Vec<u8>) {
+    let svc = Spec::new("web", r#"["sleep", "300"]"#)
+        .tables(&format!(
+            "{}\n[registry]\nfile = \"{{dir}}/registry.json\"\netcd = [{}]\nprefix = \"test/web\"\n{extra}",
+            file_proxy(&test.dir),
+            cluster.toml(order)
+        ))
+        .create();
+    std::fs::write(test.dir.join("upstream.conf"), "server 127.0.0.1:20001;\n").expect("upstream");
+    let before = std::fs::read(test.dir.join("upstream.conf")).expect("upstream");
+    (svc, before)
+}
+
+/// A switch to pid 4343 on port 20002, held for `ms` once the proxy has moved.
+fn switch_held_after_reload(svc: &Svc, ms: u32) -> PausedSwitch {
+    PausedSwitch::start(
+        &svc.config,
+        &["__switch", "--pid", "4343", "--port", "20002"].map(String::from),
+        ms,
+        "proxy: reloaded",
+    )
+}
+
+/// The switch's output says the proxy was put back, and the upstream file is as `before`.
+fn assert_proxy_put_back(test: &Svc, out: &[String], before: &[u8]) {
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("proxy: restored the previous")),
+        "{out:#?}"
+    );
+    assert_eq!(
+        std::fs::read(test.dir.join("upstream.conf")).expect("upstream"),
+        before
+    );
+}
+
 #[test]
 fn quorum_lost_after_the_proxy_moved_puts_the_proxy_back() {
     let test = Spec::new("etcd-holder", r#"["true"]"#).create();
     let mut cluster = EtcdCluster::start(&test.dir);
-    let svc = Spec::new("web", r#"["sleep", "300"]"#)
-        .tables(&format!(
-            "{}\n[registry]\nfile = \"{{dir}}/registry.json\"\netcd = [{}]\nprefix = \"test/web\"\n",
-            file_proxy(&test.dir),
-            cluster.toml(&[0, 1, 2])
-        ))
-        .create();
-    std::fs::write(test.dir.join("upstream.conf"), "server 127.0.0.1:20001;\n").expect("upstream");
-    let upstream_before = std::fs::read(test.dir.join("upstream.conf")).expect("upstream");
+    let (svc, upstream_before) = proxied_web(&test, &cluster, &[0, 1, 2], "");
 
-    let paused = PausedSwitch::start(
-        &svc.config,
-        &["__switch", "--pid", "4343", "--port", "20002"].map(String::from),
-        4000,
-        "proxy: reloaded",
-    );
+    let paused = switch_held_after_reload(&svc, 4000);
     assert_ne!(
         std::fs::read(test.dir.join("upstream.conf")).expect("upstream"),
         upstream_before,
@@ -153,15 +178,7 @@ fn quorum_lost_after_the_proxy_moved_puts_the_proxy_back() {
         "{last}"
     );
     assert!(last.contains("nothing was written to etcd"), "{last}");
-    assert!(
-        out.iter()
-            .any(|l| l.starts_with("proxy: restored the previous")),
-        "{out:#?}"
-    );
-    assert_eq!(
-        std::fs::read(test.dir.join("upstream.conf")).expect("upstream"),
-        upstream_before
-    );
+    assert_proxy_put_back(&test, &out, &upstream_before);
     assert!(
         !svc.path("registry.json").exists(),
         "the local registry was put back"
@@ -294,22 +311,9 @@ fn a_transaction_whose_answer_is_lost_is_read_back_before_anything_else() {
     let test = Spec::new("etcd-holder", r#"["true"]"#).create();
     let mut cluster = EtcdCluster::start(&test.dir);
     // Member 2 first: it answers the preflight read, then keeps the transaction without quorum.
-    let svc = Spec::new("web", r#"["sleep", "300"]"#)
-        .tables(&format!(
-            "{}\n[registry]\nfile = \"{{dir}}/registry.json\"\netcd = [{}]\nprefix = \"test/web\"\n",
-            file_proxy(&test.dir),
-            cluster.toml(&[2, 0, 1])
-        ))
-        .create();
-    std::fs::write(test.dir.join("upstream.conf"), "server 127.0.0.1:20001;\n").expect("upstream");
-    let upstream_before = std::fs::read(test.dir.join("upstream.conf")).expect("upstream");
+    let (svc, upstream_before) = proxied_web(&test, &cluster, &[2, 0, 1], "");
 
-    let paused = PausedSwitch::start(
-        &svc.config,
-        &["__switch", "--pid", "4343", "--port", "20002"].map(String::from),
-        3000,
-        "proxy: reloaded",
-    );
+    let paused = switch_held_after_reload(&svc, 3000);
     cluster.stop(0);
     cluster.stop(1);
     let (code, out) = paused.finish();
@@ -326,15 +330,7 @@ fn a_transaction_whose_answer_is_lost_is_read_back_before_anything_else() {
         last.contains("check test/web/pid/current with etcdctl"),
         "{last}"
     );
-    assert!(
-        out.iter()
-            .any(|l| l.starts_with("proxy: restored the previous")),
-        "{out:#?}"
-    );
-    assert_eq!(
-        std::fs::read(test.dir.join("upstream.conf")).expect("upstream"),
-        upstream_before
-    );
+    assert_proxy_put_back(&test, &out, &upstream_before);
     // Quorum back: a proposal made without a leader was dropped, and the read-back says so.
     cluster.restart(0);
     cluster.wait_healthy(0);
@@ -366,15 +362,7 @@ fn a_clean_stop_revokes_the_lease_so_the_keys_go_at_once() {
 fn a_deploy_whose_lease_is_gone_fails_safely_and_says_why() {
     let test = Spec::new("etcd-holder", r#"["true"]"#).create();
     let cluster = EtcdCluster::start(&test.dir);
-    let svc = Spec::new("web", r#"["sleep", "300"]"#)
-        .tables(&format!(
-            "{}\n[registry]\nfile = \"{{dir}}/registry.json\"\netcd = [{}]\nprefix = \"test/web\"\nttl = \"5s\"\n",
-            file_proxy(&test.dir),
-            cluster.toml(&[0, 1, 2])
-        ))
-        .create();
-    std::fs::write(test.dir.join("upstream.conf"), "server 127.0.0.1:20001;\n").expect("upstream");
-    let upstream_before = std::fs::read(test.dir.join("upstream.conf")).expect("upstream");
+    let (svc, upstream_before) = proxied_web(&test, &cluster, &[0, 1, 2], "ttl = \"5s\"\n");
     // The lease the supervisor last held, since expired (a partition longer than the TTL).
     let granted = cluster.ctl_at(0, &["lease", "grant", "5"]);
     let id = granted

@@ -3,17 +3,8 @@
 use crate::harness;
 
 use harness::{free_port, Spec};
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-
-fn get(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("send");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("read");
-    body
-}
 
 #[test]
 fn clojure_service_is_ready_serves_its_version_and_stops_cleanly() {
@@ -33,9 +24,9 @@ fn clojure_service_is_ready_serves_its_version_and_stops_cleanly() {
     std::fs::write(svc.path("service.properties"), "version=1.2.3\n").expect("properties");
     svc.start();
     // Ready means serving: the very first request after start succeeds.
-    let reply = get(port, "/");
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    assert!(reply.contains("version=1.2.3"), "{reply}");
+    let reply = harness::fetch(&format!("http://127.0.0.1:{port}/")).expect("an answer");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.contains("version=1.2.3"), "{reply:?}");
     let (code, st) = svc.status();
     assert_eq!(code, 0, "{st}");
     assert!(

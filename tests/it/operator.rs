@@ -246,16 +246,9 @@ impl NodeExporter {
         NodeExporter { child, port }
     }
 
-    /// GET /metrics over plain HTTP/1.0; None until it answers.
+    /// GET /metrics; None until it answers.
     fn scrape(&self) -> Option<String> {
-        use std::io::Read;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).ok()?;
-        let status = body.lines().next()?;
-        status.contains(" 200 ").then_some(body)
+        harness::body(&format!("http://127.0.0.1:{}/metrics", self.port))
     }
 }
 

@@ -6,57 +6,13 @@
 
 use crate::harness;
 
-use harness::{baton_bin, is_root, wait_until, Run, Spec, Svc};
+use harness::{baton_bin, is_root, wait_until, Run, Spec, Svc, User};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
-static USERS: AtomicU32 = AtomicU32::new(0);
-
-/// A throwaway system user (prefix `bhf`), deleted when dropped.
-struct User {
-    name: String,
-    uid: u32,
-}
-
-impl User {
-    fn new() -> User {
-        let n = USERS.fetch_add(1, Ordering::SeqCst);
-        let name = format!("bhf{}x{n}", std::process::id());
-        let out = Command::new("useradd")
-            .args(["--system", "--no-create-home", "--user-group"])
-            .args(["--shell", "/usr/sbin/nologin", &name])
-            .output()
-            .expect("useradd");
-        assert!(out.status.success(), "useradd {name}: {out:?}");
-        let uid = nix::unistd::User::from_name(&name)
-            .expect("getpwnam")
-            .expect("the new user")
-            .uid
-            .as_raw();
-        User { name, uid }
-    }
-
-    /// Runs `sh -c script` as this user (the attacker's own hands).
-    fn sh(&self, script: &str) {
-        let out = Command::new("setpriv")
-            .arg(format!("--reuid={}", self.uid))
-            .arg(format!("--regid={}", self.uid))
-            .args(["--clear-groups", "--", "sh", "-c", script])
-            .output()
-            .expect("setpriv");
-        assert!(out.status.success(), "as {}: {script}: {out:?}", self.name);
-    }
-}
-
-impl Drop for User {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).output();
-    }
-}
 
 fn skip_unless_root() -> bool {
     if !is_root() {
@@ -138,7 +94,7 @@ fn a_symlink_planted_as_stdout_log_is_refused_not_followed() {
     if skip_unless_root() {
         return;
     }
-    let user = User::new();
+    let user = User::new("bhf");
     let svc = service_as(&user, "symlog", "echo hello; exec sleep 1000", "");
     let victim = victim(&svc.dir);
     let log = cookbook_log_dir(&svc, &user);
@@ -168,7 +124,7 @@ fn a_symlink_planted_as_baton_log_fails_start_loudly() {
     if skip_unless_root() {
         return;
     }
-    let user = User::new();
+    let user = User::new("bhf");
     let svc = service_as(&user, "symevents", "echo hello; exec sleep 1000", "");
     let victim = victim(&svc.dir);
     let log = cookbook_log_dir(&svc, &user);
@@ -196,7 +152,7 @@ fn a_hard_link_planted_as_stderr_log_is_refused() {
     if skip_unless_root() {
         return;
     }
-    let user = User::new();
+    let user = User::new("bhf");
     let svc = service_as(&user, "hardlog", "echo hello; exec sleep 1000", "");
     let victim = victim(&svc.dir);
     let log = cookbook_log_dir(&svc, &user);
@@ -220,7 +176,7 @@ fn links_planted_for_rotation_and_reopen_logs_are_never_written_through() {
     if skip_unless_root() {
         return;
     }
-    let user = User::new();
+    let user = User::new("bhf");
     // Prints a line per HUP: the test decides when output happens.
     let svc = Spec::new(
         "rotlog",
@@ -281,7 +237,7 @@ fn a_symlink_planted_as_revisions_log_is_refused() {
     if skip_unless_root() {
         return;
     }
-    let user = User::new();
+    let user = User::new("bhf");
     let svc = Spec::new(
         "revlog",
         "[\"/bin/sh\", \"-c\", \"echo up; exec sleep 1000\"]",
@@ -378,7 +334,7 @@ fn an_env_file_others_can_write_is_refused_as_root() {
     );
 
     // Owned by another user: refused too, naming the fix.
-    let user = User::new();
+    let user = User::new("bhf");
     std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     nix::unistd::chown(&env_file, Some(nix::unistd::Uid::from_raw(user.uid)), None).expect("chown");
     let r = svc.baton(&["check"]);
@@ -567,7 +523,7 @@ fn ship_never_stages_in_a_directory_another_user_planted() {
     if skip_unless_root() {
         return;
     }
-    let user = User::new();
+    let user = User::new("bhf");
     let dir = std::env::temp_dir().join(format!("baton-it-{}-shipstage", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     // A /tmp of its own (sticky, world-writable), so the test sees every name in it.
@@ -647,7 +603,7 @@ fn a_releases_symlink_planted_by_the_service_user_is_not_followed() {
     if skip_unless_root() {
         return;
     }
-    let user = User::new();
+    let user = User::new("bhf");
     let svc = Spec::new(
         "rellink",
         "[\"/bin/sh\", \"-c\", \"echo up; exec sleep 1000\"]",
@@ -695,7 +651,7 @@ fn links_planted_as_pid_and_state_files_are_replaced_not_followed() {
     if skip_unless_root() {
         return;
     }
-    let user = User::new();
+    let user = User::new("bhf");
     let svc = Svc::new(
         "pidlink",
         "[\"/bin/sh\", \"-c\", \"echo up; exec sleep 1000\"]",

@@ -244,14 +244,8 @@ impl Lab {
 
     /// What host i answers on its version URL.
     fn version(&self, i: usize) -> Option<String> {
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "3"])
-            .arg(format!("http://{}:{APP_PORT}/version", self.addr(i)))
-            .output()
-            .ok()?;
-        let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        (out.status.success() && !body.is_empty())
-            .then(|| body.strip_prefix("version=").unwrap_or(&body).to_string())
+        let body = harness::fetch(&format!("http://{}:{APP_PORT}/version", self.addr(i)))?.body;
+        (!body.is_empty()).then(|| body.strip_prefix("version=").unwrap_or(&body).to_string())
     }
 
     fn releases(&self, i: usize) -> Vec<String> {
@@ -660,19 +654,26 @@ fn keep_releases_prunes_old_releases_but_never_current() {
 
 /// `baton ship ARGS` started in the background (its output in files under the lab).
 fn ship_child(lab: &Lab, args: &[&str], tag: &str) -> std::process::Child {
+    ship_child_in(lab, args, tag, None)
+}
+
+/// [`ship_child`] with `tmp` as its TMPDIR (and no XDG_RUNTIME_DIR), when given.
+fn ship_child_in(lab: &Lab, args: &[&str], tag: &str, tmp: Option<&Path>) -> std::process::Child {
     let out = std::fs::File::create(lab.dir.join(format!("{tag}.out"))).expect("out");
     let err = std::fs::File::create(lab.dir.join(format!("{tag}.err"))).expect("err");
     use std::os::unix::process::CommandExt;
-    Command::new(baton_bin())
-        .arg("ship")
+    let mut cmd = Command::new(baton_bin());
+    cmd.arg("ship")
         .args(args)
         .current_dir(lab.proj())
         // Its own group, so a test can kill the shipper with its build.
         .process_group(0)
         .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("start baton ship")
+        .stderr(err);
+    if let Some(tmp) = tmp {
+        cmd.env("TMPDIR", tmp).env_remove("XDG_RUNTIME_DIR");
+    }
+    cmd.spawn().expect("start baton ship")
 }
 
 fn child_output(lab: &Lab, tag: &str) -> String {
@@ -1016,4 +1017,170 @@ fn a_ship_killed_mid_rollout_leaves_every_host_whole_and_status_shows_which() {
         v["lock"].as_str().is_some_and(|l| l.ends_with(" free")),
         "{v}"
     );
+}
+
+/// Another local user plants what a predictable ship would use in a shared /tmp, then
+/// races the ship for its ssh control directory while the real OpenSSH master runs in it.
+#[test]
+fn another_users_planted_and_raced_control_paths_neither_hijack_nor_break_a_ship() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let Some(lab) = Lab::new(1, Service::Light) else {
+        return;
+    };
+    let attacker = harness::User::new("layout");
+    // A /tmp of the test's own: world-writable and sticky, like the real one (and as short:
+    // ssh's socket path must fit a sockaddr_un).
+    let tmp = Gone(PathBuf::from(format!("/tmp/bsl{}", std::process::id())));
+    let tmp = tmp.0.as_path();
+    std::fs::create_dir_all(tmp).expect("tmp");
+    std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let own = attacker.name.clone();
+    std::fs::create_dir_all(lab.dir.join("loot")).expect("loot");
+    nix::unistd::chown(
+        &lab.dir.join("loot"),
+        Some(nix::unistd::Uid::from_raw(attacker.uid)),
+        None,
+    )
+    .expect("chown loot");
+    let loot = lab.dir.join("loot");
+    // What a ship with fixed names would walk into: her directories and links, in advance.
+    attacker.sh(&format!(
+        "cd {t} && mkdir baton-ship-ssh baton-ship-control && ln -s {l} baton-ship-mux \
+         && ln -s /etc/shadow baton-ship-ssh/sock && echo planted > baton-ship-control/note",
+        t = tmp.display(),
+        l = loot.display()
+    ));
+    let planted = |tmp: &Path| -> Vec<(String, u64, u32)> {
+        let mut v: Vec<(String, u64, u32)> =
+            ["baton-ship-ssh", "baton-ship-control", "baton-ship-mux"]
+                .iter()
+                .flat_map(|d| {
+                    let p = tmp.join(d);
+                    let mut entries = vec![p.clone()];
+                    if let Ok(rd) = std::fs::read_dir(&p) {
+                        entries.extend(rd.flatten().map(|e| e.path()));
+                    }
+                    entries
+                })
+                .filter_map(|p| {
+                    let m = std::fs::symlink_metadata(&p).ok()?;
+                    Some((p.display().to_string(), m.ino(), m.uid()))
+                })
+                .collect();
+        v.sort();
+        v
+    };
+    let before = planted(tmp);
+
+    // The remote baton takes its time, so the master connection stays up while we look.
+    let slow = lab.dir.join("slow-baton");
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\nsleep 1\nexec {} \"$@\"\n",
+            baton_bin().display()
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    lab.write_deploy(&lab.deploy());
+    let deploy_file = lab.proj().join("deploy.toml");
+    let text = std::fs::read_to_string(&deploy_file).expect("deploy.toml");
+    let remote = format!("baton = {:?}", baton_bin().display().to_string());
+    assert!(text.contains(&remote), "{text}");
+    std::fs::write(
+        &deploy_file,
+        text.replace(
+            &remote,
+            &format!("baton = {:?}", slow.display().to_string()),
+        ),
+    )
+    .expect("deploy.toml");
+
+    let mut ship = ship_child_in(&lab, &["test", "--version", "1.0"], "raced", Some(tmp));
+    // The real master socket, in whatever directory the ship made for it.
+    let mut socket = None;
+    wait_until(Duration::from_secs(60), "ssh's control socket", || {
+        if let Ok(Some(status)) = ship.try_wait() {
+            panic!(
+                "the ship ended ({status}) before its control socket was seen: {}",
+                child_output(&lab, "raced")
+            );
+        }
+        socket = std::fs::read_dir(tmp).ok().and_then(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| std::fs::read_dir(e.path()).ok())
+                .flat_map(|rd| rd.flatten())
+                .find(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+                .map(|e| e.path())
+        });
+        socket.is_some()
+    });
+    let socket = socket.expect("socket");
+    let dir = socket.parent().expect("dir").to_path_buf();
+    let meta = std::fs::metadata(&dir).expect("control dir");
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o777),
+        (0, 0o700),
+        "{} is root's and private",
+        dir.display()
+    );
+    assert!(
+        !before.iter().any(|(p, _, _)| Path::new(p) == dir),
+        "the ship used a directory she planted: {}",
+        dir.display()
+    );
+    // It is the live master: root can talk to it...
+    let check = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    let mine = Command::new("ssh")
+        .args(["-O", "check", "-S"])
+        .arg(&socket)
+        .arg("x")
+        .output()
+        .expect("ssh -O check");
+    assert!(mine.status.success(), "root: {}", check(&mine));
+    // ...and she cannot: not to hijack it, not to look inside, not to plant beside it.
+    let hers = attacker.try_sh(&format!("ssh -O check -S {} x", socket.display()));
+    assert!(!hers.status.success(), "{own} reached the master: {hers:?}");
+    assert!(
+        check(&hers).contains("Permission denied"),
+        "{own}: {}",
+        check(&hers)
+    );
+    let plant = attacker.try_sh(&format!(
+        "ls {d} || ln -s /etc/shadow {d}/evil",
+        d = dir.display()
+    ));
+    assert!(
+        !plant.status.success(),
+        "{own} got into {}: {plant:?}",
+        dir.display()
+    );
+    assert!(!dir.join("evil").exists());
+
+    let status = ship.wait().expect("wait ship");
+    let out = child_output(&lab, "raced");
+    assert!(status.success(), "{out}");
+    assert_eq!(lab.version(1).as_deref(), Some("1.0"), "{out}");
+    // Her files are as she left them, and the ship's own directory is gone.
+    assert_eq!(planted(tmp), before);
+    assert_eq!(
+        std::fs::read_to_string(tmp.join("baton-ship-control/note")).expect("note"),
+        "planted\n"
+    );
+    assert!(
+        std::fs::read_dir(&loot).expect("loot").next().is_none(),
+        "nothing written to her directory"
+    );
+    assert!(!dir.exists(), "{} is removed after the ship", dir.display());
+}
+
+/// A directory removed with everything in it when the test ends, however it ends.
+struct Gone(PathBuf);
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -109,9 +109,12 @@ fn service_is_set_up_completely(cgroup: bool, clone3: bool) {
     if cgroup {
         assert_eq!(st["tracking"], "cgroup", "{st}");
         let path = st["cgroup"].as_str().expect("cgroup path");
-        assert!(path.ends_with(own), "{path} vs {own}");
-        let members =
-            std::fs::read_to_string(Path::new(path).join("cgroup.procs")).expect("cgroup.procs");
+        // Each instance is born in a cgroup of its own below the service's.
+        let (service, leaf) = own.rsplit_once('/').expect("a cgroup below the service's");
+        assert!(path.ends_with(service), "{path} vs {own}");
+        assert!(leaf.starts_with("instance-"), "{own}");
+        let members = std::fs::read_to_string(Path::new(path).join(leaf).join("cgroup.procs"))
+            .expect("cgroup.procs");
         assert_eq!(members.trim(), pid.to_string());
     } else {
         assert_eq!(st["tracking"], "subreaper", "{st}");

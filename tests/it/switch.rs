@@ -60,24 +60,27 @@ impl Drop for Backend {
     }
 }
 
-/// A service config in a temp dir with `tables` ([proxy], [registry]); the registry file is `{dir}/registry.json`.
+/// The service with `tables` ([proxy]…) and a [registry] whose file is `{dir}/registry.json`,
+/// with `registry` lines more.
+fn web(tables: &str, registry: &str) -> Spec {
+    Spec::new("web", r#"["sleep", "100"]"#).tables(&format!(
+        "{tables}\n[registry]\nfile = \"{{dir}}/registry.json\"\n{registry}"
+    ))
+}
+
+/// A service config in a temp dir with `tables` ([proxy]) and the local registry file.
 fn service(tables: &str) -> Svc {
-    Spec::new("web", r#"["sleep", "100"]"#)
-        .tables(&format!(
-            "{tables}\n[registry]\nfile = \"{{dir}}/registry.json\"\n"
-        ))
-        .create()
+    web(tables, "").create()
 }
 
 /// Same, with etcd endpoints and a prefix in [registry].
 fn service_etcd(tables: &str, endpoints: &[&str]) -> Svc {
     let list: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
-    Spec::new("web", r#"["sleep", "100"]"#)
-        .tables(&format!(
-            "{tables}\n[registry]\nfile = \"{{dir}}/registry.json\"\netcd = [{}]\nprefix = \"test/web\"\n",
-            list.join(", ")
-        ))
-        .create()
+    web(
+        tables,
+        &format!("etcd = [{}]\nprefix = \"test/web\"\n", list.join(", ")),
+    )
+    .create()
 }
 
 /// `baton __switch` to `to` (pid, port) from `from`.
@@ -139,10 +142,7 @@ fn nginx_switch_is_confirmed_and_published() {
     let new = Backend::start();
     let svc = service("");
     let nginx = Nginx::start(&svc.dir, old.port);
-    svc.rewrite(&Spec::new("web", r#"["sleep", "100"]"#).tables(&format!(
-        "{}\n[registry]\nfile = \"{{dir}}/registry.json\"\n",
-        nginx.proxy_table(None, "5s")
-    )));
+    svc.rewrite(&web(&nginx.proxy_table(None, "5s"), ""));
     assert!(nginx.serves(old.pid()));
 
     let r = switch(&svc, (new.pid(), new.port), Some((old.pid(), old.port)));
@@ -181,10 +181,10 @@ fn nginx_rejected_candidate_leaves_everything_as_it_was() {
     let svc = service("");
     let nginx = Nginx::start(&svc.dir, old.port);
     // `bogus` is no parameter of `server`: nginx -t refuses it.
-    svc.rewrite(&Spec::new("web", r#"["sleep", "100"]"#).tables(&format!(
-        "{}\n[registry]\nfile = \"{{dir}}/registry.json\"\n",
-        nginx.proxy_table(Some("server 127.0.0.1:{port} bogus;\n"), "5s")
-    )));
+    svc.rewrite(&web(
+        &nginx.proxy_table(Some("server 127.0.0.1:{port} bogus;\n"), "5s"),
+        "",
+    ));
     let before = std::fs::read(&nginx.upstream).expect("upstream");
 
     let r = switch(&svc, (new.pid(), new.port), Some((old.pid(), old.port)));
@@ -205,10 +205,7 @@ fn nginx_switch_that_never_reaches_the_new_pid_is_undone() {
     let old = Backend::start();
     let svc = service("");
     let nginx = Nginx::start(&svc.dir, old.port);
-    svc.rewrite(&Spec::new("web", r#"["sleep", "100"]"#).tables(&format!(
-        "{}\n[registry]\nfile = \"{{dir}}/registry.json\"\n",
-        nginx.proxy_table(None, "1s")
-    )));
+    svc.rewrite(&web(&nginx.proxy_table(None, "1s"), ""));
     let before = std::fs::read(&nginx.upstream).expect("upstream");
     // nginx -t accepts a port nobody listens on (it does not connect): only confirmation catches it.
     let dead_port = free_port();
@@ -306,10 +303,10 @@ fn unreachable_etcd_fails_before_the_proxy_moves() {
     let svc = service("");
     let nginx = Nginx::start(&svc.dir, old.port);
     let nowhere = format!("http://127.0.0.1:{}", free_port());
-    svc.rewrite(&Spec::new("web", r#"["sleep", "100"]"#).tables(&format!(
-        "{}\n[registry]\nfile = \"{{dir}}/registry.json\"\netcd = [\"{nowhere}\"]\n",
-        nginx.proxy_table(None, "5s")
-    )));
+    svc.rewrite(&web(
+        &nginx.proxy_table(None, "5s"),
+        &format!("etcd = [\"{nowhere}\"]\n"),
+    ));
     let before = std::fs::read(&nginx.upstream).expect("upstream");
 
     let r = switch(&svc, (new.pid(), new.port), Some((old.pid(), old.port)));
@@ -337,11 +334,10 @@ fn a_registry_changed_under_us_is_reported_and_the_proxy_restored() {
     let svc = service("");
     let nginx = Nginx::start(&svc.dir, old.port);
     let etcd = Etcd::start(&svc.dir);
-    svc.rewrite(&Spec::new("web", r#"["sleep", "100"]"#).tables(&format!(
-        "{}\n[registry]\nfile = \"{{dir}}/registry.json\"\netcd = [\"{}\"]\nprefix = \"test/web\"\n",
-        nginx.proxy_table(None, "5s"),
-        etcd.url
-    )));
+    svc.rewrite(&web(
+        &nginx.proxy_table(None, "5s"),
+        &format!("etcd = [\"{}\"]\nprefix = \"test/web\"\n", etcd.url),
+    ));
     // A first deploy published the old instance.
     let r = switch(&svc, (old.pid(), old.port), None);
     assert_eq!(r.code, 0, "{r:?}");
