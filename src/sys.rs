@@ -1,4 +1,4 @@
-//! The few places baton needs `unsafe`: the pre-exec hook, adopting an inherited fd, pidfds, xattrs.
+//! The few places baton needs `unsafe`: spawning the service (clone3), the pre-exec hook, adopting an inherited fd, pidfds, xattrs.
 //!
 //! Everything else uses nix's safe wrappers. Each block says why it is sound.
 
@@ -20,7 +20,8 @@ pub struct Credentials {
     pub groups: Vec<Gid>,
 }
 
-/// What the child must do to itself between fork and exec.
+/// What a child started by `Command` (the detached supervisor, an exec probe) must do to
+/// itself between fork and exec; the service itself is started by [`spawn`].
 pub struct ChildSetup {
     /// Identity to drop to (setgroups, setgid, setuid), if any.
     pub account: Option<Credentials>,
@@ -34,11 +35,6 @@ pub struct ChildSetup {
     pub parent_death_signal: Option<Signal>,
     /// The one inherited descriptor above stderr that survives exec (the readiness pipe).
     pub keep_fd: Option<RawFd>,
-    /// A listening socket to hand over: (the supervisor's descriptor, the number the child gets).
-    pub listen: Option<(RawFd, RawFd)>,
-    /// An open `cgroup.procs` the child writes itself into before anything else, so that
-    /// nothing it ever forks is outside the service's cgroup.
-    pub cgroup_procs: Option<RawFd>,
 }
 
 /// Installs the pre-exec hook that applies `setup` in the child.
@@ -50,19 +46,8 @@ pub fn install(cmd: &mut Command, setup: ChildSetup) {
         new_session,
         parent_death_signal,
         keep_fd,
-        listen,
-        cgroup_procs,
     } = setup;
     let hook = move || -> std::io::Result<()> {
-        if let Some(fd) = cgroup_procs {
-            // "0" means "the writing process"; done first, while still root.
-            // SAFETY: the buffer is a static byte string and fd an open descriptor the
-            // parent keeps open across the fork; write(2) is async-signal-safe.
-            let r = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
-            if r < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
         // The supervisor blocks the signals it reads from its signalfd; a child
         // inheriting that mask would never see SIGTERM.
         nix::sys::signal::SigSet::all().thread_unblock()?;
@@ -75,18 +60,6 @@ pub fn install(cmd: &mut Command, setup: ChildSetup) {
                 cloexec_from(k as u32 + 1, u32::MAX)?;
             }
             None => cloexec_from(3, u32::MAX)?,
-        }
-        if let Some((from, to)) = listen {
-            if from == to {
-                // dup2 onto itself keeps the close-on-exec flag set just above.
-                nix::fcntl::fcntl(
-                    to,
-                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-                )?;
-            } else {
-                // The copy dup2 makes is not close-on-exec: it is the one the service inherits.
-                nix::unistd::dup2(from, to)?;
-            }
         }
         if new_session {
             nix::unistd::setsid()?;
@@ -115,7 +88,7 @@ pub fn install(cmd: &mut Command, setup: ChildSetup) {
         Ok(())
     };
     // SAFETY: the hook runs in the forked child before exec and only makes
-    // async-signal-safe system calls (write, sigprocmask, close_range, dup2, fcntl, setsid, umask, setgroups, setgid, setuid,
+    // async-signal-safe system calls (sigprocmask, close_range, setsid, umask, setgroups, setgid, setuid,
     // prctl, getppid) on data moved in beforehand; it allocates nothing (every
     // error is an io::Error built from an errno).
     unsafe {
