@@ -206,6 +206,11 @@ fn run_inner(
     res
 }
 
+/// The longest directory the control directory can go in: a socket path holds 107 bytes,
+/// and ssh adds `/baton-ship-` and 16 hex digits (ours), `/` and 40 (`%C`), then `.` and 16
+/// (its temporary name while the master starts).
+const CONTROL_BASE_MAX: usize = 107 - 28 - 41 - 17;
+
 /// SSH settings for one environment, with a private directory for the control sockets.
 pub struct Ssh {
     user: Option<String>,
@@ -218,10 +223,27 @@ pub struct Ssh {
 impl Ssh {
     /// Prepares ssh options for `env`; the control directory lives until drop.
     pub fn new(env: &Env) -> Result<Ssh> {
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|p| p.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
+        // The first of these short enough for ssh's socket path to fit a sockaddr_un.
+        let base = [
+            std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
+            Some(std::env::temp_dir()),
+            Some(PathBuf::from("/tmp")),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_dir() && p.as_os_str().len() <= CONTROL_BASE_MAX)
+        .ok_or_else(|| {
+            Error::unable(
+                "create a directory for ssh control sockets",
+                format!(
+                    "TMPDIR ({}) is too long for a socket path and /tmp is missing",
+                    std::env::temp_dir().display()
+                ),
+            )
+            .hint(format!(
+                "set TMPDIR to a directory of at most {CONTROL_BASE_MAX} characters"
+            ))
+        })?;
         // Fresh, private and unpredictable: whoever could plant the ControlPath directory
         // could hijack every connection made through it.
         let control_dir = crate::files::Dir::open(&base)

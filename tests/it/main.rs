@@ -15,6 +15,7 @@ mod etcd_cluster;
 mod hardening;
 mod jetty;
 mod jvm;
+mod layers;
 mod operator;
 mod reexec;
 mod security_files;

@@ -1184,3 +1184,26 @@ impl Drop for Gone {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// ssh's control socket path must fit a sockaddr_un: a long TMPDIR made every connect fail
+/// ("too long for Unix domain socket"); the control directory goes where it fits instead.
+#[test]
+fn a_long_tmpdir_does_not_break_the_ssh_connections() {
+    let Some(lab) = Lab::new(1, Service::Light) else {
+        return;
+    };
+    let long = lab
+        .dir
+        .join("a-temporary-directory-with-a-rather-long-name");
+    std::fs::create_dir_all(&long).expect("long tmp");
+    lab.write_deploy(&lab.deploy());
+    let mut ship = ship_child_in(&lab, &["test", "--version", "1.0"], "longtmp", Some(&long));
+    let status = ship.wait().expect("wait ship");
+    let out = child_output(&lab, "longtmp");
+    assert!(status.success(), "{out}");
+    assert_eq!(lab.version(1).as_deref(), Some("1.0"), "{out}");
+    assert!(
+        std::fs::read_dir(&long).expect("long tmp").next().is_none(),
+        "nothing left in TMPDIR"
+    );
+}
