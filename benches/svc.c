@@ -17,7 +17,9 @@
  *                   http:PORT listen on 127.0.0.1:PORT, answer every request
  *                             "200 OK" (GET /health)
  *     -l LIFE_MS  stamp "exit" and exit(1) LIFE_MS after main()
- *     -i          ignore SIGTERM
+ *     -i          ignore SIGTERM; without -i and with -s, SIGTERM stamps "term"
+ *                 (the moment the signal arrives) and then kills the
+ *                 service as the default action would
  *     -w BYTES    write BYTES (rounded down to whole lines) of numbered lines
  *                 of LINE_LEN bytes (default 100) to stdout, or to FILE with
  *                 -o, as fast as possible; stamp "done" and exit 0
@@ -190,6 +192,26 @@ static void answer_http(int c) {
     } else if (write(c, nf, sizeof nf - 1) < 0) { /* peer went away */ }
 }
 
+/* SIGTERM with -s: stamp "term", then die of the signal as if unhandled. Only
+ * async-signal-safe calls (no stdio): the digits are formatted by hand. */
+static void on_term(int sig) {
+    long long t = now_ns();
+    char buf[64], digits[24];
+    int n = 0, d = 0;
+    memcpy(buf, "term ", 5);
+    n = 5;
+    do { digits[d++] = (char)('0' + t % 10); t /= 10; } while (t);
+    while (d) buf[n++] = digits[--d];
+    buf[n++] = '\n';
+    int fd = open(stampfile, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+        if (write(fd, buf, (size_t)n) < 0) { /* nothing to do */ }
+        close(fd);
+    }
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 static pid_t reaper_child;
 static void forward(int sig) { if (reaper_child > 0) kill(reaper_child, sig); }
 
@@ -286,6 +308,7 @@ int main(int argc, char **argv) {
     }
     stamp_at("main", t_main);
     if (ignore_term) signal(SIGTERM, SIG_IGN);
+    else if (stampfile) signal(SIGTERM, on_term);
 
     if (write_mode) {
         int fd = 1;

@@ -485,10 +485,7 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// Routes the supervisor's own events to `events`.
 fn init_tracing(events: crate::logs::EventLog) {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(events)
-        .with_max_level(tracing::Level::INFO)
-        .try_init();
+    let _ = tracing::subscriber::set_global_default(crate::logs::EventSubscriber(events));
 }
 
 /// Maps a clap failure to LSB's "invalid arguments" (2) while letting --help and --version exit 0.

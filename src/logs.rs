@@ -483,10 +483,98 @@ impl Write for EventWriter {
     }
 }
 
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for EventLog {
-    type Writer = EventWriter;
+/// The supervisor's events, one line each: `TIME  LEVEL target: message` (the format
+/// tracing-subscriber's `fmt` wrote), at INFO and above.
+///
+/// baton records events only, never spans: this needs no span registry, whose slab
+/// (32 KiB) stayed resident in every idle supervisor.
+pub struct EventSubscriber(pub EventLog);
 
-    fn make_writer(&'a self) -> Self::Writer {
-        EventWriter(self.clone())
+impl tracing::Subscriber for EventSubscriber {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() <= tracing::Level::INFO
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::INFO)
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let meta = event.metadata();
+        let mut line = format!(
+            "{} {:>5} {}: ",
+            stamp(std::time::SystemTime::now()),
+            meta.level(),
+            meta.target()
+        );
+        event.record(&mut Fields(&mut line));
+        line.push('\n');
+        // One write per event, so a rotation never splits one.
+        let _ = EventWriter(self.0.clone()).write(line.as_bytes());
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Writes an event's fields: the message as it reads, any other field as ` name=value`.
+struct Fields<'a>(&'a mut String);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        let _ = if field.name() == "message" {
+            write!(self.0, "{value:?}")
+        } else {
+            write!(self.0, " {}={value:?}", field.name())
+        };
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    #[test]
+    fn events_read_time_level_target_message() {
+        let dir = std::env::temp_dir().join(format!("baton-events-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let spec = LogSpec {
+            dir: dir.clone(),
+            max_size: 1 << 20,
+            keep: 1,
+            timestamps: true,
+        };
+        let log = EventLog::open(&spec).expect("open");
+        tracing::subscriber::with_default(EventSubscriber(log), || {
+            tracing::info!("spawned {} (pid {})", "svc", 42);
+            tracing::warn!(code = 3, "unable to write");
+            tracing::debug!("not shown");
+        });
+        let text = std::fs::read_to_string(dir.join("baton.log")).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        // 2026-11-29T06:11:08.123456Z: fixed width, so `baton logs` can merge by it.
+        let (time, rest) = lines[0].split_at(27);
+        assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{time}");
+        assert_eq!(
+            rest,
+            "  INFO baton::logs::event_tests: spawned svc (pid 42)"
+        );
+        assert_eq!(
+            &lines[1][27..],
+            "  WARN baton::logs::event_tests: unable to write code=3"
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -183,8 +183,8 @@ pub fn has_xattr(path: &std::path::Path, name: &str) -> bool {
 /// supervisor. Read-only segments of the executable and its libraries are
 /// file-backed and never written, so dropping their mappings loses nothing: the
 /// page cache keeps the files, and code the loop runs again comes back as a minor
-/// fault. Freed heap goes back with malloc_trim. Called only when the loop is
-/// about to sleep with nothing scheduled.
+/// fault. Freed heap goes back with malloc_trim. Called only once the loop has
+/// been quiet for a moment (each wake after it refaults what it runs).
 pub fn shed_idle_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free heap pages; no live allocation moves.
@@ -213,7 +213,8 @@ unsafe extern "C" fn drop_readonly_segments(
         // SAFETY: a non-null dlpi_name is a NUL-terminated string owned by the loader.
         unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) }.to_bytes()
     };
-    // The vDSO is a special kernel mapping, not a file: leave it alone.
+    // The vDSO is a special kernel mapping, not a file: leave it alone. The libraries'
+    // text is shared with other processes (no USS), but dropping it keeps RSS small.
     if name.starts_with(b"linux-vdso") {
         return 0;
     }

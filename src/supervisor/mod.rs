@@ -63,6 +63,8 @@ const ADDRESS_IN_USE: &str = "Address already in use";
 
 /// How often a waiting `stop` hears what it is waiting for.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How long the loop must have been quiet before it gives memory back.
+const SHED_AFTER: Duration = Duration::from_secs(1);
 
 /// Everything the loop owns.
 struct Supervisor {
@@ -82,6 +84,8 @@ struct Supervisor {
     next_progress: Option<Instant>,
     /// Work happened since the loop last slept with nothing scheduled.
     worked: bool,
+    /// When to give memory back if nothing happens before ([`SHED_AFTER`]).
+    shed_at: Option<Instant>,
     /// The state file is behind the machine; written once before the loop sleeps.
     dirty: bool,
     jitter: Jitter,
@@ -163,23 +167,43 @@ impl Supervisor {
 
     /// One poll(2) and the handling of whatever it reported.
     fn wait_and_dispatch(&mut self) -> Result<()> {
-        let timeout = poll::timeout(self, Instant::now());
-        // Going to sleep with nothing scheduled: give back what start-up and the last
-        // burst of work left mapped. Last thing before poll(2), so little runs after it.
+        let now = Instant::now();
+        let timeout = poll::timeout(self, now);
+        // Memory is shed after a quiet moment, not at every sleep: a flood of output or a
+        // quick crash loop would otherwise refault the code it just dropped at each wake.
+        // One timer per burst of work, never a periodic one: no wakeup while idle.
+        let scheduled = timeout.is_some();
+        let mut shed = false;
+        if !scheduled {
+            if std::mem::take(&mut self.worked) {
+                self.shed_at = now.checked_add(SHED_AFTER);
+            } else if self.shed_at.is_some_and(|t| t <= now) {
+                self.shed_at = None;
+                shed = true;
+            }
+        }
+        let timeout = timeout.or_else(|| {
+            self.shed_at
+                .map(|t| nix::sys::time::TimeSpec::from_duration(t.saturating_duration_since(now)))
+        });
         let persist = std::mem::take(&mut self.dirty);
-        let shed = timeout.is_none() && std::mem::take(&mut self.worked);
         let ready = {
             let set = poll::interests(self);
             if persist {
                 status::persist(self);
             }
+            // Quiet since SHED_AFTER: give back what start-up and the last burst of work
+            // left mapped. Last thing before poll(2), so little runs after it.
             if shed {
                 crate::sys::shed_idle_memory();
             }
             set.wait(timeout)?
         };
 
-        self.worked = true;
+        // The shed timer firing alone is not work (it would re-arm itself for ever).
+        if !ready.is_empty() || scheduled {
+            self.worked = true;
+        }
         let now = Instant::now();
         let mut closed_pipes = Vec::new();
         for (src, flags) in ready {

@@ -155,6 +155,7 @@ pub fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
         events: p.events,
         next_progress: None,
         worked: true,
+        shed_at: None,
         dirty: false,
         jitter: Jitter::seeded(),
         queue: VecDeque::new(),

@@ -965,10 +965,20 @@ fn idle_supervisor_does_not_wake_up() {
             })
             .sum()
     };
-    // start returns as soon as the PID file is written; let the loop finish its turn and block.
-    wait_until(T, "the supervisor to block in poll", || {
-        std::fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("poll"))
-    });
+    // start returns as soon as the PID file is written; after a quiet second the loop
+    // sheds memory once and then sleeps in ppoll with no timeout (its third argument,
+    // shown in /proc/PID/syscall, is a null pointer): from then on nothing may wake it.
+    let ppoll = nix::libc::SYS_ppoll.to_string();
+    wait_until(
+        T,
+        "the supervisor to sleep in ppoll with no timeout",
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/syscall")).is_ok_and(|s| {
+                let f: Vec<&str> = s.split_whitespace().collect();
+                f.first() == Some(&ppoll.as_str()) && f.get(3) == Some(&"0x0")
+            })
+        },
+    );
     let before = switches();
     // Nothing can signal "nothing happened": this waits out a window on purpose.
     std::thread::sleep(Duration::from_millis(1500));
