@@ -108,8 +108,6 @@ pub fn start_supervisor(config: &Path, name: &str) -> Result<Started> {
             new_session: true,
             parent_death_signal: None,
             keep_fd: Some(write_end.as_raw_fd()),
-            listen: None,
-            cgroup_procs: None,
         },
     );
     let mut child = cmd

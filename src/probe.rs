@@ -369,8 +369,6 @@ impl Probe {
                         new_session: false,
                         parent_death_signal: Some(nix::sys::signal::Signal::SIGKILL),
                         keep_fd: None,
-                        listen: None,
-                        cgroup_procs: None,
                     },
                 );
                 let spawned = cmd.spawn();

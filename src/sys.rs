@@ -1,4 +1,4 @@
-//! The few places baton needs `unsafe`: the pre-exec hook, adopting an inherited fd, pidfds, xattrs.
+//! The few places baton needs `unsafe`: spawning the service (clone3), the pre-exec hook, adopting an inherited fd, pidfds, xattrs.
 //!
 //! Everything else uses nix's safe wrappers. Each block says why it is sound.
 
@@ -20,7 +20,8 @@ pub struct Credentials {
     pub groups: Vec<Gid>,
 }
 
-/// What the child must do to itself between fork and exec.
+/// What a child started by `Command` (the detached supervisor, an exec probe) must do to
+/// itself between fork and exec; the service itself is started by [`spawn`].
 pub struct ChildSetup {
     /// Identity to drop to (setgroups, setgid, setuid), if any.
     pub account: Option<Credentials>,
@@ -34,11 +35,6 @@ pub struct ChildSetup {
     pub parent_death_signal: Option<Signal>,
     /// The one inherited descriptor above stderr that survives exec (the readiness pipe).
     pub keep_fd: Option<RawFd>,
-    /// A listening socket to hand over: (the supervisor's descriptor, the number the child gets).
-    pub listen: Option<(RawFd, RawFd)>,
-    /// An open `cgroup.procs` the child writes itself into before anything else, so that
-    /// nothing it ever forks is outside the service's cgroup.
-    pub cgroup_procs: Option<RawFd>,
 }
 
 /// Installs the pre-exec hook that applies `setup` in the child.
@@ -50,19 +46,8 @@ pub fn install(cmd: &mut Command, setup: ChildSetup) {
         new_session,
         parent_death_signal,
         keep_fd,
-        listen,
-        cgroup_procs,
     } = setup;
     let hook = move || -> std::io::Result<()> {
-        if let Some(fd) = cgroup_procs {
-            // "0" means "the writing process"; done first, while still root.
-            // SAFETY: the buffer is a static byte string and fd an open descriptor the
-            // parent keeps open across the fork; write(2) is async-signal-safe.
-            let r = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
-            if r < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
         // The supervisor blocks the signals it reads from its signalfd; a child
         // inheriting that mask would never see SIGTERM.
         nix::sys::signal::SigSet::all().thread_unblock()?;
@@ -75,18 +60,6 @@ pub fn install(cmd: &mut Command, setup: ChildSetup) {
                 cloexec_from(k as u32 + 1, u32::MAX)?;
             }
             None => cloexec_from(3, u32::MAX)?,
-        }
-        if let Some((from, to)) = listen {
-            if from == to {
-                // dup2 onto itself keeps the close-on-exec flag set just above.
-                nix::fcntl::fcntl(
-                    to,
-                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-                )?;
-            } else {
-                // The copy dup2 makes is not close-on-exec: it is the one the service inherits.
-                nix::unistd::dup2(from, to)?;
-            }
         }
         if new_session {
             nix::unistd::setsid()?;
@@ -115,7 +88,7 @@ pub fn install(cmd: &mut Command, setup: ChildSetup) {
         Ok(())
     };
     // SAFETY: the hook runs in the forked child before exec and only makes
-    // async-signal-safe system calls (write, sigprocmask, close_range, dup2, fcntl, setsid, umask, setgroups, setgid, setuid,
+    // async-signal-safe system calls (sigprocmask, close_range, setsid, umask, setgroups, setgid, setuid,
     // prctl, getppid) on data moved in beforehand; it allocates nothing (every
     // error is an io::Error built from an errno).
     unsafe {
@@ -479,9 +452,10 @@ struct Prepared<'a> {
 ///
 /// With cgroup tracking the child is created inside the cgroup by `clone3(CLONE_INTO_CGROUP)`:
 /// no `cgroup.procs` write, so none of the migration's cost (the cgroup threadgroup lock
-/// and an RCU grace period, 5-16 ms). `CLONE_VFORK` keeps the supervisor off the CPU
-/// until the child has exec'd. Where clone3 is refused (Linux < 5.7, seccomp), the child is
-/// forked and writes itself into `cgroup.procs` first, as before.
+/// and an RCU grace period, 5-16 ms). `CLONE_VM | CLONE_VFORK` (on x86_64) shares our
+/// memory with the child until it execs, as posix_spawn does, so nothing is copied.
+/// Where clone3 is refused (Linux < 5.7, seccomp), the child is forked and writes itself
+/// into `cgroup.procs` first, as before.
 pub fn spawn(exec: &Exec) -> Result<Pid, SpawnError> {
     let ptrs = |v: &[CString]| -> Vec<*const libc::c_char> {
         v.iter()
@@ -588,27 +562,11 @@ fn start_child(p: &mut Prepared<'_>) -> Result<Pid, SpawnError> {
             args.flags |= CLONE_INTO_CGROUP;
             args.cgroup = cg.dir as u64;
         }
-        // SAFETY: without CLONE_VM the child gets a copy of our memory, as with fork(2):
-        // nothing it does touches ours. It returns here on its own copy of this stack
-        // (stack = 0), and `child` never returns: it only makes async-signal-safe
-        // system calls on data prepared above, then execs or _exits. The argument block
-        // is a valid clone_args of the size passed. Raw clone3 skips glibc's fork
-        // handlers, so the child must not call into glibc beyond thin syscall wrappers,
-        // and `child` does not.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &args as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
-        if r == 0 {
-            child(p, false);
-        }
+        let r = clone3(&mut args, p).map_err(|e| SpawnError::new(Step::Clone, e))?;
         if r > 0 {
             return Ok(Pid::from_raw(r as i32));
         }
-        let e = std::io::Error::last_os_error();
+        let e = std::io::Error::from_raw_os_error(-r as i32);
         match e.raw_os_error() {
             // No clone3 (< 5.3, or a seccomp filter), no CLONE_INTO_CGROUP (< 5.7), a
             // larger clone_args than the kernel knows, or a filter that denies it.
@@ -631,11 +589,163 @@ fn start_child(p: &mut Prepared<'_>) -> Result<Pid, SpawnError> {
     }
 }
 
+/// clone3 as posix_spawn uses clone: `CLONE_VM | CLONE_VFORK`, the child on a stack of
+/// its own, sharing our memory until it execs. Nothing is copied (no page tables, no
+/// copy-on-write faults afterwards), and we sleep until the child has exec'd or exited.
+/// Returns the child's PID or minus the errno; the child never returns from here.
+#[cfg(target_arch = "x86_64")]
+fn clone3(args: &mut CloneArgs, p: &mut Prepared<'_>) -> std::io::Result<i64> {
+    let stack = ChildStack::new()?;
+    args.flags |= libc::CLONE_VM as u64;
+    args.stack = stack.low as u64;
+    args.stack_size = stack.size as u64;
+    // Every signal blocked across the clone: the child shares our memory, so none of our
+    // handlers may run in it. It resets every disposition to default before unblocking.
+    // SAFETY: sigfillset and pthread_sigmask only write the sigsets passed, on our stack.
+    let old = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    };
+    let ret: i64;
+    // SAFETY: the kernel starts the child at the instruction after `syscall` with rsp at
+    // the top of `stack` (mapped, writable, a guard page below, unmapped only after this
+    // returns, by when the child has exec'd or exited: CLONE_VFORK). The child aligns its
+    // stack, clears the frame pointer and calls `child_entry` with `p`, which never
+    // returns (`ud2` would trap if it did); it touches nothing of ours but `p` and errno,
+    // while we sleep. r12 and r13 survive `syscall`; rcx and r11 do not and are declared.
+    // The parent falls through with the PID or -errno in rax.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "and rsp, -16",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args as *const CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") (p as *mut Prepared<'_>).cast::<libc::c_void>(),
+            in("r13") child_entry as extern "C" fn(*mut libc::c_void) -> !,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    drop(stack);
+    Ok(ret)
+}
+
+/// clone3 without CLONE_VM where there is no hand-written entry for this architecture: the
+/// child gets a copy of our memory, as with fork(2). Returns the PID or minus the errno.
+#[cfg(not(target_arch = "x86_64"))]
+fn clone3(args: &mut CloneArgs, p: &mut Prepared<'_>) -> std::io::Result<i64> {
+    // SAFETY: without CLONE_VM the child gets a copy of our memory: nothing it does
+    // touches ours. It returns here on its own copy of this stack (stack = 0), and `child`
+    // never returns: it only makes async-signal-safe system calls on data prepared
+    // beforehand, then execs or _exits. The argument block is a valid clone_args of the
+    // size passed. Raw clone3 skips glibc's fork handlers, so the child must not call into
+    // glibc beyond thin syscall wrappers, and `child` does not.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r == 0 {
+        child(p, false);
+    }
+    if r < 0 {
+        return Ok(-i64::from(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EINVAL),
+        ));
+    }
+    Ok(r as i64)
+}
+
+/// Where a `CLONE_VM` child starts: `arg` is the `Prepared` of the spawn that made it.
+#[cfg(target_arch = "x86_64")]
+extern "C" fn child_entry(arg: *mut libc::c_void) -> ! {
+    // SAFETY: `clone3` passes its `&mut Prepared`, which lives until we exec or exit
+    // (the parent sleeps until then), and nothing else uses it meanwhile.
+    let p = unsafe { &mut *arg.cast::<Prepared<'_>>() };
+    child(p, false)
+}
+
+/// The stack a `CLONE_VM` child runs on, with an inaccessible guard page below it.
+#[cfg(target_arch = "x86_64")]
+struct ChildStack {
+    /// The lowest usable address (just above the guard page).
+    low: *mut libc::c_void,
+    /// Usable bytes.
+    size: usize,
+    /// The whole mapping, guard included.
+    map: *mut libc::c_void,
+    len: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl ChildStack {
+    /// `child` needs a few KiB even unoptimized; 64 KiB is ample, and only what it
+    /// touches is ever faulted in.
+    const SIZE: usize = 64 * 1024;
+    const GUARD: usize = 4096;
+
+    fn new() -> std::io::Result<ChildStack> {
+        let len = Self::SIZE + Self::GUARD;
+        // SAFETY: a fresh anonymous private mapping; no existing memory is affected.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stack = ChildStack {
+            low: map.cast::<u8>().wrapping_add(Self::GUARD).cast(),
+            size: Self::SIZE,
+            map,
+            len,
+        };
+        // SAFETY: the first page of the mapping made above, which nothing uses.
+        if unsafe { libc::mprotect(map, Self::GUARD, libc::PROT_NONE) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `new` made; the child that ran on it has exec'd or exited.
+        unsafe { libc::munmap(self.map, self.len) };
+    }
+}
+
 /// The child's side: set itself up and exec, or report the failing step and exit 127.
 ///
-/// Runs between clone and exec, in a copy of the supervisor: nothing here may allocate,
-/// lock or call glibc beyond thin system-call wrappers (no setuid(3): glibc's broadcasts
-/// to threads that do not exist here), and nothing may panic.
+/// Runs between clone and exec, in the supervisor's memory (`CLONE_VM`, the supervisor
+/// asleep) or a copy of it (fork): nothing here may allocate, lock or call glibc beyond
+/// thin system-call wrappers (no setuid(3): glibc's broadcasts to threads that do not
+/// exist here), and nothing may panic. It writes nothing of the supervisor's but errno
+/// and `p.sh_argv`.
 fn child(p: &mut Prepared<'_>, write_procs: bool) -> ! {
     let e = p.exec;
     let report = p.report;
@@ -653,8 +763,8 @@ fn child(p: &mut Prepared<'_>, write_procs: bool) -> ! {
     };
     let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
     // SAFETY (for every block below): each is one system call on descriptors, integers
-    // or NUL-terminated strings prepared by the supervisor and alive in this copy of its
-    // memory; none allocates or takes a lock.
+    // or NUL-terminated strings prepared by the supervisor, alive until we exec or exit;
+    // none allocates or takes a lock.
     if let (true, Some(cg)) = (write_procs, e.cgroup) {
         // "0" means "the writing process"; first, so nothing it ever forks is outside.
         // SAFETY: see above.

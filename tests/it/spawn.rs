@@ -197,6 +197,10 @@ fn a_failed_exec_at_respawn_names_the_program_and_the_cause() {
             app.display()
         ),
     );
+    // `stop` checks the config, which names the program: put one back to stop cleanly.
+    std::fs::write(&app, "#!/bin/sh\nexit 0\n").expect("write");
+    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    svc.stop();
 }
 
 /// A step before exec failed (here chdir): the message names the step, not only the errno.
@@ -214,4 +218,7 @@ fn a_failed_setup_step_at_respawn_is_named() {
             svc.path("app").display()
         ),
     );
+    // `stop` checks the config, which names the working directory.
+    std::fs::create_dir(svc.path("work")).expect("workdir");
+    svc.stop();
 }
