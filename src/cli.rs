@@ -252,9 +252,25 @@ impl Cli {
             spec.file = file;
             Ok(spec)
         };
+        // For a command addressed to the supervisor already running: a program or
+        // directory gone since the start is a warning, so the service can still be stopped.
+        let load_running = |t: &Target| -> Result<Spec> {
+            let (file, name) = config::locate(
+                self.config.as_deref(),
+                Some(&self.config_dir),
+                t.name.as_deref(),
+            )?;
+            let file = absolute(&file);
+            let (mut spec, warnings) = config::load_running(&file, &name)?;
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            spec.file = file;
+            Ok(spec)
+        };
         match &self.command {
             Command::Start(t) => crate::service::start(&load(t)?).map(|()| 0),
-            Command::Stop(t) => crate::service::stop(&load(t)?).map(|()| 0),
+            Command::Stop(t) => crate::service::stop(&load_running(t)?).map(|()| 0),
             Command::Restart(t) => crate::service::restart(&load(t)?).map(|()| 0),
             Command::TryRestart(t) => crate::service::try_restart(&load(t)?).map(|()| 0),
             Command::Reload(t) | Command::ForceReload(t) => {
@@ -286,7 +302,7 @@ impl Cli {
                 let sig = config::units::parse_signal(signal).map_err(|e| {
                     Error::unable(format!("send signal {signal}"), e).code(Action::BadArgs)
                 })?;
-                crate::service::signal(&load(&Target { name })?, sig).map(|()| 0)
+                crate::service::signal(&load_running(&Target { name })?, sig).map(|()| 0)
             }
             Command::ReexecCheck { format } => crate::supervisor::reexec_check(*format).map(|()| 0),
             Command::Resume(t) => crate::supervisor::resume_from_env(
@@ -302,7 +318,7 @@ impl Cli {
                     Ok(events)
                 },
             ),
-            Command::ReopenLogs(t) => crate::service::reopen_logs(&load(t)?).map(|()| 0),
+            Command::ReopenLogs(t) => crate::service::reopen_logs(&load_running(t)?).map(|()| 0),
             Command::Status { target, json } if target.name.is_none() && self.config.is_none() => {
                 match crate::overview::status(&self.config_dir, *json) {
                     Ok(code) => Ok(code.code()),
@@ -313,7 +329,7 @@ impl Cli {
                 }
             }
             Command::Logs(a) => crate::logview::run(
-                &load(&a.target)?,
+                &load_running(&a.target)?,
                 &crate::logview::Options {
                     lines: a.lines,
                     follow: a.follow,
@@ -342,7 +358,7 @@ impl Cli {
                     .map_err(|e| Error::io("write the man page", &e))?;
                 Ok(0)
             }
-            Command::Status { target, json } => match load(target) {
+            Command::Status { target, json } => match load_running(target) {
                 Ok(spec) => crate::service::status(&spec, *json).map(|s| s.code()),
                 // LSB: status of a service that cannot be read is "unknown".
                 Err(e) => {

@@ -80,10 +80,14 @@ pub fn gather(dir: &Path) -> Result<Vec<Row>> {
 }
 
 fn row(name: &str, file: &Path) -> Row {
-    match config::load(file, name) {
-        Ok(mut spec) => {
+    match config::load_running(file, name) {
+        Ok((mut spec, warnings)) => {
             spec.file = file.to_path_buf();
-            let (report, code) = crate::service::report(&spec);
+            let (mut report, code) = crate::service::report(&spec);
+            // A program or directory gone since the start: the row says so beside the state.
+            if report.problem.is_none() && !warnings.is_empty() {
+                report.problem = Some(warnings.join("; "));
+            }
             Row {
                 report,
                 code,

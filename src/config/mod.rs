@@ -295,6 +295,9 @@ pub struct Problem {
     pub message: String,
     /// The LSB code this problem implies (6 mostly, 5 for a missing program).
     pub code: Action,
+    /// About the machine as it is now (a program or directory gone), not the file's text:
+    /// it stops a start, but not a command addressed to a supervisor already running.
+    pub host: bool,
 }
 
 /// Everything wrong with one file.
@@ -445,6 +448,7 @@ pub(crate) fn read_checked(file: &Path) -> Result<(String, Vec<Problem>)> {
                     "{why}; baton runs its command as root and refuses a config others could change"
                 ),
                 code: Action::NoPrivilege,
+                host: false,
             });
         }
     }
@@ -453,31 +457,65 @@ pub(crate) fn read_checked(file: &Path) -> Result<(String, Vec<Problem>)> {
 
 /// Parses text into a spec, or returns every problem found.
 pub fn parse(text: &str, file: &Path, name: &str) -> std::result::Result<Spec, Vec<Problem>> {
+    match parse_all(text, file, name) {
+        (Some(spec), problems) if problems.is_empty() => Ok(spec),
+        (_, problems) => Err(problems),
+    }
+}
+
+/// Reads a service file for a command addressed to its running supervisor (`stop`,
+/// `status`, `signal`, `logs`, `reopen-logs`): the file's text must be right, but a
+/// program or working directory that has gone since the start must not strand a running
+/// service with no way to stop it. Those problems come back as warnings.
+pub fn load_running(file: &Path, name: &str) -> Result<(Spec, Vec<String>)> {
+    let (text, mut problems) = read_checked(file)?;
+    let (spec, mut more) = parse_all(&text, file, name);
+    problems.append(&mut more);
+    match spec {
+        Some(spec) if problems.iter().all(|p| p.host) => {
+            let warnings = problems
+                .into_iter()
+                .map(|p| match p.line {
+                    Some(line) => format!("{}:{line}: {}", file.display(), p.message),
+                    None => format!("{}: {}", file.display(), p.message),
+                })
+                .collect();
+            Ok((spec, warnings))
+        }
+        _ => Err(Problems {
+            file: file.to_path_buf(),
+            list: problems,
+        }
+        .into_error()),
+    }
+}
+
+/// The spec (when the text makes one) and every problem found, sorted by line.
+fn parse_all(text: &str, file: &Path, name: &str) -> (Option<Spec>, Vec<Problem>) {
     let doc = match ImDocument::parse(text.to_string()) {
         Ok(doc) => doc,
         Err(e) => {
             let line = e.span().map(|s| line_of(text, s.start));
-            return Err(vec![Problem {
-                line,
-                key: String::new(),
-                message: format!("TOML syntax error: {}", e.message().trim()),
-                code: Action::NotConfigured,
-            }]);
+            return (
+                None,
+                vec![Problem {
+                    line,
+                    key: String::new(),
+                    message: format!("TOML syntax error: {}", e.message().trim()),
+                    code: Action::NotConfigured,
+                    host: false,
+                }],
+            );
         }
     };
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut r = Reader::new(text);
-    let spec = r.spec(doc.as_table(), &base, name);
-    if r.problems.is_empty() {
-        spec.map(|s| Spec {
-            file: file.to_path_buf(),
-            ..s
-        })
-        .ok_or_else(Vec::new)
-    } else {
-        r.problems.sort_by_key(|p| p.line);
-        Err(std::mem::take(&mut r.problems))
-    }
+    let spec = r.spec(doc.as_table(), &base, name).map(|s| Spec {
+        file: file.to_path_buf(),
+        ..s
+    });
+    r.problems.sort_by_key(|p| p.line);
+    (spec, std::mem::take(&mut r.problems))
 }
 
 /// The 1-based line of byte `offset` in `text` (one lookup; a [`Walker`] keeps its index for many).
@@ -558,6 +596,28 @@ mod tests {
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].code, Action::NotInstalled);
         assert_eq!(p[0].line, Some(1));
+    }
+
+    #[test]
+    fn a_running_supervisor_is_reachable_with_its_program_gone_but_not_with_bad_text() {
+        let dir = std::env::temp_dir().join(format!("baton-running-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("gone.toml");
+        std::fs::write(
+            &file,
+            "command = [\"/nonexistent/java\"]\nworkdir = \"/nonexistent\"\n",
+        )
+        .expect("write");
+        let (spec, warnings) = load_running(&file, "gone").expect("host problems only");
+        assert_eq!(spec.command, ["/nonexistent/java"]);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(load(&file, "gone").is_err(), "a start still refuses");
+        std::fs::write(&file, "command = [\"/nonexistent/java\"]\nbogus = 1\n").expect("write");
+        assert!(
+            load_running(&file, "gone").is_err(),
+            "the file's own errors still count"
+        );
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]

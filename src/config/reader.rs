@@ -126,12 +126,35 @@ impl Walker<'_> {
         message: impl Into<String>,
         code: Action,
     ) {
+        self.push(span, key, message.into(), code, false);
+    }
+
+    /// A problem with the machine as it is now, not with the file (see [`Problem::host`]).
+    pub(crate) fn host_problem(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: &str,
+        message: impl Into<String>,
+        code: Action,
+    ) {
+        self.push(span, key, message.into(), code, true);
+    }
+
+    fn push(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: &str,
+        message: String,
+        code: Action,
+        host: bool,
+    ) {
         let line = span.map(|s| self.line_of(s.start));
         self.problems.push(Problem {
             line,
             key: key.to_string(),
-            message: message.into(),
+            message,
             code,
+            host,
         });
     }
 
@@ -320,13 +343,14 @@ impl Reader<'_> {
         let workdir = self.string(top, "", "workdir").map(|(s, span)| {
             let p = absolutize(base, &s.replace("{name}", name));
             if !p.is_dir() {
-                self.problem(
+                self.host_problem(
                     span,
                     "workdir",
                     format!(
                         "{} is not a directory: create it or fix the path",
                         p.display()
                     ),
+                    Action::NotConfigured,
                 );
             }
             p
@@ -507,7 +531,7 @@ impl Reader<'_> {
             crate::host::find_in_path(prog, search)
         };
         match found {
-            None => self.problem_code(
+            None => self.host_problem(
                 span,
                 "command",
                 format!(
@@ -520,7 +544,7 @@ impl Reader<'_> {
                 let exec = std::fs::metadata(&p)
                     .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
                 if !matches!(exec, Ok(true)) {
-                    self.problem_code(
+                    self.host_problem(
                         span,
                         "command",
                         format!(

@@ -178,6 +178,7 @@ pub(crate) fn parse(
             key: String::new(),
             message: format!("TOML syntax error: {}", e.message().trim()),
             code: Action::NotConfigured,
+            host: false,
         }]
     })?;
     let mut r = Reader(Walker::new(text));
@@ -226,6 +227,7 @@ pub(crate) fn parse(
             key: String::new(),
             message: "incomplete".into(),
             code: Action::NotConfigured,
+            host: false,
         }]),
     }
 }

@@ -197,10 +197,21 @@ fn a_failed_exec_at_respawn_names_the_program_and_the_cause() {
             app.display()
         ),
     );
-    // `stop` checks the config, which names the program: put one back to stop cleanly.
-    std::fs::write(&app, "#!/bin/sh\nexit 0\n").expect("write");
-    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    svc.stop();
+    // The program is still gone: `status` and `stop` reach the running supervisor anyway,
+    // saying what is missing (a start would refuse; the running service must not be stranded).
+    let (code, st) = svc.status();
+    assert_ne!(code, 4, "status of a running supervisor is known: {st}");
+    let r = svc.stop();
+    assert!(
+        r.stderr.contains("warning:") && r.stderr.contains("not found"),
+        "{r:?}"
+    );
+    assert_eq!(svc.status().0, 3, "stopped");
+    let r = svc.baton(&["start"]);
+    assert_eq!(
+        r.code, 5,
+        "a start with the program gone is 'not installed': {r:?}"
+    );
 }
 
 /// A step before exec failed (here chdir): the message names the step, not only the errno.
@@ -218,7 +229,8 @@ fn a_failed_setup_step_at_respawn_is_named() {
             svc.path("app").display()
         ),
     );
-    // `stop` checks the config, which names the working directory.
-    std::fs::create_dir(svc.path("work")).expect("workdir");
-    svc.stop();
+    // The working directory is still gone: `stop` warns and stops all the same.
+    let r = svc.stop();
+    assert!(r.stderr.contains("is not a directory"), "{r:?}");
+    assert_eq!(svc.status().0, 3, "stopped");
 }
