@@ -100,8 +100,9 @@ WHY = {
     "memory": "the executable's text the loop runs (shared by every baton process, private only while one "
               "runs), relocated data, heap and stack of the supervisor (table below)",
     "wakeups": "something in the loop arms a timer while idle (strace -p the supervisor)",
-    "respawn": "per respawn the supervisor rewrites state.json (open O_CREAT+write+rename) and spawns with "
-               "fork+exec (see benches/PROFILE-respawn.md)",
+    "respawn": "the spawn is clone3(CLONE_VM|CLONE_VFORK|CLONE_INTO_CGROUP); around it each respawn makes a "
+               "fresh instance cgroup (mkdir before the spawn, rmdir of the old one) and rewrites state.json "
+               "(see benches/PROFILE-respawn.md)",
     "ready_notify": "READY=1 goes to the supervisor, which writes the PID file (open+write+rename) before it "
                     "answers the waiting `start` through a pipe: two wakeups where start-stop-daemon, which "
                     "receives READY=1 itself, has one",
