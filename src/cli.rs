@@ -241,13 +241,16 @@ pub type Code = i32;
 impl Cli {
     /// Runs the command; returns the exit code for a success (status has several).
     pub fn run(self) -> Result<Code> {
-        let load = |t: &Target| -> Result<Spec> {
+        let locate = |t: &Target| -> Result<(PathBuf, String)> {
             let (file, name) = config::locate(
                 self.config.as_deref(),
                 Some(&self.config_dir),
                 t.name.as_deref(),
             )?;
-            let file = absolute(&file);
+            Ok((absolute(&file), name))
+        };
+        let load = |t: &Target| -> Result<Spec> {
+            let (file, name) = locate(t)?;
             let mut spec = config::load(&file, &name)?;
             spec.file = file;
             Ok(spec)
@@ -255,12 +258,7 @@ impl Cli {
         // For a command addressed to the supervisor already running: a program or
         // directory gone since the start is a warning, so the service can still be stopped.
         let load_running = |t: &Target| -> Result<Spec> {
-            let (file, name) = config::locate(
-                self.config.as_deref(),
-                Some(&self.config_dir),
-                t.name.as_deref(),
-            )?;
-            let file = absolute(&file);
+            let (file, name) = locate(t)?;
             let (mut spec, warnings) = config::load_running(&file, &name)?;
             for w in warnings {
                 eprintln!("warning: {w}");

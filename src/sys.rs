@@ -739,6 +739,20 @@ impl Drop for ChildStack {
     }
 }
 
+/// In the child: makes `from` the descriptor `to`, open across exec. dup2 clears
+/// close-on-exec on the copy, but onto itself it does nothing, so then the flag is
+/// cleared by hand. Returns what the system call did (negative: see errno).
+fn place(from: RawFd, to: RawFd) -> libc::c_int {
+    // SAFETY: one system call on integers; async-signal-safe, no allocation, no lock.
+    unsafe {
+        if from == to {
+            libc::fcntl(to, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(from, to)
+        }
+    }
+}
+
 /// The child's side: set itself up and exec, or report the failing step and exit 127.
 ///
 /// Runs between clone and exec, in the supervisor's memory (`CLONE_VM`, the supervisor
@@ -774,16 +788,7 @@ fn child(p: &mut Prepared<'_>, write_procs: bool) -> ! {
     }
     for (to, &from) in e.stdio.iter().enumerate() {
         let to = to as RawFd;
-        // SAFETY: see above. dup2 clears close-on-exec on the copy; onto itself it would
-        // not, so then the flag is cleared by hand.
-        let r = unsafe {
-            if from == to {
-                libc::fcntl(to, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(from, to)
-            }
-        };
-        if r < 0 {
+        if place(from, to) < 0 {
             fail(Step::Stdio, errno());
         }
     }
@@ -845,16 +850,7 @@ fn child(p: &mut Prepared<'_>, write_procs: bool) -> ! {
         fail(Step::Descriptors, errno());
     }
     if let Some((from, to)) = e.listen {
-        // dup2 onto itself would keep the close-on-exec flag set just above.
-        // SAFETY: see above.
-        let r = unsafe {
-            if from == to {
-                libc::fcntl(to, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(from, to)
-            }
-        };
-        if r < 0 {
+        if place(from, to) < 0 {
             fail(Step::Listen, errno());
         }
     }
