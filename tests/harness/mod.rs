@@ -45,6 +45,16 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// Installs `from` at `to` as a package manager does: a new file renamed over the old
+/// (so a supervisor running the old one keeps its deleted image).
+pub fn install(from: &Path, to: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = to.with_extension("dpkg-new");
+    std::fs::copy(from, &tmp).expect("copy");
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&tmp, to).expect("rename");
+}
+
 /// Whether a process exists (zombies count as gone).
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -196,10 +206,15 @@ impl Svc {
 
     /// Runs `baton --config FILE ARGS...`.
     pub fn baton(&self, args: &[&str]) -> Run {
+        self.baton_with(&baton_bin(), args)
+    }
+
+    /// Runs `BIN --config FILE ARGS...`: a copy of baton, or an older build of it.
+    pub fn baton_with(&self, bin: &Path, args: &[&str]) -> Run {
         // A hang must fail the test, not stall the suite: 124 is timeout's exit code.
         Command::new("timeout")
             .arg("120")
-            .arg(baton_bin())
+            .arg(bin)
             .arg("--config")
             .arg(&self.config)
             .args(args)

@@ -6,7 +6,7 @@
 
 use crate::harness;
 
-use harness::{baton_bin, wait_until, Run, Spec, Svc};
+use harness::{baton_bin, install, wait_until, Spec, Svc};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -40,27 +40,6 @@ fn service(name: &str) -> Svc {
              [stop]\ntimeout = \"10s\"\n[deploy]\ndrain_timeout = \"1s\"\n",
         )
         .create()
-}
-
-/// Installs baton at `to` the way a package manager does: a new file renamed over the old.
-fn install(from: &Path, to: &Path) {
-    let tmp = to.with_extension("dpkg-new");
-    std::fs::copy(from, &tmp).expect("copy baton");
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    std::fs::rename(&tmp, to).expect("rename");
-}
-
-/// `BIN --config FILE ARGS...` with the test's own copy of baton.
-fn baton(bin: &Path, svc: &Svc, args: &[&str]) -> Run {
-    Command::new("timeout")
-        .arg("120")
-        .arg(bin)
-        .arg("--config")
-        .arg(&svc.config)
-        .args(args)
-        .output()
-        .expect("run baton")
-        .into()
 }
 
 /// Counter values printed per service PID, in the order they reached stdout.log.
@@ -100,21 +79,23 @@ fn service_pid(svc: &Svc) -> i32 {
     st["service_pid"].as_i64().expect("service pid") as i32
 }
 
-#[test]
-fn reexec_keeps_both_pids_and_every_line_then_a_deploy_works() {
-    let svc = service("rxkeep");
+/// Release v1 deployed by a supervisor that runs a copy of baton at `DIR/bin/baton` (so a
+/// test can replace that file): the copy's path, the supervisor's PID and the service's.
+fn deployed_from_a_copy(svc: &Svc) -> (PathBuf, i32, i32) {
     let bin = svc.path("bin/baton");
     std::fs::create_dir_all(svc.path("bin")).expect("bin");
     install(&baton_bin(), &bin);
     let v1 = release(&svc.dir, "v1", false);
-    let r = baton(
-        &bin,
-        &svc,
-        &["deploy", "--release", v1.to_str().expect("utf-8")],
-    );
+    let r = svc.baton_with(&bin, &["deploy", "--release", v1.to_str().expect("utf-8")]);
     assert_eq!(r.code, 0, "{r:?}");
     let sup = svc.pid_in_file().expect("PID file");
-    let pid = service_pid(&svc);
+    (bin, sup, service_pid(svc))
+}
+
+#[test]
+fn reexec_keeps_both_pids_and_every_line_then_a_deploy_works() {
+    let svc = service("rxkeep");
+    let (bin, sup, pid) = deployed_from_a_copy(&svc);
     let deadline = std::time::Instant::now() + T;
     while lines_of(&svc, pid) <= 50 {
         if std::time::Instant::now() < deadline {
@@ -132,7 +113,7 @@ fn reexec_keeps_both_pids_and_every_line_then_a_deploy_works() {
     install(&baton_bin(), &bin);
     for round in 0..3 {
         let before = lines_of(&svc, pid);
-        let r = baton(&bin, &svc, &["reexec"]);
+        let r = svc.baton_with(&bin, &["reexec"]);
         assert_eq!(r.code, 0, "reexec {round}: {r:?}");
         assert!(
             r.stdout.contains("re-executed: baton ") && r.stdout.contains(" -> baton "),
@@ -154,17 +135,13 @@ fn reexec_keeps_both_pids_and_every_line_then_a_deploy_works() {
 
     // A deploy after the reexec: the new image runs handoffs too.
     let v2 = release(&svc.dir, "v2", false);
-    let r = baton(
-        &bin,
-        &svc,
-        &["deploy", "--release", v2.to_str().expect("utf-8")],
-    );
+    let r = svc.baton_with(&bin, &["deploy", "--release", v2.to_str().expect("utf-8")]);
     assert_eq!(r.code, 0, "deploy after reexec: {r:?}");
     let pid2 = service_pid(&svc);
     assert_ne!(pid2, pid);
     assert_eq!(svc.pid_in_file(), Some(sup));
     wait_until(T, "the new instance's output", || lines_of(&svc, pid2) > 20);
-    let r = baton(&bin, &svc, &["stop"]);
+    let r = svc.baton_with(&bin, &["stop"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_consecutive(&svc);
 }
@@ -172,18 +149,7 @@ fn reexec_keeps_both_pids_and_every_line_then_a_deploy_works() {
 #[test]
 fn reexec_onto_a_file_that_is_not_baton_is_refused_and_changes_nothing() {
     let svc = service("rxnot");
-    let bin = svc.path("bin/baton");
-    std::fs::create_dir_all(svc.path("bin")).expect("bin");
-    install(&baton_bin(), &bin);
-    let v1 = release(&svc.dir, "v1", false);
-    let r = baton(
-        &bin,
-        &svc,
-        &["deploy", "--release", v1.to_str().expect("utf-8")],
-    );
-    assert_eq!(r.code, 0, "{r:?}");
-    let sup = svc.pid_in_file().expect("PID file");
-    let pid = service_pid(&svc);
+    let (bin, sup, pid) = deployed_from_a_copy(&svc);
 
     // Something else at baton's path (a broken upgrade).
     let script = svc.path("not-baton");

@@ -101,15 +101,6 @@ fn sleeper(name: &str) -> harness::Svc {
         .create()
 }
 
-/// Installs `from` at `to` as a package manager does: a new file renamed over the old.
-fn install(from: &std::path::Path, to: &std::path::Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = to.with_extension("dpkg-new");
-    std::fs::copy(from, &tmp).expect("copy");
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    std::fs::rename(&tmp, to).expect("rename");
-}
-
 /// A bash script (its descriptors above 9 leave the inherited ones alone) at `to` that answers `__reexec-check` as the real baton does (so the running
 /// supervisor execs it) and runs `on_resume` (shell) when it is the supervisor's new image.
 fn impostor(svc: &harness::Svc, to: &std::path::Path, on_resume: &str) {
@@ -122,23 +113,15 @@ fn impostor(svc: &harness::Svc, to: &std::path::Path, on_resume: &str) {
         ),
     )
     .expect("script");
-    install(&script, to);
+    harness::install(&script, to);
 }
 
 /// The supervisor (and its service) started from a copy of baton at `DIR/bin/baton`.
 fn started_from_a_copy(svc: &harness::Svc) -> (std::path::PathBuf, i32, i64) {
     let bin = svc.path("bin/baton");
     std::fs::create_dir_all(svc.path("bin")).expect("bin");
-    install(&harness::baton_bin(), &bin);
-    let r: harness::Run = Command::new("timeout")
-        .arg("120")
-        .arg(&bin)
-        .arg("--config")
-        .arg(&svc.config)
-        .arg("start")
-        .output()
-        .expect("start")
-        .into();
+    harness::install(&harness::baton_bin(), &bin);
+    let r = svc.baton_with(&bin, &["start"]);
     assert_eq!(r.code, 0, "{r:?}");
     let sup = svc.pid_in_file().expect("PID file");
     let (code, st) = svc.status();
@@ -152,7 +135,7 @@ fn a_new_image_that_cannot_read_the_record_hands_the_supervisor_back() {
     let (bin, sup, pid) = started_from_a_copy(&svc);
 
     // Another ELF that is not baton: refused before any exec.
-    install(std::path::Path::new("/bin/true"), &bin);
+    harness::install(std::path::Path::new("/bin/true"), &bin);
     let r = svc.baton(&["reexec"]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("it is not baton"), "{r:?}");
@@ -306,15 +289,7 @@ fn a_supervisor_of_a_baton_from_before_reexec_is_answered_truthfully_by_this_one
         return;
     };
     let svc = sleeper("rxold");
-    let r: harness::Run = Command::new("timeout")
-        .arg("120")
-        .arg(&old)
-        .arg("--config")
-        .arg(&svc.config)
-        .arg("start")
-        .output()
-        .expect("start with the older baton")
-        .into();
+    let r = svc.baton_with(&old, &["start"]);
     assert_eq!(r.code, 0, "{r:?}");
     let sup = svc.pid_in_file().expect("PID file");
     // This baton's status of the older supervisor: running, and which baton it runs.
@@ -362,15 +337,7 @@ fn a_supervisor_of_a_baton_from_before_reexec_is_answered_truthfully_by_this_one
     svc.stop();
 
     // And this baton stops an older supervisor too.
-    let r: harness::Run = Command::new("timeout")
-        .arg("120")
-        .arg(&old)
-        .arg("--config")
-        .arg(&svc.config)
-        .arg("start")
-        .output()
-        .expect("start with the older baton")
-        .into();
+    let r = svc.baton_with(&old, &["start"]);
     assert_eq!(r.code, 0, "{r:?}");
     let sup = svc.pid_in_file().expect("PID file");
     svc.stop();
