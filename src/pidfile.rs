@@ -206,6 +206,100 @@ pub fn write_state(spec: &Spec, state: &StateFile) {
     }
 }
 
+/// The supervisor's own records, kept ready so that writing them after a long sleep touches
+/// little: the directories of the PID file and the state file held open (no walk from `/` at
+/// each write), the supervisor's identity read once, and the PID file's content already in
+/// place under a temporary name, so that readiness is one rename.
+///
+/// Everything falls back to the path-based writes above when a directory could not be opened
+/// at start (the same error then comes at the same moment as before), or when a handoff
+/// brought a config that names other paths.
+pub struct Records {
+    pid: Option<(PathBuf, crate::files::Dir)>,
+    state: Option<(PathBuf, crate::files::Dir)>,
+    /// The PID file's content under a temporary name in its directory, until readiness.
+    staged: Option<std::ffi::OsString>,
+    /// This supervisor and its session: neither changes for its life (nor across a reexec).
+    me: Option<Identity>,
+    session: Option<i32>,
+}
+
+impl Records {
+    /// Opens the directories and stages the PID file with this process's PID when `stage`
+    /// (a supervisor not yet ready once); a failure here only means the slower path later.
+    pub fn open(spec: &Spec, stage: bool) -> Records {
+        let dir_of = |path: &Path| {
+            let (dir, _) = crate::files::split(path).ok()?;
+            Some((path.to_path_buf(), dir))
+        };
+        let me = nix::unistd::getpid();
+        let mut records = Records {
+            pid: dir_of(&spec.pidfile),
+            state: dir_of(&state_path(spec)),
+            staged: None,
+            me: Identity::of(me),
+            session: nix::unistd::getsid(None).ok().map(Pid::as_raw),
+        };
+        if stage {
+            records.staged = records.pid.as_ref().and_then(|(path, dir)| {
+                let mut tmp = std::ffi::OsString::from(".");
+                tmp.push(path.file_name()?);
+                tmp.push(format!(".{}.tmp", crate::files::random_suffix()));
+                let mut f = dir.create_new(&tmp, 0o644).ok()?;
+                match std::io::Write::write_all(&mut f, format!("{me}\n").as_bytes()) {
+                    Ok(()) => Some(tmp),
+                    Err(_) => {
+                        let _ = dir.remove(&tmp);
+                        None
+                    }
+                }
+            });
+        }
+        records
+    }
+
+    /// This supervisor's identity and session, as the state file records them.
+    pub fn me(&self) -> (Option<Identity>, Option<i32>) {
+        (self.me, self.session)
+    }
+
+    /// Puts the PID file at `path` in place (holding this process's PID): the staged file
+    /// renamed, else written anew.
+    pub fn publish_pid(&mut self, path: &Path) -> Result<()> {
+        if let (Some(tmp), Some((at, dir))) = (self.staged.take(), self.pid.as_ref()) {
+            let renamed = match (at == path, path.file_name()) {
+                (true, Some(name)) => dir.rename(&tmp, name).is_ok(),
+                _ => false,
+            };
+            if renamed {
+                return Ok(());
+            }
+            let _ = dir.remove(&tmp);
+        }
+        write(path, nix::unistd::getpid())
+    }
+
+    /// Removes the staged PID file if readiness never came.
+    pub fn unstage(&mut self) {
+        if let (Some(tmp), Some((_, dir))) = (self.staged.take(), self.pid.as_ref()) {
+            let _ = dir.remove(&tmp);
+        }
+    }
+
+    /// Records `state` in the state file of `spec`.
+    pub fn write_state(&self, spec: &Spec, state: &StateFile) {
+        let path = state_path(spec);
+        let held = self.state.as_ref().filter(|(at, _)| *at == path);
+        let (Some((_, dir)), Some(name)) = (held, path.file_name()) else {
+            return write_state(spec, state);
+        };
+        let body = serde_json::to_vec_pretty(state).unwrap_or_default();
+        if let Err(e) = dir.write_atomic(name, &body, 0o644) {
+            tracing::warn!("unable to write state file {}: {e}", path.display());
+        }
+    }
+}
+
 /// Reads the state file; missing or unreadable reads as empty.
 pub fn read_state(spec: &Spec) -> StateFile {
     std::fs::read(state_path(spec))

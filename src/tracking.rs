@@ -133,6 +133,11 @@ impl Tracker {
             Tracker::Cgroup(cg) if sig == Signal::SIGKILL => cg.signal(sig),
             Tracker::Cgroup(cg) => {
                 let group = leader.filter(|_| leader_unreaped);
+                // The leader is reaped and nothing is left (a service that exited alone, the
+                // usual way into a respawn): one read of cgroup.events instead of a walk.
+                if group.is_none() && !cg.populated() {
+                    return 0;
+                }
                 if let Some(g) = group {
                     process::signal_group(g, sig);
                 }

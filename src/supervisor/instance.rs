@@ -140,13 +140,14 @@ pub struct Launch<'a> {
     pub tracker: &'a Tracker,
 }
 
-/// Spawns one instance of the service from `release`, on a port none of `taken` uses;
-/// the instance and its output pipes.
+/// Spawns one instance of the service from `release`, on a port none of `taken` uses, in
+/// `leaf` (made ahead of time) or a cgroup made now; the instance and its output pipes.
 pub fn launch(
     spec: &Spec,
     release: Option<String>,
     taken: &[u16],
     with: &Launch<'_>,
+    leaf: Option<Leaf>,
 ) -> std::result::Result<(Instance, [Pipe; 2]), String> {
     let release_dir = match (&spec.release, &release) {
         (Some(r), Some(id)) => Some(crate::deploy::release::dir(&r.root, id)),
@@ -174,7 +175,7 @@ pub fn launch(
     } else {
         Some(Probes::new(spec, &vars, now).map_err(|e| format!("readiness probe: {e}"))?)
     };
-    let cgroup = with.tracker.instance();
+    let cgroup = leaf.or_else(|| with.tracker.instance());
     // Without a cgroup of its own, the instance is told from the other by its mark.
     let marked;
     let (spec, mark) = if cgroup.is_none() && with.tracker.cgroup_path().is_none() {

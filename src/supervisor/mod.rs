@@ -110,6 +110,13 @@ struct Supervisor {
     foreground: bool,
     /// Which processes are the service's: its cgroup, or our subreaper tree.
     tracker: Tracker,
+    /// The PID file and state file, kept ready to write (directories open, PID file staged).
+    records: pidfile::Records,
+    /// The next instance's cgroup, made (empty) while nothing else was to be done, so that a
+    /// respawn creates nothing between the exit and the spawn.
+    spare: Option<crate::cgroup::Leaf>,
+    /// An instance was spawned since the last spare was made: make the next one.
+    want_spare: bool,
 }
 
 /// Supervises the service until it is stopped or given up on; returns the process exit code.
@@ -187,6 +194,9 @@ impl Supervisor {
                 .map(|t| nix::sys::time::TimeSpec::from_duration(t.saturating_duration_since(now)))
         });
         let persist = std::mem::take(&mut self.dirty);
+        if std::mem::take(&mut self.want_spare) {
+            self.make_spare();
+        }
         let ready = {
             let set = poll::interests(self);
             if persist {
@@ -330,8 +340,14 @@ impl Supervisor {
             }
             if went_down {
                 // Written before anyone hears of the failure, so `status` right after agrees.
-                self.dirty = false;
-                status::persist(self);
+                // A restart nobody waits on is written when the loop next sleeps instead: the
+                // respawn it leads to comes first.
+                let heard = matches!(self.machine.phase, Phase::Done(_))
+                    || self.clients.any_waits_for(Awaits::Ready);
+                if heard {
+                    self.dirty = false;
+                    status::persist(self);
+                }
                 self.start_failed(after);
             }
         }
@@ -342,7 +358,12 @@ impl Supervisor {
             Effect::Spawn => self.spawn(),
             Effect::SignalTree(sig) => {
                 let pgid = self.instance.as_ref().map(|i| i.pid);
+                let group = self.leader_unreaped();
                 let others = self.signal_service(sig);
+                if !group && others == 0 && !self.clients.any_waits_for(Awaits::Stopped) {
+                    // The service ended alone and left nothing: nothing was sent, nobody waits.
+                    return;
+                }
                 let msg = format!(
                     "sent {sig} to process group {}{}",
                     pgid.map_or("-".into(), |p| p.to_string()),
@@ -378,7 +399,8 @@ impl Supervisor {
             Some(i) => i.release.clone(),
             None => crate::deploy::release::current(&self.spec),
         };
-        match launch(&self.spec, release, &[], &self.launch_with()) {
+        let leaf = self.spare.take();
+        match launch(&self.spec, release, &[], &self.launch_with(), leaf) {
             Ok((inst, pipes)) => {
                 let pid = inst.pid;
                 if self.handoff.is_none() {
@@ -386,13 +408,26 @@ impl Supervisor {
                 }
                 let passed = inst.passed();
                 self.pipes.extend(pipes);
+                // The old instance's leaf goes now (its rmdir after the spawn, not before).
                 self.instance = Some(inst);
+                self.want_spare = true;
                 self.queue.push_back(Input::Spawned(pid));
                 if passed {
                     self.queue.push_back(Input::ProbesPassed);
                 }
             }
             Err(e) => self.queue.push_back(Input::SpawnFailed(e)),
+        }
+    }
+
+    /// Makes the next instance's cgroup now, off the respawn path (when tracking by cgroup).
+    ///
+    /// It is a new, empty leaf: never the one an instance ran in, so nothing of an old
+    /// instance can be in it. The old instance's own leaf is removed only once the instance
+    /// is forgotten, which the machine does only after its whole tree is gone.
+    fn make_spare(&mut self) {
+        if self.spare.is_none() && !matches!(self.machine.phase, Phase::Done(_)) {
+            self.spare = self.tracker.instance();
         }
     }
 
@@ -419,25 +454,34 @@ impl Supervisor {
         self.ready_and_routed(first);
     }
 
-    /// The instance serves, proxy and registry point at it: answer `start`, write the PID file.
+    /// The instance serves, proxy and registry point at it: write the PID file, answer `start`.
+    ///
+    /// The first time, the PID file (staged at start: one rename) and the answer to the
+    /// `start` that launched us come before anything else: that `start` has slept through the
+    /// whole start-up, and every step before its answer delays the moment it returns.
     fn ready_and_routed(&mut self, first: bool) {
-        self.clients.answer(
-            Awaits::Ready,
-            &Reply::Ok {
-                message: format!("{} is ready", self.spec.name),
-            },
-        );
-        if !first {
-            return;
-        }
         let me = nix::unistd::getpid();
-        if let Err(e) = pidfile::write(&self.spec.pidfile, me) {
-            tracing::error!("{e}");
-            self.reporter.failed(e.exit_code(), &e.to_string());
-            self.queue.push_back(Input::StopRequested);
+        let published = if first {
+            match self.records.publish_pid(&self.spec.pidfile) {
+                Ok(()) => {
+                    self.reporter.ready(me);
+                    true
+                }
+                Err(e) => {
+                    self.clients.answer(Awaits::Ready, &ready_reply(&self.spec.name));
+                    tracing::error!("{e}");
+                    self.reporter.failed(e.exit_code(), &e.to_string());
+                    self.queue.push_back(Input::StopRequested);
+                    return;
+                }
+            }
+        } else {
+            false
+        };
+        self.clients.answer(Awaits::Ready, &ready_reply(&self.spec.name));
+        if !published {
             return;
         }
-        self.reporter.ready(me);
         if let Some(addr) = self.systemd.take() {
             if let Err(e) = setup::sd_notify(&addr, "READY=1") {
                 tracing::warn!("unable to tell systemd READY=1 on {addr}: {e}");
@@ -710,6 +754,9 @@ impl Supervisor {
                 code: crate::exit::Action::Generic,
             };
         };
+        // The next image makes its own: an unknown empty leaf would only wait for the stop.
+        self.spare = None;
+        self.want_spare = true;
         let clients = &mut self.clients;
         reexec::exec(&record, &self.spec, &version, |line| {
             clients.tell(conn, line)
@@ -780,11 +827,12 @@ impl Supervisor {
                     notify: self.notify.as_ref().map(|(_, p)| p.as_path()),
                     tracker: &self.tracker,
                 };
-                match launch(&h.spec, release, &avoid, &with) {
+                match launch(&h.spec, release, &avoid, &with, self.spare.take()) {
                     Ok((inst, pipes)) => {
                         let (pid, port, passed) = (inst.pid, inst.port, inst.passed());
                         self.pipes.extend(pipes);
                         h.candidate = Some(inst);
+                        self.want_spare = true;
                         self.handoff_queue.push_back(HInput::Spawned { pid, port });
                         if passed {
                             self.handoff_queue.push_back(HInput::Ready);
@@ -1018,6 +1066,8 @@ impl Supervisor {
 
     /// Cleans up after the machine is done; returns the exit code.
     fn finish(&mut self) -> i32 {
+        self.records.unstage();
+        self.spare = None;
         // Drain what the service printed last, so failure reports and log files are complete.
         for i in (0..self.pipes.len()).rev() {
             self.drain_pipe(i);
@@ -1075,15 +1125,20 @@ impl Supervisor {
     /// the leader's group got it.
     fn signal_service(&mut self, sig: Signal) -> usize {
         let leader = self.instance.as_ref().map(|i| i.pid);
-        let unreaped = matches!(
+        let unreaped = self.leader_unreaped();
+        self.tracker
+            .signal(leader, unreaped, sig, &self.probe_pids())
+    }
+
+    /// Whether the stop ladder still has the leader unreaped (its group number is surely ours).
+    fn leader_unreaped(&self) -> bool {
+        matches!(
             self.machine.phase,
             Phase::Stopping(Stop {
                 leader: Some(_),
                 ..
             })
-        );
-        self.tracker
-            .signal(leader, unreaped, sig, &self.probe_pids())
+        )
     }
 
     /// Feeds `TreeEmpty` once the stop ladder waits for the last process and none is left.
@@ -1100,6 +1155,13 @@ impl Supervisor {
         if self.tracker.empty(&self.probe_pids()) && waiting {
             self.feed(Input::TreeEmpty);
         }
+    }
+}
+
+/// What a `start` waiting on the control socket hears once the service is ready.
+fn ready_reply(name: &str) -> Reply {
+    Reply::Ok {
+        message: format!("{name} is ready"),
     }
 }
 

@@ -141,6 +141,8 @@ pub struct Parts {
 /// The supervisor from its parts, nothing spawned yet.
 pub fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
     let lease = crate::lease::Keeper::start(&spec, p.lease);
+    // Not yet ready once (a first start): the PID file can be staged.
+    let records = pidfile::Records::open(&spec, !machine.ever_ready);
     Supervisor {
         sigfd: p.sigfd,
         machine,
@@ -169,6 +171,9 @@ pub fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
         exe: own_path(),
         foreground: p.foreground,
         tracker: p.tracker,
+        records,
+        spare: None,
+        want_spare: false,
     }
 }
 

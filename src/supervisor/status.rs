@@ -4,7 +4,7 @@ use super::ladder::Ladder;
 use super::state::{Outcome, Phase, Stop};
 use super::Supervisor;
 use crate::control::Report;
-use crate::pidfile::{self, Identity, StateFile};
+use crate::pidfile::{Identity, StateFile};
 use crate::probe::Probes;
 use std::time::Instant;
 
@@ -93,17 +93,18 @@ pub fn persist(sup: &Supervisor) {
         Phase::Done(Outcome::Dead(r) | Outcome::Failed(r)) => Some(r.clone()),
         _ => sup.start_failure.clone(),
     };
+    let (me, session) = sup.records.me();
     let state = StateFile {
-        supervisor: Identity::of(nix::unistd::getpid()),
+        supervisor: me,
         service,
         // The service's group lives in our session: with the leader's start time, its identity.
-        session: nix::unistd::getsid(None).ok().map(|s| s.as_raw()),
+        session,
         cgroup: sup.tracker.cgroup_path().map(|p| p.to_path_buf()),
         state: machine.name().to_string(),
         last_exit: machine.last_exit.map(|e| e.to_string()),
         failure,
     };
-    pidfile::write_state(&sup.spec, &state);
+    sup.records.write_state(&sup.spec, &state);
 }
 
 /// What a waiting `stop` hears while the tree goes down; None outside a stop.
