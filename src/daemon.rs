@@ -115,7 +115,7 @@ pub fn start_supervisor(config: &Path, name: &str) -> Result<Started> {
         .map_err(|e| Error::io("launch the supervisor", &e))?;
     drop(write_end);
     let mut message = String::new();
-    let read = std::fs::File::from(read_end).read_to_string(&mut message);
+    let read = read_report(std::fs::File::from(read_end), &mut message);
     let ready = message.starts_with("ready ");
     // A ready supervisor lives on (re-parented to init once we exit); one that failed is
     // about to exit, and waiting for it means `start` returns with the lock already free.
@@ -126,6 +126,31 @@ pub fn start_supervisor(config: &Path, name: &str) -> Result<Started> {
     };
     read.map_err(|e| Error::io("read the supervisor's report", &e))?;
     parse_report(&message, name, exited)
+}
+
+/// Reads the supervisor's report: up to the end of a one-line "ready" or "running", else to
+/// end-of-file (a failure's several lines).
+///
+/// Not to end-of-file after "ready": the supervisor closes the pipe just after writing, but
+/// the write wakes us first, and waiting for the close would cost a second wake.
+fn read_report(mut pipe: impl Read, message: &mut String) -> std::io::Result<()> {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        let n = match pipe.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        bytes.extend_from_slice(&buf[..n]);
+        let one_line = bytes.starts_with(b"ready ") || bytes.starts_with(b"running");
+        if n == 0 || (one_line && bytes.ends_with(b"\n")) {
+            break;
+        }
+    }
+    *message = String::from_utf8(bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    Ok(())
 }
 
 fn parse_report(
@@ -157,5 +182,50 @@ fn parse_report(
             ),
         )
         .hint("see baton.log in the service's log directory")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hands out its chunks, then fails the test if read again (a read that would block).
+    struct Chunks(Vec<&'static [u8]>);
+
+    impl Read for Chunks {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            assert!(!self.0.is_empty(), "read past the report");
+            let c = self.0.remove(0);
+            buf[..c.len()].copy_from_slice(c);
+            Ok(c.len())
+        }
+    }
+
+    #[test]
+    fn a_ready_line_ends_the_report_without_waiting_for_the_close() {
+        let mut m = String::new();
+        read_report(Chunks(vec![b"ready", b" 42\n"]), &mut m).expect("read");
+        assert_eq!(m, "ready 42\n");
+        assert_eq!(
+            parse_report(&m, "web", None).expect("ready"),
+            Started::Ready(42)
+        );
+        read_report(Chunks(vec![b"running\n"]), &mut m).expect("read");
+        assert_eq!(parse_report(&m, "web", None).expect("running"), Started::AlreadyRunning);
+    }
+
+    #[test]
+    fn a_failure_is_read_to_the_end() {
+        let mut m = String::new();
+        read_report(
+            Chunks(vec![b"failed 1\n", b"unable to spawn x\nlast line\n", b""]),
+            &mut m,
+        )
+        .expect("read");
+        assert_eq!(m, "failed 1\nunable to spawn x\nlast line\n");
+        let e = parse_report(&m, "web", None).expect_err("failed");
+        assert!(e.to_string().contains("last line"), "{e}");
+        read_report(Chunks(vec![b""]), &mut m).expect("read");
+        assert!(parse_report(&m, "web", None).is_err());
     }
 }

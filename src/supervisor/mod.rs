@@ -317,12 +317,16 @@ impl Supervisor {
             // Starting has a service whose identity a post-mortem needs.
             let changed = before != (after, discriminant(&self.machine.phase));
             let before = before.0;
-            if changed {
-                tracing::info!(
-                    "{}: {before} -> {after} ({})",
-                    self.spec.name,
-                    describe(&input)
-                );
+            // Readiness is said in the log after its effect has answered the waiting `start`
+            // (and written the PID file): that `start` is what the operator waits on.
+            let say_after = effects.iter().any(|e| matches!(e, Effect::Ready { .. }));
+            let say = |name: &str| {
+                if changed {
+                    tracing::info!("{name}: {before} -> {after} ({})", describe(&input));
+                }
+            };
+            if !say_after {
+                say(&self.spec.name);
             }
             // Stopping is transient: what a post-mortem needs is already on disk.
             self.dirty |= changed && !matches!(self.machine.phase, Phase::Stopping(_));
@@ -337,6 +341,9 @@ impl Supervisor {
             // "ready" first, and a burst of transitions costs one write.
             for effect in effects {
                 self.perform(effect);
+            }
+            if say_after {
+                say(&self.spec.name);
             }
             if went_down {
                 // Written before anyone hears of the failure, so `status` right after agrees.

@@ -25,3 +25,4 @@ mod spawn;
 mod supervisor;
 mod switch;
 mod upgrade;
+mod wake;

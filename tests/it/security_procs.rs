@@ -137,18 +137,24 @@ fn stop_kills_the_escaped_grandchild(cgroup: bool) {
         assert_eq!(st["tracking"], "cgroup", "{st}");
         let dir = cgroup_dir.clone().expect("a cgroup path");
         assert!(dir.starts_with("/sys/fs/cgroup"), "{}", dir.display());
-        // Each instance has a cgroup of its own below the service's: the tree is in the serving one's.
-        let leaves: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        // Each instance has a cgroup of its own below the service's: the tree is in the serving
+        // one's. Beside it at most one more, empty: the next instance's, made ahead.
+        let all: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
             .expect("cgroup dir")
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.is_dir())
             .collect();
+        let leaves: Vec<&std::path::PathBuf> = all
+            .iter()
+            .filter(|l| !pids_in(&l.join("cgroup.procs")).is_empty())
+            .collect();
         assert_eq!(
             leaves.len(),
             1,
-            "one instance, one cgroup below the service's: {leaves:?}"
+            "one instance, one populated cgroup below the service's: {all:?}"
         );
+        assert!(all.len() <= 2, "one spare at most: {all:?}");
         assert!(pids_in(&dir.join("cgroup.procs")).is_empty());
         let members = pids_in(&leaves[0].join("cgroup.procs"));
         for p in pids.iter().chain([&escaped]) {
