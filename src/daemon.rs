@@ -119,11 +119,7 @@ pub fn start_supervisor(config: &Path, name: &str) -> Result<Started> {
     let ready = message.starts_with("ready ");
     // A ready supervisor lives on (re-parented to init once we exit); one that failed is
     // about to exit, and waiting for it means `start` returns with the lock already free.
-    let exited = if ready {
-        child.try_wait().ok().flatten()
-    } else {
-        child.wait().ok()
-    };
+    let exited = if ready { None } else { child.wait().ok() };
     read.map_err(|e| Error::io("read the supervisor's report", &e))?;
     parse_report(&message, name, exited)
 }
@@ -211,7 +207,10 @@ mod tests {
             Started::Ready(42)
         );
         read_report(Chunks(vec![b"running\n"]), &mut m).expect("read");
-        assert_eq!(parse_report(&m, "web", None).expect("running"), Started::AlreadyRunning);
+        assert_eq!(
+            parse_report(&m, "web", None).expect("running"),
+            Started::AlreadyRunning
+        );
     }
 
     #[test]

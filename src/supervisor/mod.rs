@@ -475,7 +475,8 @@ impl Supervisor {
                     true
                 }
                 Err(e) => {
-                    self.clients.answer(Awaits::Ready, &ready_reply(&self.spec.name));
+                    self.clients
+                        .answer(Awaits::Ready, &ready_reply(&self.spec.name));
                     tracing::error!("{e}");
                     self.reporter.failed(e.exit_code(), &e.to_string());
                     self.queue.push_back(Input::StopRequested);
@@ -485,7 +486,8 @@ impl Supervisor {
         } else {
             false
         };
-        self.clients.answer(Awaits::Ready, &ready_reply(&self.spec.name));
+        self.clients
+            .answer(Awaits::Ready, &ready_reply(&self.spec.name));
         if !published {
             return;
         }

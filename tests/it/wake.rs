@@ -69,7 +69,10 @@ fn the_pid_file_appears_at_readiness_and_before_start_returns() {
     wait_until(LONG, "the service to run", || svc.path("started").exists());
     // Spawned, not ready: no PID file, and `start` still waits.
     assert!(!svc.pidfile().exists(), "a PID file before readiness");
-    assert!(start.try_wait().expect("try_wait").is_none(), "start returned before readiness");
+    assert!(
+        start.try_wait().expect("try_wait").is_none(),
+        "start returned before readiness"
+    );
     std::fs::OpenOptions::new()
         .write(true)
         .open(svc.path("go"))
@@ -105,7 +108,10 @@ fn a_start_that_fails_leaves_neither_pid_file_nor_staged_file() {
     let r = svc.baton(&["start"]);
     assert_ne!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("exited with code 3"), "{r:?}");
-    assert!(!svc.pidfile().exists(), "a PID file for a service never ready");
+    assert!(
+        !svc.pidfile().exists(),
+        "a PID file for a service never ready"
+    );
     assert_eq!(dot_files(&svc.path("run")), Vec::<String>::new());
 }
 
@@ -180,13 +186,19 @@ fn a_respawn_waits_out_the_old_instances_straggler_and_runs_in_a_fresh_cgroup() 
     let old_leaf = cgroup_of(straggler).expect("the straggler's cgroup");
     wait_until(LONG, "the second run", || svc.path("second").exists());
     let second = pid_in(&svc.path("second")).expect("second pid");
-    assert!(!alive(straggler), "the old instance's straggler survived the respawn");
+    assert!(
+        !alive(straggler),
+        "the old instance's straggler survived the respawn"
+    );
     assert!(
         !svc.path("overlap").exists(),
         "the new instance started while the old instance's straggler lived"
     );
     let new_leaf = cgroup_of(second).expect("the new instance's cgroup");
-    assert_ne!(new_leaf, old_leaf, "the new instance went into the old one's cgroup");
+    assert_ne!(
+        new_leaf, old_leaf,
+        "the new instance went into the old one's cgroup"
+    );
     let mount = cgroup_mount();
     let under = |leaf: &str| mount.join(leaf.trim_start_matches('/'));
     assert!(under(&new_leaf).starts_with(&service_cgroup), "{new_leaf}");
