@@ -31,6 +31,7 @@ pub use setup::Options;
 use clients::Clients;
 use handoff::{Effect as HEffect, Input as HInput, Kind, Who};
 use instance::{launch, Handing, Instance, Launch, Which};
+use nix::poll::PollFlags;
 use poll::Source;
 use requests::Decision;
 use routing::{Routed, Routing};
@@ -219,14 +220,14 @@ impl Supervisor {
         for (src, flags) in ready {
             match src {
                 Source::Signals => self.on_signals(),
-                Source::Control => self.clients.accept(now),
-                Source::Conn(i) => {
-                    if let Some(request) = self.clients.on_ready(i, flags, now) {
-                        if !self.on_request(i, request) {
-                            self.clients.finish(i);
-                        }
+                // A client writes its request as soon as it connects: read it now rather
+                // than after one more poll(2) (a stop's signal waits for that read).
+                Source::Control => {
+                    for i in self.clients.accept(now) {
+                        self.on_conn(i, PollFlags::POLLIN, now);
                     }
                 }
+                Source::Conn(i) => self.on_conn(i, flags, now),
                 Source::Notify => self.on_notify(),
                 Source::Pipe(i) => {
                     if let Drained::Closed = self.drain_pipe(i) {
@@ -250,6 +251,15 @@ impl Supervisor {
         self.on_time(Instant::now());
         self.clients.sweep();
         Ok(())
+    }
+
+    /// Client `i` is ready for `flags`: delivers its replies, answers its request.
+    fn on_conn(&mut self, i: usize, flags: PollFlags, now: Instant) {
+        if let Some(request) = self.clients.on_ready(i, flags, now) {
+            if !self.on_request(i, request) {
+                self.clients.finish(i);
+            }
+        }
     }
 
     fn instance_mut(&mut self, which: Which) -> Option<&mut Instance> {
@@ -317,9 +327,22 @@ impl Supervisor {
             // Starting has a service whose identity a post-mortem needs.
             let changed = before != (after, discriminant(&self.machine.phase));
             let before = before.0;
+            // Into Stopping, the signal goes out before the line that says why: that line
+            // is a write to baton.log, and the service need not wait for it.
+            let signal_first = changed && matches!(self.machine.phase, Phase::Stopping(_));
             // Readiness is said in the log after its effect has answered the waiting `start`
             // (and written the PID file): that `start` is what the operator waits on.
             let say_after = effects.iter().any(|e| matches!(e, Effect::Ready { .. }));
+            let mut effects = effects.into_iter();
+            if signal_first {
+                for effect in effects.by_ref() {
+                    let signal = matches!(effect, Effect::SignalTree(_));
+                    self.perform(effect);
+                    if signal {
+                        break;
+                    }
+                }
+            }
             let say = |name: &str| {
                 if changed {
                     tracing::info!("{name}: {before} -> {after} ({})", describe(&input));
@@ -688,6 +711,7 @@ impl Supervisor {
 
     /// Answers one request; returns whether the connection stays open for more than the reply.
     fn on_request(&mut self, i: usize, request: std::result::Result<Envelope, String>) -> bool {
+        let by = request.as_ref().map_or(String::new(), |e| e.by.clone());
         let decision = requests::decide(
             request,
             &self.spec.name,
@@ -702,7 +726,7 @@ impl Supervisor {
                 self.feed(Input::StartNow);
                 return self.clients.waits(i);
             }
-            Decision::Handoff(kind, release) => match self.begin_handoff(i, kind, &release) {
+            Decision::Handoff(kind, release) => match self.begin_handoff(i, kind, &release, by) {
                 Some(reply) => reply,
                 None => return true,
             },
@@ -773,7 +797,13 @@ impl Supervisor {
     }
 
     /// `deploy ID` / `rollback ID`: begins a handoff, or says why not.
-    fn begin_handoff(&mut self, conn: usize, kind: Kind, release: &str) -> Option<Reply> {
+    fn begin_handoff(
+        &mut self,
+        conn: usize,
+        kind: Kind,
+        release: &str,
+        by: String,
+    ) -> Option<Reply> {
         let begin = match requests::begin_handoff(self, kind, release) {
             Ok(b) => b,
             Err(refusal) => return Some(refusal),
@@ -785,6 +815,7 @@ impl Supervisor {
             old: None,
             worker: None,
             spec: Box::new(begin.spec),
+            by,
         });
         for e in begin.effects {
             self.perform_handoff(e);
