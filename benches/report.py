@@ -100,13 +100,15 @@ WHY = {
     "memory": "the executable's text the loop runs (shared by every baton process, private only while one "
               "runs), relocated data, heap and stack of the supervisor (table below)",
     "wakeups": "something in the loop arms a timer while idle (strace -p the supervisor)",
-    "respawn": "the spawn is clone3(CLONE_VM|CLONE_VFORK|CLONE_INTO_CGROUP); around it each respawn makes a "
-               "fresh instance cgroup (mkdir before the spawn, rmdir of the old one) and rewrites state.json "
-               "(see benches/PROFILE-respawn.md)",
-    "ready_notify": "READY=1 goes to the supervisor, which writes the PID file (open+write+rename) before it "
-                    "answers the waiting `start` through a pipe: two wakeups where start-stop-daemon, which "
-                    "receives READY=1 itself, has one",
-    "ready_log": "the supervisor writes the PID file (open+write+rename) before it answers the waiting `start`",
+    "respawn": "between the exit and clone3(CLONE_VM|CLONE_VFORK|CLONE_INTO_CGROUP) the supervisor reaps, "
+               "decides and logs the exit (the next instance's cgroup is made ahead, state.json is written "
+               "after the spawn); clone3 itself lasts until the child has exec'd, and after 1.5 s of sleep "
+               "both wakes pay for every page they touch (see benches/PROFILE-respawn.md)",
+    "ready_notify": "READY=1 goes to the supervisor, which renames the staged PID file into place and answers "
+                    "the waiting `start` through a pipe: two processes wake in turn after the sleep where "
+                    "start-stop-daemon, which receives READY=1 itself, wakes one (benches/PROFILE-ready.md)",
+    "ready_log": "the supervisor reads the line, renames the staged PID file into place and answers the "
+                 "waiting `start`: two processes wake in turn after the sleep (benches/PROFILE-ready.md)",
     "ready_tcp": "the probe reconnects every 5 ms doubling to 20 ms: readiness is seen at the next attempt",
     "ready_http": "the probe retries every 5 ms doubling to 20 ms: readiness is seen at the next attempt",
     "stop": "`baton stop` is a 2.4 MB dynamically linked PIE (before its main(), ld.so maps three libraries and "
