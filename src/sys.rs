@@ -1,4 +1,4 @@
-//! The few places baton needs `unsafe`: spawning the service (clone3), the pre-exec hook, adopting an inherited fd, pidfds, xattrs.
+//! The few places baton needs `unsafe`: spawning the service (clone3), the pre-exec hook, adopting an inherited fd, pidfds, xattrs, splice.
 //!
 //! Everything else uses nix's safe wrappers. Each block says why it is sound.
 
@@ -158,6 +158,39 @@ pub fn pidfd_send_signal(pidfd: std::os::fd::BorrowedFd<'_>, sig: Signal) -> std
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Moves up to `len` bytes from the pipe `from` to the file `to` at `offset` (advanced by
+/// what moved) inside the kernel: `splice(2)`, one copy where read + write make two.
+///
+/// Never blocks on the pipe (`EAGAIN` when it is empty); `Ok(0)` when every writer has
+/// closed it. The file must not be open with `O_APPEND` (the kernel refuses, `EINVAL`).
+pub fn splice_to_file(
+    from: std::os::fd::BorrowedFd<'_>,
+    to: std::os::fd::BorrowedFd<'_>,
+    offset: &mut u64,
+    len: usize,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut off = libc::loff_t::try_from(*offset).map_err(std::io::Error::other)?;
+    // SAFETY: splice takes two descriptors we borrow for the call, a null input offset (a
+    // pipe has none) and a pointer to `off`, a live local the kernel reads and updates;
+    // no other memory of ours is touched.
+    let n = unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            &mut off,
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    *offset = off as u64;
+    Ok(n as usize)
 }
 
 /// Whether the directory `path` carries the extended attribute `name` (e.g. systemd's
