@@ -130,11 +130,24 @@ impl RotatingFile {
     }
 
     /// Moves what `pipe` holds (at most up to the splice margin) into the file inside the
-    /// kernel; returns the offset where the first line it touched starts, and the new end.
-    fn splice_from(&mut self, pipe: BorrowedFd<'_>) -> io::Result<Option<(u64, u64)>> {
+    /// kernel, through `relay`; returns the offset where the first line it touched starts,
+    /// and the new end. `Ok(None)`: every writer has closed `pipe`.
+    ///
+    /// The relay is why this is fast. Moving pages from pipe to pipe copies nothing and
+    /// holds the service's pipe only for that; the copy into the file is then made under
+    /// the relay's lock alone, while the service goes on writing into its pipe. Splicing
+    /// straight from the service's pipe would hold its lock for the whole copy, making the
+    /// service's copy into the pipe and baton's into the file take turns.
+    fn splice_from(&mut self, pipe: BorrowedFd<'_>, relay: &Relay) -> io::Result<Option<(u64, u64)>> {
         if self.appending {
             fcntl(self.file.as_raw_fd(), FcntlArg::F_SETFL(OFlag::empty()))?;
             self.appending = false;
+        }
+        let room = self.max.saturating_sub(self.size + SPLICE_MARGIN);
+        let len = room.min(PIPE_SIZE as u64) as usize;
+        let moved = crate::sys::splice(pipe, relay.write.as_fd(), None, len)?;
+        if moved == 0 {
+            return Ok(None);
         }
         // The file's end, not the size counted: a `copytruncate` may have emptied it, and a
         // splice at the old offset would leave a hole.
@@ -143,19 +156,24 @@ impl RotatingFile {
         if start < self.size {
             self.open_line = 0;
         }
-        self.size = start;
-        let room = self.max.saturating_sub(start + SPLICE_MARGIN);
-        let len = room.min(PIPE_SIZE as u64) as usize;
         let mut at = start;
-        let n = crate::sys::splice_to_file(pipe, self.file.as_fd(), &mut at, len)?;
-        if n == 0 {
-            return Ok(None);
+        while at < start + moved as u64 {
+            let left = (start + moved as u64 - at) as usize;
+            match crate::sys::splice(relay.read.as_fd(), self.file.as_fd(), Some(&mut at), left) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.size = at;
+                    return Err(e);
+                }
+            }
         }
         self.size = at;
         let first = start - self.open_line.min(start);
         self.open_line = match last_line_end(&self.file, start, at)? {
             Some(line_end) => at - line_end,
-            None => self.open_line + n as u64,
+            None => self.open_line + moved as u64,
         };
         // An overlong line is ended where it is, as one read would end it (`Pipe::take`).
         if self.open_line >= MAX_LINE as u64 {
@@ -263,6 +281,31 @@ fn last_line_end(file: &File, from: u64, to: u64) -> io::Result<Option<u64>> {
         want = buf.len() as u64;
     }
     Ok(None)
+}
+
+/// baton's own pipe between a service's pipe and a log file (see [`RotatingFile::splice_from`]).
+struct Relay {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Relay {
+    fn new() -> io::Result<Self> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        // As large as the service's pipe, so that one move can empty it.
+        let _ = fcntl(write.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+        Ok(Relay { read, write })
+    }
+
+    /// What a failed splice left in the relay, so that it is written another way.
+    fn take(&self) -> Vec<u8> {
+        let mut left = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n @ 1..) = nix::unistd::read(self.read.as_raw_fd(), &mut buf) {
+            left.extend_from_slice(&buf[..n]);
+        }
+        left
+    }
 }
 
 /// Opens a log file through [`crate::files`]: a planted link is refused, never followed.
@@ -386,20 +429,36 @@ impl Pipe {
                 return out.no_splice(kind, &e);
             }
         }
-        match out.file(kind).splice_from(self.fd.as_fd()) {
+        let relay = match out.relay() {
+            Ok(r) => r,
+            Err(e) => return out.no_splice(kind, &e),
+        };
+        match out.file(kind).splice_from(self.fd.as_fd(), &relay) {
             Ok(Some((from, to))) => {
+                out.relay = Some(relay);
                 out.tail.spliced(kind, from, to);
                 Step::More
             }
             Ok(None) => {
+                out.relay = Some(relay);
                 if let Err(e) = out.file(kind).end_line() {
                     out.write_failed(kind, &e);
                 }
                 Step::Done(Drained::Closed)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Done(Drained::Open),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::More,
-            Err(e) => out.no_splice(kind, &io::Error::from(e)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                out.relay = Some(relay);
+                Step::Done(Drained::Open)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                out.relay = Some(relay);
+                Step::More
+            }
+            Err(e) => {
+                // Bytes moved but not written are this pipe's next bytes: they go first.
+                self.partial = relay.take();
+                out.no_splice(kind, &e)
+            }
         }
     }
 
@@ -492,6 +551,8 @@ pub struct Output {
     stdout: RotatingFile,
     stderr: RotatingFile,
     tail: Tail,
+    /// Made at the first splice, kept for the next (see [`RotatingFile::splice_from`]).
+    relay: Option<Relay>,
     /// Whether lines get the `TIME [PID] ` prefix ([`stamp`]).
     timestamps: bool,
     /// Reused for prefixed blocks, so a flood allocates once.
@@ -505,6 +566,7 @@ impl Output {
             stdout: RotatingFile::open(spec.dir.join("stdout.log"), spec)?,
             stderr: RotatingFile::open(spec.dir.join("stderr.log"), spec)?,
             tail: Tail::default(),
+            relay: None,
             timestamps: spec.timestamps,
             scratch: Vec::new(),
         })
@@ -524,6 +586,14 @@ impl Output {
             StreamKind::Stderr => &self.stderr,
         };
         !self.timestamps && file.splices()
+    }
+
+    /// The relay, taken out while a splice uses it (made if there is none yet).
+    fn relay(&mut self) -> io::Result<Relay> {
+        match self.relay.take() {
+            Some(r) => Ok(r),
+            None => Relay::new(),
+        }
     }
 
     /// Splicing into `kind`'s file failed: say so once and read lines from now on.

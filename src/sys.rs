@@ -160,28 +160,37 @@ pub fn pidfd_send_signal(pidfd: std::os::fd::BorrowedFd<'_>, sig: Signal) -> std
     Ok(())
 }
 
-/// Moves up to `len` bytes from the pipe `from` to the file `to` at `offset` (advanced by
-/// what moved) inside the kernel: `splice(2)`, one copy where read + write make two.
+/// Moves up to `len` bytes from the pipe `from` to `to` inside the kernel: `splice(2)`.
+/// Into a file (`offset` given, advanced by what moved) that is one copy, where read +
+/// write make two; into another pipe (no offset) it moves page references, no copy.
 ///
-/// Never blocks on the pipe (`EAGAIN` when it is empty); `Ok(0)` when every writer has
-/// closed it. The file must not be open with `O_APPEND` (the kernel refuses, `EINVAL`).
-pub fn splice_to_file(
+/// Never blocks on a pipe (`EAGAIN` when `from` is empty or `to` full); `Ok(0)` when every
+/// writer has closed `from`. A file must not be open with `O_APPEND` (`EINVAL`).
+pub fn splice(
     from: std::os::fd::BorrowedFd<'_>,
     to: std::os::fd::BorrowedFd<'_>,
-    offset: &mut u64,
+    offset: Option<&mut u64>,
     len: usize,
 ) -> std::io::Result<usize> {
     use std::os::fd::AsRawFd;
-    let mut off = libc::loff_t::try_from(*offset).map_err(std::io::Error::other)?;
+    let mut off: libc::loff_t = match offset.as_deref() {
+        Some(&o) => libc::loff_t::try_from(o).map_err(std::io::Error::other)?,
+        None => 0,
+    };
+    let off_ptr: *mut libc::loff_t = if offset.is_some() {
+        &mut off
+    } else {
+        std::ptr::null_mut()
+    };
     // SAFETY: splice takes two descriptors we borrow for the call, a null input offset (a
-    // pipe has none) and a pointer to `off`, a live local the kernel reads and updates;
-    // no other memory of ours is touched.
+    // pipe has none) and either null or a pointer to `off`, a live local the kernel reads
+    // and updates; no other memory of ours is touched.
     let n = unsafe {
         libc::splice(
             from.as_raw_fd(),
             std::ptr::null_mut(),
             to.as_raw_fd(),
-            &mut off,
+            off_ptr,
             len,
             libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
         )
@@ -189,7 +198,9 @@ pub fn splice_to_file(
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    *offset = off as u64;
+    if let Some(o) = offset {
+        *o = off as u64;
+    }
     Ok(n as usize)
 }
 
