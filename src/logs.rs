@@ -29,6 +29,8 @@ use tail::Tail;
 const MAX_LINE: usize = 64 * 1024;
 /// Pipe capacity requested from the kernel.
 const PIPE_SIZE: i32 = 1 << 20;
+/// Bytes one [`Pipe::drain`] moves at most before the loop looks at other events.
+const DRAIN_BUDGET: usize = 2 << 20;
 /// Splicing stops this far from the size limit: the rest of the file is filled by whole
 /// lines, so the rotation falls between two of them.
 const SPLICE_MARGIN: u64 = MAX_LINE as u64;
@@ -131,14 +133,19 @@ impl RotatingFile {
 
     /// Moves what `pipe` holds (at most up to the splice margin) into the file inside the
     /// kernel, through `relay`; returns the offset where the first line it touched starts,
-    /// and the new end. `Ok(None)`: every writer has closed `pipe`.
+    /// the new end and how many bytes came from the pipe. `Ok(None)`: every writer has
+    /// closed `pipe`.
     ///
     /// The relay is why this is fast. Moving pages from pipe to pipe copies nothing and
     /// holds the service's pipe only for that; the copy into the file is then made under
     /// the relay's lock alone, while the service goes on writing into its pipe. Splicing
     /// straight from the service's pipe would hold its lock for the whole copy, making the
     /// service's copy into the pipe and baton's into the file take turns.
-    fn splice_from(&mut self, pipe: BorrowedFd<'_>, relay: &Relay) -> io::Result<Option<(u64, u64)>> {
+    fn splice_from(
+        &mut self,
+        pipe: BorrowedFd<'_>,
+        relay: &Relay,
+    ) -> io::Result<Option<(u64, u64, usize)>> {
         if self.appending {
             fcntl(self.file.as_raw_fd(), FcntlArg::F_SETFL(OFlag::empty()))?;
             self.appending = false;
@@ -181,7 +188,7 @@ impl RotatingFile {
             self.size += 1;
             self.open_line = 0;
         }
-        Ok(Some((first, self.size)))
+        Ok(Some((first, self.size, moved)))
     }
 
     /// Writes the start of a line (no newline in it) that the pipe's next bytes continue.
@@ -403,6 +410,7 @@ impl Pipe {
         alone: bool,
     ) -> Drained {
         let mut buf = [0u8; 64 * 1024];
+        let mut budget = DRAIN_BUDGET;
         for _ in 0..16 {
             let step = if alone && on_line.is_none() && out.splices(self.kind) {
                 self.splice(out)
@@ -411,7 +419,8 @@ impl Pipe {
                 self.read(&mut buf, out, on_line.as_deref_mut())
             };
             match step {
-                Step::More => {}
+                Step::More(n) if n >= budget => break,
+                Step::More(n) => budget -= n,
                 Step::Done(d) => return d,
             }
         }
@@ -434,10 +443,10 @@ impl Pipe {
             Err(e) => return out.no_splice(kind, &e),
         };
         match out.file(kind).splice_from(self.fd.as_fd(), &relay) {
-            Ok(Some((from, to))) => {
+            Ok(Some((from, to, moved))) => {
                 out.relay = Some(relay);
                 out.tail.spliced(kind, from, to);
-                Step::More
+                Step::More(moved)
             }
             Ok(None) => {
                 out.relay = Some(relay);
@@ -452,7 +461,7 @@ impl Pipe {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                 out.relay = Some(relay);
-                Step::More
+                Step::More(0)
             }
             Err(e) => {
                 // Bytes moved but not written are this pipe's next bytes: they go first.
@@ -504,10 +513,10 @@ impl Pipe {
             }
             Ok(n) => {
                 self.take(&buf[..head + n], out, on_line.as_deref_mut());
-                Step::More
+                Step::More(n)
             }
             Err(nix::errno::Errno::EAGAIN) => Step::Done(Drained::Open),
-            Err(nix::errno::Errno::EINTR) => Step::More,
+            Err(nix::errno::Errno::EINTR) => Step::More(0),
             Err(e) => {
                 tracing::warn!("unable to read service {:?}: {e}", self.kind);
                 Step::Done(Drained::Closed)
@@ -540,8 +549,8 @@ impl Pipe {
 
 /// What one step of [`Pipe::drain`] left.
 enum Step {
-    /// Go on: there may be more.
-    More,
+    /// Go on: there may be more (this many bytes were moved).
+    More(usize),
     /// Stop with this.
     Done(Drained),
 }
@@ -604,7 +613,7 @@ impl Output {
             "unable to splice service output into {}: {e}; reading it line by line instead",
             file.path.display()
         );
-        Step::More
+        Step::More(0)
     }
 
     fn write_failed(&mut self, kind: StreamKind, e: &io::Error) {
