@@ -486,7 +486,7 @@ impl Pipe {
         &mut self,
         buf: &mut [u8; 64 * 1024],
         out: &mut Output,
-        mut on_line: LineWatcher<'_, 'f>,
+        on_line: LineWatcher<'_, 'f>,
     ) -> Step {
         // The line the last read left unfinished goes first in the buffer, so the
         // lines it completes are one slice: no copy of each read onto that line.
@@ -507,12 +507,12 @@ impl Pipe {
                 if !self.partial.is_empty() {
                     self.partial.push(b'\n');
                     let rest = std::mem::take(&mut self.partial);
-                    out.emit(self.kind, self.owner, &rest, on_line.as_deref_mut());
+                    out.emit(self.kind, self.owner, &rest, on_line);
                 }
                 Step::Done(Drained::Closed)
             }
             Ok(n) => {
-                self.take(&buf[..head + n], out, on_line.as_deref_mut());
+                self.take(&buf[..head + n], out, on_line);
                 Step::More(n)
             }
             Err(nix::errno::Errno::EAGAIN) => Step::Done(Drained::Open),
@@ -1003,4 +1003,3 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 }
-

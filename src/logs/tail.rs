@@ -47,7 +47,10 @@ impl Tail {
     /// Records that `kind`'s file got the lines ending in `from..to` by splice (`from` is
     /// where the first of them starts, maybe before an earlier splice's end).
     pub fn spliced(&mut self, kind: StreamKind, from: u64, to: u64) {
-        if let Some(Recent::Spliced { kind: k, to: end, .. }) = self.recent.back_mut() {
+        if let Some(Recent::Spliced {
+            kind: k, to: end, ..
+        }) = self.recent.back_mut()
+        {
             if *k == kind {
                 *end = to;
                 return;
@@ -86,7 +89,8 @@ impl Tail {
             match r {
                 Recent::Line(l) => newest_first.push(l.clone()),
                 Recent::Spliced { kind, from, to } => {
-                    newest_first.extend(read_lines(file(*kind), *from, *to, want).into_iter().rev());
+                    newest_first
+                        .extend(read_lines(file(*kind), *from, *to, want).into_iter().rev());
                 }
             }
         }

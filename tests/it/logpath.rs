@@ -178,7 +178,11 @@ fn a_line_begun_by_a_splice_is_finished_whole_in_the_reopened_file() {
     wait_until(T, "the rest of the line", || {
         svc.log("stdout.log").contains("part-two")
     });
-    assert_eq!(svc.log("stdout.log.moved"), "up\n", "the half line was taken back");
+    assert_eq!(
+        svc.log("stdout.log.moved"),
+        "up\n",
+        "the half line was taken back"
+    );
     assert_eq!(svc.log("stdout.log"), "part-one part-two\n");
 }
 
@@ -200,13 +204,22 @@ fn a_line_longer_than_the_pipe_is_kept_in_order_in_bounded_pieces() {
     assert!(pieces.len() > 3, "the 3 MiB line was not cut");
     // Cut where a read (64 KiB) or a splice (at most a pipeful, 1 MiB) ends past 64 KiB.
     for p in &pieces {
-        assert!(p.len() <= (1 << 20) + (64 << 10), "a piece of {} bytes", p.len());
+        assert!(
+            p.len() <= (1 << 20) + (64 << 10),
+            "a piece of {} bytes",
+            p.len()
+        );
     }
     let joined: Vec<u8> = body.iter().copied().filter(|&b| b != b'\n').collect();
-    let mut want: Vec<u8> = (0..48).flat_map(|i| vec![97 + (i % 26) as u8; 65536]).collect();
+    let mut want: Vec<u8> = (0..48)
+        .flat_map(|i| vec![97 + (i % 26) as u8; 65536])
+        .collect();
     want.extend_from_slice(b"after 1after 2");
     assert!(joined == want, "bytes lost or reordered");
-    assert!(body.ends_with(b"\nafter 1\nafter 2\n"), "the short lines are whole");
+    assert!(
+        body.ends_with(b"\nafter 1\nafter 2\n"),
+        "the short lines are whole"
+    );
 }
 
 #[test]
@@ -220,7 +233,8 @@ fn stdout_and_stderr_stay_apart_when_both_are_spliced() {
     .create();
     svc.start();
     wait_until(T, "both streams done", || {
-        svc.log("stdout.log").ends_with("out done\n") && svc.log("stderr.log").ends_with("err done\n")
+        svc.log("stdout.log").ends_with("out done\n")
+            && svc.log("stderr.log").ends_with("err done\n")
     });
     for (file, tag) in [("stdout.log", "out"), ("stderr.log", "err")] {
         let body = svc.log(file);
