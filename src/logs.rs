@@ -406,19 +406,35 @@ impl Pipe {
     pub fn drain<'f>(
         &mut self,
         out: &mut Output,
-        mut on_line: LineWatcher<'_, 'f>,
+        on_line: LineWatcher<'_, 'f>,
         alone: bool,
     ) -> Drained {
-        let mut buf = [0u8; 64 * 1024];
         let mut budget = DRAIN_BUDGET;
         for _ in 0..16 {
-            let step = if alone && on_line.is_none() && out.splices(self.kind) {
-                self.splice(out)
-            } else {
-                self.settle(out);
-                self.read(&mut buf, out, on_line.as_deref_mut())
-            };
-            match step {
+            if !(alone && on_line.is_none() && out.splices(self.kind)) {
+                return self.drain_lines(out, on_line, budget);
+            }
+            match self.splice(out) {
+                Step::More(n) if n >= budget => break,
+                Step::More(n) => budget -= n,
+                Step::Done(d) => return d,
+            }
+        }
+        Drained::Open
+    }
+
+    /// Reads lines (at most `budget` bytes), after taking back what a splice left unfinished.
+    fn drain_lines<'f>(
+        &mut self,
+        out: &mut Output,
+        mut on_line: LineWatcher<'_, 'f>,
+        mut budget: usize,
+    ) -> Drained {
+        // Only here: splicing never touches (nor zeroes) these 64 KiB of stack.
+        let mut buf = [0u8; 64 * 1024];
+        self.settle(out);
+        for _ in 0..16 {
+            match self.read(&mut buf, out, on_line.as_deref_mut()) {
                 Step::More(n) if n >= budget => break,
                 Step::More(n) => budget -= n,
                 Step::Done(d) => return d,
