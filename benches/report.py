@@ -113,8 +113,9 @@ WHY = {
             "the supervisor refaults the code it shed while idle",
     "kill": "the stop timeout is enforced by the supervisor's timer, then SIGKILL and reaping",
     "orphans": "a grandchild escaped the process group and the subreaper sweep",
-    "log": "output is copied through user space (pipe -> read -> write: two copies more than the service "
-           "writing its file itself), in reads of at most 64 KiB, each written with its own write(2)",
+    "log": "the bytes are copied twice (by the service into its pipe, by baton's splice from its relay pipe "
+           "into the file) where the service writing its file copies once: the two copies overlap only "
+           "while two CPUs are free, so a loaded machine takes the ratio toward 50% (benches/PROFILE-log.md)",
     "gone": "`baton stop` is a fresh, dynamically linked process that reads and checks the config before it "
             "connects; the supervisor then refaults the code it shed while idle (benches/PROFILE-stop.md)",
 }
