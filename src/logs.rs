@@ -406,15 +406,17 @@ impl Pipe {
     pub fn drain<'f>(
         &mut self,
         out: &mut Output,
-        on_line: LineWatcher<'_, 'f>,
+        mut on_line: LineWatcher<'_, 'f>,
         alone: bool,
     ) -> Drained {
         let mut budget = DRAIN_BUDGET;
         for _ in 0..16 {
-            if !(alone && on_line.is_none() && out.splices(self.kind)) {
-                return self.drain_lines(out, on_line, budget);
-            }
-            match self.splice(out) {
+            let step = if alone && on_line.is_none() && out.splices(self.kind) {
+                self.splice(out)
+            } else {
+                self.drain_lines(out, on_line.as_deref_mut(), alone, budget)
+            };
+            match step {
                 Step::More(n) if n >= budget => break,
                 Step::More(n) => budget -= n,
                 Step::Done(d) => return d,
@@ -423,24 +425,29 @@ impl Pipe {
         Drained::Open
     }
 
-    /// Reads lines (at most `budget` bytes), after taking back what a splice left unfinished.
+    /// Reads lines (at most `budget` bytes), after taking back what a splice left
+    /// unfinished; stops as soon as splicing may take over again (past a rotation).
     fn drain_lines<'f>(
         &mut self,
         out: &mut Output,
         mut on_line: LineWatcher<'_, 'f>,
-        mut budget: usize,
-    ) -> Drained {
+        alone: bool,
+        budget: usize,
+    ) -> Step {
         // Only here: splicing never touches (nor zeroes) these 64 KiB of stack.
         let mut buf = [0u8; 64 * 1024];
         self.settle(out);
+        let mut moved = 0;
         for _ in 0..16 {
             match self.read(&mut buf, out, on_line.as_deref_mut()) {
-                Step::More(n) if n >= budget => break,
-                Step::More(n) => budget -= n,
-                Step::Done(d) => return d,
+                Step::More(n) => moved += n,
+                done @ Step::Done(_) => return done,
+            }
+            if moved >= budget || (alone && on_line.is_none() && out.splices(self.kind)) {
+                break;
             }
         }
-        Drained::Open
+        Step::More(moved)
     }
 
     /// One splice of the pipe into the file.
