@@ -36,7 +36,7 @@ mod url;
 use clap::Parser;
 
 fn main() {
-    let cli = match cli::Cli::try_parse() {
+    let cli = match cli::Cli::parse_stop(std::env::args_os()).map_or_else(cli::Cli::try_parse, Ok) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();

@@ -23,6 +23,7 @@ mod security_files;
 mod security_procs;
 mod ship;
 mod spawn;
+mod stop;
 mod supervisor;
 mod switch;
 mod upgrade;
