@@ -16,6 +16,7 @@ mod hardening;
 mod jetty;
 mod jvm;
 mod layers;
+mod link;
 mod operator;
 mod reexec;
 mod security_files;
