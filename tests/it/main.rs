@@ -17,6 +17,7 @@ mod jetty;
 mod jvm;
 mod layers;
 mod link;
+mod memory;
 mod operator;
 mod reexec;
 mod security_files;
