@@ -238,23 +238,104 @@ pub enum Generate {
 /// What `main` should exit with.
 pub type Code = i32;
 
+/// The command line: the supervisor's own as `start` writes it, else clap's parse.
+///
+/// Out of line, so that clap's locals are not in `main`'s frame under the supervisor's
+/// loop for its whole life.
+#[inline(never)]
+pub fn parse() -> std::result::Result<Cli, clap::Error> {
+    Cli::supervisor_argv().map_or_else(Cli::try_parse, Ok)
+}
+
 impl Cli {
+    /// `baton --config FILE supervise NAME`, exactly as `start` runs the supervisor
+    /// (daemon.rs), recognised without clap: clap builds its whole command tree first
+    /// (~360k instructions and a 150 KB heap peak, in whose holes the supervisor would
+    /// then live). Any other command line goes to clap.
+    fn supervisor_argv() -> Option<Cli> {
+        let mut args = std::env::args_os().skip(1);
+        let [Some(flag), Some(file), Some(command), Some(name), None] =
+            [(); 5].map(|()| args.next())
+        else {
+            return None;
+        };
+        let option = |s: &std::ffi::OsStr| s.as_encoded_bytes().starts_with(b"-");
+        if flag != "--config" || command != "supervise" || file.is_empty() || option(&name) {
+            return None;
+        }
+        Some(Cli {
+            config: Some(file.into()),
+            config_dir: PathBuf::from(config::DEFAULT_CONFIG_DIR),
+            command: Command::Supervise(Target {
+                name: Some(name.into_string().ok()?),
+            }),
+        })
+    }
+
     /// Runs the command; returns the exit code for a success (status has several).
     pub fn run(self) -> Result<Code> {
-        let locate = |t: &Target| -> Result<(PathBuf, String)> {
-            let (file, name) = config::locate(
-                self.config.as_deref(),
-                Some(&self.config_dir),
-                t.name.as_deref(),
-            )?;
-            Ok((absolute(&file), name))
+        match &self.command {
+            // Out of line, as `run_command` is: the supervisor's loop runs under this
+            // frame for its whole life, and `run_command`'s is the size of every command's
+            // locals (15 KB, every page of it touched by the stack probes).
+            Command::Supervise(t) => self.supervise(t),
+            _ => self.run_command(),
+        }
+    }
+
+    fn locate(&self, t: &Target) -> Result<(PathBuf, String)> {
+        let (file, name) = config::locate(
+            self.config.as_deref(),
+            Some(&self.config_dir),
+            t.name.as_deref(),
+        )?;
+        Ok((absolute(&file), name))
+    }
+
+    fn load(&self, t: &Target) -> Result<Spec> {
+        let (file, name) = self.locate(t)?;
+        let mut spec = config::load(&file, &name)?;
+        spec.file = file;
+        Ok(spec)
+    }
+
+    /// The detached supervisor `start` launched: reports to it through the readiness pipe.
+    #[inline(never)]
+    fn supervise(&self, t: &Target) -> Result<Code> {
+        let reporter = crate::daemon::Reporter::from_env();
+        let spec = match self.load(t) {
+            Ok(s) => s,
+            Err(e) => {
+                let mut reporter = reporter;
+                reporter.failed(e.exit_code(), &e.to_string());
+                return Err(e);
+            }
         };
-        let load = |t: &Target| -> Result<Spec> {
-            let (file, name) = locate(t)?;
-            let mut spec = config::load(&file, &name)?;
-            spec.file = file;
-            Ok(spec)
+        let events = match crate::logs::EventLog::open(&spec.log) {
+            Ok(ev) => ev,
+            Err(e) => {
+                let e = Error::unable("open the event log", e);
+                let mut reporter = reporter;
+                reporter.failed(e.exit_code(), &e.to_string());
+                return Err(e);
+            }
         };
+        init_tracing(events.clone());
+        crate::supervisor::run(
+            spec,
+            crate::supervisor::Options {
+                reporter,
+                systemd_notify: None,
+                events,
+                foreground: false,
+            },
+        )
+    }
+
+    #[inline(never)]
+    fn run_command(self) -> Result<Code> {
+        let locate = |t: &Target| self.locate(t);
+        let load = |t: &Target| self.load(t);
         // For a command addressed to the supervisor already running: a program or
         // directory gone since the start is a warning, so the service can still be stopped.
         let load_running = |t: &Target| -> Result<Spec> {
@@ -397,36 +478,7 @@ impl Cli {
                 crate::service::preflight(&spec)?;
                 crate::supervisor::run(spec, opts)
             }
-            Command::Supervise(t) => {
-                let reporter = crate::daemon::Reporter::from_env();
-                let spec = match load(t) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let mut reporter = reporter;
-                        reporter.failed(e.exit_code(), &e.to_string());
-                        return Err(e);
-                    }
-                };
-                let events = match crate::logs::EventLog::open(&spec.log) {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        let e = Error::unable("open the event log", e);
-                        let mut reporter = reporter;
-                        reporter.failed(e.exit_code(), &e.to_string());
-                        return Err(e);
-                    }
-                };
-                init_tracing(events.clone());
-                crate::supervisor::run(
-                    spec,
-                    crate::supervisor::Options {
-                        reporter,
-                        systemd_notify: None,
-                        events,
-                        foreground: false,
-                    },
-                )
-            }
+            Command::Supervise(t) => self.supervise(t),
             Command::Ship(a) => crate::ship::run(&crate::ship::Options {
                 file: a.file.clone(),
                 env: a.env.clone(),
