@@ -253,7 +253,11 @@ impl Cli {
     /// (~360k instructions and a 150 KB heap peak, in whose holes the supervisor would
     /// then live). Any other command line goes to clap.
     fn supervisor_argv() -> Option<Cli> {
-        let mut args = std::env::args_os().skip(1);
+        Cli::supervisor_args(std::env::args_os().skip(1))
+    }
+
+    /// `supervisor_argv` of the arguments after the program name.
+    fn supervisor_args(mut args: impl Iterator<Item = std::ffi::OsString>) -> Option<Cli> {
         let [Some(flag), Some(file), Some(command), Some(name), None] =
             [(); 5].map(|()| args.next())
         else {
@@ -571,5 +575,36 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_supervisor_command_line_is_read_as_clap_reads_it() {
+        let args = |a: &[&str]| a.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        let line = args(&["--config", "/etc/baton/web.toml", "supervise", "web"]);
+        let fast = Cli::supervisor_args(line.clone().into_iter()).expect("recognised");
+        let clap =
+            Cli::try_parse_from(std::iter::once("baton".into()).chain(line)).expect("parses");
+        assert_eq!(format!("{fast:?}"), format!("{clap:?}"));
+        // Anything else is clap's to read (and to reject).
+        for other in [
+            &["supervise", "web"][..],
+            &["--config", "/etc/baton/web.toml", "supervise"],
+            &[
+                "--config",
+                "/etc/baton/web.toml",
+                "supervise",
+                "web",
+                "--json",
+            ],
+            &["--config", "/etc/baton/web.toml", "start", "web"],
+            &["--config", "/etc/baton/web.toml", "supervise", "--help"],
+            &["--config", "", "supervise", "web"],
+            &["--config-dir", "/etc/baton", "supervise", "web"],
+        ] {
+            assert!(
+                Cli::supervisor_args(args(other).into_iter()).is_none(),
+                "{other:?}"
+            );
+        }
     }
 }
