@@ -176,6 +176,39 @@ pub fn has_xattr(path: &std::path::Path, name: &str) -> bool {
     r >= 0
 }
 
+/// What std's start-up does that baton relies on (main.rs says why it is skipped): the
+/// standard descriptors open, so that no file baton opens becomes a process's stdout,
+/// and SIGPIPE ignored, so that a peer gone from a pipe or socket is an EPIPE error
+/// rather than the supervisor's death. A stack overflow is then a plain SIGSEGV,
+/// without std's one-line message.
+pub fn start() {
+    let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    // SAFETY: a poll of three stack entries with no timeout; only revents is written.
+    let polled = unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) };
+    for p in fds {
+        // POLLNVAL: not open. If poll itself failed, check each with fcntl, as std does.
+        let closed = if polled < 0 {
+            nix::fcntl::fcntl(p.fd, nix::fcntl::FcntlArg::F_GETFD) == Err(nix::errno::Errno::EBADF)
+        } else {
+            p.revents & libc::POLLNVAL != 0
+        };
+        // SAFETY: a NUL-terminated path; the lowest free descriptor is this closed one.
+        if closed && unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) } < 0 {
+            // As std does: without its standard descriptors, baton cannot run safely.
+            std::process::abort();
+        }
+    }
+    // SAFETY: SIG_IGN for SIGPIPE replaces no handler of ours; every child gets its
+    // signals back to SIG_DFL before exec (`child_setup`).
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
 /// A run of whole pages, `[start, end)`.
 type Span = (usize, usize);
 

@@ -24,6 +24,7 @@ mod security_files;
 mod security_procs;
 mod ship;
 mod spawn;
+mod startup;
 mod supervisor;
 mod switch;
 mod upgrade;
