@@ -163,6 +163,9 @@ pub struct Envelope {
     pub protocol: u32,
     /// The client's baton version ("" before protocol 1).
     pub baton: String,
+    /// Who asked, as the client says (`SUDO_USER` or `USER`): the name a deploy writes to
+    /// revisions.log. A label for the audit trail, not a credential; "" when unsaid.
+    pub by: String,
     /// What it asks.
     pub request: Request,
 }
@@ -173,6 +176,7 @@ impl Envelope {
         Envelope {
             protocol: PROTOCOL,
             baton: VERSION.to_string(),
+            by: crate::host::operator().map_or(String::new(), |u| audit_name(&u)),
             request,
         }
     }
@@ -183,6 +187,9 @@ impl Envelope {
         if let Some(o) = v.as_object_mut() {
             o.insert("protocol".into(), self.protocol.into());
             o.insert("baton".into(), self.baton.clone().into());
+            if !self.by.is_empty() {
+                o.insert("by".into(), self.by.clone().into());
+            }
         }
         v.to_string()
     }
@@ -220,6 +227,7 @@ impl Envelope {
             return Ok(Envelope {
                 protocol: 0,
                 baton: String::new(),
+                by: String::new(),
                 request,
             });
         }
@@ -240,10 +248,15 @@ impl Envelope {
             .and_then(serde_json::Value::as_str)
             .unwrap_or("")
             .to_string();
+        let by = v
+            .get("by")
+            .and_then(serde_json::Value::as_str)
+            .map_or(String::new(), audit_name);
         match serde_json::from_value::<Request>(v) {
             Ok(request) => Ok(Envelope {
                 protocol,
                 baton,
+                by,
                 request,
             }),
             // A newer client asking for something this supervisor does not know.
@@ -255,6 +268,15 @@ impl Envelope {
             Err(e) => Err(format!("unknown request {name:?}: {e}")),
         }
     }
+}
+
+/// `name` as it may go into a root-written log line: the characters of a user name only
+/// (a newline or a space would forge or garble revisions.log), at most 64 of them.
+fn audit_name(name: &str) -> String {
+    name.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
+        .take(64)
+        .collect()
 }
 
 /// One line the supervisor sends.
@@ -726,6 +748,28 @@ mod tests {
             Envelope::parse("{\"request\":\"status\"}").is_err(),
             "no version"
         );
+    }
+
+    #[test]
+    fn who_asked_travels_with_the_request_but_only_as_a_user_name() {
+        let mut e = Envelope::new(Request::Deploy {
+            release: "r2".into(),
+        });
+        e.by = "alice".into();
+        assert_eq!(Envelope::parse(&e.to_line()).expect("parse").by, "alice");
+        // A client that forges a second revisions.log line, or a very long name, gets neither.
+        let forged = r#"{"request":"deploy","release":"r2","protocol":1,"baton":"0.2.0","by":"eve\nroot deployed as release r0 x"}"#;
+        assert_eq!(
+            Envelope::parse(forged).expect("parse").by,
+            "everootdeployedasreleaser0x"
+        );
+        let long = format!(
+            r#"{{"request":"status","protocol":1,"baton":"0.2.0","by":"{}"}}"#,
+            "a".repeat(500)
+        );
+        assert_eq!(Envelope::parse(&long).expect("parse").by.len(), 64);
+        // Older clients say nothing: empty, and the supervisor falls back to its own operator.
+        assert_eq!(Envelope::parse("deploy r2").expect("parse").by, "");
     }
 
     /// An older supervisor simulated by the exact lines it writes: protocol 0 replies carry

@@ -237,6 +237,9 @@ pub struct Handing {
     /// The config as it was on disk when the handoff began: the new instance runs from it,
     /// and the supervisor takes it once that instance serves.
     pub spec: Box<crate::config::Spec>,
+    /// Who asked for it, as the client said: revisions.log names the deployer, not whoever
+    /// started the supervisor ("" from an older client: the supervisor's operator then).
+    pub by: String,
 }
 
 impl Handing {
@@ -270,7 +273,10 @@ impl Handing {
                 .map_or(String::new(), |p| format!(", port {p}")),
         );
         if let Some(r) = &spec.release {
-            let who = crate::host::operator().unwrap_or_else(|| "root".into());
+            let who = Some(self.by.clone())
+                .filter(|b| !b.is_empty())
+                .or_else(crate::host::operator)
+                .unwrap_or_else(|| "root".into());
             let what = match kind {
                 Kind::Rollback => format!("{who} rolled back to release {release}"),
                 Kind::Deploy => format!(

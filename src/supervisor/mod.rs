@@ -636,6 +636,7 @@ impl Supervisor {
 
     /// Answers one request; returns whether the connection stays open for more than the reply.
     fn on_request(&mut self, i: usize, request: std::result::Result<Envelope, String>) -> bool {
+        let by = request.as_ref().map_or(String::new(), |e| e.by.clone());
         let decision = requests::decide(
             request,
             &self.spec.name,
@@ -650,7 +651,7 @@ impl Supervisor {
                 self.feed(Input::StartNow);
                 return self.clients.waits(i);
             }
-            Decision::Handoff(kind, release) => match self.begin_handoff(i, kind, &release) {
+            Decision::Handoff(kind, release) => match self.begin_handoff(i, kind, &release, by) {
                 Some(reply) => reply,
                 None => return true,
             },
@@ -718,7 +719,13 @@ impl Supervisor {
     }
 
     /// `deploy ID` / `rollback ID`: begins a handoff, or says why not.
-    fn begin_handoff(&mut self, conn: usize, kind: Kind, release: &str) -> Option<Reply> {
+    fn begin_handoff(
+        &mut self,
+        conn: usize,
+        kind: Kind,
+        release: &str,
+        by: String,
+    ) -> Option<Reply> {
         let begin = match requests::begin_handoff(self, kind, release) {
             Ok(b) => b,
             Err(refusal) => return Some(refusal),
@@ -730,6 +737,7 @@ impl Supervisor {
             old: None,
             worker: None,
             spec: Box::new(begin.spec),
+            by,
         });
         for e in begin.effects {
             self.perform_handoff(e);

@@ -392,6 +392,48 @@ fn a_port_zero_service_is_discovered_and_a_second_deploy_is_refused() {
     svc.stop();
 }
 
+/// `deploy --release REL` as the operator `who` (by sudo's SUDO_USER, as an admin would run it).
+fn deploy_as(svc: &Svc, release: &Path, who: &str) -> harness::Run {
+    Command::new("timeout")
+        .arg("60")
+        .arg(harness::baton_bin())
+        .arg("--config")
+        .arg(&svc.config)
+        .args(["deploy", "--release", release.to_str().expect("utf-8")])
+        .env("SUDO_USER", who)
+        .output()
+        .expect("deploy")
+        .into()
+}
+
+#[test]
+fn revisions_log_names_who_deployed_not_who_started_the_supervisor() {
+    let svc = Spec::new(
+        "pywho",
+        &format!("[\"{}\", \"0\"]", fixture("version-server")),
+    )
+    .tables(
+        "[port]\nmode = \"discover\"\n[release]\nroot = \"{dir}/app\"\n\
+             [ready]\nhttp = \"http://127.0.0.1:{port}/health\"\ntimeout = \"5s\"\n\
+             [stop]\ntimeout = \"5s\"\n[deploy]\ndrain_timeout = \"5s\"\n",
+    )
+    .create();
+    // carol's first deploy starts the supervisor; alice's second is a handoff inside it.
+    let r = deploy_as(&svc, &py_release(&svc.dir, "v1", &[]), "carol");
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = deploy_as(&svc, &py_release(&svc.dir, "v2", &[]), "alice");
+    assert_eq!(r.code, 0, "{r:?}");
+    let log = std::fs::read_to_string(svc.dir.join("app/revisions.log")).expect("revisions.log");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(lines[0].contains("carol deployed"), "{log}");
+    assert!(
+        lines[1].contains("alice deployed as release") && !lines[1].contains("carol"),
+        "the handoff's line names its own deployer: {log}"
+    );
+    svc.stop();
+}
+
 #[test]
 fn unreachable_etcd_fails_the_deploy_before_traffic_moves() {
     let dead = free_port();
