@@ -110,14 +110,17 @@ WHY = {
     "ready_log": "the supervisor writes the PID file (open+write+rename) before it answers the waiting `start`",
     "ready_tcp": "the probe reconnects every 5 ms doubling to 20 ms: readiness is seen at the next attempt",
     "ready_http": "the probe retries every 5 ms doubling to 20 ms: readiness is seen at the next attempt",
-    "stop": "`baton stop` is a fresh, dynamically linked process (~0.5 ms more to start than a static one) and "
-            "the supervisor refaults the code it shed while idle",
+    "stop": "`baton stop` is a 2.4 MB dynamically linked PIE (before its main(), ld.so maps three libraries and "
+            "relocates its data: ~85 of its ~112 page faults), and after the kill the supervisor reaps, writes "
+            "state.json and exits before `stop` returns (benches/PROFILE-stop.md)",
     "kill": "the stop timeout is enforced by the supervisor's timer, then SIGKILL and reaping",
     "orphans": "a grandchild escaped the process group and the subreaper sweep",
     "log": "output is copied through user space (pipe -> read -> write: two copies more than the service "
            "writing its file itself), in reads of at most 64 KiB, each written with its own write(2)",
-    "gone": "`baton stop` is a fresh, dynamically linked process that reads and checks the config before it "
-            "connects; the supervisor then refaults the code it shed while idle (benches/PROFILE-stop.md)",
+    "gone": "`baton stop` is a 2.4 MB dynamically linked PIE: before its main(), ld.so maps three libraries and "
+            "relocates its data (~85 of its ~112 page faults, link-level); then it reads the config and takes the "
+            "command lock (~30 faults) before it connects, and the supervisor refaults ~20 code pages it shed while "
+            "idle before its kill (benches/PROFILE-stop.md)",
 }
 
 

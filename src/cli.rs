@@ -238,13 +238,16 @@ pub enum Generate {
 /// What `main` should exit with.
 pub type Code = i32;
 
-/// The command line: the supervisor's own as `start` writes it, else clap's parse.
+/// The command line: the supervisor's own as `start` writes it, or `stop`'s, both read
+/// without clap; else clap's parse.
 ///
 /// Out of line, so that clap's locals are not in `main`'s frame under the supervisor's
 /// loop for its whole life.
 #[inline(never)]
 pub fn parse() -> std::result::Result<Cli, clap::Error> {
-    Cli::supervisor_argv().map_or_else(Cli::try_parse, Ok)
+    Cli::supervisor_argv()
+        .or_else(|| Cli::parse_stop(std::env::args_os()))
+        .map_or_else(Cli::try_parse, Ok)
 }
 
 impl Cli {
@@ -276,6 +279,59 @@ impl Cli {
         })
     }
 
+    /// Reads `[--config FILE] [--config-dir DIR] stop [NAME]` (the globals in any place,
+    /// `=VALUE` or not) without clap; None for any other command line, or anything unusual
+    /// in this one, which clap then reads. Building clap's whole command tree is most of
+    /// what a `stop` computes and touches before its request (the stop figure of
+    /// benches/PROFILE-stop.md); a unit test holds this to what clap makes of the same line.
+    pub fn parse_stop(args: impl IntoIterator<Item = std::ffi::OsString>) -> Option<Cli> {
+        let mut args = args.into_iter().skip(1);
+        let (mut config, mut config_dir, mut stop, mut name) = (None, None, false, None);
+        // A value clap would read as one: not empty, not looking like a flag.
+        let value = |v: Option<std::ffi::OsString>| {
+            v.filter(|v| !v.is_empty() && !v.as_encoded_bytes().starts_with(b"-"))
+                .map(PathBuf::from)
+        };
+        while let Some(arg) = args.next() {
+            let bytes = arg.as_encoded_bytes();
+            let (flag, inline) = match bytes.iter().position(|&b| b == b'=') {
+                Some(i) if bytes.starts_with(b"--") => {
+                    // Split at the first '=': both halves of valid encoded bytes.
+                    let text = arg.to_str()?;
+                    (&text[..i], Some(std::ffi::OsString::from(&text[i + 1..])))
+                }
+                _ => (arg.to_str().unwrap_or(""), None),
+            };
+            let slot = match flag {
+                "--config" => &mut config,
+                "--config-dir" => &mut config_dir,
+                "stop" if !stop && inline.is_none() => {
+                    stop = true;
+                    continue;
+                }
+                word if stop && name.is_none() && inline.is_none() => {
+                    if word.is_empty() || word.starts_with('-') {
+                        return None;
+                    }
+                    name = Some(word.to_string());
+                    continue;
+                }
+                _ => return None,
+            };
+            if slot.is_some() {
+                return None;
+            }
+            *slot = Some(value(inline.or_else(|| args.next()))?);
+        }
+        stop.then(|| Cli {
+            config,
+            config_dir: config_dir.unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_DIR)),
+            command: Command::Stop(Target { name }),
+        })
+    }
+}
+
+impl Cli {
     /// Runs the command; returns the exit code for a success (status has several).
     pub fn run(self) -> Result<Code> {
         match &self.command {
@@ -606,5 +662,70 @@ mod tests {
                 "{other:?}"
             );
         }
+    }
+
+    /// `parse_stop` makes of a command line what clap makes of it, or leaves it to clap.
+    #[test]
+    fn the_stop_shortcut_reads_what_clap_reads_or_defers() {
+        let words = [
+            "stop",
+            "--config",
+            "--config-dir",
+            "--config=a.toml",
+            "--config-dir=",
+            "web",
+            "/etc/x.toml",
+            "-",
+            "--",
+            "-h",
+            "--help",
+            "status",
+            "",
+            "a=b",
+            "--config=",
+            "--stop",
+            "--version",
+        ];
+        let mut read = 0;
+        // Every line of up to five words from the list: 1.5 million lines would be too
+        // many, so the last two positions draw from a shorter list.
+        let n = words.len();
+        for a in 0..n {
+            for b in 0..=n {
+                for c in 0..=n {
+                    for d in 0..=6 {
+                        for e in 0..=6 {
+                            let line: Vec<&str> = [Some(a), Some(b), Some(c), Some(d), Some(e)]
+                                .into_iter()
+                                .flatten()
+                                .take_while(|&i| i < n)
+                                .map(|i| words[i])
+                                .collect();
+                            let argv = std::iter::once("baton").chain(line.iter().copied());
+                            let fast = Cli::parse_stop(argv.clone().map(Into::into));
+                            let Some(fast) = fast else { continue };
+                            read += 1;
+                            let clap = Cli::try_parse_from(argv).unwrap_or_else(|e| {
+                                panic!("{line:?}: clap refuses what the shortcut read: {e}")
+                            });
+                            assert_eq!(format!("{fast:?}"), format!("{clap:?}"), "{line:?}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(read > 20, "the shortcut read {read} lines");
+        let some = |line: &[&str]| {
+            Cli::parse_stop(
+                std::iter::once("baton")
+                    .chain(line.iter().copied())
+                    .map(Into::into),
+            )
+            .is_some()
+        };
+        assert!(some(&["--config", "/etc/baton/web.toml", "stop"]));
+        assert!(some(&["stop", "web", "--config-dir=/tmp/x"]));
+        assert!(!some(&["stop", "web", "extra"]), "two names: clap's error");
+        assert!(!some(&["start", "web"]));
     }
 }

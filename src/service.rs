@@ -71,8 +71,11 @@ fn stop_locked(spec: &Spec) -> Result<()> {
         }
         return Ok(());
     }
-    // Watch the supervisor before asking it to stop, so its exit cannot be missed; the
-    // pidfd is checked against the recorded start time after opening, so it is that supervisor.
+    // The request goes first: the service's SIGTERM waits for nothing else. Only then is
+    // the supervisor watched, to bound the wait for its exit (or to signal it if there is
+    // no socket). One that has already gone cannot be opened, or fails the start-time
+    // check (a reused PID): then its lock, released at its exit, is waited on instead.
+    let asked = control::request(&spec.socket, &Request::Stop, None);
     let state = pidfile::read_state(spec);
     let watched: Vec<(Pid, std::os::fd::OwnedFd)> = state
         .supervisor
@@ -82,7 +85,7 @@ fn stop_locked(spec: &Spec) -> Result<()> {
         })
         .into_iter()
         .collect();
-    match control::request(&spec.socket, &Request::Stop, None) {
+    match asked {
         Ok(replies) => {
             for reply in replies {
                 match reply? {
@@ -95,6 +98,8 @@ fn stop_locked(spec: &Spec) -> Result<()> {
             }
         }
         // No socket to talk to: signal the supervisor, identified by PID and start time.
+        // It exited between the look at its lock and the request: nothing left to ask.
+        Err(_) if watched.is_empty() && !pidfile::supervisor_alive(spec)? => {}
         Err(e) => {
             let Some((pid, fd)) = watched.first() else {
                 return Err(e.hint("the supervisor holds its lock but cannot be identified; check the state directory"));

@@ -61,13 +61,16 @@ impl Clients {
         }
     }
 
-    /// Accepts who is waiting; out of file descriptors, stops accepting for a moment.
-    pub fn accept(&mut self, now: Instant) {
+    /// Accepts who is waiting (out of file descriptors, stops accepting for a moment);
+    /// returns the new clients' indices.
+    pub fn accept(&mut self, now: Instant) -> std::ops::Range<usize> {
         let (new, how) = self.server.accept(self.conns.len(), now);
+        let first = self.conns.len();
         self.conns.extend(new);
         if how == Accepted::OutOfFiles {
             self.paused_until = Some(now + crate::control::ACCEPT_PAUSE);
         }
+        first..self.conns.len()
     }
 
     /// Client `i` is ready for `flags`: sends what waits, reads what came; a complete request.

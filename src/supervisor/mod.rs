@@ -31,6 +31,7 @@ pub use setup::Options;
 use clients::Clients;
 use handoff::{Effect as HEffect, Input as HInput, Kind, Who};
 use instance::{launch, Handing, Instance, Launch, Which};
+use nix::poll::PollFlags;
 use poll::Source;
 use requests::Decision;
 use routing::{Routed, Routing};
@@ -210,14 +211,14 @@ impl Supervisor {
         for (src, flags) in ready {
             match src {
                 Source::Signals => self.on_signals(),
-                Source::Control => self.clients.accept(now),
-                Source::Conn(i) => {
-                    if let Some(request) = self.clients.on_ready(i, flags, now) {
-                        if !self.on_request(i, request) {
-                            self.clients.finish(i);
-                        }
+                // A client writes its request as soon as it connects: read it now rather
+                // than after one more poll(2) (a stop's signal waits for that read).
+                Source::Control => {
+                    for i in self.clients.accept(now) {
+                        self.on_conn(i, PollFlags::POLLIN, now);
                     }
                 }
+                Source::Conn(i) => self.on_conn(i, flags, now),
                 Source::Notify => self.on_notify(),
                 Source::Pipe(i) => {
                     if let Drained::Closed = self.drain_pipe(i) {
@@ -241,6 +242,15 @@ impl Supervisor {
         self.on_time(Instant::now());
         self.clients.sweep();
         Ok(())
+    }
+
+    /// Client `i` is ready for `flags`: delivers its replies, answers its request.
+    fn on_conn(&mut self, i: usize, flags: PollFlags, now: Instant) {
+        if let Some(request) = self.clients.on_ready(i, flags, now) {
+            if !self.on_request(i, request) {
+                self.clients.finish(i);
+            }
+        }
     }
 
     fn instance_mut(&mut self, which: Which) -> Option<&mut Instance> {
@@ -308,6 +318,19 @@ impl Supervisor {
             // Starting has a service whose identity a post-mortem needs.
             let changed = before != (after, discriminant(&self.machine.phase));
             let before = before.0;
+            // Into Stopping, the signal goes out before the line that says why: that line
+            // is a write to baton.log, and the service need not wait for it.
+            let signal_first = changed && matches!(self.machine.phase, Phase::Stopping(_));
+            let mut effects = effects.into_iter();
+            if signal_first {
+                for effect in effects.by_ref() {
+                    let signal = matches!(effect, Effect::SignalTree(_));
+                    self.perform(effect);
+                    if signal {
+                        break;
+                    }
+                }
+            }
             if changed {
                 tracing::info!(
                     "{}: {before} -> {after} ({})",

@@ -25,6 +25,7 @@ mod security_procs;
 mod ship;
 mod spawn;
 mod startup;
+mod stop;
 mod supervisor;
 mod switch;
 mod upgrade;
