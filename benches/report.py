@@ -115,8 +115,9 @@ WHY = {
             "state.json and exits before `stop` returns (benches/PROFILE-stop.md)",
     "kill": "the stop timeout is enforced by the supervisor's timer, then SIGKILL and reaping",
     "orphans": "a grandchild escaped the process group and the subreaper sweep",
-    "log": "output is copied through user space (pipe -> read -> write: two copies more than the service "
-           "writing its file itself), in reads of at most 64 KiB, each written with its own write(2)",
+    "log": "the bytes are copied twice (by the service into its pipe, by baton's splice from its relay pipe "
+           "into the file) where the service writing its file copies once: the two copies overlap only "
+           "while two CPUs are free, so a loaded machine takes the ratio toward 50% (benches/PROFILE-log.md)",
     "gone": "`baton stop` is a 2.4 MB dynamically linked PIE: before its main(), ld.so maps three libraries and "
             "relocates its data (~85 of its ~112 page faults, link-level); then it reads the config and takes the "
             "command lock (~30 faults) before it connects, and the supervisor refaults ~20 code pages it shed while "

@@ -61,6 +61,13 @@ impl Dir {
         self.open_existing_or_new(name, flags, mode)
     }
 
+    /// Opens `name` for appending and for reading back what was appended (a log file whose
+    /// writer checks where its last line ends), creating it if absent.
+    pub fn open_log(&self, name: &OsStr, mode: u32) -> io::Result<File> {
+        let flags = OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_CREAT;
+        self.open_existing_or_new(name, flags, mode)
+    }
+
     /// Opens `name` read-write for a lock, creating it if absent; refuses links and strangers' files.
     pub fn open_lock(&self, name: &OsStr, mode: u32) -> io::Result<File> {
         self.open_existing_or_new(name, OFlag::O_RDWR | OFlag::O_CREAT, mode)
@@ -356,6 +363,12 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
 pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
     let (dir, name) = split(path)?;
     dir.open_append(&name, mode)
+}
+
+/// [`Dir::open_log`] on `path`'s directory.
+pub fn open_log(path: &Path, mode: u32) -> io::Result<File> {
+    let (dir, name) = split(path)?;
+    dir.open_log(&name, mode)
 }
 
 /// The directory holding `path`, opened, and the file's name in it.

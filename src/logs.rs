@@ -1,25 +1,39 @@
-//! The service's output: pipes read line-wise into size-rotated files, nothing lost.
+//! The service's output: pipes moved into size-rotated files, whole lines, nothing lost.
 //!
-//! Only whole lines are written, and rotation happens between two writes, so a
-//! rotated file never ends in half a line and no line is dropped. Reading
-//! applies back-pressure instead of dropping: a service can be slowed by a slow
-//! disk only once its pipe buffer (enlarged to 1 MiB) is full.
+//! Two ways, chosen per pipe at each read. When nobody needs to see the lines (no
+//! timestamps to prefix, no log probe waiting, one writer per file, far from the size
+//! limit), the kernel moves the pipe's bytes into the file with `splice(2)`: one copy, where
+//! read + write make two. Otherwise lines are read, and only whole lines are written, so a
+//! rotation (which happens between two writes) never splits one and no line is dropped.
+//!
+//! Spliced bytes may end in the middle of a line. The file remembers how long that
+//! unfinished line is; before lines are read again (a second instance writes the same
+//! file, the size limit is near, the logs are reopened) it is taken back out of the file
+//! into the pipe's partial line, so files again hold only whole lines from one writer
+//! each. Reading applies back-pressure instead of dropping: a service can be slowed by a
+//! slow disk only once its pipe buffer (enlarged to 1 MiB) is full.
+
+mod tail;
 
 use crate::config::LogSpec;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::Pid;
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use tail::Tail;
 
 /// Lines longer than this are written in pieces rather than buffered without bound.
 const MAX_LINE: usize = 64 * 1024;
-/// How many recent lines are kept for failure reports and status.
-const TAIL_LINES: usize = 40;
 /// Pipe capacity requested from the kernel.
 const PIPE_SIZE: i32 = 1 << 20;
+/// Bytes one [`Pipe::drain`] moves at most before the loop looks at other events.
+const DRAIN_BUDGET: usize = 2 << 20;
+/// Splicing stops this far from the size limit: the rest of the file is filled by whole
+/// lines, so the rotation falls between two of them.
+const SPLICE_MARGIN: u64 = MAX_LINE as u64;
 
 /// An append-only file rotated by size, keeping `keep` old copies as `.1`, `.2`, …
 pub struct RotatingFile {
@@ -28,20 +42,45 @@ pub struct RotatingFile {
     size: u64,
     max: u64,
     keep: u32,
+    /// Bytes after the file's last newline: the start of a line a splice wrote, which the
+    /// same pipe's next bytes end.
+    open_line: u64,
+    /// Whether the descriptor has `O_APPEND` now: for writes, not splices (the kernel refuses
+    /// to splice into an append-mode file, so splices go at an offset instead).
+    appending: bool,
+    /// Splicing into this file failed once (a file system without it, an append-only
+    /// file): lines are read and written from then on.
+    no_splice: bool,
 }
 
 impl RotatingFile {
     /// Opens (creating) `path` for appending.
     pub fn open(path: PathBuf, spec: &LogSpec) -> io::Result<Self> {
-        let file = open_append(&path)?;
-        let size = file.metadata()?.len();
-        Ok(RotatingFile {
+        let file = open_log(&path)?;
+        let mut f = RotatingFile {
             path,
             file,
-            size,
+            size: 0,
             max: spec.max_size,
             keep: spec.keep,
-        })
+            open_line: 0,
+            appending: true,
+            no_splice: false,
+        };
+        f.measure()?;
+        Ok(f)
+    }
+
+    /// Learns the size of a newly opened file and whether it ends in a line begun by a
+    /// splice (the previous image of this supervisor left it for the pipe it carried).
+    fn measure(&mut self) -> io::Result<()> {
+        self.size = self.file.metadata()?.len();
+        self.appending = true;
+        self.open_line = match last_line_end(&self.file, 0, self.size)? {
+            Some(end) => self.size - end,
+            None => self.size.min(MAX_LINE as u64),
+        };
+        Ok(())
     }
 
     /// Writes whole lines, rotating first when they would not fit.
@@ -78,8 +117,120 @@ impl RotatingFile {
     }
 
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        if !self.appending {
+            fcntl(self.file.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_APPEND))?;
+            self.appending = true;
+        }
         self.file.write_all(data)?;
         self.size += data.len() as u64;
+        Ok(())
+    }
+
+    /// Whether a splice may write here now: room enough that no rotation can be near.
+    fn splices(&self) -> bool {
+        !self.no_splice && self.max.saturating_sub(self.size) > SPLICE_MARGIN
+    }
+
+    /// Moves what `pipe` holds (at most up to the splice margin) into the file inside the
+    /// kernel, through `relay`; returns the offset where the first line it touched starts,
+    /// the new end and how many bytes came from the pipe. `Ok(None)`: every writer has
+    /// closed `pipe`.
+    ///
+    /// The relay is why this is fast. Moving pages from pipe to pipe copies nothing and
+    /// holds the service's pipe only for that; the copy into the file is then made under
+    /// the relay's lock alone, while the service goes on writing into its pipe. Splicing
+    /// straight from the service's pipe would hold its lock for the whole copy, making the
+    /// service's copy into the pipe and baton's into the file take turns.
+    fn splice_from(
+        &mut self,
+        pipe: BorrowedFd<'_>,
+        relay: &Relay,
+    ) -> io::Result<Option<(u64, u64, usize)>> {
+        if self.appending {
+            fcntl(self.file.as_raw_fd(), FcntlArg::F_SETFL(OFlag::empty()))?;
+            self.appending = false;
+        }
+        let room = self.max.saturating_sub(self.size + SPLICE_MARGIN);
+        let len = room.min(PIPE_SIZE as u64) as usize;
+        let moved = crate::sys::splice(pipe, relay.write.as_fd(), None, len)?;
+        if moved == 0 {
+            return Ok(None);
+        }
+        // The file's end, not the size counted: a `copytruncate` may have emptied it, and a
+        // splice at the old offset would leave a hole.
+        let end = nix::unistd::lseek(self.file.as_raw_fd(), 0, nix::unistd::Whence::SeekEnd)?;
+        let start = u64::try_from(end).map_err(io::Error::other)?;
+        if start < self.size {
+            self.open_line = 0;
+        }
+        let mut at = start;
+        while at < start + moved as u64 {
+            let left = (start + moved as u64 - at) as usize;
+            match crate::sys::splice(relay.read.as_fd(), self.file.as_fd(), Some(&mut at), left) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.size = at;
+                    return Err(e);
+                }
+            }
+        }
+        self.size = at;
+        let first = start - self.open_line.min(start);
+        self.open_line = match last_line_end(&self.file, start, at)? {
+            Some(line_end) => at - line_end,
+            None => self.open_line + moved as u64,
+        };
+        // An overlong line is ended where it is, as one read would end it (`Pipe::take`).
+        if self.open_line >= MAX_LINE as u64 {
+            self.file.write_all_at(b"\n", at)?;
+            self.size += 1;
+            self.open_line = 0;
+        }
+        Ok(Some((first, self.size, moved)))
+    }
+
+    /// Writes the start of a line (no newline in it) that the pipe's next bytes continue.
+    fn begin_line(&mut self, start: &[u8]) -> io::Result<()> {
+        self.append(start)?;
+        self.open_line += start.len() as u64;
+        Ok(())
+    }
+
+    /// Takes the unfinished line a splice left at the end of the file back out of it, so
+    /// the file ends with a whole line again; an overlong one is ended where it is instead.
+    fn take_open_line(&mut self) -> io::Result<Vec<u8>> {
+        let n = std::mem::take(&mut self.open_line);
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let end = self.file.metadata()?.len();
+        if n >= MAX_LINE as u64 || n > end {
+            self.end_line_at(end)?;
+            return Ok(Vec::new());
+        }
+        let mut line = vec![0u8; n as usize];
+        self.file.read_exact_at(&mut line, end - n)?;
+        self.file.set_len(end - n)?;
+        self.size = end - n;
+        Ok(line)
+    }
+
+    /// Ends a line a splice began and no pipe will finish (its writer is gone).
+    fn end_line(&mut self) -> io::Result<()> {
+        if std::mem::take(&mut self.open_line) > 0 {
+            let end = self.file.metadata()?.len();
+            self.end_line_at(end)?;
+        }
+        Ok(())
+    }
+
+    fn end_line_at(&mut self, end: u64) -> io::Result<()> {
+        self.open_line = 0;
+        if end > 0 {
+            self.append(b"\n")?;
+        }
         Ok(())
     }
 
@@ -106,23 +257,67 @@ impl RotatingFile {
             dir.rename(&base, &name(1))?;
         }
         self.file = dir
-            .open_append(&base, 0o640)
+            .open_log(&base, 0o640)
             .map_err(|e| open_error(&self.path, e))?;
-        self.size = self.file.metadata()?.len();
-        Ok(())
+        self.measure()
     }
 
     /// Starts writing to a new file at the same path (after an external logrotate moved the old one).
     pub fn reopen(&mut self) -> io::Result<()> {
-        self.file = open_append(&self.path)?;
-        self.size = self.file.metadata()?.len();
-        Ok(())
+        self.file = open_log(&self.path)?;
+        self.measure()
+    }
+}
+
+/// Where the last line in `[from, to)` of `file` ends (the offset after its newline),
+/// looking back at most [`MAX_LINE`] bytes from `to`; `None` if no newline is there.
+fn last_line_end(file: &File, from: u64, to: u64) -> io::Result<Option<u64>> {
+    let floor = from.max(to.saturating_sub(MAX_LINE as u64));
+    let mut buf = [0u8; 4096];
+    // A small first look: a line's end is usually among the last few bytes.
+    let mut want = 512;
+    let mut end = to;
+    while end > floor {
+        let start = end.saturating_sub(want).max(floor);
+        let got = &mut buf[..(end - start) as usize];
+        file.read_exact_at(got, start)?;
+        if let Some(i) = got.iter().rposition(|&b| b == b'\n') {
+            return Ok(Some(start + i as u64 + 1));
+        }
+        end = start;
+        want = buf.len() as u64;
+    }
+    Ok(None)
+}
+
+/// baton's own pipe between a service's pipe and a log file (see [`RotatingFile::splice_from`]).
+struct Relay {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Relay {
+    fn new() -> io::Result<Self> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        // As large as the service's pipe, so that one move can empty it.
+        let _ = fcntl(write.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+        Ok(Relay { read, write })
+    }
+
+    /// What a failed splice left in the relay, so that it is written another way.
+    fn take(&self) -> Vec<u8> {
+        let mut left = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n @ 1..) = nix::unistd::read(self.read.as_raw_fd(), &mut buf) {
+            left.extend_from_slice(&buf[..n]);
+        }
+        left
     }
 }
 
 /// Opens a log file through [`crate::files`]: a planted link is refused, never followed.
-fn open_append(path: &std::path::Path) -> io::Result<File> {
-    crate::files::open_append(path, 0o640).map_err(|e| open_error(path, e))
+fn open_log(path: &std::path::Path) -> io::Result<File> {
+    crate::files::open_log(path, 0o640).map_err(|e| open_error(path, e))
 }
 
 /// "unable to open /var/log/web/stdout.log: it is a symbolic link, ...": the path first.
@@ -203,43 +398,153 @@ impl Pipe {
         &self.partial
     }
 
-    /// Reads what is available (bounded, to stay fair to other events) and hands whole lines to `out`.
-    pub fn drain<'f>(&mut self, out: &mut Output, mut on_line: LineWatcher<'_, 'f>) -> Drained {
-        let mut buf = [0u8; 64 * 1024];
+    /// Moves what is available (bounded, to stay fair to other events) into the log file
+    /// and whole lines to `out`'s tail and to `on_line`.
+    ///
+    /// `alone`: no other pipe writes the same file now, so its bytes may be spliced
+    /// straight into it when nobody needs to see the lines.
+    pub fn drain<'f>(
+        &mut self,
+        out: &mut Output,
+        mut on_line: LineWatcher<'_, 'f>,
+        alone: bool,
+    ) -> Drained {
+        let mut budget = DRAIN_BUDGET;
         for _ in 0..16 {
-            // The line the last read left unfinished goes first in the buffer, so the
-            // lines it completes are one slice: no copy of each read onto that line.
-            let head = if self.partial.len() <= buf.len() / 2 {
-                let n = self.partial.len();
-                buf[..n].copy_from_slice(&self.partial);
-                self.partial.clear();
-                n
+            let step = if alone && on_line.is_none() && out.splices(self.kind) {
+                self.splice(out)
             } else {
-                0
+                self.drain_lines(out, on_line.as_deref_mut(), alone, budget)
             };
-            let got = nix::unistd::read(self.fd.as_raw_fd(), &mut buf[head..]);
-            if !matches!(got, Ok(n) if n > 0) {
-                self.partial.extend_from_slice(&buf[..head]);
-            }
-            match got {
-                Ok(0) => {
-                    if !self.partial.is_empty() {
-                        self.partial.push(b'\n');
-                        let rest = std::mem::take(&mut self.partial);
-                        out.emit(self.kind, self.owner, &rest, on_line.as_deref_mut());
-                    }
-                    return Drained::Closed;
-                }
-                Ok(n) => self.take(&buf[..head + n], out, on_line.as_deref_mut()),
-                Err(nix::errno::Errno::EAGAIN) => return Drained::Open,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    tracing::warn!("unable to read service {:?}: {e}", self.kind);
-                    return Drained::Closed;
-                }
+            match step {
+                Step::More(n) if n >= budget => break,
+                Step::More(n) => budget -= n,
+                Step::Done(d) => return d,
             }
         }
         Drained::Open
+    }
+
+    /// Reads lines (at most `budget` bytes), after taking back what a splice left
+    /// unfinished; stops as soon as splicing may take over again (past a rotation).
+    fn drain_lines<'f>(
+        &mut self,
+        out: &mut Output,
+        mut on_line: LineWatcher<'_, 'f>,
+        alone: bool,
+        budget: usize,
+    ) -> Step {
+        // Only here: splicing never touches (nor zeroes) these 64 KiB of stack.
+        let mut buf = [0u8; 64 * 1024];
+        self.settle(out);
+        let mut moved = 0;
+        for _ in 0..16 {
+            match self.read(&mut buf, out, on_line.as_deref_mut()) {
+                Step::More(n) => moved += n,
+                done @ Step::Done(_) => return done,
+            }
+            if moved >= budget || (alone && on_line.is_none() && out.splices(self.kind)) {
+                break;
+            }
+        }
+        Step::More(moved)
+    }
+
+    /// One splice of the pipe into the file.
+    fn splice(&mut self, out: &mut Output) -> Step {
+        let kind = self.kind;
+        if !self.partial.is_empty() {
+            // The line lines-mode left unfinished goes first; the spliced bytes end it.
+            let start = std::mem::take(&mut self.partial);
+            if let Err(e) = out.file(kind).begin_line(&start) {
+                self.partial = start;
+                return out.no_splice(kind, &e);
+            }
+        }
+        let relay = match out.relay() {
+            Ok(r) => r,
+            Err(e) => return out.no_splice(kind, &e),
+        };
+        match out.file(kind).splice_from(self.fd.as_fd(), &relay) {
+            Ok(Some((from, to, moved))) => {
+                out.relay = Some(relay);
+                out.tail.spliced(kind, from, to);
+                Step::More(moved)
+            }
+            Ok(None) => {
+                out.relay = Some(relay);
+                if let Err(e) = out.file(kind).end_line() {
+                    out.write_failed(kind, &e);
+                }
+                Step::Done(Drained::Closed)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                out.relay = Some(relay);
+                Step::Done(Drained::Open)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                out.relay = Some(relay);
+                Step::More(0)
+            }
+            Err(e) => {
+                // Bytes moved but not written are this pipe's next bytes: they go first.
+                self.partial = relay.take();
+                out.no_splice(kind, &e)
+            }
+        }
+    }
+
+    /// Before lines are read again: the unfinished line a splice left in the file comes
+    /// back in front of the partial line, and the tail learns what was spliced.
+    pub fn settle(&mut self, out: &mut Output) {
+        let line = out.settle(self.kind);
+        if !line.is_empty() {
+            let rest = std::mem::replace(&mut self.partial, line);
+            self.partial.extend_from_slice(&rest);
+        }
+    }
+
+    /// One read of the pipe, its whole lines handed to `out`.
+    fn read<'f>(
+        &mut self,
+        buf: &mut [u8; 64 * 1024],
+        out: &mut Output,
+        on_line: LineWatcher<'_, 'f>,
+    ) -> Step {
+        // The line the last read left unfinished goes first in the buffer, so the
+        // lines it completes are one slice: no copy of each read onto that line.
+        let head = if self.partial.len() <= buf.len() / 2 {
+            let n = self.partial.len();
+            buf[..n].copy_from_slice(&self.partial);
+            self.partial.clear();
+            n
+        } else {
+            0
+        };
+        let got = nix::unistd::read(self.fd.as_raw_fd(), &mut buf[head..]);
+        if !matches!(got, Ok(n) if n > 0) {
+            self.partial.extend_from_slice(&buf[..head]);
+        }
+        match got {
+            Ok(0) => {
+                if !self.partial.is_empty() {
+                    self.partial.push(b'\n');
+                    let rest = std::mem::take(&mut self.partial);
+                    out.emit(self.kind, self.owner, &rest, on_line);
+                }
+                Step::Done(Drained::Closed)
+            }
+            Ok(n) => {
+                self.take(&buf[..head + n], out, on_line);
+                Step::More(n)
+            }
+            Err(nix::errno::Errno::EAGAIN) => Step::Done(Drained::Open),
+            Err(nix::errno::Errno::EINTR) => Step::More(0),
+            Err(e) => {
+                tracing::warn!("unable to read service {:?}: {e}", self.kind);
+                Step::Done(Drained::Closed)
+            }
+        }
     }
 
     fn take<'f>(&mut self, data: &[u8], out: &mut Output, mut on_line: LineWatcher<'_, 'f>) {
@@ -265,11 +570,21 @@ impl Pipe {
     }
 }
 
+/// What one step of [`Pipe::drain`] left.
+enum Step {
+    /// Go on: there may be more (this many bytes were moved).
+    More(usize),
+    /// Stop with this.
+    Done(Drained),
+}
+
 /// The two log files and the recent-lines tail, shared by every instance of the service.
 pub struct Output {
     stdout: RotatingFile,
     stderr: RotatingFile,
-    tail: VecDeque<String>,
+    tail: Tail,
+    /// Made at the first splice, kept for the next (see [`RotatingFile::splice_from`]).
+    relay: Option<Relay>,
     /// Whether lines get the `TIME [PID] ` prefix ([`stamp`]).
     timestamps: bool,
     /// Reused for prefixed blocks, so a flood allocates once.
@@ -282,10 +597,78 @@ impl Output {
         Ok(Output {
             stdout: RotatingFile::open(spec.dir.join("stdout.log"), spec)?,
             stderr: RotatingFile::open(spec.dir.join("stderr.log"), spec)?,
-            tail: VecDeque::with_capacity(TAIL_LINES),
+            tail: Tail::default(),
+            relay: None,
             timestamps: spec.timestamps,
             scratch: Vec::new(),
         })
+    }
+
+    fn file(&mut self, kind: StreamKind) -> &mut RotatingFile {
+        match kind {
+            StreamKind::Stdout => &mut self.stdout,
+            StreamKind::Stderr => &mut self.stderr,
+        }
+    }
+
+    /// Whether `kind`'s bytes may go to its file unread: no prefix to add, room to spare.
+    fn splices(&self, kind: StreamKind) -> bool {
+        let file = match kind {
+            StreamKind::Stdout => &self.stdout,
+            StreamKind::Stderr => &self.stderr,
+        };
+        !self.timestamps && file.splices()
+    }
+
+    /// The relay, taken out while a splice uses it (made if there is none yet).
+    fn relay(&mut self) -> io::Result<Relay> {
+        match self.relay.take() {
+            Some(r) => Ok(r),
+            None => Relay::new(),
+        }
+    }
+
+    /// Splicing into `kind`'s file failed: say so once and read lines from now on.
+    fn no_splice(&mut self, kind: StreamKind, e: &io::Error) -> Step {
+        let file = self.file(kind);
+        file.no_splice = true;
+        tracing::warn!(
+            "unable to splice service output into {}: {e}; reading it line by line instead",
+            file.path.display()
+        );
+        Step::More(0)
+    }
+
+    fn write_failed(&mut self, kind: StreamKind, e: &io::Error) {
+        tracing::error!(
+            "unable to write service output to {}: {e}",
+            self.file(kind).path.display()
+        );
+    }
+
+    /// Before `kind`'s lines are written whole again: the tail reads what was spliced while
+    /// it is still in this file, and the unfinished line a splice left comes back out.
+    fn settle(&mut self, kind: StreamKind) -> Vec<u8> {
+        let file = match kind {
+            StreamKind::Stdout => &mut self.stdout,
+            StreamKind::Stderr => &mut self.stderr,
+        };
+        self.tail.resolve(kind, &file.file);
+        match file.take_open_line() {
+            Ok(line) => line,
+            Err(e) => {
+                self.write_failed(kind, &e);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Ends the line a splice began in `kind`'s file if no pipe is left to end it (a new
+    /// instance's lines must not continue it).
+    pub fn end_line(&mut self, kind: StreamKind) {
+        if let Err(e) = self.file(kind).end_line() {
+            self.write_failed(kind, &e);
+        }
     }
 
     /// Writes a block of whole lines, keeps its last lines for the tail, and shows
@@ -319,185 +702,32 @@ impl Output {
             file.write_lines(lines)
         };
         if let Err(e) = written {
-            tracing::error!(
-                "unable to write service output to {}: {e}",
-                file.path.display()
-            );
+            self.write_failed(kind, &e);
         }
         if let Some(f) = on_line {
             for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 f(kind, &String::from_utf8_lossy(line));
             }
         }
-        // Only the block's last lines can end up in the tail: no per-line work on a flood.
-        let mut last: Vec<&[u8]> = lines
-            .rsplit(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .take(TAIL_LINES)
-            .collect();
-        last.reverse();
-        for line in last {
-            if self.tail.len() == TAIL_LINES {
-                self.tail.pop_front();
-            }
-            self.tail
-                .push_back(String::from_utf8_lossy(line).into_owned());
-        }
+        self.tail.lines(lines);
     }
 
-    /// The last lines the service printed, oldest first.
+    /// The last lines the service printed, oldest first (what was spliced is read back
+    /// from the files).
     pub fn tail(&self, n: usize) -> Vec<String> {
-        self.tail
-            .iter()
-            .skip(self.tail.len().saturating_sub(n))
-            .cloned()
-            .collect()
+        self.tail.last(n, |kind| match kind {
+            StreamKind::Stdout => &self.stdout.file,
+            StreamKind::Stderr => &self.stderr.file,
+        })
     }
 
-    /// Reopens both files (for external logrotate).
+    /// Reopens both files (for external logrotate). The pipes must be settled first
+    /// ([`Pipe::settle`]), so that no line begun in the old file ends in the new one.
     pub fn reopen(&mut self) -> io::Result<()> {
+        self.tail.resolve(StreamKind::Stdout, &self.stdout.file);
+        self.tail.resolve(StreamKind::Stderr, &self.stderr.file);
         self.stdout.reopen()?;
         self.stderr.reopen()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(dir: &std::path::Path, max: u64, keep: u32) -> LogSpec {
-        LogSpec {
-            dir: dir.to_path_buf(),
-            max_size: max,
-            keep,
-            timestamps: true,
-        }
-    }
-
-    #[test]
-    fn rotation_keeps_every_line_whole() {
-        let dir = std::env::temp_dir().join(format!("baton-logs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let mut f = RotatingFile::open(dir.join("out.log"), &spec(&dir, 100, 100)).expect("open");
-        let mut all = String::new();
-        for i in 0..50 {
-            let chunk = format!("line {i:03} xxxxxxxxxx\nline {i:03} yyyyy\n");
-            all.push_str(&chunk);
-            f.write_lines(chunk.as_bytes()).expect("write");
-        }
-        // Concatenate oldest to newest and compare: nothing lost, nothing split.
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .expect("ls")
-            .map(|e| e.expect("entry").path())
-            .collect();
-        let idx = |p: &PathBuf| {
-            p.extension()
-                .and_then(|e| e.to_str())
-                .and_then(|e| e.parse::<u32>().ok())
-                .unwrap_or(0)
-        };
-        files.sort_by_key(|p| std::cmp::Reverse(idx(p)));
-        let mut joined = String::new();
-        for p in &files {
-            let body = std::fs::read_to_string(p).expect("read");
-            assert!(
-                body.len() as u64 <= 100,
-                "{} is {} bytes",
-                p.display(),
-                body.len()
-            );
-            assert!(body.ends_with('\n'), "{} ends mid-line", p.display());
-            joined.push_str(&body);
-        }
-        assert_eq!(joined, all);
-        std::fs::remove_dir_all(&dir).ok();
-    }
-
-    #[test]
-    fn lines_split_across_reads_and_overlong_lines_come_out_whole_and_in_order() {
-        let dir = std::env::temp_dir().join(format!("baton-logs-pipe-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let mut spec = spec(&dir, 1 << 30, 1);
-        spec.timestamps = false;
-        let mut out = Output::open(&spec).expect("open");
-        // Close-on-exec: a child another test spawns must not hold the write end open.
-        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).expect("pipe");
-        let mut pipe = Pipe::new(r, StreamKind::Stdout, Pid::from_raw(1));
-        let mut w = File::from(w);
-        let mut sent = Vec::new();
-        let mut send = |w: &mut File, pipe: &mut Pipe, out: &mut Output, bytes: &[u8]| {
-            w.write_all(bytes).expect("write");
-            sent.extend_from_slice(bytes);
-            assert!(matches!(pipe.drain(out, None), Drained::Open));
-        };
-        send(&mut w, &mut pipe, &mut out, b"first li");
-        send(&mut w, &mut pipe, &mut out, b"ne\nsecond\nthi");
-        // 100 KiB with no newline, in pieces a default pipe takes: longer than MAX_LINE.
-        for _ in 0..10 {
-            send(&mut w, &mut pipe, &mut out, &[b'x'; 10 * 1024]);
-        }
-        send(&mut w, &mut pipe, &mut out, b"rd\nlast");
-        drop(w);
-        // EOF once every copy of the write end is closed (a fork in flight may hold one).
-        while let Drained::Open = pipe.drain(&mut out, None) {
-            let mut fds = [nix::poll::PollFd::new(
-                pipe.as_fd(),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            assert_eq!(
-                nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(20_000u16)),
-                Ok(1),
-                "no EOF within 20 s"
-            );
-        }
-        let text = std::fs::read(dir.join("stdout.log")).expect("read");
-        let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
-        assert_eq!(lines[0], b"first line");
-        assert_eq!(lines[1], b"second");
-        assert!(text.ends_with(b"rd\nlast\n"));
-        // A line is cut once MAX_LINE is reached: a piece holds at most one read more.
-        assert!(
-            lines.iter().all(|l| l.len() < 2 * MAX_LINE),
-            "a line over the cap"
-        );
-        assert!(lines.len() > 4, "the 100 KiB line was not cut");
-        let strip = |v: &[u8]| {
-            v.iter()
-                .copied()
-                .filter(|&b| b != b'\n')
-                .collect::<Vec<u8>>()
-        };
-        assert_eq!(strip(&text), strip(&sent), "bytes lost or reordered");
-        std::fs::remove_dir_all(&dir).ok();
-    }
-
-    #[test]
-    fn keep_bounds_rotated_copies() {
-        let dir = std::env::temp_dir().join(format!("baton-logs-keep-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let mut f = RotatingFile::open(dir.join("out.log"), &spec(&dir, 10, 2)).expect("open");
-        for i in 0..20 {
-            f.write_lines(format!("{i:08}\n").as_bytes())
-                .expect("write");
-        }
-        let mut names: Vec<String> = std::fs::read_dir(&dir)
-            .expect("ls")
-            .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert_eq!(names, vec!["out.log", "out.log.1", "out.log.2"]);
-        assert_eq!(
-            std::fs::read_to_string(dir.join("out.log")).expect("r"),
-            "00000019\n"
-        );
-        assert_eq!(
-            std::fs::read_to_string(dir.join("out.log.2")).expect("r"),
-            "00000017\n"
-        );
-        std::fs::remove_dir_all(&dir).ok();
     }
 }
 
@@ -652,6 +882,146 @@ mod event_tests {
         assert_eq!(
             &lines[1][27..],
             "  WARN baton::logs::event_tests: unable to write code=3"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &std::path::Path, max: u64, keep: u32) -> LogSpec {
+        LogSpec {
+            dir: dir.to_path_buf(),
+            max_size: max,
+            keep,
+            timestamps: true,
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_every_line_whole() {
+        let dir = std::env::temp_dir().join(format!("baton-logs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut f = RotatingFile::open(dir.join("out.log"), &spec(&dir, 100, 100)).expect("open");
+        let mut all = String::new();
+        for i in 0..50 {
+            let chunk = format!("line {i:03} xxxxxxxxxx\nline {i:03} yyyyy\n");
+            all.push_str(&chunk);
+            f.write_lines(chunk.as_bytes()).expect("write");
+        }
+        // Concatenate oldest to newest and compare: nothing lost, nothing split.
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("ls")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        let idx = |p: &PathBuf| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .and_then(|e| e.parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        files.sort_by_key(|p| std::cmp::Reverse(idx(p)));
+        let mut joined = String::new();
+        for p in &files {
+            let body = std::fs::read_to_string(p).expect("read");
+            assert!(
+                body.len() as u64 <= 100,
+                "{} is {} bytes",
+                p.display(),
+                body.len()
+            );
+            assert!(body.ends_with('\n'), "{} ends mid-line", p.display());
+            joined.push_str(&body);
+        }
+        assert_eq!(joined, all);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn lines_split_across_reads_and_overlong_lines_come_out_whole_and_in_order() {
+        let dir = std::env::temp_dir().join(format!("baton-logs-pipe-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut spec = spec(&dir, 1 << 30, 1);
+        spec.timestamps = false;
+        let mut out = Output::open(&spec).expect("open");
+        // Close-on-exec: a child another test spawns must not hold the write end open.
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).expect("pipe");
+        let mut pipe = Pipe::new(r, StreamKind::Stdout, Pid::from_raw(1));
+        let mut w = File::from(w);
+        let mut sent = Vec::new();
+        let mut send = |w: &mut File, pipe: &mut Pipe, out: &mut Output, bytes: &[u8]| {
+            w.write_all(bytes).expect("write");
+            sent.extend_from_slice(bytes);
+            assert!(matches!(pipe.drain(out, None, true), Drained::Open));
+        };
+        send(&mut w, &mut pipe, &mut out, b"first li");
+        send(&mut w, &mut pipe, &mut out, b"ne\nsecond\nthi");
+        // 100 KiB with no newline, in pieces a default pipe takes: longer than MAX_LINE.
+        for _ in 0..10 {
+            send(&mut w, &mut pipe, &mut out, &[b'x'; 10 * 1024]);
+        }
+        send(&mut w, &mut pipe, &mut out, b"rd\nlast");
+        drop(w);
+        // EOF once every copy of the write end is closed (a fork in flight may hold one).
+        while let Drained::Open = pipe.drain(&mut out, None, true) {
+            let mut fds = [nix::poll::PollFd::new(
+                pipe.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            assert_eq!(
+                nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(20_000u16)),
+                Ok(1),
+                "no EOF within 20 s"
+            );
+        }
+        let text = std::fs::read(dir.join("stdout.log")).expect("read");
+        let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+        assert_eq!(lines[0], b"first line");
+        assert_eq!(lines[1], b"second");
+        assert!(text.ends_with(b"rd\nlast\n"));
+        // A line is cut once MAX_LINE is reached: a piece holds at most one read more.
+        assert!(
+            lines.iter().all(|l| l.len() < 2 * MAX_LINE),
+            "a line over the cap"
+        );
+        assert!(lines.len() > 4, "the 100 KiB line was not cut");
+        let strip = |v: &[u8]| {
+            v.iter()
+                .copied()
+                .filter(|&b| b != b'\n')
+                .collect::<Vec<u8>>()
+        };
+        assert_eq!(strip(&text), strip(&sent), "bytes lost or reordered");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn keep_bounds_rotated_copies() {
+        let dir = std::env::temp_dir().join(format!("baton-logs-keep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut f = RotatingFile::open(dir.join("out.log"), &spec(&dir, 10, 2)).expect("open");
+        for i in 0..20 {
+            f.write_lines(format!("{i:08}\n").as_bytes())
+                .expect("write");
+        }
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .expect("ls")
+            .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["out.log", "out.log.1", "out.log.2"]);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("out.log")).expect("r"),
+            "00000019\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("out.log.2")).expect("r"),
+            "00000017\n"
         );
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -1,4 +1,4 @@
-//! The few places baton needs `unsafe`: spawning the service (clone3), the pre-exec hook, adopting an inherited fd, pidfds, xattrs.
+//! The few places baton needs `unsafe`: spawning the service (clone3), the pre-exec hook, adopting an inherited fd, pidfds, xattrs, splice.
 //!
 //! Everything else uses nix's safe wrappers. Each block says why it is sound.
 
@@ -158,6 +158,50 @@ pub fn pidfd_send_signal(pidfd: std::os::fd::BorrowedFd<'_>, sig: Signal) -> std
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Moves up to `len` bytes from the pipe `from` to `to` inside the kernel: `splice(2)`.
+/// Into a file (`offset` given, advanced by what moved) that is one copy, where read +
+/// write make two; into another pipe (no offset) it moves page references, no copy.
+///
+/// Never blocks on a pipe (`EAGAIN` when `from` is empty or `to` full); `Ok(0)` when every
+/// writer has closed `from`. A file must not be open with `O_APPEND` (`EINVAL`).
+pub fn splice(
+    from: std::os::fd::BorrowedFd<'_>,
+    to: std::os::fd::BorrowedFd<'_>,
+    offset: Option<&mut u64>,
+    len: usize,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut off: libc::loff_t = match offset.as_deref() {
+        Some(&o) => libc::loff_t::try_from(o).map_err(std::io::Error::other)?,
+        None => 0,
+    };
+    let off_ptr: *mut libc::loff_t = if offset.is_some() {
+        &mut off
+    } else {
+        std::ptr::null_mut()
+    };
+    // SAFETY: splice takes two descriptors we borrow for the call, a null input offset (a
+    // pipe has none) and either null or a pointer to `off`, a live local the kernel reads
+    // and updates; no other memory of ours is touched.
+    let n = unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            off_ptr,
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if let Some(o) = offset {
+        *o = off as u64;
+    }
+    Ok(n as usize)
 }
 
 /// Whether the directory `path` carries the extended attribute `name` (e.g. systemd's

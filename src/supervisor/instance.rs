@@ -297,17 +297,23 @@ impl Handing {
 
 /// Reads `pipe` into the log files, and its lines to whichever instance writes it while that
 /// one waits for a line: the serving instance's log probe, or a handoff's new instance (whose
-/// lines also go to its own tail, for a failure report).
+/// lines also go to its own tail, for a failure report). `alone`: no other pipe writes the
+/// same file (see [`Pipe::drain`]).
 pub fn drain(
     pipe: &mut Pipe,
     output: &mut Output,
     serving: Option<&mut Instance>,
     handoff: Option<&mut Handing>,
+    alone: bool,
 ) -> Drained {
     let owner = pipe.owner;
     if let Some(h) = handoff.filter(|h| h.candidate.as_ref().is_some_and(|c| c.pid == owner)) {
         let mut lines = Vec::new();
-        let r = pipe.drain(output, Some(&mut |_, line| lines.push(line.to_string())));
+        let r = pipe.drain(
+            output,
+            Some(&mut |_, line| lines.push(line.to_string())),
+            alone,
+        );
         for line in &lines {
             h.machine.remember(line);
             if let Some(p) = h.candidate.as_mut().and_then(|c| c.probes.as_mut()) {
@@ -322,8 +328,8 @@ pub fn drain(
         .and_then(|i| i.probes.as_mut())
         .filter(|p| p.watches_output());
     match probes {
-        Some(p) => pipe.drain(output, Some(&mut |_, line| p.on_line(line))),
-        None => pipe.drain(output, None),
+        Some(p) => pipe.drain(output, Some(&mut |_, line| p.on_line(line)), alone),
+        None => pipe.drain(output, None, alone),
     }
 }
 

@@ -42,7 +42,7 @@ use crate::config::Spec;
 use crate::control::{Awaits, Envelope, Reply};
 use crate::daemon::Reporter;
 use crate::error::Result;
-use crate::logs::{Drained, Output, Pipe};
+use crate::logs::{Drained, Output, Pipe, StreamKind};
 use crate::pidfile;
 use crate::probe::Probes;
 use crate::process;
@@ -409,7 +409,7 @@ impl Supervisor {
                     tracking::set_leader(Some((pid, inst.starttime)));
                 }
                 let passed = inst.passed();
-                self.pipes.extend(pipes);
+                Self::adopt(&mut self.pipes, &mut self.output, pipes);
                 self.instance = Some(inst);
                 self.queue.push_back(Input::Spawned(pid));
                 if passed {
@@ -618,8 +618,30 @@ impl Supervisor {
         }
     }
 
+    /// Takes a new instance's pipes into the poll set. Lines of the pipes already there that
+    /// write the same files come back out of the files first (see [`Pipe::settle`]): two
+    /// writers share a file by whole lines only.
+    fn adopt(pipes: &mut Vec<Pipe>, output: &mut Output, new: [Pipe; 2]) {
+        for kind in [StreamKind::Stdout, StreamKind::Stderr] {
+            if !new.iter().any(|p| p.kind == kind) {
+                continue;
+            }
+            for p in pipes.iter_mut().filter(|p| p.kind == kind) {
+                p.settle(output);
+            }
+            // A line left unfinished by a writer now gone (a previous supervisor's) is
+            // ended, not continued by the new instance.
+            output.end_line(kind);
+        }
+        pipes.extend(new);
+    }
+
     /// Reads pipe `i` into the log files and to the probes of the instance writing it.
     fn drain_pipe(&mut self, i: usize) -> Drained {
+        let Some(kind) = self.pipes.get(i).map(|p| p.kind) else {
+            return Drained::Closed;
+        };
+        let alone = self.pipes.iter().filter(|p| p.kind == kind).count() == 1;
         let Some(pipe) = self.pipes.get_mut(i) else {
             return Drained::Closed;
         };
@@ -628,6 +650,7 @@ impl Supervisor {
             &mut self.output,
             self.instance.as_mut(),
             self.handoff.as_mut(),
+            alone,
         );
         self.check_probes();
         r
@@ -815,7 +838,7 @@ impl Supervisor {
                 match launch(&h.spec, release, &avoid, &with) {
                     Ok((inst, pipes)) => {
                         let (pid, port, passed) = (inst.pid, inst.port, inst.passed());
-                        self.pipes.extend(pipes);
+                        Self::adopt(&mut self.pipes, &mut self.output, pipes);
                         h.candidate = Some(inst);
                         self.handoff_queue.push_back(HInput::Spawned { pid, port });
                         if passed {
@@ -1006,6 +1029,10 @@ impl Supervisor {
     }
 
     fn reopen(&mut self) {
+        // A line begun in the old file by a splice is finished in the new one, whole.
+        for p in &mut self.pipes {
+            p.settle(&mut self.output);
+        }
         if let Err(e) = self.output.reopen() {
             tracing::error!(
                 "unable to reopen service logs in {}: {e}",
@@ -1054,6 +1081,9 @@ impl Supervisor {
         for i in (0..self.pipes.len()).rev() {
             self.drain_pipe(i);
         }
+        // The files end in whole lines: no later supervisor continues a line of this one's.
+        self.output.end_line(StreamKind::Stdout);
+        self.output.end_line(StreamKind::Stderr);
         let outcome = match &self.machine.phase {
             Phase::Done(o) => o.clone(),
             _ => Outcome::Stopped,

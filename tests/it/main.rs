@@ -17,6 +17,7 @@ mod jetty;
 mod jvm;
 mod layers;
 mod link;
+mod logpath;
 mod memory;
 mod operator;
 mod reexec;

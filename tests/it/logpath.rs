@@ -1,0 +1,265 @@
+//! The service's output path: spliced into its files when nobody needs its lines, read line
+//! by line otherwise, and every switch between the two keeps each line whole and in order.
+
+use crate::harness;
+
+use harness::{fixture, wait_until, Spec, Svc};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+fn py(script: &str) -> String {
+    format!("[\"python3\", \"-c\", {}]", toml_str(script))
+}
+
+fn sh(script: &str) -> String {
+    format!("[\"/bin/sh\", \"-c\", {}]", toml_str(script))
+}
+
+fn toml_str(s: &str) -> String {
+    format!(
+        "\"{}\"",
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    )
+}
+
+/// `stdout.log` or `stderr.log` and its rotated copies, oldest first.
+fn rotated(svc: &Svc, base: &str) -> Vec<PathBuf> {
+    let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(svc.path("log"))
+        .expect("ls")
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let idx = if name == base {
+                0
+            } else {
+                name.strip_prefix(&format!("{base}."))?.parse().ok()?
+            };
+            Some((idx, e.path()))
+        })
+        .collect();
+    files.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+    files.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Bytes the supervisor read with read(2) and the like (`rchar`): a spliced flood
+/// never passes through its memory, so this stays far below the flood's size.
+fn supervisor_read_bytes(svc: &Svc) -> u64 {
+    let pid = svc.pid_in_file().expect("supervisor pid");
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("read /proc/PID/io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("rchar in /proc/PID/io")
+}
+
+/// Checks the `flood` fixture's lines across `files`: each file ends in a whole line and
+/// holds at most `max` bytes, numbers run 1..=n with none lost, repeated or garbled.
+fn assert_flood_whole(files: &[PathBuf], n: u32, max: usize) {
+    let mut expect = 1;
+    for path in files {
+        let body = std::fs::read_to_string(path).expect("read");
+        assert!(
+            body.len() <= max,
+            "{} is {} bytes",
+            path.display(),
+            body.len()
+        );
+        assert!(
+            body.is_empty() || body.ends_with('\n'),
+            "{} ends mid-line",
+            path.display()
+        );
+        for line in body.lines() {
+            if line == "flood done" {
+                continue;
+            }
+            assert_eq!(line.len(), 99, "torn line {line:?} in {}", path.display());
+            let num: u32 = line[5..11]
+                .parse()
+                .unwrap_or_else(|_| panic!("garbled line {line:?} in {}", path.display()));
+            assert_eq!(num, expect, "line lost or reordered in {}", path.display());
+            expect += 1;
+        }
+    }
+    assert_eq!(expect - 1, n, "every line arrived");
+}
+
+#[test]
+fn a_spliced_flood_rotates_at_line_ends_and_loses_nothing() {
+    // 30 MB in 100 KB writes, files of 2 MB: splices end anywhere in a line, and near each
+    // limit the unfinished line comes back out of the file for the rotation.
+    let n = 300_000;
+    let svc = Spec::new("splice", &format!("[\"{}\", \"{n}\"]", fixture("flood")))
+        .log("max_size = \"2MB\"\nkeep = 100\ntimestamps = false")
+        .create();
+    svc.start();
+    wait_until(T, "flood done", || {
+        svc.log("stdout.log").contains("flood done")
+    });
+    let read = supervisor_read_bytes(&svc);
+    let files = rotated(&svc, "stdout.log");
+    assert!(files.len() > 10, "expected rotation, got {files:?}");
+    assert_flood_whole(&files, n, 2_000_000);
+    assert!(
+        read < u64::from(n) * 100 / 4,
+        "the supervisor read {read} bytes of a {} byte flood: it was not spliced",
+        u64::from(n) * 100
+    );
+}
+
+#[test]
+fn a_log_probe_reads_lines_until_it_matches_then_splicing_takes_over_and_keeps_every_line() {
+    let n = 200_000;
+    let svc = Spec::new("switch", &format!("[\"{}\", \"{n}\"]", fixture("flood")))
+        .log("max_size = \"100MB\"\ntimestamps = false")
+        .tables("[ready]\nlog = \"^line 000500 \"")
+        .create();
+    svc.start();
+    wait_until(T, "flood done", || {
+        svc.log("stdout.log").contains("flood done")
+    });
+    let read = supervisor_read_bytes(&svc);
+    assert_flood_whole(&rotated(&svc, "stdout.log"), n, 100_000_000);
+    assert!(
+        read < u64::from(n) * 100 / 4,
+        "the supervisor read {read} bytes of a {} byte flood: it went on reading lines after the probe passed",
+        u64::from(n) * 100
+    );
+}
+
+#[test]
+fn with_timestamps_every_line_is_read_and_stamped() {
+    let n = 50_000;
+    let svc = Spec::new("stamped", &format!("[\"{}\", \"{n}\"]", fixture("flood")))
+        .log("max_size = \"1MB\"\nkeep = 100")
+        .create();
+    svc.start();
+    wait_until(T, "flood done", || {
+        svc.log("stdout.log").contains("flood done")
+    });
+    let files = rotated(&svc, "stdout.log");
+    let mut expect = 1;
+    for path in &files {
+        for line in std::fs::read_to_string(path).expect("read").lines() {
+            // `2026-11-29T06:11:08.123456Z [PID] TEXT`
+            let (time, text) = line.split_once(' ').expect("stamped");
+            assert!(time.len() == 27 && time.ends_with('Z'), "{line:?}");
+            let text = text.split_once("] ").expect("[PID]").1;
+            if text != "flood done" {
+                assert_eq!(text[5..11].parse::<u32>().ok(), Some(expect), "{line:?}");
+                expect += 1;
+            }
+        }
+    }
+    assert_eq!(expect - 1, n);
+}
+
+#[test]
+fn a_line_begun_by_a_splice_is_finished_whole_in_the_reopened_file() {
+    // The service prints half a line and waits; no probe watches its lines, so splicing
+    // put that half in stdout.log.
+    let svc = Spec::new(
+        "halfline",
+        &sh("trap 'echo part-two' HUP; echo up; printf 'part-one '; while :; do sleep 1 & wait $!; done"),
+    )
+    .log("timestamps = false")
+    .create();
+    svc.start();
+    wait_until(T, "the half line in stdout.log", || {
+        svc.log("stdout.log").contains("part-one")
+    });
+    std::fs::rename(svc.path("log/stdout.log"), svc.path("log/stdout.log.moved")).expect("mv");
+    assert_eq!(svc.baton(&["reopen-logs"]).code, 0);
+    assert_eq!(svc.baton(&["reload"]).code, 0);
+    wait_until(T, "the rest of the line", || {
+        svc.log("stdout.log").contains("part-two")
+    });
+    assert_eq!(
+        svc.log("stdout.log.moved"),
+        "up\n",
+        "the half line was taken back"
+    );
+    assert_eq!(svc.log("stdout.log"), "part-one part-two\n");
+}
+
+#[test]
+fn a_line_longer_than_the_pipe_is_kept_in_order_in_bounded_pieces() {
+    // 3 MiB without a newline (three pipefuls), then short lines.
+    let svc = Spec::new(
+        "longline",
+        &py("import sys\nw = sys.stdout.buffer\nfor i in range(48):\n    w.write(bytes([97 + i % 26]) * 65536)\nw.write(b'\\nafter 1\\nafter 2\\n')\nw.flush()\nimport time\ntime.sleep(3600)"),
+    )
+    .log("timestamps = false")
+    .create();
+    svc.start();
+    wait_until(T, "the lines after the long one", || {
+        svc.log("stdout.log").contains("after 2\n")
+    });
+    let body = std::fs::read(svc.path("log/stdout.log")).expect("read");
+    let pieces: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
+    assert!(pieces.len() > 3, "the 3 MiB line was not cut");
+    // Cut where a read (64 KiB) or a splice (at most a pipeful, 1 MiB) ends past 64 KiB.
+    for p in &pieces {
+        assert!(
+            p.len() <= (1 << 20) + (64 << 10),
+            "a piece of {} bytes",
+            p.len()
+        );
+    }
+    let joined: Vec<u8> = body.iter().copied().filter(|&b| b != b'\n').collect();
+    let mut want: Vec<u8> = (0..48)
+        .flat_map(|i| vec![97 + (i % 26) as u8; 65536])
+        .collect();
+    want.extend_from_slice(b"after 1after 2");
+    assert!(joined == want, "bytes lost or reordered");
+    assert!(
+        body.ends_with(b"\nafter 1\nafter 2\n"),
+        "the short lines are whole"
+    );
+}
+
+#[test]
+fn stdout_and_stderr_stay_apart_when_both_are_spliced() {
+    let n = 100_000;
+    let svc = Spec::new(
+        "apart",
+        &py(&format!("import sys\nfor i in range({n}):\n    sys.stdout.write('out %06d\\n' % i)\n    sys.stderr.write('err %06d\\n' % i)\nsys.stdout.write('out done\\n')\nsys.stdout.flush()\nsys.stderr.write('err done\\n')\nsys.stderr.flush()\nimport time\ntime.sleep(3600)")),
+    )
+    .log("timestamps = false")
+    .create();
+    svc.start();
+    wait_until(T, "both streams done", || {
+        svc.log("stdout.log").ends_with("out done\n")
+            && svc.log("stderr.log").ends_with("err done\n")
+    });
+    for (file, tag) in [("stdout.log", "out"), ("stderr.log", "err")] {
+        let body = svc.log(file);
+        let lines: Vec<&str> = body.lines().collect();
+        assert_eq!(lines.len(), n + 1, "{file}");
+        for (i, line) in lines[..n].iter().enumerate() {
+            assert_eq!(*line, format!("{tag} {i:06}"), "{file}");
+        }
+    }
+}
+
+#[test]
+fn a_failed_start_shows_the_spliced_output_read_back_from_the_files() {
+    let svc = Spec::new("crashsplice", &format!("[\"{}\"]", fixture("crash-early")))
+        .log("timestamps = false")
+        .tables("[ready]\ntcp = \"127.0.0.1:1\"")
+        .create();
+    let r = svc.baton(&["start"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("| opening database /nonexistent/db"),
+        "stdout's lines are shown: {r:?}"
+    );
+    assert!(
+        r.stderr.contains("| fatal: cannot open /nonexistent/db"),
+        "the last line is shown: {r:?}"
+    );
+}
