@@ -335,11 +335,13 @@ impl Cli {
     /// Runs the command; returns the exit code for a success (status has several).
     pub fn run(self) -> Result<Code> {
         match &self.command {
-            // Out of line, as `run_command` is: the supervisor's loop runs under this
-            // frame for its whole life, and `run_command`'s is the size of every command's
-            // locals (15 KB, every page of it touched by the stack probes).
+            // Each out of line, as `run_other` is. The supervisor's loop runs under this
+            // frame for its whole life, and `run_other`'s is the size of every command's
+            // locals (15 KB, every page of it touched by the stack probes); `stop` runs
+            // after an idle wait, where each page of stack is a fault.
             Command::Supervise(t) => self.supervise(t),
-            _ => self.run_command(),
+            Command::Stop(t) => self.stop(t),
+            _ => self.run_other(),
         }
     }
 
@@ -393,20 +395,26 @@ impl Cli {
     }
 
     #[inline(never)]
-    fn run_command(self) -> Result<Code> {
-        let locate = |t: &Target| self.locate(t);
+    fn stop(&self, t: &Target) -> Result<Code> {
+        crate::service::stop(&self.load_running(t)?).map(|()| 0)
+    }
+
+    /// For a command addressed to the supervisor already running: a program or
+    /// directory gone since the start is a warning, so the service can still be stopped.
+    fn load_running(&self, t: &Target) -> Result<Spec> {
+        let (file, name) = self.locate(t)?;
+        let (mut spec, warnings) = config::load_running(&file, &name)?;
+        for w in warnings {
+            eprintln!("warning: {w}");
+        }
+        spec.file = file;
+        Ok(spec)
+    }
+
+    #[inline(never)]
+    fn run_other(self) -> Result<Code> {
         let load = |t: &Target| self.load(t);
-        // For a command addressed to the supervisor already running: a program or
-        // directory gone since the start is a warning, so the service can still be stopped.
-        let load_running = |t: &Target| -> Result<Spec> {
-            let (file, name) = locate(t)?;
-            let (mut spec, warnings) = config::load_running(&file, &name)?;
-            for w in warnings {
-                eprintln!("warning: {w}");
-            }
-            spec.file = file;
-            Ok(spec)
-        };
+        let load_running = |t: &Target| self.load_running(t);
         match &self.command {
             Command::Start(t) => crate::service::start(&load(t)?).map(|()| 0),
             Command::Stop(t) => crate::service::stop(&load_running(t)?).map(|()| 0),
