@@ -97,8 +97,9 @@ def membreak(res, pid):
 # What limits baton on each figure, as profiled (benches/README.md, "Profiling").
 # Printed next to a figure only when this run misses its goal.
 WHY = {
-    "memory": "the executable's text the loop runs (shared by every baton process, private only while one "
-              "runs), relocated data, heap and stack of the supervisor (table below)",
+    "memory": "a PIE's relocated pointers (56 KB), libc's and ld.so's data (~70 KB), the heap (28 KB) and "
+              "the stack (28 KB) of the supervisor; of its code only the two pages that run after the shed "
+              "(table below; benches/PROFILE-memory.md)",
     "wakeups": "something in the loop arms a timer while idle (strace -p the supervisor)",
     "respawn": "between the exit and clone3(CLONE_VM|CLONE_VFORK|CLONE_INTO_CGROUP) the supervisor reaps, "
                "decides and logs the exit (the next instance's cgroup is made ahead, state.json is written "

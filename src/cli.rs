@@ -238,7 +238,47 @@ pub enum Generate {
 /// What `main` should exit with.
 pub type Code = i32;
 
+/// The command line: the supervisor's own as `start` writes it, or `stop`'s, both read
+/// without clap; else clap's parse.
+///
+/// Out of line, so that clap's locals are not in `main`'s frame under the supervisor's
+/// loop for its whole life.
+#[inline(never)]
+pub fn parse() -> std::result::Result<Cli, clap::Error> {
+    Cli::supervisor_argv()
+        .or_else(|| Cli::parse_stop(std::env::args_os()))
+        .map_or_else(Cli::try_parse, Ok)
+}
+
 impl Cli {
+    /// `baton --config FILE supervise NAME`, exactly as `start` runs the supervisor
+    /// (daemon.rs), recognised without clap: clap builds its whole command tree first
+    /// (~360k instructions and a 150 KB heap peak, in whose holes the supervisor would
+    /// then live). Any other command line goes to clap.
+    fn supervisor_argv() -> Option<Cli> {
+        Cli::supervisor_args(std::env::args_os().skip(1))
+    }
+
+    /// `supervisor_argv` of the arguments after the program name.
+    fn supervisor_args(mut args: impl Iterator<Item = std::ffi::OsString>) -> Option<Cli> {
+        let [Some(flag), Some(file), Some(command), Some(name), None] =
+            [(); 5].map(|()| args.next())
+        else {
+            return None;
+        };
+        let option = |s: &std::ffi::OsStr| s.as_encoded_bytes().starts_with(b"-");
+        if flag != "--config" || command != "supervise" || file.is_empty() || option(&name) {
+            return None;
+        }
+        Some(Cli {
+            config: Some(file.into()),
+            config_dir: PathBuf::from(config::DEFAULT_CONFIG_DIR),
+            command: Command::Supervise(Target {
+                name: Some(name.into_string().ok()?),
+            }),
+        })
+    }
+
     /// Reads `[--config FILE] [--config-dir DIR] stop [NAME]` (the globals in any place,
     /// `=VALUE` or not) without clap; None for any other command line, or anything unusual
     /// in this one, which clap then reads. Building clap's whole command tree is most of
@@ -294,12 +334,15 @@ impl Cli {
 impl Cli {
     /// Runs the command; returns the exit code for a success (status has several).
     pub fn run(self) -> Result<Code> {
-        // `stop` outside the frame every other command shares: that frame spans several
-        // pages of stack, each a page fault for a stop that runs after an idle wait.
-        if let Command::Stop(t) = &self.command {
-            return crate::service::stop(&self.load_running(t)?).map(|()| 0);
+        match &self.command {
+            // Each out of line, as `run_other` is. The supervisor's loop runs under this
+            // frame for its whole life, and `run_other`'s is the size of every command's
+            // locals (15 KB, every page of it touched by the stack probes); `stop` runs
+            // after an idle wait, where each page of stack is a fault.
+            Command::Supervise(t) => self.supervise(t),
+            Command::Stop(t) => self.stop(t),
+            _ => self.run_other(),
         }
-        self.run_other()
     }
 
     fn locate(&self, t: &Target) -> Result<(PathBuf, String)> {
@@ -316,6 +359,44 @@ impl Cli {
         let mut spec = config::load(&file, &name)?;
         spec.file = file;
         Ok(spec)
+    }
+
+    /// The detached supervisor `start` launched: reports to it through the readiness pipe.
+    #[inline(never)]
+    fn supervise(&self, t: &Target) -> Result<Code> {
+        let reporter = crate::daemon::Reporter::from_env();
+        let spec = match self.load(t) {
+            Ok(s) => s,
+            Err(e) => {
+                let mut reporter = reporter;
+                reporter.failed(e.exit_code(), &e.to_string());
+                return Err(e);
+            }
+        };
+        let events = match crate::logs::EventLog::open(&spec.log) {
+            Ok(ev) => ev,
+            Err(e) => {
+                let e = Error::unable("open the event log", e);
+                let mut reporter = reporter;
+                reporter.failed(e.exit_code(), &e.to_string());
+                return Err(e);
+            }
+        };
+        init_tracing(events.clone());
+        crate::supervisor::run(
+            spec,
+            crate::supervisor::Options {
+                reporter,
+                systemd_notify: None,
+                events,
+                foreground: false,
+            },
+        )
+    }
+
+    #[inline(never)]
+    fn stop(&self, t: &Target) -> Result<Code> {
+        crate::service::stop(&self.load_running(t)?).map(|()| 0)
     }
 
     /// For a command addressed to the supervisor already running: a program or
@@ -465,36 +546,7 @@ impl Cli {
                 crate::service::preflight(&spec)?;
                 crate::supervisor::run(spec, opts)
             }
-            Command::Supervise(t) => {
-                let reporter = crate::daemon::Reporter::from_env();
-                let spec = match load(t) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let mut reporter = reporter;
-                        reporter.failed(e.exit_code(), &e.to_string());
-                        return Err(e);
-                    }
-                };
-                let events = match crate::logs::EventLog::open(&spec.log) {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        let e = Error::unable("open the event log", e);
-                        let mut reporter = reporter;
-                        reporter.failed(e.exit_code(), &e.to_string());
-                        return Err(e);
-                    }
-                };
-                init_tracing(events.clone());
-                crate::supervisor::run(
-                    spec,
-                    crate::supervisor::Options {
-                        reporter,
-                        systemd_notify: None,
-                        events,
-                        foreground: false,
-                    },
-                )
-            }
+            Command::Supervise(t) => self.supervise(t),
             Command::Ship(a) => crate::ship::run(&crate::ship::Options {
                 file: a.file.clone(),
                 env: a.env.clone(),
@@ -587,6 +639,37 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_supervisor_command_line_is_read_as_clap_reads_it() {
+        let args = |a: &[&str]| a.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        let line = args(&["--config", "/etc/baton/web.toml", "supervise", "web"]);
+        let fast = Cli::supervisor_args(line.clone().into_iter()).expect("recognised");
+        let clap =
+            Cli::try_parse_from(std::iter::once("baton".into()).chain(line)).expect("parses");
+        assert_eq!(format!("{fast:?}"), format!("{clap:?}"));
+        // Anything else is clap's to read (and to reject).
+        for other in [
+            &["supervise", "web"][..],
+            &["--config", "/etc/baton/web.toml", "supervise"],
+            &[
+                "--config",
+                "/etc/baton/web.toml",
+                "supervise",
+                "web",
+                "--json",
+            ],
+            &["--config", "/etc/baton/web.toml", "start", "web"],
+            &["--config", "/etc/baton/web.toml", "supervise", "--help"],
+            &["--config", "", "supervise", "web"],
+            &["--config-dir", "/etc/baton", "supervise", "web"],
+        ] {
+            assert!(
+                Cli::supervisor_args(args(other).into_iter()).is_none(),
+                "{other:?}"
+            );
+        }
     }
 
     /// `parse_stop` makes of a command line what clap makes of it, or leaves it to clap.

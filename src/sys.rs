@@ -220,37 +220,150 @@ pub fn has_xattr(path: &std::path::Path, name: &str) -> bool {
     r >= 0
 }
 
-/// Hands memory the idle loop does not need back to the kernel.
+/// What std's start-up does that baton relies on (main.rs says why it is skipped): the
+/// standard descriptors open, so that no file baton opens becomes a process's stdout,
+/// and SIGPIPE ignored, so that a peer gone from a pipe or socket is an EPIPE error
+/// rather than the supervisor's death. A stack overflow is then a plain SIGSEGV,
+/// without std's one-line message.
+pub fn start() {
+    let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    // SAFETY: a poll of three stack entries with no timeout; only revents is written.
+    let polled = unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) };
+    for p in fds {
+        // POLLNVAL: not open. If poll itself failed, check each with fcntl, as std does.
+        let closed = if polled < 0 {
+            nix::fcntl::fcntl(p.fd, nix::fcntl::FcntlArg::F_GETFD) == Err(nix::errno::Errno::EBADF)
+        } else {
+            p.revents & libc::POLLNVAL != 0
+        };
+        // SAFETY: a NUL-terminated path; the lowest free descriptor is this closed one.
+        if closed && unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) } < 0 {
+            // As std does: without its standard descriptors, baton cannot run safely.
+            std::process::abort();
+        }
+    }
+    // SAFETY: SIG_IGN for SIGPIPE replaces no handler of ours; every child gets its
+    // signals back to SIG_DFL before exec (`child_setup`).
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// A run of whole pages, `[start, end)`.
+type Span = (usize, usize);
+
+const PAGE: usize = 4096;
+
+/// Hands memory the idle loop does not need back to the kernel, then sleeps in ppoll(2)
+/// until one of `fds` is ready (no timeout: the loop sheds only when nothing is due).
 ///
-/// Start-up (argument parsing, config parsing, spawning) touches most of the
-/// binary, and those mappings would otherwise stay resident for the life of the
-/// supervisor. Read-only segments of the executable and its libraries are
-/// file-backed and never written, so dropping their mappings loses nothing: the
-/// page cache keeps the files, and code the loop runs again comes back as a minor
-/// fault. Freed heap goes back with malloc_trim. Called only once the loop has
-/// been quiet for a moment (each wake after it refaults what it runs).
-pub fn shed_idle_memory() {
+/// Start-up (argument parsing, config parsing, spawning) touches most of the binary, and
+/// those mappings would otherwise stay resident for the life of the supervisor.
+/// Read-only segments of the executable and its libraries are file-backed and never
+/// written, so dropping their mappings loses nothing: the page cache keeps the files,
+/// and code that runs again comes back as a minor fault. Freed heap goes back with
+/// malloc_trim. Called only once the loop has been quiet for a moment.
+///
+/// The pages of the code that runs after the drop (the few instructions up to the
+/// ppoll(2) syscall) are kept: a fault there would map back up to 64 KB around it
+/// (the kernel's fault-around), and the executable's share of that was 200-260 KB
+/// of private memory for the supervisor's whole idle life.
+pub fn shed_and_poll(fds: &mut [nix::poll::PollFd<'_>]) -> nix::Result<libc::c_int> {
+    let segments = readonly_segments();
+    let keep = [
+        code_pages(drop_and_poll as *const () as usize),
+        code_pages(libc::madvise as *const () as usize),
+        code_pages(libc::ppoll as *const () as usize),
+    ];
+    let spans = without(&segments, &keep);
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free heap pages; no live allocation moves.
     unsafe {
         libc::malloc_trim(0);
     }
-    // Last, so that as little of our code as possible runs (and is mapped back) after it.
-    // SAFETY: dl_iterate_phdr calls `drop_readonly_segments` with pointers the
-    // loader guarantees valid for the duration of each call; we pass no data.
-    unsafe {
-        libc::dl_iterate_phdr(Some(drop_readonly_segments), std::ptr::null_mut());
-    }
+    drop_and_poll(&spans, fds)
 }
 
-/// dl_iterate_phdr callback: MADV_DONTNEED on each loaded object's non-writable PT_LOAD segments.
-unsafe extern "C" fn drop_readonly_segments(
+/// The pages around a function's entry that its code (a few hundred bytes) may span.
+fn code_pages(entry: usize) -> Span {
+    let start = entry / PAGE * PAGE;
+    (start, start + 2 * PAGE)
+}
+
+/// `spans` with every page of `holes` taken out.
+fn without(spans: &[Span], holes: &[Span]) -> Vec<Span> {
+    let mut out = spans.to_vec();
+    for &(hole_start, hole_end) in holes {
+        out = out
+            .into_iter()
+            .flat_map(|(start, end)| [(start, end.min(hole_start)), (start.max(hole_end), end)])
+            .filter(|(start, end)| start < end)
+            .collect();
+    }
+    out
+}
+
+/// Drops `spans` and sleeps. Kept apart (and out of line) so that what runs after the
+/// first madvise is only this function and the two libc wrappers, whose pages
+/// `shed_and_poll` keeps; it reads nothing but its arguments (stack and heap).
+#[inline(never)]
+fn drop_and_poll(spans: &[Span], fds: &mut [nix::poll::PollFd<'_>]) -> nix::Result<libc::c_int> {
+    // A plain index loop: a slice iterator would be a call into core in a debug build.
+    let mut i = 0;
+    while i < spans.len() {
+        let (start, end) = spans[i];
+        // SAFETY: [start, end) lies inside a read-only file-backed mapping (a PT_LOAD
+        // segment without PF_W, whole pages only) that nothing writes; MADV_DONTNEED
+        // only drops its page-table entries, and the next access refaults the same
+        // bytes from the file.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+        i += 1;
+    }
+    // SAFETY: PollFd is a repr(transparent) libc::pollfd, and `fds` is a live, exclusive
+    // slice of them for the call; null timeout and sigmask: block until an event, with
+    // the signal mask as it is.
+    let n = unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr().cast::<libc::pollfd>(),
+            fds.len() as libc::nfds_t,
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    nix::errno::Errno::result(n)
+}
+
+/// The pages of every loaded object's read-only segments (the vDSO's aside).
+fn readonly_segments() -> Vec<Span> {
+    let mut segments: Vec<Span> = Vec::with_capacity(16);
+    // SAFETY: dl_iterate_phdr calls `add_readonly_segments` with pointers the loader
+    // guarantees valid for the duration of each call; `data` is our Vec, borrowed
+    // mutably for this call only.
+    unsafe {
+        libc::dl_iterate_phdr(
+            Some(add_readonly_segments),
+            (&mut segments as *mut Vec<Span>).cast(),
+        );
+    }
+    segments
+}
+
+/// dl_iterate_phdr callback: adds the pages of each loaded object's non-writable PT_LOAD
+/// segments to the `Vec<Span>` behind `data`.
+unsafe extern "C" fn add_readonly_segments(
     info: *mut libc::dl_phdr_info,
     _size: libc::size_t,
-    _data: *mut libc::c_void,
+    data: *mut libc::c_void,
 ) -> libc::c_int {
-    // SAFETY: the loader passes a valid info for each loaded object in turn.
-    let info = unsafe { &*info };
+    // SAFETY: the loader passes a valid info for each loaded object in turn, and `data`
+    // is the Vec that readonly_segments passed, not otherwise borrowed during the call.
+    let (info, segments) = unsafe { (&*info, &mut *data.cast::<Vec<Span>>()) };
     let name: &[u8] = if info.dlpi_name.is_null() {
         b""
     } else {
@@ -262,26 +375,36 @@ unsafe extern "C" fn drop_readonly_segments(
     if name.starts_with(b"linux-vdso") {
         return 0;
     }
-    let page = 4096usize;
-    for i in 0..usize::from(info.dlpi_phnum) {
-        // SAFETY: dlpi_phdr points at dlpi_phnum program headers.
-        let ph = unsafe { &*info.dlpi_phdr.add(i) };
-        if ph.p_type != libc::PT_LOAD || ph.p_flags & libc::PF_W != 0 {
+    // SAFETY: dlpi_phdr points at dlpi_phnum program headers.
+    let headers =
+        unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) };
+    // Each PT_LOAD's pages as mapped ([start rounded down, end rounded up)), and whether
+    // it is writable.
+    let loads: Vec<(Span, bool)> = headers
+        .iter()
+        .filter(|ph| ph.p_type == libc::PT_LOAD)
+        .map(|ph| {
+            let first = info.dlpi_addr as usize + ph.p_vaddr as usize;
+            let span = (
+                first / PAGE * PAGE,
+                (first + ph.p_memsz as usize).next_multiple_of(PAGE),
+            );
+            (span, ph.p_flags & libc::PF_W != 0)
+        })
+        .collect();
+    for (i, &(span, writable)) in loads.iter().enumerate() {
+        if writable {
             continue;
         }
-        // Whole pages strictly inside the segment: a page shared with writable
-        // (relocated) data must never be dropped.
-        let start = (info.dlpi_addr as usize + ph.p_vaddr as usize).next_multiple_of(page);
-        let end =
-            (info.dlpi_addr as usize + ph.p_vaddr as usize + ph.p_memsz as usize) / page * page;
-        if end > start {
-            // SAFETY: [start, end) lies inside a read-only file-backed mapping of our
-            // executable that nothing writes; MADV_DONTNEED only drops its page-table
-            // entries, and the next access refaults the same bytes from the file.
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
-            }
-        }
+        // Only pages no other segment reaches into: a page a read-only segment shares
+        // with writable (relocated) data must never be dropped.
+        let others: Vec<Span> = loads
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != i)
+            .map(|(_, &(other, _))| other)
+            .collect();
+        segments.extend(without(&[span], &others));
     }
     // 0: go on with the next object (the libraries are read-only file mappings too).
     0
@@ -959,4 +1082,68 @@ fn child(p: &mut Prepared<'_>, write_procs: bool) -> ! {
         }
     }
     fail(Step::Exec, if denied { libc::EACCES } else { last })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_pages_are_cut_out_of_the_spans_to_drop() {
+        let spans = [(0x1000, 0x9000), (0x20000, 0x30000)];
+        // A hole inside the first span, one straddling the second's start, one elsewhere.
+        let holes = [(0x3000, 0x5000), (0x1f000, 0x21000), (0x50000, 0x52000)];
+        assert_eq!(
+            without(&spans, &holes),
+            [(0x1000, 0x3000), (0x5000, 0x9000), (0x21000, 0x30000)]
+        );
+        // A hole covering a whole span removes it; no holes leaves the spans as they are.
+        assert_eq!(without(&spans, &[(0, 0x10000)]), [(0x20000, 0x30000)]);
+        assert_eq!(without(&spans, &[]), spans);
+    }
+
+    #[test]
+    fn only_pages_of_readonly_file_mappings_are_dropped() {
+        // What the loader mapped, as the kernel sees it: (start, end, writable, file-backed).
+        let maps: Vec<(usize, usize, bool, bool)> = std::fs::read_to_string("/proc/self/maps")
+            .expect("/proc/self/maps")
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let (a, b) = f[0].split_once('-').expect("a range");
+                let hex = |x| usize::from_str_radix(x, 16).expect("hex");
+                (
+                    hex(a),
+                    hex(b),
+                    f[1].contains('w'),
+                    f.get(5).is_some_and(|p| p.starts_with('/')),
+                )
+            })
+            .collect();
+        let spans = readonly_segments();
+        assert!(
+            spans.len() >= 3,
+            "this test binary, libc and ld.so have text: {spans:x?}"
+        );
+        for (start, end) in spans {
+            assert!(
+                start < end && start % PAGE == 0 && end % PAGE == 0,
+                "{start:x}-{end:x}"
+            );
+            // Every page lies in a read-only mapping of a file, never a writable one.
+            for page in (start..end).step_by(PAGE) {
+                let m = maps.iter().find(|m| m.0 <= page && page < m.1);
+                assert!(
+                    m.is_some_and(|m| !m.2 && m.3),
+                    "page {page:x} of {start:x}-{end:x} is in {m:x?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn code_pages_cover_the_entry_and_the_next_page() {
+        assert_eq!(code_pages(0x5_4321), (0x5_4000, 0x5_6000));
+        assert_eq!(code_pages(0x5_4000), (0x5_4000, 0x5_6000));
+    }
 }

@@ -203,12 +203,13 @@ impl Supervisor {
             if persist {
                 status::persist(self);
             }
-            // Quiet since SHED_AFTER: give back what start-up and the last burst of work
-            // left mapped. Last thing before poll(2), so little runs after it.
+            // Quiet since SHED_AFTER (so nothing is due): give back what start-up and the
+            // last burst of work left mapped, as part of the poll(2) itself.
             if shed {
-                crate::sys::shed_idle_memory();
+                set.shed_and_wait()?
+            } else {
+                set.wait(timeout)?
             }
-            set.wait(timeout)?
         };
 
         // The shed timer firing alone is not work (it would re-arm itself for ever).

@@ -39,7 +39,19 @@ impl<'a> PollSet<'a> {
 
     /// Sleeps until a descriptor is ready or `timeout` passes; what is ready, and how.
     pub fn wait(mut self, timeout: Option<TimeSpec>) -> Result<Vec<(Source, PollFlags)>> {
-        match nix::poll::ppoll(&mut self.fds, timeout, None) {
+        let polled = nix::poll::ppoll(&mut self.fds, timeout, None);
+        self.ready(polled)
+    }
+
+    /// As `wait` with nothing due, after handing back the memory the idle loop does not
+    /// need (`sys::shed_and_poll`).
+    pub fn shed_and_wait(mut self) -> Result<Vec<(Source, PollFlags)>> {
+        let polled = crate::sys::shed_and_poll(&mut self.fds);
+        self.ready(polled)
+    }
+
+    fn ready(self, polled: nix::Result<libc::c_int>) -> Result<Vec<(Source, PollFlags)>> {
+        match polled {
             Ok(_) => Ok(self
                 .fds
                 .iter()
