@@ -112,18 +112,18 @@ WHY = {
                  "waiting `start`: two processes wake in turn after the sleep (benches/PROFILE-ready.md)",
     "ready_tcp": "the probe reconnects every 5 ms doubling to 20 ms: readiness is seen at the next attempt",
     "ready_http": "the probe retries every 5 ms doubling to 20 ms: readiness is seen at the next attempt",
-    "stop": "`baton stop` is a 2.4 MB dynamically linked PIE (before its main(), ld.so maps three libraries and "
-            "relocates its data: ~85 of its ~112 page faults), and after the kill the supervisor reaps, writes "
-            "state.json and exits before `stop` returns (benches/PROFILE-stop.md)",
+    "stop": "`baton stop` is a 2.4 MB dynamically linked PIE (about 100 page faults to start where "
+            "start-stop-daemon takes 59), and after the kill the supervisor reaps, writes state.json and exits "
+            "before `stop` returns (benches/PROFILE-stop.md)",
     "kill": "the stop timeout is enforced by the supervisor's timer, then SIGKILL and reaping",
     "orphans": "a grandchild escaped the process group and the subreaper sweep",
     "log": "the bytes are copied twice (by the service into its pipe, by baton's splice from its relay pipe "
            "into the file) where the service writing its file copies once: the two copies overlap only "
            "while two CPUs are free, so a loaded machine takes the ratio toward 50% (benches/PROFILE-log.md)",
-    "gone": "`baton stop` is a 2.4 MB dynamically linked PIE: before its main(), ld.so maps three libraries and "
-            "relocates its data (~85 of its ~112 page faults, link-level); then it reads the config and takes the "
-            "command lock (~30 faults) before it connects, and the supervisor refaults ~20 code pages it shed while "
-            "idle before its kill (benches/PROFILE-stop.md)",
+    "gone": "`baton stop` is a 2.4 MB dynamically linked PIE: its exec, ld.so's relocation of its data and its "
+            "start-up take about 100 page faults where start-stop-daemon takes 59, and after 1.5 s of sleep this VM "
+            "charges every page a process touches; the supervisor refaults the code pages it shed while idle before "
+            "its kill (benches/PROFILE-stop.md)",
 }
 
 
