@@ -16,6 +16,17 @@ pub fn baton_bin() -> PathBuf {
 }
 
 /// A fixture script from tests/fixtures.
+/// `baton ARGS...` with ARGS as given (no `--config` put first), bounded like `Svc::baton`.
+pub fn baton(args: &[&str]) -> Run {
+    Command::new("timeout")
+        .arg("120")
+        .arg(baton_bin())
+        .args(args)
+        .output()
+        .expect("run baton")
+        .into()
+}
+
 pub fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -420,4 +431,57 @@ impl Drop for User {
     fn drop(&mut self) {
         let _ = Command::new("userdel").arg(&self.name).output();
     }
+}
+
+/// `stdout.log` or `stderr.log` and its rotated copies, oldest first.
+pub fn rotated(svc: &Svc, base: &str) -> Vec<PathBuf> {
+    let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(svc.path("log"))
+        .expect("ls")
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let idx = if name == base {
+                0
+            } else {
+                name.strip_prefix(&format!("{base}."))?.parse().ok()?
+            };
+            Some((idx, e.path()))
+        })
+        .collect();
+    files.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+    files.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Checks the `flood` fixture's lines across `files`: each file ends in a whole line and
+/// holds at most `max` bytes, numbers run 1..=n with none lost, repeated or garbled.
+pub fn assert_flood_whole(files: &[PathBuf], n: u32, max: usize) {
+    let mut expect = 1;
+    for path in files {
+        let body = std::fs::read_to_string(path).expect("read");
+        assert!(
+            body.len() <= max,
+            "{} is {} bytes",
+            path.display(),
+            body.len()
+        );
+        assert!(
+            body.is_empty() || body.ends_with('\n'),
+            "{} ends mid-line",
+            path.display()
+        );
+        for line in body.lines() {
+            // With timestamps each line is stored as `TIME [PID] TEXT`.
+            let line = line.split_once("] ").map_or(line, |(_, text)| text);
+            if line == "flood done" {
+                continue;
+            }
+            assert_eq!(line.len(), 99, "torn line {line:?} in {}", path.display());
+            let num: u32 = line[5..11]
+                .parse()
+                .unwrap_or_else(|_| panic!("garbled line {line:?} in {}", path.display()));
+            assert_eq!(num, expect, "line lost or reordered in {}", path.display());
+            expect += 1;
+        }
+    }
+    assert_eq!(expect - 1, n, "every line arrived");
 }

@@ -334,19 +334,21 @@ fn a_release_that_crashes_or_never_gets_ready_changes_nothing() {
     svc.stop();
 }
 
+/// The version server on port 0 (baton discovers the port), with releases under `app`.
+fn discovering_py_service(name: &str) -> Svc {
+    Spec::new(name, &format!("[\"{}\", \"0\"]", fixture("version-server")))
+        .tables(
+            "[port]\nmode = \"discover\"\n[release]\nroot = \"{dir}/app\"\n\
+             [ready]\nhttp = \"http://127.0.0.1:{port}/health\"\ntimeout = \"5s\"\n\
+             [stop]\ntimeout = \"5s\"\n[deploy]\ndrain_timeout = \"5s\"\n",
+        )
+        .create()
+}
+
 #[test]
 fn a_port_zero_service_is_discovered_and_a_second_deploy_is_refused() {
     // Port 0: the service binds an ephemeral port and baton finds it in /proc.
-    let svc = Spec::new(
-        "pyzero",
-        &format!("[\"{}\", \"0\"]", fixture("version-server")),
-    )
-    .tables(
-        "[port]\nmode = \"discover\"\n[release]\nroot = \"{dir}/app\"\n\
-             [ready]\nhttp = \"http://127.0.0.1:{port}/health\"\ntimeout = \"5s\"\n\
-             [stop]\ntimeout = \"5s\"\n[deploy]\ndrain_timeout = \"5s\"\n",
-    )
-    .create();
+    let svc = discovering_py_service("pyzero");
     let v1 = py_release(&svc.dir, "v1", &[]);
     assert_eq!(deploy(&svc, &v1).code, 0);
     let (_, st) = svc.status();
@@ -408,16 +410,7 @@ fn deploy_as(svc: &Svc, release: &Path, who: &str) -> harness::Run {
 
 #[test]
 fn revisions_log_names_who_deployed_not_who_started_the_supervisor() {
-    let svc = Spec::new(
-        "pywho",
-        &format!("[\"{}\", \"0\"]", fixture("version-server")),
-    )
-    .tables(
-        "[port]\nmode = \"discover\"\n[release]\nroot = \"{dir}/app\"\n\
-             [ready]\nhttp = \"http://127.0.0.1:{port}/health\"\ntimeout = \"5s\"\n\
-             [stop]\ntimeout = \"5s\"\n[deploy]\ndrain_timeout = \"5s\"\n",
-    )
-    .create();
+    let svc = discovering_py_service("pywho");
     // carol's first deploy starts the supervisor; alice's second is a handoff inside it.
     let r = deploy_as(&svc, &py_release(&svc.dir, "v1", &[]), "carol");
     assert_eq!(r.code, 0, "{r:?}");

@@ -3,8 +3,7 @@
 
 use crate::harness;
 
-use harness::{fixture, wait_until, Spec, Svc};
-use std::path::PathBuf;
+use harness::{assert_flood_whole, fixture, rotated, wait_until, Spec, Svc};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -26,25 +25,6 @@ fn toml_str(s: &str) -> String {
     )
 }
 
-/// `stdout.log` or `stderr.log` and its rotated copies, oldest first.
-fn rotated(svc: &Svc, base: &str) -> Vec<PathBuf> {
-    let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(svc.path("log"))
-        .expect("ls")
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let idx = if name == base {
-                0
-            } else {
-                name.strip_prefix(&format!("{base}."))?.parse().ok()?
-            };
-            Some((idx, e.path()))
-        })
-        .collect();
-    files.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
-    files.into_iter().map(|(_, p)| p).collect()
-}
-
 /// Bytes the supervisor read with read(2) and the like (`rchar`): a spliced flood
 /// never passes through its memory, so this stays far below the flood's size.
 fn supervisor_read_bytes(svc: &Svc) -> u64 {
@@ -54,38 +34,6 @@ fn supervisor_read_bytes(svc: &Svc) -> u64 {
         .find_map(|l| l.strip_prefix("rchar: "))
         .and_then(|v| v.trim().parse().ok())
         .expect("rchar in /proc/PID/io")
-}
-
-/// Checks the `flood` fixture's lines across `files`: each file ends in a whole line and
-/// holds at most `max` bytes, numbers run 1..=n with none lost, repeated or garbled.
-fn assert_flood_whole(files: &[PathBuf], n: u32, max: usize) {
-    let mut expect = 1;
-    for path in files {
-        let body = std::fs::read_to_string(path).expect("read");
-        assert!(
-            body.len() <= max,
-            "{} is {} bytes",
-            path.display(),
-            body.len()
-        );
-        assert!(
-            body.is_empty() || body.ends_with('\n'),
-            "{} ends mid-line",
-            path.display()
-        );
-        for line in body.lines() {
-            if line == "flood done" {
-                continue;
-            }
-            assert_eq!(line.len(), 99, "torn line {line:?} in {}", path.display());
-            let num: u32 = line[5..11]
-                .parse()
-                .unwrap_or_else(|_| panic!("garbled line {line:?} in {}", path.display()));
-            assert_eq!(num, expect, "line lost or reordered in {}", path.display());
-            expect += 1;
-        }
-    }
-    assert_eq!(expect - 1, n, "every line arrived");
 }
 
 #[test]

@@ -6,24 +6,13 @@
 
 use crate::harness;
 
-use harness::{baton_bin, fixture, free_port, wait_until, Run, Spec, Svc};
+use harness::{baton, baton_bin, fixture, free_port, wait_until, Run, Spec, Svc};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
-
-/// `baton ARGS...`, bounded like the harness's runs.
-fn baton(args: &[&str]) -> Run {
-    Command::new("timeout")
-        .arg("120")
-        .arg(baton_bin())
-        .args(args)
-        .output()
-        .expect("run baton")
-        .into()
-}
 
 /// A TOML array of strings (JSON's string syntax is TOML's basic string syntax).
 fn argv(args: &[&str]) -> String {

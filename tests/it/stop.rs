@@ -4,7 +4,7 @@
 
 use crate::harness;
 
-use harness::{alive, baton_bin, wait_until, Svc};
+use harness::{alive, baton, baton_bin, wait_until, Svc};
 use std::process::Command;
 use std::time::Duration;
 
@@ -21,17 +21,6 @@ fn idler(name: &str, delay: &str) -> Svc {
 
 fn socket(svc: &Svc) -> std::path::PathBuf {
     svc.dir.join("run").join(format!("{}.sock", svc.name))
-}
-
-/// `baton ARGS...` with ARGS as given (the harness always puts `--config` first).
-fn baton(args: &[&str]) -> harness::Run {
-    Command::new("timeout")
-        .arg("120")
-        .arg(baton_bin())
-        .args(args)
-        .output()
-        .expect("run baton")
-        .into()
 }
 
 #[test]

@@ -756,49 +756,13 @@ fn flood_of_lines_is_captured_whole_across_rotations() {
     wait_until(Duration::from_secs(60), "flood done", || {
         svc.log("stdout.log").contains("flood done")
     });
-    let mut files: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(svc.path("log"))
-        .expect("ls")
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let idx = if name == "stdout.log" {
-                0
-            } else {
-                name.strip_prefix("stdout.log.")?.parse().ok()?
-            };
-            Some((idx, e.path()))
-        })
-        .collect();
+    let files = harness::rotated(&svc, "stdout.log");
     assert!(
         files.len() > 10,
         "expected rotation, got {} files",
         files.len()
     );
-    files.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
-    let mut expect = 1;
-    for (_, path) in &files {
-        let body = std::fs::read_to_string(path).expect("read");
-        assert!(
-            body.len() <= 1_000_000,
-            "{} is {} bytes",
-            path.display(),
-            body.len()
-        );
-        assert!(body.ends_with('\n'), "{} ends mid-line", path.display());
-        for line in body.lines() {
-            // Each line is stored as `TIME [PID] TEXT`.
-            let line = line.split_once("] ").map_or(line, |(_, text)| text);
-            if line == "flood done" {
-                continue;
-            }
-            let num: u32 = line[5..11]
-                .parse()
-                .unwrap_or_else(|_| panic!("garbled line {line:?} in {}", path.display()));
-            assert_eq!(num, expect, "line lost or reordered in {}", path.display());
-            expect += 1;
-        }
-    }
-    assert_eq!(expect - 1, n, "every line arrived");
+    harness::assert_flood_whole(&files, n, 1_000_000);
 }
 
 #[test]
