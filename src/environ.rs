@@ -15,23 +15,27 @@ use crate::config::units::SAFE_PATH;
 /// LANG unless the config sets one: UTF-8 without depending on generated locales.
 pub const DEFAULT_LANG: &str = "C.UTF-8";
 
+/// Name, home and shell of baton's own account, looked up once per process: a `user`
+/// account is resolved once, when the config is read, and so is this one, rather than
+/// reading /etc/passwd again on every respawn's path to the spawn.
+fn own_account() -> &'static (String, std::path::PathBuf, std::path::PathBuf) {
+    static OWN: std::sync::OnceLock<(String, std::path::PathBuf, std::path::PathBuf)> =
+        std::sync::OnceLock::new();
+    OWN.get_or_init(|| match User::from_uid(Uid::effective()) {
+        Ok(Some(u)) => (u.name, u.dir, u.shell),
+        _ => (String::new(), "/".into(), "/bin/sh".into()),
+    })
+}
+
 /// The variables every instance starts from, before `env_file` and `env` (which `spec.env` holds).
 pub fn base(spec: &Spec) -> Vec<(OsString, OsString)> {
     let mut out: Vec<(OsString, OsString)> = vec![
         ("PATH".into(), SAFE_PATH.into()),
         ("LANG".into(), DEFAULT_LANG.into()),
     ];
-    let me;
     let (name, home, shell) = match &spec.account {
         Some(a) => (a.name.clone(), a.home.clone(), a.shell.clone()),
-        None => {
-            // No `user`: the service runs as baton's own account, so that is whose these are.
-            me = User::from_uid(Uid::effective()).ok().flatten();
-            match &me {
-                Some(u) => (u.name.clone(), u.dir.clone(), u.shell.clone()),
-                None => (String::new(), "/".into(), "/bin/sh".into()),
-            }
-        }
+        None => own_account().clone(),
     };
     if !name.is_empty() {
         out.push(("USER".into(), name.clone().into()));

@@ -835,6 +835,37 @@ fn environment_workdir_and_umask_are_applied() {
 }
 
 #[test]
+fn without_user_every_respawn_gets_batons_own_account() {
+    // baton's own account is looked up once per supervisor: a respawn must still get it whole.
+    let me = nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+        .expect("getpwuid")
+        .expect("an account for this uid");
+    let svc = Spec::new(
+        "ownacct",
+        &sh("echo account HOME=$HOME USER=$USER LOGNAME=$LOGNAME SHELL=$SHELL; sleep 0.1; exit 1"),
+    )
+    .log("timestamps = false")
+    .tables("[restart]\npolicy = \"always\"\nbackoff = [\"10ms\", \"10ms\"]")
+    .create();
+    let _ = svc.baton(&["start"]);
+    let want = format!(
+        "account HOME={} USER={} LOGNAME={} SHELL={}",
+        me.dir.display(),
+        me.name,
+        me.name,
+        me.shell.display()
+    );
+    wait_until(Duration::from_secs(30), "three instances", || {
+        svc.log("stdout.log").matches("account ").count() >= 3
+    });
+    svc.stop();
+    let out = svc.log("stdout.log");
+    for line in out.lines().filter(|l| l.starts_with("account ")) {
+        assert_eq!(line, want, "{out}");
+    }
+}
+
+#[test]
 fn privileges_are_dropped_completely() {
     if !harness::is_root() {
         eprintln!("skipped: needs root to switch users");
