@@ -1112,7 +1112,12 @@ fn another_users_planted_and_raced_control_paths_neither_hijack_nor_break_a_ship
                 .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                 .filter_map(|e| std::fs::read_dir(e.path()).ok())
                 .flat_map(|rd| rd.flatten())
-                .find(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+                // ssh binds the master at `%C.RANDOM` and renames it to `%C` (a hash, no dot):
+                // only the final name stays to be checked.
+                .find(|e| {
+                    e.file_type().is_ok_and(|t| t.is_socket())
+                        && !e.file_name().to_string_lossy().contains('.')
+                })
                 .map(|e| e.path())
         });
         socket.is_some()
