@@ -612,6 +612,27 @@ mod tests {
         assert_eq!(spec.command, ["/nonexistent/java"]);
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(load(&file, "gone").is_err(), "a start still refuses");
+        // An env_file gone or broken since the start: the next spawn refuses it, a stop does not.
+        std::fs::write(
+            &file,
+            format!(
+                "command = [\"/bin/sleep\"]\nenv_file = \"{}\"\n",
+                dir.join("gone.env").display()
+            ),
+        )
+        .expect("write");
+        let (_, warnings) = load_running(&file, "gone").expect("a missing env_file is the host's");
+        assert!(
+            warnings.iter().any(|w| w.contains("cannot read")),
+            "{warnings:?}"
+        );
+        assert!(load(&file, "gone").is_err(), "a start still refuses");
+        std::fs::write(dir.join("gone.env"), "A=1\nnot an assignment\n").expect("write");
+        assert!(
+            load_running(&file, "gone").is_ok(),
+            "a broken env_file is the host's too"
+        );
+        assert!(load(&file, "gone").is_err(), "a start still refuses");
         std::fs::write(&file, "command = [\"/nonexistent/java\"]\nbogus = 1\n").expect("write");
         assert!(
             load_running(&file, "gone").is_err(),

@@ -575,17 +575,18 @@ impl Reader<'_> {
         let (body, untrusted) = match read {
             Ok(v) => v,
             Err(e) => {
-                self.problem(
+                self.host_problem(
                     span,
                     "env_file",
                     format!("cannot read {}: {e}", path.display()),
+                    Action::NotConfigured,
                 );
                 return;
             }
         };
         if nix::unistd::Uid::effective().is_root() {
             for why in untrusted {
-                self.problem_code(
+                self.host_problem(
                     span.clone(),
                     "env_file",
                     format!(
@@ -596,19 +597,21 @@ impl Reader<'_> {
             }
         }
         let Ok(body) = String::from_utf8(body) else {
-            self.problem(
+            self.host_problem(
                 span,
                 "env_file",
                 format!("{} is not UTF-8 text", path.display()),
+                Action::NotConfigured,
             );
             return;
         };
         match parse_env_file(&body) {
             Ok(pairs) => env.extend(pairs),
-            Err((line, msg)) => self.problem(
+            Err((line, msg)) => self.host_problem(
                 span,
                 "env_file",
                 format!("{}:{line}: {msg}", path.display()),
+                Action::NotConfigured,
             ),
         }
     }

@@ -4,7 +4,7 @@
 
 use crate::harness;
 
-use harness::{alive, baton, baton_bin, wait_until, Svc};
+use harness::{alive, baton, baton_bin, wait_until, Spec, Svc};
 use std::process::Command;
 use std::time::Duration;
 
@@ -113,6 +113,34 @@ fn stop_never_signals_a_supervisor_it_cannot_prove() {
     )
     .expect("SIGTERM");
     wait_until(T, "the supervisor to stop", || !alive(sup));
+}
+
+#[test]
+fn an_env_file_gone_since_the_start_warns_but_does_not_block_stop() {
+    let dir = std::env::temp_dir().join(format!("baton-envgone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let env = dir.join("svc.env");
+    std::fs::write(&env, "GREETING=up\n").expect("env file");
+    let svc = Spec::new(
+        "envgone",
+        "[\"/bin/sh\", \"-c\", \"echo $GREETING; exec sleep 1000\"]",
+    )
+    .top(&format!("env_file = \"{}\"", env.display()))
+    .tables("[ready]\nlog = \"up\"\ntimeout = \"30s\"\n")
+    .create();
+    svc.start();
+    let service = svc.status().1["service_pid"].as_i64().expect("service pid");
+    std::fs::remove_file(&env).expect("rm env file");
+    // A start would refuse the config now; the running service must still be stoppable.
+    let r = svc.stop();
+    assert!(
+        r.stderr.contains("cannot read"),
+        "the warning names the file: {r:?}"
+    );
+    wait_until(T, "the service to be gone", || {
+        !alive(i32::try_from(service).expect("pid"))
+    });
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
