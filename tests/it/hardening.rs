@@ -34,6 +34,10 @@ fn out_of_file_descriptors_the_supervisor_pauses_accepting_and_answers_again_aft
     assert_eq!(r.code, 0, "{r:?}");
     let sup = svc.pid_in_file().expect("PID file");
     let socket = svc.path("run/nofile.sock");
+    // Counted once the loop's turn after `start` is over: the next instance's cgroup it
+    // opens then would otherwise take one of the two descriptors left below, and with
+    // none left no connection could ever be accepted to be closed again.
+    harness::wait_asleep(sup);
 
     // Room for two more descriptors: the third client finds accept(2) failing with EMFILE.
     let limit = open_fds(sup) + 2;

@@ -84,10 +84,7 @@ fn stop_never_signals_a_supervisor_it_cannot_prove() {
     // `start` returns when the supervisor answers it; state.json is written at the loop's
     // next turn, before it sleeps in ppoll again: wait for that, or the supervisor's write
     // could replace the test's below.
-    let ppoll = format!("{} ", nix::libc::SYS_ppoll);
-    wait_until(T, "the supervisor to sleep again after start", || {
-        std::fs::read_to_string(format!("/proc/{sup}/syscall")).is_ok_and(|s| s.starts_with(&ppoll))
-    });
+    harness::wait_asleep(sup);
     // The recorded start time no longer matches: as if the PID belonged to another process.
     let state = svc.path("state/state.json");
     let mut v: serde_json::Value =
