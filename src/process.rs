@@ -129,7 +129,7 @@ pub fn spawn(
             .as_os_str(),
     )
     .map_err(nul)?;
-    let stdin = std::fs::File::open("/dev/null").map_err(|e| failed("open /dev/null", e))?;
+    let stdin = dev_null().map_err(|e| failed("open /dev/null", e))?;
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
     let (out_r, out_w) = pipe().map_err(|e| failed("pipe", e.into()))?;
     let (err_r, err_w) = pipe().map_err(|e| failed("pipe", e.into()))?;
@@ -138,7 +138,7 @@ pub fn spawn(
         argv: exec_argv,
         envp,
         workdir,
-        stdio: [stdin.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+        stdio: [stdin, out_w.as_raw_fd(), err_w.as_raw_fd()],
         listen,
         account: spec
             .account
@@ -162,6 +162,17 @@ pub fn spawn(
         stdout: out_r,
         stderr: err_r,
     })
+}
+
+/// /dev/null, every service's stdin: opened once, at the first spawn, and held (close-on-exec)
+/// for the supervisor's life, so that a respawn opens nothing between the exit and the spawn.
+fn dev_null() -> std::io::Result<RawFd> {
+    static NULL: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    if let Some(f) = NULL.get() {
+        return Ok(f.as_raw_fd());
+    }
+    let f = std::fs::File::open("/dev/null")?;
+    Ok(NULL.get_or_init(|| f).as_raw_fd())
 }
 
 /// Where execve looks for `program`: itself when its name has a slash, else in each

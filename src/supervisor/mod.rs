@@ -49,7 +49,7 @@ use crate::process;
 use crate::tracking::{self, Tracker};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use state::{Effect, Exit, Input, Machine, Outcome, Phase, Stop};
 use std::collections::VecDeque;
@@ -118,6 +118,9 @@ struct Supervisor {
     spare: Option<crate::cgroup::Leaf>,
     /// An instance was spawned since the last spare was made: make the next one.
     want_spare: bool,
+    /// The leader whose exit was told to the machine, left unreaped until the end of the
+    /// wake (`reap_told`).
+    zombie: Option<Pid>,
 }
 
 /// Supervises the service until it is stopped or given up on; returns the process exit code.
@@ -216,6 +219,10 @@ impl Supervisor {
         if !ready.is_empty() || scheduled {
             self.worked = true;
         }
+        // The lines this wake says are written once its decisive act is done (a respawn's
+        // spawn, see `spawn`) or at its end: a write to baton.log before the spawn would
+        // touch pages (the file's, the journal's) that the spawn does not need.
+        self.events.hold();
         let now = Instant::now();
         let mut closed_pipes = Vec::new();
         for (src, flags) in ready {
@@ -251,7 +258,18 @@ impl Supervisor {
         }
         self.on_time(Instant::now());
         self.clients.sweep();
+        self.events.release();
+        self.reap_told();
         Ok(())
+    }
+
+    /// Reaps the leader whose exit this wake acted on (`reap_children` left it a zombie so
+    /// that the respawn came first), then any child that exited behind it.
+    fn reap_told(&mut self) {
+        if let Some(pid) = self.zombie.take() {
+            let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+            self.reap();
+        }
     }
 
     /// Client `i` is ready for `flags`: delivers its replies, answers its request.
@@ -431,7 +449,10 @@ impl Supervisor {
             None => crate::deploy::release::current(&self.spec),
         };
         let leaf = self.spare.take();
-        match launch(&self.spec, release, &[], &self.launch_with(), leaf) {
+        let launched = launch(&self.spec, release, &[], &self.launch_with(), leaf);
+        // The service runs: what this wake had to say is written now.
+        self.events.release();
+        match launched {
             Ok((inst, pipes)) => {
                 let pid = inst.pid;
                 if self.handoff.is_none() {
@@ -564,10 +585,21 @@ impl Supervisor {
     /// Reaps every exited child; feeds the leader's exit and, when nothing is left, `TreeEmpty`.
     fn reap_children(&mut self) {
         loop {
-            let (pid, exit) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signal(sig)),
-                Ok(WaitStatus::StillAlive) => {
+            // Looked at, not yet reaped: the leader's reap may wait (see `reap_told`).
+            let peeked = waitid(
+                Id::All,
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+            );
+            let (pid, exit) = match peeked {
+                Ok(WaitStatus::Exited(pid, code)) if self.zombie != Some(pid) => {
+                    (pid, Exit::Code(code))
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) if self.zombie != Some(pid) => {
+                    (pid, Exit::Signal(sig))
+                }
+                // The leader told already, unreaped until the end of this wake: any child
+                // exited behind it is reaped then (`reap_told`). As for a live tree:
+                Ok(WaitStatus::StillAlive | WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => {
                     // Once SIGKILL is in force, a child forked after the last sweep (its parent
                     // was not dead yet) would outlive the stop: sweep again as the tree shrinks.
                     if matches!(
@@ -583,7 +615,13 @@ impl Supervisor {
                     self.check_tree_empty();
                     return;
                 }
-                Ok(_) => continue,
+                Ok(other) => {
+                    // Not asked for (stopped, continued): reap it, or the peek would see it again.
+                    if let Some(pid) = other.pid() {
+                        let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+                    }
+                    continue;
+                }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => {
                     // ECHILD: not a single descendant is left.
@@ -591,6 +629,17 @@ impl Supervisor {
                     return;
                 }
             };
+            let leader = self.instance.as_ref().is_some_and(|i| i.pid == pid);
+            // With a cgroup, whether anything of the service is left is the cgroup's to say
+            // (an exited process has left it, reaped or not), so the leader's reap (the
+            // release of a whole task, slow after an idle wait) waits until the wake's
+            // decisive act, the respawn, is done. Without one, the subreaper's tree walk
+            // and waitpid(-1) must not see it: reaped now.
+            if leader && self.tracker.events_fd().is_some() {
+                self.zombie = Some(pid);
+            } else {
+                let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+            }
             let now = Instant::now();
             // What it printed just before it went is in its pipes still: read it first, so a
             // failure report carries its last words (poll reports the exit and the data at once).
@@ -796,6 +845,12 @@ impl Supervisor {
     /// the service, its pipes and every socket across `execve` (same PID). Returns only on a
     /// refusal or a failed exec, having changed nothing.
     fn reexec(&mut self, conn: usize) -> Reply {
+        // The next image starts with nothing held: what this one had to say is written, and
+        // the leader it was told of is reaped, first (it finds any other zombie itself).
+        self.events.release();
+        if let Some(pid) = self.zombie.take() {
+            let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+        }
         let version = match reexec::check(self) {
             Ok(v) => v,
             Err(refusal) => return refusal,
