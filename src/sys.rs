@@ -431,6 +431,28 @@ pub fn openat(
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Accepts one connection on `listener`, the new socket non-blocking and close-on-exec from
+/// the start (accept4): std's accept then `set_nonblocking` is one system call more.
+pub fn accept_nonblocking(
+    listener: &std::os::unix::net::UnixListener,
+) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: accept4 on our listening descriptor, with no address wanted (null pointers).
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: accept4 just returned this descriptor; nothing else in the process knows it.
+    Ok(unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) })
+}
+
 /// Takes ownership of a descriptor this process's previous image left open across
 /// `execve` (`baton reexec`), marking it close-on-exec again so no child inherits it.
 pub fn inherited(fd: std::os::fd::RawFd) -> std::io::Result<OwnedFd> {
@@ -821,8 +843,7 @@ fn start_child(p: &mut Prepared<'_>) -> Result<Started, SpawnError> {
         }
     }
     p.reset = &ALL_SIGNALS;
-    let (read_end, write_end) =
-        error_pipe(p.exec).map_err(|e| SpawnError::new(Step::Pipe, e))?;
+    let (read_end, write_end) = error_pipe(p.exec).map_err(|e| SpawnError::new(Step::Pipe, e))?;
     {
         use std::os::fd::AsRawFd;
         p.report = write_end.as_raw_fd();
@@ -918,8 +939,7 @@ fn clone3(args: &mut CloneArgs, p: &mut Prepared<'_>) -> Result<Cloned, SpawnErr
 /// child gets a copy of our memory, as with fork(2), and reports through the error pipe.
 #[cfg(not(target_arch = "x86_64"))]
 fn clone3(args: &mut CloneArgs, p: &mut Prepared<'_>) -> Result<Cloned, SpawnError> {
-    let (read_end, write_end) =
-        error_pipe(p.exec).map_err(|e| SpawnError::new(Step::Pipe, e))?;
+    let (read_end, write_end) = error_pipe(p.exec).map_err(|e| SpawnError::new(Step::Pipe, e))?;
     {
         use std::os::fd::AsRawFd;
         p.report = write_end.as_raw_fd();
@@ -944,7 +964,10 @@ fn clone3(args: &mut CloneArgs, p: &mut Prepared<'_>) -> Result<Cloned, SpawnErr
         return Ok(Cloned::Refused(std::io::Error::last_os_error()));
     }
     drop(write_end);
-    Ok(Cloned::Pid(Started::Copy(Pid::from_raw(r as i32), read_end)))
+    Ok(Cloned::Pid(Started::Copy(
+        Pid::from_raw(r as i32),
+        read_end,
+    )))
 }
 
 /// Where a `CLONE_VM` child starts: `arg` is the `Prepared` of the spawn that made it.

@@ -230,11 +230,17 @@ impl Supervisor {
                 Source::Signals => self.on_signals(),
                 // A client writes its request as soon as it connects: read it now rather
                 // than after one more poll(2) (a stop's signal waits for that read).
-                Source::Control => {
-                    for i in self.clients.accept(now) {
+                // One at a time, each acted on before the next accept: a stop's signal waits
+                // for no other client (nor for the accept that finds none left).
+                Source::Control => loop {
+                    let new = self.clients.accept(now, 1);
+                    if new.is_empty() {
+                        break;
+                    }
+                    for i in new {
                         self.on_conn(i, PollFlags::POLLIN, now);
                     }
-                }
+                },
                 Source::Conn(i) => self.on_conn(i, flags, now),
                 Source::Notify => self.on_notify(),
                 Source::Pipe(i) => {
@@ -759,15 +765,11 @@ impl Supervisor {
     }
 
     fn on_notify(&mut self) {
-        let Some((sock, _)) = &self.notify else {
-            return;
-        };
         let mut buf = [0u8; 4096];
-        let mut messages = Vec::new();
-        while let Ok(n) = sock.recv(&mut buf) {
-            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-        for m in messages {
+        // Each message is acted on as it comes: READY=1 answers the waiting `start` before
+        // the read that finds the socket empty.
+        while let Some(Ok(n)) = self.notify.as_ref().map(|(sock, _)| sock.recv(&mut buf)) {
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
             tracing::debug!("notify: {}", m.trim());
             // Only a starting instance listens for READY=1; during a handoff that is the new one.
             let which = if self.handoff.as_ref().is_some_and(|h| h.candidate.is_some()) {
@@ -778,8 +780,8 @@ impl Supervisor {
             if let Some(p) = self.instance_mut(which).and_then(|i| i.probes.as_mut()) {
                 p.on_notify(&m);
             }
+            self.check_probes();
         }
-        self.check_probes();
     }
 
     /// Answers one request; returns whether the connection stays open for more than the reply.

@@ -31,3 +31,4 @@ mod supervisor;
 mod switch;
 mod upgrade;
 mod wake;
+mod wake_paths;
