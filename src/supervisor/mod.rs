@@ -118,6 +118,8 @@ struct Supervisor {
     spare: Option<crate::cgroup::Leaf>,
     /// An instance was spawned since the last spare was made: make the next one.
     want_spare: bool,
+    /// The next instance's output pipes, made with the spare cgroup (and without one).
+    spare_pipes: Option<crate::process::OutputPipes>,
     /// The leader whose exit was told to the machine, left unreaped until the end of the
     /// wake (`reap_told`).
     zombie: Option<Pid>,
@@ -455,7 +457,8 @@ impl Supervisor {
             None => crate::deploy::release::current(&self.spec),
         };
         let leaf = self.spare.take();
-        let launched = launch(&self.spec, release, &[], &self.launch_with(), leaf);
+        let pipes = self.spare_pipes.take();
+        let launched = launch(&self.spec, release, &[], &self.launch_with(), leaf, pipes);
         // The service runs: what this wake had to say is written now.
         self.events.release();
         match launched {
@@ -484,8 +487,16 @@ impl Supervisor {
     /// instance can be in it. The old instance's own leaf is removed only once the instance
     /// is forgotten, which the machine does only after its whole tree is gone.
     fn make_spare(&mut self) {
-        if self.spare.is_none() && !matches!(self.machine.phase, Phase::Done(_)) {
+        if matches!(self.machine.phase, Phase::Done(_)) {
+            return;
+        }
+        if self.spare.is_none() {
             self.spare = self.tracker.instance();
+        }
+        // Its output pipes too: two pipe2 less between the exit and the spawn. Failing here
+        // only means the spawn makes them (and says why if it cannot).
+        if self.spare_pipes.is_none() {
+            self.spare_pipes = crate::process::OutputPipes::new().ok();
         }
     }
 
@@ -870,6 +881,7 @@ impl Supervisor {
         };
         // The next image makes its own: an unknown empty leaf would only wait for the stop.
         self.spare = None;
+        self.spare_pipes = None;
         self.want_spare = true;
         let clients = &mut self.clients;
         reexec::exec(&record, &self.spec, &version, |line| {
@@ -948,7 +960,8 @@ impl Supervisor {
                     notify: self.notify.as_ref().map(|(_, p)| p.as_path()),
                     tracker: &self.tracker,
                 };
-                match launch(&h.spec, release, &avoid, &with, self.spare.take()) {
+                let pipes = self.spare_pipes.take();
+                match launch(&h.spec, release, &avoid, &with, self.spare.take(), pipes) {
                     Ok((inst, pipes)) => {
                         let (pid, port, passed) = (inst.pid, inst.port, inst.passed());
                         Self::adopt(&mut self.pipes, &mut self.output, pipes);

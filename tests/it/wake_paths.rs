@@ -25,9 +25,10 @@ fn bit(sig: i32) -> u64 {
     1 << (sig - 1)
 }
 
+/// The service's PID as `status` tells it; 0 between an exit and the respawn.
 fn service_pid(svc: &Svc) -> i32 {
     let (_, st) = svc.status();
-    st["service_pid"].as_i64().expect("service pid") as i32
+    st["service_pid"].as_i64().unwrap_or(0) as i32
 }
 
 /// `baton start` from a shell that ignores SIGUSR2, SIGWINCH and SIGRTMIN+3 (as `nohup`
@@ -69,6 +70,7 @@ fn default_signals_though_the_supervisor_ignores_some(clone3: bool) {
         assert_eq!(mask(pid, "SigBlk"), 0, "nothing blocked in pid {pid}");
     };
     let first = service_pid(&svc);
+    assert!(first > 0, "a service once `start` returned");
     defaults(first);
     // A respawn (killed, the service comes back) spawns again from the same supervisor.
     nix::sys::signal::kill(
@@ -135,6 +137,7 @@ fn a_respawn_reaps_the_old_leader_and_tells_its_exit_in_order() {
     svc.start();
     let sup = svc.pid_in_file().expect("the supervisor's PID");
     let mut pids = vec![service_pid(&svc)];
+    assert!(pids[0] > 0, "a service once `start` returned");
     for _ in 0..3 {
         let old = *pids.last().expect("a pid");
         wait_until(LONG, "the instance's flag", || {
