@@ -370,9 +370,15 @@ impl Supervisor {
                     }
                 }
             }
+            // Made into a line only at the release of the wake's lines (`EventLog::later`):
+            // a respawn formats nothing before its spawn.
+            let events = changed.then(|| self.events.clone());
             let say = |name: &str| {
-                if changed {
-                    tracing::info!("{name}: {before} -> {after} ({})", describe(&input));
+                if let Some(events) = &events {
+                    let (name, input) = (name.to_string(), input.clone());
+                    events.later(module_path!(), move || {
+                        format!("{name}: {before} -> {after} ({})", describe(&input))
+                    });
                 }
             };
             if !say_after {
@@ -663,7 +669,9 @@ impl Supervisor {
             self.drain_output_of(pid);
             if self.instance.as_ref().is_some_and(|i| i.pid == pid) {
                 tracking::set_leader(None);
-                tracing::info!("service (pid {pid}) {exit}");
+                self.events.later(module_path!(), move || {
+                    format!("service (pid {pid}) {exit}")
+                });
                 self.feed_handoff(HInput::Cancel(format!(
                     "the serving instance (pid {pid}) {exit}"
                 )));
