@@ -760,9 +760,9 @@ fn ignored_signals() -> &'static [libc::c_int] {
             .iter()
             .copied()
             .filter(|&sig| {
+                let mut old = [0u64; 4];
                 // SAFETY: a query only (no new action); the kernel writes the old action into
                 // `old`, a kernel sigaction (handler, flags, restorer, 8-byte mask) on our stack.
-                let mut old = [0u64; 4];
                 let r = unsafe {
                     libc::syscall(
                         libc::SYS_rt_sigaction,
