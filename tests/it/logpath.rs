@@ -211,3 +211,37 @@ fn a_failed_start_shows_the_spliced_output_read_back_from_the_files() {
         "the last line is shown: {r:?}"
     );
 }
+
+#[test]
+fn a_copytruncate_under_splicing_leaves_no_hole_and_keeps_what_follows() {
+    // logrotate's copytruncate copies the file and empties it in place while baton keeps it
+    // open. A splice goes at an offset, not in append mode: one at the old end would leave
+    // a hole of NUL bytes as long as everything written before.
+    let svc = Spec::new(
+        "copytrunc",
+        &sh("trap 'echo part-two; echo after' HUP; echo up; printf 'part-one '; while :; do sleep 1 & wait $!; done"),
+    )
+    .log("timestamps = false")
+    .create();
+    svc.start();
+    wait_until(T, "the half line in stdout.log", || {
+        svc.log("stdout.log").contains("part-one")
+    });
+    let live = svc.path("log/stdout.log");
+    std::fs::copy(&live, svc.path("log/stdout.log.1")).expect("copy the live log");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&live)
+        .and_then(|f| f.set_len(0))
+        .expect("truncate the live log");
+    assert_eq!(svc.baton(&["reload"]).code, 0);
+    wait_until(T, "the lines after the truncation", || {
+        svc.log("stdout.log").contains("after")
+    });
+    assert_eq!(svc.log("stdout.log.1"), "up\npart-one ");
+    assert_eq!(
+        svc.log("stdout.log"),
+        "part-two\nafter\n",
+        "written from the file's new end, with no hole where the old one was"
+    );
+}
