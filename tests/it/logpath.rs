@@ -245,3 +245,41 @@ fn a_copytruncate_under_splicing_leaves_no_hole_and_keeps_what_follows() {
         "written from the file's new end, with no hole where the old one was"
     );
 }
+
+#[test]
+fn a_line_begun_by_a_splice_is_finished_whole_after_the_supervisor_reexecs() {
+    // The half line sits in stdout.log when the supervisor replaces its image; the new
+    // image learns it from the file (no buffer of the old one survives the exec).
+    let svc = Spec::new(
+        "halfreexec",
+        &sh("trap 'echo part-two; echo after' HUP; echo up; printf 'part-one '; while :; do sleep 1 & wait $!; done"),
+    )
+    .log("timestamps = false")
+    .create();
+    svc.start();
+    wait_until(T, "the half line in stdout.log", || {
+        svc.log("stdout.log").contains("part-one")
+    });
+    let sup = svc.pid_in_file().expect("supervisor pid");
+    let r = svc.baton(&["reexec"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        svc.pid_in_file(),
+        Some(sup),
+        "the same supervisor, re-executed"
+    );
+    // Only a supervisor that knows the file ends in an unfinished line takes it back into
+    // the reopened file; one that did not would leave "part-one " behind in the old one.
+    std::fs::rename(svc.path("log/stdout.log"), svc.path("log/stdout.log.moved")).expect("mv");
+    assert_eq!(svc.baton(&["reopen-logs"]).code, 0);
+    assert_eq!(svc.baton(&["reload"]).code, 0);
+    wait_until(T, "the rest of the line", || {
+        svc.log("stdout.log").contains("after")
+    });
+    assert_eq!(
+        svc.log("stdout.log.moved"),
+        "up\n",
+        "the half line was taken back"
+    );
+    assert_eq!(svc.log("stdout.log"), "part-one part-two\nafter\n");
+}
