@@ -283,3 +283,53 @@ fn a_line_begun_by_a_splice_is_finished_whole_after_the_supervisor_reexecs() {
     );
     assert_eq!(svc.log("stdout.log"), "part-one part-two\nafter\n");
 }
+
+/// Marks a file append-only (`chattr +a`) until dropped, so the test directory stays removable.
+struct AppendOnly(std::path::PathBuf);
+
+impl AppendOnly {
+    fn set(path: std::path::PathBuf) -> AppendOnly {
+        let st = std::process::Command::new("chattr")
+            .arg("+a")
+            .arg(&path)
+            .status()
+            .expect("run chattr");
+        assert!(st.success(), "chattr +a {}", path.display());
+        AppendOnly(path)
+    }
+}
+
+impl Drop for AppendOnly {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-a")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_file_that_refuses_splices_gets_every_line_written_whole_instead() {
+    // An append-only file takes writes in append mode only: the offset splices are refused,
+    // and the output goes on line by line with a warning, losing nothing.
+    let n = 20_000;
+    let svc = Spec::new("nosplice", &format!("[\"{}\", \"{n}\"]", fixture("flood")))
+        .log("max_size = \"100MB\"\ntimestamps = false")
+        .create();
+    std::fs::create_dir_all(svc.path("log")).expect("log dir");
+    std::fs::write(svc.path("log/stdout.log"), "").expect("stdout.log");
+    let _guard = AppendOnly::set(svc.path("log/stdout.log"));
+    let r = svc.start();
+    assert_eq!(r.code, 0, "{r:?}");
+    wait_until(T, "flood done", || {
+        svc.log("stdout.log").contains("flood done")
+    });
+    assert_flood_whole(&[svc.path("log/stdout.log")], n, 100_000_000);
+    assert!(
+        svc.log("baton.log")
+            .contains("reading it line by line instead"),
+        "{}",
+        svc.log("baton.log")
+    );
+    assert_eq!(svc.stop().code, 0);
+}
