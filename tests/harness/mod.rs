@@ -249,6 +249,19 @@ impl Svc {
             .into()
     }
 
+    /// Starts `baton --config FILE ARGS...` in the background, its output discarded: for a
+    /// command the test acts on while it runs.
+    pub fn spawn_baton(&self, args: &[&str]) -> std::process::Child {
+        Command::new(baton_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run baton")
+    }
+
     /// `start`, asserting success.
     pub fn start(&self) -> Run {
         let r = self.baton(&["start"]);

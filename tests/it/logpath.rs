@@ -106,13 +106,12 @@ fn with_timestamps_every_line_is_read_and_stamped() {
     assert_eq!(expect - 1, n);
 }
 
-#[test]
-fn a_line_begun_by_a_splice_is_finished_whole_in_the_reopened_file() {
-    // The service prints half a line and waits; no probe watches its lines, so splicing
-    // put that half in stdout.log.
+/// A started service that printed "up" and half a line ("part-one "), spliced into
+/// stdout.log; on SIGHUP (`baton reload`) it ends the line with "part-two" and prints "after".
+fn half_line(name: &str) -> Svc {
     let svc = Spec::new(
-        "halfline",
-        &sh("trap 'echo part-two' HUP; echo up; printf 'part-one '; while :; do sleep 1 & wait $!; done"),
+        name,
+        &sh("trap 'echo part-two; echo after' HUP; echo up; printf 'part-one '; while :; do sleep 1 & wait $!; done"),
     )
     .log("timestamps = false")
     .create();
@@ -120,18 +119,31 @@ fn a_line_begun_by_a_splice_is_finished_whole_in_the_reopened_file() {
     wait_until(T, "the half line in stdout.log", || {
         svc.log("stdout.log").contains("part-one")
     });
+    svc
+}
+
+/// Moves stdout.log away, reopens, lets the half line end: a supervisor that knows the file
+/// ends mid-line takes "part-one " back into the new file; one that did not leaves it behind.
+fn assert_half_line_taken_back_at_reopen(svc: &Svc) {
     std::fs::rename(svc.path("log/stdout.log"), svc.path("log/stdout.log.moved")).expect("mv");
     assert_eq!(svc.baton(&["reopen-logs"]).code, 0);
     assert_eq!(svc.baton(&["reload"]).code, 0);
     wait_until(T, "the rest of the line", || {
-        svc.log("stdout.log").contains("part-two")
+        svc.log("stdout.log").contains("after")
     });
     assert_eq!(
         svc.log("stdout.log.moved"),
         "up\n",
         "the half line was taken back"
     );
-    assert_eq!(svc.log("stdout.log"), "part-one part-two\n");
+    assert_eq!(svc.log("stdout.log"), "part-one part-two\nafter\n");
+}
+
+#[test]
+fn a_line_begun_by_a_splice_is_finished_whole_in_the_reopened_file() {
+    // No probe watches the service's lines, so splicing put the half line in stdout.log.
+    let svc = half_line("halfline");
+    assert_half_line_taken_back_at_reopen(&svc);
 }
 
 #[test]
@@ -217,16 +229,7 @@ fn a_copytruncate_under_splicing_leaves_no_hole_and_keeps_what_follows() {
     // logrotate's copytruncate copies the file and empties it in place while baton keeps it
     // open. A splice goes at an offset, not in append mode: one at the old end would leave
     // a hole of NUL bytes as long as everything written before.
-    let svc = Spec::new(
-        "copytrunc",
-        &sh("trap 'echo part-two; echo after' HUP; echo up; printf 'part-one '; while :; do sleep 1 & wait $!; done"),
-    )
-    .log("timestamps = false")
-    .create();
-    svc.start();
-    wait_until(T, "the half line in stdout.log", || {
-        svc.log("stdout.log").contains("part-one")
-    });
+    let svc = half_line("copytrunc");
     let live = svc.path("log/stdout.log");
     std::fs::copy(&live, svc.path("log/stdout.log.1")).expect("copy the live log");
     std::fs::OpenOptions::new()
@@ -250,16 +253,7 @@ fn a_copytruncate_under_splicing_leaves_no_hole_and_keeps_what_follows() {
 fn a_line_begun_by_a_splice_is_finished_whole_after_the_supervisor_reexecs() {
     // The half line sits in stdout.log when the supervisor replaces its image; the new
     // image learns it from the file (no buffer of the old one survives the exec).
-    let svc = Spec::new(
-        "halfreexec",
-        &sh("trap 'echo part-two; echo after' HUP; echo up; printf 'part-one '; while :; do sleep 1 & wait $!; done"),
-    )
-    .log("timestamps = false")
-    .create();
-    svc.start();
-    wait_until(T, "the half line in stdout.log", || {
-        svc.log("stdout.log").contains("part-one")
-    });
+    let svc = half_line("halfreexec");
     let sup = svc.pid_in_file().expect("supervisor pid");
     let r = svc.baton(&["reexec"]);
     assert_eq!(r.code, 0, "{r:?}");
@@ -268,20 +262,7 @@ fn a_line_begun_by_a_splice_is_finished_whole_after_the_supervisor_reexecs() {
         Some(sup),
         "the same supervisor, re-executed"
     );
-    // Only a supervisor that knows the file ends in an unfinished line takes it back into
-    // the reopened file; one that did not would leave "part-one " behind in the old one.
-    std::fs::rename(svc.path("log/stdout.log"), svc.path("log/stdout.log.moved")).expect("mv");
-    assert_eq!(svc.baton(&["reopen-logs"]).code, 0);
-    assert_eq!(svc.baton(&["reload"]).code, 0);
-    wait_until(T, "the rest of the line", || {
-        svc.log("stdout.log").contains("after")
-    });
-    assert_eq!(
-        svc.log("stdout.log.moved"),
-        "up\n",
-        "the half line was taken back"
-    );
-    assert_eq!(svc.log("stdout.log"), "part-one part-two\nafter\n");
+    assert_half_line_taken_back_at_reopen(&svc);
 }
 
 /// Marks a file append-only (`chattr +a`) until dropped, so the test directory stays removable.
@@ -319,8 +300,7 @@ fn a_file_that_refuses_splices_gets_every_line_written_whole_instead() {
     std::fs::create_dir_all(svc.path("log")).expect("log dir");
     std::fs::write(svc.path("log/stdout.log"), "").expect("stdout.log");
     let _guard = AppendOnly::set(svc.path("log/stdout.log"));
-    let r = svc.start();
-    assert_eq!(r.code, 0, "{r:?}");
+    svc.start();
     wait_until(T, "flood done", || {
         svc.log("stdout.log").contains("flood done")
     });
