@@ -489,6 +489,12 @@ def report(res, tools):
     P(f"- date: {facts['date']}; the run took {facts['duration']} s")
     P(f"- machine: {facts['machine']}")
     P(f"- load: {facts['load']}")
+    cold = facts.get("cold_pages", "").split()
+    if len(cold) == 4:
+        idle = facts.get("stop_idle", "?")
+        P(f"- memory left alone: a page touched again after {idle} s of sleep costs {cold[1]} µs at the start, "
+          f"{cold[3]} µs at the end ({cold[0]} and {cold[2]} µs touched again at once; `svc coldpages`). "
+          "Every latency figure below follows such a wait, and each page its processes touch pays it")
     P(f"- settings: {facts['settings']}")
     P("- versions: " + ", ".join(f"{NAMES[t]} {facts.get('version.' + t, '?')}" for t in tools))
     P("")
