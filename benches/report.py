@@ -101,10 +101,11 @@ WHY = {
               "the stack (28 KB) of the supervisor; of its code only the two pages that run after the shed "
               "(table below; benches/PROFILE-memory.md)",
     "wakeups": "something in the loop arms a timer while idle (strace -p the supervisor)",
-    "respawn": "between the exit and clone3(CLONE_VM|CLONE_VFORK|CLONE_INTO_CGROUP) the supervisor reaps, "
-               "decides and logs the exit (the next instance's cgroup is made ahead, state.json is written "
-               "after the spawn); clone3 itself lasts until the child has exec'd, and after 1.5 s of sleep "
-               "both wakes pay for every page they touch (see benches/PROFILE-respawn.md)",
+    "respawn": "between the exit and clone3(CLONE_VM|CLONE_VFORK|CLONE_CLEAR_SIGHAND|CLONE_INTO_CGROUP) the "
+               "supervisor only reads the exit (waitid WNOWAIT) and decides (cgroup, pipes made ahead; the reap, "
+               "baton.log and state.json come after the spawn); clone3 itself lasts until the child has exec'd, "
+               "and after 1.5 s of sleep both wakes pay for every page they touch, the supervisor's shed code "
+               "included (see benches/PROFILE-respawn.md)",
     "ready_notify": "READY=1 goes to the supervisor, which renames the staged PID file into place and answers "
                     "the waiting `start` through a pipe: two processes wake in turn after the sleep where "
                     "start-stop-daemon, which receives READY=1 itself, wakes one (benches/PROFILE-ready.md)",
