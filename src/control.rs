@@ -15,7 +15,7 @@ use nix::sys::socket::{self, sockopt, MsgFlags};
 use nix::unistd::Uid;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -329,6 +329,15 @@ pub struct Server {
     listener: UnixListener,
     /// Our effective uid, the other one allowed to control us besides root: read once.
     euid: u32,
+    /// A descriptor held in reserve (on /dev/null) and given up when accept(2) fails for lack
+    /// of descriptors, so that one client is still taken: a supervisor at its limit with no
+    /// connection of its own to close would otherwise never hear `stop` again.
+    spare: Option<OwnedFd>,
+}
+
+/// A descriptor to hold in reserve; None if even that cannot be had.
+fn spare_fd() -> Option<OwnedFd> {
+    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
 }
 
 /// What an accept round found besides new clients.
@@ -355,7 +364,15 @@ impl Server {
         Ok(Server {
             listener,
             euid: Uid::effective().as_raw(),
+            spare: spare_fd(),
         })
+    }
+
+    /// Takes a descriptor back into reserve if it was given up (call when some were freed).
+    pub fn refill_spare(&mut self) {
+        if self.spare.is_none() {
+            self.spare = spare_fd();
+        }
     }
 
     /// For the poll set.
@@ -365,15 +382,28 @@ impl Server {
 
     /// Accepts waiting clients whose peer credentials allow control, beside `open` others,
     /// `max` at most (the caller acts on the first one's request before taking the next).
-    pub fn accept(&self, open: usize, now: Instant, max: usize) -> (Vec<Conn>, Accepted) {
+    pub fn accept(&mut self, open: usize, now: Instant, max: usize) -> (Vec<Conn>, Accepted) {
         let mut out = Vec::new();
-        while out.len() < max {
+        let mut exhausted = false;
+        while out.len() < max && !exhausted {
             // Non-blocking from the accept itself: no second system call per client.
             let stream = match crate::sys::accept_nonblocking(&self.listener) {
                 Ok(stream) => stream,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     tracing::warn!("unable to accept a control connection: {e}");
-                    return (out, Accepted::OutOfFiles);
+                    // The reserve makes room for this one client (its request may be
+                    // `stop`); the rest wait until descriptors free up.
+                    let taken = self.spare.take().and_then(|spare| {
+                        drop(spare);
+                        crate::sys::accept_nonblocking(&self.listener).ok()
+                    });
+                    match taken {
+                        Some(stream) => {
+                            exhausted = true;
+                            stream
+                        }
+                        None => return (out, Accepted::OutOfFiles),
+                    }
                 }
                 Err(_) => return (out, Accepted::All),
             };
@@ -403,7 +433,12 @@ impl Server {
                 Err(e) => tracing::warn!("unable to read control peer credentials: {e}"),
             }
         }
-        (out, Accepted::All)
+        let how = if exhausted {
+            Accepted::OutOfFiles
+        } else {
+            Accepted::All
+        };
+        (out, how)
     }
 }
 
@@ -448,7 +483,7 @@ pub enum Incoming {
 
 impl Server {
     /// The listening socket a previous image of this supervisor bound (`baton reexec`).
-    pub fn inherited(fd: std::os::fd::OwnedFd) -> Result<Self> {
+    pub fn inherited(fd: OwnedFd) -> Result<Self> {
         let listener = UnixListener::from(fd);
         listener
             .set_nonblocking(true)
@@ -456,6 +491,7 @@ impl Server {
         Ok(Server {
             listener,
             euid: Uid::effective().as_raw(),
+            spare: spare_fd(),
         })
     }
 

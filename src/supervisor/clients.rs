@@ -101,6 +101,7 @@ impl Clients {
     pub fn on_time(&mut self, now: Instant) {
         if self.paused_until.is_some_and(|t| t <= now) {
             self.paused_until = None;
+            self.server.refill_spare();
         }
         for c in self.conns.iter_mut() {
             if c.idle_deadline().is_some_and(|d| d <= now) {
@@ -112,7 +113,12 @@ impl Clients {
 
     /// Forgets the clients that are done.
     pub fn sweep(&mut self) {
+        let before = self.conns.len();
         self.conns.retain(|c| !c.done());
+        // A closed client freed a descriptor: the reserve given up for it comes back first.
+        if self.conns.len() < before {
+            self.server.refill_spare();
+        }
     }
 
     /// Sends `reply` to client `i`; true if the client waits for more.

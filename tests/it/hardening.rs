@@ -27,6 +27,19 @@ fn open_fds(pid: i32) -> usize {
         .count()
 }
 
+/// Sets `pid`'s descriptor limit (soft and hard) to `limit`.
+fn limit_fds(pid: i32, limit: usize) {
+    let out = Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .output()
+        .expect("prlimit");
+    assert!(out.status.success(), "prlimit: {out:?}");
+}
+
 #[test]
 fn out_of_file_descriptors_the_supervisor_pauses_accepting_and_answers_again_after() {
     let svc = Svc::new("nofile", "[\"sleep\", \"1000\"]", "");
@@ -40,16 +53,7 @@ fn out_of_file_descriptors_the_supervisor_pauses_accepting_and_answers_again_aft
     harness::wait_asleep(sup);
 
     // Room for two more descriptors: the third client finds accept(2) failing with EMFILE.
-    let limit = open_fds(sup) + 2;
-    let out = Command::new("prlimit")
-        .args([
-            "--pid",
-            &sup.to_string(),
-            &format!("--nofile={limit}:{limit}"),
-        ])
-        .output()
-        .expect("prlimit");
-    assert!(out.status.success(), "prlimit: {out:?}");
+    limit_fds(sup, open_fds(sup) + 2);
 
     let before = cpu_ticks(sup);
     // Clients that connect and say nothing: those accepted hold descriptors, the rest wait
@@ -76,6 +80,27 @@ fn out_of_file_descriptors_the_supervisor_pauses_accepting_and_answers_again_aft
     assert!(alive(sup));
     let r = svc.stop();
     assert_eq!(r.code, 0, "{r:?}");
+}
+
+#[test]
+fn at_its_descriptor_limit_with_no_client_to_drop_the_supervisor_still_hears_stop() {
+    let svc = Svc::new("nofile0", "[\"sleep\", \"1000\"]", "");
+    svc.start();
+    let sup = svc.pid_in_file().expect("PID file");
+    let service = svc.processes();
+    assert!(!service.is_empty(), "the service runs");
+    harness::wait_asleep(sup);
+    // Not one descriptor left, and no client connection of its own it could close: only
+    // the descriptor it holds in reserve makes room for the `stop`.
+    limit_fds(sup, open_fds(sup));
+    let r = svc.stop();
+    assert!(r.stdout.contains("stopped"), "{r:?}");
+    assert!(!alive(sup), "the supervisor exited");
+    assert!(service.iter().all(|&p| !alive(p)), "the service is gone");
+    assert!(
+        svc.log("baton.log").contains("Too many open files"),
+        "the accept did fail for lack of descriptors first"
+    );
 }
 
 /// A release that leaves a grandchild behind in a session of its own (its parent, a
