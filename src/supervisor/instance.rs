@@ -42,6 +42,18 @@ pub struct Instance {
 pub const INSTANCE_ENV: &str = "BATON_INSTANCE";
 
 impl Instance {
+    /// Whether `pid` is one of this instance's processes: its leader, in its process group,
+    /// or in its cgroup. For attributing a notify message by its sender.
+    pub fn owns(&self, pid: Pid) -> bool {
+        pid == self.pid
+            || nix::unistd::getpgid(Some(pid)).is_ok_and(|g| g == self.pid)
+            || self
+                .cgroup
+                .as_ref()
+                .and_then(Leaf::path)
+                .is_some_and(|at| crate::cgroup::contains(at, pid))
+    }
+
     /// Whether every readiness check has passed.
     pub fn passed(&self) -> bool {
         !self.discovering && self.probes.as_ref().is_some_and(Probes::passed)

@@ -289,6 +289,13 @@ impl Supervisor {
         }
     }
 
+    fn instance_of(&self, which: Which) -> Option<&Instance> {
+        match which {
+            Which::Main => self.instance.as_ref(),
+            Which::Candidate => self.handoff.as_ref().and_then(|h| h.candidate.as_ref()),
+        }
+    }
+
     fn instance_mut(&mut self, which: Which) -> Option<&mut Instance> {
         match which {
             Which::Main => self.instance.as_mut(),
@@ -787,20 +794,49 @@ impl Supervisor {
         let mut buf = [0u8; 4096];
         // Each message is acted on as it comes: READY=1 answers the waiting `start` before
         // the read that finds the socket empty.
-        while let Some(Ok(n)) = self.notify.as_ref().map(|(sock, _)| sock.recv(&mut buf)) {
+        while let Some((n, sender)) = self
+            .notify
+            .as_ref()
+            .and_then(|(sock, _)| recv_with_sender(sock, &mut buf).ok())
+        {
             let m = String::from_utf8_lossy(&buf[..n]).into_owned();
-            tracing::debug!("notify: {}", m.trim());
-            // Only a starting instance listens for READY=1; during a handoff that is the new one.
-            let which = if self.handoff.as_ref().is_some_and(|h| h.candidate.is_some()) {
-                Which::Candidate
-            } else {
-                Which::Main
+            tracing::debug!(
+                "notify from pid {}: {}",
+                sender.map_or(0, Pid::as_raw),
+                m.trim()
+            );
+            let Some(which) = self.notified(sender) else {
+                tracing::warn!(
+                    "ignored a notify message from pid {}: not a process of the starting instance",
+                    sender.map_or(0, Pid::as_raw)
+                );
+                continue;
             };
             if let Some(p) = self.instance_mut(which).and_then(|i| i.probes.as_mut()) {
                 p.on_notify(&m);
             }
             self.check_probes();
         }
+    }
+
+    /// The starting instance a notify message from `sender` is about: the one whose process
+    /// it is. Only a starting instance listens for READY=1 (during a handoff, the new one),
+    /// and the old instance answering a reload with READY=1 must not make the new one ready.
+    /// A sender already gone (a `systemd-notify` that exits at once) cannot be placed: it is
+    /// taken for the starting instance only when no other instance is running beside it.
+    fn notified(&self, sender: Option<Pid>) -> Option<Which> {
+        let starting = if self.handoff.as_ref().is_some_and(|h| h.candidate.is_some()) {
+            Which::Candidate
+        } else {
+            Which::Main
+        };
+        let sender = sender.filter(|p| p.as_raw() > 0)?;
+        let instance = self.instance_of(starting)?;
+        if instance.owns(sender) {
+            return Some(starting);
+        }
+        let gone = nix::sys::signal::kill(sender, None) == Err(nix::errno::Errno::ESRCH);
+        (gone && starting == Which::Main).then_some(starting)
     }
 
     /// Answers one request; returns whether the connection stays open for more than the reply.
@@ -1326,4 +1362,26 @@ fn describe(input: &Input) -> String {
         Input::StopRequested => "stop requested".into(),
         Input::StartNow => "start requested".into(),
     }
+}
+
+/// Reads one notify message into `buf`: its length and its sender's PID, as the kernel
+/// vouches for it (SCM_CREDENTIALS; see [`setup::pass_credentials`]).
+fn recv_with_sender(
+    sock: &std::os::unix::net::UnixDatagram,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<Pid>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixCredentials};
+    let mut space = nix::cmsg_space!(UnixCredentials);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        std::os::fd::AsRawFd::as_raw_fd(sock),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let sender = msg.cmsgs()?.find_map(|c| match c {
+        ControlMessageOwned::ScmCredentials(cred) => Some(Pid::from_raw(cred.pid())),
+        _ => None,
+    });
+    Ok((msg.bytes, sender))
 }

@@ -245,10 +245,12 @@ fn resume(
     let lock = pidfile::SupervisorLock::inherited(carry::adopt(c.lock)?)?;
     let server = Server::inherited(carry::adopt(c.control)?)?;
     let notify = match c.notify {
-        Some(fd) => Some((
-            UnixDatagram::from(carry::adopt(fd)?),
-            spec.state_dir.join("notify.sock"),
-        )),
+        Some(fd) => {
+            let sock = UnixDatagram::from(carry::adopt(fd)?);
+            // The image before may be a baton that did not ask for senders' credentials.
+            super::setup::pass_credentials(&sock)?;
+            Some((sock, spec.state_dir.join("notify.sock")))
+        }
         None => None,
     };
     let listener = c.listener.map(carry::adopt).transpose()?;

@@ -72,6 +72,7 @@ pub fn setup(
                 .map_err(|e| Error::io(format!("create notify socket {}", path.display()), &e))?;
             sock.set_nonblocking(true)
                 .map_err(|e| Error::io("configure notify socket", &e))?;
+            pass_credentials(&sock)?;
             if let Some(a) = &spec.account {
                 dir.chown(std::ffi::OsStr::new("notify.sock"), a.uid, a.gid)
                     .map_err(|e| Error::io(format!("hand {} to {}", path.display(), a.name), &e))?;
@@ -249,6 +250,14 @@ fn bind_listener(addr: std::net::SocketAddr) -> Result<OwnedFd> {
     )
     .map_err(|e| Error::errno(&what, e))?;
     Ok(fd)
+}
+
+/// Has the kernel attach each notify message's sender (SCM_CREDENTIALS), so that a READY=1
+/// counts only for the instance it comes from: every instance of a service, and any other
+/// process of its user, can send to the one socket.
+pub fn pass_credentials(sock: &UnixDatagram) -> Result<()> {
+    nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::PassCred, &true)
+        .map_err(|e| Error::errno("configure notify socket", e))
 }
 
 /// Sends one sd_notify message to systemd's socket (path or @abstract).

@@ -19,6 +19,7 @@ mod layers;
 mod link;
 mod logpath;
 mod memory;
+mod notify;
 mod operator;
 mod reexec;
 mod security_files;
