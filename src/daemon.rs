@@ -113,6 +113,10 @@ pub fn start_supervisor(config: &Path, name: &str) -> Result<Started> {
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::io("launch the supervisor", &e))?;
+    // Freed now, before the wait, not after it: after the wait every page a free writes to
+    // is paid for, and these frees (argv, environment, the child's set-up) could set malloc
+    // consolidating its whole heap.
+    drop(cmd);
     drop(write_end);
     let mut message = String::new();
     let read = read_report(std::fs::File::from(read_end), &mut message);
@@ -130,7 +134,8 @@ pub fn start_supervisor(config: &Path, name: &str) -> Result<Started> {
 /// Not to end-of-file after "ready": the supervisor closes the pipe just after writing, but
 /// the write wakes us first, and waiting for the close would cost a second wake.
 fn read_report(mut pipe: impl Read, message: &mut String) -> std::io::Result<()> {
-    let mut bytes = Vec::new();
+    // Allocated before the wait: malloc's work and pages after it cost more.
+    let mut bytes = Vec::with_capacity(512);
     let mut buf = [0u8; 512];
     loop {
         let n = match pipe.read(&mut buf) {
