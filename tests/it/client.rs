@@ -1,9 +1,11 @@
-//! The client commands' exit: every baton process ends through `sys::exit` (stdout
-//! flushed, then _exit(2), no libc exit handlers), so what they print must reach a pipe
-//! whole and their exit codes must be the ones they chose.
+//! The client commands (`start`, `stop`, ...) as the operator sees them: what they print
+//! reaches a pipe whole and their exit codes are the ones they chose (every baton process
+//! ends through `sys::exit`: stdout flushed, then _exit(2)), what a waiting `start` keeps,
+//! and which config problems a command addressed to a running service only warns about.
 
-use crate::harness::{baton, baton_bin, fixture, wait_until, Spec, Svc};
+use crate::harness::{alive, baton, baton_bin, fixture, is_root, wait_until, Spec, Svc};
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -136,4 +138,44 @@ fn a_start_waiting_for_readiness_holds_little_of_its_code_and_still_reports() {
         format!("shed is ready (supervisor pid {supervisor})\n")
     );
     svc.stop();
+}
+
+#[test]
+fn a_root_service_whose_program_became_writable_by_others_is_still_stopped() {
+    if !is_root() {
+        eprintln!("skipped: the check applies to root only");
+        return;
+    }
+    let svc = Svc::new("laxlater", r#"["{dir}/bin/serve"]"#, "");
+    let bin = svc.path("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let prog = bin.join("serve");
+    std::fs::write(&prog, "#!/bin/sh\nexec sleep 1000\n").expect("write");
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    svc.start();
+    let pid = svc.pid_in_file().expect("a PID file");
+    // Since the start, anyone may replace what the root service would execute next.
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let why = format!("{} is writable by others", bin.display());
+    // What would execute it is refused, and the running service is left as it was.
+    let restart = svc.baton(&["restart"]);
+    assert_eq!(restart.code, 4, "{restart:?}");
+    assert!(restart.stderr.contains(&why), "{restart:?}");
+    assert!(alive(pid), "the refused restart stopped the supervisor");
+    // What executes nothing reaches the service, and says what is wrong.
+    let (code, status) = svc.status();
+    assert_eq!(code, 0, "{status}");
+    let stop = svc.baton(&["stop"]);
+    assert_eq!(stop.code, 0, "{stop:?}");
+    assert!(stop.stderr.contains("warning: "), "{stop:?}");
+    assert!(stop.stderr.contains(&why), "{stop:?}");
+    assert!(svc.processes().is_empty(), "the service outlived the stop");
+    let start = svc.baton(&["start"]);
+    assert_eq!(start.code, 4, "{start:?}");
+    assert!(
+        svc.processes().is_empty(),
+        "a start refused still ran the service"
+    );
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
