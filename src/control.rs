@@ -666,20 +666,22 @@ fn send(path: &Path, line: &str, timeout: Option<Duration>) -> Result<Replies> {
         Error::io(format!("connect to control socket {}", path.display()), &e)
             .hint("is the supervisor running? `baton status` tells")
     })?;
+    // A supervisor that refuses us replies and closes at once, so the write may fail
+    // with EPIPE while its refusal waits to be read: read before giving up.
+    // One write, so the supervisor wakes once for it.
+    let sent = (&stream).write_all(format!("{line}\n").as_bytes());
+    // Only reads wait for the supervisor, and the request is on its way before this call.
     // A new socket has no timeout: a system call only to set one.
     if timeout.is_some() {
         stream
             .set_read_timeout(timeout)
             .map_err(|e| Error::io("configure control socket", &e))?;
     }
-    // A supervisor that refuses us replies and closes at once, so the write may fail
-    // with EPIPE while its refusal waits to be read: read before giving up.
-    // One write, so the supervisor wakes once for it.
-    let sent = (&stream).write_all(format!("{line}\n").as_bytes());
     let mut replies = Replies {
         reader: BufReader::new(stream),
         first: None,
         peer: None,
+        timeout,
     };
     if let Err(e) = sent {
         match replies.next() {
@@ -725,6 +727,8 @@ pub struct Replies {
     first: Option<Result<Reply>>,
     /// Who answers, once a line has said.
     pub peer: Option<Peer>,
+    /// How long one read may wait, for the message when it does.
+    timeout: Option<Duration>,
 }
 
 impl Iterator for Replies {
@@ -753,6 +757,15 @@ impl Iterator for Replies {
                     "the running supervisor may be another baton version (this is {VERSION}); restart it"
                 ))),
             }),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                let waited = self.timeout.map_or(0, |t| t.as_secs());
+                Some(Err(Error::unable(
+                    "read the supervisor's reply",
+                    format!("no answer within {waited}s"),
+                )
+                .hint("the supervisor may be stuck: see its baton.log; `baton status` tells")
+                .code(Action::Generic)))
+            }
             Err(e) => Some(Err(
                 Error::io("read the supervisor's reply", &e).code(Action::Generic)
             )),
@@ -835,6 +848,7 @@ mod tests {
             reader: BufReader::new(ours),
             first: None,
             peer: None,
+            timeout: None,
         };
         match replies.next() {
             Some(Ok(Reply::Status(r))) => {

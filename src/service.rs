@@ -75,7 +75,10 @@ fn stop_locked(spec: &Spec) -> Result<()> {
     // the supervisor watched, to bound the wait for its exit (or to signal it if there is
     // no socket). One that has already gone cannot be opened, or fails the start-time
     // check (a reused PID): then its lock, released at its exit, is waited on instead.
-    let asked = control::request(&spec.socket, &Request::Stop, None);
+    // The supervisor enforces the stop timeout itself and tells its progress within it; a
+    // read that waits longer than that (and a margin) means it is stuck, not slow.
+    let limit = spec.stop.timeout.saturating_add(Duration::from_secs(10));
+    let asked = control::request(&spec.socket, &Request::Stop, Some(limit));
     let state = pidfile::read_state(spec);
     let watched: Vec<(Pid, std::os::fd::OwnedFd)> = state
         .supervisor
@@ -112,8 +115,7 @@ fn stop_locked(spec: &Spec) -> Result<()> {
             )?;
         }
     }
-    // The supervisor enforces the stop timeout itself; this bound only guards against a hung supervisor.
-    let limit = spec.stop.timeout.saturating_add(Duration::from_secs(10));
+    // The same bound for its exit once it has answered.
     if !process::wait_exits(watched, limit).is_empty() {
         return Err(Error::unable(
             format!("stop {name}"),

@@ -186,3 +186,27 @@ fn a_stop_during_a_start_waits_for_the_start_to_finish() {
     assert!(r.stdout.contains("during stopped"), "{r:?}");
     assert!(svc.processes().is_empty(), "{r:?}");
 }
+
+#[test]
+fn stop_gives_up_on_a_supervisor_that_never_answers_and_says_so() {
+    let svc = Svc::new(
+        "stuck",
+        "[\"/bin/sh\", \"-c\", \"echo up; exec sleep 1000\"]",
+        "[ready]\nlog = \"up\"\ntimeout = \"30s\"\n[stop]\ntimeout = \"1s\"\n",
+    );
+    svc.start();
+    let sup = nix::unistd::Pid::from_raw(svc.pid_in_file().expect("supervisor pid"));
+    // Stopped, it still holds its lock and its socket takes the connection: only the reply
+    // never comes.
+    nix::sys::signal::kill(sup, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let r = svc.baton(&["stop"]);
+    let _ = nix::sys::signal::kill(sup, nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("no answer within 11s"), "{r:?}");
+    assert!(r.stderr.contains("baton.log"), "says where to look: {r:?}");
+    // Woken again, it reads the request it was sent and stops.
+    wait_until(T, "the supervisor to act on the stop it read", || {
+        !alive(sup.as_raw())
+    });
+    assert_eq!(svc.stop().code, 0);
+}
