@@ -170,7 +170,7 @@ fn a_respawn_waits_out_the_old_instances_straggler_and_runs_in_a_fresh_cgroup() 
         setsid sh -c 'trap \\\"\\\" TERM; echo $$ > {dir}/straggler.tmp; mv {dir}/straggler.tmp {dir}/straggler; exec sleep 1000' & \
         while [ ! -e {dir}/straggler ]; do sleep 0.01; done; exit 1; fi; \
         s=$(cat {dir}/straggler); if [ -e /proc/$s ]; then echo overlap > {dir}/overlap; fi; \
-        echo $$ > {dir}/second; exec sleep 1000";
+        echo $$ > {dir}/second.tmp; mv {dir}/second.tmp {dir}/second; exec sleep 1000";
     let svc = Svc::new(
         "leaves",
         &format!(r#"["/bin/sh", "-c", "{script}"]"#),
