@@ -101,10 +101,11 @@ WHY = {
               "the stack (28 KB) of the supervisor; of its code only the two pages that run after the shed "
               "(table below; benches/PROFILE-memory.md)",
     "wakeups": "something in the loop arms a timer while idle (strace -p the supervisor)",
-    "respawn": "between the exit and clone3(CLONE_VM|CLONE_VFORK|CLONE_INTO_CGROUP) the supervisor reaps, "
-               "decides and logs the exit (the next instance's cgroup is made ahead, state.json is written "
-               "after the spawn); clone3 itself lasts until the child has exec'd, and after 1.5 s of sleep "
-               "both wakes pay for every page they touch (see benches/PROFILE-respawn.md)",
+    "respawn": "between the exit and clone3(CLONE_VM|CLONE_VFORK|CLONE_CLEAR_SIGHAND|CLONE_INTO_CGROUP) the "
+               "supervisor only reads the exit (waitid WNOWAIT) and decides (cgroup, pipes made ahead; the reap, "
+               "baton.log and state.json come after the spawn); clone3 itself lasts until the child has exec'd, "
+               "and after 1.5 s of sleep both wakes pay for every page they touch, the supervisor's shed code "
+               "included (see benches/PROFILE-respawn.md)",
     "ready_notify": "READY=1 goes to the supervisor, which renames the staged PID file into place and answers "
                     "the waiting `start` through a pipe: two processes wake in turn after the sleep where "
                     "start-stop-daemon, which receives READY=1 itself, wakes one (benches/PROFILE-ready.md)",
@@ -489,6 +490,12 @@ def report(res, tools):
     P(f"- date: {facts['date']}; the run took {facts['duration']} s")
     P(f"- machine: {facts['machine']}")
     P(f"- load: {facts['load']}")
+    cold = facts.get("cold_pages", "").split()
+    if len(cold) == 4:
+        idle = facts.get("stop_idle", "?")
+        P(f"- memory left alone: a page touched again after {idle} s of sleep costs {cold[1]} µs at the start, "
+          f"{cold[3]} µs at the end ({cold[0]} and {cold[2]} µs touched again at once; `svc coldpages`). "
+          "Every latency figure below follows such a wait, and each page its processes touch pays it")
     P(f"- settings: {facts['settings']}")
     P("- versions: " + ", ".join(f"{NAMES[t]} {facts.get('version.' + t, '?')}" for t in tools))
     P("")

@@ -32,6 +32,12 @@
  *                                     host; exit with CMD's status
  *   svc connect PORT                  exit 0 if 127.0.0.1:PORT accepts a
  *                                     connection (runit's ./check)
+ *   svc coldpages PAGES IDLE_MS       touch PAGES pages of memory, then touch
+ *                                     them again at once and after IDLE_MS of
+ *                                     sleep, three times each; print the median
+ *                                     microseconds per page of both, "HOT COLD"
+ *                                     (what the machine charges a process for
+ *                                     memory it left alone for a while)
  *   svc waitlog BYTES TIMEOUT_MS DIR  poll DIR every 1 ms until the files
  *                                     named current, @*, stdout.log* or
  *                                     self.log hold BYTES bytes in total;
@@ -51,6 +57,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -272,6 +279,36 @@ static int cmd_waitlog(int argc, char **argv) {
     }
 }
 
+static int cmp_ll(const void *a, const void *b) {
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return (x > y) - (x < y);
+}
+
+/* The same pages touched again: at once, then after IDLE_MS asleep. */
+static int cmd_coldpages(char **argv) {
+    long pages = atol(argv[2]), idle = atol(argv[3]);
+    if (pages <= 0 || idle < 0) return 2;
+    size_t size = (size_t)pages * 4096;
+    volatile char *p = mmap(0, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) die("mmap");
+    madvise((void *)p, size, MADV_NOHUGEPAGE);
+    for (size_t i = 0; i < size; i += 4096) p[i] = 1;
+    long long hot[3], cold[3];
+    for (int r = 0; r < 3; r++) {
+        long long t0 = now_ns();
+        for (size_t i = 0; i < size; i += 4096) p[i]++;
+        hot[r] = now_ns() - t0;
+        sleep_ms(idle);
+        t0 = now_ns();
+        for (size_t i = 0; i < size; i += 4096) p[i]++;
+        cold[r] = now_ns() - t0;
+    }
+    qsort(hot, 3, sizeof hot[0], cmp_ll);
+    qsort(cold, 3, sizeof cold[0], cmp_ll);
+    printf("%.2f %.2f\n", hot[1] / 1e3 / pages, cold[1] / 1e3 / pages);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     long long t_main = now_ns();
     long long m_main = mono_ms();
@@ -280,6 +317,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (argc > 1 && strcmp(argv[1], "waitlog") == 0) return cmd_waitlog(argc, argv);
+    if (argc == 4 && strcmp(argv[1], "coldpages") == 0) return cmd_coldpages(argv);
     if (argc > 2 && strcmp(argv[1], "reaper") == 0) return cmd_reaper(argv + 2);
     if (argc == 3 && strcmp(argv[1], "connect") == 0) { /* a check script: is PORT open? */
         int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -327,6 +327,8 @@ pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// The listening side, owned by the supervisor loop.
 pub struct Server {
     listener: UnixListener,
+    /// Our effective uid, the other one allowed to control us besides root: read once.
+    euid: u32,
 }
 
 /// What an accept round found besides new clients.
@@ -350,7 +352,10 @@ impl Server {
         listener
             .set_nonblocking(true)
             .map_err(|e| Error::io("configure control socket", &e))?;
-        Ok(Server { listener })
+        Ok(Server {
+            listener,
+            euid: Uid::effective().as_raw(),
+        })
     }
 
     /// For the poll set.
@@ -358,21 +363,20 @@ impl Server {
         self.listener.as_fd()
     }
 
-    /// Accepts waiting clients whose peer credentials allow control, beside `open` others.
-    pub fn accept(&self, open: usize, now: Instant) -> (Vec<Conn>, Accepted) {
+    /// Accepts waiting clients whose peer credentials allow control, beside `open` others,
+    /// `max` at most (the caller acts on the first one's request before taking the next).
+    pub fn accept(&self, open: usize, now: Instant, max: usize) -> (Vec<Conn>, Accepted) {
         let mut out = Vec::new();
-        loop {
-            let stream = match self.listener.accept() {
-                Ok((stream, _)) => stream,
+        while out.len() < max {
+            // Non-blocking from the accept itself: no second system call per client.
+            let stream = match crate::sys::accept_nonblocking(&self.listener) {
+                Ok(stream) => stream,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     tracing::warn!("unable to accept a control connection: {e}");
                     return (out, Accepted::OutOfFiles);
                 }
                 Err(_) => return (out, Accepted::All),
             };
-            if stream.set_nonblocking(true).is_err() {
-                continue;
-            }
             let mut c = Conn::new(stream, now);
             if open + out.len() >= MAX_CONNS {
                 c.send(&Reply::Error {
@@ -382,7 +386,7 @@ impl Server {
                 continue;
             }
             match socket::getsockopt(&c.stream, sockopt::PeerCredentials) {
-                Ok(cred) if cred.uid() == 0 || cred.uid() == Uid::effective().as_raw() => {
+                Ok(cred) if cred.uid() == 0 || cred.uid() == self.euid => {
                     out.push(c);
                 }
                 Ok(cred) => {
@@ -399,6 +403,7 @@ impl Server {
                 Err(e) => tracing::warn!("unable to read control peer credentials: {e}"),
             }
         }
+        (out, Accepted::All)
     }
 }
 
@@ -448,7 +453,10 @@ impl Server {
         listener
             .set_nonblocking(true)
             .map_err(|e| Error::io("configure control socket", &e))?;
-        Ok(Server { listener })
+        Ok(Server {
+            listener,
+            euid: Uid::effective().as_raw(),
+        })
     }
 
     /// The listening descriptor, to carry across a reexec.

@@ -132,6 +132,48 @@ impl Dir {
         written
     }
 
+    /// Removes the temporaries [`Dir::write_atomic`] makes for `name` that a process killed
+    /// between create and rename left behind: regular files of this process's owner named
+    /// `.NAME.<16 hex digits>.tmp`. Returns how many went. Only whoever holds `name`'s lock
+    /// may call this, or it could take another writer's file from under its rename.
+    pub fn remove_stale_temporaries(&self, name: &OsStr) -> io::Result<usize> {
+        let dup = nix::unistd::dup(self.fd.as_raw_fd())?;
+        let mut entries = nix::dir::Dir::from_fd(dup)?;
+        let me = nix::unistd::geteuid().as_raw();
+        let mut removed = 0;
+        for entry in entries.iter() {
+            let entry = entry?;
+            let Some(suffix) = entry
+                .file_name()
+                .to_bytes()
+                .strip_prefix(b".")
+                .and_then(|rest| rest.strip_prefix(name.as_bytes()))
+            else {
+                continue;
+            };
+            let random = suffix
+                .strip_prefix(b".")
+                .and_then(|r| r.strip_suffix(b".tmp"));
+            if !random.is_some_and(|r| r.len() == 16 && r.iter().all(u8::is_ascii_hexdigit)) {
+                continue;
+            }
+            let file = OsStr::from_bytes(entry.file_name().to_bytes());
+            let mine = nix::sys::stat::fstatat(
+                Some(self.fd.as_raw_fd()),
+                file,
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .is_ok_and(|st| {
+                SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+                    && st.st_uid == me
+            });
+            if mine && self.remove(file).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Renames within the directory (never follows a link: the entry itself moves).
     pub fn rename(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
         let fd = Some(self.fd.as_raw_fd());
@@ -742,6 +784,50 @@ mod tests {
         let b = dir.create_private("stage-").expect("b");
         assert_ne!(a.path(), b.path());
         assert_eq!(a.stat.st_mode & 0o777, 0o700);
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn stale_temporaries_of_one_name_go_and_nothing_else_does() {
+        let d = scratch("stale");
+        let dir = Dir::open(&d).expect("open");
+        let stale = ".web.pid.0123456789abcdef.tmp";
+        let keep = [
+            "web.pid",
+            ".web.pid.0123456789abcdef.tmp.x",
+            ".web.pid.short.tmp",
+            ".web.pidx.0123456789abcdef.tmp",
+            ".api.pid.0123456789abcdef.tmp",
+        ];
+        for name in std::iter::once(&stale).chain(&keep) {
+            std::fs::write(d.join(name), "1\n").expect("write");
+        }
+        // A link of that shape is not a file this process left: the link stays, its target too.
+        std::fs::write(d.join("target"), "t").expect("target");
+        std::os::unix::fs::symlink(d.join("target"), d.join(".web.pid.fedcba9876543210.tmp"))
+            .expect("symlink");
+        // Nor is a file someone else owns.
+        let strangers = ".web.pid.00000000000000aa.tmp";
+        std::fs::write(d.join(strangers), "").expect("write");
+        let foreign = nix::unistd::geteuid().is_root();
+        if foreign {
+            std::os::unix::fs::chown(d.join(strangers), Some(65534), Some(65534)).expect("chown");
+        }
+
+        let removed = dir
+            .remove_stale_temporaries(OsStr::new("web.pid"))
+            .expect("sweep");
+        assert_eq!(removed, if foreign { 1 } else { 2 });
+        assert!(!d.join(stale).exists());
+        for name in keep {
+            assert!(d.join(name).exists(), "{name} was removed");
+        }
+        assert!(d
+            .join(".web.pid.fedcba9876543210.tmp")
+            .symlink_metadata()
+            .is_ok());
+        assert!(d.join("target").exists());
+        assert_eq!(d.join(strangers).exists(), foreign);
         std::fs::remove_dir_all(&d).ok();
     }
 }

@@ -736,6 +736,33 @@ impl Output {
 pub struct EventLog {
     /// Rotated like the service's output; `None` writes to stderr.
     file: std::sync::Arc<std::sync::Mutex<Option<RotatingFile>>>,
+    /// Events that came while held ([`EventLog::hold`]), in order, written at the release.
+    held: std::sync::Arc<std::sync::Mutex<Option<Vec<Held>>>>,
+}
+
+/// An event kept until the release: when it happened, and its line after the time.
+enum Held {
+    /// A tracing event, formatted when it came.
+    Line(std::time::SystemTime, String),
+    /// An INFO event of `target` whose message is made at the release ([`EventLog::later`]).
+    Later(
+        std::time::SystemTime,
+        &'static str,
+        Box<dyn FnOnce() -> String + Send>,
+    ),
+}
+
+impl Held {
+    fn line(self) -> String {
+        let (at, rest) = match self {
+            Held::Line(at, rest) => (at, rest),
+            Held::Later(at, target, message) => (at, format!("  INFO {target}: {}", message())),
+        };
+        let mut line = stamp(at);
+        line.push_str(&rest);
+        line.push('\n');
+        line
+    }
 }
 
 impl EventLog {
@@ -751,6 +778,7 @@ impl EventLog {
         };
         Ok(EventLog {
             file: std::sync::Arc::new(std::sync::Mutex::new(file)),
+            held: std::sync::Arc::default(),
         })
     }
 
@@ -758,7 +786,41 @@ impl EventLog {
     pub fn stderr() -> Self {
         EventLog {
             file: std::sync::Arc::new(std::sync::Mutex::new(None)),
+            held: std::sync::Arc::default(),
         }
+    }
+
+    /// Keeps the lines of events from now on in memory until [`EventLog::release`]: the
+    /// supervisor's wake on an exit writes its lines after the respawn, not before it (the
+    /// write to the log file touches pages the spawn does not need). Order and timestamps
+    /// stay those of the events.
+    pub fn hold(&self) {
+        if let Ok(mut held) = self.held.lock() {
+            held.get_or_insert_with(Vec::new);
+        }
+    }
+
+    /// Writes what was held, in one write, and stops holding.
+    pub fn release(&self) {
+        let held = self.held.lock().ok().and_then(|mut h| h.take());
+        if let Some(held) = held.filter(|h| !h.is_empty()) {
+            let lines: String = held.into_iter().map(Held::line).collect();
+            let _ = EventWriter(self.clone()).write(lines.as_bytes());
+        }
+    }
+
+    /// Says an INFO event of `target` whose message `message` makes: at the release when
+    /// held (so that nothing is formatted before the wake's decisive act), else now.
+    pub fn later(&self, target: &'static str, message: impl FnOnce() -> String + Send + 'static) {
+        let now = std::time::SystemTime::now();
+        if let Ok(mut held) = self.held.lock() {
+            if let Some(held) = held.as_mut() {
+                held.push(Held::Later(now, target, Box::new(message)));
+                return;
+            }
+        }
+        let line = Held::Later(now, target, Box::new(message)).line();
+        let _ = EventWriter(self.clone()).write(line.as_bytes());
     }
 
     /// Reopens the file at its path.
@@ -817,15 +879,17 @@ impl tracing::Subscriber for EventSubscriber {
 
     fn event(&self, event: &tracing::Event<'_>) {
         let meta = event.metadata();
-        let mut line = format!(
-            "{} {:>5} {}: ",
-            stamp(std::time::SystemTime::now()),
-            meta.level(),
-            meta.target()
-        );
-        event.record(&mut Fields(&mut line));
-        line.push('\n');
+        let now = std::time::SystemTime::now();
+        let mut rest = format!(" {:>5} {}: ", meta.level(), meta.target());
+        event.record(&mut Fields(&mut rest));
+        if let Ok(mut held) = self.0.held.lock() {
+            if let Some(held) = held.as_mut() {
+                held.push(Held::Line(now, rest));
+                return;
+            }
+        }
         // One write per event, so a rotation never splits one.
+        let line = Held::Line(now, rest).line();
         let _ = EventWriter(self.0.clone()).write(line.as_bytes());
     }
 
@@ -883,6 +947,51 @@ mod event_tests {
             &lines[1][27..],
             "  WARN baton::logs::event_tests: unable to write code=3"
         );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn held_events_are_written_at_the_release_in_order_and_in_the_same_form() {
+        let dir = std::env::temp_dir().join(format!("baton-held-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let spec = LogSpec {
+            dir: dir.clone(),
+            max_size: 1 << 20,
+            keep: 1,
+            timestamps: true,
+        };
+        let log = EventLog::open(&spec).expect("open");
+        let read = || std::fs::read_to_string(dir.join("baton.log")).unwrap_or_default();
+        tracing::subscriber::with_default(EventSubscriber(log.clone()), || {
+            log.later("baton::supervisor", || "before the hold".into());
+            log.hold();
+            log.later("baton::supervisor", || {
+                "service (pid 7) exited with code 3".into()
+            });
+            tracing::info!("spawned {} (pid {})", "svc", 8);
+            log.later("baton::supervisor", || "svc: stopping -> restarting".into());
+            assert_eq!(read().lines().count(), 1, "nothing written while held");
+            log.release();
+            log.later("baton::supervisor", || "after the release".into());
+        });
+        let text = read();
+        let rest: Vec<&str> = text.lines().map(|l| &l[27..]).collect();
+        assert_eq!(
+            rest,
+            [
+                "  INFO baton::supervisor: before the hold",
+                "  INFO baton::supervisor: service (pid 7) exited with code 3",
+                "  INFO baton::logs::event_tests: spawned svc (pid 8)",
+                "  INFO baton::supervisor: svc: stopping -> restarting",
+                "  INFO baton::supervisor: after the release",
+            ],
+            "{text}"
+        );
+        // The times are the events', not the release's: in order, and fixed width.
+        let times: Vec<&str> = text.lines().map(|l| &l[..27]).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{text}");
+        assert!(times.iter().all(|t| t.ends_with('Z')), "{text}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

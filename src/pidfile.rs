@@ -242,6 +242,11 @@ impl Records {
         };
         if stage {
             records.staged = records.pid.as_ref().and_then(|(path, dir)| {
+                // A supervisor killed during its start-up (SIGKILL, a power cut of the
+                // container) left its staged file; this one holds the service's lock now.
+                if let Err(e) = dir.remove_stale_temporaries(path.file_name()?.as_ref()) {
+                    tracing::warn!("unable to clean up {}: {e}", dir.path().display());
+                }
                 let mut tmp = std::ffi::OsString::from(".");
                 tmp.push(path.file_name()?);
                 tmp.push(format!(".{}.tmp", crate::files::random_suffix()));

@@ -41,6 +41,7 @@ pub fn spawn(
     notify_socket: Option<&Path>,
     listener: Option<RawFd>,
     cgroup: Option<sys::SpawnCgroup>,
+    pipes: Option<OutputPipes>,
 ) -> Result<Spawned> {
     let port = vars.port;
     let argv: Vec<String> = spec.command.iter().map(|a| spec.expand(a, vars)).collect();
@@ -129,16 +130,20 @@ pub fn spawn(
             .as_os_str(),
     )
     .map_err(nul)?;
-    let stdin = std::fs::File::open("/dev/null").map_err(|e| failed("open /dev/null", e))?;
-    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
-    let (out_r, out_w) = pipe().map_err(|e| failed("pipe", e.into()))?;
-    let (err_r, err_w) = pipe().map_err(|e| failed("pipe", e.into()))?;
+    let stdin = dev_null().map_err(|e| failed("open /dev/null", e))?;
+    let OutputPipes {
+        stdout: (out_r, out_w),
+        stderr: (err_r, err_w),
+    } = match pipes {
+        Some(p) => p,
+        None => OutputPipes::new().map_err(|e| failed("pipe", e))?,
+    };
     let exec = sys::Exec {
         candidates,
         argv: exec_argv,
         envp,
         workdir,
-        stdio: [stdin.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+        stdio: [stdin, out_w.as_raw_fd(), err_w.as_raw_fd()],
         listen,
         account: spec
             .account
@@ -162,6 +167,35 @@ pub fn spawn(
         stdout: out_r,
         stderr: err_r,
     })
+}
+
+/// A service's stdout and stderr pipes, (read end, write end) each, close-on-exec; made
+/// ahead of a respawn, while nothing else is to be done, or at the spawn.
+pub struct OutputPipes {
+    stdout: (OwnedFd, OwnedFd),
+    stderr: (OwnedFd, OwnedFd),
+}
+
+impl OutputPipes {
+    /// Makes the two pipes.
+    pub fn new() -> std::io::Result<OutputPipes> {
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
+        Ok(OutputPipes {
+            stdout: pipe()?,
+            stderr: pipe()?,
+        })
+    }
+}
+
+/// /dev/null, every service's stdin: opened once, at the first spawn, and held (close-on-exec)
+/// for the supervisor's life, so that a respawn opens nothing between the exit and the spawn.
+fn dev_null() -> std::io::Result<RawFd> {
+    static NULL: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    if let Some(f) = NULL.get() {
+        return Ok(f.as_raw_fd());
+    }
+    let f = std::fs::File::open("/dev/null")?;
+    Ok(NULL.get_or_init(|| f).as_raw_fd())
 }
 
 /// Where execve looks for `program`: itself when its name has a slash, else in each

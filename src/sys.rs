@@ -454,6 +454,28 @@ pub fn openat(
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Accepts one connection on `listener`, the new socket non-blocking and close-on-exec from
+/// the start (accept4): std's accept then `set_nonblocking` is one system call more.
+pub fn accept_nonblocking(
+    listener: &std::os::unix::net::UnixListener,
+) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: accept4 on our listening descriptor, with no address wanted (null pointers).
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: accept4 just returned this descriptor; nothing else in the process knows it.
+    Ok(unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) })
+}
+
 /// Takes ownership of a descriptor this process's previous image left open across
 /// `execve` (`baton reexec`), marking it close-on-exec again so no child inherits it.
 pub fn inherited(fd: std::os::fd::RawFd) -> std::io::Result<OwnedFd> {
@@ -614,6 +636,8 @@ struct CloneArgs {
 
 /// Linux 5.7: the child starts life in the cgroup `clone_args.cgroup` names.
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+/// Linux 5.5: every signal the parent handles is at its default in the child.
+const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
 
 /// Whether clone3 is known not to work here (an old kernel, a seccomp filter): then
 /// every spawn forks, and a child with a cgroup writes itself into `cgroup.procs`.
@@ -630,8 +654,16 @@ struct Prepared<'a> {
     /// `/bin/sh FILE ARGS...` for a file execve refuses as ENOEXEC (execvp's fallback);
     /// slot 1 is filled in by the child with the file that was refused.
     sh_argv: Vec<*const libc::c_char>,
-    /// The write end of the error pipe (close-on-exec: exec closes it, which says "ok").
+    /// The write end of the error pipe (close-on-exec: exec closes it, which says "ok"),
+    /// for a child with a copy of our memory; -1 for a `CLONE_VM` child, which reports
+    /// through `failure` instead.
     report: RawFd,
+    /// A `CLONE_VM` child's report, written in our (shared) memory before it exits:
+    /// (index in `Step::ALL`, errno); `None` after a successful exec.
+    failure: Option<(u32, i32)>,
+    /// The signals to set back to default in the child: only the ignored ones when the
+    /// kernel clears the handled ones (`CLONE_CLEAR_SIGHAND`), else every one.
+    reset: &'static [libc::c_int],
     /// The supervisor: the child checks it is still its parent once the death signal is armed.
     parent: libc::pid_t,
     /// The account's supplementary groups, as setgroups(2) takes them.
@@ -660,16 +692,14 @@ pub fn spawn(exec: &Exec) -> Result<Pid, SpawnError> {
     if sh_argv.len() < 3 {
         sh_argv.push(std::ptr::null());
     }
-    let (read_end, write_end) = error_pipe(exec).map_err(|e| SpawnError::new(Step::Pipe, e))?;
     let mut prepared = Prepared {
         exec,
         argv,
         envp,
         sh_argv,
-        report: {
-            use std::os::fd::AsRawFd;
-            write_end.as_raw_fd()
-        },
+        report: -1,
+        failure: None,
+        reset: &ALL_SIGNALS,
         parent: std::process::id() as libc::pid_t,
         groups: exec
             .account
@@ -677,8 +707,33 @@ pub fn spawn(exec: &Exec) -> Result<Pid, SpawnError> {
             .map(|a| a.groups.iter().map(|g| g.as_raw()).collect())
             .unwrap_or_default(),
     };
-    let pid = start_child(&mut prepared)?;
-    drop(write_end);
+    let (pid, failure) = match start_child(&mut prepared)? {
+        Started::Shared(pid) => (pid, prepared.failure),
+        Started::Copy(pid, read_end) => (pid, read_report(&read_end)?),
+    };
+    let Some((step, errno)) = failure else {
+        return Ok(pid);
+    };
+    // The child failed before exec and exits at once: reap it here, it was never the service.
+    let _ = nix::sys::wait::waitpid(pid, None);
+    let step = Step::ALL.get(step as usize).copied().unwrap_or(Step::Exec);
+    Err(SpawnError::new(
+        step,
+        std::io::Error::from_raw_os_error(errno),
+    ))
+}
+
+/// A child created, and how it reports a failure before exec.
+enum Started {
+    /// It shared our memory (`CLONE_VM`): its report is in `Prepared::failure`.
+    Shared(Pid),
+    /// It had a copy: its report comes through the error pipe, whose read end this is.
+    Copy(Pid, OwnedFd),
+}
+
+/// What a child with a copy of our memory reported through the error pipe: nothing once it
+/// has exec'd (the pipe closes on exec), else (step, errno).
+fn read_report(read_end: &OwnedFd) -> Result<Option<(u32, i32)>, SpawnError> {
     use std::os::fd::AsRawFd;
     let mut buf = [0u8; 8];
     let mut got = 0;
@@ -691,20 +746,59 @@ pub fn spawn(exec: &Exec) -> Result<Pid, SpawnError> {
         }
     }
     if got == 0 {
-        return Ok(pid);
+        return Ok(None);
     }
-    // The child failed before exec and exits at once: reap it here, it was never the service.
-    let _ = nix::sys::wait::waitpid(pid, None);
     let [a, b, c, d, e, f, g, h] = buf;
-    let step = Step::ALL
-        .get(u32::from_ne_bytes([a, b, c, d]) as usize)
-        .copied()
-        .unwrap_or(Step::Exec);
-    let errno = i32::from_ne_bytes([e, f, g, h]);
-    Err(SpawnError::new(
-        step,
-        std::io::Error::from_raw_os_error(errno),
-    ))
+    Ok(Some((
+        u32::from_ne_bytes([a, b, c, d]),
+        i32::from_ne_bytes([e, f, g, h]),
+    )))
+}
+
+/// Every signal whose disposition can be changed (all but SIGKILL and SIGSTOP), 1 to 64.
+static ALL_SIGNALS: [libc::c_int; 62] = {
+    let mut all = [0; 62];
+    let mut sig = 1;
+    let mut i = 0;
+    while sig <= 64 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            all[i] = sig;
+            i += 1;
+        }
+        sig += 1;
+    }
+    all
+};
+
+/// The signals this process ignores, read once (at the first spawn).
+///
+/// With `CLONE_CLEAR_SIGHAND` the kernel gives the child every handled signal back at its
+/// default; an ignored one stays ignored, and across exec too, so the child resets these.
+/// baton ignores a signal in one place only, `start` (SIGPIPE, before any spawn); the rest
+/// were ignored by whoever started baton (`nohup`), before it ran. Hence once is enough.
+fn ignored_signals() -> &'static [libc::c_int] {
+    static IGNORED: std::sync::OnceLock<Vec<libc::c_int>> = std::sync::OnceLock::new();
+    IGNORED.get_or_init(|| {
+        ALL_SIGNALS
+            .iter()
+            .copied()
+            .filter(|&sig| {
+                let mut old = [0u64; 4];
+                // SAFETY: a query only (no new action); the kernel writes the old action into
+                // `old`, a kernel sigaction (handler, flags, restorer, 8-byte mask) on our stack.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_rt_sigaction,
+                        sig,
+                        std::ptr::null::<libc::c_void>(),
+                        old.as_mut_ptr(),
+                        8usize,
+                    )
+                };
+                r == 0 && old[0] == libc::SIG_IGN as u64
+            })
+            .collect()
+    })
 }
 
 static SH: &std::ffi::CStr = c"/bin/sh";
@@ -737,41 +831,52 @@ fn clone3_unusable(why: &str) {
 }
 
 /// Creates the child (clone3 where it works, else fork) and runs its setup there.
-fn start_child(p: &mut Prepared<'_>) -> Result<Pid, SpawnError> {
+fn start_child(p: &mut Prepared<'_>) -> Result<Started, SpawnError> {
     use std::sync::atomic::Ordering;
     if cfg!(debug_assertions) && std::env::var_os(TEST_NO_CLONE3).is_some() {
         clone3_unusable(&format!("{TEST_NO_CLONE3} is set"));
     }
     if !CLONE3_UNUSABLE.load(Ordering::Relaxed) {
         let mut args = CloneArgs {
-            flags: libc::CLONE_VFORK as u64,
+            // The kernel gives the child every handled signal back at its default, so the
+            // child resets only the ignored ones (a handler of ours must never run in it).
+            flags: libc::CLONE_VFORK as u64 | CLONE_CLEAR_SIGHAND,
             exit_signal: libc::SIGCHLD as u64,
             ..CloneArgs::default()
         };
+        p.reset = ignored_signals();
         if let Some(cg) = p.exec.cgroup {
             args.flags |= CLONE_INTO_CGROUP;
             args.cgroup = cg.dir as u64;
         }
-        let r = clone3(&mut args, p).map_err(|e| SpawnError::new(Step::Clone, e))?;
-        if r > 0 {
-            return Ok(Pid::from_raw(r as i32));
-        }
-        let e = std::io::Error::from_raw_os_error(-r as i32);
-        match e.raw_os_error() {
-            // No clone3 (< 5.3, or a seccomp filter), no CLONE_INTO_CGROUP (< 5.7), a
-            // larger clone_args than the kernel knows, or a filter that denies it.
-            Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG | libc::EPERM) => {
+        match clone3(&mut args, p)? {
+            Cloned::Pid(pid) => return Ok(pid),
+            // No clone3 (< 5.3, or a seccomp filter), no CLONE_CLEAR_SIGHAND (< 5.5) or
+            // CLONE_INTO_CGROUP (< 5.7), a larger clone_args than the kernel knows, or a
+            // filter that denies it.
+            Cloned::Refused(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG | libc::EPERM)
+                ) =>
+            {
                 clone3_unusable(&e.to_string())
             }
-            _ => return Err(SpawnError::new(Step::Clone, e)),
+            Cloned::Refused(e) => return Err(SpawnError::new(Step::Clone, e)),
         }
+    }
+    p.reset = &ALL_SIGNALS;
+    let (read_end, write_end) = error_pipe(p.exec).map_err(|e| SpawnError::new(Step::Pipe, e))?;
+    {
+        use std::os::fd::AsRawFd;
+        p.report = write_end.as_raw_fd();
     }
     // SAFETY: fork gives the child a copy of our memory; `child` never returns and only
     // makes async-signal-safe system calls before exec or _exit.
     let r = unsafe { libc::fork() };
     match r {
         0 => child(p, true),
-        r if r > 0 => Ok(Pid::from_raw(r)),
+        r if r > 0 => Ok(Started::Copy(Pid::from_raw(r), read_end)),
         _ => Err(SpawnError::new(
             Step::Clone,
             std::io::Error::last_os_error(),
@@ -779,18 +884,31 @@ fn start_child(p: &mut Prepared<'_>) -> Result<Pid, SpawnError> {
     }
 }
 
-/// clone3 as posix_spawn uses clone: `CLONE_VM | CLONE_VFORK`, the child on a stack of
-/// its own, sharing our memory until it execs. Nothing is copied (no page tables, no
-/// copy-on-write faults afterwards), and we sleep until the child has exec'd or exited.
-/// Returns the child's PID or minus the errno; the child never returns from here.
+/// What clone3 did.
+enum Cloned {
+    /// A child, started.
+    Pid(Started),
+    /// The kernel refused, with this error.
+    Refused(std::io::Error),
+}
+
+/// clone3 as vfork(2) uses clone: `CLONE_VM | CLONE_VFORK`, the child sharing our memory
+/// until it execs, on our own stack below the frame we sleep in. Nothing is copied (no
+/// page tables, no copy-on-write faults afterwards), nothing is mapped for the child (no
+/// stack to mmap, fault in and unmap: the pages below our stack pointer are ones our
+/// deeper calls have used before), and we sleep until the child has exec'd or exited.
+/// The child reports a failure in `p.failure`, in the memory we share: no pipe.
 #[cfg(target_arch = "x86_64")]
-fn clone3(args: &mut CloneArgs, p: &mut Prepared<'_>) -> std::io::Result<i64> {
-    let stack = ChildStack::new()?;
+fn clone3(args: &mut CloneArgs, p: &mut Prepared<'_>) -> Result<Cloned, SpawnError> {
     args.flags |= libc::CLONE_VM as u64;
-    args.stack = stack.low as u64;
-    args.stack_size = stack.size as u64;
+    // stack = 0: the child starts on our stack pointer (clone3 allows it without a size).
+    args.stack = 0;
+    args.stack_size = 0;
+    p.report = -1;
+    p.failure = None;
     // Every signal blocked across the clone: the child shares our memory, so none of our
-    // handlers may run in it. It resets every disposition to default before unblocking.
+    // handlers may run in it. The kernel clears the handled ones (CLONE_CLEAR_SIGHAND) and
+    // the child resets the ignored ones before unblocking.
     // SAFETY: sigfillset and pthread_sigmask only write the sigsets passed, on our stack.
     let old = unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
@@ -800,19 +918,22 @@ fn clone3(args: &mut CloneArgs, p: &mut Prepared<'_>) -> std::io::Result<i64> {
         old
     };
     let ret: i64;
-    // SAFETY: the kernel starts the child at the instruction after `syscall` with rsp at
-    // the top of `stack` (mapped, writable, a guard page below, unmapped only after this
-    // returns, by when the child has exec'd or exited: CLONE_VFORK). The child aligns its
-    // stack, clears the frame pointer and calls `child_entry` with `p`, which never
-    // returns (`ud2` would trap if it did); it touches nothing of ours but `p` and errno,
-    // while we sleep. r12 and r13 survive `syscall`; rcx and r11 do not and are declared.
-    // The parent falls through with the PID or -errno in rax.
+    // SAFETY: the kernel starts the child at the instruction after `syscall` with our rsp
+    // (stack = 0). Without `nostack`, the compiler keeps nothing below rsp across this
+    // block (no red zone), and we sleep until the child has exec'd or exited
+    // (CLONE_VFORK), with every signal blocked: what the child writes below our rsp is
+    // dead to us, and it never writes above it (it only grows down from 512 bytes below).
+    // The child clears the frame pointer, aligns its stack and calls `child_entry` with
+    // `p`, which never returns (`ud2` would trap if it did); it touches nothing of ours
+    // but `p` and errno. r12 and r13 survive `syscall`; rcx and r11 do not and are
+    // declared. The parent falls through with the PID or -errno in rax.
     unsafe {
         std::arch::asm!(
             "syscall",
             "test rax, rax",
             "jnz 2f",
             "xor ebp, ebp",
+            "sub rsp, 512",
             "and rsp, -16",
             "mov rdi, r12",
             "call r13",
@@ -829,14 +950,23 @@ fn clone3(args: &mut CloneArgs, p: &mut Prepared<'_>) -> std::io::Result<i64> {
     }
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    drop(stack);
-    Ok(ret)
+    if ret > 0 {
+        return Ok(Cloned::Pid(Started::Shared(Pid::from_raw(ret as i32))));
+    }
+    Ok(Cloned::Refused(std::io::Error::from_raw_os_error(
+        -ret as i32,
+    )))
 }
 
 /// clone3 without CLONE_VM where there is no hand-written entry for this architecture: the
-/// child gets a copy of our memory, as with fork(2). Returns the PID or minus the errno.
+/// child gets a copy of our memory, as with fork(2), and reports through the error pipe.
 #[cfg(not(target_arch = "x86_64"))]
-fn clone3(args: &mut CloneArgs, p: &mut Prepared<'_>) -> std::io::Result<i64> {
+fn clone3(args: &mut CloneArgs, p: &mut Prepared<'_>) -> Result<Cloned, SpawnError> {
+    let (read_end, write_end) = error_pipe(p.exec).map_err(|e| SpawnError::new(Step::Pipe, e))?;
+    {
+        use std::os::fd::AsRawFd;
+        p.report = write_end.as_raw_fd();
+    }
     // SAFETY: without CLONE_VM the child gets a copy of our memory: nothing it does
     // touches ours. It returns here on its own copy of this stack (stack = 0), and `child`
     // never returns: it only makes async-signal-safe system calls on data prepared
@@ -854,13 +984,13 @@ fn clone3(args: &mut CloneArgs, p: &mut Prepared<'_>) -> std::io::Result<i64> {
         child(p, false);
     }
     if r < 0 {
-        return Ok(-i64::from(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EINVAL),
-        ));
+        return Ok(Cloned::Refused(std::io::Error::last_os_error()));
     }
-    Ok(r as i64)
+    drop(write_end);
+    Ok(Cloned::Pid(Started::Copy(
+        Pid::from_raw(r as i32),
+        read_end,
+    )))
 }
 
 /// Where a `CLONE_VM` child starts: `arg` is the `Prepared` of the spawn that made it.
@@ -870,63 +1000,6 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> ! {
     // (the parent sleeps until then), and nothing else uses it meanwhile.
     let p = unsafe { &mut *arg.cast::<Prepared<'_>>() };
     child(p, false)
-}
-
-/// The stack a `CLONE_VM` child runs on, with an inaccessible guard page below it.
-#[cfg(target_arch = "x86_64")]
-struct ChildStack {
-    /// The lowest usable address (just above the guard page).
-    low: *mut libc::c_void,
-    /// Usable bytes.
-    size: usize,
-    /// The whole mapping, guard included.
-    map: *mut libc::c_void,
-    len: usize,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl ChildStack {
-    /// `child` needs a few KiB even unoptimized; 64 KiB is ample, and only what it
-    /// touches is ever faulted in.
-    const SIZE: usize = 64 * 1024;
-    const GUARD: usize = 4096;
-
-    fn new() -> std::io::Result<ChildStack> {
-        let len = Self::SIZE + Self::GUARD;
-        // SAFETY: a fresh anonymous private mapping; no existing memory is affected.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-                -1,
-                0,
-            )
-        };
-        if map == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let stack = ChildStack {
-            low: map.cast::<u8>().wrapping_add(Self::GUARD).cast(),
-            size: Self::SIZE,
-            map,
-            len,
-        };
-        // SAFETY: the first page of the mapping made above, which nothing uses.
-        if unsafe { libc::mprotect(map, Self::GUARD, libc::PROT_NONE) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(stack)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Drop for ChildStack {
-    fn drop(&mut self) {
-        // SAFETY: the mapping `new` made; the child that ran on it has exec'd or exited.
-        unsafe { libc::munmap(self.map, self.len) };
-    }
 }
 
 /// In the child: makes `from` the descriptor `to`, open across exec. dup2 clears
@@ -953,8 +1026,19 @@ fn place(from: RawFd, to: RawFd) -> libc::c_int {
 fn child(p: &mut Prepared<'_>, write_procs: bool) -> ! {
     let e = p.exec;
     let report = p.report;
+    let reset = p.reset;
+    let failure: *mut Option<(u32, i32)> = &mut p.failure;
     let fail = |step: Step, errno: i32| -> ! {
         let idx = Step::ALL.iter().position(|s| *s == step).unwrap_or(0) as u32;
+        if report < 0 {
+            // SAFETY: `failure` points into the `Prepared` the supervisor holds, in the
+            // memory we share (`CLONE_VM`); it sleeps until we exit, then reads it. _exit
+            // is async-signal-safe.
+            unsafe {
+                failure.write_volatile(Some((idx, errno)));
+                libc::_exit(127)
+            }
+        }
         let mut msg = [0u8; 8];
         let (a, b) = msg.split_at_mut(4);
         a.copy_from_slice(&idx.to_ne_bytes());
@@ -992,15 +1076,13 @@ fn child(p: &mut Prepared<'_>, write_procs: bool) -> ! {
     }
     // Every signal back to its default: an ignored signal stays ignored across exec, and
     // the supervisor ignores SIGPIPE (as every Rust program does) and may have inherited
-    // more (`nohup` ignores SIGHUP, the very signal a reload may send). Raw rt_sigaction:
-    // glibc refuses its own 32 and 33. A zeroed kernel sigaction is SIG_DFL, no flags, an
-    // empty mask, whatever the field order; 8 is the kernel's sigset size (64 signals).
-    // SIGKILL and SIGSTOP cannot be changed (EINVAL) and are never ignored anyway.
+    // more (`nohup` ignores SIGHUP, the very signal a reload may send). `reset` is every
+    // signal, or only the ignored ones where clone3 cleared the handled ones
+    // (CLONE_CLEAR_SIGHAND). Raw rt_sigaction: glibc refuses its own 32 and 33. A zeroed
+    // kernel sigaction is SIG_DFL, no flags, an empty mask, whatever the field order; 8 is
+    // the kernel's sigset size (64 signals).
     let dfl = [0u64; 4];
-    for sig in 1..=64 {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
-        }
+    for &sig in reset {
         // SAFETY: see above; the kernel reads 32 zero bytes and writes nothing (no old action).
         let r = unsafe {
             libc::syscall(

@@ -63,8 +63,8 @@ impl Clients {
 
     /// Accepts who is waiting (out of file descriptors, stops accepting for a moment);
     /// returns the new clients' indices.
-    pub fn accept(&mut self, now: Instant) -> std::ops::Range<usize> {
-        let (new, how) = self.server.accept(self.conns.len(), now);
+    pub fn accept(&mut self, now: Instant, max: usize) -> std::ops::Range<usize> {
+        let (new, how) = self.server.accept(self.conns.len(), now, max);
         let first = self.conns.len();
         self.conns.extend(new);
         if how == Accepted::OutOfFiles {

@@ -148,6 +148,7 @@ pub fn launch(
     taken: &[u16],
     with: &Launch<'_>,
     leaf: Option<Leaf>,
+    pipes: Option<crate::process::OutputPipes>,
 ) -> std::result::Result<(Instance, [Pipe; 2]), String> {
     let release_dir = match (&spec.release, &release) {
         (Some(r), Some(id)) => Some(crate::deploy::release::dir(&r.root, id)),
@@ -196,7 +197,7 @@ pub fn launch(
         .as_ref()
         .and_then(Leaf::spawn_into)
         .or(with.tracker.spawn_into());
-    let sp = crate::process::spawn(spec, &vars, with.notify, with.listener, into)
+    let sp = crate::process::spawn(spec, &vars, with.notify, with.listener, into, pipes)
         .map_err(|e| e.to_string())?;
     tracing::info!("spawned {} (pid {})", sp.argv.join(" "), sp.pid);
     let pipes = [

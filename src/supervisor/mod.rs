@@ -49,7 +49,7 @@ use crate::process;
 use crate::tracking::{self, Tracker};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use state::{Effect, Exit, Input, Machine, Outcome, Phase, Stop};
 use std::collections::VecDeque;
@@ -118,6 +118,11 @@ struct Supervisor {
     spare: Option<crate::cgroup::Leaf>,
     /// An instance was spawned since the last spare was made: make the next one.
     want_spare: bool,
+    /// The next instance's output pipes, made with the spare cgroup (and without one).
+    spare_pipes: Option<crate::process::OutputPipes>,
+    /// The leader whose exit was told to the machine, left unreaped until the end of the
+    /// wake (`reap_told`).
+    zombie: Option<Pid>,
 }
 
 /// Supervises the service until it is stopped or given up on; returns the process exit code.
@@ -216,6 +221,10 @@ impl Supervisor {
         if !ready.is_empty() || scheduled {
             self.worked = true;
         }
+        // The lines this wake says are written once its decisive act is done (a respawn's
+        // spawn, see `spawn`) or at its end: a write to baton.log before the spawn would
+        // touch pages (the file's, the journal's) that the spawn does not need.
+        self.events.hold();
         let now = Instant::now();
         let mut closed_pipes = Vec::new();
         for (src, flags) in ready {
@@ -223,11 +232,17 @@ impl Supervisor {
                 Source::Signals => self.on_signals(),
                 // A client writes its request as soon as it connects: read it now rather
                 // than after one more poll(2) (a stop's signal waits for that read).
-                Source::Control => {
-                    for i in self.clients.accept(now) {
+                // One at a time, each acted on before the next accept: a stop's signal waits
+                // for no other client (nor for the accept that finds none left).
+                Source::Control => loop {
+                    let new = self.clients.accept(now, 1);
+                    if new.is_empty() {
+                        break;
+                    }
+                    for i in new {
                         self.on_conn(i, PollFlags::POLLIN, now);
                     }
-                }
+                },
                 Source::Conn(i) => self.on_conn(i, flags, now),
                 Source::Notify => self.on_notify(),
                 Source::Pipe(i) => {
@@ -251,7 +266,18 @@ impl Supervisor {
         }
         self.on_time(Instant::now());
         self.clients.sweep();
+        self.events.release();
+        self.reap_told();
         Ok(())
+    }
+
+    /// Reaps the leader whose exit this wake acted on (`reap_children` left it a zombie so
+    /// that the respawn came first), then any child that exited behind it.
+    fn reap_told(&mut self) {
+        if let Some(pid) = self.zombie.take() {
+            let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+            self.reap();
+        }
     }
 
     /// Client `i` is ready for `flags`: delivers its replies, answers its request.
@@ -344,9 +370,15 @@ impl Supervisor {
                     }
                 }
             }
+            // Made into a line only at the release of the wake's lines (`EventLog::later`):
+            // a respawn formats nothing before its spawn.
+            let events = changed.then(|| self.events.clone());
             let say = |name: &str| {
-                if changed {
-                    tracing::info!("{name}: {before} -> {after} ({})", describe(&input));
+                if let Some(events) = &events {
+                    let (name, input) = (name.to_string(), input.clone());
+                    events.later(module_path!(), move || {
+                        format!("{name}: {before} -> {after} ({})", describe(&input))
+                    });
                 }
             };
             if !say_after {
@@ -431,7 +463,11 @@ impl Supervisor {
             None => crate::deploy::release::current(&self.spec),
         };
         let leaf = self.spare.take();
-        match launch(&self.spec, release, &[], &self.launch_with(), leaf) {
+        let pipes = self.spare_pipes.take();
+        let launched = launch(&self.spec, release, &[], &self.launch_with(), leaf, pipes);
+        // The service runs: what this wake had to say is written now.
+        self.events.release();
+        match launched {
             Ok((inst, pipes)) => {
                 let pid = inst.pid;
                 if self.handoff.is_none() {
@@ -457,8 +493,16 @@ impl Supervisor {
     /// instance can be in it. The old instance's own leaf is removed only once the instance
     /// is forgotten, which the machine does only after its whole tree is gone.
     fn make_spare(&mut self) {
-        if self.spare.is_none() && !matches!(self.machine.phase, Phase::Done(_)) {
+        if matches!(self.machine.phase, Phase::Done(_)) {
+            return;
+        }
+        if self.spare.is_none() {
             self.spare = self.tracker.instance();
+        }
+        // Its output pipes too: two pipe2 less between the exit and the spawn. Failing here
+        // only means the spawn makes them (and says why if it cannot).
+        if self.spare_pipes.is_none() {
+            self.spare_pipes = crate::process::OutputPipes::new().ok();
         }
     }
 
@@ -564,10 +608,21 @@ impl Supervisor {
     /// Reaps every exited child; feeds the leader's exit and, when nothing is left, `TreeEmpty`.
     fn reap_children(&mut self) {
         loop {
-            let (pid, exit) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signal(sig)),
-                Ok(WaitStatus::StillAlive) => {
+            // Looked at, not yet reaped: the leader's reap may wait (see `reap_told`).
+            let peeked = waitid(
+                Id::All,
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+            );
+            let (pid, exit) = match peeked {
+                Ok(WaitStatus::Exited(pid, code)) if self.zombie != Some(pid) => {
+                    (pid, Exit::Code(code))
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) if self.zombie != Some(pid) => {
+                    (pid, Exit::Signal(sig))
+                }
+                // The leader told already, unreaped until the end of this wake: any child
+                // exited behind it is reaped then (`reap_told`). As for a live tree:
+                Ok(WaitStatus::StillAlive | WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => {
                     // Once SIGKILL is in force, a child forked after the last sweep (its parent
                     // was not dead yet) would outlive the stop: sweep again as the tree shrinks.
                     if matches!(
@@ -583,7 +638,13 @@ impl Supervisor {
                     self.check_tree_empty();
                     return;
                 }
-                Ok(_) => continue,
+                Ok(other) => {
+                    // Not asked for (stopped, continued): reap it, or the peek would see it again.
+                    if let Some(pid) = other.pid() {
+                        let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+                    }
+                    continue;
+                }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => {
                     // ECHILD: not a single descendant is left.
@@ -591,13 +652,26 @@ impl Supervisor {
                     return;
                 }
             };
+            let leader = self.instance.as_ref().is_some_and(|i| i.pid == pid);
+            // With a cgroup, whether anything of the service is left is the cgroup's to say
+            // (an exited process has left it, reaped or not), so the leader's reap (the
+            // release of a whole task, slow after an idle wait) waits until the wake's
+            // decisive act, the respawn, is done. Without one, the subreaper's tree walk
+            // and waitpid(-1) must not see it: reaped now.
+            if leader && self.tracker.events_fd().is_some() {
+                self.zombie = Some(pid);
+            } else {
+                let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+            }
             let now = Instant::now();
             // What it printed just before it went is in its pipes still: read it first, so a
             // failure report carries its last words (poll reports the exit and the data at once).
             self.drain_output_of(pid);
             if self.instance.as_ref().is_some_and(|i| i.pid == pid) {
                 tracking::set_leader(None);
-                tracing::info!("service (pid {pid}) {exit}");
+                self.events.later(module_path!(), move || {
+                    format!("service (pid {pid}) {exit}")
+                });
                 self.feed_handoff(HInput::Cancel(format!(
                     "the serving instance (pid {pid}) {exit}"
                 )));
@@ -710,15 +784,11 @@ impl Supervisor {
     }
 
     fn on_notify(&mut self) {
-        let Some((sock, _)) = &self.notify else {
-            return;
-        };
         let mut buf = [0u8; 4096];
-        let mut messages = Vec::new();
-        while let Ok(n) = sock.recv(&mut buf) {
-            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-        for m in messages {
+        // Each message is acted on as it comes: READY=1 answers the waiting `start` before
+        // the read that finds the socket empty.
+        while let Some(Ok(n)) = self.notify.as_ref().map(|(sock, _)| sock.recv(&mut buf)) {
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
             tracing::debug!("notify: {}", m.trim());
             // Only a starting instance listens for READY=1; during a handoff that is the new one.
             let which = if self.handoff.as_ref().is_some_and(|h| h.candidate.is_some()) {
@@ -729,8 +799,8 @@ impl Supervisor {
             if let Some(p) = self.instance_mut(which).and_then(|i| i.probes.as_mut()) {
                 p.on_notify(&m);
             }
+            self.check_probes();
         }
-        self.check_probes();
     }
 
     /// Answers one request; returns whether the connection stays open for more than the reply.
@@ -796,6 +866,12 @@ impl Supervisor {
     /// the service, its pipes and every socket across `execve` (same PID). Returns only on a
     /// refusal or a failed exec, having changed nothing.
     fn reexec(&mut self, conn: usize) -> Reply {
+        // The next image starts with nothing held: what this one had to say is written, and
+        // the leader it was told of is reaped, first (it finds any other zombie itself).
+        self.events.release();
+        if let Some(pid) = self.zombie.take() {
+            let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+        }
         let version = match reexec::check(self) {
             Ok(v) => v,
             Err(refusal) => return refusal,
@@ -813,6 +889,7 @@ impl Supervisor {
         };
         // The next image makes its own: an unknown empty leaf would only wait for the stop.
         self.spare = None;
+        self.spare_pipes = None;
         self.want_spare = true;
         let clients = &mut self.clients;
         reexec::exec(&record, &self.spec, &version, |line| {
@@ -891,7 +968,8 @@ impl Supervisor {
                     notify: self.notify.as_ref().map(|(_, p)| p.as_path()),
                     tracker: &self.tracker,
                 };
-                match launch(&h.spec, release, &avoid, &with, self.spare.take()) {
+                let pipes = self.spare_pipes.take();
+                match launch(&h.spec, release, &avoid, &with, self.spare.take(), pipes) {
                     Ok((inst, pipes)) => {
                         let (pid, port, passed) = (inst.pid, inst.port, inst.passed());
                         Self::adopt(&mut self.pipes, &mut self.output, pipes);

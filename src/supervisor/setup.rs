@@ -174,6 +174,8 @@ pub fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
         records,
         spare: None,
         want_spare: false,
+        spare_pipes: None,
+        zombie: None,
     }
 }
 

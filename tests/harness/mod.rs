@@ -50,13 +50,35 @@ pub fn fixture(name: &str) -> String {
         .to_string()
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, and that nothing else will take before the test's
+/// server binds it: below the kernel's ephemeral range, which outgoing connections (of every
+/// test running beside this one) draw from, and never the same twice in this process. A
+/// port from `bind(:0)` is an ephemeral one, free for any `connect` to take in the meantime.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind :0")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Each test binary starts at its own place, so two of them rarely walk the same ports.
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&first| first > LOW + 1000)
+        .unwrap_or(32_768);
+    let span = below - LOW;
+    let _ = NEXT.compare_exchange(
+        0,
+        std::process::id() % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let port = LOW + NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        if let Ok(held) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            drop(held);
+            return port as u16;
+        }
+    }
+    panic!("no free port between {LOW} and {below}")
 }
 
 /// Polls `cond` until it holds or `timeout` passes; the condition is what the test waits for.
@@ -247,6 +269,19 @@ impl Svc {
             .output()
             .expect("run baton")
             .into()
+    }
+
+    /// Starts `baton --config FILE ARGS...` in the background, its output discarded: for a
+    /// command the test acts on while it runs.
+    pub fn spawn_baton(&self, args: &[&str]) -> std::process::Child {
+        Command::new(baton_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run baton")
     }
 
     /// `start`, asserting success.

@@ -106,13 +106,12 @@ fn with_timestamps_every_line_is_read_and_stamped() {
     assert_eq!(expect - 1, n);
 }
 
-#[test]
-fn a_line_begun_by_a_splice_is_finished_whole_in_the_reopened_file() {
-    // The service prints half a line and waits; no probe watches its lines, so splicing
-    // put that half in stdout.log.
+/// A started service that printed "up" and half a line ("part-one "), spliced into
+/// stdout.log; on SIGHUP (`baton reload`) it ends the line with "part-two" and prints "after".
+fn half_line(name: &str) -> Svc {
     let svc = Spec::new(
-        "halfline",
-        &sh("trap 'echo part-two' HUP; echo up; printf 'part-one '; while :; do sleep 1 & wait $!; done"),
+        name,
+        &sh("trap 'echo part-two; echo after' HUP; echo up; printf 'part-one '; while :; do sleep 1 & wait $!; done"),
     )
     .log("timestamps = false")
     .create();
@@ -120,18 +119,31 @@ fn a_line_begun_by_a_splice_is_finished_whole_in_the_reopened_file() {
     wait_until(T, "the half line in stdout.log", || {
         svc.log("stdout.log").contains("part-one")
     });
+    svc
+}
+
+/// Moves stdout.log away, reopens, lets the half line end: a supervisor that knows the file
+/// ends mid-line takes "part-one " back into the new file; one that did not leaves it behind.
+fn assert_half_line_taken_back_at_reopen(svc: &Svc) {
     std::fs::rename(svc.path("log/stdout.log"), svc.path("log/stdout.log.moved")).expect("mv");
     assert_eq!(svc.baton(&["reopen-logs"]).code, 0);
     assert_eq!(svc.baton(&["reload"]).code, 0);
     wait_until(T, "the rest of the line", || {
-        svc.log("stdout.log").contains("part-two")
+        svc.log("stdout.log").contains("after")
     });
     assert_eq!(
         svc.log("stdout.log.moved"),
         "up\n",
         "the half line was taken back"
     );
-    assert_eq!(svc.log("stdout.log"), "part-one part-two\n");
+    assert_eq!(svc.log("stdout.log"), "part-one part-two\nafter\n");
+}
+
+#[test]
+fn a_line_begun_by_a_splice_is_finished_whole_in_the_reopened_file() {
+    // No probe watches the service's lines, so splicing put the half line in stdout.log.
+    let svc = half_line("halfline");
+    assert_half_line_taken_back_at_reopen(&svc);
 }
 
 #[test]
@@ -210,4 +222,94 @@ fn a_failed_start_shows_the_spliced_output_read_back_from_the_files() {
         r.stderr.contains("| fatal: cannot open /nonexistent/db"),
         "the last line is shown: {r:?}"
     );
+}
+
+#[test]
+fn a_copytruncate_under_splicing_leaves_no_hole_and_keeps_what_follows() {
+    // logrotate's copytruncate copies the file and empties it in place while baton keeps it
+    // open. A splice goes at an offset, not in append mode: one at the old end would leave
+    // a hole of NUL bytes as long as everything written before.
+    let svc = half_line("copytrunc");
+    let live = svc.path("log/stdout.log");
+    std::fs::copy(&live, svc.path("log/stdout.log.1")).expect("copy the live log");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&live)
+        .and_then(|f| f.set_len(0))
+        .expect("truncate the live log");
+    assert_eq!(svc.baton(&["reload"]).code, 0);
+    wait_until(T, "the lines after the truncation", || {
+        svc.log("stdout.log").contains("after")
+    });
+    assert_eq!(svc.log("stdout.log.1"), "up\npart-one ");
+    assert_eq!(
+        svc.log("stdout.log"),
+        "part-two\nafter\n",
+        "written from the file's new end, with no hole where the old one was"
+    );
+}
+
+#[test]
+fn a_line_begun_by_a_splice_is_finished_whole_after_the_supervisor_reexecs() {
+    // The half line sits in stdout.log when the supervisor replaces its image; the new
+    // image learns it from the file (no buffer of the old one survives the exec).
+    let svc = half_line("halfreexec");
+    let sup = svc.pid_in_file().expect("supervisor pid");
+    let r = svc.baton(&["reexec"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        svc.pid_in_file(),
+        Some(sup),
+        "the same supervisor, re-executed"
+    );
+    assert_half_line_taken_back_at_reopen(&svc);
+}
+
+/// Marks a file append-only (`chattr +a`) until dropped, so the test directory stays removable.
+struct AppendOnly(std::path::PathBuf);
+
+impl AppendOnly {
+    fn set(path: std::path::PathBuf) -> AppendOnly {
+        let st = std::process::Command::new("chattr")
+            .arg("+a")
+            .arg(&path)
+            .status()
+            .expect("run chattr");
+        assert!(st.success(), "chattr +a {}", path.display());
+        AppendOnly(path)
+    }
+}
+
+impl Drop for AppendOnly {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-a")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_file_that_refuses_splices_gets_every_line_written_whole_instead() {
+    // An append-only file takes writes in append mode only: the offset splices are refused,
+    // and the output goes on line by line with a warning, losing nothing.
+    let n = 20_000;
+    let svc = Spec::new("nosplice", &format!("[\"{}\", \"{n}\"]", fixture("flood")))
+        .log("max_size = \"100MB\"\ntimestamps = false")
+        .create();
+    std::fs::create_dir_all(svc.path("log")).expect("log dir");
+    std::fs::write(svc.path("log/stdout.log"), "").expect("stdout.log");
+    let _guard = AppendOnly::set(svc.path("log/stdout.log"));
+    svc.start();
+    wait_until(T, "flood done", || {
+        svc.log("stdout.log").contains("flood done")
+    });
+    assert_flood_whole(&[svc.path("log/stdout.log")], n, 100_000_000);
+    assert!(
+        svc.log("baton.log")
+            .contains("reading it line by line instead"),
+        "{}",
+        svc.log("baton.log")
+    );
+    assert_eq!(svc.stop().code, 0);
 }

@@ -32,3 +32,4 @@ mod supervisor;
 mod switch;
 mod upgrade;
 mod wake;
+mod wake_paths;

@@ -2,7 +2,7 @@
 
 use crate::harness;
 
-use harness::{alive, baton_bin, fixture, free_port, wait_until, Spec, Svc};
+use harness::{alive, fixture, free_port, wait_until, Spec, Svc};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -479,14 +479,7 @@ fn supervisor_killed_before_ready_still_leaves_no_silent_orphan() {
     .tables("[ready]\nlog = \"never printed\"\ntimeout = \"60s\"")
     .create();
     let pids = svc.path("pids");
-    let mut starting = std::process::Command::new(baton_bin())
-        .arg("--config")
-        .arg(&svc.config)
-        .arg("start")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start");
+    let mut starting = svc.spawn_baton(&["start"]);
     wait_until(T, "the forker to write its pids", || pids.exists());
     let listed = forker_pids(&pids);
     let (_, st) = svc.status();
@@ -521,6 +514,70 @@ fn supervisor_killed_before_ready_still_leaves_no_silent_orphan() {
         nix::unistd::Pid::from_raw(listed[2]),
         nix::sys::signal::Signal::SIGKILL,
     );
+}
+
+/// Names in `dir` shaped like the PID file's staged copy: `.NAME.<random>.tmp`.
+fn staged_pid_files(svc: &Svc) -> Vec<String> {
+    let pidfile = svc.pidfile();
+    let name = pidfile
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("pid file name");
+    let dir = pidfile.parent().expect("pid dir");
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&format!(".{name}.")) && n.ends_with(".tmp"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_pid_file_staged_by_a_supervisor_killed_before_ready_is_removed_by_the_next() {
+    let svc = Spec::new(
+        "stalestage",
+        &sh("echo booting; if [ -e {dir}/go ]; then echo up; fi; exec sleep 1000"),
+    )
+    .tables("[ready]\nlog = \"^up$\"\ntimeout = \"60s\"")
+    .create();
+    let mut starting = svc.spawn_baton(&["start"]);
+    wait_until(T, "the service's first line", || {
+        svc.log("stdout.log").contains("booting")
+    });
+    let staged = staged_pid_files(&svc);
+    assert_eq!(staged.len(), 1, "the PID file waits staged: {staged:?}");
+    let (_, st) = svc.status();
+    let sup = st["supervisor_pid"].as_i64().expect("supervisor pid") as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sup),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    assert!(!starting.wait().expect("wait for start").success());
+    assert_eq!(
+        svc.stop().code,
+        0,
+        "stop clears what the dead supervisor left"
+    );
+    assert_eq!(
+        staged_pid_files(&svc),
+        staged,
+        "nothing ran that could remove it"
+    );
+
+    std::fs::write(svc.path("go"), "").expect("go");
+    svc.start();
+    assert!(
+        staged_pid_files(&svc).is_empty(),
+        "the next supervisor removed its dead predecessor's staged file: {:?}",
+        staged_pid_files(&svc)
+    );
+    assert_eq!(
+        svc.pid_in_file(),
+        svc.status().1["supervisor_pid"].as_i64().map(|p| p as i32)
+    );
+    assert_eq!(svc.stop().code, 0);
 }
 
 // ---------- supervision ----------
