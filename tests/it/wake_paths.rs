@@ -227,3 +227,64 @@ fn ready_1_after_other_notify_messages_in_one_burst() {
     });
     svc.stop();
 }
+
+/// A failed step is reported both ways: through our shared memory by a `CLONE_VM` child,
+/// through the error pipe by a forked one (no clone3). Here the working directory vanishes
+/// before the respawn: the message names the step (chdir) and the cause on both paths.
+fn a_failed_step_at_respawn_is_named(clone3: bool) {
+    if !is_root() {
+        eprintln!("skipped: needs root for cgroups");
+        return;
+    }
+    let svc = Spec::new("failstep", r#"["{dir}/app"]"#)
+        .top("workdir = \"{dir}/work\"")
+        .tables("[restart]\npolicy = \"always\"\nbackoff = [\"0ms\", \"1s\"]")
+        .create();
+    std::fs::create_dir(svc.path("work")).expect("workdir");
+    let fifo = svc.path("cue");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let app = svc.path("app");
+    std::fs::write(
+        &app,
+        format!(
+            "#!/bin/sh\nread x < {}\ncd /; rmdir \"$(dirname \"$0\")/work\"\nexit 1\n",
+            fifo.display()
+        ),
+    )
+    .expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut cmd = Command::new(baton_bin());
+    cmd.arg("--config").arg(&svc.config).arg("start");
+    if !clone3 {
+        cmd.env("BATON_TEST_NO_CLONE3", "1");
+    }
+    let out = cmd.output().expect("run baton start");
+    assert!(out.status.success(), "start: {out:?}");
+    std::fs::write(&fifo, "go\n").expect("cue");
+    let want = format!(
+        "spawn failed: unable to spawn {} (chdir to the working directory): No such file or directory",
+        app.display()
+    );
+    wait_until(LONG, &format!("{want:?} in baton.log"), || {
+        svc.log("baton.log").contains(&want)
+    });
+    let events = svc.log("baton.log");
+    assert_eq!(
+        events.contains("spawning with fork"),
+        !clone3,
+        "the path taken: {events}"
+    );
+    svc.stop();
+    assert_eq!(svc.status().0, 3, "stopped");
+}
+
+#[test]
+fn a_failed_step_at_respawn_is_named_by_a_clone3_child() {
+    a_failed_step_at_respawn_is_named(true);
+}
+
+#[test]
+fn a_failed_step_at_respawn_is_named_by_a_forked_child() {
+    a_failed_step_at_respawn_is_named(false);
+}
