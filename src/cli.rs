@@ -396,7 +396,7 @@ impl Cli {
 
     #[inline(never)]
     fn stop(&self, t: &Target) -> Result<Code> {
-        crate::service::stop(&self.load_running(t)?).map(|()| 0)
+        crate::service::stop(&kept(self.load_running(t)?)).map(|()| 0)
     }
 
     /// For a command addressed to the supervisor already running: a program or
@@ -416,10 +416,10 @@ impl Cli {
         let load = |t: &Target| self.load(t);
         let load_running = |t: &Target| self.load_running(t);
         match &self.command {
-            Command::Start(t) => crate::service::start(&load(t)?).map(|()| 0),
-            Command::Stop(t) => crate::service::stop(&load_running(t)?).map(|()| 0),
-            Command::Restart(t) => crate::service::restart(&load(t)?).map(|()| 0),
-            Command::TryRestart(t) => crate::service::try_restart(&load(t)?).map(|()| 0),
+            Command::Start(t) => crate::service::start(&kept(load(t)?)).map(|()| 0),
+            Command::Stop(t) => crate::service::stop(&kept(load_running(t)?)).map(|()| 0),
+            Command::Restart(t) => crate::service::restart(&kept(load(t)?)).map(|()| 0),
+            Command::TryRestart(t) => crate::service::try_restart(&kept(load(t)?)).map(|()| 0),
             Command::Reload(t) | Command::ForceReload(t) => {
                 crate::service::reload(&load(t)?).map(|()| 0)
             }
@@ -611,6 +611,14 @@ impl Cli {
             }
         }
     }
+}
+
+/// The spec of a command that waits (for readiness, for the supervisor's exit) and then
+/// ends the process: never freed. Freeing it after the wait would write to every heap
+/// page its strings live on (and can set malloc consolidating its free lists), each page
+/// a cost for a process that has slept (benches/PROFILE-ready.md); the exit frees it all.
+fn kept(spec: Spec) -> std::mem::ManuallyDrop<Spec> {
+    std::mem::ManuallyDrop::new(spec)
 }
 
 fn absolute(p: &Path) -> PathBuf {

@@ -630,9 +630,12 @@ fn send(path: &Path, line: &str, timeout: Option<Duration>) -> Result<Replies> {
         Error::io(format!("connect to control socket {}", path.display()), &e)
             .hint("is the supervisor running? `baton status` tells")
     })?;
-    stream
-        .set_read_timeout(timeout)
-        .map_err(|e| Error::io("configure control socket", &e))?;
+    // A new socket has no timeout: a system call only to set one.
+    if timeout.is_some() {
+        stream
+            .set_read_timeout(timeout)
+            .map_err(|e| Error::io("configure control socket", &e))?;
+    }
     // A supervisor that refuses us replies and closes at once, so the write may fail
     // with EPIPE while its refusal waits to be read: read before giving up.
     // One write, so the supervisor wakes once for it.

@@ -8,9 +8,10 @@
 use crate::error::{Error, Result};
 use crate::exit::Action;
 use crate::sys;
+use nix::poll::{PollFd, PollFlags};
 use nix::unistd::Pid;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -113,7 +114,19 @@ pub fn start_supervisor(config: &Path, name: &str) -> Result<Started> {
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::io("launch the supervisor", &e))?;
+    // Freed now, before the wait, not after it: after the wait every page a free writes to
+    // is paid for, and these frees (argv, environment, the child's set-up) could set malloc
+    // consolidating its whole heap.
+    drop(cmd);
     drop(write_end);
+    // The wait lasts the service's whole start-up, and what ends it is paid per page: `start`
+    // wakes, prints, and its exit unmaps all it has, and after a long sleep every page
+    // touched (mapped code included, by the teardown) costs the most. So the code and free
+    // heap it will not need are let go now, warm, as the idle supervisor does: what the
+    // rest of `start` runs comes back as a fault (benches/PROFILE-ready.md). An error of
+    // the poll leaves the blocking read below to wait instead.
+    let mut fds = [PollFd::new(read_end.as_fd(), PollFlags::POLLIN)];
+    let _ = sys::shed_and_poll(&mut fds);
     let mut message = String::new();
     let read = read_report(std::fs::File::from(read_end), &mut message);
     let ready = message.starts_with("ready ");
@@ -130,7 +143,8 @@ pub fn start_supervisor(config: &Path, name: &str) -> Result<Started> {
 /// Not to end-of-file after "ready": the supervisor closes the pipe just after writing, but
 /// the write wakes us first, and waiting for the close would cost a second wake.
 fn read_report(mut pipe: impl Read, message: &mut String) -> std::io::Result<()> {
-    let mut bytes = Vec::new();
+    // Allocated before the wait: malloc's work and pages after it cost more.
+    let mut bytes = Vec::with_capacity(512);
     let mut buf = [0u8; 512];
     loop {
         let n = match pipe.read(&mut buf) {

@@ -51,7 +51,7 @@ extern "C" fn main(
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            std::process::exit(cli::usage_code(&e));
+            sys::exit(cli::usage_code(&e));
         }
     };
     let code = match cli.run() {
@@ -61,5 +61,5 @@ extern "C" fn main(
             e.exit_code().code()
         }
     };
-    std::process::exit(code);
+    sys::exit(code);
 }

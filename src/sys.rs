@@ -220,6 +220,18 @@ pub fn has_xattr(path: &std::path::Path, name: &str) -> bool {
     r >= 0
 }
 
+/// Ends the process with `code` once stdout is flushed, without libc's exit(3): its exit
+/// handlers and the loader's destructors do nothing baton needs, and a client that has
+/// just woken from a long wait (`start` for readiness, `stop` for the supervisor's exit)
+/// pays for every page they touch (benches/PROFILE-ready.md).
+pub fn exit(code: i32) -> ! {
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    // SAFETY: _exit(2) only ends the process. stdout, the one buffer baton keeps across
+    // calls, was flushed above (stderr is unbuffered); every other writer was dropped
+    // before `main` got its exit code.
+    unsafe { libc::_exit(code) }
+}
+
 /// What std's start-up does that baton relies on (main.rs says why it is skipped): the
 /// standard descriptors open, so that no file baton opens becomes a process's stdout,
 /// and SIGPIPE ignored, so that a peer gone from a pipe or socket is an EPIPE error

@@ -637,11 +637,16 @@ impl Reader<'_> {
     }
 
     /// A program run as root must be as safe as root's own: nobody else may change it or its directories.
+    ///
+    /// A problem of the machine, not of the file: `start` and `check` refuse it, but a
+    /// `stop` (or `status`, `signal`) of the service already running only warns, since it
+    /// executes nothing; else a directory made writable since the start would leave root
+    /// no `baton stop` for a service that runs on.
     fn trusted_program(&mut self, p: &Path, span: Option<Range<usize>>) {
         match crate::files::open_checked(p) {
             Ok(c) => {
                 for why in c.untrusted {
-                    self.problem_code(
+                    self.host_problem(
                         span.clone(),
                         "command",
                         format!("{why}; the service runs as root, so nobody else may be able to change what it executes"),
@@ -649,7 +654,7 @@ impl Reader<'_> {
                     );
                 }
             }
-            Err(e) => self.problem_code(
+            Err(e) => self.host_problem(
                 span,
                 "command",
                 format!("cannot check {}: {e}", p.display()),

@@ -7,6 +7,7 @@
 mod harness;
 
 mod bad_input;
+mod client;
 mod config_handoff;
 mod control;
 mod deploy;
