@@ -3,12 +3,18 @@ SHELL := /bin/bash
 PREFIX ?= /usr/local
 CARGO ?= cargo
 
-.PHONY: build release deps test test-rust test-provisioning demo install bench bench-deploy bench-ship clean
+.PHONY: build release order deps test test-rust test-provisioning demo install bench bench-deploy bench-ship clean
 
 build:
 	$(CARGO) build
 
 release:
+	$(CARGO) build --release
+
+# Rewrites link/hot-order.txt from traced runs of the release binary (valgrind), then
+# relinks with it: run after changing the stop, respawn or readiness paths, and commit it.
+order: release
+	scripts/hot-order
 	$(CARGO) build --release
 
 # Installs the real components tests and demo use (Java, Clojure, Jetty, nginx, …) from Debian.

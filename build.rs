@@ -16,8 +16,17 @@
 //!   reaches for libgcc_s.so.1 on its own for pthread_cancel, which baton never
 //!   calls.
 //!
-//! Both only for Linux with glibc; elsewhere (or without libgcc_eh.a) the defaults
-//! stay, with a warning.
+//! - `--symbol-ordering-file link/hot-order.txt` (LLD, rustc's default linker on
+//!   x86_64 Linux since 1.90): the functions the paths after an idle wait run (the
+//!   supervisor's wake on a stop, an exit, READY=1; `baton stop`; `start`'s end) first
+//!   in .text, in order of first execution, so each path touches a few contiguous code
+//!   pages instead of one page per function scattered over 1.8 MB
+//!   (benches/PROFILE-layout.md). scripts/hot-order writes the file from traced runs;
+//!   names it lists that the code no longer has are skipped without a warning
+//!   (`--no-warn-symbol-ordering`): a stale file costs locality, never the build.
+//!
+//! All only for Linux with glibc; elsewhere (or without libgcc_eh.a, or with a linker
+//! other than LLD) the defaults stay, with a warning.
 use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -30,6 +39,23 @@ fn main() {
         return;
     }
     println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    let order = Path::new(env!("CARGO_MANIFEST_DIR")).join("link/hot-order.txt");
+    println!("cargo:rerun-if-changed={}", order.display());
+    match links_with_lld() {
+        Ok(()) if order.is_file() => {
+            println!(
+                "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+                order.display()
+            );
+            println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+            // The markers that delimit the ordered text (src/sys.rs) are never called:
+            // without this, a build without LTO would drop them as unreferenced.
+            println!("cargo:rustc-link-arg-bins=-Wl,--undefined=baton_hot_begin");
+            println!("cargo:rustc-link-arg-bins=-Wl,--undefined=baton_hot_end");
+        }
+        Ok(()) => println!("cargo:warning=no {}: hot code not ordered", order.display()),
+        Err(why) => println!("cargo:warning=hot code not ordered: {why}"),
+    }
     match libgcc_eh() {
         Some(archive) => {
             let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -40,6 +66,35 @@ fn main() {
         None => {
             println!("cargo:warning=libgcc_eh.a not found: baton links libgcc_s.so.1 dynamically")
         }
+    }
+}
+
+/// Whether rustc links with LLD, the linker that reads `--symbol-ordering-file`: its
+/// default for x86_64-unknown-linux-gnu from 1.90 on, unless turned off by flags.
+fn links_with_lld() -> Result<(), String> {
+    let target = env::var("TARGET").unwrap_or_default();
+    if target != "x86_64-unknown-linux-gnu" {
+        return Err(format!("the default linker for {target} is not LLD"));
+    }
+    let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    if flags.contains("linker-features=-lld") || flags.contains("link-self-contained=-linker") {
+        return Err("LLD is turned off in RUSTFLAGS".into());
+    }
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let version = Command::new(rustc)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("unable to run rustc --version: {e}"))?;
+    let version = String::from_utf8_lossy(&version.stdout);
+    // "rustc 1.95.0 (…)": the minor version.
+    let minor = version
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.split('.').nth(1))
+        .and_then(|m| m.parse::<u32>().ok());
+    match minor {
+        Some(m) if m >= 90 => Ok(()),
+        _ => Err(format!("{} links with the system linker", version.trim())),
     }
 }
 

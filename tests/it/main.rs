@@ -17,6 +17,7 @@ mod hardening;
 mod jetty;
 mod jvm;
 mod layers;
+mod layout;
 mod link;
 mod logpath;
 mod memory;
