@@ -113,18 +113,19 @@ WHY = {
                  "waiting `start`: two processes wake in turn after the sleep (benches/PROFILE-ready.md)",
     "ready_tcp": "the probe reconnects every 5 ms doubling to 20 ms: readiness is seen at the next attempt",
     "ready_http": "the probe retries every 5 ms doubling to 20 ms: readiness is seen at the next attempt",
-    "stop": "`baton stop` is a 2.4 MB dynamically linked PIE (about 100 page faults to start where "
-            "start-stop-daemon takes 59), and after the kill the supervisor reaps, writes state.json and exits "
-            "before `stop` returns (benches/PROFILE-stop.md)",
+    "stop": "`baton stop` is a dynamically linked PIE whose start-up (exec, ld.so relocating libc and its own "
+            "data, the config read) takes about 80 page faults where start-stop-daemon takes 59, and after the "
+            "kill the supervisor reaps, writes state.json and exits before `stop` returns; after 1.5 s of sleep "
+            "every page touched pays the cost above (benches/PROFILE-stop.md, PROFILE-layout.md)",
     "kill": "the stop timeout is enforced by the supervisor's timer, then SIGKILL and reaping",
     "orphans": "a grandchild escaped the process group and the subreaper sweep",
     "log": "the bytes are copied twice (by the service into its pipe, by baton's splice from its relay pipe "
            "into the file) where the service writing its file copies once: the two copies overlap only "
            "while two CPUs are free, so a loaded machine takes the ratio toward 50% (benches/PROFILE-log.md)",
-    "gone": "`baton stop` is a 2.4 MB dynamically linked PIE: its exec, ld.so's relocation of its data and its "
-            "start-up take about 100 page faults where start-stop-daemon takes 59, and after 1.5 s of sleep this VM "
-            "charges every page a process touches; the supervisor refaults the code pages it shed while idle before "
-            "its kill (benches/PROFILE-stop.md)",
+    "gone": "two processes wake where start-stop-daemon is one: `baton stop` (exec, ld.so's relocation, the "
+            "config read: about 80 page faults and 66 code pages, against start-stop-daemon's 59 faults) sends the "
+            "request, then the supervisor wakes and signals (14 code pages up to the SIGTERM); after 1.5 s of "
+            "sleep every page touched pays the cost above (benches/PROFILE-stop.md, PROFILE-layout.md)",
 }
 
 
