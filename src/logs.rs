@@ -916,9 +916,9 @@ impl tracing::field::Visit for Fields<'_> {
 mod event_tests {
     use super::*;
 
-    #[test]
-    fn events_read_time_level_target_message() {
-        let dir = std::env::temp_dir().join(format!("baton-events-{}", std::process::id()));
+    /// An event log in a fresh directory named for `tag`.
+    fn scratch_log(tag: &str) -> (std::path::PathBuf, EventLog) {
+        let dir = std::env::temp_dir().join(format!("baton-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
         let spec = LogSpec {
@@ -928,6 +928,12 @@ mod event_tests {
             timestamps: true,
         };
         let log = EventLog::open(&spec).expect("open");
+        (dir, log)
+    }
+
+    #[test]
+    fn events_read_time_level_target_message() {
+        let (dir, log) = scratch_log("events");
         tracing::subscriber::with_default(EventSubscriber(log), || {
             tracing::info!("spawned {} (pid {})", "svc", 42);
             tracing::warn!(code = 3, "unable to write");
@@ -952,16 +958,7 @@ mod event_tests {
 
     #[test]
     fn held_events_are_written_at_the_release_in_order_and_in_the_same_form() {
-        let dir = std::env::temp_dir().join(format!("baton-held-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let spec = LogSpec {
-            dir: dir.clone(),
-            max_size: 1 << 20,
-            keep: 1,
-            timestamps: true,
-        };
-        let log = EventLog::open(&spec).expect("open");
+        let (dir, log) = scratch_log("held");
         let read = || std::fs::read_to_string(dir.join("baton.log")).unwrap_or_default();
         tracing::subscriber::with_default(EventSubscriber(log.clone()), || {
             log.later("baton::supervisor", || "before the hold".into());

@@ -50,6 +50,22 @@ pub fn fixture(name: &str) -> String {
         .to_string()
 }
 
+/// A service that writes `started` in its directory once running, then waits for a line on
+/// the FIFO `go` before it says READY=1 (notify probe): the test decides when it is ready.
+pub fn gated_notify_service(name: &str) -> Svc {
+    let svc = Spec::new(
+        name,
+        &format!(
+            r#"["/bin/sh", "-c", "echo up > {{dir}}/started; read go < {{dir}}/go; exec {} 0"]"#,
+            fixture("notify-ready")
+        ),
+    )
+    .tables("[ready]\nnotify = true\ntimeout = \"60s\"")
+    .create();
+    nix::unistd::mkfifo(&svc.path("go"), nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    svc
+}
+
 /// A port nobody listens on right now, and that nothing else will take before the test's
 /// server binds it: below the kernel's ephemeral range, which outgoing connections (of every
 /// test running beside this one) draw from, and never the same twice in this process. A

@@ -3,7 +3,7 @@
 //! ends through `sys::exit`: stdout flushed, then _exit(2)), what a waiting `start` keeps,
 //! and which config problems a command addressed to a running service only warns about.
 
-use crate::harness::{alive, baton, baton_bin, fixture, is_root, wait_until, Spec, Svc};
+use crate::harness::{alive, baton, baton_bin, is_root, wait_until, Svc};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
@@ -83,16 +83,7 @@ fn resident_kib(pid: i32, path: &std::path::Path, perms: &str) -> u64 {
 
 #[test]
 fn a_start_waiting_for_readiness_holds_little_of_its_code_and_still_reports() {
-    let svc = Spec::new(
-        "shed",
-        &format!(
-            r#"["/bin/sh", "-c", "echo up > {{dir}}/started; read go < {{dir}}/go; exec {} 0"]"#,
-            fixture("notify-ready")
-        ),
-    )
-    .tables("[ready]\nnotify = true\ntimeout = \"60s\"")
-    .create();
-    nix::unistd::mkfifo(&svc.path("go"), nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let svc = crate::harness::gated_notify_service("shed");
     let start = Command::new(baton_bin())
         .arg("--config")
         .arg(&svc.config)

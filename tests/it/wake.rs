@@ -2,7 +2,7 @@
 //! less there kept every promise (the PID file only at readiness, a straggler of the old
 //! instance gone before the new one starts, in a cgroup of its own).
 
-use crate::harness::{alive, fixture, is_root, wait_until, Spec, Svc};
+use crate::harness::{alive, is_root, wait_until, Svc};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -48,16 +48,7 @@ fn pid_in(path: &Path) -> Option<i32> {
 
 #[test]
 fn the_pid_file_appears_at_readiness_and_before_start_returns() {
-    let svc = Spec::new(
-        "staged",
-        &format!(
-            r#"["/bin/sh", "-c", "echo up > {{dir}}/started; read go < {{dir}}/go; exec {} 0"]"#,
-            fixture("notify-ready")
-        ),
-    )
-    .tables("[ready]\nnotify = true\ntimeout = \"60s\"")
-    .create();
-    nix::unistd::mkfifo(&svc.path("go"), nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let svc = crate::harness::gated_notify_service("staged");
     let mut start = Command::new(crate::harness::baton_bin())
         .arg("--config")
         .arg(&svc.config)
