@@ -66,6 +66,40 @@ pub fn gated_notify_service(name: &str) -> Svc {
     svc
 }
 
+/// Lets a [`gated_notify_service`] say READY=1.
+pub fn open_gate(svc: &Svc) {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(svc.path("go"))
+        .and_then(|mut f| f.write_all(b"go\n"))
+        .expect("let the service become ready");
+}
+
+/// KiB of process `pid`'s mappings of the file `path` whose permissions `perms` accepts,
+/// resident now and still the file's pages (Rss less Anonymous: a private page written,
+/// as by relocation, is no longer the file's).
+pub fn resident_file_kib(pid: i32, path: &Path, perms: impl Fn(&str) -> bool) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");
+    let path = path.to_str().expect("a UTF-8 path");
+    let mut ours = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // A mapping's header: ADDRESS PERMS OFFSET DEV INODE [PATH].
+        if f.first()
+            .is_some_and(|a| a.contains('-') && !a.ends_with(':'))
+        {
+            ours = f.get(5) == Some(&path) && f.get(1).is_some_and(|p| perms(p));
+        } else if ours && f.first() == Some(&"Rss:") {
+            kib += f[1].parse::<u64>().expect("Rss in kB");
+        } else if ours && f.first() == Some(&"Anonymous:") {
+            kib -= f[1].parse::<u64>().expect("Anonymous in kB");
+        }
+    }
+    kib
+}
+
 /// A port nobody listens on right now, and that nothing else will take before the test's
 /// server binds it: below the kernel's ephemeral range, which outgoing connections (of every
 /// test running beside this one) draw from, and never the same twice in this process. A
@@ -287,15 +321,16 @@ impl Svc {
             .into()
     }
 
-    /// Starts `baton --config FILE ARGS...` in the background, its output discarded: for a
-    /// command the test acts on while it runs.
+    /// Starts `baton --config FILE ARGS...` in the background, for a command the test acts
+    /// on while it runs; its output waits in pipes for `wait_with_output` (a command's few
+    /// lines fit in a pipe, so a plain `wait` does not block it).
     pub fn spawn_baton(&self, args: &[&str]) -> std::process::Child {
         Command::new(baton_bin())
             .arg("--config")
             .arg(&self.config)
             .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("run baton")
     }

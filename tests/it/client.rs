@@ -4,9 +4,7 @@
 //! and which config problems a command addressed to a running service only warns about.
 
 use crate::harness::{alive, baton, baton_bin, is_root, wait_until, Svc};
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[test]
@@ -60,38 +58,10 @@ fn clap_answers_exit_with_their_codes_and_long_output_arrives_whole() {
     assert!(man.stdout.ends_with('\n'));
 }
 
-/// KiB of `pid`'s mappings of the file `path` with permissions `perms` resident now.
-fn resident_kib(pid: i32, path: &std::path::Path, perms: &str) -> u64 {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");
-    let path = path.to_str().expect("a UTF-8 path");
-    let mut ours = false;
-    let mut kib = 0;
-    for line in smaps.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // A mapping's header: ADDRESS PERMS OFFSET DEV INODE [PATH].
-        if fields
-            .first()
-            .is_some_and(|a| a.contains('-') && !a.ends_with(':'))
-        {
-            ours = fields.get(1) == Some(&perms) && fields.get(5) == Some(&path);
-        } else if ours && fields.first() == Some(&"Rss:") {
-            kib += fields[1].parse::<u64>().expect("Rss in kB");
-        }
-    }
-    kib
-}
-
 #[test]
 fn a_start_waiting_for_readiness_holds_little_of_its_code_and_still_reports() {
     let svc = crate::harness::gated_notify_service("shed");
-    let start = Command::new(baton_bin())
-        .arg("--config")
-        .arg(&svc.config)
-        .arg("start")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("baton start");
+    let start = svc.spawn_baton(&["start"]);
     let pid = start.id() as i32;
     wait_until(Duration::from_secs(60), "the service to run", || {
         svc.path("started").exists()
@@ -110,16 +80,12 @@ fn a_start_waiting_for_readiness_holds_little_of_its_code_and_still_reports() {
         },
     );
     let exe = std::fs::canonicalize(baton_bin()).expect("the binary's path");
-    let text = resident_kib(pid, &exe, "r-xp");
+    let text = crate::harness::resident_file_kib(pid, &exe, |p| p == "r-xp");
     assert!(
         text <= 512,
         "a waiting start keeps {text} KiB of baton's code resident"
     );
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(svc.path("go"))
-        .and_then(|mut f| f.write_all(b"go\n"))
-        .expect("let the service become ready");
+    crate::harness::open_gate(&svc);
     let out = start.wait_with_output().expect("start's exit");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "start: {out:?}");

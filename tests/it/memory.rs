@@ -7,24 +7,7 @@ use std::time::Duration;
 /// kB of `exe`'s file pages mapped read-only (code, constants) and resident in process
 /// `pid`: not the relocated data, which is read-only too once relocated, but anonymous.
 fn resident_readonly_kb(pid: i32, exe: &Path) -> u64 {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");
-    let exe = exe.to_str().expect("a UTF-8 path");
-    let mut ours = false;
-    let mut kb = 0;
-    for line in smaps.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.first()
-            .is_some_and(|r| r.contains('-') && !r.ends_with(':'))
-        {
-            // A mapping's header: range, perms, offset, device, inode, path.
-            ours = f.get(5) == Some(&exe) && !f[1].contains('w');
-        } else if ours && f.first() == Some(&"Rss:") {
-            kb += f[1].parse::<u64>().expect("Rss in kB");
-        } else if ours && f.first() == Some(&"Anonymous:") {
-            kb -= f[1].parse::<u64>().expect("Anonymous in kB");
-        }
-    }
-    kb
+    crate::harness::resident_file_kib(pid, exe, |perms| !perms.contains('w'))
 }
 
 #[test]

@@ -23,6 +23,15 @@ fn socket(svc: &Svc) -> std::path::PathBuf {
     svc.dir.join("run").join(format!("{}.sock", svc.name))
 }
 
+/// A started idler whose control socket is gone, and its supervisor's PID.
+fn started_without_socket(name: &str) -> (Svc, i32) {
+    let svc = idler(name, "");
+    svc.start();
+    let sup = svc.pid_in_file().expect("supervisor pid");
+    std::fs::remove_file(socket(&svc)).expect("remove the socket");
+    (svc, sup)
+}
+
 #[test]
 fn stop_read_in_every_shape_signals_before_it_logs_why() {
     let svc = idler("shapes", "");
@@ -60,10 +69,7 @@ fn stop_read_in_every_shape_signals_before_it_logs_why() {
 
 #[test]
 fn without_a_control_socket_stop_signals_the_proven_supervisor() {
-    let svc = idler("nosock", "");
-    svc.start();
-    let sup = svc.pid_in_file().expect("supervisor pid");
-    std::fs::remove_file(socket(&svc)).expect("remove the socket");
+    let (svc, sup) = started_without_socket("nosock");
     let r = svc.stop();
     assert!(
         r.stderr.contains("control socket unavailable")
@@ -77,10 +83,7 @@ fn without_a_control_socket_stop_signals_the_proven_supervisor() {
 
 #[test]
 fn stop_never_signals_a_supervisor_it_cannot_prove() {
-    let svc = idler("unproven", "");
-    svc.start();
-    let sup = svc.pid_in_file().expect("supervisor pid");
-    std::fs::remove_file(socket(&svc)).expect("remove the socket");
+    let (svc, sup) = started_without_socket("unproven");
     // `start` returns when the supervisor answers it; state.json is written at the loop's
     // next turn, before it sleeps in ppoll again: wait for that, or the supervisor's write
     // could replace the test's below.

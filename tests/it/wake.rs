@@ -3,9 +3,7 @@
 //! instance gone before the new one starts, in a cgroup of its own).
 
 use crate::harness::{alive, is_root, wait_until, Svc};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -49,14 +47,7 @@ fn pid_in(path: &Path) -> Option<i32> {
 #[test]
 fn the_pid_file_appears_at_readiness_and_before_start_returns() {
     let svc = crate::harness::gated_notify_service("staged");
-    let mut start = Command::new(crate::harness::baton_bin())
-        .arg("--config")
-        .arg(&svc.config)
-        .arg("start")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("baton start");
+    let mut start = svc.spawn_baton(&["start"]);
     wait_until(LONG, "the service to run", || svc.path("started").exists());
     // Spawned, not ready: no PID file, and `start` still waits.
     assert!(!svc.pidfile().exists(), "a PID file before readiness");
@@ -64,11 +55,7 @@ fn the_pid_file_appears_at_readiness_and_before_start_returns() {
         start.try_wait().expect("try_wait").is_none(),
         "start returned before readiness"
     );
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(svc.path("go"))
-        .and_then(|mut f| f.write_all(b"go\n"))
-        .expect("let the service become ready");
+    crate::harness::open_gate(&svc);
     let out = start.wait_with_output().expect("start's exit");
     assert!(
         out.status.success(),
