@@ -416,7 +416,7 @@ impl Cli {
         let load = |t: &Target| self.load(t);
         let load_running = |t: &Target| self.load_running(t);
         match &self.command {
-            Command::Start(t) => crate::service::start(&kept(load(t)?)).map(|()| 0),
+            Command::Start(t) => crate::service::start_and_end(&kept(load(t)?)).map(|()| 0),
             Command::Stop(t) => crate::service::stop(&kept(load_running(t)?)).map(|()| 0),
             Command::Restart(t) => crate::service::restart(&kept(load(t)?)).map(|()| 0),
             Command::TryRestart(t) => crate::service::try_restart(&kept(load(t)?)).map(|()| 0),

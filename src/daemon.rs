@@ -9,7 +9,6 @@ use crate::error::{Error, Result};
 use crate::exit::Action;
 use crate::sys;
 use nix::poll::{PollFd, PollFlags};
-use nix::unistd::Pid;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
@@ -21,12 +20,17 @@ pub const READY_FD_ENV: &str = "BATON_READY_FD";
 /// The supervisor's end of the readiness pipe; writing consumes it.
 pub struct Reporter {
     fd: Option<std::fs::File>,
+    /// "ready PID\n", made at start-up: at readiness, after a long sleep, only written.
+    ready: String,
 }
 
 impl Reporter {
     /// No one is waiting (foreground `run`).
     pub fn none() -> Self {
-        Reporter { fd: None }
+        Reporter {
+            fd: None,
+            ready: String::new(),
+        }
     }
 
     /// Adopts the pipe named by `BATON_READY_FD`, hiding it from the service.
@@ -44,8 +48,14 @@ impl Reporter {
             );
         }
         Reporter {
+            ready: format!("ready {}\n", nix::unistd::getpid()),
             fd: fd.map(std::fs::File::from),
         }
+    }
+
+    /// Whether a `start` still waits for the first report.
+    pub fn waiting(&self) -> bool {
+        self.fd.is_some()
     }
 
     fn send(&mut self, message: &str) {
@@ -55,9 +65,11 @@ impl Reporter {
         }
     }
 
-    /// The service is ready and the PID file written.
-    pub fn ready(&mut self, pid: Pid) {
-        self.send(&format!("ready {pid}\n"));
+    /// The service is ready and the PID file (holding this process's PID) written.
+    pub fn ready(&mut self) {
+        if let Some(mut f) = self.fd.take() {
+            let _ = f.write_all(self.ready.as_bytes());
+        }
     }
 
     /// Another supervisor already runs this service.
@@ -81,7 +93,15 @@ pub enum Started {
 }
 
 /// Launches a detached supervisor for `config` and blocks until it reports.
-pub fn start_supervisor(config: &Path, name: &str) -> Result<Started> {
+///
+/// With `ends` (the line to print for a supervisor PID), a "ready" is the end of the
+/// process: that line goes to stdout and `start` exits 0 straight from its wait
+/// ([`sys::shed_and_await_ready`]); this returns only for anything else.
+pub fn start_supervisor(
+    config: &Path,
+    name: &str,
+    ends: Option<fn(&str, i32) -> String>,
+) -> Result<Started> {
     let exe = std::env::current_exe().map_err(|e| Error::io("find the baton executable", &e))?;
     let (read_end, write_end): (OwnedFd, OwnedFd) =
         nix::unistd::pipe().map_err(|e| Error::errno("create the readiness pipe", e))?;
@@ -125,10 +145,32 @@ pub fn start_supervisor(config: &Path, name: &str) -> Result<Started> {
     // heap it will not need are let go now, warm, as the idle supervisor does: what the
     // rest of `start` runs comes back as a fault (benches/PROFILE-ready.md). An error of
     // the poll leaves the blocking read below to wait instead.
-    let mut fds = [PollFd::new(read_end.as_fd(), PollFlags::POLLIN)];
-    let _ = sys::shed_and_poll(&mut fds);
     let mut message = String::new();
-    let read = read_report(std::fs::File::from(read_end), &mut message);
+    let read = match ends {
+        Some(line) => {
+            // Both made now, while warm: after the wake only bytes are compared and written.
+            let pid = child.id() as i32;
+            let expected = format!("ready {pid}\n");
+            let line = line(name, pid);
+            let _ = std::io::stdout().flush();
+            let mut got = [0u8; 64];
+            let n = sys::shed_and_await_ready(
+                read_end.as_fd(),
+                expected.as_bytes(),
+                line.as_bytes(),
+                &mut got,
+            );
+            read_report(
+                (&got[..n]).chain(std::fs::File::from(read_end)),
+                &mut message,
+            )
+        }
+        None => {
+            let mut fds = [PollFd::new(read_end.as_fd(), PollFlags::POLLIN)];
+            let _ = sys::shed_and_poll(&mut fds);
+            read_report(std::fs::File::from(read_end), &mut message)
+        }
+    };
     let ready = message.starts_with("ready ");
     // A ready supervisor lives on (re-parented to init once we exit); one that failed is
     // about to exit, and waiting for it means `start` returns with the lock already free.

@@ -20,18 +20,40 @@ pub const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn start(spec: &Spec) -> Result<()> {
     preflight(spec)?;
     let _lock = pidfile::lock_commands(spec)?;
-    start_locked(spec)
+    start_locked(spec, Last::No)
 }
 
-fn start_locked(spec: &Spec) -> Result<()> {
+/// The `start` command: as [`start`], but a fresh supervisor's "ready" ends the process
+/// (its line printed, exit 0) without returning here.
+pub fn start_and_end(spec: &Spec) -> Result<()> {
+    preflight(spec)?;
+    let _lock = pidfile::lock_commands(spec)?;
+    start_locked(spec, Last::Yes)
+}
+
+/// Whether a start is the last thing the process does (`start`, `restart`), so that a
+/// ready supervisor's answer may end it at once (see [`daemon::start_supervisor`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Last {
+    Yes,
+    No,
+}
+
+/// What `start` prints for a supervisor that reported ready.
+fn ready_line(name: &str, pid: i32) -> String {
+    format!("{name} is ready (supervisor pid {pid})\n")
+}
+
+fn start_locked(spec: &Spec, last: Last) -> Result<()> {
     let name = &spec.name;
     if pidfile::supervisor_alive(spec)? {
         return start_supervised(spec);
     }
     clean_up_dead(spec);
     check_port_free(spec)?;
-    match daemon::start_supervisor(&spec.file, name)? {
-        Started::Ready(pid) => println!("{name} is ready (supervisor pid {pid})"),
+    let ends = (last == Last::Yes).then_some(ready_line as fn(&str, i32) -> String);
+    match daemon::start_supervisor(&spec.file, name, ends)? {
+        Started::Ready(pid) => print!("{}", ready_line(name, pid)),
         Started::AlreadyRunning => println!("{name} is already running"),
     }
     Ok(())
@@ -130,12 +152,12 @@ fn stop_locked(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
-/// Stop, then start.
+/// Stop, then start; as `start`, a fresh supervisor's "ready" ends the process.
 pub fn restart(spec: &Spec) -> Result<()> {
     preflight(spec)?;
     let _lock = pidfile::lock_commands(spec)?;
     stop_locked(spec)?;
-    start_locked(spec)
+    start_locked(spec, Last::Yes)
 }
 
 /// Restart only if running; a stopped service stays stopped.

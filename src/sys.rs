@@ -5,7 +5,7 @@
 use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Pid, Uid};
 use std::ffi::CString;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -302,6 +302,114 @@ pub fn shed_and_poll(fds: &mut [nix::poll::PollFd<'_>]) -> nix::Result<libc::c_i
         libc::malloc_trim(0);
     }
     drop_and_poll(&spans, fds)
+}
+
+/// `start`'s wait for its supervisor's report when a "ready" ends the process: sheds as
+/// [`shed_and_poll`] does, sleeps until `fd` is readable, reads once into `got`, and if
+/// that is exactly `expected` ("ready PID\n"), writes `line` to stdout and ends the
+/// process with 0 right there. Anything else (a failure's report, a short read, an
+/// error) returns the number of bytes read into `got` (0 for none) for the caller to
+/// read on as before.
+///
+/// Why from right there: the woken `start` is what the caller waits for, and after its
+/// long sleep every page it touches is paid for (benches/PROFILE-ready.md). Returning
+/// through the report's parsing, `println!`'s machinery, the lock's release and main's
+/// exit ran 49 pages of code, heap, stack and data before its first write; here it runs
+/// this one function and three libc wrappers, whose pages the shed keeps. Nothing is
+/// skipped that the exit does not do anyway: stdout is flushed before the sleep (the
+/// caller's job), the lock goes with the descriptor at exit, the rest is memory.
+pub fn shed_and_await_ready(
+    fd: BorrowedFd<'_>,
+    expected: &[u8],
+    line: &[u8],
+    got: &mut [u8],
+) -> usize {
+    let segments = readonly_segments();
+    let keep = [
+        code_pages(poll_read_and_finish as *const () as usize),
+        code_pages(libc::madvise as *const () as usize),
+        code_pages(libc::ppoll as *const () as usize),
+        code_pages(libc::read as *const () as usize),
+        code_pages(libc::write as *const () as usize),
+        code_pages(libc::_exit as *const () as usize),
+    ];
+    let spans = without(&segments, &keep);
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap pages; no live allocation moves.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    poll_read_and_finish(&spans, fd.as_raw_fd(), expected, line, got)
+}
+
+/// The part of [`shed_and_await_ready`] that runs after the first madvise: libc calls and
+/// plain loops only (no slice comparison, no iterator: each could be a call into code
+/// the shed dropped).
+#[inline(never)]
+fn poll_read_and_finish(
+    spans: &[Span],
+    fd: RawFd,
+    expected: &[u8],
+    line: &[u8],
+    got: &mut [u8],
+) -> usize {
+    let mut i = 0;
+    while i < spans.len() {
+        let (start, end) = spans[i];
+        // SAFETY: as in drop_and_poll: whole pages of a read-only file-backed mapping.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+        i += 1;
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd on our stack; null timeout and sigmask: block until an event.
+    // EINTR and errors fall through to the read, which blocks or reports.
+    unsafe {
+        libc::ppoll(&mut pfd, 1, std::ptr::null(), std::ptr::null());
+    }
+    let n = loop {
+        // SAFETY: `got` is a live, exclusive buffer of got.len() bytes.
+        let r = unsafe { libc::read(fd, got.as_mut_ptr().cast(), got.len()) };
+        if r >= 0 {
+            break r as usize;
+        }
+        if nix::errno::Errno::last_raw() != libc::EINTR {
+            return 0;
+        }
+    };
+    if n != expected.len() {
+        return n;
+    }
+    let mut i = 0;
+    while i < n {
+        if got[i] != expected[i] {
+            return n;
+        }
+        i += 1;
+    }
+    let mut done = 0;
+    while done < line.len() {
+        // SAFETY: the unwritten tail of `line`, live for the call.
+        let r = unsafe { libc::write(1, line[done..].as_ptr().cast(), line.len() - done) };
+        if r > 0 {
+            done += r as usize;
+        } else if r < 0 && nix::errno::Errno::last_raw() == libc::EINTR {
+            continue;
+        } else if done == 0 {
+            // Nothing out: the caller prints the usual way, and fails the usual way.
+            return n;
+        } else {
+            break;
+        }
+    }
+    // SAFETY: _exit(2) only ends the process; stdout was flushed before the wait and
+    // nothing has been buffered since (see shed_and_await_ready).
+    unsafe { libc::_exit(0) }
 }
 
 /// The pages around a function's entry that its code (a few hundred bytes) may span.

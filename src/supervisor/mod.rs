@@ -78,6 +78,8 @@ struct Supervisor {
     /// The control socket and its clients.
     clients: Clients,
     notify: Option<(UnixDatagram, PathBuf)>,
+    /// Where notify messages are read (its size is the longest read whole).
+    notify_buf: Vec<u8>,
     reporter: Reporter,
     /// Tell systemd READY=1 (under `run` with NOTIFY_SOCKET set).
     systemd: Option<String>,
@@ -123,6 +125,9 @@ struct Supervisor {
     /// The leader whose exit was told to the machine, left unreaped until the end of the
     /// wake (`reap_told`).
     zombie: Option<Pid>,
+    /// The first readiness was answered as READY=1 came (`answer_first_ready`): the PID
+    /// file is in place and `start` told; the machine's Ready effect skips both.
+    answered: bool,
 }
 
 /// Supervises the service until it is stopped or given up on; returns the process exit code.
@@ -542,11 +547,12 @@ impl Supervisor {
     /// `start` that launched us come before anything else: that `start` has slept through the
     /// whole start-up, and every step before its answer delays the moment it returns.
     fn ready_and_routed(&mut self, first: bool) {
-        let me = nix::unistd::getpid();
-        let published = if first {
+        let published = if first && std::mem::take(&mut self.answered) {
+            true
+        } else if first {
             match self.records.publish_pid(&self.spec.pidfile) {
                 Ok(()) => {
-                    self.reporter.ready(me);
+                    self.reporter.ready();
                     true
                 }
                 Err(e) => {
@@ -786,12 +792,14 @@ impl Supervisor {
             self.handoff.as_mut(),
             alone,
         );
+        // A log probe's line, like READY=1, answers the first `start` as it is read.
+        self.answer_first_ready();
         self.check_probes();
         r
     }
 
     fn on_notify(&mut self) {
-        let mut buf = [0u8; 4096];
+        let mut buf = std::mem::take(&mut self.notify_buf);
         // Each message is acted on as it comes: READY=1 answers the waiting `start` before
         // the read that finds the socket empty.
         while let Some((n, sender)) = self
@@ -799,7 +807,7 @@ impl Supervisor {
             .as_ref()
             .and_then(|(sock, _)| recv_with_sender(sock, &mut buf).ok())
         {
-            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let m = String::from_utf8_lossy(&buf[..n]);
             tracing::debug!(
                 "notify from pid {}: {}",
                 sender.map_or(0, Pid::as_raw),
@@ -815,7 +823,30 @@ impl Supervisor {
             if let Some(p) = self.instance_mut(which).and_then(|i| i.probes.as_mut()) {
                 p.on_notify(&m);
             }
+            self.answer_first_ready();
             self.check_probes();
+        }
+        self.notify_buf = buf;
+    }
+
+    /// The first readiness of a `start` answered where it is seen, before the machine steps:
+    /// the PID file renamed into place, then "ready" to the waiting `start`. Only where the
+    /// machine's own path would do exactly that and nothing first: the first start (a
+    /// `start` waits), the main instance starting with every check passed, no handoff, and
+    /// nothing to publish before the answer (no proxy, registry or release). The machine
+    /// then steps as always and `ready_and_routed` skips what is done; a failed rename is
+    /// left to it (it retries, and reports the failure). `start` is what the caller waits
+    /// for: from READY=1 to its answer, the supervisor now runs the notify read, the sender
+    /// check, the probe and this (benches/PROFILE-ready.md, "Notify round").
+    fn answer_first_ready(&mut self) {
+        let now = self.reporter.waiting()
+            && self.handoff.is_none()
+            && matches!(self.machine.phase, Phase::Starting { .. })
+            && self.instance.as_ref().is_some_and(Instance::passed)
+            && self.routing.nothing_to_publish(&self.spec);
+        if now && self.records.publish_pid(&self.spec.pidfile).is_ok() {
+            self.reporter.ready();
+            self.answered = true;
         }
     }
 

@@ -32,6 +32,14 @@ pub enum Routed {
 }
 
 impl Routing {
+    /// Whether `publish` does nothing for `spec` (no proxy, no registry, no release), so
+    /// that readiness may be answered before it runs.
+    pub fn nothing_to_publish(&self, spec: &Spec) -> bool {
+        spec.proxy == crate::config::ProxySpec::None
+            && spec.registry.etcd.is_empty()
+            && spec.release.is_none()
+    }
+
     /// Points the proxy and the registry at `inst`. True if a switch worker now does that (the
     /// loop hears when it exits); false if there was nothing to wait for.
     pub fn publish(&mut self, spec: &Spec, inst: &Instance) -> bool {
