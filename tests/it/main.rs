@@ -23,6 +23,7 @@ mod logpath;
 mod memory;
 mod notify;
 mod operator;
+mod ready_path;
 mod reexec;
 mod security_files;
 mod security_procs;
