@@ -434,8 +434,9 @@ impl Pipe {
         alone: bool,
         budget: usize,
     ) -> Step {
-        // Only here: splicing never touches (nor zeroes) these 64 KiB of stack.
-        let mut buf = [0u8; 64 * 1024];
+        // Only here: splicing never touches these 64 KiB of stack; nor does a read, beyond
+        // the bytes it gets (never zeroed: 16 pages written at each wake otherwise).
+        let mut buf = crate::sys::ReadBuf::<{ 64 * 1024 }>::new();
         self.settle(out);
         let mut moved = 0;
         for _ in 0..16 {
@@ -507,23 +508,21 @@ impl Pipe {
     /// One read of the pipe, its whole lines handed to `out`.
     fn read<'f>(
         &mut self,
-        buf: &mut [u8; 64 * 1024],
+        buf: &mut crate::sys::ReadBuf<{ 64 * 1024 }>,
         out: &mut Output,
         on_line: LineWatcher<'_, 'f>,
     ) -> Step {
         // The line the last read left unfinished goes first in the buffer, so the
         // lines it completes are one slice: no copy of each read onto that line.
-        let head = if self.partial.len() <= buf.len() / 2 {
-            let n = self.partial.len();
-            buf[..n].copy_from_slice(&self.partial);
+        buf.clear();
+        if self.partial.len() <= buf.capacity() / 2 {
+            buf.put(&self.partial);
             self.partial.clear();
-            n
-        } else {
-            0
-        };
-        let got = nix::unistd::read(self.fd.as_raw_fd(), &mut buf[head..]);
+        }
+        let head = buf.filled().len();
+        let got = buf.read_from(self.fd.as_raw_fd());
         if !matches!(got, Ok(n) if n > 0) {
-            self.partial.extend_from_slice(&buf[..head]);
+            self.partial.extend_from_slice(&buf.filled()[..head]);
         }
         match got {
             Ok(0) => {
@@ -535,7 +534,7 @@ impl Pipe {
                 Step::Done(Drained::Closed)
             }
             Ok(n) => {
-                self.take(&buf[..head + n], out, on_line);
+                self.take(buf.filled(), out, on_line);
                 Step::More(n)
             }
             Err(nix::errno::Errno::EAGAIN) => Step::Done(Drained::Open),

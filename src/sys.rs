@@ -1309,6 +1309,79 @@ fn child(p: &mut Prepared<'_>, write_procs: bool) -> ! {
     fail(Step::Exec, if denied { libc::EACCES } else { last })
 }
 
+/// A read buffer that is never zeroed: only the bytes put or read into it are touched.
+///
+/// The supervisor reads a service's output line by line into 64 KiB on its stack; zeroing
+/// them first wrote 16 pages at every wake with output to read (a log probe's line among
+/// them), and after an idle wait each page written is paid for (benches/PROFILE-ready.md).
+pub struct ReadBuf<const N: usize> {
+    bytes: [std::mem::MaybeUninit<u8>; N],
+    /// `bytes[..filled]` are initialized.
+    filled: usize,
+}
+
+impl<const N: usize> ReadBuf<N> {
+    /// An empty buffer, its memory left as it is.
+    pub fn new() -> Self {
+        ReadBuf {
+            bytes: [const { std::mem::MaybeUninit::uninit() }; N],
+            filled: 0,
+        }
+    }
+
+    /// Empties it (nothing is written).
+    pub fn clear(&mut self) {
+        self.filled = 0;
+    }
+
+    /// Appends `data`; what does not fit is left out and its length returned.
+    pub fn put(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min(N - self.filled);
+        // SAFETY: `n` bytes fit after `filled` (checked above), the source is a live slice
+        // that cannot overlap our exclusively borrowed array.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.bytes.as_mut_ptr().add(self.filled).cast::<u8>(),
+                n,
+            );
+        }
+        self.filled += n;
+        data.len() - n
+    }
+
+    /// One read(2) of `fd` into the room left; the bytes read count as filled.
+    pub fn read_from(&mut self, fd: RawFd) -> nix::Result<usize> {
+        let room = N - self.filled;
+        // SAFETY: the kernel writes at most `room` bytes at that address, all inside our
+        // exclusively borrowed array; uninitialized memory may be written to.
+        let r = unsafe {
+            libc::read(
+                fd,
+                self.bytes
+                    .as_mut_ptr()
+                    .add(self.filled)
+                    .cast::<libc::c_void>(),
+                room,
+            )
+        };
+        let n = nix::errno::Errno::result(r)? as usize;
+        self.filled += n;
+        Ok(n)
+    }
+
+    /// The bytes put and read so far.
+    pub fn filled(&self) -> &[u8] {
+        // SAFETY: the first `filled` bytes were written by `put` or by the kernel's read.
+        unsafe { std::slice::from_raw_parts(self.bytes.as_ptr().cast::<u8>(), self.filled) }
+    }
+
+    /// How many bytes it holds at most.
+    pub const fn capacity(&self) -> usize {
+        N
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1370,5 +1443,24 @@ mod tests {
     fn code_pages_cover_the_entry_and_the_next_page() {
         assert_eq!(code_pages(0x5_4321), (0x5_4000, 0x5_6000));
         assert_eq!(code_pages(0x5_4000), (0x5_4000, 0x5_6000));
+    }
+
+    #[test]
+    fn a_read_buffer_holds_what_was_put_then_read_and_no_more() {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        nix::unistd::write(&w, b"lo wor").expect("write");
+        let mut buf = ReadBuf::<8>::new();
+        assert_eq!(buf.put(b"hel"), 0);
+        assert_eq!(
+            buf.read_from(r.as_raw_fd()).expect("read"),
+            5,
+            "only the room left"
+        );
+        assert_eq!(buf.filled(), b"hello wo");
+        assert_eq!(buf.put(b"x"), 1, "full: nothing more fits");
+        buf.clear();
+        assert_eq!(buf.filled(), b"");
+        assert_eq!(buf.read_from(r.as_raw_fd()).expect("read"), 1);
+        assert_eq!(buf.filled(), b"r");
     }
 }
