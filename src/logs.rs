@@ -434,8 +434,8 @@ impl Pipe {
         alone: bool,
         budget: usize,
     ) -> Step {
-        // Only here: splicing never touches these 64 KiB of stack; nor does a read, beyond
-        // the bytes it gets (never zeroed: 16 pages written at each wake otherwise).
+        // Only here: splicing never allocates these 64 KiB; a read touches only the bytes it
+        // gets (never zeroed, not on the stack: see ReadBuf).
         let mut buf = crate::sys::ReadBuf::<{ 64 * 1024 }>::new();
         self.settle(out);
         let mut moved = 0;

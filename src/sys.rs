@@ -1311,20 +1311,23 @@ fn child(p: &mut Prepared<'_>, write_procs: bool) -> ! {
 
 /// A read buffer that is never zeroed: only the bytes put or read into it are touched.
 ///
-/// The supervisor reads a service's output line by line into 64 KiB on its stack; zeroing
-/// them first wrote 16 pages at every wake with output to read (a log probe's line among
-/// them), and after an idle wait each page written is paid for (benches/PROFILE-ready.md).
+/// The supervisor reads a service's output line by line into 64 KiB; as a zeroed array on
+/// its stack they were 16 pages written at every wake with output to read (a log probe's
+/// line among them), and after an idle wait each page written is paid for
+/// (benches/PROFILE-ready.md). Not on the stack at all: a frame that large is probed page
+/// by page (stack-clash protection), which touches all 16 again. On the heap, uninitialized,
+/// only malloc's header and the pages a read fills are touched.
 pub struct ReadBuf<const N: usize> {
-    bytes: [std::mem::MaybeUninit<u8>; N],
+    bytes: Box<[std::mem::MaybeUninit<u8>]>,
     /// `bytes[..filled]` are initialized.
     filled: usize,
 }
 
 impl<const N: usize> ReadBuf<N> {
-    /// An empty buffer, its memory left as it is.
+    /// An empty buffer of N bytes, its memory left as malloc gives it.
     pub fn new() -> Self {
         ReadBuf {
-            bytes: [const { std::mem::MaybeUninit::uninit() }; N],
+            bytes: Box::new_uninit_slice(N),
             filled: 0,
         }
     }
