@@ -31,6 +31,8 @@ const MAX_LINE: usize = 64 * 1024;
 const PIPE_SIZE: i32 = 1 << 20;
 /// Bytes one [`Pipe::drain`] moves at most before the loop looks at other events.
 const DRAIN_BUDGET: usize = 2 << 20;
+/// The first read of a drain: on the stack, enough for what a service says now and then.
+const SMALL_READ: usize = 64 * 1024;
 /// Splicing stops this far from the size limit: the rest of the file is filled by whole
 /// lines, so the rotation falls between two of them.
 const SPLICE_MARGIN: u64 = MAX_LINE as u64;
@@ -427,6 +429,11 @@ impl Pipe {
 
     /// Reads lines (at most `budget` bytes), after taking back what a splice left
     /// unfinished; stops as soon as splicing may take over again (past a rotation).
+    ///
+    /// A read that fills the stack buffer means a flood: from then on (until the loop
+    /// sheds its memory, [`Output::shed`]) reads go into a buffer as large as the pipe,
+    /// so that one read, one clock reading and one write move a pipeful. A service that
+    /// prints now and then never touches more than the stack buffer.
     fn drain_lines<'f>(
         &mut self,
         out: &mut Output,
@@ -435,19 +442,41 @@ impl Pipe {
         budget: usize,
     ) -> Step {
         // Only here: splicing never touches (nor zeroes) these 64 KiB of stack.
-        let mut buf = [0u8; 64 * 1024];
+        let mut small = [0u8; SMALL_READ];
+        let mut large = std::mem::take(&mut out.read_buf);
         self.settle(out);
         let mut moved = 0;
+        let mut step = Step::More(0);
         for _ in 0..16 {
-            match self.read(&mut buf, out, on_line.as_deref_mut()) {
-                Step::More(n) => moved += n,
-                done @ Step::Done(_) => return done,
+            let buf: &mut [u8] = if large.is_empty() {
+                &mut small
+            } else {
+                &mut large
+            };
+            // What the read may fill: `read` puts a short partial line first.
+            let head = self.partial.len();
+            let room = buf.len() - if head <= buf.len() / 2 { head } else { 0 };
+            match self.read(buf, out, on_line.as_deref_mut()) {
+                Step::More(n) => {
+                    moved += n;
+                    if n == room && large.is_empty() {
+                        large = vec![0u8; read_size()];
+                    }
+                }
+                done @ Step::Done(_) => {
+                    step = done;
+                    break;
+                }
             }
             if moved >= budget || (alone && on_line.is_none() && out.splices(self.kind)) {
                 break;
             }
         }
-        Step::More(moved)
+        out.read_buf = large;
+        match step {
+            Step::More(_) => Step::More(moved),
+            done => done,
+        }
     }
 
     /// One splice of the pipe into the file.
@@ -507,7 +536,7 @@ impl Pipe {
     /// One read of the pipe, its whole lines handed to `out`.
     fn read<'f>(
         &mut self,
-        buf: &mut [u8; 64 * 1024],
+        buf: &mut [u8],
         out: &mut Output,
         on_line: LineWatcher<'_, 'f>,
     ) -> Step {
@@ -587,8 +616,10 @@ pub struct Output {
     relay: Option<Relay>,
     /// Whether lines get the `TIME [PID] ` prefix ([`stamp`]).
     timestamps: bool,
-    /// Reused for prefixed blocks, so a flood allocates once.
+    /// Reused for prefixed blocks, so a flood allocates once (until [`Output::shed`]).
     scratch: Vec<u8>,
+    /// The read buffer of a flood (see [`Pipe::drain_lines`]); empty until one comes.
+    read_buf: Vec<u8>,
 }
 
 impl Output {
@@ -601,7 +632,15 @@ impl Output {
             relay: None,
             timestamps: spec.timestamps,
             scratch: Vec::new(),
+            read_buf: Vec::new(),
         })
+    }
+
+    /// Gives back the buffers a flood grew: the loop is quiet, and an idle supervisor
+    /// should not keep megabytes of them resident.
+    pub fn shed(&mut self) {
+        self.scratch = Vec::new();
+        self.read_buf = Vec::new();
     }
 
     fn file(&mut self, kind: StreamKind) -> &mut RotatingFile {
@@ -687,17 +726,8 @@ impl Output {
         let written = if self.timestamps {
             // One clock read per block: every line in it reached baton at that moment.
             let prefix = format!("{} [{owner}] ", stamp(std::time::SystemTime::now()));
-            self.scratch.clear();
-            let mut rest = lines;
-            while !rest.is_empty() {
-                self.scratch.extend_from_slice(prefix.as_bytes());
-                // read_until finds each line's end with memchr and copies the line after
-                // the prefix: a flood spends its time here, not in a byte-wise split.
-                if std::io::BufRead::read_until(&mut rest, b'\n', &mut self.scratch).is_err() {
-                    break;
-                }
-            }
-            file.write_lines(&self.scratch)
+            let n = prefix_lines(&mut self.scratch, prefix.as_bytes(), lines);
+            file.write_lines(&self.scratch[..n])
         } else {
             file.write_lines(lines)
         };
@@ -729,6 +759,38 @@ impl Output {
         self.stdout.reopen()?;
         self.stderr.reopen()
     }
+}
+
+/// Puts `prefix` before every line of `lines` (whole lines) in `out`, whose length is
+/// its room (zeroed once, when it grows); returns how many bytes of `out` were filled.
+///
+/// A flood spends its time here: memchr finds each line's end, and each line is then
+/// two copies into memory already there (no capacity check or allocation per line).
+fn prefix_lines(out: &mut Vec<u8>, prefix: &[u8], lines: &[u8]) -> usize {
+    let mut at = 0;
+    let mut start = 0;
+    while start < lines.len() {
+        let end = memchr::memchr(b'\n', &lines[start..]).map_or(lines.len(), |i| start + i + 1);
+        let line = &lines[start..end];
+        let next = at + prefix.len() + line.len();
+        if next > out.len() {
+            // Lines of 100 bytes or more make the block at most 36% longer.
+            out.resize(next.max(at + (lines.len() - start) * 3 / 2), 0);
+        }
+        out[at..at + prefix.len()].copy_from_slice(prefix);
+        out[at + prefix.len()..next].copy_from_slice(line);
+        at = next;
+        start = end;
+    }
+    at
+}
+
+/// How much one read of a flood takes (experiment: BATON_LOG_READ).
+fn read_size() -> usize {
+    std::env::var("BATON_LOG_READ")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PIPE_SIZE as usize)
 }
 
 /// The supervisor's own event log (`baton.log`), reopenable for external logrotate.

@@ -203,6 +203,9 @@ impl Supervisor {
         if std::mem::take(&mut self.want_spare) {
             self.make_spare();
         }
+        if shed {
+            self.output.shed();
+        }
         let ready = {
             let set = poll::interests(self);
             if persist {
