@@ -5,6 +5,8 @@
 //! limit), the kernel moves the pipe's bytes into the file with `splice(2)`: one copy, where
 //! read + write make two. Otherwise lines are read, and only whole lines are written, so a
 //! rotation (which happens between two writes) never splits one and no line is dropped.
+//! A flood of stamped lines is read a pipeful at a time and written by a thread of its own
+//! (see [`Scribe`]) while the next pipeful is read and stamped.
 //!
 //! Spliced bytes may end in the middle of a line. The file remembers how long that
 //! unfinished line is; before lines are read again (a second instance writes the same
@@ -71,6 +73,21 @@ impl RotatingFile {
         };
         f.measure()?;
         Ok(f)
+    }
+
+    /// A copy sharing the open file (a duplicated descriptor), to stand in for this one
+    /// while a [`Scribe`] has it.
+    fn twin(&self) -> io::Result<Self> {
+        Ok(RotatingFile {
+            path: self.path.clone(),
+            file: self.file.try_clone()?,
+            size: self.size,
+            max: self.max,
+            keep: self.keep,
+            open_line: self.open_line,
+            appending: self.appending,
+            no_splice: self.no_splice,
+        })
     }
 
     /// Learns the size of a newly opened file and whether it ends in a line begun by a
@@ -460,7 +477,7 @@ impl Pipe {
                 Step::More(n) => {
                     moved += n;
                     if n == room && large.is_empty() {
-                        large = vec![0u8; read_size()];
+                        large = vec![0u8; PIPE_SIZE as usize];
                     }
                 }
                 done @ Step::Done(_) => {
@@ -534,12 +551,7 @@ impl Pipe {
     }
 
     /// One read of the pipe, its whole lines handed to `out`.
-    fn read<'f>(
-        &mut self,
-        buf: &mut [u8],
-        out: &mut Output,
-        on_line: LineWatcher<'_, 'f>,
-    ) -> Step {
+    fn read<'f>(&mut self, buf: &mut [u8], out: &mut Output, on_line: LineWatcher<'_, 'f>) -> Step {
         // The line the last read left unfinished goes first in the buffer, so the
         // lines it completes are one slice: no copy of each read onto that line.
         let head = if self.partial.len() <= buf.len() / 2 {
@@ -620,6 +632,68 @@ pub struct Output {
     scratch: Vec<u8>,
     /// The read buffer of a flood (see [`Pipe::drain_lines`]); empty until one comes.
     read_buf: Vec<u8>,
+    /// During a stamped flood, the thread writing the blocks (see [`Scribe`]). While it
+    /// runs, it has the files: `stdout` and `stderr` here are stale twins that every use
+    /// but [`Output::emit`] first calls back ([`Output::flush`]).
+    scribe: Option<Scribe>,
+}
+
+/// A thread that writes the stamped blocks of a flood while the loop reads and stamps the
+/// next ones: the write into the page cache is most of a stamped flood's cost, and on its
+/// own thread it runs beside the read instead of after it. One thread and a queue of one
+/// block keep the blocks in order and bound the memory; it exists only during a flood
+/// (started by a block as large as a read of a flood, ended when the files are needed
+/// here or when the loop sheds its memory), so an idle supervisor has no thread.
+struct Scribe {
+    /// Blocks to write: which file, the buffer, how many of its bytes. A queue of one:
+    /// the loop stamps the next block while this one is written, and waits (back-pressure,
+    /// as a slow write) when it is two blocks ahead.
+    jobs: std::sync::mpsc::SyncSender<(StreamKind, Vec<u8>, usize)>,
+    /// Buffers written, for the next blocks.
+    spent: std::sync::mpsc::Receiver<Vec<u8>>,
+    /// Gives the files back when `jobs` closes, once every block is written.
+    thread: std::thread::JoinHandle<[RotatingFile; 2]>,
+}
+
+impl Scribe {
+    /// Starts a thread writing to `files` (stdout's, stderr's).
+    fn start(files: [RotatingFile; 2]) -> io::Result<Scribe> {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<(StreamKind, Vec<u8>, usize)>(1);
+        // Bounded and made here: the thread's sends never block (three buffers at most
+        // exist) and never allocate, so it makes no malloc arena of its own.
+        let (back, spent) = std::sync::mpsc::sync_channel(3);
+        let thread = std::thread::Builder::new()
+            .name("baton-logs".into())
+            // It only writes and rotates: a small stack, fewer pages touched.
+            .stack_size(256 << 10)
+            .spawn(move || {
+                let mut files = files;
+                for (kind, block, n) in queue {
+                    let file = match kind {
+                        StreamKind::Stdout => &mut files[0],
+                        StreamKind::Stderr => &mut files[1],
+                    };
+                    if let Err(e) = file.write_lines(&block[..n]) {
+                        write_error(file, &e);
+                    }
+                    let _ = back.send(block);
+                }
+                files
+            })?;
+        Ok(Scribe {
+            jobs,
+            spent,
+            thread,
+        })
+    }
+}
+
+/// "unable to write service output to PATH: cause", in baton.log.
+fn write_error(file: &RotatingFile, e: &io::Error) {
+    tracing::error!(
+        "unable to write service output to {}: {e}",
+        file.path.display()
+    );
 }
 
 impl Output {
@@ -633,17 +707,55 @@ impl Output {
             timestamps: spec.timestamps,
             scratch: Vec::new(),
             read_buf: Vec::new(),
+            scribe: None,
         })
     }
 
-    /// Gives back the buffers a flood grew: the loop is quiet, and an idle supervisor
-    /// should not keep megabytes of them resident.
+    /// Gives back the buffers and the thread a flood needed: the loop is quiet, and an idle
+    /// supervisor should keep neither resident.
     pub fn shed(&mut self) {
+        self.flush();
         self.scratch = Vec::new();
         self.read_buf = Vec::new();
     }
 
+    /// Waits until every block read so far is in its file, and takes the files back from
+    /// the [`Scribe`] if one runs (before a reexec, and before any other use of the files).
+    pub fn flush(&mut self) {
+        let Some(scribe) = self.scribe.take() else {
+            return;
+        };
+        drop(scribe.jobs);
+        // Err only if the thread panicked (never in a release build: panics abort); the
+        // twins here then go on, a rotation it made aside.
+        if let Ok([stdout, stderr]) = scribe.thread.join() {
+            self.stdout = stdout;
+            self.stderr = stderr;
+        }
+    }
+
+    /// Hands the files to a new [`Scribe`], unless one runs, a file ends in an unfinished
+    /// line (which only the pipe's next read may end), or a twin or the thread cannot be
+    /// made (then blocks are written here, as always).
+    fn start_scribe(&mut self) {
+        if self.scribe.is_some() || self.stdout.open_line > 0 || self.stderr.open_line > 0 {
+            return;
+        }
+        let (Ok(stdout), Ok(stderr)) = (self.stdout.twin(), self.stderr.twin()) else {
+            return;
+        };
+        let stdout = std::mem::replace(&mut self.stdout, stdout);
+        let stderr = std::mem::replace(&mut self.stderr, stderr);
+        match Scribe::start([stdout, stderr]) {
+            Ok(s) => self.scribe = Some(s),
+            Err(e) => {
+                tracing::warn!("unable to start a thread writing the logs: {e}");
+            }
+        }
+    }
+
     fn file(&mut self, kind: StreamKind) -> &mut RotatingFile {
+        self.flush();
         match kind {
             StreamKind::Stdout => &mut self.stdout,
             StreamKind::Stderr => &mut self.stderr,
@@ -679,15 +791,25 @@ impl Output {
     }
 
     fn write_failed(&mut self, kind: StreamKind, e: &io::Error) {
-        tracing::error!(
-            "unable to write service output to {}: {e}",
-            self.file(kind).path.display()
+        // The twin's path is the file's: no need to call the scribe back for it.
+        write_error(
+            match kind {
+                StreamKind::Stdout => &self.stdout,
+                StreamKind::Stderr => &self.stderr,
+            },
+            e,
         );
     }
 
     /// Before `kind`'s lines are written whole again: the tail reads what was spliced while
     /// it is still in this file, and the unfinished line a splice left comes back out.
     fn settle(&mut self, kind: StreamKind) -> Vec<u8> {
+        if self.scribe.is_some() {
+            // Nothing to settle: a scribe starts only when neither file ends in an
+            // unfinished line, and only splices make one (a stamped output never splices,
+            // so it has no spliced range for the tail either).
+            return Vec::new();
+        }
         let file = match kind {
             StreamKind::Stdout => &mut self.stdout,
             StreamKind::Stderr => &mut self.stderr,
@@ -719,20 +841,17 @@ impl Output {
         lines: &[u8],
         on_line: LineWatcher<'_, 'f>,
     ) {
-        let file = match kind {
-            StreamKind::Stdout => &mut self.stdout,
-            StreamKind::Stderr => &mut self.stderr,
-        };
-        let written = if self.timestamps {
-            // One clock read per block: every line in it reached baton at that moment.
-            let prefix = format!("{} [{owner}] ", stamp(std::time::SystemTime::now()));
-            let n = prefix_lines(&mut self.scratch, prefix.as_bytes(), lines);
-            file.write_lines(&self.scratch[..n])
+        if self.timestamps {
+            self.stamp_block(kind, owner, lines);
         } else {
-            file.write_lines(lines)
-        };
-        if let Err(e) = written {
-            self.write_failed(kind, &e);
+            self.flush();
+            let file = match kind {
+                StreamKind::Stdout => &mut self.stdout,
+                StreamKind::Stderr => &mut self.stderr,
+            };
+            if let Err(e) = file.write_lines(lines) {
+                self.write_failed(kind, &e);
+            }
         }
         if let Some(f) = on_line {
             for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
@@ -740,6 +859,40 @@ impl Output {
             }
         }
         self.tail.lines(lines);
+    }
+
+    /// Writes `lines` with the `TIME [PID] ` prefix: by the [`Scribe`] during a flood,
+    /// else here.
+    fn stamp_block(&mut self, kind: StreamKind, owner: Pid, lines: &[u8]) {
+        // One clock read per block: every line in it reached baton at that moment.
+        let prefix = format!("{} [{owner}] ", stamp(std::time::SystemTime::now()));
+        if lines.len() >= SMALL_READ / 2 {
+            self.start_scribe();
+        }
+        let Some(scribe) = &self.scribe else {
+            let n = prefix_lines(&mut self.scratch, prefix.as_bytes(), lines);
+            let file = match kind {
+                StreamKind::Stdout => &mut self.stdout,
+                StreamKind::Stderr => &mut self.stderr,
+            };
+            if let Err(e) = file.write_lines(&self.scratch[..n]) {
+                self.write_failed(kind, &e);
+            }
+            return;
+        };
+        // A written buffer if one is back, else a new one: at most three exist (one being
+        // written, one queued, this one).
+        let mut block = scribe.spent.try_recv().unwrap_or_default();
+        let n = prefix_lines(&mut block, prefix.as_bytes(), lines);
+        // Blocks while the queue is full: back-pressure, as a slow write would be.
+        if let Err(std::sync::mpsc::SendError((_, block, n))) = scribe.jobs.send((kind, block, n)) {
+            // The thread is gone (it never ends while `jobs` is open): write here.
+            self.flush();
+            let file = self.file(kind);
+            if let Err(e) = file.write_lines(&block[..n]) {
+                self.write_failed(kind, &e);
+            }
+        }
     }
 
     /// The last lines the service printed, oldest first (what was spliced is read back
@@ -754,10 +907,18 @@ impl Output {
     /// Reopens both files (for external logrotate). The pipes must be settled first
     /// ([`Pipe::settle`]), so that no line begun in the old file ends in the new one.
     pub fn reopen(&mut self) -> io::Result<()> {
+        self.flush();
         self.tail.resolve(StreamKind::Stdout, &self.stdout.file);
         self.tail.resolve(StreamKind::Stderr, &self.stderr.file);
         self.stdout.reopen()?;
         self.stderr.reopen()
+    }
+}
+
+impl Drop for Output {
+    /// Every block read reaches its file before the supervisor goes.
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -783,14 +944,6 @@ fn prefix_lines(out: &mut Vec<u8>, prefix: &[u8], lines: &[u8]) -> usize {
         start = end;
     }
     at
-}
-
-/// How much one read of a flood takes (experiment: BATON_LOG_READ).
-fn read_size() -> usize {
-    std::env::var("BATON_LOG_READ")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(PIPE_SIZE as usize)
 }
 
 /// The supervisor's own event log (`baton.log`), reopenable for external logrotate.

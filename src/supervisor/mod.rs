@@ -920,6 +920,7 @@ impl Supervisor {
         for i in 0..self.pipes.len() {
             self.drain_pipe(i);
         }
+        self.output.flush();
         let Some(record) = reexec::record(self, conn) else {
             return Reply::Error {
                 message: format!("{} has no serving instance to carry", self.spec.name),
