@@ -1321,6 +1321,76 @@ mod tests {
     }
 
     #[test]
+    fn every_line_of_a_block_gets_the_prefix_once_whatever_its_length() {
+        // Empty and one-byte lines make the block grow past its first guess; the last piece
+        // has no newline (an overlong line's cut) and is prefixed all the same.
+        let mut lines = Vec::new();
+        let mut expect = Vec::new();
+        for i in 0..3000 {
+            let line = match i % 4 {
+                0 => String::new(),
+                1 => "x".to_string(),
+                2 => format!("line {i}"),
+                _ => "y".repeat(i % 300),
+            };
+            lines.extend_from_slice(line.as_bytes());
+            lines.push(b'\n');
+            expect.extend_from_slice(b"P> ");
+            expect.extend_from_slice(line.as_bytes());
+            expect.push(b'\n');
+        }
+        lines.extend_from_slice(b"tail");
+        expect.extend_from_slice(b"P> tail");
+        let mut out = vec![0u8; 16];
+        let n = prefix_lines(&mut out, b"P> ", &lines);
+        assert_eq!(&out[..n], &expect[..]);
+        // The same buffer again, now large enough: the same bytes, nothing left over.
+        let n = prefix_lines(&mut out, b"Q> ", b"a\nb\n");
+        assert_eq!(&out[..n], b"Q> a\nQ> b\n");
+    }
+
+    #[test]
+    fn a_stamped_flood_is_in_the_file_once_flushed() {
+        let dir = std::env::temp_dir().join(format!("baton-logs-stamped-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut out = Output::open(&spec(&dir, 1 << 30, 1)).expect("open");
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).expect("pipe");
+        let mut pipe = Pipe::new(r, StreamKind::Stdout, Pid::from_raw(4242));
+        let mut w = File::from(w);
+        // 4 MiB in 256 KiB writes, each drained at once: floods, so a Scribe writes them.
+        let n = 40_000;
+        let mut sent = 0;
+        while sent < n {
+            let block: String = (sent..(sent + 2000).min(n))
+                .map(|i| format!("line {i:06} {}\n", "z".repeat(87)))
+                .collect();
+            w.write_all(block.as_bytes()).expect("write");
+            sent = (sent + 2000).min(n);
+            assert!(matches!(pipe.drain(&mut out, None, true), Drained::Open));
+        }
+        assert!(
+            out.scribe.is_some(),
+            "a flood of stamped lines starts a writer thread"
+        );
+        out.flush();
+        assert!(out.scribe.is_none());
+        let text = std::fs::read_to_string(dir.join("stdout.log")).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), n, "every line in the file once flushed");
+        for (i, line) in lines.iter().enumerate() {
+            let (time, rest) = line.split_at(27);
+            assert!(
+                time.ends_with('Z') && time.as_bytes()[10] == b'T',
+                "{line:?}"
+            );
+            assert_eq!(rest, format!(" [4242] line {i:06} {}", "z".repeat(87)));
+        }
+        drop(w);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn keep_bounds_rotated_copies() {
         let dir = std::env::temp_dir().join(format!("baton-logs-keep-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
