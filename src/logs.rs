@@ -447,8 +447,9 @@ impl Pipe {
     /// Reads lines (at most `budget` bytes), after taking back what a splice left
     /// unfinished; stops as soon as splicing may take over again (past a rotation).
     ///
-    /// A read that fills the stack buffer means a flood: from then on (until the loop
-    /// sheds its memory, [`Output::shed`]) reads go into a buffer as large as the pipe,
+    /// A read of stamped lines that fills the stack buffer means a flood: from then on
+    /// (until the loop sheds its memory, [`Output::shed`]) reads go into a buffer as large
+    /// as the pipe,
     /// so that one read, one clock reading and one write move a pipeful. A service that
     /// prints now and then never touches more than the stack buffer.
     fn drain_lines<'f>(
@@ -476,7 +477,9 @@ impl Pipe {
             match self.read(buf, out, on_line.as_deref_mut()) {
                 Step::More(n) => {
                     moved += n;
-                    if n == room && large.is_empty() {
+                    // Stamped only: unstamped lines are read near a size limit or while
+                    // a probe watches, and splicing takes over again within 64 KiB.
+                    if n == room && large.is_empty() && out.timestamps {
                         large = vec![0u8; PIPE_SIZE as usize];
                     }
                 }

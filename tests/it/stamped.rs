@@ -4,7 +4,7 @@
 
 use crate::harness;
 
-use harness::{assert_flood_whole, fixture, rotated, wait_until, Spec, Svc};
+use harness::{assert_flood_whole, fixture, open_gate, rotated, wait_until, Spec, Svc};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -120,7 +120,7 @@ fn a_stamped_flood_is_stored_as_whole_prefixed_lines_in_order_across_rotations()
 }
 
 /// A service printing `lines` numbered 100-byte lines and the start of one more in one
-/// write, then, once the test opens the gate (a FIFO it reads), the rest of that line,
+/// write, then, once the test opens the gate (the FIFO `go`, [`open_gate`]), the rest of that line,
 /// `after` more numbered lines and "done".
 fn gated(name: &str, lines: u32, after: u32) -> Svc {
     let svc = Spec::new(
@@ -130,7 +130,7 @@ fn gated(name: &str, lines: u32, after: u32) -> Svc {
              def block(a, b): return ''.join('line %06d %s\\n' % (i, 'y' * 87) for i in range(a, b))\n\
              sys.stdout.write(block(1, {first}) + 'half-')\n\
              sys.stdout.flush()\n\
-             open(os.environ['BATON_TEST_MARKER'] + '/gate').read()\n\
+             open(os.environ['BATON_TEST_MARKER'] + '/go').readline()\n\
              sys.stdout.write('rest\\n' + block({first}, {last}) + 'done\\n')\n\
              sys.stdout.flush()\n\
              while True: time.sleep(3600)\n",
@@ -141,16 +141,11 @@ fn gated(name: &str, lines: u32, after: u32) -> Svc {
     .log("max_size = \"100MB\"")
     .create();
     nix::unistd::mkfifo(
-        &svc.path("gate"),
+        &svc.path("go"),
         nix::sys::stat::Mode::from_bits_truncate(0o600),
     )
     .expect("mkfifo");
     svc
-}
-
-/// Lets a [`gated`] service go on: opening the FIFO's write end waits for its reader.
-fn open_gate(svc: &Svc) {
-    std::fs::write(svc.path("gate"), "go").expect("open the gate");
 }
 
 /// Checks a [`gated`] service's stdout.log once "done" is in it: the numbered lines in
@@ -213,10 +208,10 @@ fn a_half_line_at_the_end_of_a_read_is_ended_by_the_next_and_stamped_once() {
 }
 
 #[test]
-fn a_reexec_in_a_stamped_flood_carries_the_half_line_and_loses_no_block() {
+fn a_reexec_after_a_stamped_flood_carries_its_half_line_across_the_exec() {
     // 20 MB of lines, then a half line held open while the supervisor replaces its image:
-    // the blocks still being written when the reexec comes reach the file first, and the
-    // half line crosses the exec in the carried pipe state.
+    // it crosses the exec in the carried pipe state and is stored once, whole, after the
+    // flood's last line.
     let svc = gated("stampreexec", 200_000, 1000);
     svc.start();
     wait_until(T, "the flood before the half line", || {
