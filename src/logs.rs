@@ -449,9 +449,8 @@ impl Pipe {
     ///
     /// A read of stamped lines that fills the stack buffer means a flood: from then on
     /// (until the loop sheds its memory, [`Output::shed`]) reads go into a buffer as large
-    /// as the pipe,
-    /// so that one read, one clock reading and one write move a pipeful. A service that
-    /// prints now and then never touches more than the stack buffer.
+    /// as the pipe, so that one read, one clock reading and one write move a pipeful. A
+    /// service that prints now and then never touches more than the stack buffer.
     fn drain_lines<'f>(
         &mut self,
         out: &mut Output,
