@@ -1317,17 +1317,17 @@ fn child(p: &mut Prepared<'_>, write_procs: bool) -> ! {
 /// (benches/PROFILE-ready.md). Not on the stack at all: a frame that large is probed page
 /// by page (stack-clash protection), which touches all 16 again. On the heap, uninitialized,
 /// only malloc's header and the pages a read fills are touched.
-pub struct ReadBuf<const N: usize> {
+pub struct ReadBuf {
     bytes: Box<[std::mem::MaybeUninit<u8>]>,
     /// `bytes[..filled]` are initialized.
     filled: usize,
 }
 
-impl<const N: usize> ReadBuf<N> {
-    /// An empty buffer of N bytes, its memory left as malloc gives it.
-    pub fn new() -> Self {
+impl ReadBuf {
+    /// An empty buffer of `capacity` bytes, its memory left as malloc gives it.
+    pub fn new(capacity: usize) -> Self {
         ReadBuf {
-            bytes: Box::new_uninit_slice(N),
+            bytes: Box::new_uninit_slice(capacity),
             filled: 0,
         }
     }
@@ -1339,7 +1339,7 @@ impl<const N: usize> ReadBuf<N> {
 
     /// Appends `data`; what does not fit is left out and its length returned.
     pub fn put(&mut self, data: &[u8]) -> usize {
-        let n = data.len().min(N - self.filled);
+        let n = data.len().min(self.bytes.len() - self.filled);
         // SAFETY: `n` bytes fit after `filled` (checked above), the source is a live slice
         // that cannot overlap our exclusively borrowed array.
         unsafe {
@@ -1355,7 +1355,7 @@ impl<const N: usize> ReadBuf<N> {
 
     /// One read(2) of `fd` into the room left; the bytes read count as filled.
     pub fn read_from(&mut self, fd: RawFd) -> nix::Result<usize> {
-        let room = N - self.filled;
+        let room = self.bytes.len() - self.filled;
         // SAFETY: the kernel writes at most `room` bytes at that address, all inside our
         // exclusively borrowed array; uninitialized memory may be written to.
         let r = unsafe {
@@ -1380,8 +1380,8 @@ impl<const N: usize> ReadBuf<N> {
     }
 
     /// How many bytes it holds at most.
-    pub const fn capacity(&self) -> usize {
-        N
+    pub fn capacity(&self) -> usize {
+        self.bytes.len()
     }
 }
 
@@ -1452,7 +1452,7 @@ mod tests {
     fn a_read_buffer_holds_what_was_put_then_read_and_no_more() {
         let (r, w) = nix::unistd::pipe().expect("pipe");
         nix::unistd::write(&w, b"lo wor").expect("write");
-        let mut buf = ReadBuf::<8>::new();
+        let mut buf = ReadBuf::new(8);
         assert_eq!(buf.put(b"hel"), 0);
         assert_eq!(
             buf.read_from(r.as_raw_fd()).expect("read"),

@@ -29,6 +29,7 @@ mod security_files;
 mod security_procs;
 mod ship;
 mod spawn;
+mod stamped;
 mod startup;
 mod stop;
 mod supervisor;
