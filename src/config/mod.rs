@@ -428,7 +428,7 @@ pub(crate) fn read_checked(file: &Path) -> Result<(String, Vec<Problem>)> {
             ))
     };
     let mut checked = crate::files::open_checked(file).map_err(io_error)?;
-    let bytes = crate::files::read_limited(&mut checked.file, MAX_CONFIG_BYTES).map_err(|e| {
+    let bytes = checked.read_limited(MAX_CONFIG_BYTES).map_err(|e| {
         Error::unable(format!("read config {}", file.display()), e).code(Action::NotConfigured)
     })?;
     let text = String::from_utf8(bytes).map_err(|_| {

@@ -671,7 +671,7 @@ impl Reader<'_> {
         env: &mut Vec<(String, String)>,
     ) {
         let read = crate::files::open_checked(path).and_then(|mut c| {
-            let body = crate::files::read_limited(&mut c.file, MAX_ENV_FILE)?;
+            let body = c.read_limited(MAX_ENV_FILE)?;
             Ok((body, c.untrusted))
         });
         let (body, untrusted) = match read {
