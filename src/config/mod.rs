@@ -553,7 +553,11 @@ fn parse_all_with(
     file: &Path,
     name: &str,
     mut r: Reader<'_>,
-) -> (Option<Spec>, Vec<Problem>, Vec<(reader::HostCheck, Option<usize>)>) {
+) -> (
+    Option<Spec>,
+    Vec<Problem>,
+    Vec<(reader::HostCheck, Option<usize>)>,
+) {
     let doc = match ImDocument::parse(text.to_string()) {
         Ok(doc) => doc,
         Err(e) => {

@@ -30,6 +30,7 @@ mod ship;
 mod spawn;
 mod startup;
 mod stop;
+mod stop_path;
 mod supervisor;
 mod switch;
 mod upgrade;
