@@ -503,7 +503,7 @@ pub struct Later {
     read: Vec<Problem>,
     /// Found walking its text, sorted by line.
     parsed: Vec<Problem>,
-    checks: Vec<(reader::HostCheck, Option<usize>)>,
+    checks: reader::Deferred,
 }
 
 impl Later {
@@ -553,11 +553,7 @@ fn parse_all_with(
     file: &Path,
     name: &str,
     mut r: Reader<'_>,
-) -> (
-    Option<Spec>,
-    Vec<Problem>,
-    Vec<(reader::HostCheck, Option<usize>)>,
-) {
+) -> (Option<Spec>, Vec<Problem>, reader::Deferred) {
     let doc = match ImDocument::parse(text.to_string()) {
         Ok(doc) => doc,
         Err(e) => {

@@ -57,7 +57,7 @@ pub(super) struct Reader<'t> {
     has_release: bool,
     /// Where the checks of the program and the working directory go when they are left
     /// for later ([`Reader::deferring`]); None: made during the walk.
-    deferred: Option<Vec<(HostCheck, Option<usize>)>>,
+    deferred: Option<Deferred>,
 }
 
 impl<'t> Reader<'t> {
@@ -82,7 +82,7 @@ impl<'t> Reader<'t> {
     }
 
     /// The checks a deferring walk left, each with the line it is about.
-    pub(super) fn take_deferred(&mut self) -> Vec<(HostCheck, Option<usize>)> {
+    pub(super) fn take_deferred(&mut self) -> Deferred {
         self.deferred.take().unwrap_or_default()
     }
 
@@ -112,6 +112,9 @@ impl<'t> std::ops::DerefMut for Reader<'t> {
         &mut self.walker
     }
 }
+
+/// The checks of the host a walk left for later, each with the line it is about.
+pub(super) type Deferred = Vec<(HostCheck, Option<usize>)>;
 
 /// A check of the host a config names (not of its text): its problems stop `start` and
 /// `check`, but only warn a command addressed to the running supervisor (see

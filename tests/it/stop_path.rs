@@ -79,7 +79,13 @@ fn the_stop_request_goes_before_the_program_is_looked_at_which_still_is() {
     );
     // The config file itself is opened and checked before the request, as ever.
     let config = first(&trace, |l| {
-        looks_at(l, &svc.config.file_name().unwrap().to_string_lossy())
+        looks_at(
+            l,
+            &svc.config
+                .file_name()
+                .expect("a file name")
+                .to_string_lossy(),
+        )
     })
     .expect("the config was opened");
     assert!(config < request, "the config was read after the request");
