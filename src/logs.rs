@@ -5,6 +5,8 @@
 //! limit), the kernel moves the pipe's bytes into the file with `splice(2)`: one copy, where
 //! read + write make two. Otherwise lines are read, and only whole lines are written, so a
 //! rotation (which happens between two writes) never splits one and no line is dropped.
+//! A flood of stamped lines is read a pipeful at a time and written by a thread of its own
+//! (see [`Scribe`]) while the next pipeful is read and stamped.
 //!
 //! Spliced bytes may end in the middle of a line. The file remembers how long that
 //! unfinished line is; before lines are read again (a second instance writes the same
@@ -31,6 +33,8 @@ const MAX_LINE: usize = 64 * 1024;
 const PIPE_SIZE: i32 = 1 << 20;
 /// Bytes one [`Pipe::drain`] moves at most before the loop looks at other events.
 const DRAIN_BUDGET: usize = 2 << 20;
+/// The first read of a drain: on the stack, enough for what a service says now and then.
+const SMALL_READ: usize = 64 * 1024;
 /// Splicing stops this far from the size limit: the rest of the file is filled by whole
 /// lines, so the rotation falls between two of them.
 const SPLICE_MARGIN: u64 = MAX_LINE as u64;
@@ -69,6 +73,21 @@ impl RotatingFile {
         };
         f.measure()?;
         Ok(f)
+    }
+
+    /// A copy sharing the open file (a duplicated descriptor), to stand in for this one
+    /// while a [`Scribe`] has it.
+    fn twin(&self) -> io::Result<Self> {
+        Ok(RotatingFile {
+            path: self.path.clone(),
+            file: self.file.try_clone()?,
+            size: self.size,
+            max: self.max,
+            keep: self.keep,
+            open_line: self.open_line,
+            appending: self.appending,
+            no_splice: self.no_splice,
+        })
     }
 
     /// Learns the size of a newly opened file and whether it ends in a line begun by a
@@ -427,6 +446,11 @@ impl Pipe {
 
     /// Reads lines (at most `budget` bytes), after taking back what a splice left
     /// unfinished; stops as soon as splicing may take over again (past a rotation).
+    ///
+    /// A read of stamped lines that fills the stack buffer means a flood: from then on
+    /// (until the loop sheds its memory, [`Output::shed`]) reads go into a buffer as large
+    /// as the pipe, so that one read, one clock reading and one write move a pipeful. A
+    /// service that prints now and then never touches more than the stack buffer.
     fn drain_lines<'f>(
         &mut self,
         out: &mut Output,
@@ -435,19 +459,43 @@ impl Pipe {
         budget: usize,
     ) -> Step {
         // Only here: splicing never touches (nor zeroes) these 64 KiB of stack.
-        let mut buf = [0u8; 64 * 1024];
+        let mut small = [0u8; SMALL_READ];
+        let mut large = std::mem::take(&mut out.read_buf);
         self.settle(out);
         let mut moved = 0;
+        let mut step = Step::More(0);
         for _ in 0..16 {
-            match self.read(&mut buf, out, on_line.as_deref_mut()) {
-                Step::More(n) => moved += n,
-                done @ Step::Done(_) => return done,
+            let buf: &mut [u8] = if large.is_empty() {
+                &mut small
+            } else {
+                &mut large
+            };
+            // What the read may fill: `read` puts a short partial line first.
+            let head = self.partial.len();
+            let room = buf.len() - if head <= buf.len() / 2 { head } else { 0 };
+            match self.read(buf, out, on_line.as_deref_mut()) {
+                Step::More(n) => {
+                    moved += n;
+                    // Stamped only: unstamped lines are read near a size limit or while
+                    // a probe watches, and splicing takes over again within 64 KiB.
+                    if n == room && large.is_empty() && out.timestamps {
+                        large = vec![0u8; PIPE_SIZE as usize];
+                    }
+                }
+                done @ Step::Done(_) => {
+                    step = done;
+                    break;
+                }
             }
             if moved >= budget || (alone && on_line.is_none() && out.splices(self.kind)) {
                 break;
             }
         }
-        Step::More(moved)
+        out.read_buf = large;
+        match step {
+            Step::More(_) => Step::More(moved),
+            done => done,
+        }
     }
 
     /// One splice of the pipe into the file.
@@ -505,12 +553,7 @@ impl Pipe {
     }
 
     /// One read of the pipe, its whole lines handed to `out`.
-    fn read<'f>(
-        &mut self,
-        buf: &mut [u8; 64 * 1024],
-        out: &mut Output,
-        on_line: LineWatcher<'_, 'f>,
-    ) -> Step {
+    fn read<'f>(&mut self, buf: &mut [u8], out: &mut Output, on_line: LineWatcher<'_, 'f>) -> Step {
         // The line the last read left unfinished goes first in the buffer, so the
         // lines it completes are one slice: no copy of each read onto that line.
         let head = if self.partial.len() <= buf.len() / 2 {
@@ -587,8 +630,72 @@ pub struct Output {
     relay: Option<Relay>,
     /// Whether lines get the `TIME [PID] ` prefix ([`stamp`]).
     timestamps: bool,
-    /// Reused for prefixed blocks, so a flood allocates once.
+    /// Reused for prefixed blocks, so a flood allocates once (until [`Output::shed`]).
     scratch: Vec<u8>,
+    /// The read buffer of a flood (see [`Pipe::drain_lines`]); empty until one comes.
+    read_buf: Vec<u8>,
+    /// During a stamped flood, the thread writing the blocks (see [`Scribe`]). While it
+    /// runs, it has the files: `stdout` and `stderr` here are stale twins that every use
+    /// but [`Output::emit`] first calls back ([`Output::flush`]).
+    scribe: Option<Scribe>,
+}
+
+/// A thread that writes the stamped blocks of a flood while the loop reads and stamps the
+/// next ones: the write into the page cache is most of a stamped flood's cost, and on its
+/// own thread it runs beside the read instead of after it. One thread and a queue of one
+/// block keep the blocks in order and bound the memory; it exists only during a flood
+/// (started by a block as large as a read of a flood, ended when the files are needed
+/// here or when the loop sheds its memory), so an idle supervisor has no thread.
+struct Scribe {
+    /// Blocks to write: which file, the buffer, how many of its bytes. A queue of one:
+    /// the loop stamps the next block while this one is written, and waits (back-pressure,
+    /// as a slow write) when it is two blocks ahead.
+    jobs: std::sync::mpsc::SyncSender<(StreamKind, Vec<u8>, usize)>,
+    /// Buffers written, for the next blocks.
+    spent: std::sync::mpsc::Receiver<Vec<u8>>,
+    /// Gives the files back when `jobs` closes, once every block is written.
+    thread: std::thread::JoinHandle<[RotatingFile; 2]>,
+}
+
+impl Scribe {
+    /// Starts a thread writing to `files` (stdout's, stderr's).
+    fn start(files: [RotatingFile; 2]) -> io::Result<Scribe> {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<(StreamKind, Vec<u8>, usize)>(1);
+        // Bounded and made here: the thread's sends never block (three buffers at most
+        // exist) and never allocate, so it makes no malloc arena of its own.
+        let (back, spent) = std::sync::mpsc::sync_channel(3);
+        let thread = std::thread::Builder::new()
+            .name("baton-logs".into())
+            // It only writes and rotates: a small stack, fewer pages touched.
+            .stack_size(256 << 10)
+            .spawn(move || {
+                let mut files = files;
+                for (kind, block, n) in queue {
+                    let file = match kind {
+                        StreamKind::Stdout => &mut files[0],
+                        StreamKind::Stderr => &mut files[1],
+                    };
+                    if let Err(e) = file.write_lines(&block[..n]) {
+                        write_error(file, &e);
+                    }
+                    let _ = back.send(block);
+                }
+                files
+            })?;
+        Ok(Scribe {
+            jobs,
+            spent,
+            thread,
+        })
+    }
+}
+
+/// "unable to write service output to PATH: cause", in baton.log.
+fn write_error(file: &RotatingFile, e: &io::Error) {
+    tracing::error!(
+        "unable to write service output to {}: {e}",
+        file.path.display()
+    );
 }
 
 impl Output {
@@ -601,10 +708,56 @@ impl Output {
             relay: None,
             timestamps: spec.timestamps,
             scratch: Vec::new(),
+            read_buf: Vec::new(),
+            scribe: None,
         })
     }
 
+    /// Gives back the buffers and the thread a flood needed: the loop is quiet, and an idle
+    /// supervisor should keep neither resident.
+    pub fn shed(&mut self) {
+        self.flush();
+        self.scratch = Vec::new();
+        self.read_buf = Vec::new();
+    }
+
+    /// Waits until every block read so far is in its file, and takes the files back from
+    /// the [`Scribe`] if one runs (before a reexec, and before any other use of the files).
+    pub fn flush(&mut self) {
+        let Some(scribe) = self.scribe.take() else {
+            return;
+        };
+        drop(scribe.jobs);
+        // Err only if the thread panicked (never in a release build: panics abort); the
+        // twins here then go on, a rotation it made aside.
+        if let Ok([stdout, stderr]) = scribe.thread.join() {
+            self.stdout = stdout;
+            self.stderr = stderr;
+        }
+    }
+
+    /// Hands the files to a new [`Scribe`], unless one runs, a file ends in an unfinished
+    /// line (which only the pipe's next read may end), or a twin or the thread cannot be
+    /// made (then blocks are written here, as always).
+    fn start_scribe(&mut self) {
+        if self.scribe.is_some() || self.stdout.open_line > 0 || self.stderr.open_line > 0 {
+            return;
+        }
+        let (Ok(stdout), Ok(stderr)) = (self.stdout.twin(), self.stderr.twin()) else {
+            return;
+        };
+        let stdout = std::mem::replace(&mut self.stdout, stdout);
+        let stderr = std::mem::replace(&mut self.stderr, stderr);
+        match Scribe::start([stdout, stderr]) {
+            Ok(s) => self.scribe = Some(s),
+            Err(e) => {
+                tracing::warn!("unable to start a thread writing the logs: {e}");
+            }
+        }
+    }
+
     fn file(&mut self, kind: StreamKind) -> &mut RotatingFile {
+        self.flush();
         match kind {
             StreamKind::Stdout => &mut self.stdout,
             StreamKind::Stderr => &mut self.stderr,
@@ -640,15 +793,25 @@ impl Output {
     }
 
     fn write_failed(&mut self, kind: StreamKind, e: &io::Error) {
-        tracing::error!(
-            "unable to write service output to {}: {e}",
-            self.file(kind).path.display()
+        // The twin's path is the file's: no need to call the scribe back for it.
+        write_error(
+            match kind {
+                StreamKind::Stdout => &self.stdout,
+                StreamKind::Stderr => &self.stderr,
+            },
+            e,
         );
     }
 
     /// Before `kind`'s lines are written whole again: the tail reads what was spliced while
     /// it is still in this file, and the unfinished line a splice left comes back out.
     fn settle(&mut self, kind: StreamKind) -> Vec<u8> {
+        if self.scribe.is_some() {
+            // Nothing to settle: a scribe starts only when neither file ends in an
+            // unfinished line, and only splices make one (a stamped output never splices,
+            // so it has no spliced range for the tail either).
+            return Vec::new();
+        }
         let file = match kind {
             StreamKind::Stdout => &mut self.stdout,
             StreamKind::Stderr => &mut self.stderr,
@@ -680,29 +843,17 @@ impl Output {
         lines: &[u8],
         on_line: LineWatcher<'_, 'f>,
     ) {
-        let file = match kind {
-            StreamKind::Stdout => &mut self.stdout,
-            StreamKind::Stderr => &mut self.stderr,
-        };
-        let written = if self.timestamps {
-            // One clock read per block: every line in it reached baton at that moment.
-            let prefix = format!("{} [{owner}] ", stamp(std::time::SystemTime::now()));
-            self.scratch.clear();
-            let mut rest = lines;
-            while !rest.is_empty() {
-                self.scratch.extend_from_slice(prefix.as_bytes());
-                // read_until finds each line's end with memchr and copies the line after
-                // the prefix: a flood spends its time here, not in a byte-wise split.
-                if std::io::BufRead::read_until(&mut rest, b'\n', &mut self.scratch).is_err() {
-                    break;
-                }
-            }
-            file.write_lines(&self.scratch)
+        if self.timestamps {
+            self.stamp_block(kind, owner, lines);
         } else {
-            file.write_lines(lines)
-        };
-        if let Err(e) = written {
-            self.write_failed(kind, &e);
+            self.flush();
+            let file = match kind {
+                StreamKind::Stdout => &mut self.stdout,
+                StreamKind::Stderr => &mut self.stderr,
+            };
+            if let Err(e) = file.write_lines(lines) {
+                self.write_failed(kind, &e);
+            }
         }
         if let Some(f) = on_line {
             for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
@@ -710,6 +861,40 @@ impl Output {
             }
         }
         self.tail.lines(lines);
+    }
+
+    /// Writes `lines` with the `TIME [PID] ` prefix: by the [`Scribe`] during a flood,
+    /// else here.
+    fn stamp_block(&mut self, kind: StreamKind, owner: Pid, lines: &[u8]) {
+        // One clock read per block: every line in it reached baton at that moment.
+        let prefix = format!("{} [{owner}] ", stamp(std::time::SystemTime::now()));
+        if lines.len() >= SMALL_READ / 2 {
+            self.start_scribe();
+        }
+        let Some(scribe) = &self.scribe else {
+            let n = prefix_lines(&mut self.scratch, prefix.as_bytes(), lines);
+            let file = match kind {
+                StreamKind::Stdout => &mut self.stdout,
+                StreamKind::Stderr => &mut self.stderr,
+            };
+            if let Err(e) = file.write_lines(&self.scratch[..n]) {
+                self.write_failed(kind, &e);
+            }
+            return;
+        };
+        // A written buffer if one is back, else a new one: at most three exist (one being
+        // written, one queued, this one).
+        let mut block = scribe.spent.try_recv().unwrap_or_default();
+        let n = prefix_lines(&mut block, prefix.as_bytes(), lines);
+        // Blocks while the queue is full: back-pressure, as a slow write would be.
+        if let Err(std::sync::mpsc::SendError((_, block, n))) = scribe.jobs.send((kind, block, n)) {
+            // The thread is gone (it never ends while `jobs` is open): write here.
+            self.flush();
+            let file = self.file(kind);
+            if let Err(e) = file.write_lines(&block[..n]) {
+                self.write_failed(kind, &e);
+            }
+        }
     }
 
     /// The last lines the service printed, oldest first (what was spliced is read back
@@ -724,11 +909,43 @@ impl Output {
     /// Reopens both files (for external logrotate). The pipes must be settled first
     /// ([`Pipe::settle`]), so that no line begun in the old file ends in the new one.
     pub fn reopen(&mut self) -> io::Result<()> {
+        self.flush();
         self.tail.resolve(StreamKind::Stdout, &self.stdout.file);
         self.tail.resolve(StreamKind::Stderr, &self.stderr.file);
         self.stdout.reopen()?;
         self.stderr.reopen()
     }
+}
+
+impl Drop for Output {
+    /// Every block read reaches its file before the supervisor goes.
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Puts `prefix` before every line of `lines` (whole lines) in `out`, whose length is
+/// its room (zeroed once, when it grows); returns how many bytes of `out` were filled.
+///
+/// A flood spends its time here: memchr finds each line's end, and each line is then
+/// two copies into memory already there (no capacity check or allocation per line).
+fn prefix_lines(out: &mut Vec<u8>, prefix: &[u8], lines: &[u8]) -> usize {
+    let mut at = 0;
+    let mut start = 0;
+    while start < lines.len() {
+        let end = memchr::memchr(b'\n', &lines[start..]).map_or(lines.len(), |i| start + i + 1);
+        let line = &lines[start..end];
+        let next = at + prefix.len() + line.len();
+        if next > out.len() {
+            // Lines of 100 bytes or more make the block at most 36% longer.
+            out.resize(next.max(at + (lines.len() - start) * 3 / 2), 0);
+        }
+        out[at..at + prefix.len()].copy_from_slice(prefix);
+        out[at + prefix.len()..next].copy_from_slice(line);
+        at = next;
+        start = end;
+    }
+    at
 }
 
 /// The supervisor's own event log (`baton.log`), reopenable for external logrotate.
@@ -1102,6 +1319,76 @@ mod tests {
                 .collect::<Vec<u8>>()
         };
         assert_eq!(strip(&text), strip(&sent), "bytes lost or reordered");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn every_line_of_a_block_gets_the_prefix_once_whatever_its_length() {
+        // Empty and one-byte lines make the block grow past its first guess; the last piece
+        // has no newline (an overlong line's cut) and is prefixed all the same.
+        let mut lines = Vec::new();
+        let mut expect = Vec::new();
+        for i in 0..3000 {
+            let line = match i % 4 {
+                0 => String::new(),
+                1 => "x".to_string(),
+                2 => format!("line {i}"),
+                _ => "y".repeat(i % 300),
+            };
+            lines.extend_from_slice(line.as_bytes());
+            lines.push(b'\n');
+            expect.extend_from_slice(b"P> ");
+            expect.extend_from_slice(line.as_bytes());
+            expect.push(b'\n');
+        }
+        lines.extend_from_slice(b"tail");
+        expect.extend_from_slice(b"P> tail");
+        let mut out = vec![0u8; 16];
+        let n = prefix_lines(&mut out, b"P> ", &lines);
+        assert_eq!(&out[..n], &expect[..]);
+        // The same buffer again, now large enough: the same bytes, nothing left over.
+        let n = prefix_lines(&mut out, b"Q> ", b"a\nb\n");
+        assert_eq!(&out[..n], b"Q> a\nQ> b\n");
+    }
+
+    #[test]
+    fn a_stamped_flood_is_in_the_file_once_flushed() {
+        let dir = std::env::temp_dir().join(format!("baton-logs-stamped-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut out = Output::open(&spec(&dir, 1 << 30, 1)).expect("open");
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).expect("pipe");
+        let mut pipe = Pipe::new(r, StreamKind::Stdout, Pid::from_raw(4242));
+        let mut w = File::from(w);
+        // 4 MiB in 256 KiB writes, each drained at once: floods, so a Scribe writes them.
+        let n = 40_000;
+        let mut sent = 0;
+        while sent < n {
+            let block: String = (sent..(sent + 2000).min(n))
+                .map(|i| format!("line {i:06} {}\n", "z".repeat(87)))
+                .collect();
+            w.write_all(block.as_bytes()).expect("write");
+            sent = (sent + 2000).min(n);
+            assert!(matches!(pipe.drain(&mut out, None, true), Drained::Open));
+        }
+        assert!(
+            out.scribe.is_some(),
+            "a flood of stamped lines starts a writer thread"
+        );
+        out.flush();
+        assert!(out.scribe.is_none());
+        let text = std::fs::read_to_string(dir.join("stdout.log")).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), n, "every line in the file once flushed");
+        for (i, line) in lines.iter().enumerate() {
+            let (time, rest) = line.split_at(27);
+            assert!(
+                time.ends_with('Z') && time.as_bytes()[10] == b'T',
+                "{line:?}"
+            );
+            assert_eq!(rest, format!(" [4242] line {i:06} {}", "z".repeat(87)));
+        }
+        drop(w);
         std::fs::remove_dir_all(&dir).ok();
     }
 

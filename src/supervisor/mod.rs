@@ -203,6 +203,9 @@ impl Supervisor {
         if std::mem::take(&mut self.want_spare) {
             self.make_spare();
         }
+        if shed {
+            self.output.shed();
+        }
         let ready = {
             let set = poll::interests(self);
             if persist {
@@ -917,6 +920,7 @@ impl Supervisor {
         for i in 0..self.pipes.len() {
             self.drain_pipe(i);
         }
+        self.output.flush();
         let Some(record) = reexec::record(self, conn) else {
             return Reply::Error {
                 message: format!("{} has no serving instance to carry", self.spec.name),

@@ -66,7 +66,8 @@ pub fn gated_notify_service(name: &str) -> Svc {
     svc
 }
 
-/// Lets a [`gated_notify_service`] say READY=1.
+/// Lets a service waiting for a line on its FIFO `go` go on ([`gated_notify_service`] says
+/// READY=1).
 pub fn open_gate(svc: &Svc) {
     use std::io::Write;
     std::fs::OpenOptions::new()

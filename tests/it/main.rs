@@ -28,6 +28,7 @@ mod security_files;
 mod security_procs;
 mod ship;
 mod spawn;
+mod stamped;
 mod startup;
 mod stop;
 mod stop_path;
