@@ -394,9 +394,15 @@ impl Cli {
         )
     }
 
+    /// The config's text and its own trust are checked before the request, as for every
+    /// command; what it says of the host (program, working directory: only warnings for a
+    /// service already running) is checked and told once the request is on its way.
     #[inline(never)]
     fn stop(&self, t: &Target) -> Result<Code> {
-        crate::service::stop(&kept(self.load_running(t)?)).map(|()| 0)
+        let (file, name) = self.locate(t)?;
+        let (mut spec, later) = config::load_running_later(&file, &name)?;
+        spec.file = file;
+        crate::service::stop(&kept(spec), || warn(later.warnings())).map(|()| 0)
     }
 
     /// For a command addressed to the supervisor already running: a program or
@@ -404,9 +410,7 @@ impl Cli {
     fn load_running(&self, t: &Target) -> Result<Spec> {
         let (file, name) = self.locate(t)?;
         let (mut spec, warnings) = config::load_running(&file, &name)?;
-        for w in warnings {
-            eprintln!("warning: {w}");
-        }
+        warn(warnings);
         spec.file = file;
         Ok(spec)
     }
@@ -417,7 +421,7 @@ impl Cli {
         let load_running = |t: &Target| self.load_running(t);
         match &self.command {
             Command::Start(t) => crate::service::start_and_end(&kept(load(t)?)).map(|()| 0),
-            Command::Stop(t) => crate::service::stop(&kept(load_running(t)?)).map(|()| 0),
+            Command::Stop(t) => self.stop(t),
             Command::Restart(t) => crate::service::restart(&kept(load(t)?)).map(|()| 0),
             Command::TryRestart(t) => crate::service::try_restart(&kept(load(t)?)).map(|()| 0),
             Command::Reload(t) | Command::ForceReload(t) => {
@@ -617,6 +621,13 @@ impl Cli {
 /// ends the process: never freed. Freeing it after the wait would write to every heap
 /// page its strings live on (and can set malloc consolidating its free lists), each page
 /// a cost for a process that has slept (benches/PROFILE-ready.md); the exit frees it all.
+/// Tells the config's problems of the host that do not stop this command.
+fn warn(warnings: Vec<String>) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
 fn kept(spec: Spec) -> std::mem::ManuallyDrop<Spec> {
     std::mem::ManuallyDrop::new(spec)
 }

@@ -431,6 +431,24 @@ pub struct Checked {
     pub file: File,
     /// Why someone other than root (or baton's user) could have changed it; empty if nobody.
     pub untrusted: Untrusted,
+    /// Its size when it was checked.
+    len: u64,
+}
+
+impl Checked {
+    /// Reads at most `limit` bytes of the file; more is an error naming the limit. The
+    /// buffer is sized by the check's fstat: one read and the one that finds the end,
+    /// where growing from nothing took six reads and five reallocations for a small config.
+    pub fn read_limited(&mut self, limit: u64) -> io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.len.min(limit) as usize + 1);
+        (&mut self.file).take(limit + 1).read_to_end(&mut out)?;
+        if out.len() as u64 > limit {
+            return Err(io::Error::other(format!(
+                "it is larger than {limit} bytes, the most baton reads"
+            )));
+        }
+        Ok(out)
+    }
 }
 
 /// Opens `path` for reading, StrictModes-style: records every directory on the way, and the
@@ -477,6 +495,7 @@ pub fn open_checked(path: &Path) -> io::Result<Checked> {
                 return Ok(Checked {
                     file: File::from(fd),
                     untrusted,
+                    len: u64::try_from(stat.st_size).unwrap_or(0),
                 });
             }
             Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
@@ -495,18 +514,6 @@ pub fn open_checked(path: &Path) -> io::Result<Checked> {
         }
     }
     Err(io::Error::from_raw_os_error(nix::libc::ELOOP))
-}
-
-/// Reads at most `limit` bytes of an opened file; more is an error naming the limit.
-pub fn read_limited(file: &mut File, limit: u64) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    file.take(limit + 1).read_to_end(&mut out)?;
-    if out.len() as u64 > limit {
-        return Err(io::Error::other(format!(
-            "it is larger than {limit} bytes, the most baton reads"
-        )));
-    }
-    Ok(out)
 }
 
 /// Why a file or directory others could change cannot be trusted, if it cannot.
@@ -547,6 +554,22 @@ fn link_trusted(dir: &FileStat, link: &FileStat) -> bool {
 /// Walks `path` component by component with `O_NOFOLLOW`, following a symbolic link only
 /// where [`link_trusted`] says so; with `seen`, records directories that are not trusted.
 fn walk(path: &Path, seen: &mut Option<Untrusted>) -> io::Result<Dir> {
+    // No symbolic link anywhere on the way (the usual case): the walk would follow none
+    // and reach the same directory, so one openat2(RESOLVE_NO_SYMLINKS) and an fstat do
+    // instead of an open, fstat and close per component (most of a `stop`'s system calls
+    // before its request, once). Anything else (a link, a directory missing, an old
+    // kernel) takes the walk, which applies the rule above and says what is wrong. Not
+    // when every directory on the way is to be judged (`seen`): that needs each one's stat.
+    if seen.is_none() {
+        if let Ok(fd) = sys::open_dir_no_symlinks(path) {
+            let stat = nix::sys::stat::fstat(fd.as_raw_fd())?;
+            return Ok(Dir {
+                fd,
+                path: path.to_path_buf(),
+                stat,
+            });
+        }
+    }
     let start = if path.is_absolute() { "/" } else { "." };
     let open_dir = |at: Option<BorrowedFd<'_>>, name: &Path| {
         sys::openat(

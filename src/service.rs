@@ -79,15 +79,18 @@ fn start_supervised(spec: &Spec) -> Result<()> {
 }
 
 /// Stops the service and everything it started; succeeds when it was not running.
-pub fn stop(spec: &Spec) -> Result<()> {
+/// `sent` runs once the request is sent (or found needless): what the stop may tell
+/// later, such as the config's warnings, waits until then.
+pub fn stop(spec: &Spec, sent: impl FnOnce()) -> Result<()> {
     ensure_state_dir(spec)?;
     let _lock = pidfile::lock_commands(spec)?;
-    stop_locked(spec)
+    stop_locked(spec, sent)
 }
 
-fn stop_locked(spec: &Spec) -> Result<()> {
+fn stop_locked(spec: &Spec, sent: impl FnOnce()) -> Result<()> {
     let name = &spec.name;
     if !pidfile::supervisor_alive(spec)? {
+        sent();
         if !clean_up_dead(spec) {
             println!("{name} is not running");
         }
@@ -101,6 +104,7 @@ fn stop_locked(spec: &Spec) -> Result<()> {
     // read that waits longer than that (and a margin) means it is stuck, not slow.
     let limit = spec.stop.timeout.saturating_add(Duration::from_secs(10));
     let asked = control::request(&spec.socket, &Request::Stop, Some(limit));
+    sent();
     let state = pidfile::read_state(spec);
     let watched: Vec<(Pid, std::os::fd::OwnedFd)> = state
         .supervisor
@@ -156,7 +160,7 @@ fn stop_locked(spec: &Spec) -> Result<()> {
 pub fn restart(spec: &Spec) -> Result<()> {
     preflight(spec)?;
     let _lock = pidfile::lock_commands(spec)?;
-    stop_locked(spec)?;
+    stop_locked(spec, || {})?;
     start_locked(spec, Last::Yes)
 }
 
@@ -543,6 +547,11 @@ pub fn preflight(spec: &Spec) -> Result<()> {
 }
 
 fn ensure_state_dir(spec: &Spec) -> Result<()> {
+    // There and writable, as after every first start: one system call, not make_dir's
+    // three (mkdir, stat, access), before a stop's request.
+    if nix::unistd::access(&spec.state_dir, AccessFlags::W_OK).is_ok() {
+        return Ok(());
+    }
     make_dir("state directory", &spec.state_dir)
 }
 

@@ -574,6 +574,42 @@ pub fn openat(
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Opens the directory at `path` (read-only, close-on-exec) only if resolving it follows no
+/// symbolic link at all (openat2(2) with RESOLVE_NO_SYMLINKS): ELOOP when one is on the
+/// way, ENOSYS before Linux 5.6.
+pub fn open_dir_no_symlinks(path: &std::path::Path) -> std::io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // struct open_how, as the kernel reads it (libc's is non-exhaustive: not buildable).
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_NO_SYMLINKS,
+    };
+    // SAFETY: openat2 reads the NUL-terminated path and `how` (its size passed with it),
+    // both alive for the call, and writes nothing of ours.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openat2 just returned this descriptor; nothing else in the process knows it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) })
+}
+
 /// Accepts one connection on `listener`, the new socket non-blocking and close-on-exec from
 /// the start (accept4): std's accept then `set_nonblocking` is one system call more.
 pub fn accept_nonblocking(

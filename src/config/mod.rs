@@ -428,7 +428,7 @@ pub(crate) fn read_checked(file: &Path) -> Result<(String, Vec<Problem>)> {
             ))
     };
     let mut checked = crate::files::open_checked(file).map_err(io_error)?;
-    let bytes = crate::files::read_limited(&mut checked.file, MAX_CONFIG_BYTES).map_err(|e| {
+    let bytes = checked.read_limited(MAX_CONFIG_BYTES).map_err(|e| {
         Error::unable(format!("read config {}", file.display()), e).code(Action::NotConfigured)
     })?;
     let text = String::from_utf8(bytes).map_err(|_| {
@@ -468,54 +468,114 @@ pub fn parse(text: &str, file: &Path, name: &str) -> std::result::Result<Spec, V
 /// program or working directory that has gone since the start must not strand a running
 /// service with no way to stop it. Those problems come back as warnings.
 pub fn load_running(file: &Path, name: &str) -> Result<(Spec, Vec<String>)> {
-    let (text, mut problems) = read_checked(file)?;
-    let (spec, mut more) = parse_all(&text, file, name);
-    problems.append(&mut more);
+    let (spec, later) = load_running_later(file, name)?;
+    Ok((spec, later.warnings()))
+}
+
+/// [`load_running`] that leaves the checks of the program and the working directory
+/// (only warnings here) for [`Later::warnings`], so that `stop` sends its request before
+/// them. The file itself is checked now: its trust (as root) and its every problem of
+/// text, each of which still refuses the command; then the checks are made at once, so
+/// that the error lists every problem as [`load_running`]'s does.
+pub fn load_running_later(file: &Path, name: &str) -> Result<(Spec, Later)> {
+    let (text, read) = read_checked(file)?;
+    let (spec, parsed, checks) = parse_all_with(&text, file, name, Reader::deferring(&text));
+    let later = Later {
+        file: file.to_path_buf(),
+        read,
+        parsed,
+        checks,
+    };
     match spec {
-        Some(spec) if problems.iter().all(|p| p.host) => {
-            let warnings = problems
-                .into_iter()
-                .map(|p| match p.line {
-                    Some(line) => format!("{}:{line}: {}", file.display(), p.message),
-                    None => format!("{}: {}", file.display(), p.message),
-                })
-                .collect();
-            Ok((spec, warnings))
-        }
+        Some(spec) if later.read.iter().chain(&later.parsed).all(|p| p.host) => Ok((spec, later)),
         _ => Err(Problems {
             file: file.to_path_buf(),
-            list: problems,
+            list: later.problems(),
         }
         .into_error()),
     }
 }
 
+/// What [`load_running_later`] found about the host and what it left to check.
+pub struct Later {
+    file: PathBuf,
+    /// Found reading the file (its trust).
+    read: Vec<Problem>,
+    /// Found walking its text, sorted by line.
+    parsed: Vec<Problem>,
+    checks: reader::Deferred,
+}
+
+impl Later {
+    /// Makes the checks left for later; each problem of the host as a warning line.
+    pub fn warnings(self) -> Vec<String> {
+        let file = self.file.clone();
+        self.problems()
+            .into_iter()
+            .map(|p| match p.line {
+                Some(line) => format!("{}:{line}: {}", file.display(), p.message),
+                None => format!("{}: {}", file.display(), p.message),
+            })
+            .collect()
+    }
+
+    /// Every problem, the deferred checks' among the walk's by line, as a walk that made
+    /// them in place would have listed them.
+    fn problems(self) -> Vec<Problem> {
+        let mut walked = self.parsed;
+        for (check, line) in self.checks {
+            for (key, message, code) in check.problems() {
+                walked.push(Problem {
+                    line,
+                    key: key.to_string(),
+                    message,
+                    code,
+                    host: true,
+                });
+            }
+        }
+        walked.sort_by_key(|p| p.line);
+        let mut all = self.read;
+        all.append(&mut walked);
+        all
+    }
+}
+
 /// The spec (when the text makes one) and every problem found, sorted by line.
 fn parse_all(text: &str, file: &Path, name: &str) -> (Option<Spec>, Vec<Problem>) {
+    let (spec, problems, _) = parse_all_with(text, file, name, Reader::new(text));
+    (spec, problems)
+}
+
+/// [`parse_all`] by `r`, also returning the checks it left for later.
+fn parse_all_with(
+    text: &str,
+    file: &Path,
+    name: &str,
+    mut r: Reader<'_>,
+) -> (Option<Spec>, Vec<Problem>, reader::Deferred) {
     let doc = match ImDocument::parse(text.to_string()) {
         Ok(doc) => doc,
         Err(e) => {
             let line = e.span().map(|s| line_of(text, s.start));
-            return (
-                None,
-                vec![Problem {
-                    line,
-                    key: String::new(),
-                    message: format!("TOML syntax error: {}", e.message().trim()),
-                    code: Action::NotConfigured,
-                    host: false,
-                }],
-            );
+            let problem = Problem {
+                line,
+                key: String::new(),
+                message: format!("TOML syntax error: {}", e.message().trim()),
+                code: Action::NotConfigured,
+                host: false,
+            };
+            return (None, vec![problem], Vec::new());
         }
     };
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut r = Reader::new(text);
     let spec = r.spec(doc.as_table(), &base, name).map(|s| Spec {
         file: file.to_path_buf(),
         ..s
     });
     r.problems.sort_by_key(|p| p.line);
-    (spec, std::mem::take(&mut r.problems))
+    let checks = r.take_deferred();
+    (spec, std::mem::take(&mut r.problems), checks)
 }
 
 /// The 1-based line of byte `offset` in `text` (one lookup; a [`Walker`] keeps its index for many).

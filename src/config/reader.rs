@@ -55,6 +55,9 @@ pub(super) struct Reader<'t> {
     has_port: bool,
     /// Whether `{release}` has a meaning (a [release] section).
     has_release: bool,
+    /// Where the checks of the program and the working directory go when they are left
+    /// for later ([`Reader::deferring`]); None: made during the walk.
+    deferred: Option<Deferred>,
 }
 
 impl<'t> Reader<'t> {
@@ -63,6 +66,36 @@ impl<'t> Reader<'t> {
             walker: Walker::new(text),
             has_port: false,
             has_release: false,
+            deferred: None,
+        }
+    }
+
+    /// A walk that leaves the checks of the program and the working directory (stats and
+    /// a root-trust walk of each, only warnings for a command addressed to the running
+    /// supervisor) to [`Reader::take_deferred`]'s caller: `stop` makes them after its
+    /// request, which then waits for none of them.
+    pub(super) fn deferring(text: &'t str) -> Self {
+        Reader {
+            deferred: Some(Vec::new()),
+            ..Reader::new(text)
+        }
+    }
+
+    /// The checks a deferring walk left, each with the line it is about.
+    pub(super) fn take_deferred(&mut self) -> Deferred {
+        self.deferred.take().unwrap_or_default()
+    }
+
+    /// Makes `check` now and records what it finds, or leaves it for later.
+    fn host_check(&mut self, check: HostCheck, span: Option<Range<usize>>) {
+        let line = span.as_ref().map(|s| self.line_of(s.start));
+        match self.deferred.as_mut() {
+            Some(later) => later.push((check, line)),
+            None => {
+                for (key, message, code) in check.problems() {
+                    self.host_problem(span.clone(), key, message, code);
+                }
+            }
         }
     }
 }
@@ -77,6 +110,115 @@ impl<'t> std::ops::Deref for Reader<'t> {
 impl<'t> std::ops::DerefMut for Reader<'t> {
     fn deref_mut(&mut self) -> &mut Walker<'t> {
         &mut self.walker
+    }
+}
+
+/// The checks of the host a walk left for later, each with the line it is about.
+pub(super) type Deferred = Vec<(HostCheck, Option<usize>)>;
+
+/// A check of the host a config names (not of its text): its problems stop `start` and
+/// `check`, but only warn a command addressed to the running supervisor (see
+/// [`Problem::host`]), which may therefore make them after its request.
+pub(super) enum HostCheck {
+    /// `workdir` is a directory.
+    Workdir(PathBuf),
+    /// The command's program is there and executable and, for a root service run by
+    /// root, nobody else can change it.
+    Program {
+        prog: String,
+        base: PathBuf,
+        search: std::ffi::OsString,
+        as_root: bool,
+    },
+}
+
+impl HostCheck {
+    /// What is wrong: key, message and LSB code of each problem; empty when nothing is.
+    pub(super) fn problems(&self) -> Vec<(&'static str, String, Action)> {
+        match self {
+            HostCheck::Workdir(p) if !p.is_dir() => vec![(
+                "workdir",
+                format!(
+                    "{} is not a directory: create it or fix the path",
+                    p.display()
+                ),
+                Action::NotConfigured,
+            )],
+            HostCheck::Workdir(_) => Vec::new(),
+            HostCheck::Program {
+                prog,
+                base,
+                search,
+                as_root,
+            } => program_problems(prog, base, search, *as_root)
+                .into_iter()
+                .map(|(message, code)| ("command", message, code))
+                .collect(),
+        }
+    }
+}
+
+/// [`HostCheck::Program`]'s findings.
+fn program_problems(
+    prog: &str,
+    base: &Path,
+    search: &std::ffi::OsStr,
+    as_root: bool,
+) -> Vec<(String, Action)> {
+    let found = if prog.contains('/') {
+        let p = absolutize(base, prog);
+        Some(p).filter(|p| p.exists())
+    } else {
+        crate::host::find_in_path(prog, search)
+    };
+    let Some(p) = found else {
+        return vec![(
+            format!(
+                "program {prog:?} not found{}: install it or fix the path",
+                if prog.contains('/') { "" } else { " in PATH" }
+            ),
+            Action::NotInstalled,
+        )];
+    };
+    let exec = std::fs::metadata(&p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if !matches!(exec, Ok(true)) {
+        return vec![(
+            format!(
+                "{} is not an executable file: chmod +x it or fix the path",
+                p.display()
+            ),
+            Action::NotInstalled,
+        )];
+    }
+    if as_root && nix::unistd::Uid::effective().is_root() {
+        return untrusted_program(&p);
+    }
+    Vec::new()
+}
+
+/// A program run as root must be as safe as root's own: nobody else may change it or its
+/// directories.
+///
+/// A problem of the machine, not of the file: `start` and `check` refuse it, but a `stop`
+/// (or `status`, `signal`) of the service already running only warns, since it executes
+/// nothing; else a directory made writable since the start would leave root no `baton
+/// stop` for a service that runs on.
+fn untrusted_program(p: &Path) -> Vec<(String, Action)> {
+    match crate::files::open_checked(p) {
+        Ok(c) => c
+            .untrusted
+            .into_iter()
+            .map(|why| {
+                (
+                    format!("{why}; the service runs as root, so nobody else may be able to change what it executes"),
+                    Action::NoPrivilege,
+                )
+            })
+            .collect(),
+        Err(e) => vec![(
+            format!("cannot check {}: {e}", p.display()),
+            Action::NoPrivilege,
+        )],
     }
 }
 
@@ -342,17 +484,7 @@ impl Reader<'_> {
         let account = self.account(top);
         let workdir = self.string(top, "", "workdir").map(|(s, span)| {
             let p = absolutize(base, &s.replace("{name}", name));
-            if !p.is_dir() {
-                self.host_problem(
-                    span,
-                    "workdir",
-                    format!(
-                        "{} is not a directory: create it or fix the path",
-                        p.display()
-                    ),
-                    Action::NotConfigured,
-                );
-            }
+            self.host_check(HostCheck::Workdir(p.clone()), span);
             p
         });
 
@@ -524,40 +656,13 @@ impl Reader<'_> {
         if prog.contains("{port}") || prog.contains("{release}") {
             return;
         }
-        let found = if prog.contains('/') {
-            let p = absolutize(base, prog);
-            Some(p).filter(|p| p.exists())
-        } else {
-            crate::host::find_in_path(prog, search)
+        let check = HostCheck::Program {
+            prog: prog.to_string(),
+            base: base.to_path_buf(),
+            search: search.to_os_string(),
+            as_root,
         };
-        match found {
-            None => self.host_problem(
-                span,
-                "command",
-                format!(
-                    "program {prog:?} not found{}: install it or fix the path",
-                    if prog.contains('/') { "" } else { " in PATH" }
-                ),
-                Action::NotInstalled,
-            ),
-            Some(p) => {
-                let exec = std::fs::metadata(&p)
-                    .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-                if !matches!(exec, Ok(true)) {
-                    self.host_problem(
-                        span,
-                        "command",
-                        format!(
-                            "{} is not an executable file: chmod +x it or fix the path",
-                            p.display()
-                        ),
-                        Action::NotInstalled,
-                    );
-                } else if as_root && nix::unistd::Uid::effective().is_root() {
-                    self.trusted_program(&p, span);
-                }
-            }
-        }
+        self.host_check(check, span);
     }
 
     /// Reads `env_file` on one descriptor, checked like sshd's StrictModes when baton is root:
@@ -569,7 +674,7 @@ impl Reader<'_> {
         env: &mut Vec<(String, String)>,
     ) {
         let read = crate::files::open_checked(path).and_then(|mut c| {
-            let body = crate::files::read_limited(&mut c.file, MAX_ENV_FILE)?;
+            let body = c.read_limited(MAX_ENV_FILE)?;
             Ok((body, c.untrusted))
         });
         let (body, untrusted) = match read {
@@ -634,33 +739,6 @@ impl Reader<'_> {
             }
         }
         names
-    }
-
-    /// A program run as root must be as safe as root's own: nobody else may change it or its directories.
-    ///
-    /// A problem of the machine, not of the file: `start` and `check` refuse it, but a
-    /// `stop` (or `status`, `signal`) of the service already running only warns, since it
-    /// executes nothing; else a directory made writable since the start would leave root
-    /// no `baton stop` for a service that runs on.
-    fn trusted_program(&mut self, p: &Path, span: Option<Range<usize>>) {
-        match crate::files::open_checked(p) {
-            Ok(c) => {
-                for why in c.untrusted {
-                    self.host_problem(
-                        span.clone(),
-                        "command",
-                        format!("{why}; the service runs as root, so nobody else may be able to change what it executes"),
-                        Action::NoPrivilege,
-                    );
-                }
-            }
-            Err(e) => self.host_problem(
-                span,
-                "command",
-                format!("cannot check {}: {e}", p.display()),
-                Action::NoPrivilege,
-            ),
-        }
     }
 
     fn account(&mut self, top: &dyn TableLike) -> Option<Account> {
