@@ -169,13 +169,23 @@ pub fn alive(pid: i32) -> bool {
 
 /// Every live process whose environment carries `marker`.
 pub fn processes_with_env(marker: &str) -> Vec<i32> {
+    processes_listing("environ", marker.as_bytes())
+}
+
+/// Live processes with `arg` as one of their command-line arguments.
+pub fn processes_with_arg(arg: &[u8]) -> Vec<i32> {
+    processes_listing("cmdline", arg)
+}
+
+/// Live processes whose NUL-separated /proc/PID/`file` (environ, cmdline) has `item`.
+fn processes_listing(file: &str, item: &[u8]) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
-        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
-            if env.split(|&b| b == 0).any(|kv| kv == marker.as_bytes()) && alive(pid) {
+        if let Ok(list) = std::fs::read(format!("/proc/{pid}/{file}")) {
+            if list.split(|&b| b == 0).any(|x| x == item) && alive(pid) {
                 out.push(pid);
             }
         }
@@ -394,7 +404,14 @@ impl Drop for Svc {
             .arg(&self.config)
             .arg("stop")
             .output();
-        for p in self.processes() {
+        // A stop refused (a test that broke the config and then failed before mending it)
+        // leaves the supervisor too: it runs as `baton --config CONFIG supervise …`.
+        let config = self.config.as_os_str().as_encoded_bytes();
+        for p in self
+            .processes()
+            .into_iter()
+            .chain(processes_with_arg(config))
+        {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(p),
                 nix::sys::signal::Signal::SIGKILL,
