@@ -289,19 +289,24 @@ const PAGE: usize = 4096;
 /// and not taken (benches/PROFILE-layout.md): they span 25-36 pages in three 64 KB
 /// fault-around windows, and fewer kept pages than a window spares no fault.
 pub fn shed_and_poll(fds: &mut [nix::poll::PollFd<'_>]) -> nix::Result<libc::c_int> {
-    let segments = readonly_segments();
-    let keep = [
+    let spans = spans_to_shed(&[
         code_pages(drop_and_poll as *const () as usize),
         code_pages(libc::madvise as *const () as usize),
         code_pages(libc::ppoll as *const () as usize),
-    ];
-    let spans = without(&segments, &keep);
+    ]);
+    drop_and_poll(&spans, fds)
+}
+
+/// The read-only segments to drop, all but the code pages in `keep` (what runs after the
+/// drop); first gives the heap's free pages back.
+fn spans_to_shed(keep: &[Span]) -> Vec<Span> {
+    let spans = without(&readonly_segments(), keep);
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free heap pages; no live allocation moves.
     unsafe {
         libc::malloc_trim(0);
     }
-    drop_and_poll(&spans, fds)
+    spans
 }
 
 /// `start`'s wait for its supervisor's report when a "ready" ends the process: sheds as
@@ -324,21 +329,14 @@ pub fn shed_and_await_ready(
     line: &[u8],
     got: &mut [u8],
 ) -> usize {
-    let segments = readonly_segments();
-    let keep = [
+    let spans = spans_to_shed(&[
         code_pages(poll_read_and_finish as *const () as usize),
         code_pages(libc::madvise as *const () as usize),
         code_pages(libc::ppoll as *const () as usize),
         code_pages(libc::read as *const () as usize),
         code_pages(libc::write as *const () as usize),
         code_pages(libc::_exit as *const () as usize),
-    ];
-    let spans = without(&segments, &keep);
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free heap pages; no live allocation moves.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    ]);
     poll_read_and_finish(&spans, fd.as_raw_fd(), expected, line, got)
 }
 
@@ -353,15 +351,7 @@ fn poll_read_and_finish(
     line: &[u8],
     got: &mut [u8],
 ) -> usize {
-    let mut i = 0;
-    while i < spans.len() {
-        let (start, end) = spans[i];
-        // SAFETY: as in drop_and_poll: whole pages of a read-only file-backed mapping.
-        unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
-        }
-        i += 1;
-    }
+    drop_spans(spans);
     let mut pfd = libc::pollfd {
         fd,
         events: libc::POLLIN,
@@ -450,11 +440,10 @@ fn without(spans: &[Span], holes: &[Span]) -> Vec<Span> {
     out
 }
 
-/// Drops `spans` and sleeps. Kept apart (and out of line) so that what runs after the
-/// first madvise is only this function and the two libc wrappers, whose pages
-/// `shed_and_poll` keeps; it reads nothing but its arguments (stack and heap).
-#[inline(never)]
-fn drop_and_poll(spans: &[Span], fds: &mut [nix::poll::PollFd<'_>]) -> nix::Result<libc::c_int> {
+/// Drops the page-table entries of `spans`. Always inlined: it runs after its own page
+/// may have been dropped, so it must be part of the kept function that calls it.
+#[inline(always)]
+fn drop_spans(spans: &[Span]) {
     // A plain index loop: a slice iterator would be a call into core in a debug build.
     let mut i = 0;
     while i < spans.len() {
@@ -468,6 +457,14 @@ fn drop_and_poll(spans: &[Span], fds: &mut [nix::poll::PollFd<'_>]) -> nix::Resu
         }
         i += 1;
     }
+}
+
+/// Drops `spans` and sleeps. Kept apart (and out of line) so that what runs after the
+/// first madvise is only this function and the two libc wrappers, whose pages
+/// `shed_and_poll` keeps; it reads nothing but its arguments (stack and heap).
+#[inline(never)]
+fn drop_and_poll(spans: &[Span], fds: &mut [nix::poll::PollFd<'_>]) -> nix::Result<libc::c_int> {
+    drop_spans(spans);
     // SAFETY: PollFd is a repr(transparent) libc::pollfd, and `fds` is a live, exclusive
     // slice of them for the call; null timeout and sigmask: block until an event, with
     // the signal mask as it is.

@@ -167,6 +167,16 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+/// The number after `key` (e.g. "Threads:", "rchar:") in /proc/PID/`file` (status, io).
+pub fn proc_number(pid: i32, file: &str, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/{file}: {e}"));
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/{file}"))
+}
+
 /// Every live process whose environment carries `marker`.
 pub fn processes_with_env(marker: &str) -> Vec<i32> {
     processes_listing("environ", marker.as_bytes())
@@ -387,6 +397,18 @@ impl Svc {
         std::fs::read_to_string(self.dir.join("log").join(file)).unwrap_or_default()
     }
 
+    /// `baton reexec`, which must succeed with the same supervisor (by its PID file) after.
+    pub fn reexec_in_place(&self) {
+        let sup = self.pid_in_file().expect("supervisor pid");
+        let r = self.baton(&["reexec"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_eq!(
+            self.pid_in_file(),
+            Some(sup),
+            "the same supervisor, re-executed"
+        );
+    }
+
     /// Live processes started for this service.
     pub fn processes(&self) -> Vec<i32> {
         processes_with_env(&self.marker)
@@ -421,6 +443,20 @@ impl Drop for Svc {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// A service whose program is `{dir}/bin/serve`, a script of its own (`exec sleep 1000`)
+/// in a directory of its own, both mode 0755: for tests that change them after the start.
+pub fn own_program(name: &str) -> Svc {
+    use std::os::unix::fs::PermissionsExt;
+    let svc = Spec::new(name, r#"["{dir}/bin/serve"]"#).create();
+    let bin = svc.path("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let prog = bin.join("serve");
+    std::fs::write(&prog, "#!/bin/sh\nexec sleep 1000\n").expect("write");
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    svc
 }
 
 /// Whether the tests run as root (privilege-drop tests need it).

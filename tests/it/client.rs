@@ -3,7 +3,7 @@
 //! ends through `sys::exit`: stdout flushed, then _exit(2)), what a waiting `start` keeps,
 //! and which config problems a command addressed to a running service only warns about.
 
-use crate::harness::{alive, baton, baton_bin, is_root, wait_until, Svc};
+use crate::harness::{alive, baton, baton_bin, is_root, own_program, wait_until, Svc};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
@@ -103,13 +103,8 @@ fn a_root_service_whose_program_became_writable_by_others_is_still_stopped() {
         eprintln!("skipped: the check applies to root only");
         return;
     }
-    let svc = Svc::new("laxlater", r#"["{dir}/bin/serve"]"#, "");
+    let svc = own_program("laxlater");
     let bin = svc.path("bin");
-    std::fs::create_dir_all(&bin).expect("mkdir");
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let prog = bin.join("serve");
-    std::fs::write(&prog, "#!/bin/sh\nexec sleep 1000\n").expect("write");
-    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     svc.start();
     let pid = svc.pid_in_file().expect("a PID file");
     // Since the start, anyone may replace what the root service would execute next.

@@ -3,7 +3,7 @@
 
 use crate::harness;
 
-use harness::{assert_flood_whole, fixture, rotated, wait_until, Spec, Svc};
+use harness::{assert_flood_whole, fixture, proc_number, rotated, wait_until, Spec, Svc};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -28,12 +28,7 @@ fn toml_str(s: &str) -> String {
 /// Bytes the supervisor read with read(2) and the like (`rchar`): a spliced flood
 /// never passes through its memory, so this stays far below the flood's size.
 fn supervisor_read_bytes(svc: &Svc) -> u64 {
-    let pid = svc.pid_in_file().expect("supervisor pid");
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("read /proc/PID/io");
-    io.lines()
-        .find_map(|l| l.strip_prefix("rchar: "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("rchar in /proc/PID/io")
+    proc_number(svc.pid_in_file().expect("supervisor pid"), "io", "rchar:")
 }
 
 #[test]
@@ -254,14 +249,7 @@ fn a_line_begun_by_a_splice_is_finished_whole_after_the_supervisor_reexecs() {
     // The half line sits in stdout.log when the supervisor replaces its image; the new
     // image learns it from the file (no buffer of the old one survives the exec).
     let svc = half_line("halfreexec");
-    let sup = svc.pid_in_file().expect("supervisor pid");
-    let r = svc.baton(&["reexec"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(
-        svc.pid_in_file(),
-        Some(sup),
-        "the same supervisor, re-executed"
-    );
+    svc.reexec_in_place();
     assert_half_line_taken_back_at_reopen(&svc);
 }
 

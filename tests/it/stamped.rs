@@ -4,7 +4,9 @@
 
 use crate::harness;
 
-use harness::{assert_flood_whole, fixture, open_gate, rotated, wait_until, Spec, Svc};
+use harness::{
+    assert_flood_whole, fixture, open_gate, proc_number, rotated, wait_until, Spec, Svc,
+};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -73,15 +75,6 @@ fn stamped_lines(files: &[std::path::PathBuf], pid: u64) -> Vec<(String, String)
     out
 }
 
-fn threads(pid: i32) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("status")
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("Threads: in /proc/PID/status")
-}
-
 #[test]
 fn a_stamped_flood_is_stored_as_whole_prefixed_lines_in_order_across_rotations() {
     // 30 MB of 100-byte lines in 100 KB writes, files of 2 MB: many lines per read, so the
@@ -115,7 +108,9 @@ fn a_stamped_flood_is_stored_as_whole_prefixed_lines_in_order_across_rotations()
     // Once the output is quiet the supervisor gives back what the flood needed, its
     // writing thread included: an idle supervisor is one thread.
     let sup = svc.pid_in_file().expect("supervisor pid");
-    wait_until(T, "the supervisor back to one thread", || threads(sup) == 1);
+    wait_until(T, "the supervisor back to one thread", || {
+        proc_number(sup, "status", "Threads:") == 1
+    });
     assert_eq!(svc.stop().code, 0);
 }
 
@@ -218,14 +213,7 @@ fn a_reexec_after_a_stamped_flood_carries_its_half_line_across_the_exec() {
         svc.log("stdout.log").contains("line 200000 ")
     });
     let pid = service_pid(&svc);
-    let sup = svc.pid_in_file().expect("supervisor pid");
-    let r = svc.baton(&["reexec"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(
-        svc.pid_in_file(),
-        Some(sup),
-        "the same supervisor, re-executed"
-    );
+    svc.reexec_in_place();
     open_gate(&svc);
     wait_until(T, "done", || svc.log("stdout.log").contains("] done\n"));
     assert_gated_whole(&svc, pid, 201_000);
@@ -284,14 +272,7 @@ fn a_reexec_in_the_middle_of_a_stamped_flood_loses_no_block() {
         svc.log("stdout.log").contains("line 000010000 ")
     });
     let pid = service_pid(&svc);
-    let sup = svc.pid_in_file().expect("supervisor pid");
-    let r = svc.baton(&["reexec"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(
-        svc.pid_in_file(),
-        Some(sup),
-        "the same supervisor, re-executed"
-    );
+    svc.reexec_in_place();
     std::fs::write(svc.path("STOP"), "").expect("STOP");
     let last = || rotated(&svc, "stdout.log").pop().expect("stdout.log");
     wait_until(T, "done", || {

@@ -3,22 +3,9 @@
 //! only after the request, still told; directories reached without a symbolic link opened
 //! in one step, and those reached through one still walked.
 
-use crate::harness::{alive, baton_bin, Spec, Svc};
-use std::os::unix::fs::PermissionsExt;
+use crate::harness::{alive, baton_bin, own_program, Svc};
 use std::path::Path;
 use std::process::Command;
-
-/// A service whose program is `{dir}/bin/serve`, a script of its own.
-fn own_program(name: &str) -> Svc {
-    let svc = Spec::new(name, r#"["{dir}/bin/serve"]"#).create();
-    let bin = svc.path("bin");
-    std::fs::create_dir_all(&bin).expect("mkdir");
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let prog = bin.join("serve");
-    std::fs::write(&prog, "#!/bin/sh\nexec sleep 1000\n").expect("write");
-    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    svc
-}
 
 /// `baton stop` under strace: its exit code and the system calls it made, one a line.
 fn traced_stop(svc: &Svc) -> (i32, Vec<String>) {
