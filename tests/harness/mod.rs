@@ -445,16 +445,18 @@ impl Drop for Svc {
     }
 }
 
-/// A service whose program is `{dir}/bin/serve`, a script of its own (`exec sleep 1000`)
-/// in a directory of its own, both mode 0755: for tests that change them after the start.
+/// A service whose program is `{dir}/bin/serve` (a copy of `sleep`, run for 1000 s) in a
+/// directory of its own, both mode 0755: for tests that change them after the start. A
+/// binary, not a script: the shell opens a script by its path after the exec, so a test
+/// removing it once `start` returned could make the service fail instead.
 pub fn own_program(name: &str) -> Svc {
     use std::os::unix::fs::PermissionsExt;
-    let svc = Spec::new(name, r#"["{dir}/bin/serve"]"#).create();
+    let svc = Spec::new(name, r#"["{dir}/bin/serve", "1000"]"#).create();
     let bin = svc.path("bin");
     std::fs::create_dir_all(&bin).expect("mkdir");
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let prog = bin.join("serve");
-    std::fs::write(&prog, "#!/bin/sh\nexec sleep 1000\n").expect("write");
+    std::fs::copy("/bin/sleep", &prog).expect("cp /bin/sleep");
     std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     svc
 }
