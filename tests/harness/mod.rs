@@ -466,6 +466,21 @@ pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
 
+/// A release `dir/name` whose program is `run` (the script `script`), with an empty file
+/// `marker` beside it when given (a switch the script reads, such as HOLD).
+pub fn script_release(dir: &Path, name: &str, script: &str, marker: Option<&str>) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let rel = dir.join(name);
+    std::fs::create_dir_all(&rel).expect("release dir");
+    let run = rel.join("run");
+    std::fs::write(&run, script).expect("run");
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    if let Some(marker) = marker {
+        std::fs::write(rel.join(marker), "").expect("marker");
+    }
+    rel
+}
+
 /// A copy of `examples/EXAMPLE` in `dir` as a release, with its own service.properties
 /// when `version` is given.
 pub fn example_release(dir: &Path, example: &str, version: Option<&str>) -> PathBuf {
@@ -590,6 +605,20 @@ impl Drop for User {
     }
 }
 
+/// A service running fixtures/flood: `n` numbered 100-byte lines, then "flood done".
+pub fn flood_spec(name: &str, n: u32) -> Spec {
+    Spec::new(name, &format!("[\"{}\", \"{n}\"]", fixture("flood")))
+}
+
+impl Svc {
+    /// Starts a [`flood_spec`] service and waits until its last line is in stdout.log.
+    pub fn start_flood(&self) {
+        self.start();
+        wait_until(Duration::from_secs(60), "flood done", || {
+            self.log("stdout.log").contains("flood done")
+        });
+    }
+}
 /// `stdout.log` or `stderr.log` and its rotated copies, oldest first.
 pub fn rotated(svc: &Svc, base: &str) -> Vec<PathBuf> {
     let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(svc.path("log"))

@@ -3,7 +3,9 @@
 
 use crate::harness;
 
-use harness::{assert_flood_whole, fixture, proc_number, rotated, wait_until, Spec, Svc};
+use harness::{
+    assert_flood_whole, fixture, flood_spec, proc_number, rotated, wait_until, Spec, Svc,
+};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -36,13 +38,10 @@ fn a_spliced_flood_rotates_at_line_ends_and_loses_nothing() {
     // 30 MB in 100 KB writes, files of 2 MB: splices end anywhere in a line, and near each
     // limit the unfinished line comes back out of the file for the rotation.
     let n = 300_000;
-    let svc = Spec::new("splice", &format!("[\"{}\", \"{n}\"]", fixture("flood")))
+    let svc = flood_spec("splice", n)
         .log("max_size = \"2MB\"\nkeep = 100\ntimestamps = false")
         .create();
-    svc.start();
-    wait_until(T, "flood done", || {
-        svc.log("stdout.log").contains("flood done")
-    });
+    svc.start_flood();
     let read = supervisor_read_bytes(&svc);
     let files = rotated(&svc, "stdout.log");
     assert!(files.len() > 10, "expected rotation, got {files:?}");
@@ -57,14 +56,11 @@ fn a_spliced_flood_rotates_at_line_ends_and_loses_nothing() {
 #[test]
 fn a_log_probe_reads_lines_until_it_matches_then_splicing_takes_over_and_keeps_every_line() {
     let n = 200_000;
-    let svc = Spec::new("switch", &format!("[\"{}\", \"{n}\"]", fixture("flood")))
+    let svc = flood_spec("switch", n)
         .log("max_size = \"100MB\"\ntimestamps = false")
         .tables("[ready]\nlog = \"^line 000500 \"")
         .create();
-    svc.start();
-    wait_until(T, "flood done", || {
-        svc.log("stdout.log").contains("flood done")
-    });
+    svc.start_flood();
     let read = supervisor_read_bytes(&svc);
     assert_flood_whole(&rotated(&svc, "stdout.log"), n, 100_000_000);
     assert!(
@@ -77,13 +73,10 @@ fn a_log_probe_reads_lines_until_it_matches_then_splicing_takes_over_and_keeps_e
 #[test]
 fn with_timestamps_every_line_is_read_and_stamped() {
     let n = 50_000;
-    let svc = Spec::new("stamped", &format!("[\"{}\", \"{n}\"]", fixture("flood")))
+    let svc = flood_spec("stamped", n)
         .log("max_size = \"1MB\"\nkeep = 100")
         .create();
-    svc.start();
-    wait_until(T, "flood done", || {
-        svc.log("stdout.log").contains("flood done")
-    });
+    svc.start_flood();
     let files = rotated(&svc, "stdout.log");
     let mut expect = 1;
     for path in &files {
@@ -282,16 +275,13 @@ fn a_file_that_refuses_splices_gets_every_line_written_whole_instead() {
     // An append-only file takes writes in append mode only: the offset splices are refused,
     // and the output goes on line by line with a warning, losing nothing.
     let n = 20_000;
-    let svc = Spec::new("nosplice", &format!("[\"{}\", \"{n}\"]", fixture("flood")))
+    let svc = flood_spec("nosplice", n)
         .log("max_size = \"100MB\"\ntimestamps = false")
         .create();
     std::fs::create_dir_all(svc.path("log")).expect("log dir");
     std::fs::write(svc.path("log/stdout.log"), "").expect("stdout.log");
     let _guard = AppendOnly::set(svc.path("log/stdout.log"));
-    svc.start();
-    wait_until(T, "flood done", || {
-        svc.log("stdout.log").contains("flood done")
-    });
+    svc.start_flood();
     assert_flood_whole(&[svc.path("log/stdout.log")], n, 100_000_000);
     assert!(
         svc.log("baton.log")

@@ -5,7 +5,6 @@
 use crate::harness;
 
 use harness::{Spec, Svc};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -25,15 +24,7 @@ while True:
 "#;
 
 fn release(dir: &Path, name: &str, never: bool) -> PathBuf {
-    let rel = dir.join(name);
-    std::fs::create_dir_all(&rel).expect("release dir");
-    let run = rel.join("run");
-    std::fs::write(&run, RUN).expect("run");
-    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    if never {
-        std::fs::write(rel.join("NEVER"), "").expect("NEVER");
-    }
-    rel
+    harness::script_release(dir, name, RUN, never.then_some("NEVER"))
 }
 
 fn service(name: &str) -> Svc {

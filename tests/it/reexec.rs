@@ -21,15 +21,7 @@ const RUN: &str = "#!/bin/sh\nd=$(dirname \"$0\")\nwhile [ -f \"$d/HOLD\" ]; do 
 echo \"serving $(basename \"$d\")\"\ni=0\nwhile :; do echo \"$$ line $i\"; i=$((i+1)); sleep 0.003; done\n";
 
 fn release(dir: &Path, name: &str, hold: bool) -> PathBuf {
-    let rel = dir.join(name);
-    std::fs::create_dir_all(&rel).expect("release dir");
-    let run = rel.join("run");
-    std::fs::write(&run, RUN).expect("run");
-    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    if hold {
-        std::fs::write(rel.join("HOLD"), "").expect("HOLD");
-    }
-    rel
+    harness::script_release(dir, name, RUN, hold.then_some("HOLD"))
 }
 
 fn service(name: &str) -> Svc {

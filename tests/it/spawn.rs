@@ -158,8 +158,8 @@ fn a_script_without_an_interpreter_line_runs_through_sh() {
 }
 
 /// A service that exits once the test writes to its FIFO, after running `then`; a
-/// `work` directory is made for it first.
-fn exits_on_cue(name: &str, then: &str, top: &str) -> Svc {
+/// `work` directory is made for it first. Started as [`start`] does with `clone3`.
+fn exits_on_cue(name: &str, then: &str, top: &str, clone3: bool) -> Svc {
     let svc = Spec::new(name, r#"["{dir}/app"]"#)
         .top(top)
         .tables("[restart]\npolicy = \"always\"\nbackoff = [\"0ms\", \"1s\"]")
@@ -174,7 +174,7 @@ fn exits_on_cue(name: &str, then: &str, top: &str) -> Svc {
     )
     .expect("write");
     std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    svc.start();
+    start(&svc, clone3);
     std::fs::write(&fifo, "go\n").expect("cue");
     svc
 }
@@ -188,7 +188,7 @@ fn wait_for_event(svc: &Svc, text: &str) {
 /// The program vanished before a respawn: execve's error, with the program named.
 #[test]
 fn a_failed_exec_at_respawn_names_the_program_and_the_cause() {
-    let svc = exits_on_cue("gone", "rm -f \"$0\"", "");
+    let svc = exits_on_cue("gone", "rm -f \"$0\"", "", true);
     let app = svc.path("app");
     wait_for_event(
         &svc,
@@ -214,13 +214,15 @@ fn a_failed_exec_at_respawn_names_the_program_and_the_cause() {
     );
 }
 
-/// A step before exec failed (here chdir): the message names the step, not only the errno.
-#[test]
-fn a_failed_setup_step_at_respawn_is_named() {
+/// A step before exec failed (here chdir): the message names the step, not only the errno,
+/// on both paths: through our shared memory from a `CLONE_VM` child, through the error
+/// pipe from a forked one (no clone3).
+fn a_failed_setup_step_at_respawn_is_named(clone3: bool) {
     let svc = exits_on_cue(
-        "nowork",
+        if clone3 { "nowork" } else { "noworkfork" },
         "cd /; rmdir \"$(dirname \"$0\")/work\"",
         "workdir = \"{dir}/work\"",
+        clone3,
     );
     wait_for_event(
         &svc,
@@ -229,8 +231,28 @@ fn a_failed_setup_step_at_respawn_is_named() {
             svc.path("app").display()
         ),
     );
+    let events = svc.log("baton.log");
+    assert_eq!(
+        events.contains("spawning with fork"),
+        !clone3,
+        "the path taken: {events}"
+    );
     // The working directory is still gone: `stop` warns and stops all the same.
     let r = svc.stop();
     assert!(r.stderr.contains("is not a directory"), "{r:?}");
     assert_eq!(svc.status().0, 3, "stopped");
+}
+
+#[test]
+fn a_failed_setup_step_at_respawn_is_named_by_a_clone3_child() {
+    a_failed_setup_step_at_respawn_is_named(true);
+}
+
+#[test]
+fn a_failed_setup_step_at_respawn_is_named_by_a_forked_child() {
+    if !is_root() {
+        eprintln!("skipped: needs root for cgroups");
+        return;
+    }
+    a_failed_setup_step_at_respawn_is_named(false);
 }

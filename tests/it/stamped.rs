@@ -5,7 +5,7 @@
 use crate::harness;
 
 use harness::{
-    assert_flood_whole, fixture, open_gate, proc_number, rotated, wait_until, Spec, Svc,
+    assert_flood_whole, fixture, flood_spec, open_gate, proc_number, rotated, wait_until, Spec, Svc,
 };
 use std::time::Duration;
 
@@ -80,16 +80,10 @@ fn a_stamped_flood_is_stored_as_whole_prefixed_lines_in_order_across_rotations()
     // 30 MB of 100-byte lines in 100 KB writes, files of 2 MB: many lines per read, so the
     // flood path (large reads, blocks written beside the reading) does the work.
     let n = 300_000;
-    let svc = Spec::new(
-        "stampflood",
-        &format!("[\"{}\", \"{n}\"]", fixture("flood")),
-    )
-    .log("max_size = \"2MB\"\nkeep = 100")
-    .create();
-    svc.start();
-    wait_until(T, "flood done", || {
-        svc.log("stdout.log").contains("flood done")
-    });
+    let svc = flood_spec("stampflood", n)
+        .log("max_size = \"2MB\"\nkeep = 100")
+        .create();
+    svc.start_flood();
     let files = rotated(&svc, "stdout.log");
     assert!(files.len() > 10, "expected rotation, got {files:?}");
     // Whole lines, numbered 1..=n, none lost or repeated; every file within its limit.

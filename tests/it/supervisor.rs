@@ -2,7 +2,7 @@
 
 use crate::harness;
 
-use harness::{alive, fixture, free_port, wait_until, Spec, Svc};
+use harness::{alive, fixture, flood_spec, free_port, wait_until, Spec, Svc};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -810,14 +810,11 @@ fn jvm_style_exit_143_after_stop_counts_as_clean() {
 #[test]
 fn flood_of_lines_is_captured_whole_across_rotations() {
     let n = 200_000;
-    let svc = Spec::new("flood", &format!("[\"{}\", \"{n}\"]", fixture("flood")))
+    let svc = flood_spec("flood", n)
         .log("max_size = \"1MB\"\nkeep = 100")
         .tables("[ready]\nlog = \"^line 000001\"")
         .create();
-    svc.start();
-    wait_until(Duration::from_secs(60), "flood done", || {
-        svc.log("stdout.log").contains("flood done")
-    });
+    svc.start_flood();
     let files = harness::rotated(&svc, "stdout.log");
     assert!(
         files.len() > 10,
