@@ -216,6 +216,14 @@ impl Supervisor {
             if persist {
                 status::persist(self);
             }
+            // The state file's next write (a stop's last above all) finds its file made.
+            // Not while starting: a waiting `start` is answered first.
+            if matches!(
+                self.machine.phase,
+                Phase::Ready { .. } | Phase::Stopping(_) | Phase::Backoff { .. }
+            ) {
+                self.records.stage_state(&self.spec);
+            }
             // Quiet since SHED_AFTER (so nothing is due): give back what start-up and the
             // last burst of work left mapped, as part of the poll(2) itself.
             if shed {
@@ -960,6 +968,7 @@ impl Supervisor {
         };
         // The next image makes its own: an unknown empty leaf would only wait for the stop.
         self.spare = None;
+        self.records.drop_spare();
         self.spare_pipes = None;
         self.want_spare = true;
         let clients = &mut self.clients;
@@ -1331,6 +1340,7 @@ impl Supervisor {
         if std::mem::take(&mut self.dirty) {
             status::persist(self);
         }
+        self.records.drop_spare();
         self.routing.abandon();
         std::mem::replace(&mut self.tracker, Tracker::Subreaper).finish();
         self.broadcast(self.machine.name());
