@@ -802,6 +802,44 @@ mod tests {
     }
 
     #[test]
+    fn replace_swaps_a_file_in_falls_back_to_a_rename_and_leaves_a_directory_be() {
+        let d = scratch("replace");
+        let dir = Dir::open(&d).expect("open dir");
+        let put = |name: &str, body: &[u8]| {
+            let mut f = dir.create_new(OsStr::new(name), 0o644).expect("create");
+            f.write_all(body).expect("write");
+        };
+        // Nothing there yet: a rename.
+        put(".new", b"1");
+        dir.replace(OsStr::new(".new"), OsStr::new("state.json"))
+            .expect("first");
+        // An old file: swapped out and removed.
+        put(".new", b"2");
+        dir.replace(OsStr::new(".new"), OsStr::new("state.json"))
+            .expect("over the old");
+        assert_eq!(std::fs::read(d.join("state.json")).expect("read"), b"2");
+        let names: Vec<_> = std::fs::read_dir(&d)
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![OsString::from("state.json")],
+            "nothing else left"
+        );
+        // A directory in the way: refused, as a rename over it is, and both left as they were.
+        std::fs::create_dir(d.join("busy")).expect("mkdir");
+        std::fs::write(d.join("busy/x"), b"x").expect("file in it");
+        put(".new", b"3");
+        dir.replace(OsStr::new(".new"), OsStr::new("busy"))
+            .expect_err("a directory is not replaced");
+        assert_eq!(std::fs::read(d.join("busy/x")).expect("still there"), b"x");
+        assert_eq!(std::fs::read(d.join(".new")).expect("still there"), b"3");
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
     fn walk_follows_links_in_trusted_dirs_and_dotdot() {
         let d = scratch("walk");
         std::fs::create_dir_all(d.join("real/sub")).expect("mkdir");

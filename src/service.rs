@@ -118,7 +118,11 @@ fn stop_locked(spec: &Spec, sent: impl FnOnce()) -> Result<()> {
         Ok(replies) => {
             for reply in replies {
                 match reply? {
-                    Reply::Progress { message } => eprintln!("{name}: {message}"),
+                    // One write per line: eprintln! writes its pieces one by one.
+                    Reply::Progress { message } => {
+                        let line = format!("{name}: {message}\n");
+                        eprint!("{line}");
+                    }
                     Reply::Error { message, code } => {
                         return Err(Error::unable(format!("stop {name}"), message).code(code))
                     }
@@ -141,7 +145,10 @@ fn stop_locked(spec: &Spec, sent: impl FnOnce()) -> Result<()> {
             )?;
         }
     }
-    // The same bound for its exit once it has answered.
+    // The same bound for its exit once it has answered. A supervisor seen to exit has
+    // released its lock with its last descriptor (the kernel closes them before it tells
+    // its pidfd); only one that could not be watched is waited for by its lock.
+    let seen = !watched.is_empty();
     if !process::wait_exits(watched, limit).is_empty() {
         return Err(Error::unable(
             format!("stop {name}"),
@@ -149,7 +156,7 @@ fn stop_locked(spec: &Spec, sent: impl FnOnce()) -> Result<()> {
         )
         .hint(format!("see {}", spec.log.dir.join("baton.log").display())));
     }
-    if pidfile::supervisor_alive(spec)? {
+    if !seen && pidfile::supervisor_alive(spec)? {
         pidfile::wait_supervisor_gone(spec)?;
     }
     println!("{name} stopped");
