@@ -696,9 +696,12 @@ impl Supervisor {
                 self.events.later(module_path!(), move || {
                     format!("service (pid {pid}) {exit}")
                 });
-                self.feed_handoff(HInput::Cancel(format!(
-                    "the serving instance (pid {pid}) {exit}"
-                )));
+                // Said only to a handoff there is: a respawn formats nothing before its spawn.
+                if self.handoff.is_some() {
+                    self.feed_handoff(HInput::Cancel(format!(
+                        "the serving instance (pid {pid}) {exit}"
+                    )));
+                }
                 self.feed(Input::LeaderExited(exit));
             } else if let Some(input) = self.handoff_child(pid, exit) {
                 self.feed_handoff(input);
@@ -1260,6 +1263,10 @@ impl Supervisor {
 
     /// A `start` waiting for readiness learns that the service went down instead.
     fn start_failed(&mut self, state: &str) {
+        // Nobody waits (a respawn's usual case): nothing to format before the spawn.
+        if !self.clients.any_waits_for(Awaits::Ready) {
+            return;
+        }
         let why = match (&self.machine.phase, self.machine.last_exit) {
             (Phase::Done(Outcome::Dead(r) | Outcome::Failed(r)), _) => r.clone(),
             (_, Some(e)) => format!("{e} and is {state}"),

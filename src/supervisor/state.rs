@@ -212,7 +212,7 @@ impl Machine {
                 },
                 vec![],
             ),
-            (Idle | Backoff { .. }, Input::SpawnFailed(why)) => self.crashed(why, now, jitter),
+            (Idle | Backoff { .. }, Input::SpawnFailed(why)) => self.crashed(|| why, now, jitter),
             (Backoff { until }, Input::Tick) if until <= now => {
                 (Backoff { until }, vec![Effect::Spawn])
             }
@@ -368,10 +368,9 @@ impl Machine {
                 Then::Fail(why) if self.ever_ready => (Done(Outcome::Dead(why)), vec![]),
                 Then::Fail(why) => (Done(Outcome::Failed(why)), vec![]),
                 Then::Restart => {
-                    let why = self
-                        .last_exit
-                        .map(|e| e.to_string())
-                        .unwrap_or_else(|| "not ready in time".into());
+                    let last = self.last_exit;
+                    let why =
+                        move || last.map_or_else(|| "not ready in time".into(), |e| e.to_string());
                     self.crashed(why, now, jitter)
                 }
             },
@@ -429,9 +428,17 @@ impl Machine {
     }
 
     /// A run ended badly: back off, or give up at the crash-loop limit.
-    fn crashed(&mut self, why: String, now: Instant, jitter: f64) -> (Phase, Vec<Effect>) {
+    /// The service is down and restarts when its backoff ends, or is given up on (then
+    /// `why` is what the outcome says). `why` is made only then: a respawn formats nothing
+    /// before its spawn.
+    fn crashed(
+        &mut self,
+        why: impl FnOnce() -> String,
+        now: Instant,
+        jitter: f64,
+    ) -> (Phase, Vec<Effect>) {
         if !self.ever_ready {
-            return (Phase::Done(Outcome::Failed(why)), vec![]);
+            return (Phase::Done(Outcome::Failed(why())), vec![]);
         }
         let r = &self.rules.restart;
         while self
@@ -444,8 +451,9 @@ impl Machine {
         if let Some(max) = r.max {
             if self.recent.len() as u32 >= max {
                 let msg = format!(
-                    "crash loop: {max} restarts within {}; last: {why}",
-                    human(r.window)
+                    "crash loop: {max} restarts within {}; last: {}",
+                    human(r.window),
+                    why()
                 );
                 return (Phase::Done(Outcome::Failed(msg)), vec![]);
             }
