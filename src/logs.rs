@@ -776,6 +776,17 @@ impl Output {
         !self.timestamps && file.splices()
     }
 
+    /// Makes the relay now, while the supervisor is awake anyway, if output will be spliced
+    /// and there is none: the first splice otherwise makes it, often at the service's exit
+    /// after a long sleep (its last bytes, or the end of its pipes), on the way to a respawn
+    /// or to the end of a stop. Failing here only means that splice makes it.
+    pub fn prepare_relay(&mut self) {
+        let splices = self.splices(StreamKind::Stdout) || self.splices(StreamKind::Stderr);
+        if splices && self.relay.is_none() {
+            self.relay = Relay::new().ok();
+        }
+    }
+
     /// The relay, taken out while a splice uses it (made if there is none yet).
     fn relay(&mut self) -> io::Result<Relay> {
         match self.relay.take() {

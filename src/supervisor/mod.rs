@@ -527,6 +527,8 @@ impl Supervisor {
         if self.spare_pipes.is_none() {
             self.spare_pipes = crate::process::OutputPipes::new().ok();
         }
+        // And the pipe their output is spliced through: no pipe2 at the exit either.
+        self.output.prepare_relay();
     }
 
     /// What every instance is started with besides its config and release.
