@@ -58,6 +58,8 @@ pub(super) struct Reader<'t> {
     /// Where the checks of the program and the working directory go when they are left
     /// for later ([`Reader::deferring`]); None: made during the walk.
     deferred: Option<Deferred>,
+    /// The checks made during the walk, kept for a stop card to make again.
+    made: Deferred,
 }
 
 impl<'t> Reader<'t> {
@@ -67,6 +69,7 @@ impl<'t> Reader<'t> {
             has_port: false,
             has_release: false,
             deferred: None,
+            made: Vec::new(),
         }
     }
 
@@ -81,9 +84,12 @@ impl<'t> Reader<'t> {
         }
     }
 
-    /// The checks a deferring walk left, each with the line it is about.
+    /// The checks a deferring walk left, or those a walk made in place, each with the
+    /// line it is about.
     pub(super) fn take_deferred(&mut self) -> Deferred {
-        self.deferred.take().unwrap_or_default()
+        self.deferred
+            .take()
+            .unwrap_or_else(|| std::mem::take(&mut self.made))
     }
 
     /// Makes `check` now and records what it finds, or leaves it for later.
@@ -95,6 +101,7 @@ impl<'t> Reader<'t> {
                 for (key, message, code) in check.problems() {
                     self.host_problem(span.clone(), key, message, code);
                 }
+                self.made.push((check, line));
             }
         }
     }
@@ -119,6 +126,7 @@ pub(super) type Deferred = Vec<(HostCheck, Option<usize>)>;
 /// A check of the host a config names (not of its text): its problems stop `start` and
 /// `check`, but only warn a command addressed to the running supervisor (see
 /// [`Problem::host`]), which may therefore make them after its request.
+#[derive(Debug, Clone)]
 pub(super) enum HostCheck {
     /// `workdir` is a directory.
     Workdir(PathBuf),
@@ -588,6 +596,7 @@ impl Reader<'_> {
             deploy,
             proxy,
             process: self.process(top),
+            origin: super::Origin::default(),
         })
     }
 

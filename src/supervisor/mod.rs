@@ -128,6 +128,11 @@ struct Supervisor {
     /// The first readiness was answered as READY=1 came (`answer_first_ready`): the PID
     /// file is in place and `start` told; the machine's Ready effect skips both.
     answered: bool,
+    /// The stop card this supervisor wrote for its config (`config::card`), removed at its end.
+    card: Option<crate::config::card::Written>,
+    /// The spec is newer than the card (a start, a resumed image, a handoff's promotion):
+    /// write it once the service has been ready.
+    card_due: bool,
 }
 
 /// Supervises the service until it is stopped or given up on; returns the process exit code.
@@ -138,7 +143,7 @@ pub fn run(spec: Spec, opts: Options) -> Result<i32> {
         events,
         foreground,
     } = opts;
-    let Some(lock) = pidfile::lock_supervisor(&spec)? else {
+    let Some(lock) = pidfile::lock_supervisor(&spec.state_dir)? else {
         reporter.already_running();
         tracing::info!("another supervisor already runs {}", spec.name);
         return Ok(0);
@@ -210,6 +215,11 @@ impl Supervisor {
         }
         if shed {
             self.output.shed();
+        }
+        // After the wake that answered readiness, off the path of that answer.
+        if self.card_due && self.machine.ever_ready {
+            self.card_due = false;
+            self.card = crate::config::card::write(&self.spec, self.card.take());
         }
         let ready = {
             let set = poll::interests(self);
@@ -1120,6 +1130,7 @@ impl Supervisor {
                     .handed_over(new_pid, setup::rules_of(&spec), Instant::now());
                 self.spec = spec;
                 self.dirty = true;
+                self.card_due = true;
             }
             HEffect::Tell(line) => {
                 tracing::info!("{}: {}", h.machine.kind.name(), line.trim_start());
@@ -1335,6 +1346,9 @@ impl Supervisor {
         std::mem::replace(&mut self.tracker, Tracker::Subreaper).finish();
         self.broadcast(self.machine.name());
         pidfile::remove(&self.spec.socket);
+        if let Some(card) = self.card.take() {
+            card.remove();
+        }
         if let Some((_, path)) = &self.notify {
             pidfile::remove(path);
         }
