@@ -629,7 +629,7 @@ fn parse_all_with(
         ..s
     });
     r.problems.sort_by_key(|p| p.line);
-    let checks = r.take_deferred();
+    let checks = r.take_checks();
     (spec, std::mem::take(&mut r.problems), checks)
 }
 

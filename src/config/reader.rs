@@ -75,7 +75,7 @@ impl<'t> Reader<'t> {
 
     /// A walk that leaves the checks of the program and the working directory (stats and
     /// a root-trust walk of each, only warnings for a command addressed to the running
-    /// supervisor) to [`Reader::take_deferred`]'s caller: `stop` makes them after its
+    /// supervisor) to [`Reader::take_checks`]'s caller: `stop` makes them after its
     /// request, which then waits for none of them.
     pub(super) fn deferring(text: &'t str) -> Self {
         Reader {
@@ -86,7 +86,7 @@ impl<'t> Reader<'t> {
 
     /// The checks a deferring walk left, or those a walk made in place, each with the
     /// line it is about.
-    pub(super) fn take_deferred(&mut self) -> Deferred {
+    pub(super) fn take_checks(&mut self) -> Deferred {
         self.deferred
             .take()
             .unwrap_or_else(|| std::mem::take(&mut self.made))
