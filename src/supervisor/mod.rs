@@ -184,8 +184,21 @@ impl Supervisor {
     fn run_loop(&mut self) -> Result<i32> {
         while !matches!(self.machine.phase, Phase::Done(_)) {
             self.wait_and_dispatch()?;
+            // After the wake that answered readiness, off the path of that answer; here,
+            // not in the wake's deeper frame, so that it touches no page of stack the
+            // supervisor would otherwise never use again.
+            if self.card_due && self.machine.ever_ready {
+                self.write_card();
+            }
         }
         Ok(self.finish())
+    }
+
+    /// Leaves the stop card of the current spec (`config::card`).
+    #[inline(never)]
+    fn write_card(&mut self) {
+        self.card_due = false;
+        self.card = crate::config::card::write(&self.spec, self.card.take());
     }
 
     /// One poll(2) and the handling of whatever it reported.
@@ -215,11 +228,6 @@ impl Supervisor {
         }
         if shed {
             self.output.shed();
-        }
-        // After the wake that answered readiness, off the path of that answer.
-        if self.card_due && self.machine.ever_ready {
-            self.card_due = false;
-            self.card = crate::config::card::write(&self.spec, self.card.take());
         }
         let ready = {
             let set = poll::interests(self);
