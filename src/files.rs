@@ -550,7 +550,7 @@ pub fn open_checked(path: &Path) -> io::Result<Checked> {
 /// reached through no symbolic link at all, the file opened without following one, both
 /// (checked on their descriptors) root's and writable by nobody else, the file a regular
 /// one with a single link; at most `limit` bytes. For a reader that trusts root alone (the
-/// stop card, `crate::config::card`), which takes any refusal as "no such file".
+/// stop card of `config::card`), which takes any refusal as "no such file".
 pub fn read_root_only(dir: &Path, name: &OsStr, limit: u64) -> io::Result<Vec<u8>> {
     plain_name(name)?;
     let root_only = |st: &FileStat| {

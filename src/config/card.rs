@@ -3,7 +3,8 @@
 //! A supervisor run by root that has read and validated its config writes, under the config
 //! file's identity (`/run/baton/configs/DEV-INO`), the file's fingerprint as it read it and
 //! what a stop uses: the name, the control socket, the state and log directories, the PID
-//! file, the stop timeout and the checks of the host to warn with. A stop run by root that
+//! file, the stop timeout and the checks of the host to warn with (program, working
+//! directory, `env_file`). A stop run by root that
 //! finds a card whose fingerprint is the file's now skips the reading, parsing and
 //! validation of a file byte for byte the one the supervisor validated: most of what it
 //! ran before its request (benches/PROFILE-stop.md). Any write, chmod or chown since moves
@@ -176,6 +177,10 @@ fn encode(spec: &Spec, fp: &Fingerprint) -> Option<Vec<u8>> {
                 out.put(b"workdir")?;
                 out.put(p.as_os_str().as_bytes())?;
             }
+            HostCheck::EnvFile(p) => {
+                out.put(b"env_file")?;
+                out.put(p.as_os_str().as_bytes())?;
+            }
             HostCheck::Program {
                 prog,
                 base,
@@ -236,6 +241,7 @@ fn decode(bytes: &[u8]) -> Option<Card> {
         };
         let check = match next()? {
             b"workdir" => HostCheck::Workdir(path(next()?)),
+            b"env_file" => HostCheck::EnvFile(path(next()?)),
             b"program" => HostCheck::Program {
                 prog: String::from_utf8(next()?.to_vec()).ok()?,
                 base: path(next()?),
@@ -271,10 +277,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("baton-card-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tmp dir");
         std::fs::create_dir_all(dir.join("app")).expect("workdir");
+        std::fs::write(dir.join("web.env"), "A=1\n").expect("env file");
         let file = dir.join("web.toml");
         std::fs::write(
             &file,
-            "command = [\"sleep\", \"1000\"]\nworkdir = \"app\"\n[stop]\ntimeout = \"7s\"\n",
+            "command = [\"sleep\", \"1000\"]\nworkdir = \"app\"\nenv_file = \"web.env\"\n[stop]\ntimeout = \"7s\"\n",
         )
         .expect("write");
         let spec = super::super::load(&file, "web").expect("valid");
@@ -289,12 +296,17 @@ mod tests {
         assert_eq!(card.pidfile, spec.pidfile);
         assert_eq!(card.log_dir, spec.log.dir);
         assert_eq!(card.stop_timeout, Duration::from_secs(7));
-        assert_eq!(card.checks.len(), 2, "{:?}", card.checks);
+        assert_eq!(card.checks.len(), 3, "{:?}", card.checks);
         assert!(card.warnings().is_empty(), "{:?}", card.warnings());
         std::fs::remove_dir(dir.join("app")).expect("rm workdir");
+        std::fs::write(dir.join("web.env"), "not an assignment\n").expect("break it");
         let warned = card.warnings();
         assert!(
-            warned.len() == 1 && warned[0].contains(":2: ") && warned[0].contains("app"),
+            warned.len() == 2 && warned[0].contains(":2: ") && warned[0].contains("app"),
+            "{warned:?}"
+        );
+        assert!(
+            warned[1].contains(":3: ") && warned[1].contains("web.env:1"),
             "{warned:?}"
         );
         for cut in 0..bytes.len() {

@@ -130,6 +130,9 @@ pub(super) type Deferred = Vec<(HostCheck, Option<usize>)>;
 pub(super) enum HostCheck {
     /// `workdir` is a directory.
     Workdir(PathBuf),
+    /// `env_file` can be read and parsed (made during the walk, which needs its pairs; kept
+    /// only for a stop card).
+    EnvFile(PathBuf),
     /// The command's program is there and executable and, for a root service run by
     /// root, nobody else can change it.
     Program {
@@ -153,6 +156,11 @@ impl HostCheck {
                 Action::NotConfigured,
             )],
             HostCheck::Workdir(_) => Vec::new(),
+            HostCheck::EnvFile(p) => env_file(p)
+                .1
+                .into_iter()
+                .map(|(message, code)| ("env_file", message, code))
+                .collect(),
             HostCheck::Program {
                 prog,
                 base,
@@ -167,12 +175,7 @@ impl HostCheck {
 }
 
 /// [`HostCheck::Program`]'s findings.
-fn program_problems(
-    prog: &str,
-    base: &Path,
-    search: &std::ffi::OsStr,
-    as_root: bool,
-) -> Vec<(String, Action)> {
+fn program_problems(prog: &str, base: &Path, search: &std::ffi::OsStr, as_root: bool) -> Findings {
     let found = if prog.contains('/') {
         let p = absolutize(base, prog);
         Some(p).filter(|p| p.exists())
@@ -202,6 +205,57 @@ fn program_problems(
         return untrusted_program(&p);
     }
     Vec::new()
+}
+
+/// What a check of the host found: each problem's message and LSB code.
+type Findings = Vec<(String, Action)>;
+
+/// Reads `env_file` on one descriptor, checked like sshd's StrictModes when baton is root
+/// (a file others can write could hand a root service LD_PRELOAD): its pairs, and each
+/// problem's message and code.
+fn env_file(path: &Path) -> (Vec<(String, String)>, Findings) {
+    let read = crate::files::open_checked(path).and_then(|mut c| {
+        let body = c.read_limited(MAX_ENV_FILE)?;
+        Ok((body, c.untrusted))
+    });
+    let (body, untrusted) = match read {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                Vec::new(),
+                vec![(
+                    format!("cannot read {}: {e}", path.display()),
+                    Action::NotConfigured,
+                )],
+            )
+        }
+    };
+    let mut problems = Vec::new();
+    if nix::unistd::Uid::effective().is_root() {
+        for why in untrusted {
+            problems.push((
+                format!("{why}; baton runs as root and refuses an environment others could change"),
+                Action::NoPrivilege,
+            ));
+        }
+    }
+    let Ok(body) = String::from_utf8(body) else {
+        problems.push((
+            format!("{} is not UTF-8 text", path.display()),
+            Action::NotConfigured,
+        ));
+        return (Vec::new(), problems);
+    };
+    match parse_env_file(&body) {
+        Ok(pairs) => (pairs, problems),
+        Err((line, msg)) => {
+            problems.push((
+                format!("{}:{line}: {msg}", path.display()),
+                Action::NotConfigured,
+            ));
+            (Vec::new(), problems)
+        }
+    }
 }
 
 /// A program run as root must be as safe as root's own: nobody else may change it or its
@@ -674,60 +728,22 @@ impl Reader<'_> {
         self.host_check(check, span);
     }
 
-    /// Reads `env_file` on one descriptor, checked like sshd's StrictModes when baton is root:
-    /// a file others can write could hand a root service LD_PRELOAD.
+    /// Reads `env_file` into `env`, telling what is wrong with it (see [`env_file`]); the
+    /// check is kept for a stop card to make again.
     fn env_file(
         &mut self,
         path: &Path,
         span: Option<Range<usize>>,
         env: &mut Vec<(String, String)>,
     ) {
-        let read = crate::files::open_checked(path).and_then(|mut c| {
-            let body = c.read_limited(MAX_ENV_FILE)?;
-            Ok((body, c.untrusted))
-        });
-        let (body, untrusted) = match read {
-            Ok(v) => v,
-            Err(e) => {
-                self.host_problem(
-                    span,
-                    "env_file",
-                    format!("cannot read {}: {e}", path.display()),
-                    Action::NotConfigured,
-                );
-                return;
-            }
-        };
-        if nix::unistd::Uid::effective().is_root() {
-            for why in untrusted {
-                self.host_problem(
-                    span.clone(),
-                    "env_file",
-                    format!(
-                        "{why}; baton runs as root and refuses an environment others could change"
-                    ),
-                    Action::NoPrivilege,
-                );
-            }
+        let (pairs, problems) = env_file(path);
+        env.extend(pairs);
+        for (message, code) in problems {
+            self.host_problem(span.clone(), "env_file", message, code);
         }
-        let Ok(body) = String::from_utf8(body) else {
-            self.host_problem(
-                span,
-                "env_file",
-                format!("{} is not UTF-8 text", path.display()),
-                Action::NotConfigured,
-            );
-            return;
-        };
-        match parse_env_file(&body) {
-            Ok(pairs) => env.extend(pairs),
-            Err((line, msg)) => self.host_problem(
-                span,
-                "env_file",
-                format!("{}:{line}: {msg}", path.display()),
-                Action::NotConfigured,
-            ),
-        }
+        let line = span.map(|s| self.line_of(s.start));
+        self.made
+            .push((HostCheck::EnvFile(path.to_path_buf()), line));
     }
 
     /// `inherit_env = ["NAME", ...]`: the caller's variables the service may see.
