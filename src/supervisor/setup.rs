@@ -185,6 +185,8 @@ pub fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
         spare_pipes: None,
         zombie: None,
         answered: false,
+        card: None,
+        card_due: true,
     }
 }
 
