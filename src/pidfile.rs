@@ -339,7 +339,7 @@ impl Records {
             return;
         };
         let spare = self.spare.take();
-        if spare.is_some() || *at != state_path(spec) {
+        if spare.is_some() || *at != state_path(&spec.state_dir) {
             self.spare.set(spare);
             return;
         }
