@@ -288,14 +288,22 @@ const PAGE: usize = 4096;
 /// pages also hold the start of every wake. Keeping more of the wake paths was measured
 /// and not taken (benches/PROFILE-layout.md): they span 25-36 pages in three 64 KB
 /// fault-around windows, and fewer kept pages than a window spares no fault.
-pub fn shed_and_poll(fds: &mut [nix::poll::PollFd<'_>]) -> nix::Result<libc::c_int> {
-    let spans = spans_to_shed(&[
+///
+/// What it dropped stays in `last` until the next shed frees it, warm: freed on return, it
+/// would be the first thing a woken supervisor does (malloc's pages, benches/PROFILE-stop.md).
+pub fn shed_and_poll(fds: &mut [libc::pollfd], last: &mut Shed) -> nix::Result<libc::c_int> {
+    last.0 = Vec::new();
+    last.0 = spans_to_shed(&[
         code_pages(drop_and_poll as *const () as usize),
         code_pages(libc::madvise as *const () as usize),
         code_pages(libc::ppoll as *const () as usize),
     ]);
-    drop_and_poll(&spans, fds)
+    drop_and_poll(&last.0, fds)
 }
+
+/// The spans the last [`shed_and_poll`] dropped, kept by its caller.
+#[derive(Default)]
+pub struct Shed(Vec<Span>);
 
 /// The read-only segments to drop, all but the code pages in `keep` (what runs after the
 /// drop); first gives the heap's free pages back.
@@ -463,16 +471,39 @@ fn drop_spans(spans: &[Span]) {
 /// first madvise is only this function and the two libc wrappers, whose pages
 /// `shed_and_poll` keeps; it reads nothing but its arguments (stack and heap).
 #[inline(never)]
-fn drop_and_poll(spans: &[Span], fds: &mut [nix::poll::PollFd<'_>]) -> nix::Result<libc::c_int> {
+fn drop_and_poll(spans: &[Span], fds: &mut [libc::pollfd]) -> nix::Result<libc::c_int> {
     drop_spans(spans);
-    // SAFETY: PollFd is a repr(transparent) libc::pollfd, and `fds` is a live, exclusive
-    // slice of them for the call; null timeout and sigmask: block until an event, with
-    // the signal mask as it is.
+    // SAFETY: `fds` is a live, exclusive slice of pollfds for the call; null timeout and
+    // sigmask: block until an event, with the signal mask as it is.
     let n = unsafe {
         libc::ppoll(
-            fds.as_mut_ptr().cast::<libc::pollfd>(),
+            fds.as_mut_ptr(),
             fds.len() as libc::nfds_t,
             std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    nix::errno::Errno::result(n)
+}
+
+/// ppoll(2) on plain pollfds, which the supervisor's loop keeps from one wake to the next
+/// (nix's `PollFd` borrows each descriptor, so a buffer of them cannot outlive one poll);
+/// `None` sleeps until an event. A descriptor closed meanwhile only reads as POLLNVAL.
+pub fn ppoll(
+    fds: &mut [libc::pollfd],
+    timeout: Option<nix::sys::time::TimeSpec>,
+) -> nix::Result<libc::c_int> {
+    let timeout = timeout.as_ref().map_or(std::ptr::null(), |t| {
+        let t: &libc::timespec = t.as_ref();
+        t as *const libc::timespec
+    });
+    // SAFETY: `fds` is a live, exclusive slice of pollfds for the call, `timeout` null or a
+    // timespec on our stack that outlives it; a null sigmask keeps the mask as it is.
+    let n = unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            timeout,
             std::ptr::null(),
         )
     };

@@ -19,7 +19,9 @@ impl Clients {
     pub fn new(server: Server) -> Self {
         Clients {
             server,
-            conns: Vec::new(),
+            // Room made now: the first client after a long sleep (a `stop`) is taken
+            // without a call into malloc before its signal.
+            conns: Vec::with_capacity(4),
             paused_until: None,
         }
     }
@@ -61,16 +63,24 @@ impl Clients {
         }
     }
 
-    /// Accepts who is waiting (out of file descriptors, stops accepting for a moment);
-    /// returns the new clients' indices.
-    pub fn accept(&mut self, now: Instant, max: usize) -> std::ops::Range<usize> {
-        let (new, how) = self.server.accept(self.conns.len(), now, max);
-        let first = self.conns.len();
-        self.conns.extend(new);
+    /// Accepts the next client waiting (out of file descriptors, stops accepting for a
+    /// moment); returns its index.
+    pub fn accept(&mut self, now: Instant) -> Option<usize> {
+        let (new, how) = self.server.accept(self.conns.len(), now);
         if how == Accepted::OutOfFiles {
             self.paused_until = Some(now + crate::control::ACCEPT_PAUSE);
         }
-        first..self.conns.len()
+        self.conns.push(new?);
+        Some(self.conns.len() - 1)
+    }
+
+    /// Whether client `i`'s first line, still unread, is this baton's own plain `stop`.
+    pub fn sent_own_stop(&self, i: usize) -> bool {
+        let mut buf = [0u8; 256];
+        self.conns
+            .get(i)
+            .and_then(|c| c.peek_line(&mut buf))
+            .is_some_and(crate::control::is_own_stop)
     }
 
     /// Client `i` is ready for `flags`: sends what waits, reads what came; a complete request.

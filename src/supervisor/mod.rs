@@ -13,6 +13,7 @@
 
 mod carry;
 mod clients;
+mod first;
 mod handoff;
 mod instance;
 mod ladder;
@@ -49,6 +50,7 @@ use crate::process;
 use crate::tracking::{self, Tracker};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
+use nix::sys::socket::MsgFlags;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use state::{Effect, Exit, Input, Machine, Outcome, Phase, Stop};
@@ -80,6 +82,8 @@ struct Supervisor {
     notify: Option<(UnixDatagram, PathBuf)>,
     /// Where notify messages are read (its size is the longest read whole).
     notify_buf: Vec<u8>,
+    /// Where their senders' credentials are read ([`cmsg_room`]).
+    cmsg: Vec<u8>,
     reporter: Reporter,
     /// Tell systemd READY=1 (under `run` with NOTIFY_SOCKET set).
     systemd: Option<String>,
@@ -128,6 +132,11 @@ struct Supervisor {
     /// The first readiness was answered as READY=1 came (`answer_first_ready`): the PID
     /// file is in place and `start` told; the machine's Ready effect skips both.
     answered: bool,
+    /// The poll(2)'s buffers, kept from one wake to the next.
+    poll: poll::PollBufs,
+    /// The leader's group got this signal as this wake began, ahead of the stop it belongs
+    /// to (`first.rs`): the stop's `SignalTree` does not send it again.
+    group_signalled: Option<(Pid, Signal)>,
 }
 
 /// Supervises the service until it is stopped or given up on; returns the process exit code.
@@ -211,8 +220,11 @@ impl Supervisor {
         if shed {
             self.output.shed();
         }
-        let ready = {
-            let set = poll::interests(self);
+        let bufs = std::mem::take(&mut self.poll);
+        // Judged now, while warm: what this wake may do first (`first.rs`).
+        let armed = first::Armed::of(self);
+        let polled = {
+            let set = poll::interests(self, bufs);
             if persist {
                 status::persist(self);
             }
@@ -224,7 +236,12 @@ impl Supervisor {
                 set.wait(timeout)?
             }
         };
+        let ready = &polled.ready;
 
+        // A plain stop's signal or the first readiness's answer, when that is all this wake
+        // brings, before anything else (even the clock); a client it took is read below,
+        // first.
+        let mut taken = self.act_first(ready, &armed);
         // The shed timer firing alone is not work (it would re-arm itself for ever).
         if !ready.is_empty() || scheduled {
             self.worked = true;
@@ -235,22 +252,18 @@ impl Supervisor {
         self.events.hold();
         let now = Instant::now();
         let mut closed_pipes = Vec::new();
-        for (src, flags) in ready {
+        for &(src, flags) in ready {
             match src {
                 Source::Signals => self.on_signals(),
                 // A client writes its request as soon as it connects: read it now rather
                 // than after one more poll(2) (a stop's signal waits for that read).
                 // One at a time, each acted on before the next accept: a stop's signal waits
                 // for no other client (nor for the accept that finds none left).
-                Source::Control => loop {
-                    let new = self.clients.accept(now, 1);
-                    if new.is_empty() {
-                        break;
-                    }
-                    for i in new {
+                Source::Control => {
+                    while let Some(i) = taken.take().or_else(|| self.clients.accept(now)) {
                         self.on_conn(i, PollFlags::POLLIN, now);
                     }
-                },
+                }
                 Source::Conn(i) => self.on_conn(i, flags, now),
                 Source::Notify => self.on_notify(),
                 Source::Pipe(i) => {
@@ -276,6 +289,8 @@ impl Supervisor {
         self.clients.sweep();
         self.events.release();
         self.reap_told();
+        self.poll = polled;
+        self.group_signalled = None;
         Ok(())
     }
 
@@ -554,8 +569,9 @@ impl Supervisor {
             true
         } else if first {
             match self.records.publish_pid(&self.spec.pidfile) {
-                Ok(()) => {
+                Ok(spent) => {
                     self.reporter.ready();
+                    drop(spent);
                     true
                 }
                 Err(e) => {
@@ -805,11 +821,9 @@ impl Supervisor {
         let mut buf = std::mem::take(&mut self.notify_buf);
         // Each message is acted on as it comes: READY=1 answers the waiting `start` before
         // the read that finds the socket empty.
-        while let Some((n, sender)) = self
-            .notify
-            .as_ref()
-            .and_then(|(sock, _)| recv_with_sender(sock, &mut buf).ok())
-        {
+        while let Some((n, sender)) = self.notify.as_ref().and_then(|(sock, _)| {
+            recv_with_sender(sock, &mut buf, &mut self.cmsg, MsgFlags::empty()).ok()
+        }) {
             let m = String::from_utf8_lossy(&buf[..n]);
             tracing::debug!(
                 "notify from pid {}: {}",
@@ -830,27 +844,6 @@ impl Supervisor {
             self.check_probes();
         }
         self.notify_buf = buf;
-    }
-
-    /// The first readiness of a `start` answered where it is seen, before the machine steps:
-    /// the PID file renamed into place, then "ready" to the waiting `start`. Only where the
-    /// machine's own path would do exactly that and nothing first: the first start (a
-    /// `start` waits), the main instance starting with every check passed, no handoff, and
-    /// nothing to publish before the answer (no proxy, registry or release). The machine
-    /// then steps as always and `ready_and_routed` skips what is done; a failed rename is
-    /// left to it (it retries, and reports the failure). `start` is what the caller waits
-    /// for: from READY=1 to its answer, the supervisor now runs the notify read, the sender
-    /// check, the probe and this (benches/PROFILE-ready.md, "Notify round").
-    fn answer_first_ready(&mut self) {
-        let now = self.reporter.waiting()
-            && self.handoff.is_none()
-            && matches!(self.machine.phase, Phase::Starting { .. })
-            && self.instance.as_ref().is_some_and(Instance::passed)
-            && self.routing.nothing_to_publish(&self.spec);
-        if now && self.records.publish_pid(&self.spec.pidfile).is_ok() {
-            self.reporter.ready();
-            self.answered = true;
-        }
     }
 
     /// The starting instance a notify message from `sender` is about: the one whose process
@@ -1346,8 +1339,11 @@ impl Supervisor {
     fn signal_service(&mut self, sig: Signal) -> usize {
         let leader = self.instance.as_ref().map(|i| i.pid);
         let unreaped = self.leader_unreaped();
+        // A plain stop's signal went to the group as this wake began (`first.rs`).
+        let sent =
+            unreaped && leader.is_some_and(|pid| self.group_signalled.take() == Some((pid, sig)));
         self.tracker
-            .signal(leader, unreaped, sig, &self.probe_pids())
+            .signal(leader, unreaped, sig, &self.probe_pids(), sent)
     }
 
     /// Whether the stop ladder still has the leader unreaped (its group number is surely ours).
@@ -1399,20 +1395,30 @@ fn describe(input: &Input) -> String {
     }
 }
 
-/// Reads one notify message into `buf`: its length and its sender's PID, as the kernel
-/// vouches for it (SCM_CREDENTIALS; see [`setup::pass_credentials`]).
+/// The room [`recv_with_sender`] needs for a sender's credentials.
+fn cmsg_room() -> Vec<u8> {
+    nix::cmsg_space!(nix::sys::socket::UnixCredentials)
+}
+
+/// Reads one notify message into `buf` (or with `MSG_PEEK` in `flags`, copies it and leaves
+/// it queued): its length and its sender's PID, as the kernel vouches for it
+/// (SCM_CREDENTIALS; see [`setup::pass_credentials`]).
+///
+/// `space` is the room for the credentials, made once ([`cmsg_room`]): nix's own
+/// `cmsg_space!` would allocate it at each read.
 fn recv_with_sender(
     sock: &std::os::unix::net::UnixDatagram,
     buf: &mut [u8],
+    space: &mut Vec<u8>,
+    flags: MsgFlags,
 ) -> std::io::Result<(usize, Option<Pid>)> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixCredentials};
-    let mut space = nix::cmsg_space!(UnixCredentials);
+    use nix::sys::socket::{recvmsg, ControlMessageOwned};
     let mut iov = [std::io::IoSliceMut::new(buf)];
     let msg = recvmsg::<()>(
         std::os::fd::AsRawFd::as_raw_fd(sock),
         &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+        Some(space),
+        flags | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
     )?;
     let sender = msg.cmsgs()?.find_map(|c| match c {
         ControlMessageOwned::ScmCredentials(cred) => Some(Pid::from_raw(cred.pid())),

@@ -159,6 +159,9 @@ pub fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
         } else {
             Vec::new()
         },
+        cmsg: super::cmsg_room(),
+        // Beside the room for notify credentials: both are read on a wake.
+        poll: super::poll::PollBufs::with_room(16),
         notify: p.notify,
         reporter: p.reporter,
         systemd: p.systemd,
@@ -185,6 +188,7 @@ pub fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
         spare_pipes: None,
         zombie: None,
         answered: false,
+        group_signalled: None,
     }
 }
 

@@ -1,0 +1,136 @@
+//! A wake's first act: a plain `stop`'s signal, or the answer to the `start` waiting for the
+//! first READY=1, done as the wake begins, only where the loop's own step would do exactly
+//! that first.
+//!
+//! Both figures that follow an idle wait are paid per distinct page touched before that act
+//! (HELPERS.md; benches/PROFILE-ready.md and PROFILE-stop.md, "Wake round"). The loop's own
+//! step reaches it through the request's parse and allocations, the machine, its effects, and
+//! for READY=1 the notify read, the probes and the conditions on every part of the
+//! supervisor's state. Here the conditions are judged before the loop sleeps
+//! ([`Armed::of`], while everything is warm) and what the wake must still see (the request's
+//! bytes, the datagram and its sender) is peeked without allocating, then the act is done;
+//! the loop then steps as always, reading the same request or datagram, and skips what is
+//! done (`group_signalled`, `answered`). Anything else (another event in the same wake, a
+//! request other than this baton's own `stop`, a READY=1 from any process but the leader, a
+//! handoff under way) is left to the loop, unchanged.
+
+use super::instance::Instance;
+use super::poll::Source;
+use super::{recv_with_sender, Supervisor};
+use nix::poll::PollFlags;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+/// What a wake may do first, judged before the loop sleeps.
+#[derive(Default)]
+pub struct Armed {
+    /// A plain `stop` sends this signal to this leader's group first.
+    stop: Option<(Pid, Signal)>,
+    /// A READY=1 from this leader is the first readiness: it answers the waiting `start`.
+    ready: Option<Pid>,
+}
+
+impl Armed {
+    /// What `sup`, as it is now, would do first on a plain stop or a READY=1.
+    pub fn of(sup: &Supervisor) -> Armed {
+        let leader = sup.instance.as_ref().map(|i| i.pid);
+        // During a handoff a stop first cancels it, and READY=1 may be the new instance's.
+        if sup.handoff.is_some() || leader.is_none() {
+            return Armed::default();
+        }
+        let stop = sup
+            .machine
+            .stop_signals()
+            .filter(|&(pid, sig)| Some(pid) == leader && sup.tracker.signals_group_first(sig));
+        let ready = leader.filter(|_| {
+            sup.first_ready_due()
+                && sup
+                    .instance
+                    .as_ref()
+                    .is_some_and(Instance::waits_only_for_notify)
+        });
+        Armed { stop, ready }
+    }
+}
+
+impl Supervisor {
+    /// The wake brought only `ready` (one descriptor): a plain stop's signal, or the first
+    /// readiness's answer, before the loop's own step. Returns a client it accepted, whose
+    /// request the loop then reads as always.
+    pub(super) fn act_first(
+        &mut self,
+        ready: &[(Source, PollFlags)],
+        armed: &Armed,
+    ) -> Option<usize> {
+        let [(src, flags)] = ready else {
+            return None;
+        };
+        if !flags.contains(PollFlags::POLLIN) {
+            return None;
+        }
+        match src {
+            Source::Control => {
+                let (pid, sig) = armed.stop?;
+                let i = self.clients.accept(std::time::Instant::now())?;
+                if self.clients.sent_own_stop(i) {
+                    crate::process::signal_group(pid, sig);
+                    self.group_signalled = Some((pid, sig));
+                }
+                Some(i)
+            }
+            Source::Notify => {
+                let leader = armed.ready?;
+                let (sock, _) = self.notify.as_ref()?;
+                // Short: a READY=1 is a few bytes, and a longer message (cut here) is read
+                // whole by the loop.
+                let mut buf = [0u8; 256];
+                let peek = nix::sys::socket::MsgFlags::MSG_PEEK;
+                let (n, sender) = recv_with_sender(sock, &mut buf, &mut self.cmsg, peek).ok()?;
+                let said = buf
+                    .get(..n)
+                    .filter(|_| n < buf.len() && sender == Some(leader))
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .is_some_and(crate::probe::says_ready);
+                if said {
+                    self.answer_ready_now();
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The first readiness of a `start` answered where it is seen, before the machine steps:
+    /// the PID file renamed into place, then "ready" to the waiting `start`. Only where the
+    /// machine's own path would do exactly that and nothing first ([`first_ready_due`]) and
+    /// every check has passed. The machine then steps as always and `ready_and_routed` skips
+    /// what is done; a failed rename is left to it (it retries, and reports the failure).
+    /// `start` is what the caller waits for (benches/PROFILE-ready.md, "Notify round").
+    ///
+    /// [`first_ready_due`]: Supervisor::first_ready_due
+    pub(super) fn answer_first_ready(&mut self) {
+        if self.first_ready_due() && self.instance.as_ref().is_some_and(Instance::passed) {
+            self.answer_ready_now();
+        }
+    }
+
+    /// Whether a readiness now would be the first one, answered by the machine's own path
+    /// with the PID file and `start`'s answer before anything else: a `start` waits, the main
+    /// instance is starting, no handoff, and nothing to publish first (no proxy, registry
+    /// or release).
+    fn first_ready_due(&self) -> bool {
+        self.reporter.waiting()
+            && self.handoff.is_none()
+            && matches!(self.machine.phase, super::Phase::Starting { .. })
+            && self.routing.nothing_to_publish(&self.spec)
+    }
+
+    /// Puts the PID file in place and tells the waiting `start`.
+    fn answer_ready_now(&mut self) {
+        if let Ok(spent) = self.records.publish_pid(&self.spec.pidfile) {
+            self.reporter.ready();
+            self.answered = true;
+            drop(spent);
+        }
+    }
+}
