@@ -290,10 +290,29 @@ impl Records {
     /// Puts the PID file at `path` in place (holding this process's PID): the staged file
     /// renamed, else written anew.
     pub fn publish_pid(&mut self, path: &Path) -> Result<Spent> {
-        if let (Some(staged), Some((at, dir))) = (self.staged.take(), self.pid.as_ref()) {
-            // The very path it was staged for (the bytes: no parse of the path's components).
-            if at.as_os_str() == path.as_os_str() && dir.rename_c(&staged.tmp, &staged.name).is_ok()
-            {
+        let here = self.stages(path);
+        self.publish(here, path)
+    }
+
+    /// As [`Records::publish_pid`] for a `path` that [`Records::stages`] was asked about
+    /// earlier (nothing has changed either since): no comparison of paths after a long sleep.
+    pub fn publish_staged(&mut self, path: &Path) -> Result<Spent> {
+        self.publish(true, path)
+    }
+
+    /// Whether the staged file is the PID file at `path` (the very path it was staged for,
+    /// byte for byte: no parse of the path's components).
+    pub fn stages(&self, path: &Path) -> bool {
+        self.staged.is_some()
+            && self
+                .pid
+                .as_ref()
+                .is_some_and(|(at, _)| at.as_os_str() == path.as_os_str())
+    }
+
+    fn publish(&mut self, here: bool, path: &Path) -> Result<Spent> {
+        if let (Some(staged), Some((_, dir))) = (self.staged.take(), self.pid.as_ref()) {
+            if here && dir.rename_c(&staged.tmp, &staged.name).is_ok() {
                 return Ok(Spent {
                     _names: Some(staged),
                 });

@@ -581,6 +581,62 @@ unsafe extern "C" fn add_readonly_segments(
     0
 }
 
+/// Receives one datagram from `fd` into `buf` (with `peek`, copies it and leaves it
+/// queued): its length, and its sender's PID as the kernel vouches for it
+/// (SCM_CREDENTIALS, on a socket with SO_PASSCRED). As nix's `recvmsg` with room for the
+/// credentials alone (a descriptor passed beside them is cut off, never installed), and
+/// the same ENOBUFS when the control data was cut; but that room is on the stack, where
+/// nix needs a Vec: one heap page less to touch after a long sleep.
+pub fn recv_with_sender(
+    fd: std::os::fd::BorrowedFd<'_>,
+    buf: &mut [u8],
+    peek: bool,
+) -> std::io::Result<(usize, Option<Pid>)> {
+    const CRED: usize = std::mem::size_of::<libc::ucred>();
+    // CMSG_SPACE(sizeof(struct ucred)) on 64-bit Linux: a 16-byte header, the 12-byte
+    // credentials rounded up to 16. In u64s, for the header's alignment.
+    let mut space = [0u64; 4];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid one (no name, no iovec, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = space.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&space) as _;
+    let flags = libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | if peek { libc::MSG_PEEK } else { 0 };
+    // SAFETY: `msg` points at `iov` (describing `buf`, live and exclusive) and at `space`,
+    // both on our stack and outliving the call.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOBUFS));
+    }
+    let mut sender = None;
+    // SAFETY: the kernel filled `space` with msg_controllen bytes of control messages;
+    // CMSG_FIRSTHDR and CMSG_NXTHDR only return headers lying whole within them (or null),
+    // and the credentials are read only from a message long enough to hold them, unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let h = &*c;
+            if h.cmsg_level == libc::SOL_SOCKET
+                && h.cmsg_type == libc::SCM_CREDENTIALS
+                && h.cmsg_len as usize >= libc::CMSG_LEN(CRED as u32) as usize
+            {
+                let cred: libc::ucred = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                sender = Some(Pid::from_raw(cred.pid));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, sender))
+}
+
 /// `openat(2)` relative to `dir` (or the working directory), returning an owned descriptor.
 ///
 /// The one place a raw descriptor from nix becomes owned; `files.rs` builds every safe

@@ -76,7 +76,9 @@ impl Clients {
 
     /// Whether client `i`'s first line, still unread, is this baton's own plain `stop`.
     pub fn sent_own_stop(&self, i: usize) -> bool {
-        let mut buf = [0u8; 256];
+        // Room for the line with a user name of 60 characters; zeroed without a call to
+        // memset. A longer line is not peeked whole, and is read the usual way.
+        let mut buf = [0u8; 128];
         self.conns
             .get(i)
             .and_then(|c| c.peek_line(&mut buf))

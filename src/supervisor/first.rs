@@ -16,10 +16,11 @@
 
 use super::instance::Instance;
 use super::poll::Source;
-use super::{recv_with_sender, Supervisor};
+use super::Supervisor;
 use nix::poll::PollFlags;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use std::os::fd::AsFd;
 
 /// What a wake may do first, judged before the loop sleeps.
 #[derive(Default)]
@@ -44,6 +45,7 @@ impl Armed {
             .filter(|&(pid, sig)| Some(pid) == leader && sup.tracker.signals_group_first(sig));
         let ready = leader.filter(|_| {
             sup.first_ready_due()
+                && sup.records.stages(&sup.spec.pidfile)
                 && sup
                     .instance
                     .as_ref()
@@ -54,17 +56,14 @@ impl Armed {
 }
 
 impl Supervisor {
-    /// The wake brought only `ready` (one descriptor): a plain stop's signal, or the first
-    /// readiness's answer, before the loop's own step. Returns a client it accepted, whose
-    /// request the loop then reads as always.
+    /// The wake brought only `ready` (one descriptor, and how): a plain stop's signal, or
+    /// the first readiness's answer, before the loop's own step. Returns a client it
+    /// accepted, whose request the loop then reads as always.
     pub(super) fn act_first(
         &mut self,
-        ready: &[(Source, PollFlags)],
+        (src, flags): (Source, PollFlags),
         armed: &Armed,
     ) -> Option<usize> {
-        let [(src, flags)] = ready else {
-            return None;
-        };
         if !flags.contains(PollFlags::POLLIN) {
             return None;
         }
@@ -81,18 +80,18 @@ impl Supervisor {
             Source::Notify => {
                 let leader = armed.ready?;
                 let (sock, _) = self.notify.as_ref()?;
-                // Short: a READY=1 is a few bytes, and a longer message (cut here) is read
-                // whole by the loop.
-                let mut buf = [0u8; 256];
-                let peek = nix::sys::socket::MsgFlags::MSG_PEEK;
-                let (n, sender) = recv_with_sender(sock, &mut buf, &mut self.cmsg, peek).ok()?;
+                // Short (zeroed without a call to memset): a READY=1 is a few bytes, and a
+                // longer message (cut here) is read whole by the loop.
+                let mut buf = [0u8; 128];
+                let (n, sender) =
+                    crate::sys::recv_with_sender(sock.as_fd(), &mut buf, true).ok()?;
                 let said = buf
                     .get(..n)
                     .filter(|_| n < buf.len() && sender == Some(leader))
                     .and_then(|b| std::str::from_utf8(b).ok())
                     .is_some_and(crate::probe::says_ready);
                 if said {
-                    self.answer_ready_now();
+                    self.answer_ready_now(true);
                 }
                 None
             }
@@ -110,7 +109,7 @@ impl Supervisor {
     /// [`first_ready_due`]: Supervisor::first_ready_due
     pub(super) fn answer_first_ready(&mut self) {
         if self.first_ready_due() && self.instance.as_ref().is_some_and(Instance::passed) {
-            self.answer_ready_now();
+            self.answer_ready_now(false);
         }
     }
 
@@ -125,9 +124,15 @@ impl Supervisor {
             && self.routing.nothing_to_publish(&self.spec)
     }
 
-    /// Puts the PID file in place and tells the waiting `start`.
-    fn answer_ready_now(&mut self) {
-        if let Ok(spent) = self.records.publish_pid(&self.spec.pidfile) {
+    /// Puts the PID file in place and tells the waiting `start`; `staged` when the staged
+    /// file was found to be that PID file before the loop slept.
+    fn answer_ready_now(&mut self, staged: bool) {
+        let published = if staged {
+            self.records.publish_staged(&self.spec.pidfile)
+        } else {
+            self.records.publish_pid(&self.spec.pidfile)
+        };
+        if let Ok(spent) = published {
             self.reporter.ready();
             self.answered = true;
             drop(spent);

@@ -50,13 +50,12 @@ use crate::process;
 use crate::tracking::{self, Tracker};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
-use nix::sys::socket::MsgFlags;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use state::{Effect, Exit, Input, Machine, Outcome, Phase, Stop};
 use std::collections::VecDeque;
 use std::mem::discriminant;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -82,8 +81,6 @@ struct Supervisor {
     notify: Option<(UnixDatagram, PathBuf)>,
     /// Where notify messages are read (its size is the longest read whole).
     notify_buf: Vec<u8>,
-    /// Where their senders' credentials are read ([`cmsg_room`]).
-    cmsg: Vec<u8>,
     reporter: Reporter,
     /// Tell systemd READY=1 (under `run` with NOTIFY_SOCKET set).
     systemd: Option<String>,
@@ -236,14 +233,13 @@ impl Supervisor {
                 set.wait(timeout)?
             }
         };
-        let ready = &polled.ready;
 
         // A plain stop's signal or the first readiness's answer, when that is all this wake
         // brings, before anything else (even the clock); a client it took is read below,
         // first.
-        let mut taken = self.act_first(ready, &armed);
+        let mut taken = polled.alone().and_then(|one| self.act_first(one, &armed));
         // The shed timer firing alone is not work (it would re-arm itself for ever).
-        if !ready.is_empty() || scheduled {
+        if polled.ready().next().is_some() || scheduled {
             self.worked = true;
         }
         // The lines this wake says are written once its decisive act is done (a respawn's
@@ -252,7 +248,7 @@ impl Supervisor {
         self.events.hold();
         let now = Instant::now();
         let mut closed_pipes = Vec::new();
-        for &(src, flags) in ready {
+        for (src, flags) in polled.ready() {
             match src {
                 Source::Signals => self.on_signals(),
                 // A client writes its request as soon as it connects: read it now rather
@@ -821,9 +817,11 @@ impl Supervisor {
         let mut buf = std::mem::take(&mut self.notify_buf);
         // Each message is acted on as it comes: READY=1 answers the waiting `start` before
         // the read that finds the socket empty.
-        while let Some((n, sender)) = self.notify.as_ref().and_then(|(sock, _)| {
-            recv_with_sender(sock, &mut buf, &mut self.cmsg, MsgFlags::empty()).ok()
-        }) {
+        while let Some((n, sender)) = self
+            .notify
+            .as_ref()
+            .and_then(|(sock, _)| crate::sys::recv_with_sender(sock.as_fd(), &mut buf, false).ok())
+        {
             let m = String::from_utf8_lossy(&buf[..n]);
             tracing::debug!(
                 "notify from pid {}: {}",
@@ -1393,36 +1391,4 @@ fn describe(input: &Input) -> String {
         Input::StopRequested => "stop requested".into(),
         Input::StartNow => "start requested".into(),
     }
-}
-
-/// The room [`recv_with_sender`] needs for a sender's credentials.
-fn cmsg_room() -> Vec<u8> {
-    nix::cmsg_space!(nix::sys::socket::UnixCredentials)
-}
-
-/// Reads one notify message into `buf` (or with `MSG_PEEK` in `flags`, copies it and leaves
-/// it queued): its length and its sender's PID, as the kernel vouches for it
-/// (SCM_CREDENTIALS; see [`setup::pass_credentials`]).
-///
-/// `space` is the room for the credentials, made once ([`cmsg_room`]): nix's own
-/// `cmsg_space!` would allocate it at each read.
-fn recv_with_sender(
-    sock: &std::os::unix::net::UnixDatagram,
-    buf: &mut [u8],
-    space: &mut Vec<u8>,
-    flags: MsgFlags,
-) -> std::io::Result<(usize, Option<Pid>)> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned};
-    let mut iov = [std::io::IoSliceMut::new(buf)];
-    let msg = recvmsg::<()>(
-        std::os::fd::AsRawFd::as_raw_fd(sock),
-        &mut iov,
-        Some(space),
-        flags | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let sender = msg.cmsgs()?.find_map(|c| match c {
-        ControlMessageOwned::ScmCredentials(cred) => Some(Pid::from_raw(cred.pid())),
-        _ => None,
-    });
-    Ok((msg.bytes, sender))
 }

@@ -26,13 +26,12 @@ pub enum Source {
 
 /// The buffers of the loop's poll(2), kept from one wake to the next: after a long sleep
 /// every page malloc and free touch (their code, the arena, the chunks) is paid for, so a
-/// wake allocates and frees nothing for its poll (benches/PROFILE-ready.md, "Wake round").
+/// wake allocates and frees nothing for its poll, and what is ready is read where the
+/// kernel wrote it (benches/PROFILE-ready.md, "Wake round").
 #[derive(Default)]
 pub struct PollBufs {
     fds: Vec<libc::pollfd>,
     sources: Vec<Source>,
-    /// What the last poll(2) found ready, and how.
-    pub ready: Vec<(Source, PollFlags)>,
     /// What the last idle shed dropped (freed at the next one).
     shed: crate::sys::Shed,
 }
@@ -45,9 +44,24 @@ impl PollBufs {
         PollBufs {
             fds: Vec::with_capacity(n),
             sources: Vec::with_capacity(n),
-            ready: Vec::with_capacity(n),
             shed: Default::default(),
         }
+    }
+
+    /// What the last poll(2) found ready, and how, in the order polled.
+    pub fn ready(&self) -> impl Iterator<Item = (Source, PollFlags)> + '_ {
+        self.fds
+            .iter()
+            .zip(&self.sources)
+            .filter(|(fd, _)| fd.revents != 0)
+            .map(|(fd, src)| (*src, PollFlags::from_bits_truncate(fd.revents)))
+    }
+
+    /// The one descriptor found ready, if only one was.
+    pub fn alone(&self) -> Option<(Source, PollFlags)> {
+        let mut ready = self.ready();
+        let first = ready.next();
+        ready.next().map_or(first, |_| None)
     }
 }
 
@@ -63,7 +77,6 @@ impl<'a> PollSet<'a> {
     fn over(mut bufs: PollBufs) -> Self {
         bufs.fds.clear();
         bufs.sources.clear();
-        bufs.ready.clear();
         PollSet {
             bufs,
             _fds: PhantomData,
@@ -80,10 +93,9 @@ impl<'a> PollSet<'a> {
         self.bufs.sources.push(source);
     }
 
-    /// Sleeps until a descriptor is ready or `timeout` passes; the buffers, with what is
-    /// ready and how.
+    /// Sleeps until a descriptor is ready or `timeout` passes; the buffers, which say what
+    /// is ready ([`PollBufs::ready`]).
     pub fn wait(mut self, timeout: Option<TimeSpec>) -> Result<PollBufs> {
-        self.room();
         let polled = crate::sys::ppoll(&mut self.bufs.fds, timeout);
         self.ready(polled)
     }
@@ -91,31 +103,21 @@ impl<'a> PollSet<'a> {
     /// As `wait` with nothing due, after handing back the memory the idle loop does not
     /// need (`sys::shed_and_poll`).
     pub fn shed_and_wait(mut self) -> Result<PollBufs> {
-        self.room();
         let b = &mut self.bufs;
         let polled = crate::sys::shed_and_poll(&mut b.fds, &mut b.shed);
         self.ready(polled)
     }
 
-    /// Room for every descriptor to be ready, made before the sleep.
-    fn room(&mut self) {
-        let n = self.bufs.fds.len();
-        self.bufs.ready.reserve(n);
-    }
-
     fn ready(mut self, polled: nix::Result<libc::c_int>) -> Result<PollBufs> {
         match polled {
-            Ok(_) => {
-                let b = &mut self.bufs;
-                for (fd, src) in b.fds.iter().zip(&b.sources) {
-                    let r = PollFlags::from_bits_truncate(fd.revents);
-                    if !r.is_empty() {
-                        b.ready.push((*src, r));
-                    }
+            Ok(_) => Ok(self.bufs),
+            // Interrupted: nothing is ready.
+            Err(nix::errno::Errno::EINTR) => {
+                for fd in &mut self.bufs.fds {
+                    fd.revents = 0;
                 }
                 Ok(self.bufs)
             }
-            Err(nix::errno::Errno::EINTR) => Ok(self.bufs),
             Err(e) => Err(Error::errno("wait for events", e)),
         }
     }

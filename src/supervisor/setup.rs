@@ -159,8 +159,7 @@ pub fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
         } else {
             Vec::new()
         },
-        cmsg: super::cmsg_room(),
-        // Beside the room for notify credentials: both are read on a wake.
+        // Made now, not at the first wake (see `with_room`).
         poll: super::poll::PollBufs::with_room(16),
         notify: p.notify,
         reporter: p.reporter,
