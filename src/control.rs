@@ -640,9 +640,13 @@ impl Conn {
         }
     }
 
-    /// The first line the client has sent, without its newline, left unread for
-    /// [`Conn::read`]: copied into `buf`, none if no whole line fits there yet.
+    /// The next line [`Conn::read`] will read, without its newline, peeked from the
+    /// socket and left there: copied into `buf`; none if no whole line fits there yet, or
+    /// if part of it was read already.
     pub fn peek_line<'b>(&self, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+        if !self.buf.is_empty() {
+            return None;
+        }
         let n = socket::recv(
             self.stream.as_raw_fd(),
             buf,
@@ -906,6 +910,59 @@ mod tests {
             Envelope::parse(&spaced).map(|e| e.request),
             Ok(Request::Stop)
         );
+    }
+
+    #[test]
+    fn a_line_taken_for_an_own_stop_unparsed_is_a_stop_parsed() {
+        let stop = |by: &str| {
+            Envelope {
+                by: by.to_string(),
+                ..Envelope::new(Request::Stop)
+            }
+            .to_line()
+        };
+        for by in ["", "root", "alice.b-c_d@x", &"u".repeat(64)] {
+            let line = stop(by);
+            assert!(is_own_stop(line.as_bytes()), "{line}");
+            assert!(
+                is_own_stop(format!(" {line}\r").as_bytes()),
+                "trimmed as parse trims"
+            );
+        }
+        // Anything else is left to the loop's parse: other requests, near misses, bytes
+        // that are not UTF-8.
+        let mut others = vec![
+            Envelope::new(Request::Status).to_line(),
+            Envelope::new(Request::Reload).to_line(),
+            stop("").replace("\"protocol\":1", "\"protocol\":2"),
+            stop("a b"),
+            "stop".to_string(),
+            format!(r#"{{"baton":"{VERSION}", "protocol":1,"request":"stop"}}"#),
+        ];
+        others.push(stop(&"u".repeat(65)));
+        for line in &others {
+            assert!(!is_own_stop(line.as_bytes()), "{line}");
+        }
+        let mut bad = stop("root").into_bytes();
+        bad.insert(3, 0xff);
+        assert!(!is_own_stop(&bad));
+    }
+
+    proptest! {
+        #[test]
+        fn what_is_taken_for_an_own_stop_parses_as_a_stop(
+            at in 0usize..70,
+            cut in 0usize..3,
+            put in "\\PC{0,3}",
+        ) {
+            // This baton's own stop line, a little changed somewhere.
+            let mut line = Envelope { by: "root".into(), ..Envelope::new(Request::Stop) }.to_line();
+            let at = at.min(line.len());
+            line.replace_range(at..(at + cut).min(line.len()), &put);
+            if is_own_stop(line.as_bytes()) {
+                prop_assert_eq!(Envelope::parse(&line).map(|e| e.request), Ok(Request::Stop));
+            }
+        }
     }
 
     #[test]

@@ -69,13 +69,16 @@ impl Supervisor {
         }
         match src {
             Source::Control => {
-                let (pid, sig) = armed.stop?;
+                armed.stop?;
                 let i = self.clients.accept(std::time::Instant::now())?;
-                if self.clients.sent_own_stop(i) {
-                    crate::process::signal_group(pid, sig);
-                    self.group_signalled = Some((pid, sig));
-                }
+                self.stop_first(armed, i);
                 Some(i)
+            }
+            // A client whose request came after its connection was taken (the loop woke
+            // in between); one with replies to take first is left to the loop.
+            Source::Conn(i) if !flags.contains(PollFlags::POLLOUT) => {
+                self.stop_first(armed, i);
+                None
             }
             Source::Notify => {
                 let leader = armed.ready?;
@@ -96,6 +99,14 @@ impl Supervisor {
                 None
             }
             _ => None,
+        }
+    }
+
+    /// Client `i` asks for a plain stop: its signal, now.
+    fn stop_first(&mut self, armed: &Armed, i: usize) {
+        if let Some((pid, sig)) = armed.stop.filter(|_| self.clients.sent_own_stop(i)) {
+            crate::process::signal_group(pid, sig);
+            self.group_signalled = Some((pid, sig));
         }
     }
 
