@@ -539,6 +539,16 @@ pub enum Awaits {
     Handoff,
 }
 
+/// The next line of a client, as [`Conn::peek_line`] finds it.
+pub enum Peeked<'b> {
+    /// The whole line, without its newline.
+    Line(&'b [u8]),
+    /// Longer than the room given.
+    Long,
+    /// No whole line yet (nothing, part of one, or part of it read already).
+    Partial,
+}
+
 /// What reading a connection produced.
 pub enum Incoming {
     /// A complete request line, parsed (or why it could not be).
@@ -640,22 +650,27 @@ impl Conn {
         }
     }
 
-    /// The next line [`Conn::read`] will read, without its newline, peeked from the
-    /// socket and left there: copied into `buf`; none if no whole line fits there yet, or
-    /// if part of it was read already.
-    pub fn peek_line<'b>(&self, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+    /// The next line [`Conn::read`] will read, peeked from the socket and left there:
+    /// copied into `buf` if it fits.
+    pub fn peek_line<'b>(&self, buf: &'b mut [u8]) -> Peeked<'b> {
+        // Part of it read already: not whole in the socket.
         if !self.buf.is_empty() {
-            return None;
+            return Peeked::Partial;
         }
-        let n = socket::recv(
+        let room = buf.len();
+        let Ok(n) = socket::recv(
             self.stream.as_raw_fd(),
             buf,
             MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-        )
-        .ok()?;
-        let got = buf.get(..n)?;
-        let end = got.iter().position(|&b| b == b'\n')?;
-        got.get(..end)
+        ) else {
+            return Peeked::Partial;
+        };
+        let got = &buf[..n.min(room)];
+        match got.iter().position(|&b| b == b'\n') {
+            Some(end) => Peeked::Line(&got[..end]),
+            None if n >= room => Peeked::Long,
+            None => Peeked::Partial,
+        }
     }
 
     /// Ends the conversation: the client reads end-of-file once it has every reply.

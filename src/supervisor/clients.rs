@@ -1,7 +1,7 @@
 //! The loop's control clients: accepting them, reading their requests, delivering what they wait for.
 
 use super::poll::{PollSet, Source};
-use crate::control::{Accepted, Awaits, Conn, Envelope, Incoming, Reply, Server};
+use crate::control::{Accepted, Awaits, Conn, Envelope, Incoming, Peeked, Reply, Server};
 use nix::poll::PollFlags;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
@@ -74,15 +74,18 @@ impl Clients {
         Some(self.conns.len() - 1)
     }
 
-    /// Whether client `i`'s first line, still unread, is this baton's own plain `stop`.
-    pub fn sent_own_stop(&self, i: usize) -> bool {
+    /// Whether client `i`'s next line, still unread, is this baton's own plain `stop`;
+    /// none if no whole line is there yet (or too long to be one).
+    pub fn sent_own_stop(&self, i: usize) -> Option<bool> {
         // Room for the line with a user name of 60 characters; zeroed without a call to
-        // memset. A longer line is not peeked whole, and is read the usual way.
+        // memset.
         let mut buf = [0u8; 128];
-        self.conns
-            .get(i)
-            .and_then(|c| c.peek_line(&mut buf))
-            .is_some_and(crate::control::is_own_stop)
+        match self.conns.get(i)?.peek_line(&mut buf) {
+            Peeked::Line(line) => Some(crate::control::is_own_stop(line)),
+            // Longer than any stop of ours.
+            Peeked::Long => Some(false),
+            Peeked::Partial => None,
+        }
     }
 
     /// Client `i` is ready for `flags`: sends what waits, reads what came; a complete request.

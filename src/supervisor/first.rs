@@ -58,7 +58,9 @@ impl Armed {
 impl Supervisor {
     /// The wake brought only `ready` (one descriptor, and how): a plain stop's signal, or
     /// the first readiness's answer, before the loop's own step. Returns a client it
-    /// accepted, whose request the loop then reads as always.
+    /// accepted, whose request the loop then reads as always; one that has sent no whole
+    /// line yet is left for the wake its request brings (read now, it would find nothing,
+    /// or a request the loop must then carry all the way to its signal).
     pub(super) fn act_first(
         &mut self,
         (src, flags): (Source, PollFlags),
@@ -71,11 +73,10 @@ impl Supervisor {
             Source::Control => {
                 armed.stop?;
                 let i = self.clients.accept(std::time::Instant::now())?;
-                self.stop_first(armed, i);
-                Some(i)
+                self.stop_first(armed, i).map(|_| i)
             }
-            // A client whose request came after its connection was taken (the loop woke
-            // in between); one with replies to take first is left to the loop.
+            // A client whose request came after its connection was taken; one with replies
+            // to take first is left to the loop.
             Source::Conn(i) if !flags.contains(PollFlags::POLLOUT) => {
                 self.stop_first(armed, i);
                 None
@@ -102,12 +103,15 @@ impl Supervisor {
         }
     }
 
-    /// Client `i` asks for a plain stop: its signal, now.
-    fn stop_first(&mut self, armed: &Armed, i: usize) {
-        if let Some((pid, sig)) = armed.stop.filter(|_| self.clients.sent_own_stop(i)) {
+    /// If client `i` asks for a plain stop, its signal, now. Whether its first line was
+    /// such a stop; none if it has sent no whole line yet.
+    fn stop_first(&mut self, armed: &Armed, i: usize) -> Option<bool> {
+        let stop = self.clients.sent_own_stop(i)?;
+        if let Some((pid, sig)) = armed.stop.filter(|_| stop) {
             crate::process::signal_group(pid, sig);
             self.group_signalled = Some((pid, sig));
         }
+        Some(stop)
     }
 
     /// The first readiness of a `start` answered where it is seen, before the machine steps:
