@@ -61,6 +61,9 @@ impl Supervisor {
     /// accepted, whose request the loop then reads as always; one that has sent no whole
     /// line yet is left for the wake its request brings (read now, it would find nothing,
     /// or a request the loop must then carry all the way to its signal).
+    // Out of the loop's step (14 KB): this, with what it calls, is what the two figures run
+    // after the wake, placed together by link/hot-order.txt.
+    #[inline(never)]
     pub(super) fn act_first(
         &mut self,
         (src, flags): (Source, PollFlags),
