@@ -493,17 +493,15 @@ pub fn ppoll(
     fds: &mut [libc::pollfd],
     timeout: Option<nix::sys::time::TimeSpec>,
 ) -> nix::Result<libc::c_int> {
-    let timeout = timeout.as_ref().map_or(std::ptr::null(), |t| {
-        let t: &libc::timespec = t.as_ref();
-        t as *const libc::timespec
-    });
-    // SAFETY: `fds` is a live, exclusive slice of pollfds for the call, `timeout` null or a
-    // timespec on our stack that outlives it; a null sigmask keeps the mask as it is.
+    let ts: *const libc::timespec = timeout.as_ref().map_or(std::ptr::null(), |t| t.as_ref());
+    // SAFETY: `fds` is a live, exclusive slice of pollfds for the call; `ts` is null or
+    // points into `timeout`, which lives until we return; a null sigmask keeps the mask as
+    // it is.
     let n = unsafe {
         libc::ppoll(
             fds.as_mut_ptr(),
             fds.len() as libc::nfds_t,
-            timeout,
+            ts,
             std::ptr::null(),
         )
     };

@@ -74,15 +74,15 @@ impl Clients {
         Some(self.conns.len() - 1)
     }
 
-    /// Whether client `i`'s next line, still unread, is this baton's own plain `stop`;
-    /// none if no whole line is there yet (or too long to be one).
+    /// Whether client `i`'s next line, still unread, is this baton's own plain `stop`
+    /// (false for a line longer than the room given to it: the loop reads it); none if no
+    /// whole line is there yet.
     pub fn sent_own_stop(&self, i: usize) -> Option<bool> {
         // Room for the line with a user name of 60 characters; zeroed without a call to
         // memset.
         let mut buf = [0u8; 128];
         match self.conns.get(i)?.peek_line(&mut buf) {
             Peeked::Line(line) => Some(crate::control::is_own_stop(line)),
-            // Longer than any stop of ours.
             Peeked::Long => Some(false),
             Peeked::Partial => None,
         }

@@ -81,6 +81,7 @@ impl Supervisor {
             // A client whose request came after its connection was taken; one with replies
             // to take first is left to the loop.
             Source::Conn(i) if !flags.contains(PollFlags::POLLOUT) => {
+                armed.stop?;
                 self.stop_first(armed, i);
                 None
             }
