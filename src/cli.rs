@@ -396,13 +396,24 @@ impl Cli {
 
     /// The config's text and its own trust are checked before the request, as for every
     /// command; what it says of the host (program, working directory: only warnings for a
-    /// service already running) is checked and told once the request is on its way.
+    /// service already running) is checked and told once the request is on its way. A
+    /// config unchanged since its supervisor validated it is not read again: the card that
+    /// supervisor left says what the stop needs (`config::card`).
     #[inline(never)]
     fn stop(&self, t: &Target) -> Result<Code> {
         let (file, name) = self.locate(t)?;
+        if let Some(card) = config::card::read(&file, &name) {
+            let card = kept(card);
+            let running = crate::service::stop((&*card).into(), || warn(card.warnings()))?;
+            if !running {
+                card.remove();
+            }
+            return Ok(0);
+        }
         let (mut spec, later) = config::load_running_later(&file, &name)?;
         spec.file = file;
-        crate::service::stop(&kept(spec), || warn(later.warnings())).map(|()| 0)
+        let spec = kept(spec);
+        crate::service::stop((&*spec).into(), || warn(later.warnings())).map(|_| 0)
     }
 
     /// For a command addressed to the supervisor already running: a program or
@@ -628,7 +639,7 @@ fn warn(warnings: Vec<String>) {
     }
 }
 
-fn kept(spec: Spec) -> std::mem::ManuallyDrop<Spec> {
+fn kept<T>(spec: T) -> std::mem::ManuallyDrop<T> {
     std::mem::ManuallyDrop::new(spec)
 }
 

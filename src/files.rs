@@ -260,6 +260,35 @@ impl Dir {
         self.open_subdir(name)
     }
 
+    /// Opens the subdirectory `name` private to baton's user (owned by it, mode 0700),
+    /// creating it if absent; anything else found there (a link, another owner's directory,
+    /// one others may enter) is refused, never used.
+    pub fn private_subdir(&self, name: &OsStr) -> io::Result<Dir> {
+        plain_name(name)?;
+        match nix::sys::stat::mkdirat(Some(self.fd.as_raw_fd()), name, Mode::S_IRWXU) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(self.explain(name, e.into())),
+        }
+        let dir = self.open_subdir(name)?;
+        let me = Uid::effective();
+        if Uid::from_raw(dir.stat.st_uid) != me || dir.stat.st_mode & 0o077 != 0 {
+            return Err(io::Error::other(format!(
+                "{} is not a private directory of uid {me}: remove it",
+                dir.described()
+            )));
+        }
+        Ok(dir)
+    }
+
+    /// The entry `name` itself (a link is not followed).
+    pub fn entry(&self, name: &OsStr) -> io::Result<FileStat> {
+        Ok(nix::sys::stat::fstatat(
+            Some(self.fd.as_raw_fd()),
+            name,
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?)
+    }
+
     /// Opens the subdirectory `name`, refusing a link.
     fn open_subdir(&self, name: &OsStr) -> io::Result<Dir> {
         let fd = sys::openat(
@@ -437,8 +466,8 @@ pub struct Checked {
     pub file: File,
     /// Why someone other than root (or baton's user) could have changed it; empty if nobody.
     pub untrusted: Untrusted,
-    /// Its size when it was checked.
-    len: u64,
+    /// The file as it was checked (size, identity, times).
+    pub stat: FileStat,
 }
 
 impl Checked {
@@ -446,7 +475,8 @@ impl Checked {
     /// buffer is sized by the check's fstat: one read and the one that finds the end,
     /// where growing from nothing took six reads and five reallocations for a small config.
     pub fn read_limited(&mut self, limit: u64) -> io::Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(self.len.min(limit) as usize + 1);
+        let len = u64::try_from(self.stat.st_size).unwrap_or(0);
+        let mut out = Vec::with_capacity(len.min(limit) as usize + 1);
         (&mut self.file).take(limit + 1).read_to_end(&mut out)?;
         if out.len() as u64 > limit {
             return Err(io::Error::other(format!(
@@ -501,7 +531,7 @@ pub fn open_checked(path: &Path) -> io::Result<Checked> {
                 return Ok(Checked {
                     file: File::from(fd),
                     untrusted,
-                    len: u64::try_from(stat.st_size).unwrap_or(0),
+                    stat,
                 });
             }
             Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
@@ -520,6 +550,65 @@ pub fn open_checked(path: &Path) -> io::Result<Checked> {
         }
     }
     Err(io::Error::from_raw_os_error(nix::libc::ELOOP))
+}
+
+/// Reads the file `name` in `dir` only if nobody but root can have written it: `dir`
+/// reached through no symbolic link at all, the file opened without following one, both
+/// (checked on their descriptors) root's and writable by nobody else, the file a regular
+/// one with a single link; at most `limit` bytes. For a reader that trusts root alone (the
+/// stop card of `config::card`), which takes any refusal as "no such file".
+pub fn read_root_only(dir: &Path, name: &OsStr, limit: u64) -> io::Result<Vec<u8>> {
+    plain_name(name)?;
+    let root_only = |st: &FileStat| {
+        if st.st_uid == 0 && st.st_mode & 0o022 == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from(io::ErrorKind::PermissionDenied))
+        }
+    };
+    let dir = open_dir_no_links(dir)?;
+    root_only(&nix::sys::stat::fstat(dir.as_raw_fd())?)?;
+    // O_NONBLOCK: a FIFO found there must not hang the reader in open(2).
+    let fd = sys::openat(
+        Some(dir.as_fd()),
+        Path::new(name),
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
+        Mode::empty(),
+    )?;
+    let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
+    root_only(&st)?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG || st.st_nlink != 1 {
+        return Err(io::Error::from(io::ErrorKind::InvalidData));
+    }
+    let size = u64::try_from(st.st_size).unwrap_or(0);
+    let mut out = Vec::with_capacity(size.min(limit) as usize + 1);
+    File::from(fd).take(limit + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(io::Error::from(io::ErrorKind::InvalidData));
+    }
+    Ok(out)
+}
+
+/// The directory at the absolute `path`, reached through no symbolic link at all: one
+/// openat2 where the kernel has it (Linux 5.6; valgrind does not), else a walk from `/`
+/// with `O_NOFOLLOW` at each step.
+fn open_dir_no_links(path: &Path) -> io::Result<OwnedFd> {
+    match sys::open_dir_no_symlinks(path) {
+        Err(e) if e.raw_os_error() == Some(nix::libc::ENOSYS) => {}
+        opened => return opened,
+    }
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
+    let mut fd = sys::openat(None, Path::new("/"), flags, Mode::empty())?;
+    for c in path.components() {
+        match c {
+            Component::RootDir => {}
+            Component::Normal(name) => {
+                fd = sys::openat(Some(fd.as_fd()), Path::new(name), flags, Mode::empty())?
+            }
+            _ => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
+        }
+    }
+    Ok(fd)
 }
 
 /// Why a file or directory others could change cannot be trusted, if it cannot.

@@ -57,18 +57,18 @@ pub fn remove(path: &Path) {
 }
 
 /// Where the supervisor lock lives.
-pub fn lock_path(spec: &Spec) -> PathBuf {
-    spec.state_dir.join("supervisor.lock")
+pub fn lock_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("supervisor.lock")
 }
 
 /// Where `start` serialises itself so concurrent starts yield one service.
-pub fn start_lock_path(spec: &Spec) -> PathBuf {
-    spec.state_dir.join("start.lock")
+pub fn start_lock_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("start.lock")
 }
 
 /// Where the last known state is kept for when the supervisor is gone.
-pub fn state_path(spec: &Spec) -> PathBuf {
-    spec.state_dir.join("state.json")
+pub fn state_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("state.json")
 }
 
 fn open_lock(path: &Path) -> std::io::Result<File> {
@@ -103,8 +103,8 @@ impl SupervisorLock {
 }
 
 /// Takes the supervisor lock, or says another supervisor holds it.
-pub fn lock_supervisor(spec: &Spec) -> Result<Option<SupervisorLock>> {
-    let path = lock_path(spec);
+pub fn lock_supervisor(state_dir: &Path) -> Result<Option<SupervisorLock>> {
+    let path = lock_path(state_dir);
     let f = open_lock(&path).map_err(|e| Error::io(format!("open lock {}", path.display()), &e))?;
     match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
         Ok(l) => Ok(Some(SupervisorLock(l))),
@@ -117,8 +117,8 @@ pub fn lock_supervisor(spec: &Spec) -> Result<Option<SupervisorLock>> {
 pub struct CommandLock(#[allow(dead_code)] Flock<File>);
 
 /// Serialises state-changing commands on one service.
-pub fn lock_commands(spec: &Spec) -> Result<CommandLock> {
-    let path = start_lock_path(spec);
+pub fn lock_commands(state_dir: &Path) -> Result<CommandLock> {
+    let path = start_lock_path(state_dir);
     let f = open_lock(&path).map_err(|e| Error::io(format!("open lock {}", path.display()), &e))?;
     Flock::lock(f, FlockArg::LockExclusive)
         .map(CommandLock)
@@ -126,8 +126,8 @@ pub fn lock_commands(spec: &Spec) -> Result<CommandLock> {
 }
 
 /// Whether a supervisor holds its lock right now.
-pub fn supervisor_alive(spec: &Spec) -> Result<bool> {
-    let path = lock_path(spec);
+pub fn supervisor_alive(state_dir: &Path) -> Result<bool> {
+    let path = lock_path(state_dir);
     let f = match File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
@@ -141,8 +141,8 @@ pub fn supervisor_alive(spec: &Spec) -> Result<bool> {
 }
 
 /// Blocks until the supervisor has exited (its lock is released). No polling: flock sleeps in the kernel.
-pub fn wait_supervisor_gone(spec: &Spec) -> Result<()> {
-    let path = lock_path(spec);
+pub fn wait_supervisor_gone(state_dir: &Path) -> Result<()> {
+    let path = lock_path(state_dir);
     let f = match File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -200,8 +200,8 @@ pub struct StateFile {
 }
 
 /// Records state for post-mortem `status` and orphan clean-up.
-pub fn write_state(spec: &Spec, state: &StateFile) {
-    let path = state_path(spec);
+pub fn write_state(state_dir: &Path, state: &StateFile) {
+    let path = state_path(state_dir);
     let body = serde_json::to_vec_pretty(state).unwrap_or_default();
     if let Err(e) = crate::files::write_atomic(&path, &body, 0o644) {
         tracing::warn!("unable to write state file {}: {e}", path.display());
@@ -250,7 +250,7 @@ impl Records {
         let me = nix::unistd::getpid();
         let mut records = Records {
             pid: dir_of(&spec.pidfile),
-            state: dir_of(&state_path(spec)),
+            state: dir_of(&state_path(&spec.state_dir)),
             staged: None,
             me: Identity::of(me),
             session: nix::unistd::getsid(None).ok().map(Pid::as_raw),
@@ -331,10 +331,10 @@ impl Records {
 
     /// Records `state` in the state file of `spec`.
     pub fn write_state(&self, spec: &Spec, state: &StateFile) {
-        let path = state_path(spec);
+        let path = state_path(&spec.state_dir);
         let held = self.state.as_ref().filter(|(at, _)| *at == path);
         let (Some((_, dir)), Some(name)) = (held, path.file_name()) else {
-            return write_state(spec, state);
+            return write_state(&spec.state_dir, state);
         };
         let body = serde_json::to_vec_pretty(state).unwrap_or_default();
         if let Err(e) = dir.write_atomic(name, &body, 0o644) {
@@ -344,8 +344,8 @@ impl Records {
 }
 
 /// Reads the state file; missing or unreadable reads as empty.
-pub fn read_state(spec: &Spec) -> StateFile {
-    std::fs::read(state_path(spec))
+pub fn read_state(state_dir: &Path) -> StateFile {
+    std::fs::read(state_path(state_dir))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()

@@ -19,7 +19,7 @@ pub const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Starts the service and returns once it is ready (or already running).
 pub fn start(spec: &Spec) -> Result<()> {
     preflight(spec)?;
-    let _lock = pidfile::lock_commands(spec)?;
+    let _lock = pidfile::lock_commands(&spec.state_dir)?;
     start_locked(spec, Last::No)
 }
 
@@ -27,7 +27,7 @@ pub fn start(spec: &Spec) -> Result<()> {
 /// (its line printed, exit 0) without returning here.
 pub fn start_and_end(spec: &Spec) -> Result<()> {
     preflight(spec)?;
-    let _lock = pidfile::lock_commands(spec)?;
+    let _lock = pidfile::lock_commands(&spec.state_dir)?;
     start_locked(spec, Last::Yes)
 }
 
@@ -46,10 +46,10 @@ fn ready_line(name: &str, pid: i32) -> String {
 
 fn start_locked(spec: &Spec, last: Last) -> Result<()> {
     let name = &spec.name;
-    if pidfile::supervisor_alive(spec)? {
+    if pidfile::supervisor_alive(&spec.state_dir)? {
         return start_supervised(spec);
     }
-    clean_up_dead(spec);
+    clean_up_dead(spec.into());
     check_port_free(spec)?;
     let ends = (last == Last::Yes).then_some(ready_line as fn(&str, i32) -> String);
     match daemon::start_supervisor(&spec.file, name, ends)? {
@@ -78,23 +78,67 @@ fn start_supervised(spec: &Spec) -> Result<()> {
     })
 }
 
-/// Stops the service and everything it started; succeeds when it was not running.
-/// `sent` runs once the request is sent (or found needless): what the stop may tell
-/// later, such as the config's warnings, waits until then.
-pub fn stop(spec: &Spec, sent: impl FnOnce()) -> Result<()> {
-    ensure_state_dir(spec)?;
-    let _lock = pidfile::lock_commands(spec)?;
-    stop_locked(spec, sent)
+/// What stopping a service needs of it: from its validated config, or from the card its
+/// supervisor left (`crate::config::card`), so both take one stop path.
+#[derive(Clone, Copy)]
+pub struct Handle<'a> {
+    /// The service's name.
+    pub name: &'a str,
+    /// Its control socket.
+    pub socket: &'a Path,
+    /// Its state directory (locks, state file).
+    pub state_dir: &'a Path,
+    /// Its PID file.
+    pub pidfile: &'a Path,
+    /// Its log directory (named in a stuck stop's hint).
+    pub log_dir: &'a Path,
+    /// How long its stop may take before SIGKILL.
+    pub stop_timeout: Duration,
 }
 
-fn stop_locked(spec: &Spec, sent: impl FnOnce()) -> Result<()> {
-    let name = &spec.name;
-    if !pidfile::supervisor_alive(spec)? {
+impl<'a> From<&'a Spec> for Handle<'a> {
+    fn from(spec: &'a Spec) -> Handle<'a> {
+        Handle {
+            name: &spec.name,
+            socket: &spec.socket,
+            state_dir: &spec.state_dir,
+            pidfile: &spec.pidfile,
+            log_dir: &spec.log.dir,
+            stop_timeout: spec.stop.timeout,
+        }
+    }
+}
+
+impl<'a> From<&'a crate::config::card::Card> for Handle<'a> {
+    fn from(card: &'a crate::config::card::Card) -> Handle<'a> {
+        Handle {
+            name: &card.name,
+            socket: &card.socket,
+            state_dir: &card.state_dir,
+            pidfile: &card.pidfile,
+            log_dir: &card.log_dir,
+            stop_timeout: card.stop_timeout,
+        }
+    }
+}
+
+/// Stops the service and everything it started; succeeds when it was not running, and says
+/// whether a supervisor was. `sent` runs once the request is sent (or found needless): what
+/// the stop may tell later, such as the config's warnings, waits until then.
+pub fn stop(h: Handle<'_>, sent: impl FnOnce()) -> Result<bool> {
+    ensure_state_dir(h.state_dir)?;
+    let _lock = pidfile::lock_commands(h.state_dir)?;
+    stop_locked(h, sent)
+}
+
+fn stop_locked(h: Handle<'_>, sent: impl FnOnce()) -> Result<bool> {
+    let name = h.name;
+    if !pidfile::supervisor_alive(h.state_dir)? {
         sent();
-        if !clean_up_dead(spec) {
+        if !clean_up_dead(h) {
             println!("{name} is not running");
         }
-        return Ok(());
+        return Ok(false);
     }
     // The request goes first: the service's SIGTERM waits for nothing else. Only then is
     // the supervisor watched, to bound the wait for its exit (or to signal it if there is
@@ -102,10 +146,10 @@ fn stop_locked(spec: &Spec, sent: impl FnOnce()) -> Result<()> {
     // check (a reused PID): then its lock, released at its exit, is waited on instead.
     // The supervisor enforces the stop timeout itself and tells its progress within it; a
     // read that waits longer than that (and a margin) means it is stuck, not slow.
-    let limit = spec.stop.timeout.saturating_add(Duration::from_secs(10));
-    let asked = control::request(&spec.socket, &Request::Stop, Some(limit));
+    let limit = h.stop_timeout.saturating_add(Duration::from_secs(10));
+    let asked = control::request(h.socket, &Request::Stop, Some(limit));
     sent();
-    let state = pidfile::read_state(spec);
+    let state = pidfile::read_state(h.state_dir);
     let watched: Vec<(Pid, std::os::fd::OwnedFd)> = state
         .supervisor
         .and_then(|s| {
@@ -128,7 +172,7 @@ fn stop_locked(spec: &Spec, sent: impl FnOnce()) -> Result<()> {
         }
         // No socket to talk to: signal the supervisor, identified by PID and start time.
         // It exited between the look at its lock and the request: nothing left to ask.
-        Err(_) if watched.is_empty() && !pidfile::supervisor_alive(spec)? => {}
+        Err(_) if watched.is_empty() && !pidfile::supervisor_alive(h.state_dir)? => {}
         Err(e) => {
             let Some((pid, fd)) = watched.first() else {
                 return Err(e.hint("the supervisor holds its lock but cannot be identified; check the state directory"));
@@ -147,27 +191,27 @@ fn stop_locked(spec: &Spec, sent: impl FnOnce()) -> Result<()> {
             format!("stop {name}"),
             format!("its supervisor is still running after {}s", limit.as_secs()),
         )
-        .hint(format!("see {}", spec.log.dir.join("baton.log").display())));
+        .hint(format!("see {}", h.log_dir.join("baton.log").display())));
     }
-    if pidfile::supervisor_alive(spec)? {
-        pidfile::wait_supervisor_gone(spec)?;
+    if pidfile::supervisor_alive(h.state_dir)? {
+        pidfile::wait_supervisor_gone(h.state_dir)?;
     }
     println!("{name} stopped");
-    Ok(())
+    Ok(true)
 }
 
 /// Stop, then start; as `start`, a fresh supervisor's "ready" ends the process.
 pub fn restart(spec: &Spec) -> Result<()> {
     preflight(spec)?;
-    let _lock = pidfile::lock_commands(spec)?;
-    stop_locked(spec, || {})?;
+    let _lock = pidfile::lock_commands(&spec.state_dir)?;
+    stop_locked(spec.into(), || {})?;
     start_locked(spec, Last::Yes)
 }
 
 /// Restart only if running; a stopped service stays stopped.
 pub fn try_restart(spec: &Spec) -> Result<()> {
-    ensure_state_dir(spec)?;
-    if !pidfile::supervisor_alive(spec)? {
+    ensure_state_dir(&spec.state_dir)?;
+    if !pidfile::supervisor_alive(&spec.state_dir)? {
         println!("{} is not running; not restarting it", spec.name);
         return Ok(());
     }
@@ -183,7 +227,7 @@ pub fn reload(spec: &Spec) -> Result<()> {
 /// from the new image, with both versions.
 pub fn reexec(spec: &Spec) -> Result<()> {
     let name = &spec.name;
-    if !pidfile::supervisor_alive(spec)? {
+    if !pidfile::supervisor_alive(&spec.state_dir)? {
         return Err(Error::unable(
             format!("reexec {name}"),
             format!("{name} is not running: `baton start {name}` runs this baton"),
@@ -219,7 +263,7 @@ pub fn reopen_logs(spec: &Spec) -> Result<()> {
 fn simple_request(spec: &Spec, request: Request) -> Result<()> {
     let name = &spec.name;
     let what = request.name();
-    if !pidfile::supervisor_alive(spec).unwrap_or(false) {
+    if !pidfile::supervisor_alive(&spec.state_dir).unwrap_or(false) {
         return Err(
             Error::unable(format!("{what} {name}"), format!("{name} is not running"))
                 .code(Action::NotRunning),
@@ -279,7 +323,7 @@ pub fn status_json(report: &Report, code: Status) -> serde_json::Value {
 
 /// The service's state, asked of its supervisor (bounded by [`STATUS_TIMEOUT`]) or read post mortem.
 pub fn report(spec: &Spec) -> (Report, Status) {
-    match pidfile::supervisor_alive(spec) {
+    match pidfile::supervisor_alive(&spec.state_dir) {
         Ok(true) => {
             let reply = control::request(&spec.socket, &Request::Status, Some(STATUS_TIMEOUT))
                 .and_then(|mut r| {
@@ -307,7 +351,9 @@ pub fn report(spec: &Spec) -> (Report, Status) {
                     Status::Unknown,
                 ),
                 // It may have exited between the lock test and the request.
-                Err(_) if !pidfile::supervisor_alive(spec).unwrap_or(true) => post_mortem(spec),
+                Err(_) if !pidfile::supervisor_alive(&spec.state_dir).unwrap_or(true) => {
+                    post_mortem(spec)
+                }
                 Err(e) => (unknown(spec, e.to_string()), Status::Unknown),
             }
         }
@@ -327,7 +373,7 @@ fn unknown(spec: &Spec, why: String) -> Report {
 
 /// The truth when no supervisor holds the lock: "dead" if a PID file remains, else "not running".
 fn post_mortem(spec: &Spec) -> (Report, Status) {
-    let state = pidfile::read_state(spec);
+    let state = pidfile::read_state(&spec.state_dir);
     let orphans: Vec<i32> = crate::tracking::orphans(&state)
         .0
         .iter()
@@ -467,9 +513,9 @@ fn join(pids: &[i32]) -> String {
 }
 
 /// Kills what a dead supervisor left behind and removes its stale PID file; true if there was anything.
-fn clean_up_dead(spec: &Spec) -> bool {
-    let name = &spec.name;
-    let state: StateFile = pidfile::read_state(spec);
+fn clean_up_dead(h: Handle<'_>) -> bool {
+    let name = h.name;
+    let state: StateFile = pidfile::read_state(h.state_dir);
     let (orphans, _) = crate::tracking::orphans(&state);
     if !orphans.is_empty() {
         eprintln!(
@@ -487,11 +533,11 @@ fn clean_up_dead(spec: &Spec) -> bool {
         }
     }
     // Only the lock proves a supervisor; with it free, whatever the PID file names is not ours.
-    let stale = match pidfile::read(&spec.pidfile) {
+    let stale = match pidfile::read(h.pidfile) {
         Ok(Some(pid)) => {
             eprintln!(
                 "{name}: removing stale PID file {} (pid {pid} is not a running supervisor)",
-                spec.pidfile.display()
+                h.pidfile.display()
             );
             true
         }
@@ -502,7 +548,7 @@ fn clean_up_dead(spec: &Spec) -> bool {
         }
     };
     if stale {
-        pidfile::remove(&spec.pidfile);
+        pidfile::remove(h.pidfile);
     }
     stale || !orphans.is_empty()
 }
@@ -546,13 +592,13 @@ pub fn preflight(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
-fn ensure_state_dir(spec: &Spec) -> Result<()> {
+fn ensure_state_dir(state_dir: &Path) -> Result<()> {
     // There and writable, as after every first start: one system call, not make_dir's
     // three (mkdir, stat, access), before a stop's request.
-    if nix::unistd::access(&spec.state_dir, AccessFlags::W_OK).is_ok() {
+    if nix::unistd::access(state_dir, AccessFlags::W_OK).is_ok() {
         return Ok(());
     }
-    make_dir("state directory", &spec.state_dir)
+    make_dir("state directory", state_dir)
 }
 
 fn make_dir(what: &str, dir: &Path) -> Result<()> {

@@ -253,7 +253,7 @@ pub fn arm(spec: &Spec, tracker: &Tracker) {
         *t = Some(Takedown {
             cgroup: tracker.cgroup_path().map(Path::to_path_buf),
             leader: None,
-            spec_state: pidfile::state_path(spec),
+            spec_state: pidfile::state_path(&spec.state_dir),
             socket: spec.socket.clone(),
             thread: std::thread::current().id(),
         });

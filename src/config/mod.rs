@@ -1,5 +1,6 @@
 //! TOML service file -> validated [`Spec`], gathering every problem before reporting.
 
+pub mod card;
 pub mod change;
 pub mod host;
 mod reader;
@@ -70,6 +71,47 @@ pub struct Spec {
     pub registry: RegistrySpec,
     /// How the service's processes are tracked.
     pub process: ProcessSpec,
+    /// The file as [`load`] read it, for the stop card ([`card`]).
+    pub origin: Origin,
+}
+
+/// A config file's identity and last change: equal fingerprints mean the same bytes, as any
+/// write, truncation, chmod or chown moves the change time (which only root can set back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: i64,
+    /// Modification time, seconds and nanoseconds.
+    pub mtime: (i64, i64),
+    /// Change time, seconds and nanoseconds.
+    pub ctime: (i64, i64),
+}
+
+impl Fingerprint {
+    /// The fingerprint of what `st` describes.
+    pub fn of(st: &nix::sys::stat::FileStat) -> Fingerprint {
+        Fingerprint {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        }
+    }
+}
+
+/// What [`load`] knew of the file a spec came from: what a stop card records.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// The file's fingerprint when read; None when a change could hide behind it (below).
+    pub fingerprint: Option<Fingerprint>,
+    /// The checks of the host the reading made (program, working directory), each with
+    /// its line, for a stop that skips the reading to make again after its request.
+    checks: reader::Deferred,
 }
 
 /// `[process]`: how baton knows which processes are the service's.
@@ -390,15 +432,17 @@ pub const MAX_PROBLEMS_SHOWN: usize = 100;
 
 /// Reads and validates a service file; every problem is reported at once.
 pub fn load(file: &Path, name: &str) -> Result<Spec> {
-    let (text, mut problems) = read_checked(file)?;
-    match parse(&text, file, name) {
-        Ok(spec) if problems.is_empty() => Ok(spec),
-        Ok(_) => Err(Problems {
-            file: file.to_path_buf(),
-            list: problems,
-        }
-        .into_error()),
-        Err(mut more) => {
+    let (text, mut problems, fingerprint) = read_checked(file)?;
+    let (spec, mut more, checks) = parse_all_with(&text, file, name, Reader::new(&text));
+    match spec {
+        Some(spec) if problems.is_empty() && more.is_empty() => Ok(Spec {
+            origin: Origin {
+                fingerprint,
+                checks,
+            },
+            ..spec
+        }),
+        _ => {
             problems.append(&mut more);
             Err(Problems {
                 file: file.to_path_buf(),
@@ -413,7 +457,11 @@ pub fn load(file: &Path, name: &str) -> Result<Spec> {
 /// it or its directories someone other than root could change (sshd's StrictModes): a
 /// root-run supervisor executing a command from such a file is a privilege escalation.
 /// The checks are made on the same descriptor that is read, so nothing can be swapped in.
-pub(crate) fn read_checked(file: &Path) -> Result<(String, Vec<Problem>)> {
+///
+/// Also the file's fingerprint as read, unless it changed within the current tick of the
+/// coarse clock file times are taken from: a change made in that tick after the read could
+/// leave the same times (and size), so such a fingerprint would not prove the same bytes.
+pub(crate) fn read_checked(file: &Path) -> Result<(String, Vec<Problem>, Option<Fingerprint>)> {
     let io_error = |e: std::io::Error| {
         let code = match e.kind() {
             std::io::ErrorKind::NotFound => Action::NotConfigured,
@@ -427,7 +475,12 @@ pub(crate) fn read_checked(file: &Path) -> Result<(String, Vec<Problem>)> {
                 file.display()
             ))
     };
+    let floor = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME_COARSE).ok();
     let mut checked = crate::files::open_checked(file).map_err(io_error)?;
+    let fingerprint = Fingerprint::of(&checked.stat);
+    let fingerprint = floor
+        .filter(|t| fingerprint.ctime < (t.tv_sec(), t.tv_nsec()))
+        .map(|_| fingerprint);
     let bytes = checked.read_limited(MAX_CONFIG_BYTES).map_err(|e| {
         Error::unable(format!("read config {}", file.display()), e).code(Action::NotConfigured)
     })?;
@@ -452,10 +505,11 @@ pub(crate) fn read_checked(file: &Path) -> Result<(String, Vec<Problem>)> {
             });
         }
     }
-    Ok((text, problems))
+    Ok((text, problems, fingerprint))
 }
 
 /// Parses text into a spec, or returns every problem found.
+#[cfg(test)]
 pub fn parse(text: &str, file: &Path, name: &str) -> std::result::Result<Spec, Vec<Problem>> {
     match parse_all(text, file, name) {
         (Some(spec), problems) if problems.is_empty() => Ok(spec),
@@ -478,7 +532,7 @@ pub fn load_running(file: &Path, name: &str) -> Result<(Spec, Vec<String>)> {
 /// text, each of which still refuses the command; then the checks are made at once, so
 /// that the error lists every problem as [`load_running`]'s does.
 pub fn load_running_later(file: &Path, name: &str) -> Result<(Spec, Later)> {
-    let (text, read) = read_checked(file)?;
+    let (text, read, _) = read_checked(file)?;
     let (spec, parsed, checks) = parse_all_with(&text, file, name, Reader::deferring(&text));
     let later = Later {
         file: file.to_path_buf(),
@@ -542,12 +596,13 @@ impl Later {
 }
 
 /// The spec (when the text makes one) and every problem found, sorted by line.
+#[cfg(test)]
 fn parse_all(text: &str, file: &Path, name: &str) -> (Option<Spec>, Vec<Problem>) {
     let (spec, problems, _) = parse_all_with(text, file, name, Reader::new(text));
     (spec, problems)
 }
 
-/// [`parse_all`] by `r`, also returning the checks it left for later.
+/// [`parse_all`] by `r`, also returning the checks of the host it made or left for later.
 fn parse_all_with(
     text: &str,
     file: &Path,
@@ -574,7 +629,7 @@ fn parse_all_with(
         ..s
     });
     r.problems.sort_by_key(|p| p.line);
-    let checks = r.take_deferred();
+    let checks = r.take_checks();
     (spec, std::mem::take(&mut r.problems), checks)
 }
 

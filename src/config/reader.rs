@@ -58,6 +58,8 @@ pub(super) struct Reader<'t> {
     /// Where the checks of the program and the working directory go when they are left
     /// for later ([`Reader::deferring`]); None: made during the walk.
     deferred: Option<Deferred>,
+    /// The checks made during the walk, kept for a stop card to make again.
+    made: Deferred,
 }
 
 impl<'t> Reader<'t> {
@@ -67,12 +69,13 @@ impl<'t> Reader<'t> {
             has_port: false,
             has_release: false,
             deferred: None,
+            made: Vec::new(),
         }
     }
 
     /// A walk that leaves the checks of the program and the working directory (stats and
     /// a root-trust walk of each, only warnings for a command addressed to the running
-    /// supervisor) to [`Reader::take_deferred`]'s caller: `stop` makes them after its
+    /// supervisor) to [`Reader::take_checks`]'s caller: `stop` makes them after its
     /// request, which then waits for none of them.
     pub(super) fn deferring(text: &'t str) -> Self {
         Reader {
@@ -81,9 +84,12 @@ impl<'t> Reader<'t> {
         }
     }
 
-    /// The checks a deferring walk left, each with the line it is about.
-    pub(super) fn take_deferred(&mut self) -> Deferred {
-        self.deferred.take().unwrap_or_default()
+    /// The checks a deferring walk left, or those a walk made in place, each with the
+    /// line it is about.
+    pub(super) fn take_checks(&mut self) -> Deferred {
+        self.deferred
+            .take()
+            .unwrap_or_else(|| std::mem::take(&mut self.made))
     }
 
     /// Makes `check` now and records what it finds, or leaves it for later.
@@ -95,6 +101,7 @@ impl<'t> Reader<'t> {
                 for (key, message, code) in check.problems() {
                     self.host_problem(span.clone(), key, message, code);
                 }
+                self.made.push((check, line));
             }
         }
     }
@@ -119,9 +126,13 @@ pub(super) type Deferred = Vec<(HostCheck, Option<usize>)>;
 /// A check of the host a config names (not of its text): its problems stop `start` and
 /// `check`, but only warn a command addressed to the running supervisor (see
 /// [`Problem::host`]), which may therefore make them after its request.
+#[derive(Debug, Clone)]
 pub(super) enum HostCheck {
     /// `workdir` is a directory.
     Workdir(PathBuf),
+    /// `env_file` can be read and parsed (made during the walk, which needs its pairs; kept
+    /// only for a stop card).
+    EnvFile(PathBuf),
     /// The command's program is there and executable and, for a root service run by
     /// root, nobody else can change it.
     Program {
@@ -145,6 +156,11 @@ impl HostCheck {
                 Action::NotConfigured,
             )],
             HostCheck::Workdir(_) => Vec::new(),
+            HostCheck::EnvFile(p) => env_file(p)
+                .1
+                .into_iter()
+                .map(|(message, code)| ("env_file", message, code))
+                .collect(),
             HostCheck::Program {
                 prog,
                 base,
@@ -159,12 +175,7 @@ impl HostCheck {
 }
 
 /// [`HostCheck::Program`]'s findings.
-fn program_problems(
-    prog: &str,
-    base: &Path,
-    search: &std::ffi::OsStr,
-    as_root: bool,
-) -> Vec<(String, Action)> {
+fn program_problems(prog: &str, base: &Path, search: &std::ffi::OsStr, as_root: bool) -> Findings {
     let found = if prog.contains('/') {
         let p = absolutize(base, prog);
         Some(p).filter(|p| p.exists())
@@ -194,6 +205,57 @@ fn program_problems(
         return untrusted_program(&p);
     }
     Vec::new()
+}
+
+/// What a check of the host found: each problem's message and LSB code.
+type Findings = Vec<(String, Action)>;
+
+/// Reads `env_file` on one descriptor, checked like sshd's StrictModes when baton is root
+/// (a file others can write could hand a root service LD_PRELOAD): its pairs, and each
+/// problem's message and code.
+fn env_file(path: &Path) -> (Vec<(String, String)>, Findings) {
+    let read = crate::files::open_checked(path).and_then(|mut c| {
+        let body = c.read_limited(MAX_ENV_FILE)?;
+        Ok((body, c.untrusted))
+    });
+    let (body, untrusted) = match read {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                Vec::new(),
+                vec![(
+                    format!("cannot read {}: {e}", path.display()),
+                    Action::NotConfigured,
+                )],
+            )
+        }
+    };
+    let mut problems = Vec::new();
+    if nix::unistd::Uid::effective().is_root() {
+        for why in untrusted {
+            problems.push((
+                format!("{why}; baton runs as root and refuses an environment others could change"),
+                Action::NoPrivilege,
+            ));
+        }
+    }
+    let Ok(body) = String::from_utf8(body) else {
+        problems.push((
+            format!("{} is not UTF-8 text", path.display()),
+            Action::NotConfigured,
+        ));
+        return (Vec::new(), problems);
+    };
+    match parse_env_file(&body) {
+        Ok(pairs) => (pairs, problems),
+        Err((line, msg)) => {
+            problems.push((
+                format!("{}:{line}: {msg}", path.display()),
+                Action::NotConfigured,
+            ));
+            (Vec::new(), problems)
+        }
+    }
 }
 
 /// A program run as root must be as safe as root's own: nobody else may change it or its
@@ -588,6 +650,7 @@ impl Reader<'_> {
             deploy,
             proxy,
             process: self.process(top),
+            origin: super::Origin::default(),
         })
     }
 
@@ -665,60 +728,22 @@ impl Reader<'_> {
         self.host_check(check, span);
     }
 
-    /// Reads `env_file` on one descriptor, checked like sshd's StrictModes when baton is root:
-    /// a file others can write could hand a root service LD_PRELOAD.
+    /// Reads `env_file` into `env`, telling what is wrong with it (see [`env_file`]); the
+    /// check is kept for a stop card to make again.
     fn env_file(
         &mut self,
         path: &Path,
         span: Option<Range<usize>>,
         env: &mut Vec<(String, String)>,
     ) {
-        let read = crate::files::open_checked(path).and_then(|mut c| {
-            let body = c.read_limited(MAX_ENV_FILE)?;
-            Ok((body, c.untrusted))
-        });
-        let (body, untrusted) = match read {
-            Ok(v) => v,
-            Err(e) => {
-                self.host_problem(
-                    span,
-                    "env_file",
-                    format!("cannot read {}: {e}", path.display()),
-                    Action::NotConfigured,
-                );
-                return;
-            }
-        };
-        if nix::unistd::Uid::effective().is_root() {
-            for why in untrusted {
-                self.host_problem(
-                    span.clone(),
-                    "env_file",
-                    format!(
-                        "{why}; baton runs as root and refuses an environment others could change"
-                    ),
-                    Action::NoPrivilege,
-                );
-            }
+        let (pairs, problems) = env_file(path);
+        env.extend(pairs);
+        for (message, code) in problems {
+            self.host_problem(span.clone(), "env_file", message, code);
         }
-        let Ok(body) = String::from_utf8(body) else {
-            self.host_problem(
-                span,
-                "env_file",
-                format!("{} is not UTF-8 text", path.display()),
-                Action::NotConfigured,
-            );
-            return;
-        };
-        match parse_env_file(&body) {
-            Ok(pairs) => env.extend(pairs),
-            Err((line, msg)) => self.host_problem(
-                span,
-                "env_file",
-                format!("{}:{line}: {msg}", path.display()),
-                Action::NotConfigured,
-            ),
-        }
+        let line = span.map(|s| self.line_of(s.start));
+        self.made
+            .push((HostCheck::EnvFile(path.to_path_buf()), line));
     }
 
     /// `inherit_env = ["NAME", ...]`: the caller's variables the service may see.

@@ -36,7 +36,7 @@ pub fn deploy(spec: &Spec, source: &Path, keep: Option<u32>) -> Result<()> {
 /// on disk now, the zero-downtime way to apply a config change.
 pub fn reconfigure(spec: &Spec) -> Result<()> {
     crate::service::preflight(spec)?;
-    if !pidfile::supervisor_alive(spec)? {
+    if !pidfile::supervisor_alive(&spec.state_dir)? {
         return Err(Error::unable(
             format!("apply the config of {}", spec.name),
             format!("{} is not running", spec.name),
@@ -77,7 +77,7 @@ pub fn rollback(spec: &Spec) -> Result<()> {
 
 fn hand_over(spec: &Spec, kind: &str, id: &str) -> Result<()> {
     let root = release::root(spec)?;
-    if !pidfile::supervisor_alive(spec)? {
+    if !pidfile::supervisor_alive(&spec.state_dir)? {
         // Nothing serves, so nothing to hand over from: this release simply starts.
         let before = std::fs::read_link(root.join("current")).ok();
         release::switch_current(root, id).map_err(|e| {

@@ -134,6 +134,11 @@ struct Supervisor {
     /// The leader's group got this signal as this wake began, ahead of the stop it belongs
     /// to (`first.rs`): the stop's `SignalTree` does not send it again.
     group_signalled: Option<(Pid, Signal)>,
+    /// The stop card this supervisor wrote for its config (`config::card`), removed at its end.
+    card: Option<crate::config::card::Written>,
+    /// The spec is newer than the card (a start, a resumed image, a handoff's promotion):
+    /// write it once the service has been ready.
+    card_due: bool,
 }
 
 /// Supervises the service until it is stopped or given up on; returns the process exit code.
@@ -144,7 +149,7 @@ pub fn run(spec: Spec, opts: Options) -> Result<i32> {
         events,
         foreground,
     } = opts;
-    let Some(lock) = pidfile::lock_supervisor(&spec)? else {
+    let Some(lock) = pidfile::lock_supervisor(&spec.state_dir)? else {
         reporter.already_running();
         tracing::info!("another supervisor already runs {}", spec.name);
         return Ok(0);
@@ -185,8 +190,21 @@ impl Supervisor {
     fn run_loop(&mut self) -> Result<i32> {
         while !matches!(self.machine.phase, Phase::Done(_)) {
             self.wait_and_dispatch()?;
+            // After the wake that answered readiness, off the path of that answer; here,
+            // not in the wake's deeper frame, so that it touches no page of stack the
+            // supervisor would otherwise never use again.
+            if self.card_due && self.machine.ever_ready {
+                self.write_card();
+            }
         }
         Ok(self.finish())
+    }
+
+    /// Leaves the stop card of the current spec (`config::card`).
+    #[inline(never)]
+    fn write_card(&mut self) {
+        self.card_due = false;
+        self.card = crate::config::card::write(&self.spec, self.card.take());
     }
 
     /// One poll(2) and the handling of whatever it reported.
@@ -1111,6 +1129,7 @@ impl Supervisor {
                     .handed_over(new_pid, setup::rules_of(&spec), Instant::now());
                 self.spec = spec;
                 self.dirty = true;
+                self.card_due = true;
             }
             HEffect::Tell(line) => {
                 tracing::info!("{}: {}", h.machine.kind.name(), line.trim_start());
@@ -1326,6 +1345,9 @@ impl Supervisor {
         std::mem::replace(&mut self.tracker, Tracker::Subreaper).finish();
         self.broadcast(self.machine.name());
         pidfile::remove(&self.spec.socket);
+        if let Some(card) = self.card.take() {
+            card.remove();
+        }
         if let Some((_, path)) = &self.notify {
             pidfile::remove(path);
         }

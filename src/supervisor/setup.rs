@@ -188,6 +188,8 @@ pub fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
         zombie: None,
         answered: false,
         group_signalled: None,
+        card: None,
+        card_due: true,
     }
 }
 

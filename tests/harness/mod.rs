@@ -356,6 +356,24 @@ impl Svc {
             .expect("run baton")
     }
 
+    /// `baton --config FILE ARGS...` under `strace -f`: what it said, and the system calls
+    /// it made, one a line.
+    pub fn traced(&self, args: &[&str]) -> (Run, Vec<String>) {
+        let out = self.path(&format!("trace.{}", SEQ.fetch_add(1, Ordering::SeqCst)));
+        let run = Command::new("strace")
+            .args(["-f", "-s", "512", "-o"])
+            .arg(&out)
+            .arg(baton_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run strace (scripts/setup-deps installs it)");
+        let trace = std::fs::read_to_string(&out).expect("the trace");
+        let _ = std::fs::remove_file(&out);
+        (run.into(), trace.lines().map(str::to_string).collect())
+    }
+
     /// `start`, asserting success.
     pub fn start(&self) -> Run {
         let r = self.baton(&["start"]);

@@ -32,6 +32,7 @@ mod spawn;
 mod stamped;
 mod startup;
 mod stop;
+mod stop_card;
 mod stop_path;
 mod supervisor;
 mod switch;

@@ -3,31 +3,17 @@
 //! only after the request, still told; directories reached without a symbolic link opened
 //! in one step, and those reached through one still walked.
 
-use crate::harness::{alive, baton_bin, own_program, Svc};
+use crate::harness::{alive, own_program, Svc};
 use std::path::Path;
-use std::process::Command;
 
 /// `baton stop` under strace: its exit code and the system calls it made, one a line.
 fn traced_stop(svc: &Svc) -> (i32, Vec<String>) {
-    let out = svc.path("stop.strace");
-    let status = Command::new("strace")
-        .args(["-f", "-s", "512", "-o"])
-        .arg(&out)
-        .arg(baton_bin())
-        .arg("--config")
-        .arg(&svc.config)
-        .arg("stop")
-        .output()
-        .expect("run strace (scripts/setup-deps installs it)");
-    let trace = std::fs::read_to_string(&out).expect("the trace");
-    (
-        status.status.code().unwrap_or(-1),
-        trace.lines().map(str::to_string).collect(),
-    )
+    let (run, trace) = svc.traced(&["stop"]);
+    (run.code, trace)
 }
 
 /// The index of the first traced line that `matches`.
-fn first(trace: &[String], matches: impl Fn(&str) -> bool) -> Option<usize> {
+pub(crate) fn first(trace: &[String], matches: impl Fn(&str) -> bool) -> Option<usize> {
     trace.iter().position(|l| matches(l))
 }
 
