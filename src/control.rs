@@ -282,23 +282,8 @@ impl Envelope {
     /// other line, however little it differs, is None and goes to the full parse, which
     /// reads this one to the same envelope (a unit test holds the two together).
     fn own_plain(line: &str) -> Option<Envelope> {
-        let rest = line.strip_prefix(concat!("{\"baton\":\"", env!("CARGO_PKG_VERSION"), "\","))?;
-        let (by, rest) = match rest.strip_prefix("\"by\":\"") {
-            Some(quoted) => {
-                let (by, rest) = quoted.split_once("\",")?;
-                // Only what `audit_name` keeps, so it is the name as written.
-                if by.is_empty() || by.len() > 64 || audit_name(by) != by {
-                    return None;
-                }
-                (by, rest)
-            }
-            None => ("", rest),
-        };
-        let (protocol, rest) = rest.strip_prefix("\"protocol\":")?.split_once(',')?;
-        if protocol != "1" || PROTOCOL != 1 {
-            return None;
-        }
-        let request = match rest.strip_prefix("\"request\":\"")?.strip_suffix("\"}")? {
+        let (by, request) = own_plain_parts(line)?;
+        let request = match request {
             "status" => Request::Status,
             "start" => Request::Start,
             "stop" => Request::Stop,
@@ -317,13 +302,47 @@ impl Envelope {
     }
 }
 
+/// Who asked and what, in a line of [`Envelope::own_plain`]'s form; nothing allocated.
+fn own_plain_parts(line: &str) -> Option<(&str, &str)> {
+    let rest = line.strip_prefix(concat!("{\"baton\":\"", env!("CARGO_PKG_VERSION"), "\","))?;
+    let (by, rest) = match rest.strip_prefix("\"by\":\"") {
+        Some(quoted) => {
+            let (by, rest) = quoted.split_once("\",")?;
+            // Only what `audit_name` keeps, so it is the name as written.
+            if by.is_empty() || by.len() > 64 || !by.chars().all(audit_char) {
+                return None;
+            }
+            (by, rest)
+        }
+        None => ("", rest),
+    };
+    let (protocol, rest) = rest.strip_prefix("\"protocol\":")?.split_once(',')?;
+    if protocol != "1" || PROTOCOL != 1 {
+        return None;
+    }
+    let request = rest.strip_prefix("\"request\":\"")?.strip_suffix("\"}")?;
+    Some((by, request))
+}
+
+/// Whether `line` (a request line, without its newline) is this baton's own plain `stop`,
+/// which [`Envelope::parse`] reads as `Request::Stop`; judged without allocating, for the
+/// supervisor's first act on a wake (supervisor/first.rs).
+pub fn is_own_stop(line: &[u8]) -> bool {
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(|l| own_plain_parts(l.trim()))
+        .is_some_and(|(_, request)| request == "stop")
+}
+
+/// Whether `c` may stand in a name that goes into a root-written log line.
+fn audit_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@')
+}
+
 /// `name` as it may go into a root-written log line: the characters of a user name only
 /// (a newline or a space would forge or garble revisions.log), at most 64 of them.
 fn audit_name(name: &str) -> String {
-    name.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
-        .take(64)
-        .collect()
+    name.chars().filter(|&c| audit_char(c)).take(64).collect()
 }
 
 /// One line the supervisor sends.
@@ -427,12 +446,14 @@ impl Server {
         self.listener.as_fd()
     }
 
-    /// Accepts waiting clients whose peer credentials allow control, beside `open` others,
-    /// `max` at most (the caller acts on the first one's request before taking the next).
-    pub fn accept(&mut self, open: usize, now: Instant, max: usize) -> (Vec<Conn>, Accepted) {
-        let mut out = Vec::new();
+    /// Accepts the next waiting client whose peer credentials allow control, beside `open`
+    /// others (the caller acts on its request before taking the next), refusing those
+    /// before it that may not; none when nobody (allowed) waits. Nothing is allocated
+    /// for a client taken: a stop's signal waits for that (benches/PROFILE-stop.md).
+    pub fn accept(&mut self, open: usize, now: Instant) -> (Option<Conn>, Accepted) {
+        let mut out = None;
         let mut exhausted = false;
-        while out.len() < max && !exhausted {
+        while out.is_none() && !exhausted {
             // Non-blocking from the accept itself: no second system call per client.
             let stream = match crate::sys::accept_nonblocking(&self.listener) {
                 Ok(stream) => stream,
@@ -455,7 +476,7 @@ impl Server {
                 Err(_) => return (out, Accepted::All),
             };
             let mut c = Conn::new(stream, now);
-            if open + out.len() >= MAX_CONNS {
+            if open >= MAX_CONNS {
                 c.send(&Reply::Error {
                     message: format!("too many control connections ({MAX_CONNS}); try again"),
                     code: Action::Generic,
@@ -464,7 +485,7 @@ impl Server {
             }
             match socket::getsockopt(&c.stream, sockopt::PeerCredentials) {
                 Ok(cred) if cred.uid() == 0 || cred.uid() == self.euid => {
-                    out.push(c);
+                    out = Some(c);
                 }
                 Ok(cred) => {
                     tracing::warn!(
@@ -516,6 +537,16 @@ pub enum Awaits {
     Ready,
     /// A `deploy` or `rollback`: progress lines, then how the handoff ended.
     Handoff,
+}
+
+/// The next line of a client, as [`Conn::peek_line`] finds it.
+pub enum Peeked<'b> {
+    /// The whole line, without its newline.
+    Line(&'b [u8]),
+    /// Longer than the room given.
+    Long,
+    /// No whole line yet (nothing, part of one, or part of it read already).
+    Partial,
 }
 
 /// What reading a connection produced.
@@ -616,6 +647,29 @@ impl Conn {
             }
             Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => Incoming::Nothing,
             Err(_) => Incoming::Closed,
+        }
+    }
+
+    /// The next line [`Conn::read`] will read, peeked from the socket and left there:
+    /// copied into `buf` if it fits.
+    pub fn peek_line<'b>(&self, buf: &'b mut [u8]) -> Peeked<'b> {
+        // Part of it read already: not whole in the socket.
+        if !self.buf.is_empty() {
+            return Peeked::Partial;
+        }
+        let room = buf.len();
+        let Ok(n) = socket::recv(
+            self.stream.as_raw_fd(),
+            buf,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ) else {
+            return Peeked::Partial;
+        };
+        let got = &buf[..n.min(room)];
+        match got.iter().position(|&b| b == b'\n') {
+            Some(end) => Peeked::Line(&got[..end]),
+            None if n >= room => Peeked::Long,
+            None => Peeked::Partial,
         }
     }
 
@@ -871,6 +925,59 @@ mod tests {
             Envelope::parse(&spaced).map(|e| e.request),
             Ok(Request::Stop)
         );
+    }
+
+    #[test]
+    fn a_line_taken_for_an_own_stop_unparsed_is_a_stop_parsed() {
+        let stop = |by: &str| {
+            Envelope {
+                by: by.to_string(),
+                ..Envelope::new(Request::Stop)
+            }
+            .to_line()
+        };
+        for by in ["", "root", "alice.b-c_d@x", &"u".repeat(64)] {
+            let line = stop(by);
+            assert!(is_own_stop(line.as_bytes()), "{line}");
+            assert!(
+                is_own_stop(format!(" {line}\r").as_bytes()),
+                "trimmed as parse trims"
+            );
+        }
+        // Anything else is left to the loop's parse: other requests, near misses, bytes
+        // that are not UTF-8.
+        let mut others = vec![
+            Envelope::new(Request::Status).to_line(),
+            Envelope::new(Request::Reload).to_line(),
+            stop("").replace("\"protocol\":1", "\"protocol\":2"),
+            stop("a b"),
+            "stop".to_string(),
+            format!(r#"{{"baton":"{VERSION}", "protocol":1,"request":"stop"}}"#),
+        ];
+        others.push(stop(&"u".repeat(65)));
+        for line in &others {
+            assert!(!is_own_stop(line.as_bytes()), "{line}");
+        }
+        let mut bad = stop("root").into_bytes();
+        bad.insert(3, 0xff);
+        assert!(!is_own_stop(&bad));
+    }
+
+    proptest! {
+        #[test]
+        fn what_is_taken_for_an_own_stop_parses_as_a_stop(
+            at in 0usize..70,
+            cut in 0usize..3,
+            put in "\\PC{0,3}",
+        ) {
+            // This baton's own stop line, a little changed somewhere.
+            let mut line = Envelope { by: "root".into(), ..Envelope::new(Request::Stop) }.to_line();
+            let at = at.min(line.len());
+            line.replace_range(at..(at + cut).min(line.len()), &put);
+            if is_own_stop(line.as_bytes()) {
+                prop_assert_eq!(Envelope::parse(&line).map(|e| e.request), Ok(Request::Stop));
+            }
+        }
     }
 
     #[test]

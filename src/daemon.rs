@@ -8,7 +8,6 @@
 use crate::error::{Error, Result};
 use crate::exit::Action;
 use crate::sys;
-use nix::poll::{PollFd, PollFlags};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
@@ -166,8 +165,12 @@ pub fn start_supervisor(
             )
         }
         None => {
-            let mut fds = [PollFd::new(read_end.as_fd(), PollFlags::POLLIN)];
-            let _ = sys::shed_and_poll(&mut fds);
+            let mut fds = [libc::pollfd {
+                fd: read_end.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let _ = sys::shed_and_poll(&mut fds, &mut sys::Shed::default());
             read_report(std::fs::File::from(read_end), &mut message)
         }
     };

@@ -206,6 +206,12 @@ impl Dir {
         }
     }
 
+    /// As [`Dir::rename`], with names already made C strings.
+    pub fn rename_c(&self, from: &std::ffi::CStr, to: &std::ffi::CStr) -> io::Result<()> {
+        let fd = Some(self.fd.as_raw_fd());
+        Ok(nix::fcntl::renameat(fd, from, fd, to)?)
+    }
+
     /// Removes the entry `name` (a link is removed, not its target).
     pub fn remove(&self, name: &OsStr) -> io::Result<()> {
         Ok(nix::unistd::unlinkat(

@@ -12,7 +12,9 @@ use crate::process;
 use nix::fcntl::{Flock, FlockArg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+use std::ffi::OsStr;
 use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// Writes the PID file (the PID alone on the first line).
@@ -206,6 +208,19 @@ pub fn write_state(state_dir: &Path, state: &StateFile) {
     }
 }
 
+/// A staged PID file: its temporary name and the name it is renamed to, as C strings made
+/// at start, so that readiness copies and parses no path (benches/PROFILE-ready.md).
+struct Staged {
+    tmp: std::ffi::CString,
+    name: std::ffi::CString,
+}
+
+/// What putting the PID file in place leaves to free: dropped by the caller once `start`
+/// has its answer (a free after a long sleep touches malloc's pages).
+pub struct Spent {
+    _names: Option<Staged>,
+}
+
 /// The supervisor's own records, kept ready so that writing them after a long sleep touches
 /// little: the directories of the PID file and the state file held open (no walk from `/` at
 /// each write), the supervisor's identity read once, and the PID file's content already in
@@ -218,7 +233,7 @@ pub struct Records {
     pid: Option<(PathBuf, crate::files::Dir)>,
     state: Option<(PathBuf, crate::files::Dir)>,
     /// The PID file's content under a temporary name in its directory, until readiness.
-    staged: Option<std::ffi::OsString>,
+    staged: Option<Staged>,
     /// This supervisor and its session: neither changes for its life (nor across a reexec).
     me: Option<Identity>,
     session: Option<i32>,
@@ -263,9 +278,13 @@ impl Records {
                 let mut tmp = std::ffi::OsString::from(".");
                 tmp.push(path.file_name()?);
                 tmp.push(format!(".{}.tmp", crate::files::random_suffix()));
+                let staged = Staged {
+                    tmp: std::ffi::CString::new(tmp.as_bytes()).ok()?,
+                    name: std::ffi::CString::new(path.file_name()?.as_bytes()).ok()?,
+                };
                 let mut f = dir.create_new(&tmp, 0o644).ok()?;
                 match std::io::Write::write_all(&mut f, format!("{me}\n").as_bytes()) {
-                    Ok(()) => Some(tmp),
+                    Ok(()) => Some(staged),
                     Err(_) => {
                         let _ = dir.remove(&tmp);
                         None
@@ -283,24 +302,43 @@ impl Records {
 
     /// Puts the PID file at `path` in place (holding this process's PID): the staged file
     /// renamed, else written anew.
-    pub fn publish_pid(&mut self, path: &Path) -> Result<()> {
-        if let (Some(tmp), Some((at, dir))) = (self.staged.take(), self.pid.as_ref()) {
-            let renamed = match (at == path, path.file_name()) {
-                (true, Some(name)) => dir.rename(&tmp, name).is_ok(),
-                _ => false,
-            };
-            if renamed {
-                return Ok(());
+    pub fn publish_pid(&mut self, path: &Path) -> Result<Spent> {
+        let here = self.stages(path);
+        self.publish(here, path)
+    }
+
+    /// As [`Records::publish_pid`] for a `path` that [`Records::stages`] was asked about
+    /// earlier (nothing has changed either since): no comparison of paths after a long sleep.
+    pub fn publish_staged(&mut self, path: &Path) -> Result<Spent> {
+        self.publish(true, path)
+    }
+
+    /// Whether the staged file is the PID file at `path` (the very path it was staged for,
+    /// byte for byte: no parse of the path's components).
+    pub fn stages(&self, path: &Path) -> bool {
+        self.staged.is_some()
+            && self
+                .pid
+                .as_ref()
+                .is_some_and(|(at, _)| at.as_os_str() == path.as_os_str())
+    }
+
+    fn publish(&mut self, here: bool, path: &Path) -> Result<Spent> {
+        if let (Some(staged), Some((_, dir))) = (self.staged.take(), self.pid.as_ref()) {
+            if here && dir.rename_c(&staged.tmp, &staged.name).is_ok() {
+                return Ok(Spent {
+                    _names: Some(staged),
+                });
             }
-            let _ = dir.remove(&tmp);
+            let _ = dir.remove(OsStr::from_bytes(staged.tmp.as_bytes()));
         }
-        write(path, nix::unistd::getpid())
+        write(path, nix::unistd::getpid()).map(|()| Spent { _names: None })
     }
 
     /// Removes the staged PID file if readiness never came.
     pub fn unstage(&mut self) {
-        if let (Some(tmp), Some((_, dir))) = (self.staged.take(), self.pid.as_ref()) {
-            let _ = dir.remove(&tmp);
+        if let (Some(staged), Some((_, dir))) = (self.staged.take(), self.pid.as_ref()) {
+            let _ = dir.remove(OsStr::from_bytes(staged.tmp.as_bytes()));
         }
     }
 

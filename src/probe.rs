@@ -78,6 +78,11 @@ struct Probe {
     last_failure: Option<String>,
 }
 
+/// Whether a notify message says READY=1 (one of its lines, as sd_notify(3) writes them).
+pub fn says_ready(message: &str) -> bool {
+    message.lines().any(|l| l.trim() == "READY=1")
+}
+
 /// All probes of one instance; ready when every one has passed.
 pub struct Probes {
     list: Vec<Probe>,
@@ -260,9 +265,23 @@ impl Probes {
         }
     }
 
+    /// Whether the notify probes are all that is left, each still listening: a READY=1
+    /// passes every probe.
+    pub fn wait_only_for_notify(&self) -> bool {
+        let mut notify = false;
+        for p in &self.list {
+            match (&p.check, &p.attempt) {
+                (Check::Notify, Attempt::Listening) => notify = true,
+                (_, Attempt::Passed) => {}
+                _ => return false,
+            }
+        }
+        notify
+    }
+
     /// A datagram on the notify socket.
     pub fn on_notify(&mut self, message: &str) {
-        if message.lines().any(|l| l.trim() == "READY=1") {
+        if says_ready(message) {
             for p in &mut self.list {
                 if matches!(p.check, Check::Notify) {
                     p.attempt = Attempt::Passed;

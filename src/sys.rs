@@ -288,14 +288,22 @@ const PAGE: usize = 4096;
 /// pages also hold the start of every wake. Keeping more of the wake paths was measured
 /// and not taken (benches/PROFILE-layout.md): they span 25-36 pages in three 64 KB
 /// fault-around windows, and fewer kept pages than a window spares no fault.
-pub fn shed_and_poll(fds: &mut [nix::poll::PollFd<'_>]) -> nix::Result<libc::c_int> {
-    let spans = spans_to_shed(&[
+///
+/// What it dropped stays in `last` until the next shed frees it, warm: freed on return, it
+/// would be the first thing a woken supervisor does (malloc's pages, benches/PROFILE-stop.md).
+pub fn shed_and_poll(fds: &mut [libc::pollfd], last: &mut Shed) -> nix::Result<libc::c_int> {
+    last.0 = Vec::new();
+    last.0 = spans_to_shed(&[
         code_pages(drop_and_poll as *const () as usize),
         code_pages(libc::madvise as *const () as usize),
         code_pages(libc::ppoll as *const () as usize),
     ]);
-    drop_and_poll(&spans, fds)
+    drop_and_poll(&last.0, fds)
 }
+
+/// The spans the last [`shed_and_poll`] dropped, kept by its caller.
+#[derive(Default)]
+pub struct Shed(Vec<Span>);
 
 /// The read-only segments to drop, all but the code pages in `keep` (what runs after the
 /// drop); first gives the heap's free pages back.
@@ -463,16 +471,37 @@ fn drop_spans(spans: &[Span]) {
 /// first madvise is only this function and the two libc wrappers, whose pages
 /// `shed_and_poll` keeps; it reads nothing but its arguments (stack and heap).
 #[inline(never)]
-fn drop_and_poll(spans: &[Span], fds: &mut [nix::poll::PollFd<'_>]) -> nix::Result<libc::c_int> {
+fn drop_and_poll(spans: &[Span], fds: &mut [libc::pollfd]) -> nix::Result<libc::c_int> {
     drop_spans(spans);
-    // SAFETY: PollFd is a repr(transparent) libc::pollfd, and `fds` is a live, exclusive
-    // slice of them for the call; null timeout and sigmask: block until an event, with
-    // the signal mask as it is.
+    // SAFETY: `fds` is a live, exclusive slice of pollfds for the call; null timeout and
+    // sigmask: block until an event, with the signal mask as it is.
     let n = unsafe {
         libc::ppoll(
-            fds.as_mut_ptr().cast::<libc::pollfd>(),
+            fds.as_mut_ptr(),
             fds.len() as libc::nfds_t,
             std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    nix::errno::Errno::result(n)
+}
+
+/// ppoll(2) on plain pollfds, which the supervisor's loop keeps from one wake to the next
+/// (nix's `PollFd` borrows each descriptor, so a buffer of them cannot outlive one poll);
+/// `None` sleeps until an event. A descriptor closed meanwhile only reads as POLLNVAL.
+pub fn ppoll(
+    fds: &mut [libc::pollfd],
+    timeout: Option<nix::sys::time::TimeSpec>,
+) -> nix::Result<libc::c_int> {
+    let ts: *const libc::timespec = timeout.as_ref().map_or(std::ptr::null(), |t| t.as_ref());
+    // SAFETY: `fds` is a live, exclusive slice of pollfds for the call; `ts` is null or
+    // points into `timeout`, which lives until we return; a null sigmask keeps the mask as
+    // it is.
+    let n = unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            ts,
             std::ptr::null(),
         )
     };
@@ -548,6 +577,62 @@ unsafe extern "C" fn add_readonly_segments(
     }
     // 0: go on with the next object (the libraries are read-only file mappings too).
     0
+}
+
+/// Receives one datagram from `fd` into `buf` (with `peek`, copies it and leaves it
+/// queued): its length, and its sender's PID as the kernel vouches for it
+/// (SCM_CREDENTIALS, on a socket with SO_PASSCRED). As nix's `recvmsg` with room for the
+/// credentials alone (a descriptor passed beside them is cut off, never installed), and
+/// the same ENOBUFS when the control data was cut; but that room is on the stack, where
+/// nix needs a Vec: one heap page less to touch after a long sleep.
+pub fn recv_with_sender(
+    fd: std::os::fd::BorrowedFd<'_>,
+    buf: &mut [u8],
+    peek: bool,
+) -> std::io::Result<(usize, Option<Pid>)> {
+    const CRED: usize = std::mem::size_of::<libc::ucred>();
+    // CMSG_SPACE(sizeof(struct ucred)) on 64-bit Linux: a 16-byte header, the 12-byte
+    // credentials rounded up to 16. In u64s, for the header's alignment.
+    let mut space = [0u64; 4];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid one (no name, no iovec, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = space.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&space) as _;
+    let flags = libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | if peek { libc::MSG_PEEK } else { 0 };
+    // SAFETY: `msg` points at `iov` (describing `buf`, live and exclusive) and at `space`,
+    // both on our stack and outliving the call.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOBUFS));
+    }
+    let mut sender = None;
+    // SAFETY: the kernel filled `space` with msg_controllen bytes of control messages;
+    // CMSG_FIRSTHDR and CMSG_NXTHDR only return headers lying whole within them (or null),
+    // and the credentials are read only from a message long enough to hold them, unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let h = &*c;
+            if h.cmsg_level == libc::SOL_SOCKET
+                && h.cmsg_type == libc::SCM_CREDENTIALS
+                && h.cmsg_len as usize >= libc::CMSG_LEN(CRED as u32) as usize
+            {
+                let cred: libc::ucred = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                sender = Some(Pid::from_raw(cred.pid));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, sender))
 }
 
 /// `openat(2)` relative to `dir` (or the working directory), returning an owned descriptor.

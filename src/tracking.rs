@@ -119,15 +119,23 @@ impl Tracker {
         }
     }
 
+    /// Whether [`Tracker::signal`] with `sig` and an unreaped leader begins with the killpg
+    /// of the leader's group (all but a cgroup's SIGKILL, which is `cgroup.kill`).
+    pub fn signals_group_first(&self, sig: Signal) -> bool {
+        !matches!(self, Tracker::Cgroup(_) if sig == Signal::SIGKILL)
+    }
+
     /// Sends `sig` to the whole service: the leader's group (killpg, while the leader is
-    /// unreaped so the number is surely ours), then every other process of the service.
-    /// Returns how many processes outside the group were signalled.
+    /// unreaped so the number is surely ours; not again when `group_sent`, the loop's first
+    /// act on a plain stop, see supervisor/first.rs), then every other process of the
+    /// service. Returns how many processes outside the group were signalled.
     pub fn signal(
         &self,
         leader: Option<Pid>,
         leader_unreaped: bool,
         sig: Signal,
         except: &[Pid],
+        group_sent: bool,
     ) -> usize {
         match self {
             Tracker::Cgroup(cg) if sig == Signal::SIGKILL => cg.signal(sig),
@@ -138,7 +146,7 @@ impl Tracker {
                 if group.is_none() && !cg.populated() {
                     return 0;
                 }
-                if let Some(g) = group {
+                if let Some(g) = group.filter(|_| !group_sent) {
                     process::signal_group(g, sig);
                 }
                 let path = cg.path();
@@ -153,7 +161,9 @@ impl Tracker {
                 }
                 others
             }
-            Tracker::Subreaper => process::signal_tree(leader, leader_unreaped, sig, except).len(),
+            Tracker::Subreaper => {
+                process::signal_tree(leader, leader_unreaped, sig, except, group_sent).len()
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! The loop's control clients: accepting them, reading their requests, delivering what they wait for.
 
 use super::poll::{PollSet, Source};
-use crate::control::{Accepted, Awaits, Conn, Envelope, Incoming, Reply, Server};
+use crate::control::{Accepted, Awaits, Conn, Envelope, Incoming, Peeked, Reply, Server};
 use nix::poll::PollFlags;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
@@ -19,7 +19,9 @@ impl Clients {
     pub fn new(server: Server) -> Self {
         Clients {
             server,
-            conns: Vec::new(),
+            // Room made now: the first client after a long sleep (a `stop`) is taken
+            // without a call into malloc before its signal.
+            conns: Vec::with_capacity(4),
             paused_until: None,
         }
     }
@@ -61,16 +63,29 @@ impl Clients {
         }
     }
 
-    /// Accepts who is waiting (out of file descriptors, stops accepting for a moment);
-    /// returns the new clients' indices.
-    pub fn accept(&mut self, now: Instant, max: usize) -> std::ops::Range<usize> {
-        let (new, how) = self.server.accept(self.conns.len(), now, max);
-        let first = self.conns.len();
-        self.conns.extend(new);
+    /// Accepts the next client waiting (out of file descriptors, stops accepting for a
+    /// moment); returns its index.
+    pub fn accept(&mut self, now: Instant) -> Option<usize> {
+        let (new, how) = self.server.accept(self.conns.len(), now);
         if how == Accepted::OutOfFiles {
             self.paused_until = Some(now + crate::control::ACCEPT_PAUSE);
         }
-        first..self.conns.len()
+        self.conns.push(new?);
+        Some(self.conns.len() - 1)
+    }
+
+    /// Whether client `i`'s next line, still unread, is this baton's own plain `stop`
+    /// (false for a line longer than the room given to it: the loop reads it); none if no
+    /// whole line is there yet.
+    pub fn sent_own_stop(&self, i: usize) -> Option<bool> {
+        // Room for the line with a user name of 60 characters; zeroed without a call to
+        // memset.
+        let mut buf = [0u8; 128];
+        match self.conns.get(i)?.peek_line(&mut buf) {
+            Peeked::Line(line) => Some(crate::control::is_own_stop(line)),
+            Peeked::Long => Some(false),
+            Peeked::Partial => None,
+        }
     }
 
     /// Client `i` is ready for `flags`: sends what waits, reads what came; a complete request.

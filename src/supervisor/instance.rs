@@ -59,6 +59,15 @@ impl Instance {
         !self.discovering && self.probes.as_ref().is_some_and(Probes::passed)
     }
 
+    /// Whether a READY=1 is all it still needs to have passed every check.
+    pub fn waits_only_for_notify(&self) -> bool {
+        !self.discovering
+            && self
+                .probes
+                .as_ref()
+                .is_some_and(Probes::wait_only_for_notify)
+    }
+
     /// Sends `sig` to this instance's whole tree: its cgroup's every process (SIGKILL by
     /// `cgroup.kill`), else its process group.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {

@@ -13,6 +13,7 @@
 
 mod carry;
 mod clients;
+mod first;
 mod handoff;
 mod instance;
 mod ladder;
@@ -54,7 +55,7 @@ use nix::unistd::Pid;
 use state::{Effect, Exit, Input, Machine, Outcome, Phase, Stop};
 use std::collections::VecDeque;
 use std::mem::discriminant;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -128,6 +129,11 @@ struct Supervisor {
     /// The first readiness was answered as READY=1 came (`answer_first_ready`): the PID
     /// file is in place and `start` told; the machine's Ready effect skips both.
     answered: bool,
+    /// The poll(2)'s buffers, kept from one wake to the next.
+    poll: poll::PollBufs,
+    /// The leader's group got this signal as this wake began, ahead of the stop it belongs
+    /// to (`first.rs`): the stop's `SignalTree` does not send it again.
+    group_signalled: Option<(Pid, Signal)>,
     /// The stop card this supervisor wrote for its config (`config::card`), removed at its end.
     card: Option<crate::config::card::Written>,
     /// The spec is newer than the card (a start, a resumed image, a handoff's promotion):
@@ -229,8 +235,11 @@ impl Supervisor {
         if shed {
             self.output.shed();
         }
-        let ready = {
-            let set = poll::interests(self);
+        let bufs = std::mem::take(&mut self.poll);
+        // Judged now, while warm: what this wake may do first (`first.rs`).
+        let armed = first::Armed::of(self);
+        let polled = {
+            let set = poll::interests(self, bufs);
             if persist {
                 status::persist(self);
             }
@@ -251,8 +260,12 @@ impl Supervisor {
             }
         };
 
+        // A plain stop's signal or the first readiness's answer, when that is all this wake
+        // brings, before anything else (even the clock); a client it took is read below,
+        // first.
+        let mut taken = polled.alone().and_then(|one| self.act_first(one, &armed));
         // The shed timer firing alone is not work (it would re-arm itself for ever).
-        if !ready.is_empty() || scheduled {
+        if polled.ready().next().is_some() || scheduled {
             self.worked = true;
         }
         // The lines this wake says are written once its decisive act is done (a respawn's
@@ -261,22 +274,18 @@ impl Supervisor {
         self.events.hold();
         let now = Instant::now();
         let mut closed_pipes = Vec::new();
-        for (src, flags) in ready {
+        for (src, flags) in polled.ready() {
             match src {
                 Source::Signals => self.on_signals(),
                 // A client writes its request as soon as it connects: read it now rather
                 // than after one more poll(2) (a stop's signal waits for that read).
                 // One at a time, each acted on before the next accept: a stop's signal waits
                 // for no other client (nor for the accept that finds none left).
-                Source::Control => loop {
-                    let new = self.clients.accept(now, 1);
-                    if new.is_empty() {
-                        break;
-                    }
-                    for i in new {
+                Source::Control => {
+                    while let Some(i) = taken.take().or_else(|| self.clients.accept(now)) {
                         self.on_conn(i, PollFlags::POLLIN, now);
                     }
-                },
+                }
                 Source::Conn(i) => self.on_conn(i, flags, now),
                 Source::Notify => self.on_notify(),
                 Source::Pipe(i) => {
@@ -302,6 +311,8 @@ impl Supervisor {
         self.clients.sweep();
         self.events.release();
         self.reap_told();
+        self.poll = polled;
+        self.group_signalled = None;
         Ok(())
     }
 
@@ -582,8 +593,9 @@ impl Supervisor {
             true
         } else if first {
             match self.records.publish_pid(&self.spec.pidfile) {
-                Ok(()) => {
+                Ok(spent) => {
                     self.reporter.ready();
+                    drop(spent);
                     true
                 }
                 Err(e) => {
@@ -839,7 +851,7 @@ impl Supervisor {
         while let Some((n, sender)) = self
             .notify
             .as_ref()
-            .and_then(|(sock, _)| recv_with_sender(sock, &mut buf).ok())
+            .and_then(|(sock, _)| crate::sys::recv_with_sender(sock.as_fd(), &mut buf, false).ok())
         {
             let m = String::from_utf8_lossy(&buf[..n]);
             tracing::debug!(
@@ -861,27 +873,6 @@ impl Supervisor {
             self.check_probes();
         }
         self.notify_buf = buf;
-    }
-
-    /// The first readiness of a `start` answered where it is seen, before the machine steps:
-    /// the PID file renamed into place, then "ready" to the waiting `start`. Only where the
-    /// machine's own path would do exactly that and nothing first: the first start (a
-    /// `start` waits), the main instance starting with every check passed, no handoff, and
-    /// nothing to publish before the answer (no proxy, registry or release). The machine
-    /// then steps as always and `ready_and_routed` skips what is done; a failed rename is
-    /// left to it (it retries, and reports the failure). `start` is what the caller waits
-    /// for: from READY=1 to its answer, the supervisor now runs the notify read, the sender
-    /// check, the probe and this (benches/PROFILE-ready.md, "Notify round").
-    fn answer_first_ready(&mut self) {
-        let now = self.reporter.waiting()
-            && self.handoff.is_none()
-            && matches!(self.machine.phase, Phase::Starting { .. })
-            && self.instance.as_ref().is_some_and(Instance::passed)
-            && self.routing.nothing_to_publish(&self.spec);
-        if now && self.records.publish_pid(&self.spec.pidfile).is_ok() {
-            self.reporter.ready();
-            self.answered = true;
-        }
     }
 
     /// The starting instance a notify message from `sender` is about: the one whose process
@@ -1387,8 +1378,11 @@ impl Supervisor {
     fn signal_service(&mut self, sig: Signal) -> usize {
         let leader = self.instance.as_ref().map(|i| i.pid);
         let unreaped = self.leader_unreaped();
+        // A plain stop's signal went to the group as this wake began (`first.rs`).
+        let sent =
+            unreaped && leader.is_some_and(|pid| self.group_signalled.take() == Some((pid, sig)));
         self.tracker
-            .signal(leader, unreaped, sig, &self.probe_pids())
+            .signal(leader, unreaped, sig, &self.probe_pids(), sent)
     }
 
     /// Whether the stop ladder still has the leader unreaped (its group number is surely ours).
@@ -1438,26 +1432,4 @@ fn describe(input: &Input) -> String {
         Input::StopRequested => "stop requested".into(),
         Input::StartNow => "start requested".into(),
     }
-}
-
-/// Reads one notify message into `buf`: its length and its sender's PID, as the kernel
-/// vouches for it (SCM_CREDENTIALS; see [`setup::pass_credentials`]).
-fn recv_with_sender(
-    sock: &std::os::unix::net::UnixDatagram,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, Option<Pid>)> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixCredentials};
-    let mut space = nix::cmsg_space!(UnixCredentials);
-    let mut iov = [std::io::IoSliceMut::new(buf)];
-    let msg = recvmsg::<()>(
-        std::os::fd::AsRawFd::as_raw_fd(sock),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let sender = msg.cmsgs()?.find_map(|c| match c {
-        ControlMessageOwned::ScmCredentials(cred) => Some(Pid::from_raw(cred.pid())),
-        _ => None,
-    });
-    Ok((msg.bytes, sender))
 }

@@ -4,9 +4,10 @@ use super::instance::{Which, DISCOVER_EVERY};
 use super::Supervisor;
 use crate::error::{Error, Result};
 use crate::probe::Probes;
-use nix::poll::{PollFd, PollFlags};
+use nix::poll::PollFlags;
 use nix::sys::time::TimeSpec;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Instant;
 
 /// What a polled descriptor belongs to.
@@ -23,42 +24,100 @@ pub enum Source {
     Cgroup,
 }
 
-/// The descriptors of one poll(2), each with what it belongs to.
+/// The buffers of the loop's poll(2), kept from one wake to the next: after a long sleep
+/// every page malloc and free touch (their code, the arena, the chunks) is paid for, so a
+/// wake allocates and frees nothing for its poll, and what is ready is read where the
+/// kernel wrote it (benches/PROFILE-ready.md, "Wake round").
 #[derive(Default)]
-pub struct PollSet<'a> {
-    fds: Vec<PollFd<'a>>,
+pub struct PollBufs {
+    fds: Vec<libc::pollfd>,
     sources: Vec<Source>,
+    /// What the last idle shed dropped (freed at the next one).
+    shed: crate::sys::Shed,
+}
+
+impl PollBufs {
+    /// Buffers with room for `n` descriptors, made now: made at the first wake instead,
+    /// they would lie wherever the heap had room then, away from the rest of what a wake
+    /// reads.
+    pub fn with_room(n: usize) -> Self {
+        PollBufs {
+            fds: Vec::with_capacity(n),
+            sources: Vec::with_capacity(n),
+            shed: Default::default(),
+        }
+    }
+
+    /// What the last poll(2) found ready, and how, in the order polled.
+    pub fn ready(&self) -> impl Iterator<Item = (Source, PollFlags)> + '_ {
+        self.fds
+            .iter()
+            .zip(&self.sources)
+            .filter(|(fd, _)| fd.revents != 0)
+            .map(|(fd, src)| (*src, PollFlags::from_bits_truncate(fd.revents)))
+    }
+
+    /// The one descriptor found ready, if only one was.
+    pub fn alone(&self) -> Option<(Source, PollFlags)> {
+        let mut ready = self.ready();
+        let first = ready.next();
+        ready.next().map_or(first, |_| None)
+    }
+}
+
+/// The descriptors of one poll(2), each with what it belongs to.
+pub struct PollSet<'a> {
+    bufs: PollBufs,
+    /// The descriptors are borrowed from their owners for as long as the set lives.
+    _fds: PhantomData<BorrowedFd<'a>>,
 }
 
 impl<'a> PollSet<'a> {
-    /// Polls `fd` for `events` on behalf of `source`.
-    pub fn add(&mut self, fd: BorrowedFd<'a>, events: PollFlags, source: Source) {
-        self.fds.push(PollFd::new(fd, events));
-        self.sources.push(source);
+    /// An empty set filling `bufs` (their room kept from the last poll).
+    fn over(mut bufs: PollBufs) -> Self {
+        bufs.fds.clear();
+        bufs.sources.clear();
+        PollSet {
+            bufs,
+            _fds: PhantomData,
+        }
     }
 
-    /// Sleeps until a descriptor is ready or `timeout` passes; what is ready, and how.
-    pub fn wait(mut self, timeout: Option<TimeSpec>) -> Result<Vec<(Source, PollFlags)>> {
-        let polled = nix::poll::ppoll(&mut self.fds, timeout, None);
+    /// Polls `fd` for `events` on behalf of `source`.
+    pub fn add(&mut self, fd: BorrowedFd<'a>, events: PollFlags, source: Source) {
+        self.bufs.fds.push(libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: events.bits(),
+            revents: 0,
+        });
+        self.bufs.sources.push(source);
+    }
+
+    /// Sleeps until a descriptor is ready or `timeout` passes; the buffers, which say what
+    /// is ready ([`PollBufs::ready`]).
+    pub fn wait(mut self, timeout: Option<TimeSpec>) -> Result<PollBufs> {
+        let polled = crate::sys::ppoll(&mut self.bufs.fds, timeout);
         self.ready(polled)
     }
 
     /// As `wait` with nothing due, after handing back the memory the idle loop does not
     /// need (`sys::shed_and_poll`).
-    pub fn shed_and_wait(mut self) -> Result<Vec<(Source, PollFlags)>> {
-        let polled = crate::sys::shed_and_poll(&mut self.fds);
+    pub fn shed_and_wait(mut self) -> Result<PollBufs> {
+        let b = &mut self.bufs;
+        let polled = crate::sys::shed_and_poll(&mut b.fds, &mut b.shed);
         self.ready(polled)
     }
 
-    fn ready(self, polled: nix::Result<libc::c_int>) -> Result<Vec<(Source, PollFlags)>> {
+    fn ready(mut self, polled: nix::Result<libc::c_int>) -> Result<PollBufs> {
         match polled {
-            Ok(_) => Ok(self
-                .fds
-                .iter()
-                .zip(self.sources)
-                .filter_map(|(fd, src)| fd.revents().filter(|r| !r.is_empty()).map(|r| (src, r)))
-                .collect()),
-            Err(nix::errno::Errno::EINTR) => Ok(Vec::new()),
+            Ok(_) => Ok(self.bufs),
+            // Interrupted: nothing is ready.
+            Err(nix::errno::Errno::EINTR) => {
+                for fd in &mut self.bufs.fds {
+                    fd.revents = 0;
+                }
+                Ok(self.bufs)
+            }
             Err(e) => Err(Error::errno("wait for events", e)),
         }
     }
@@ -96,9 +155,9 @@ fn deadline(sup: &Supervisor, now: Instant) -> Option<Instant> {
     .min()
 }
 
-/// Every descriptor the loop waits on now.
-pub fn interests(sup: &Supervisor) -> PollSet<'_> {
-    let mut set = PollSet::default();
+/// Every descriptor the loop waits on now, in `bufs`.
+pub fn interests(sup: &Supervisor, bufs: PollBufs) -> PollSet<'_> {
+    let mut set = PollSet::over(bufs);
     set.add(sup.sigfd.as_fd(), PollFlags::POLLIN, Source::Signals);
     sup.clients.interests(&mut set);
     if let Some((sock, _)) = &sup.notify {

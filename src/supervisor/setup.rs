@@ -159,6 +159,8 @@ pub fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
         } else {
             Vec::new()
         },
+        // Made now, not at the first wake (see `with_room`).
+        poll: super::poll::PollBufs::with_room(16),
         notify: p.notify,
         reporter: p.reporter,
         systemd: p.systemd,
@@ -185,6 +187,7 @@ pub fn assemble(spec: Spec, machine: Machine, p: Parts) -> Supervisor {
         spare_pipes: None,
         zombie: None,
         answered: false,
+        group_signalled: None,
         card: None,
         card_due: true,
     }

@@ -198,6 +198,18 @@ impl Machine {
         }
     }
 
+    /// What `StopRequested` sends first, and to which leader's group, when its first effect is
+    /// that signal to a leader still running (Starting or Ready): the loop may send it as a
+    /// plain stop's wake begins (`supervisor/first.rs`). A unit test holds it to `step`.
+    pub fn stop_signals(&self) -> Option<(Pid, Signal)> {
+        match self.phase {
+            Phase::Starting { pid, .. } | Phase::Ready { pid, .. } => {
+                Some((pid, self.rules.stop_signal))
+            }
+            _ => None,
+        }
+    }
+
     /// Applies one input; `jitter` in [0, 1) randomises the backoff.
     pub fn step(&mut self, input: Input, now: Instant, jitter: f64) -> Vec<Effect> {
         use Phase::*;
@@ -620,6 +632,53 @@ mod tests {
             Phase::Done(Outcome::Stopped),
             "143 after a requested stop is clean"
         );
+    }
+
+    #[test]
+    fn stop_signals_names_exactly_the_first_effect_of_a_stop_request() {
+        let t0 = Instant::now();
+        let mut rules = rules(Policy::Always, None);
+        rules.stop_signal = Signal::SIGINT;
+        // Every phase a machine passes through: idle, starting, ready, stopping (restart,
+        // exit), backoff, done.
+        let mut machines = Vec::new();
+        let mut m = Machine::new(rules.clone());
+        machines.push(m.clone());
+        m.step(I::Start, t0, 0.5);
+        m.step(I::Spawned(pid(10)), t0, 0.5);
+        machines.push(m.clone());
+        m.step(I::ProbesPassed, t0, 0.5);
+        machines.push(m.clone());
+        let mut exited = m.clone();
+        exited.step(I::LeaderExited(Exit::Code(1)), t0, 0.5);
+        machines.push(exited.clone());
+        exited.step(I::TreeEmpty, t0, 0.5);
+        machines.push(exited);
+        let mut stopping = m.clone();
+        stopping.step(I::StopRequested, t0, 0.5);
+        machines.push(stopping.clone());
+        stopping.step(I::LeaderExited(Exit::Code(143)), t0, 0.5);
+        stopping.step(I::TreeEmpty, t0, 0.5);
+        machines.push(stopping);
+        let mut seen = 0;
+        for m in machines {
+            let said = m.stop_signals();
+            let mut stepped = m.clone();
+            let effects = stepped.step(I::StopRequested, t0, 0.5);
+            let first = match (&stepped.phase, effects.first()) {
+                (
+                    Phase::Stopping(Stop {
+                        leader: Some(leader),
+                        ..
+                    }),
+                    Some(E::SignalTree(sig)),
+                ) if m.phase != stepped.phase => Some((*leader, *sig)),
+                _ => None,
+            };
+            assert_eq!(said, first, "in {:?}", m.phase);
+            seen += usize::from(said.is_some());
+        }
+        assert_eq!(seen, 2, "starting and ready signal the leader first");
     }
 
     #[test]

@@ -194,13 +194,61 @@ fn processes_listing(file: &str, item: &[u8]) -> Vec<i32> {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
-        if let Ok(list) = std::fs::read(format!("/proc/{pid}/{file}")) {
+        if let Some(list) = proc_list(pid, file) {
             if list.split(|&b| b == 0).any(|x| x == item) && alive(pid) {
                 out.push(pid);
             }
         }
     }
     out
+}
+
+/// /proc/PID/`file` (environ, cmdline), whole or not at all. The file reads the memory the
+/// process had when it was opened: once an execve replaces that memory, further reads end
+/// early, and between the new memory and its new stack a fresh open reads nothing (~4% of
+/// the reads of a shell that execs in a loop). So the file is read in one `read` (all of it
+/// from one memory), and an empty read of a live user process is made again until the exec
+/// is over; otherwise a service caught as `sh` just before `exec sleep` would drop out of a
+/// listing. Kernel threads, whose files are always empty, are not waited on.
+fn proc_list(pid: i32, file: &str) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let path = format!("/proc/{pid}/{file}");
+    let once = || -> Option<Vec<u8>> {
+        let mut f = std::fs::File::open(&path).ok()?;
+        // Far above any environment a test makes; one that fills it is read on to the end.
+        let mut list = vec![0; 1 << 18];
+        let n = f.read(&mut list).ok()?;
+        if n == list.len() {
+            f.read_to_end(&mut list).ok()?;
+        } else {
+            list.truncate(n);
+        }
+        Some(list)
+    };
+    for _ in 0..1000 {
+        let list = once()?;
+        if !list.is_empty() || !alive(pid) || kernel_thread(pid) {
+            return Some(list);
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+    once()
+}
+
+/// Whether PID is a kernel thread (PF_KTHREAD in /proc/PID/stat's flags).
+fn kernel_thread(pid: i32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(6)?
+                .parse::<u64>()
+                .ok()
+        })
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
 /// The result of one baton invocation.

@@ -40,3 +40,4 @@ mod switch;
 mod upgrade;
 mod wake;
 mod wake_paths;
+mod wake_round;

@@ -299,6 +299,40 @@ fn start_on_a_running_service_starts_nothing() {
     assert_eq!(svc.processes(), procs);
 }
 
+/// The listing every test counts processes with must not lose one that is in execve (its
+/// environ reads empty for a moment): a shell that execs itself 1000 times is listed at
+/// every look while it runs. `start_on_a_running_service_starts_nothing` once saw its
+/// service, caught as `sh` just before `exec sleep`, vanish from the second look.
+#[test]
+fn a_process_in_the_middle_of_an_exec_is_still_listed() {
+    let marker = format!("BATON_TEST_EXECLOOP={}", std::process::id());
+    let (key, value) = marker.split_once('=').expect("KEY=VALUE");
+    let mut child = std::process::Command::new("/bin/sh")
+        .args([
+            "-c",
+            r#"[ "$1" -gt 0 ] && exec /bin/sh -c "$0" "$0" $(($1 - 1))"#,
+        ])
+        .arg(r#"[ "$1" -gt 0 ] && exec /bin/sh -c "$0" "$0" $(($1 - 1))"#)
+        .arg("1000")
+        .env(key, value)
+        .spawn()
+        .expect("spawn the exec loop");
+    let pid = i32::try_from(child.id()).expect("pid");
+    let mut looks = 0;
+    while child.try_wait().expect("try_wait").is_none() {
+        let listed = harness::processes_with_env(&marker);
+        if !listed.contains(&pid) {
+            // Gone between the look and the check: the loop ended, not the listing.
+            assert!(
+                child.try_wait().expect("try_wait").is_some() || !alive(pid),
+                "the exec loop (pid {pid}) was missing from the listing after {looks} looks"
+            );
+        }
+        looks += 1;
+    }
+    assert!(looks > 0, "the exec loop ended before the first look");
+}
+
 #[test]
 fn concurrent_starts_yield_exactly_one_service() {
     let svc = Svc::new(
