@@ -117,17 +117,33 @@ impl Dir {
     ///
     /// The new contents go to a fresh file (`O_EXCL`, an unpredictable name beginning with a
     /// dot, so `include *.conf` globs skip it) that is renamed over `name`; rename never
-    /// follows a link, so a planted one is replaced, not written through. No fsync: these
-    /// files describe processes that do not survive a power loss anyway.
+    /// follows a link, so a planted one is replaced, not written through. No fsync; but on
+    /// ext4 a rename over a file (`auto_da_alloc`) starts writing the new blocks out, so a
+    /// file others read after a reboot (a proxy's upstream, the registry) is not found empty.
     pub fn write_atomic(&self, name: &OsStr, contents: &[u8], mode: u32) -> io::Result<()> {
+        self.write_new(name, contents, mode, Dir::rename)
+    }
+
+    /// As [`Dir::write_atomic`], for files that describe running processes and mean nothing
+    /// after a power loss (state.json, the PID file): put in place by [`Dir::replace`], which
+    /// leaves the blocks to the usual writeback instead of writing them out at once.
+    pub fn write_live(&self, name: &OsStr, contents: &[u8], mode: u32) -> io::Result<()> {
+        self.write_new(name, contents, mode, Dir::replace)
+    }
+
+    fn write_new(
+        &self,
+        name: &OsStr,
+        contents: &[u8],
+        mode: u32,
+        put: fn(&Dir, &OsStr, &OsStr) -> io::Result<()>,
+    ) -> io::Result<()> {
         plain_name(name)?;
         let mut tmp = OsString::from(".");
         tmp.push(name);
         tmp.push(format!(".{}.tmp", random_suffix()));
         let mut f = self.create_new(&tmp, mode)?;
-        let written = f
-            .write_all(contents)
-            .and_then(|()| self.replace(&tmp, name));
+        let written = f.write_all(contents).and_then(|()| put(self, &tmp, name));
         if written.is_err() {
             let _ = self.remove(&tmp);
         }
@@ -188,7 +204,8 @@ impl Dir {
     /// on ext4 (`auto_da_alloc`) that call also starts writing the new file's blocks out:
     /// 0.3-1 ms, up to 5, after an idle wait, where the swap and the removal take tens of
     /// microseconds and leave the blocks to the usual writeback (benches/PROFILE-stop.md, "the
-    /// tail after the service's exit"). Nothing at `to` yet, or a filesystem that cannot swap:
+    /// tail after the service's exit"): for files a power loss makes meaningless anyway
+    /// ([`Dir::write_live`]), not for those read after a reboot. Nothing at `to` yet, or a filesystem that cannot swap:
     /// a plain rename. Should the removal fail (`to` was a directory), the swap is undone, as
     /// a rename over it would have failed.
     pub fn replace(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
@@ -460,6 +477,12 @@ impl Dir {
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let (dir, name) = split(path)?;
     dir.write_atomic(&name, contents, mode)
+}
+
+/// Replaces the file at `path`, which describes running processes (see [`Dir::write_live`]).
+pub fn write_live(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let (dir, name) = split(path)?;
+    dir.write_live(&name, contents, mode)
 }
 
 /// Opens `path` for appending, creating it if absent (see [`Dir::open_append`]).

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 /// Writes the PID file (the PID alone on the first line).
 pub fn write(path: &Path, pid: Pid) -> Result<()> {
-    crate::files::write_atomic(path, format!("{pid}\n").as_bytes(), 0o644)
+    crate::files::write_live(path, format!("{pid}\n").as_bytes(), 0o644)
         .map_err(|e| Error::io(format!("write PID file {}", path.display()), &e))
 }
 
@@ -203,7 +203,7 @@ pub struct StateFile {
 pub fn write_state(state_dir: &Path, state: &StateFile) {
     let path = state_path(state_dir);
     let body = serde_json::to_vec_pretty(state).unwrap_or_default();
-    if let Err(e) = crate::files::write_atomic(&path, &body, 0o644) {
+    if let Err(e) = crate::files::write_live(&path, &body, 0o644) {
         tracing::warn!("unable to write state file {}: {e}", path.display());
     }
 }
@@ -360,7 +360,7 @@ impl Records {
                 }
                 done
             }
-            None => dir.write_atomic(name, &body, 0o644),
+            None => dir.write_live(name, &body, 0o644),
         };
         if let Err(e) = written {
             tracing::warn!("unable to write state file {}: {e}", path.display());

@@ -235,20 +235,26 @@ fn proc_list(pid: i32, file: &str) -> Option<Vec<u8>> {
     once()
 }
 
-/// Whether PID is a kernel thread (PF_KTHREAD in /proc/PID/stat's flags).
+/// Whether PID is a kernel thread (PF_KTHREAD in its flags).
 fn kernel_thread(pid: i32) -> bool {
-    const PF_KTHREAD: u64 = 0x0020_0000;
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    stat_flags(pid).is_some_and(|flags| flags & 0x0020_0000 != 0)
+}
+
+/// Whether PID has begun to exit (PF_EXITING: its memory may be gone, its /proc files read
+/// nothing, though it is not yet a zombie) or is gone.
+pub fn exiting(pid: i32) -> bool {
+    stat_flags(pid).is_none_or(|flags| flags & 0x4 != 0)
+}
+
+/// The flags field of /proc/PID/stat; None once the process is reaped.
+fn stat_flags(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(6)?
+        .parse()
         .ok()
-        .and_then(|s| {
-            s.rsplit(')')
-                .next()?
-                .split_whitespace()
-                .nth(6)?
-                .parse::<u64>()
-                .ok()
-        })
-        .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
 /// The result of one baton invocation.
