@@ -115,9 +115,10 @@ WHY = {
     "ready_tcp": "the probe reconnects every 5 ms doubling to 20 ms: readiness is seen at the next attempt",
     "ready_http": "the probe retries every 5 ms doubling to 20 ms: readiness is seen at the next attempt",
     "stop": "`baton stop` is a dynamically linked PIE whose start-up (exec, ld.so relocating libc and its own "
-            "data, the config read) takes about 80 page faults where start-stop-daemon takes 59, and after the "
-            "kill the supervisor reaps, writes state.json and exits before `stop` returns; after 1.5 s of sleep "
-            "every page touched pays the cost above (benches/PROFILE-stop.md, PROFILE-layout.md)",
+            "data; the config is not read again when unchanged since the start) takes about 76 page faults where "
+            "start-stop-daemon takes 59, and after the kill the supervisor reaps, swaps state.json in, removes its "
+            "PID file, cgroup and socket and exits before `stop` returns; after 1.5 s of sleep every page touched "
+            "pays the cost above (benches/PROFILE-stop.md, PROFILE-layout.md)",
     "kill": "the stop timeout is enforced by the supervisor's timer, then SIGKILL and reaping",
     "orphans": "a grandchild escaped the process group and the subreaper sweep",
     "log": "the bytes are copied twice (by the service into its pipe, by baton's splice from its relay pipe "
