@@ -538,6 +538,15 @@ pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
 
+/// True (after saying why the test is skipped) when the tests do not run as root.
+pub fn skip_unless_root(why: &str) -> bool {
+    if !is_root() {
+        eprintln!("skipped: {why}");
+        return true;
+    }
+    false
+}
+
 /// A release `dir/name` whose program is `run` (the script `script`), with an empty file
 /// `marker` beside it when given (a switch the script reads, such as HOLD).
 pub fn script_release(dir: &Path, name: &str, script: &str, marker: Option<&str>) -> PathBuf {

@@ -6,7 +6,7 @@
 
 use crate::harness;
 
-use harness::{baton_bin, is_root, wait_until, Run, Spec, Svc, User};
+use harness::{baton_bin, skip_unless_root, wait_until, Run, Spec, Svc, User};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,13 +14,8 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
 
-fn skip_unless_root() -> bool {
-    if !is_root() {
-        eprintln!("skipped: the attacks need root (useradd, chown)");
-        return true;
-    }
-    false
-}
+/// Why these tests are skipped when not run as root.
+const ROOT_ONLY: &str = "the attacks need root (useradd, chown)";
 
 /// A root-owned file holding a secret: what the attacker wants root to write to.
 fn victim(dir: &Path) -> PathBuf {
@@ -91,7 +86,7 @@ fn service_as(user: &User, name: &str, script: &str, tables: &str) -> Svc {
 
 #[test]
 fn a_symlink_planted_as_stdout_log_is_refused_not_followed() {
-    if skip_unless_root() {
+    if skip_unless_root(ROOT_ONLY) {
         return;
     }
     let user = User::new("bhf");
@@ -121,7 +116,7 @@ fn a_symlink_planted_as_stdout_log_is_refused_not_followed() {
 
 #[test]
 fn a_symlink_planted_as_baton_log_fails_start_loudly() {
-    if skip_unless_root() {
+    if skip_unless_root(ROOT_ONLY) {
         return;
     }
     let user = User::new("bhf");
@@ -149,7 +144,7 @@ fn a_symlink_planted_as_baton_log_fails_start_loudly() {
 
 #[test]
 fn a_hard_link_planted_as_stderr_log_is_refused() {
-    if skip_unless_root() {
+    if skip_unless_root(ROOT_ONLY) {
         return;
     }
     let user = User::new("bhf");
@@ -173,7 +168,7 @@ fn a_hard_link_planted_as_stderr_log_is_refused() {
 
 #[test]
 fn links_planted_for_rotation_and_reopen_logs_are_never_written_through() {
-    if skip_unless_root() {
+    if skip_unless_root(ROOT_ONLY) {
         return;
     }
     let user = User::new("bhf");
@@ -234,7 +229,7 @@ fn links_planted_for_rotation_and_reopen_logs_are_never_written_through() {
 
 #[test]
 fn a_symlink_planted_as_revisions_log_is_refused() {
-    if skip_unless_root() {
+    if skip_unless_root(ROOT_ONLY) {
         return;
     }
     let user = User::new("bhf");
@@ -298,7 +293,7 @@ fn huge_durations_and_sizes_are_config_problems_not_crashes() {
 
 #[test]
 fn an_env_file_others_can_write_is_refused_as_root() {
-    if skip_unless_root() {
+    if skip_unless_root(ROOT_ONLY) {
         return;
     }
     let svc = Spec::new("lax-env", "[\"/bin/sleep\", \"100\"]")
@@ -356,7 +351,7 @@ fn an_env_file_others_can_write_is_refused_as_root() {
 
 #[test]
 fn a_config_in_a_directory_others_can_write_is_refused_as_root() {
-    if skip_unless_root() {
+    if skip_unless_root(ROOT_ONLY) {
         return;
     }
     let svc = Svc::new("laxdir", "[\"/bin/sleep\", \"100\"]", "");
@@ -373,7 +368,7 @@ fn a_config_in_a_directory_others_can_write_is_refused_as_root() {
 
 #[test]
 fn a_root_service_program_others_can_write_is_refused() {
-    if skip_unless_root() {
+    if skip_unless_root(ROOT_ONLY) {
         return;
     }
     let svc = Svc::new("laxprog", "[\"{dir}/bin/serve\"]", "");
@@ -520,7 +515,7 @@ fn ship_project(dir: &Path) -> PathBuf {
 
 #[test]
 fn ship_never_stages_in_a_directory_another_user_planted() {
-    if skip_unless_root() {
+    if skip_unless_root(ROOT_ONLY) {
         return;
     }
     let user = User::new("bhf");
@@ -600,7 +595,7 @@ fn ship_never_stages_in_a_directory_another_user_planted() {
 
 #[test]
 fn a_releases_symlink_planted_by_the_service_user_is_not_followed() {
-    if skip_unless_root() {
+    if skip_unless_root(ROOT_ONLY) {
         return;
     }
     let user = User::new("bhf");
@@ -648,7 +643,7 @@ fn a_releases_symlink_planted_by_the_service_user_is_not_followed() {
 
 #[test]
 fn links_planted_as_pid_and_state_files_are_replaced_not_followed() {
-    if skip_unless_root() {
+    if skip_unless_root(ROOT_ONLY) {
         return;
     }
     let user = User::new("bhf");

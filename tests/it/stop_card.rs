@@ -7,7 +7,7 @@
 use crate::harness;
 use crate::stop_path::first;
 
-use harness::{alive, is_root, own_program, wait_until, Svc, User};
+use harness::{alive, own_program, skip_unless_root, wait_until, Svc, User};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -26,13 +26,8 @@ fn serialised() -> std::sync::MutexGuard<'static, ()> {
     CARD_DIR.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn skip_unless_root() -> bool {
-    if !is_root() {
-        eprintln!("skipped: stop cards are written and trusted by root only");
-        return true;
-    }
-    false
-}
+/// Why these tests are skipped when not run as root.
+const ROOT_ONLY: &str = "stop cards are written and trusted by root only";
 
 /// The card of `config` as the file is now (its name is the file's device and inode).
 fn card_of(config: &Path) -> PathBuf {
@@ -139,7 +134,7 @@ fn assert_config_read(svc: &Svc, trace: &[String]) {
 
 #[test]
 fn an_unchanged_config_is_not_read_again_by_stop_which_still_warns_after_its_request() {
-    if skip_unless_root() {
+    if skip_unless_root(ROOT_ONLY) {
         return;
     }
     let _one = serialised();
@@ -176,7 +171,7 @@ fn an_unchanged_config_is_not_read_again_by_stop_which_still_warns_after_its_req
 
 #[test]
 fn a_config_edited_since_the_start_is_read_again_and_a_broken_one_still_refuses() {
-    if skip_unless_root() {
+    if skip_unless_root(ROOT_ONLY) {
         return;
     }
     let _one = serialised();
@@ -229,7 +224,7 @@ fn a_config_edited_since_the_start_is_read_again_and_a_broken_one_still_refuses(
 
 #[test]
 fn the_card_is_rewritten_after_a_config_handoff_and_after_a_reexec() {
-    if skip_unless_root() {
+    if skip_unless_root(ROOT_ONLY) {
         return;
     }
     let _one = serialised();
@@ -269,7 +264,7 @@ fn the_card_is_rewritten_after_a_config_handoff_and_after_a_reexec() {
 
 #[test]
 fn a_card_left_by_a_killed_supervisor_stops_what_it_left_and_goes() {
-    if skip_unless_root() {
+    if skip_unless_root(ROOT_ONLY) {
         return;
     }
     let _one = serialised();
@@ -372,7 +367,7 @@ impl Drop for Restore {
 
 #[test]
 fn a_card_planted_or_altered_by_another_user_is_never_used() {
-    if skip_unless_root() {
+    if skip_unless_root(ROOT_ONLY) {
         return;
     }
     let _one = serialised();
