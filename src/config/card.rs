@@ -134,6 +134,9 @@ pub fn write(spec: &Spec, old: Option<Written>) -> Option<Written> {
             _ => {}
         }
         let dir = Dir::open(parent)?.private_subdir(OsStr::new("configs"))?;
+        // A supervisor of this config killed between the temporary's creation and its
+        // rename left it here (on tmpfs until the next boot): the next one takes it away.
+        let _ = dir.remove_stale_temporaries(&name);
         dir.write_atomic(&name, &body, 0o600)?;
         let ino = dir.entry(&name)?.st_ino;
         Ok(Written { name, ino })

@@ -262,6 +262,38 @@ fn the_card_is_rewritten_after_a_config_handoff_and_after_a_reexec() {
     assert!(!card_of(&svc.config).exists(), "the card outlived the stop");
 }
 
+/// A temporary of this config's card left by a supervisor killed as it wrote (create, then
+/// SIGKILL before the rename) goes when the next supervisor of the config writes its card;
+/// another config's is left alone.
+#[test]
+fn a_half_written_card_left_by_a_killed_supervisor_goes_at_the_next_card() {
+    if skip_unless_root(ROOT_ONLY) {
+        return;
+    }
+    let _one = serialised();
+    let svc = Svc::new("cardtmp", r#"["/bin/sleep", "1000"]"#, "");
+    std::fs::create_dir_all(CARDS).expect("mkdir the card directory");
+    let key = card_of(&svc.config);
+    let key = key
+        .file_name()
+        .expect("a name")
+        .to_string_lossy()
+        .into_owned();
+    let left = Path::new(CARDS).join(format!(".{key}.0123456789abcdef.tmp"));
+    let other = Path::new(CARDS).join(".0-0.0123456789abcdef.tmp");
+    for planted in [&left, &other] {
+        std::fs::write(planted, b"").expect("plant a half-written card");
+    }
+    start(&svc);
+    wait_for_card(&svc);
+    let (left_kept, others_kept) = (left.exists(), other.exists());
+    let _ = std::fs::remove_file(&left);
+    let _ = std::fs::remove_file(&other);
+    assert!(!left_kept, "the half-written card outlived the next card");
+    assert!(others_kept, "another config's temporary was taken");
+    svc.stop();
+}
+
 #[test]
 fn a_card_left_by_a_killed_supervisor_stops_what_it_left_and_goes() {
     if skip_unless_root(ROOT_ONLY) {
