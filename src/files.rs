@@ -139,13 +139,35 @@ impl Dir {
         put: fn(&Dir, &OsStr, &OsStr) -> io::Result<()>,
     ) -> io::Result<()> {
         plain_name(name)?;
-        let mut tmp = OsString::from(".");
-        tmp.push(name);
-        tmp.push(format!(".{}.tmp", random_suffix()));
-        let mut f = self.create_new(&tmp, mode)?;
-        let written = f.write_all(contents).and_then(|()| put(self, &tmp, name));
+        let (tmp, f) = self.create_temporary(name, mode)?;
+        self.fill_and_put(&tmp, f, contents, name, put)
+    }
+
+    /// Creates a fresh temporary for `name` (`O_EXCL`, named `.NAME.<16 hex>.tmp`: the form
+    /// [`Dir::remove_stale_temporaries`] recognises), for contents put in place later.
+    pub fn create_temporary(&self, name: &OsStr, mode: u32) -> io::Result<(OsString, File)> {
+        let tmp = temporary_name(name);
+        let f = self.create_new(&tmp, mode)?;
+        Ok((tmp, f))
+    }
+
+    /// Writes `contents` into the temporary `tmp` ([`Dir::create_temporary`]) and puts it in
+    /// place of `name` as [`Dir::write_live`] does; the temporary is removed on failure.
+    pub fn fill_live(&self, tmp: &OsStr, f: File, contents: &[u8], name: &OsStr) -> io::Result<()> {
+        self.fill_and_put(tmp, f, contents, name, Dir::replace)
+    }
+
+    fn fill_and_put(
+        &self,
+        tmp: &OsStr,
+        mut f: File,
+        contents: &[u8],
+        name: &OsStr,
+        put: fn(&Dir, &OsStr, &OsStr) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let written = f.write_all(contents).and_then(|()| put(self, tmp, name));
         if written.is_err() {
-            let _ = self.remove(&tmp);
+            let _ = self.remove(tmp);
         }
         written
     }
@@ -205,9 +227,9 @@ impl Dir {
     /// 0.3-1 ms, up to 5, after an idle wait, where the swap and the removal take tens of
     /// microseconds and leave the blocks to the usual writeback (benches/PROFILE-stop.md, "the
     /// tail after the service's exit"): for files a power loss makes meaningless anyway
-    /// ([`Dir::write_live`]), not for those read after a reboot. Nothing at `to` yet, or a filesystem that cannot swap:
-    /// a plain rename. Should the removal fail (`to` was a directory), the swap is undone, as
-    /// a rename over it would have failed.
+    /// ([`Dir::write_live`]), not for those read after a reboot. Nothing at `to` yet, or a
+    /// filesystem that cannot swap: a plain rename. Should the removal fail (`to` was a
+    /// directory), the swap is undone, as a rename over it would have failed.
     pub fn replace(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
         let fd = Some(self.fd.as_raw_fd());
         let swap =
@@ -251,9 +273,7 @@ impl Dir {
 
     /// Points the symbolic link `name` at `target` atomically (a fresh link renamed over it).
     pub fn symlink_atomic(&self, target: &Path, name: &OsStr) -> io::Result<()> {
-        let mut tmp = OsString::from(".");
-        tmp.push(name);
-        tmp.push(format!(".{}.tmp", random_suffix()));
+        let tmp = temporary_name(name);
         nix::unistd::symlinkat(target, Some(self.fd.as_raw_fd()), tmp.as_os_str())?;
         self.rename(&tmp, name).inspect_err(|_| {
             let _ = self.remove(&tmp);
@@ -850,12 +870,21 @@ fn plain_name(name: &OsStr) -> io::Result<()> {
     Ok(())
 }
 
+/// `.NAME.<16 hex>.tmp`: a temporary's name beside `name`, unpredictable, skipped by
+/// `*.conf` globs (the leading dot), recognised by [`Dir::remove_stale_temporaries`].
+fn temporary_name(name: &OsStr) -> OsString {
+    let mut tmp = OsString::from(".");
+    tmp.push(name);
+    tmp.push(format!(".{}.tmp", random_suffix()));
+    tmp
+}
+
 /// 64 unpredictable bits as hex, for names another user must not guess in advance.
 ///
 /// std seeds each `RandomState` from the kernel's getrandom(2) and keeps the SipHash
 /// keys secret, so the hash of a counter is as good as reading /dev/urandom here,
 /// without a dependency or unsafe code.
-pub fn random_suffix() -> String {
+fn random_suffix() -> String {
     use std::hash::{BuildHasher, Hasher};
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

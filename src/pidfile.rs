@@ -275,14 +275,13 @@ impl Records {
                 if let Err(e) = dir.remove_stale_temporaries(path.file_name()?.as_ref()) {
                     tracing::warn!("unable to clean up {}: {e}", dir.path().display());
                 }
-                let mut tmp = std::ffi::OsString::from(".");
-                tmp.push(path.file_name()?);
-                tmp.push(format!(".{}.tmp", crate::files::random_suffix()));
+                // The temporary's name holds a NUL only if the file's does: judged first.
+                let name = std::ffi::CString::new(path.file_name()?.as_bytes()).ok()?;
+                let (tmp, mut f) = dir.create_temporary(path.file_name()?, 0o644).ok()?;
                 let staged = Staged {
                     tmp: std::ffi::CString::new(tmp.as_bytes()).ok()?,
-                    name: std::ffi::CString::new(path.file_name()?.as_bytes()).ok()?,
+                    name,
                 };
-                let mut f = dir.create_new(&tmp, 0o644).ok()?;
                 match std::io::Write::write_all(&mut f, format!("{me}\n").as_bytes()) {
                     Ok(()) => Some(staged),
                     Err(_) => {
@@ -352,14 +351,7 @@ impl Records {
         };
         let body = serde_json::to_vec_pretty(state).unwrap_or_default();
         let written = match self.spare.take() {
-            Some((tmp, mut f)) => {
-                let done =
-                    std::io::Write::write_all(&mut f, &body).and_then(|()| dir.replace(&tmp, name));
-                if done.is_err() {
-                    let _ = dir.remove(&tmp);
-                }
-                done
-            }
+            Some((tmp, f)) => dir.fill_live(&tmp, f, &body, name),
             None => dir.write_live(name, &body, 0o644),
         };
         if let Err(e) = written {
@@ -384,11 +376,8 @@ impl Records {
         let Some(name) = at.file_name() else {
             return;
         };
-        let mut tmp = std::ffi::OsString::from(".");
-        tmp.push(name);
-        tmp.push(format!(".{}.tmp", crate::files::random_suffix()));
-        if let Ok(f) = dir.create_new(&tmp, 0o644) {
-            self.spare.set(Some((tmp, f)));
+        if let Ok(spare) = dir.create_temporary(name, 0o644) {
+            self.spare.set(Some(spare));
         }
     }
 

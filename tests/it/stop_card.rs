@@ -22,8 +22,12 @@ const CARDS: &str = "/run/baton/configs";
 /// card wait for one another (other modules' stops only lose their shortcut meanwhile).
 static CARD_DIR: Mutex<()> = Mutex::new(());
 
-fn serialised() -> std::sync::MutexGuard<'static, ()> {
-    CARD_DIR.lock().unwrap_or_else(|e| e.into_inner())
+/// None (the test skipped) unless root; else the card directory to this test alone.
+fn root_and_alone() -> Option<std::sync::MutexGuard<'static, ()>> {
+    if skip_unless_root(ROOT_ONLY) {
+        return None;
+    }
+    Some(CARD_DIR.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// Why these tests are skipped when not run as root.
@@ -134,10 +138,9 @@ fn assert_config_read(svc: &Svc, trace: &[String]) {
 
 #[test]
 fn an_unchanged_config_is_not_read_again_by_stop_which_still_warns_after_its_request() {
-    if skip_unless_root(ROOT_ONLY) {
+    let Some(_one) = root_and_alone() else {
         return;
-    }
-    let _one = serialised();
+    };
     let svc = own_program("cardfast");
     svc.start();
     let supervisor = svc.pid_in_file().expect("a PID file");
@@ -171,10 +174,9 @@ fn an_unchanged_config_is_not_read_again_by_stop_which_still_warns_after_its_req
 
 #[test]
 fn a_config_edited_since_the_start_is_read_again_and_a_broken_one_still_refuses() {
-    if skip_unless_root(ROOT_ONLY) {
+    let Some(_one) = root_and_alone() else {
         return;
-    }
-    let _one = serialised();
+    };
     let svc = own_program("cardedit");
     let text = std::fs::read_to_string(&svc.config).expect("read config");
     // A chmod, then a valid edit: nothing in the file a stop relies on changed, yet the
@@ -224,10 +226,9 @@ fn a_config_edited_since_the_start_is_read_again_and_a_broken_one_still_refuses(
 
 #[test]
 fn the_card_is_rewritten_after_a_config_handoff_and_after_a_reexec() {
-    if skip_unless_root(ROOT_ONLY) {
+    let Some(_one) = root_and_alone() else {
         return;
-    }
-    let _one = serialised();
+    };
     let svc = Svc::new("cardhand", r#"["sleep", "1000"]"#, "");
     start(&svc);
     wait_for_card(&svc);
@@ -267,10 +268,9 @@ fn the_card_is_rewritten_after_a_config_handoff_and_after_a_reexec() {
 /// another config's is left alone.
 #[test]
 fn a_half_written_card_left_by_a_killed_supervisor_goes_at_the_next_card() {
-    if skip_unless_root(ROOT_ONLY) {
+    let Some(_one) = root_and_alone() else {
         return;
-    }
-    let _one = serialised();
+    };
     let svc = Svc::new("cardtmp", r#"["/bin/sleep", "1000"]"#, "");
     std::fs::create_dir_all(CARDS).expect("mkdir the card directory");
     let key = card_of(&svc.config);
@@ -296,10 +296,9 @@ fn a_half_written_card_left_by_a_killed_supervisor_goes_at_the_next_card() {
 
 #[test]
 fn a_card_left_by_a_killed_supervisor_stops_what_it_left_and_goes() {
-    if skip_unless_root(ROOT_ONLY) {
+    let Some(_one) = root_and_alone() else {
         return;
-    }
-    let _one = serialised();
+    };
     // The leader dies with its supervisor (parent-death signal); its child stays behind.
     let svc = Svc::new("cardkill", r#"["sh", "-c", "sleep 1000 & wait"]"#, "");
     start(&svc);
@@ -399,10 +398,9 @@ impl Drop for Restore {
 
 #[test]
 fn a_card_planted_or_altered_by_another_user_is_never_used() {
-    if skip_unless_root(ROOT_ONLY) {
+    let Some(_one) = root_and_alone() else {
         return;
-    }
-    let _one = serialised();
+    };
     let restore = Restore::take();
     let svc = Svc::new("cardvictim", r#"["sleep", "1000"]"#, "");
     let user = User::new("card-");
