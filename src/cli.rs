@@ -247,7 +247,16 @@ pub type Code = i32;
 pub fn parse() -> std::result::Result<Cli, clap::Error> {
     Cli::supervisor_argv()
         .or_else(|| Cli::parse_stop(std::env::args_os()))
-        .map_or_else(Cli::try_parse, Ok)
+        .map_or_else(parse_with_clap, Ok)
+}
+
+/// clap's parse, out of line: inlined, its code sat between the few blocks of `parse` a
+/// `stop` runs, spreading them over three pages of text (benches/PROFILE-stop.md, ninth
+/// round).
+#[cold]
+#[inline(never)]
+fn parse_with_clap() -> std::result::Result<Cli, clap::Error> {
+    Cli::try_parse()
 }
 
 impl Cli {
@@ -410,7 +419,14 @@ impl Cli {
             }
             return Ok(0);
         }
-        let (mut spec, later) = config::load_running_later(&file, &name)?;
+        Self::stop_reading(file, &name)
+    }
+
+    /// A stop without a card: the full reading (`Cli::stop`). Out of line, so that its code
+    /// does not sit between the blocks the card's path runs.
+    #[inline(never)]
+    fn stop_reading(file: PathBuf, name: &str) -> Result<Code> {
+        let (mut spec, later) = config::load_running_later(&file, name)?;
         spec.file = file;
         let spec = kept(spec);
         crate::service::stop((&*spec).into(), || warn(later.warnings())).map(|_| 0)

@@ -132,13 +132,8 @@ pub fn stop(h: Handle<'_>, sent: impl FnOnce()) -> Result<bool> {
 }
 
 fn stop_locked(h: Handle<'_>, sent: impl FnOnce()) -> Result<bool> {
-    let name = h.name;
     if !pidfile::supervisor_alive(h.state_dir)? {
-        sent();
-        if !clean_up_dead(h) {
-            println!("{name} is not running");
-        }
-        return Ok(false);
+        return Ok(not_running(h, sent));
     }
     // The request goes first: the service's SIGTERM waits for nothing else. Only then is
     // the supervisor watched, to bound the wait for its exit (or to signal it if there is
@@ -148,6 +143,31 @@ fn stop_locked(h: Handle<'_>, sent: impl FnOnce()) -> Result<bool> {
     // read that waits longer than that (and a margin) means it is stuck, not slow.
     let limit = h.stop_timeout.saturating_add(Duration::from_secs(10));
     let asked = control::request(h.socket, &Request::Stop, Some(limit));
+    stopped(h, asked, limit, sent)
+}
+
+/// A stop that found no supervisor: cleans up after a dead one; false. Out of line, as
+/// [`stopped`] is.
+#[inline(never)]
+fn not_running(h: Handle<'_>, sent: impl FnOnce()) -> bool {
+    sent();
+    if !clean_up_dead(h) {
+        println!("{} is not running", h.name);
+    }
+    false
+}
+
+/// The stop after its request (`asked`): the replies, the supervisor's exit. Out of line:
+/// inlined, its code sat between the blocks that run before the request, one more page of
+/// text for the stop figure (benches/PROFILE-stop.md, ninth round).
+#[inline(never)]
+fn stopped(
+    h: Handle<'_>,
+    asked: Result<control::Replies>,
+    limit: Duration,
+    sent: impl FnOnce(),
+) -> Result<bool> {
+    let name = h.name;
     sent();
     let state = pidfile::read_state(h.state_dir);
     let watched: Vec<(Pid, std::os::fd::OwnedFd)> = state
