@@ -16,6 +16,9 @@
 //!   reaches for libgcc_s.so.1 on its own for pthread_cancel, which baton never
 //!   calls.
 //!
+//! - `-z separate-loadable-segments` (LLD): each segment starts on a page, so that the
+//!   writable ones, which ld.so writes whole at every exec, span no page more than their
+//!   size needs.
 //! - `--symbol-ordering-file link/hot-order.txt` (LLD, rustc's default linker on
 //!   x86_64 Linux since 1.90): the functions the paths after an idle wait run (the
 //!   supervisor's wake on a stop, an exit, READY=1; `baton stop`; `start`'s end) first
@@ -48,6 +51,12 @@ fn main() {
                 order.display()
             );
             println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+            // Each segment from a page boundary: the writable ones (62 KB, every page of them
+            // written by ld.so's relocation in every process) then span the fewest pages
+            // their size allows, 16, instead of 16 or 17 as the text before them shifts
+            // their start (benches/PROFILE-stop.md, ninth round). The file grows by the
+            // padding, a few KB, never mapped.
+            println!("cargo:rustc-link-arg-bins=-Wl,-z,separate-loadable-segments");
             // The markers that delimit the ordered text (src/sys.rs) are never called:
             // without this, a build without LTO would drop them as unreferenced.
             println!("cargo:rustc-link-arg-bins=-Wl,--undefined=baton_hot_begin");

@@ -33,6 +33,7 @@ mod stamped;
 mod startup;
 mod stop;
 mod stop_card;
+mod stop_layout;
 mod stop_path;
 mod stop_tail;
 mod supervisor;
