@@ -486,26 +486,106 @@ fn drop_and_poll(spans: &[Span], fds: &mut [libc::pollfd]) -> nix::Result<libc::
     nix::errno::Errno::result(n)
 }
 
-/// ppoll(2) on plain pollfds, which the supervisor's loop keeps from one wake to the next
-/// (nix's `PollFd` borrows each descriptor, so a buffer of them cannot outlive one poll);
-/// `None` sleeps until an event. A descriptor closed meanwhile only reads as POLLNVAL.
-pub fn ppoll(
-    fds: &mut [libc::pollfd],
+/// A new epoll(7) instance, closed on exec: the supervisor's loop keeps its interest set
+/// there from one wake to the next (src/supervisor/poll.rs).
+pub fn epoll_create() -> nix::Result<OwnedFd> {
+    // SAFETY: epoll_create1 takes no pointer; on success the descriptor is new and ours.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    nix::errno::Errno::result(fd)?;
+    // SAFETY: `fd` was just made by epoll_create1 and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// epoll_ctl(2) on `epfd` for descriptor number `fd`: `op` is one of `libc::EPOLL_CTL_*`,
+/// `data` comes back with each of its events. A number, not a borrowed descriptor: a
+/// registration is taken out (EPOLL_CTL_DEL) after its owner may have closed it, and the
+/// kernel then answers EBADF or ENOENT, which is all a stale number can do here.
+pub fn epoll_ctl(
+    epfd: BorrowedFd<'_>,
+    op: libc::c_int,
+    fd: RawFd,
+    events: u32,
+    data: u64,
+) -> nix::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: `ev` lives on our stack for the call; epoll_ctl reads it and touches no other
+    // memory, and on a number that is not (or no longer) a descriptor it only fails.
+    let r = unsafe { libc::epoll_ctl(epfd.as_raw_fd(), op, fd, &mut ev) };
+    nix::errno::Errno::result(r).map(drop)
+}
+
+/// epoll_pwait2(2) on `epfd` into `events`, for at most `timeout` (`None`: until an
+/// event): the nanosecond timeout of ppoll(2), which epoll_wait's milliseconds would round
+/// up. How many events it wrote. Linux 5.11 and later (Debian 12 has 6.1); called as a
+/// system call, so any C library will do.
+pub fn epoll_wait(
+    epfd: BorrowedFd<'_>,
+    events: &mut [libc::epoll_event],
     timeout: Option<nix::sys::time::TimeSpec>,
-) -> nix::Result<libc::c_int> {
+) -> nix::Result<usize> {
     let ts: *const libc::timespec = timeout.as_ref().map_or(std::ptr::null(), |t| t.as_ref());
-    // SAFETY: `fds` is a live, exclusive slice of pollfds for the call; `ts` is null or
-    // points into `timeout`, which lives until we return; a null sigmask keeps the mask as
-    // it is.
+    // SAFETY: `events` is a live, exclusive buffer of events.len() entries, which the
+    // kernel fills from the front; `ts` is null or points into `timeout`, live until we
+    // return; a null sigmask keeps the mask as it is (its size is then not read).
     let n = unsafe {
-        libc::ppoll(
-            fds.as_mut_ptr(),
-            fds.len() as libc::nfds_t,
+        libc::syscall(
+            libc::SYS_epoll_pwait2,
+            epfd.as_raw_fd(),
+            events.as_mut_ptr(),
+            events.len().min(i32::MAX as usize) as libc::c_int,
             ts,
-            std::ptr::null(),
+            std::ptr::null::<libc::sigset_t>(),
+            std::mem::size_of::<libc::sigset_t>(),
         )
     };
-    nix::errno::Errno::result(n)
+    nix::errno::Errno::result(n).map(|n| n as usize)
+}
+
+/// [`shed_and_poll`] for an epoll set: hands back what the idle loop does not need, then
+/// sleeps in epoll_pwait2(2) on `epfd` until an event (no timeout), into `events`. The
+/// pages kept are those of the code that runs after the drop: [`drop_and_epoll`], libc's
+/// `madvise` and `syscall`.
+pub fn shed_and_epoll(
+    epfd: BorrowedFd<'_>,
+    events: &mut [libc::epoll_event],
+    last: &mut Shed,
+) -> nix::Result<usize> {
+    last.0 = Vec::new();
+    last.0 = spans_to_shed(&[
+        code_pages(drop_and_epoll as *const () as usize),
+        code_pages(libc::madvise as *const () as usize),
+        code_pages(libc::syscall as *const () as usize),
+    ]);
+    drop_and_epoll(&last.0, epfd.as_raw_fd(), events)
+}
+
+/// Drops `spans` and sleeps in epoll_pwait2(2): as [`drop_and_poll`], only this function
+/// and the two libc wrappers run after the first madvise.
+#[inline(never)]
+fn drop_and_epoll(
+    spans: &[Span],
+    epfd: RawFd,
+    events: &mut [libc::epoll_event],
+) -> nix::Result<usize> {
+    drop_spans(spans);
+    // SAFETY: as in `epoll_wait`, with a null timeout (sleep until an event).
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_epoll_pwait2,
+            epfd,
+            events.as_mut_ptr(),
+            events.len().min(i32::MAX as usize) as libc::c_int,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<libc::sigset_t>(),
+            std::mem::size_of::<libc::sigset_t>(),
+        )
+    };
+    // No closure (a call, in a debug build, into code the shed dropped).
+    if n < 0 {
+        Err(nix::errno::Errno::last())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 /// The pages of every loaded object's read-only segments (the vDSO's aside).
