@@ -141,8 +141,9 @@ impl PollBufs {
         }
         for w in &mut self.wanted {
             let old = self.registered.iter().find(|r| r.fd == w.fd);
-            let same =
-                old.filter(|r| r.source == w.source && r.events == w.events && r.ident == w.ident);
+            // The source is ours, looked up by `data` at the wake: the kernel needs no word
+            // of a descriptor moving to another one (a client's index after another left).
+            let same = old.filter(|r| r.events == w.events && r.ident == w.ident);
             let events = w.events.bits() as u16 as u32;
             match same {
                 Some(r) if w.ident != Ident::Ask => w.data = r.data,
