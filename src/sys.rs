@@ -293,11 +293,14 @@ const PAGE: usize = 4096;
 /// would be the first thing a woken supervisor does (malloc's pages, benches/PROFILE-stop.md).
 pub fn shed_and_poll(fds: &mut [libc::pollfd], last: &mut Shed) -> nix::Result<libc::c_int> {
     last.0 = Vec::new();
-    last.0 = spans_to_shed(&[
-        code_pages(drop_and_poll as *const () as usize),
-        code_pages(libc::madvise as *const () as usize),
-        code_pages(libc::ppoll as *const () as usize),
-    ]);
+    let mut keep = vec![code_pages(drop_and_poll as *const () as usize)];
+    if !RAW {
+        keep.extend([
+            code_pages(libc::madvise as *const () as usize),
+            code_pages(libc::ppoll as *const () as usize),
+        ]);
+    }
+    last.0 = spans_to_shed(&keep);
     drop_and_poll(&last.0, fds)
 }
 
@@ -337,20 +340,26 @@ pub fn shed_and_await_ready(
     line: &[u8],
     got: &mut [u8],
 ) -> usize {
-    let spans = spans_to_shed(&[
-        code_pages(poll_read_and_finish as *const () as usize),
-        code_pages(libc::madvise as *const () as usize),
-        code_pages(libc::ppoll as *const () as usize),
-        code_pages(libc::read as *const () as usize),
-        code_pages(libc::write as *const () as usize),
-        code_pages(libc::_exit as *const () as usize),
-    ]);
+    let mut keep = vec![code_pages(poll_read_and_finish as *const () as usize)];
+    if !RAW {
+        keep.extend(
+            [
+                libc::madvise as *const (),
+                libc::ppoll as *const (),
+                libc::read as *const (),
+                libc::write as *const (),
+                libc::_exit as *const (),
+            ]
+            .map(|f| code_pages(f as usize)),
+        );
+    }
+    let spans = spans_to_shed(&keep);
     poll_read_and_finish(&spans, fd.as_raw_fd(), expected, line, got)
 }
 
-/// The part of [`shed_and_await_ready`] that runs after the first madvise: libc calls and
-/// plain loops only (no slice comparison, no iterator: each could be a call into code
-/// the shed dropped).
+/// The part of [`shed_and_await_ready`] that runs after the first madvise: system calls
+/// ([`raw`]) and plain loops only (no slice comparison, no iterator: each could be a call
+/// into code the shed dropped).
 #[inline(never)]
 fn poll_read_and_finish(
     spans: &[Span],
@@ -368,15 +377,15 @@ fn poll_read_and_finish(
     // SAFETY: one pollfd on our stack; null timeout and sigmask: block until an event.
     // EINTR and errors fall through to the read, which blocks or reports.
     unsafe {
-        libc::ppoll(&mut pfd, 1, std::ptr::null(), std::ptr::null());
+        raw::ppoll(&mut pfd, 1, std::ptr::null());
     }
     let n = loop {
         // SAFETY: `got` is a live, exclusive buffer of got.len() bytes.
-        let r = unsafe { libc::read(fd, got.as_mut_ptr().cast(), got.len()) };
+        let r = unsafe { raw::read(fd, got.as_mut_ptr(), got.len()) };
         if r >= 0 {
             break r as usize;
         }
-        if nix::errno::Errno::last_raw() != libc::EINTR {
+        if r != -(libc::EINTR as isize) {
             return 0;
         }
     };
@@ -393,10 +402,10 @@ fn poll_read_and_finish(
     let mut done = 0;
     while done < line.len() {
         // SAFETY: the unwritten tail of `line`, live for the call.
-        let r = unsafe { libc::write(1, line[done..].as_ptr().cast(), line.len() - done) };
+        let r = unsafe { raw::write(1, line[done..].as_ptr(), line.len() - done) };
         if r > 0 {
             done += r as usize;
-        } else if r < 0 && nix::errno::Errno::last_raw() == libc::EINTR {
+        } else if r == -(libc::EINTR as isize) {
             continue;
         } else if done == 0 {
             // Nothing out: the caller prints the usual way, and fails the usual way.
@@ -405,9 +414,9 @@ fn poll_read_and_finish(
             break;
         }
     }
-    // SAFETY: _exit(2) only ends the process; stdout was flushed before the wait and
-    // nothing has been buffered since (see shed_and_await_ready).
-    unsafe { libc::_exit(0) }
+    // stdout was flushed before the wait and nothing has been buffered since (see
+    // shed_and_await_ready).
+    raw::exit(0)
 }
 
 /// The pages around a function's entry that its code (a few hundred bytes) may span.
@@ -461,29 +470,19 @@ fn drop_spans(spans: &[Span]) {
         // only drops its page-table entries, and the next access refaults the same
         // bytes from the file.
         unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            raw::madvise(start, end - start, libc::MADV_DONTNEED);
         }
         i += 1;
     }
 }
 
 /// Drops `spans` and sleeps. Kept apart (and out of line) so that what runs after the
-/// first madvise is only this function and the two libc wrappers, whose pages
-/// `shed_and_poll` keeps; it reads nothing but its arguments (stack and heap).
+/// first madvise is only this function (and, without [`raw`], the two libc wrappers),
+/// whose pages `shed_and_poll` keeps; it reads nothing but its arguments (stack and heap).
 #[inline(never)]
 fn drop_and_poll(spans: &[Span], fds: &mut [libc::pollfd]) -> nix::Result<libc::c_int> {
     drop_spans(spans);
-    // SAFETY: `fds` is a live, exclusive slice of pollfds for the call; null timeout and
-    // sigmask: block until an event, with the signal mask as it is.
-    let n = unsafe {
-        libc::ppoll(
-            fds.as_mut_ptr(),
-            fds.len() as libc::nfds_t,
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    nix::errno::Errno::result(n)
+    raw_ppoll(fds, None)
 }
 
 /// ppoll(2) on plain pollfds, which the supervisor's loop keeps from one wake to the next
@@ -493,19 +492,7 @@ pub fn ppoll(
     fds: &mut [libc::pollfd],
     timeout: Option<nix::sys::time::TimeSpec>,
 ) -> nix::Result<libc::c_int> {
-    let ts: *const libc::timespec = timeout.as_ref().map_or(std::ptr::null(), |t| t.as_ref());
-    // SAFETY: `fds` is a live, exclusive slice of pollfds for the call; `ts` is null or
-    // points into `timeout`, which lives until we return; a null sigmask keeps the mask as
-    // it is.
-    let n = unsafe {
-        libc::ppoll(
-            fds.as_mut_ptr(),
-            fds.len() as libc::nfds_t,
-            ts,
-            std::ptr::null(),
-        )
-    };
-    nix::errno::Errno::result(n)
+    raw_ppoll(fds, timeout.as_ref().map(|t| t.as_ref()))
 }
 
 /// The pages of every loaded object's read-only segments (the vDSO's aside).
@@ -607,10 +594,7 @@ pub fn recv_with_sender(
     let flags = libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | if peek { libc::MSG_PEEK } else { 0 };
     // SAFETY: `msg` points at `iov` (describing `buf`, live and exclusive) and at `space`,
     // both on our stack and outliving the call.
-    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let n = checked(unsafe { raw::recvmsg(fd.as_raw_fd(), &mut msg, flags) })?;
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
         return Err(std::io::Error::from_raw_os_error(libc::ENOBUFS));
     }
@@ -632,7 +616,7 @@ pub fn recv_with_sender(
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    Ok((n as usize, sender))
+    Ok((n, sender))
 }
 
 /// `openat(2)` relative to `dir` (or the working directory), returning an owned descriptor.
@@ -699,19 +683,14 @@ pub fn accept_nonblocking(
 ) -> std::io::Result<std::os::unix::net::UnixStream> {
     use std::os::fd::AsRawFd;
     // SAFETY: accept4 on our listening descriptor, with no address wanted (null pointers).
-    let fd = unsafe {
-        libc::accept4(
+    let fd = checked(unsafe {
+        raw::accept4(
             listener.as_raw_fd(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
             libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
         )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    })?;
     // SAFETY: accept4 just returned this descriptor; nothing else in the process knows it.
-    Ok(unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) })
+    Ok(unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd as RawFd) })
 }
 
 /// Takes ownership of a descriptor this process's previous image left open across
@@ -1500,6 +1479,249 @@ impl ReadBuf {
     /// How many bytes it holds at most.
     pub fn capacity(&self) -> usize {
         self.bytes.len()
+    }
+}
+
+
+/// Whether the wake paths' system calls go straight to the kernel ([`raw`]), so that no
+/// libc page is kept for them by a shed.
+const RAW: bool = cfg!(all(target_os = "linux", target_arch = "x86_64"));
+
+/// A [`raw`] result as nix's: the count, or the errno.
+#[inline(always)]
+fn checked(r: isize) -> nix::Result<usize> {
+    if r < 0 {
+        Err(errno_of(r))
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// The errno of a failed [`raw`] call. Out of line and cold: its page is touched only on
+/// an error.
+#[cold]
+#[inline(never)]
+fn errno_of(r: isize) -> nix::errno::Errno {
+    nix::errno::Errno::from_raw(-r as i32)
+}
+
+/// ppoll(2) with `ts`, copied first: the kernel writes the time left into the one it is
+/// given, and the caller's stays as it was (as glibc's wrapper keeps it).
+#[inline(always)]
+fn raw_ppoll(fds: &mut [libc::pollfd], ts: Option<&libc::timespec>) -> nix::Result<libc::c_int> {
+    let mut copy = ts.copied();
+    let ts: *const libc::timespec = copy.as_mut().map_or(std::ptr::null(), |t| t);
+    // SAFETY: `fds` is a live, exclusive slice of pollfds for the call; `ts` is null or
+    // points at `copy` on our stack; no signal mask.
+    checked(unsafe { raw::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ts) })
+        .map(|n| n as libc::c_int)
+}
+
+/// Receives into `buf` what client socket `fd` has, leaving it queued (MSG_PEEK), without
+/// waiting: its length.
+pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> nix::Result<usize> {
+    // SAFETY: `buf` is live and exclusive for the call, buf.len() bytes.
+    checked(unsafe {
+        raw::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    })
+}
+
+/// The credentials (pid, uid, gid) of the process at the other end of Unix socket `fd`,
+/// as the kernel recorded them at connect (SO_PEERCRED), as nix's `PeerCredentials`.
+pub fn peer_credentials(fd: BorrowedFd<'_>) -> nix::Result<libc::ucred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred` and the length into `len`,
+    // both on our stack for the call.
+    checked(unsafe {
+        raw::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(cred)
+}
+
+/// kill(2): `sig` to `pid` (a negative `pid`: to that process group), as nix's `kill`.
+pub fn kill(pid: Pid, sig: Signal) -> nix::Result<()> {
+    // SAFETY: kill takes no pointer.
+    checked(unsafe { raw::kill(pid.as_raw(), sig as libc::c_int) }).map(drop)
+}
+
+/// renameat(2) of `from` to `to`, both in directory `dir`.
+pub fn rename_in(dir: BorrowedFd<'_>, from: &std::ffi::CStr, to: &std::ffi::CStr) -> nix::Result<()> {
+    // SAFETY: two NUL-terminated names, live for the call; the kernel only reads them.
+    checked(unsafe { raw::renameat(dir.as_raw_fd(), from.as_ptr(), to.as_ptr()) }).map(drop)
+}
+
+/// Writes all of `bytes` to `fd`, again after EINTR; a write that takes nothing is
+/// WriteZero, as std's `write_all`.
+pub fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is live for the call; write only reads it.
+        match checked(unsafe { raw::write(fd.as_raw_fd(), bytes.as_ptr(), bytes.len()) }) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n.min(bytes.len())..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The system calls of the wake paths (a wake's first act, `start`'s end), made without
+/// libc where that is known how (x86_64 Linux): each result is the kernel's own, the count
+/// or `-errno`. After a long sleep every distinct page a woken process touches is paid for
+/// (HELPERS.md), and a libc wrapper is three of them beside its system call: its code, the
+/// GOT entry the call goes through, and libc's `.bss` (errno, the single-thread flag a
+/// cancellation point reads). benches/PROFILE-ready.md, "Raw round", has the counts.
+/// Elsewhere the libc call, its -1 and errno turned into the same `-errno`.
+mod raw {
+    use std::os::fd::RawFd;
+
+    /// `syscall` with up to six arguments (unused ones 0). Always inlined: a call would be
+    /// one more page of code.
+    ///
+    /// # Safety
+    /// As the system call `nr` with those arguments: every pointer valid for what the
+    /// kernel reads and writes through it.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    #[inline(always)]
+    pub unsafe fn call(nr: libc::c_long, a: [usize; 6]) -> isize {
+        let r: isize;
+        // SAFETY: the x86_64 Linux system call convention: number in rax, arguments in
+        // rdi, rsi, rdx, r10, r8, r9; the kernel returns in rax and clobbers rcx and r11
+        // only. No stack is used. What the call does to memory is the caller's contract.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                inlateout("rax") nr as isize => r,
+                in("rdi") a[0],
+                in("rsi") a[1],
+                in("rdx") a[2],
+                in("r10") a[3],
+                in("r8") a[4],
+                in("r9") a[5],
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        r
+    }
+
+    /// A libc wrapper's result as the kernel's: -1 becomes `-errno`.
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    fn kernel(r: isize) -> isize {
+        if r == -1 {
+            -(nix::errno::Errno::last_raw() as isize)
+        } else {
+            r
+        }
+    }
+
+    macro_rules! calls {
+        ($(
+            $(#[$doc:meta])*
+            fn $name:ident($($arg:ident: $ty:ty),*) = $nr:ident, [$($raw:expr),*], $libc:expr;
+        )*) => {$(
+            $(#[$doc])*
+            /// # Safety
+            /// As the system call: every pointer valid for what it reads and writes.
+            #[inline(always)]
+            pub unsafe fn $name($($arg: $ty),*) -> isize {
+                #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+                {
+                    let _ = $libc as fn($($ty),*) -> isize;
+                    // SAFETY: the caller's contract, the system call's own.
+                    unsafe { call(libc::$nr, [$($raw as usize),*]) }
+                }
+                #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+                {
+                    // SAFETY: the caller's contract, the libc wrapper's own.
+                    kernel(unsafe { ($libc)($($arg),*) })
+                }
+            }
+        )*};
+    }
+
+    calls! {
+        /// ppoll(2) without a signal mask (a null one: the kernel then reads no size).
+        fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec) =
+            SYS_ppoll, [fds, n, ts, 0, 0, 0],
+            |fds, n, ts| unsafe { libc::ppoll(fds, n, ts, std::ptr::null()) } as isize;
+        /// madvise(2).
+        fn madvise(addr: usize, len: usize, advice: libc::c_int) =
+            SYS_madvise, [addr, len, advice, 0, 0, 0],
+            |addr: usize, len, advice| unsafe { libc::madvise(addr as *mut _, len, advice) } as isize;
+        /// read(2).
+        fn read(fd: RawFd, buf: *mut u8, len: usize) =
+            SYS_read, [fd, buf, len, 0, 0, 0],
+            |fd, buf: *mut u8, len| unsafe { libc::read(fd, buf.cast(), len) };
+        /// write(2).
+        fn write(fd: RawFd, buf: *const u8, len: usize) =
+            SYS_write, [fd, buf, len, 0, 0, 0],
+            |fd, buf: *const u8, len| unsafe { libc::write(fd, buf.cast(), len) };
+        /// recvmsg(2).
+        fn recvmsg(fd: RawFd, msg: *mut libc::msghdr, flags: libc::c_int) =
+            SYS_recvmsg, [fd, msg, flags, 0, 0, 0],
+            |fd, msg, flags| unsafe { libc::recvmsg(fd, msg, flags) };
+        /// recv(2): recvfrom(2) with no address wanted.
+        fn recv(fd: RawFd, buf: *mut u8, len: usize, flags: libc::c_int) =
+            SYS_recvfrom, [fd, buf, len, flags, 0, 0],
+            |fd, buf: *mut u8, len, flags| unsafe { libc::recv(fd, buf.cast(), len, flags) };
+        /// accept4(2) with no address wanted.
+        fn accept4(fd: RawFd, flags: libc::c_int) =
+            SYS_accept4, [fd, 0, 0, flags, 0, 0],
+            |fd, flags| unsafe {
+                libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), flags)
+            } as isize;
+        /// getsockopt(2).
+        fn getsockopt(
+            fd: RawFd,
+            level: libc::c_int,
+            name: libc::c_int,
+            val: *mut libc::c_void,
+            len: *mut libc::socklen_t
+        ) =
+            SYS_getsockopt, [fd, level, name, val, len, 0],
+            |fd, level, name, val, len| unsafe { libc::getsockopt(fd, level, name, val, len) } as isize;
+        /// kill(2).
+        fn kill(pid: libc::pid_t, sig: libc::c_int) =
+            SYS_kill, [pid, sig, 0, 0, 0, 0],
+            |pid, sig| unsafe { libc::kill(pid, sig) } as isize;
+        /// renameat(2).
+        fn renameat(dir: RawFd, from: *const libc::c_char, to: *const libc::c_char) =
+            SYS_renameat, [dir, from, dir, to, 0, 0],
+            |dir, from, to| unsafe { libc::renameat(dir, from, dir, to) } as isize;
+    }
+
+    /// exit_group(2): the process ends here, as `_exit` ends it, without libc's exit path.
+    #[inline(always)]
+    pub fn exit(code: libc::c_int) -> ! {
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        // SAFETY: exit_group takes no pointer and does not return.
+        unsafe {
+            call(libc::SYS_exit_group, [code as usize, 0, 0, 0, 0, 0]);
+            std::hint::unreachable_unchecked()
+        }
+        #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+        // SAFETY: _exit(2) only ends the process.
+        unsafe {
+            libc::_exit(code)
+        }
     }
 }
 
