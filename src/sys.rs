@@ -293,14 +293,14 @@ const PAGE: usize = 4096;
 /// would be the first thing a woken supervisor does (malloc's pages, benches/PROFILE-stop.md).
 pub fn shed_and_poll(fds: &mut [libc::pollfd], last: &mut Shed) -> nix::Result<libc::c_int> {
     last.0 = Vec::new();
-    let mut keep = vec![code_pages(drop_and_poll as *const () as usize)];
-    if !RAW {
-        keep.extend([
-            code_pages(libc::madvise as *const () as usize),
-            code_pages(libc::ppoll as *const () as usize),
-        ]);
-    }
-    last.0 = spans_to_shed(&keep);
+    // On the stack, not a Vec: freed as the poll returns, it would be the first thing a
+    // woken supervisor does. With raw calls the libc wrappers never run after the drop.
+    let keep = [
+        code_pages(drop_and_poll as *const () as usize),
+        code_pages(libc::madvise as *const () as usize),
+        code_pages(libc::ppoll as *const () as usize),
+    ];
+    last.0 = spans_to_shed(if RAW { &keep[..1] } else { &keep });
     drop_and_poll(&last.0, fds)
 }
 
@@ -340,20 +340,17 @@ pub fn shed_and_await_ready(
     line: &[u8],
     got: &mut [u8],
 ) -> usize {
-    let mut keep = vec![code_pages(poll_read_and_finish as *const () as usize)];
-    if !RAW {
-        keep.extend(
-            [
-                libc::madvise as *const (),
-                libc::ppoll as *const (),
-                libc::read as *const (),
-                libc::write as *const (),
-                libc::_exit as *const (),
-            ]
-            .map(|f| code_pages(f as usize)),
-        );
-    }
-    let spans = spans_to_shed(&keep);
+    let keep = [
+        poll_read_and_finish as *const (),
+        libc::madvise as *const (),
+        libc::ppoll as *const (),
+        libc::read as *const (),
+        libc::write as *const (),
+        libc::_exit as *const (),
+    ]
+    .map(|f| code_pages(f as usize));
+    // With raw calls the libc wrappers never run after the drop.
+    let spans = spans_to_shed(if RAW { &keep[..1] } else { &keep });
     poll_read_and_finish(&spans, fd.as_raw_fd(), expected, line, got)
 }
 
@@ -1482,7 +1479,6 @@ impl ReadBuf {
     }
 }
 
-
 /// Whether the wake paths' system calls go straight to the kernel ([`raw`]), so that no
 /// libc page is kept for them by a shed.
 const RAW: bool = cfg!(all(target_os = "linux", target_arch = "x86_64"));
@@ -1555,19 +1551,27 @@ pub fn peer_credentials(fd: BorrowedFd<'_>) -> nix::Result<libc::ucred> {
 }
 
 /// kill(2): `sig` to `pid` (a negative `pid`: to that process group), as nix's `kill`.
+/// Inlined: part of its caller's code (a stop's signal, `process::signal_group`).
+#[inline]
 pub fn kill(pid: Pid, sig: Signal) -> nix::Result<()> {
     // SAFETY: kill takes no pointer.
     checked(unsafe { raw::kill(pid.as_raw(), sig as libc::c_int) }).map(drop)
 }
 
 /// renameat(2) of `from` to `to`, both in directory `dir`.
-pub fn rename_in(dir: BorrowedFd<'_>, from: &std::ffi::CStr, to: &std::ffi::CStr) -> nix::Result<()> {
+pub fn rename_in(
+    dir: BorrowedFd<'_>,
+    from: &std::ffi::CStr,
+    to: &std::ffi::CStr,
+) -> nix::Result<()> {
     // SAFETY: two NUL-terminated names, live for the call; the kernel only reads them.
     checked(unsafe { raw::renameat(dir.as_raw_fd(), from.as_ptr(), to.as_ptr()) }).map(drop)
 }
 
 /// Writes all of `bytes` to `fd`, again after EINTR; a write that takes nothing is
-/// WriteZero, as std's `write_all`.
+/// WriteZero, as std's `write_all`. Inlined: part of its caller's code (the answer to
+/// `start`, `daemon::Reporter::ready`).
+#[inline]
 pub fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> std::io::Result<()> {
     while !bytes.is_empty() {
         // SAFETY: `bytes` is live for the call; write only reads it.
