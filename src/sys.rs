@@ -1732,6 +1732,7 @@ mod raw {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn kept_pages_are_cut_out_of_the_spans_to_drop() {
@@ -1784,6 +1785,196 @@ mod tests {
                 );
             }
         }
+    }
+
+    // The wake paths' raw system calls (`raw`): each result and each error as libc's.
+
+    /// A directory of its own, removed at the end.
+    struct Scratch(std::path::PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let d = std::env::temp_dir().join(format!("baton-sys-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).expect("scratch dir");
+            Scratch(d)
+        }
+
+        fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn raw_calls_report_the_kernels_errno() {
+        use nix::errno::Errno;
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        let mut buf = [0u8; 8];
+        assert_eq!(peek(r.as_fd(), &mut buf), Err(Errno::ENOTSOCK));
+        assert_eq!(peer_credentials(r.as_fd()).err(), Some(Errno::ENOTSOCK));
+        let e = recv_with_sender(r.as_fd(), &mut buf, true).expect_err("not a socket");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTSOCK), "{e}");
+        // Beyond pid_max: nobody.
+        assert_eq!(
+            kill(Pid::from_raw(i32::MAX), Signal::SIGTERM),
+            Err(Errno::ESRCH)
+        );
+        let e = write_all(r.as_fd(), b"x").expect_err("a read end");
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{e}");
+        drop(r);
+        // SIGPIPE is ignored by the test harness, as by baton (`sys::start`).
+        let e = write_all(w.as_fd(), b"x").expect_err("no reader");
+        assert_eq!(e.raw_os_error(), Some(libc::EPIPE), "{e}");
+        let dir = Scratch::new("errno");
+        let d = std::fs::File::open(dir.path()).expect("open the directory");
+        assert_eq!(
+            rename_in(d.as_fd(), c"absent", c"there"),
+            Err(Errno::ENOENT)
+        );
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join("s")).expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let e = accept_nonblocking(&listener).expect_err("nobody waits");
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
+    }
+
+    #[test]
+    fn raw_calls_do_what_libcs_do() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let cred = peer_credentials(a.as_fd()).expect("SO_PEERCRED");
+        assert_eq!(
+            (cred.pid, cred.uid, cred.gid),
+            (
+                std::process::id() as i32,
+                nix::unistd::getuid().as_raw(),
+                nix::unistd::getgid().as_raw()
+            )
+        );
+        write_all(b.as_fd(), b"stop\n").expect("write");
+        let mut buf = [0u8; 16];
+        assert_eq!(peek(a.as_fd(), &mut buf), Ok(5));
+        assert_eq!(&buf[..5], b"stop\n");
+        let mut again = [0u8; 16];
+        assert_eq!(
+            nix::unistd::read(a.as_raw_fd(), &mut again),
+            Ok(5),
+            "left queued"
+        );
+        assert_eq!(&again[..5], b"stop\n");
+        let dir = Scratch::new("calls");
+        std::fs::write(dir.path().join(".pid.tmp"), "1\n").expect("write");
+        let d = std::fs::File::open(dir.path()).expect("open the directory");
+        rename_in(d.as_fd(), c".pid.tmp", c"pid").expect("rename");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("pid")).expect("read"),
+            "1\n"
+        );
+        assert!(!dir.path().join(".pid.tmp").exists());
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join("s")).expect("bind");
+        let _client =
+            std::os::unix::net::UnixStream::connect(dir.path().join("s")).expect("connect");
+        let conn = accept_nonblocking(&listener).expect("accept4");
+        let flags =
+            nix::fcntl::fcntl(conn.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).expect("F_GETFL");
+        assert_ne!(flags & libc::O_NONBLOCK, 0, "non-blocking from the accept");
+        let fd_flags =
+            nix::fcntl::fcntl(conn.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).expect("F_GETFD");
+        assert_ne!(
+            fd_flags & libc::FD_CLOEXEC,
+            0,
+            "close-on-exec from the accept"
+        );
+    }
+
+    #[test]
+    fn the_raw_ppoll_reports_readiness_and_keeps_the_callers_timeout() {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        let mut fds = [libc::pollfd {
+            fd: r.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let zero = nix::sys::time::TimeSpec::new(0, 0);
+        assert_eq!(ppoll(&mut fds, Some(zero)), Ok(0), "nothing to read yet");
+        nix::unistd::write(&w, b"x").expect("write");
+        // A timeout the kernel would count down: the caller's stays as it was.
+        let t = libc::timespec {
+            tv_sec: 30,
+            tv_nsec: 0,
+        };
+        assert_eq!(raw_ppoll(&mut fds, Some(&t)), Ok(1));
+        assert_eq!(fds[0].revents, libc::POLLIN);
+        assert_eq!((t.tv_sec, t.tv_nsec), (30, 0));
+        // A descriptor closed meanwhile only reads as POLLNVAL.
+        let (r2, _w2) = nix::unistd::pipe().expect("pipe");
+        let closed = r2.as_raw_fd();
+        drop(r2);
+        let mut fds = [libc::pollfd {
+            fd: closed,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        assert_eq!(ppoll(&mut fds, None), Ok(1));
+        assert_eq!(fds[0].revents, libc::POLLNVAL);
+    }
+
+    extern "C" fn on_usr1(_: libc::c_int) {}
+
+    #[test]
+    fn a_signal_handled_during_the_shed_sleep_ends_it_with_eintr() {
+        use std::os::unix::thread::JoinHandleExt;
+        use std::sync::atomic::{AtomicI32, Ordering};
+        use std::sync::Arc;
+        let action = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::Handler(on_usr1),
+            nix::sys::signal::SaFlags::empty(),
+            nix::sys::signal::SigSet::empty(),
+        );
+        // SAFETY: the handler does nothing; no other test of this binary uses SIGUSR1.
+        unsafe { nix::sys::signal::sigaction(Signal::SIGUSR1, &action) }.expect("sigaction");
+        let (r, _w) = nix::unistd::pipe().expect("pipe");
+        let fd = r.as_raw_fd();
+        let tid = Arc::new(AtomicI32::new(0));
+        let told = Arc::clone(&tid);
+        let sleeper = std::thread::spawn(move || {
+            told.store(nix::unistd::gettid().as_raw(), Ordering::SeqCst);
+            let mut fds = [libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let mut shed = Shed::default();
+            shed_and_poll(&mut fds, &mut shed)
+        });
+        // In ppoll (nothing will ever be written): the signal's handler is what ends it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let ppoll_nr = format!("{} ", libc::SYS_ppoll);
+        loop {
+            let t = tid.load(Ordering::SeqCst);
+            let asleep = t != 0
+                && std::fs::read_to_string(format!("/proc/self/task/{t}/syscall"))
+                    .is_ok_and(|s| s.starts_with(&ppoll_nr));
+            if asleep {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the thread never slept in ppoll"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        // SAFETY: the thread is alive (it cannot leave ppoll without a signal) and SIGUSR1
+        // has a handler.
+        let sent = unsafe { libc::pthread_kill(sleeper.as_pthread_t(), libc::SIGUSR1) };
+        assert_eq!(sent, 0);
+        let polled = sleeper.join().expect("the sleeper");
+        assert_eq!(polled, Err(nix::errno::Errno::EINTR));
+        drop(r);
     }
 
     #[test]
