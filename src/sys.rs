@@ -1648,14 +1648,16 @@ mod raw {
             pub unsafe fn $name($($arg: $ty),*) -> isize {
                 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
                 {
-                    let _ = $libc as fn($($ty),*) -> isize;
+                    // Type-checked here too, never called: the other path stays buildable.
+                    // SAFETY: never called.
+                    let _ = || unsafe { $libc };
                     // SAFETY: the caller's contract, the system call's own.
                     unsafe { call(libc::$nr, [$($raw as usize),*]) }
                 }
                 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
                 {
                     // SAFETY: the caller's contract, the libc wrapper's own.
-                    kernel(unsafe { ($libc)($($arg),*) })
+                    kernel(unsafe { $libc } as isize)
                 }
             }
         )*};
@@ -1665,33 +1667,31 @@ mod raw {
         /// ppoll(2) without a signal mask (a null one: the kernel then reads no size).
         fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec) =
             SYS_ppoll, [fds, n, ts, 0, 0, 0],
-            |fds, n, ts| unsafe { libc::ppoll(fds, n, ts, std::ptr::null()) } as isize;
+            libc::ppoll(fds, n, ts, std::ptr::null());
         /// madvise(2).
         fn madvise(addr: usize, len: usize, advice: libc::c_int) =
             SYS_madvise, [addr, len, advice, 0, 0, 0],
-            |addr: usize, len, advice| unsafe { libc::madvise(addr as *mut _, len, advice) } as isize;
+            libc::madvise(addr as *mut _, len, advice);
         /// read(2).
         fn read(fd: RawFd, buf: *mut u8, len: usize) =
             SYS_read, [fd, buf, len, 0, 0, 0],
-            |fd, buf: *mut u8, len| unsafe { libc::read(fd, buf.cast(), len) };
+            libc::read(fd, buf.cast(), len);
         /// write(2).
         fn write(fd: RawFd, buf: *const u8, len: usize) =
             SYS_write, [fd, buf, len, 0, 0, 0],
-            |fd, buf: *const u8, len| unsafe { libc::write(fd, buf.cast(), len) };
+            libc::write(fd, buf.cast(), len);
         /// recvmsg(2).
         fn recvmsg(fd: RawFd, msg: *mut libc::msghdr, flags: libc::c_int) =
             SYS_recvmsg, [fd, msg, flags, 0, 0, 0],
-            |fd, msg, flags| unsafe { libc::recvmsg(fd, msg, flags) };
+            libc::recvmsg(fd, msg, flags);
         /// recv(2): recvfrom(2) with no address wanted.
         fn recv(fd: RawFd, buf: *mut u8, len: usize, flags: libc::c_int) =
             SYS_recvfrom, [fd, buf, len, flags, 0, 0],
-            |fd, buf: *mut u8, len, flags| unsafe { libc::recv(fd, buf.cast(), len, flags) };
+            libc::recv(fd, buf.cast(), len, flags);
         /// accept4(2) with no address wanted.
         fn accept4(fd: RawFd, flags: libc::c_int) =
             SYS_accept4, [fd, 0, 0, flags, 0, 0],
-            |fd, flags| unsafe {
-                libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), flags)
-            } as isize;
+            libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), flags);
         /// getsockopt(2).
         fn getsockopt(
             fd: RawFd,
@@ -1701,15 +1701,15 @@ mod raw {
             len: *mut libc::socklen_t
         ) =
             SYS_getsockopt, [fd, level, name, val, len, 0],
-            |fd, level, name, val, len| unsafe { libc::getsockopt(fd, level, name, val, len) } as isize;
+            libc::getsockopt(fd, level, name, val, len);
         /// kill(2).
         fn kill(pid: libc::pid_t, sig: libc::c_int) =
             SYS_kill, [pid, sig, 0, 0, 0, 0],
-            |pid, sig| unsafe { libc::kill(pid, sig) } as isize;
+            libc::kill(pid, sig);
         /// renameat(2).
         fn renameat(dir: RawFd, from: *const libc::c_char, to: *const libc::c_char) =
             SYS_renameat, [dir, from, dir, to, 0, 0],
-            |dir, from, to| unsafe { libc::renameat(dir, from, dir, to) } as isize;
+            libc::renameat(dir, from, dir, to);
     }
 
     /// exit_group(2): the process ends here, as `_exit` ends it, without libc's exit path.
