@@ -23,6 +23,7 @@ mod logpath;
 mod memory;
 mod notify;
 mod operator;
+mod raw_syscalls;
 mod ready_path;
 mod reexec;
 mod security_files;
