@@ -351,6 +351,20 @@ pub fn shed_and_await_ready(
     .map(|f| code_pages(f as usize));
     // With raw calls the libc wrappers never run after the drop.
     let spans = spans_to_shed(if RAW { &keep[..1] } else { &keep });
+    // Both on the stack when they fit (they do but for a very long name): the woken
+    // process then reads no heap page.
+    let mut room = [0u8; 256];
+    let (e, l) = (expected.len(), line.len());
+    let fits = e + l <= room.len();
+    if fits {
+        room[..e].copy_from_slice(expected);
+        room[e..e + l].copy_from_slice(line);
+    }
+    let (expected, line) = if fits {
+        (&room[..e], &room[e..e + l])
+    } else {
+        (expected, line)
+    };
     poll_read_and_finish(&spans, fd.as_raw_fd(), expected, line, got)
 }
 
@@ -1502,15 +1516,25 @@ fn errno_of(r: isize) -> nix::errno::Errno {
 }
 
 /// ppoll(2) with `ts`, copied first: the kernel writes the time left into the one it is
-/// given, and the caller's stays as it was (as glibc's wrapper keeps it).
+/// given, and the caller's stays as it was (as glibc's wrapper keeps it). Plain matches, no
+/// `Option` methods: in a debug build each would be a call into core's code, which the
+/// shed dropped (`drop_and_poll` runs this after the drop).
 #[inline(always)]
 fn raw_ppoll(fds: &mut [libc::pollfd], ts: Option<&libc::timespec>) -> nix::Result<libc::c_int> {
-    let mut copy = ts.copied();
-    let ts: *const libc::timespec = copy.as_mut().map_or(std::ptr::null(), |t| t);
+    let copy;
+    let ts: *const libc::timespec = match ts {
+        Some(t) => {
+            copy = *t;
+            &copy
+        }
+        None => std::ptr::null(),
+    };
     // SAFETY: `fds` is a live, exclusive slice of pollfds for the call; `ts` is null or
     // points at `copy` on our stack; no signal mask.
-    checked(unsafe { raw::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ts) })
-        .map(|n| n as libc::c_int)
+    match checked(unsafe { raw::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ts) }) {
+        Ok(n) => Ok(n as libc::c_int),
+        Err(e) => Err(e),
+    }
 }
 
 /// Receives into `buf` what client socket `fd` has, leaving it queued (MSG_PEEK), without
