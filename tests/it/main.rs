@@ -34,6 +34,7 @@ mod stamped;
 mod startup;
 mod stop;
 mod stop_card;
+mod stop_nonroot;
 mod stop_path;
 mod stop_tail;
 mod supervisor;
