@@ -79,6 +79,17 @@ impl Clients {
         Some(self.conns.len() - 1)
     }
 
+    /// Dates from `now` what the last [`Clients::accept`] stamped with an earlier time:
+    /// client `i`'s activity (its idle deadline), and a pause of accepting it began.
+    pub fn accepted_at(&mut self, i: Option<usize>, now: Instant) {
+        if let Some(c) = i.and_then(|i| self.conns.get_mut(i)) {
+            c.active_at(now);
+        }
+        if self.paused_until.is_some() {
+            self.paused_until = Some(now + crate::control::ACCEPT_PAUSE);
+        }
+    }
+
     /// Whether client `i`'s next line, still unread, is this baton's own plain `stop`
     /// (false for a line longer than the room given to it: the loop reads it); none if no
     /// whole line is there yet.

@@ -263,7 +263,9 @@ impl Supervisor {
         // A plain stop's signal or the first readiness's answer, when that is all this wake
         // brings, before anything else (even the clock); a client it took is read below,
         // first.
-        let mut taken = polled.alone().and_then(|one| self.act_first(one, &armed));
+        let mut taken = polled
+            .alone()
+            .and_then(|one| self.act_first(one, &armed, now));
         // The shed timer firing alone is not work (it would re-arm itself for ever).
         if polled.ready().next().is_some() || scheduled {
             self.worked = true;

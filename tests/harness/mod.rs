@@ -16,15 +16,20 @@ pub fn baton_bin() -> PathBuf {
 }
 
 /// A fixture script from tests/fixtures.
-/// Waits until the supervisor `pid` sleeps in its loop's wait (epoll_pwait2(2)) again:
-/// `start` is answered first, and the loop's turn after it (state.json, the next
-/// instance's cgroup) comes before it sleeps; a test that measures or replaces what that
-/// turn writes waits for it.
+/// Waits until the supervisor `pid` sleeps in its loop's wait (epoll_pwait2(2)) again, or
+/// a `start` in its ppoll(2): `start` is answered first, and the loop's turn after it
+/// (state.json, the next instance's cgroup) comes before it sleeps; a test that measures
+/// or replaces what that turn writes waits for it.
 pub fn wait_asleep(pid: i32) {
+    let ppoll = format!("{} ", nix::libc::SYS_ppoll);
     wait_until(
         Duration::from_secs(60),
         "the supervisor to sleep again",
-        || loop_sleep(pid).is_some(),
+        || {
+            loop_sleep(pid).is_some()
+                || std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+                    .is_ok_and(|s| s.starts_with(&ppoll))
+        },
     );
 }
 
