@@ -11,7 +11,7 @@
 
 use crate::error::{Error, Result};
 use crate::exit::Action;
-use nix::sys::socket::{self, sockopt, MsgFlags};
+use nix::sys::socket::{self, MsgFlags};
 use nix::unistd::Uid;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
@@ -521,15 +521,15 @@ impl Server {
                 });
                 continue;
             }
-            match socket::getsockopt(&c.stream, sockopt::PeerCredentials) {
-                Ok(cred) if cred.uid() == 0 || cred.uid() == self.euid => {
+            match crate::sys::peer_credentials(c.stream.as_fd()) {
+                Ok(cred) if cred.uid == 0 || cred.uid == self.euid => {
                     out = Some(c);
                 }
                 Ok(cred) => {
                     tracing::warn!(
                         "refused control connection from uid {} (pid {})",
-                        cred.uid(),
-                        cred.pid()
+                        cred.uid,
+                        cred.pid
                     );
                     c.send(&Reply::Error {
                         message: "permission denied: only root or the supervisor's user".into(),
@@ -659,6 +659,11 @@ impl Conn {
         (!waiting && !self.dead).then(|| self.active + IDLE)
     }
 
+    /// Counts the client active from `now`.
+    pub fn active_at(&mut self, now: Instant) {
+        self.active = now;
+    }
+
     /// Gives up on the client.
     pub fn drop_now(&mut self) {
         self.dead = true;
@@ -696,11 +701,7 @@ impl Conn {
             return Peeked::Partial;
         }
         let room = buf.len();
-        let Ok(n) = socket::recv(
-            self.stream.as_raw_fd(),
-            buf,
-            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-        ) else {
+        let Ok(n) = crate::sys::peek(self.stream.as_fd(), buf) else {
             return Peeked::Partial;
         };
         let got = &buf[..n.min(room)];

@@ -58,16 +58,16 @@ impl Reporter {
     }
 
     fn send(&mut self, message: &str) {
-        if let Some(mut f) = self.fd.take() {
+        if let Some(f) = self.fd.take() {
             // EPIPE means `start` was interrupted; the supervisor carries on regardless.
-            let _ = f.write_all(message.as_bytes());
+            let _ = sys::write_all(f.as_fd(), message.as_bytes());
         }
     }
 
     /// The service is ready and the PID file (holding this process's PID) written.
     pub fn ready(&mut self) {
-        if let Some(mut f) = self.fd.take() {
-            let _ = f.write_all(self.ready.as_bytes());
+        if let Some(f) = self.fd.take() {
+            let _ = sys::write_all(f.as_fd(), self.ready.as_bytes());
         }
     }
 

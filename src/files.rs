@@ -246,9 +246,9 @@ impl Dir {
     }
 
     /// As [`Dir::rename`], with names already made C strings.
+    /// (The staged PID file's rename, on the readiness wake: without libc, `sys::rename_in`.)
     pub fn rename_c(&self, from: &std::ffi::CStr, to: &std::ffi::CStr) -> io::Result<()> {
-        let fd = Some(self.fd.as_raw_fd());
-        Ok(nix::fcntl::renameat(fd, from, fd, to)?)
+        Ok(crate::sys::rename_in(self.fd.as_fd(), from, to)?)
     }
 
     /// Removes the entry `name` (a link is removed, not its target).

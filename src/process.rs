@@ -8,7 +8,7 @@ use crate::config::{Spec, Vars};
 use crate::error::{Error, Result};
 use crate::exit::Action;
 use crate::sys;
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CString, OsStr, OsString};
@@ -393,7 +393,7 @@ pub fn signal_same(p: &ProcStat, sig: Signal) {
 /// By kill(2) on the negated group, which is all libc's killpg does: one libc page less
 /// to touch for a stop after a long sleep.
 pub fn signal_group(pgid: Pid, sig: Signal) {
-    match kill(Pid::from_raw(-pgid.as_raw()), sig) {
+    match sys::kill(Pid::from_raw(-pgid.as_raw()), sig) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
         Err(e) => tracing::warn!("unable to send {sig} to process group {pgid}: {e}"),
     }
@@ -401,7 +401,7 @@ pub fn signal_group(pgid: Pid, sig: Signal) {
 
 /// Signals one process; a process that is already gone is not an error.
 pub fn signal(pid: Pid, sig: Signal) {
-    match kill(pid, sig) {
+    match sys::kill(pid, sig) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
         Err(e) => tracing::warn!("unable to send {sig} to pid {pid}: {e}"),
     }

@@ -293,11 +293,14 @@ const PAGE: usize = 4096;
 /// would be the first thing a woken supervisor does (malloc's pages, benches/PROFILE-stop.md).
 pub fn shed_and_poll(fds: &mut [libc::pollfd], last: &mut Shed) -> nix::Result<libc::c_int> {
     last.0 = Vec::new();
-    last.0 = spans_to_shed(&[
+    // On the stack, not a Vec: freed as the poll returns, it would be the first thing a
+    // woken supervisor does. With raw calls the libc wrappers never run after the drop.
+    let keep = [
         code_pages(drop_and_poll as *const () as usize),
         code_pages(libc::madvise as *const () as usize),
         code_pages(libc::ppoll as *const () as usize),
-    ]);
+    ];
+    last.0 = spans_to_shed(if RAW { &keep[..1] } else { &keep });
     drop_and_poll(&last.0, fds)
 }
 
@@ -337,20 +340,37 @@ pub fn shed_and_await_ready(
     line: &[u8],
     got: &mut [u8],
 ) -> usize {
-    let spans = spans_to_shed(&[
-        code_pages(poll_read_and_finish as *const () as usize),
-        code_pages(libc::madvise as *const () as usize),
-        code_pages(libc::ppoll as *const () as usize),
-        code_pages(libc::read as *const () as usize),
-        code_pages(libc::write as *const () as usize),
-        code_pages(libc::_exit as *const () as usize),
-    ]);
+    let keep = [
+        poll_read_and_finish as *const (),
+        libc::madvise as *const (),
+        libc::ppoll as *const (),
+        libc::read as *const (),
+        libc::write as *const (),
+        libc::_exit as *const (),
+    ]
+    .map(|f| code_pages(f as usize));
+    // With raw calls the libc wrappers never run after the drop.
+    let spans = spans_to_shed(if RAW { &keep[..1] } else { &keep });
+    // Both on the stack when they fit (they do but for a very long name): the woken
+    // process then reads no heap page.
+    let mut room = [0u8; 256];
+    let (e, l) = (expected.len(), line.len());
+    let fits = e + l <= room.len();
+    if fits {
+        room[..e].copy_from_slice(expected);
+        room[e..e + l].copy_from_slice(line);
+    }
+    let (expected, line) = if fits {
+        (&room[..e], &room[e..e + l])
+    } else {
+        (expected, line)
+    };
     poll_read_and_finish(&spans, fd.as_raw_fd(), expected, line, got)
 }
 
-/// The part of [`shed_and_await_ready`] that runs after the first madvise: libc calls and
-/// plain loops only (no slice comparison, no iterator: each could be a call into code
-/// the shed dropped).
+/// The part of [`shed_and_await_ready`] that runs after the first madvise: system calls
+/// ([`raw`]) and plain loops only (no slice comparison, no iterator: each could be a call
+/// into code the shed dropped).
 #[inline(never)]
 fn poll_read_and_finish(
     spans: &[Span],
@@ -368,15 +388,15 @@ fn poll_read_and_finish(
     // SAFETY: one pollfd on our stack; null timeout and sigmask: block until an event.
     // EINTR and errors fall through to the read, which blocks or reports.
     unsafe {
-        libc::ppoll(&mut pfd, 1, std::ptr::null(), std::ptr::null());
+        raw::ppoll(&mut pfd, 1, std::ptr::null());
     }
     let n = loop {
         // SAFETY: `got` is a live, exclusive buffer of got.len() bytes.
-        let r = unsafe { libc::read(fd, got.as_mut_ptr().cast(), got.len()) };
+        let r = unsafe { raw::read(fd, got.as_mut_ptr(), got.len()) };
         if r >= 0 {
             break r as usize;
         }
-        if nix::errno::Errno::last_raw() != libc::EINTR {
+        if r != -(libc::EINTR as isize) {
             return 0;
         }
     };
@@ -393,10 +413,10 @@ fn poll_read_and_finish(
     let mut done = 0;
     while done < line.len() {
         // SAFETY: the unwritten tail of `line`, live for the call.
-        let r = unsafe { libc::write(1, line[done..].as_ptr().cast(), line.len() - done) };
+        let r = unsafe { raw::write(1, line[done..].as_ptr(), line.len() - done) };
         if r > 0 {
             done += r as usize;
-        } else if r < 0 && nix::errno::Errno::last_raw() == libc::EINTR {
+        } else if r == -(libc::EINTR as isize) {
             continue;
         } else if done == 0 {
             // Nothing out: the caller prints the usual way, and fails the usual way.
@@ -405,9 +425,9 @@ fn poll_read_and_finish(
             break;
         }
     }
-    // SAFETY: _exit(2) only ends the process; stdout was flushed before the wait and
-    // nothing has been buffered since (see shed_and_await_ready).
-    unsafe { libc::_exit(0) }
+    // stdout was flushed before the wait and nothing has been buffered since (see
+    // shed_and_await_ready).
+    raw::exit(0)
 }
 
 /// The pages around a function's entry that its code (a few hundred bytes) may span.
@@ -461,51 +481,112 @@ fn drop_spans(spans: &[Span]) {
         // only drops its page-table entries, and the next access refaults the same
         // bytes from the file.
         unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            raw::madvise(start, end - start, libc::MADV_DONTNEED);
         }
         i += 1;
     }
 }
 
 /// Drops `spans` and sleeps. Kept apart (and out of line) so that what runs after the
-/// first madvise is only this function and the two libc wrappers, whose pages
-/// `shed_and_poll` keeps; it reads nothing but its arguments (stack and heap).
+/// first madvise is only this function (and, without [`raw`], the two libc wrappers),
+/// whose pages `shed_and_poll` keeps; it reads nothing but its arguments (stack and heap).
 #[inline(never)]
 fn drop_and_poll(spans: &[Span], fds: &mut [libc::pollfd]) -> nix::Result<libc::c_int> {
     drop_spans(spans);
-    // SAFETY: `fds` is a live, exclusive slice of pollfds for the call; null timeout and
-    // sigmask: block until an event, with the signal mask as it is.
-    let n = unsafe {
-        libc::ppoll(
-            fds.as_mut_ptr(),
-            fds.len() as libc::nfds_t,
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    nix::errno::Errno::result(n)
+    raw_ppoll(fds, None)
 }
 
-/// ppoll(2) on plain pollfds, which the supervisor's loop keeps from one wake to the next
-/// (nix's `PollFd` borrows each descriptor, so a buffer of them cannot outlive one poll);
-/// `None` sleeps until an event. A descriptor closed meanwhile only reads as POLLNVAL.
-pub fn ppoll(
-    fds: &mut [libc::pollfd],
+/// A new epoll(7) instance, closed on exec: the supervisor's loop keeps its interest set
+/// there from one wake to the next (src/supervisor/poll.rs).
+pub fn epoll_create() -> nix::Result<OwnedFd> {
+    // SAFETY: epoll_create1 takes no pointer; on success the descriptor is new and ours.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    nix::errno::Errno::result(fd)?;
+    // SAFETY: `fd` was just made by epoll_create1 and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// epoll_ctl(2) on `epfd` for descriptor number `fd`: `op` is one of `libc::EPOLL_CTL_*`,
+/// `data` comes back with each of its events. A number, not a borrowed descriptor: a
+/// registration is taken out (EPOLL_CTL_DEL) after its owner may have closed it, and the
+/// kernel then answers EBADF or ENOENT, which is all a stale number can do here.
+pub fn epoll_ctl(
+    epfd: BorrowedFd<'_>,
+    op: libc::c_int,
+    fd: RawFd,
+    events: u32,
+    data: u64,
+) -> nix::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: `ev` lives on our stack for the call; epoll_ctl reads it and touches no other
+    // memory, and on a number that is not (or no longer) a descriptor it only fails.
+    let r = unsafe { libc::epoll_ctl(epfd.as_raw_fd(), op, fd, &mut ev) };
+    nix::errno::Errno::result(r).map(drop)
+}
+
+/// epoll_pwait2(2) on `epfd` into `events`, for at most `timeout` (`None`: until an
+/// event): the nanosecond timeout of ppoll(2), which epoll_wait's milliseconds would round
+/// up. How many events it wrote. Linux 5.11 and later (Debian 12 has 6.1); a system call
+/// ([`raw`]), so no C library wrapper is needed.
+pub fn epoll_wait(
+    epfd: BorrowedFd<'_>,
+    events: &mut [libc::epoll_event],
     timeout: Option<nix::sys::time::TimeSpec>,
-) -> nix::Result<libc::c_int> {
-    let ts: *const libc::timespec = timeout.as_ref().map_or(std::ptr::null(), |t| t.as_ref());
-    // SAFETY: `fds` is a live, exclusive slice of pollfds for the call; `ts` is null or
-    // points into `timeout`, which lives until we return; a null sigmask keeps the mask as
-    // it is.
-    let n = unsafe {
-        libc::ppoll(
-            fds.as_mut_ptr(),
-            fds.len() as libc::nfds_t,
-            ts,
-            std::ptr::null(),
-        )
+) -> nix::Result<usize> {
+    let ts: *const libc::timespec = match &timeout {
+        Some(t) => t.as_ref(),
+        None => std::ptr::null(),
     };
-    nix::errno::Errno::result(n)
+    raw_epoll_wait(epfd.as_raw_fd(), events, ts)
+}
+
+/// [`shed_and_poll`] for an epoll set: hands back what the idle loop does not need, then
+/// sleeps in epoll_pwait2(2) on `epfd` until an event (no timeout), into `events`. The
+/// pages kept are those of the code that runs after the drop: [`drop_and_epoll`] (and,
+/// without [`raw`], libc's `madvise` and `syscall`).
+pub fn shed_and_epoll(
+    epfd: BorrowedFd<'_>,
+    events: &mut [libc::epoll_event],
+    last: &mut Shed,
+) -> nix::Result<usize> {
+    last.0 = Vec::new();
+    let keep = [
+        code_pages(drop_and_epoll as *const () as usize),
+        code_pages(libc::madvise as *const () as usize),
+        code_pages(libc::syscall as *const () as usize),
+    ];
+    last.0 = spans_to_shed(if RAW { &keep[..1] } else { &keep });
+    drop_and_epoll(&last.0, epfd.as_raw_fd(), events)
+}
+
+/// Drops `spans` and sleeps in epoll_pwait2(2): as [`drop_and_poll`], only this function
+/// (and, without [`raw`], the two libc wrappers) runs after the first madvise.
+#[inline(never)]
+fn drop_and_epoll(
+    spans: &[Span],
+    epfd: RawFd,
+    events: &mut [libc::epoll_event],
+) -> nix::Result<usize> {
+    drop_spans(spans);
+    raw_epoll_wait(epfd, events, std::ptr::null())
+}
+
+/// epoll_pwait2(2) without a signal mask; `ts` null (until an event) or a live timespec,
+/// which the kernel only reads. Plain code: `drop_and_epoll` runs it after the drop.
+#[inline(always)]
+fn raw_epoll_wait(
+    epfd: RawFd,
+    events: &mut [libc::epoll_event],
+    ts: *const libc::timespec,
+) -> nix::Result<usize> {
+    let max = if events.len() > i32::MAX as usize {
+        i32::MAX
+    } else {
+        events.len() as libc::c_int
+    };
+    // SAFETY: `events` is a live, exclusive buffer of at least `max` entries, which the
+    // kernel fills from the front; `ts` is null or valid for reading (the caller's).
+    checked(unsafe { raw::epoll_pwait2(epfd, events.as_mut_ptr(), max, ts) })
 }
 
 /// The pages of every loaded object's read-only segments (the vDSO's aside).
@@ -607,10 +688,7 @@ pub fn recv_with_sender(
     let flags = libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | if peek { libc::MSG_PEEK } else { 0 };
     // SAFETY: `msg` points at `iov` (describing `buf`, live and exclusive) and at `space`,
     // both on our stack and outliving the call.
-    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let n = checked(unsafe { raw::recvmsg(fd.as_raw_fd(), &mut msg, flags) })?;
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
         return Err(std::io::Error::from_raw_os_error(libc::ENOBUFS));
     }
@@ -632,7 +710,7 @@ pub fn recv_with_sender(
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    Ok((n as usize, sender))
+    Ok((n, sender))
 }
 
 /// `openat(2)` relative to `dir` (or the working directory), returning an owned descriptor.
@@ -699,19 +777,14 @@ pub fn accept_nonblocking(
 ) -> std::io::Result<std::os::unix::net::UnixStream> {
     use std::os::fd::AsRawFd;
     // SAFETY: accept4 on our listening descriptor, with no address wanted (null pointers).
-    let fd = unsafe {
-        libc::accept4(
+    let fd = checked(unsafe {
+        raw::accept4(
             listener.as_raw_fd(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
             libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
         )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    })?;
     // SAFETY: accept4 just returned this descriptor; nothing else in the process knows it.
-    Ok(unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) })
+    Ok(unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd as RawFd) })
 }
 
 /// Takes ownership of a descriptor this process's previous image left open across
@@ -1503,9 +1576,288 @@ impl ReadBuf {
     }
 }
 
+/// Whether the wake paths' system calls go straight to the kernel ([`raw`]), so that no
+/// libc page is kept for them by a shed.
+const RAW: bool = cfg!(all(target_os = "linux", target_arch = "x86_64"));
+
+/// A [`raw`] result as nix's: the count, or the errno.
+#[inline(always)]
+fn checked(r: isize) -> nix::Result<usize> {
+    if r < 0 {
+        Err(errno_of(r))
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// The errno of a failed [`raw`] call. Out of line and cold: its page is touched only on
+/// an error.
+#[cold]
+#[inline(never)]
+fn errno_of(r: isize) -> nix::errno::Errno {
+    nix::errno::Errno::from_raw(-r as i32)
+}
+
+/// ppoll(2) with `ts`, copied first: the kernel writes the time left into the one it is
+/// given, and the caller's stays as it was (as glibc's wrapper keeps it). Plain matches, no
+/// `Option` methods: in a debug build each would be a call into core's code, which the
+/// shed dropped (`drop_and_poll` runs this after the drop).
+#[inline(always)]
+fn raw_ppoll(fds: &mut [libc::pollfd], ts: Option<&libc::timespec>) -> nix::Result<libc::c_int> {
+    let copy;
+    let ts: *const libc::timespec = match ts {
+        Some(t) => {
+            copy = *t;
+            &copy
+        }
+        None => std::ptr::null(),
+    };
+    // SAFETY: `fds` is a live, exclusive slice of pollfds for the call; `ts` is null or
+    // points at `copy` on our stack; no signal mask.
+    match checked(unsafe { raw::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ts) }) {
+        Ok(n) => Ok(n as libc::c_int),
+        Err(e) => Err(e),
+    }
+}
+
+/// Receives into `buf` what client socket `fd` has, leaving it queued (MSG_PEEK), without
+/// waiting: its length.
+pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> nix::Result<usize> {
+    // SAFETY: `buf` is live and exclusive for the call, buf.len() bytes.
+    checked(unsafe {
+        raw::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    })
+}
+
+/// The credentials (pid, uid, gid) of the process at the other end of Unix socket `fd`,
+/// as the kernel recorded them at connect (SO_PEERCRED), as nix's `PeerCredentials`.
+pub fn peer_credentials(fd: BorrowedFd<'_>) -> nix::Result<libc::ucred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred` and the length into `len`,
+    // both on our stack for the call.
+    checked(unsafe {
+        raw::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(cred)
+}
+
+/// kill(2): `sig` to `pid` (a negative `pid`: to that process group), as nix's `kill`.
+/// Inlined: part of its caller's code (a stop's signal, `process::signal_group`).
+#[inline]
+pub fn kill(pid: Pid, sig: Signal) -> nix::Result<()> {
+    // SAFETY: kill takes no pointer.
+    checked(unsafe { raw::kill(pid.as_raw(), sig as libc::c_int) }).map(drop)
+}
+
+/// renameat(2) of `from` to `to`, both in directory `dir`.
+pub fn rename_in(
+    dir: BorrowedFd<'_>,
+    from: &std::ffi::CStr,
+    to: &std::ffi::CStr,
+) -> nix::Result<()> {
+    // SAFETY: two NUL-terminated names, live for the call; the kernel only reads them.
+    checked(unsafe { raw::renameat(dir.as_raw_fd(), from.as_ptr(), to.as_ptr()) }).map(drop)
+}
+
+/// Writes all of `bytes` to `fd`, again after EINTR; a write that takes nothing is
+/// WriteZero, as std's `write_all`. Inlined: part of its caller's code (the answer to
+/// `start`, `daemon::Reporter::ready`).
+#[inline]
+pub fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is live for the call; write only reads it.
+        match checked(unsafe { raw::write(fd.as_raw_fd(), bytes.as_ptr(), bytes.len()) }) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n.min(bytes.len())..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The system calls of the wake paths (a wake's first act, `start`'s end), made without
+/// libc where that is known how (x86_64 Linux): each result is the kernel's own, the count
+/// or `-errno`. After a long sleep every distinct page a woken process touches is paid for
+/// (HELPERS.md), and a libc wrapper is three of them beside its system call: its code, the
+/// GOT entry the call goes through, and libc's `.bss` (errno, the single-thread flag a
+/// cancellation point reads). benches/PROFILE-ready.md, "Raw round", has the counts.
+/// Elsewhere the libc call, its -1 and errno turned into the same `-errno`.
+mod raw {
+    use std::os::fd::RawFd;
+
+    /// `syscall` with up to six arguments (unused ones 0). Always inlined: a call would be
+    /// one more page of code.
+    ///
+    /// # Safety
+    /// As the system call `nr` with those arguments: every pointer valid for what the
+    /// kernel reads and writes through it.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    #[inline(always)]
+    pub unsafe fn call(nr: libc::c_long, a: [usize; 6]) -> isize {
+        let r: isize;
+        // SAFETY: the x86_64 Linux system call convention: number in rax, arguments in
+        // rdi, rsi, rdx, r10, r8, r9; the kernel returns in rax and clobbers rcx and r11
+        // only. No stack is used. What the call does to memory is the caller's contract.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                inlateout("rax") nr as isize => r,
+                in("rdi") a[0],
+                in("rsi") a[1],
+                in("rdx") a[2],
+                in("r10") a[3],
+                in("r8") a[4],
+                in("r9") a[5],
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        r
+    }
+
+    /// A libc wrapper's result as the kernel's: -1 becomes `-errno`.
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    fn kernel(r: isize) -> isize {
+        if r == -1 {
+            -(nix::errno::Errno::last_raw() as isize)
+        } else {
+            r
+        }
+    }
+
+    macro_rules! calls {
+        ($(
+            $(#[$doc:meta])*
+            fn $name:ident($($arg:ident: $ty:ty),*) = $nr:ident, [$($raw:expr),*], $libc:expr;
+        )*) => {$(
+            $(#[$doc])*
+            /// # Safety
+            /// As the system call: every pointer valid for what it reads and writes.
+            #[inline(always)]
+            pub unsafe fn $name($($arg: $ty),*) -> isize {
+                #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+                {
+                    // Type-checked here too, never called: the other path stays buildable.
+                    // SAFETY: never called.
+                    let _ = || unsafe { $libc };
+                    // SAFETY: the caller's contract, the system call's own.
+                    unsafe { call(libc::$nr, [$($raw as usize),*]) }
+                }
+                #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+                {
+                    // SAFETY: the caller's contract, the libc wrapper's own.
+                    kernel(unsafe { $libc } as isize)
+                }
+            }
+        )*};
+    }
+
+    calls! {
+        /// ppoll(2) without a signal mask (a null one: the kernel then reads no size).
+        fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec) =
+            SYS_ppoll, [fds, n, ts, 0, 0, 0],
+            libc::ppoll(fds, n, ts, std::ptr::null());
+        /// epoll_pwait2(2) without a signal mask (a null one: the kernel then reads no
+        /// size).
+        fn epoll_pwait2(
+            epfd: RawFd,
+            events: *mut libc::epoll_event,
+            max: libc::c_int,
+            ts: *const libc::timespec
+        ) =
+            SYS_epoll_pwait2, [epfd, events, max, ts, 0, 0],
+            libc::syscall(
+                libc::SYS_epoll_pwait2,
+                epfd,
+                events,
+                max,
+                ts,
+                std::ptr::null::<libc::sigset_t>(),
+                std::mem::size_of::<libc::sigset_t>()
+            );
+        /// madvise(2).
+        fn madvise(addr: usize, len: usize, advice: libc::c_int) =
+            SYS_madvise, [addr, len, advice, 0, 0, 0],
+            libc::madvise(addr as *mut _, len, advice);
+        /// read(2).
+        fn read(fd: RawFd, buf: *mut u8, len: usize) =
+            SYS_read, [fd, buf, len, 0, 0, 0],
+            libc::read(fd, buf.cast(), len);
+        /// write(2).
+        fn write(fd: RawFd, buf: *const u8, len: usize) =
+            SYS_write, [fd, buf, len, 0, 0, 0],
+            libc::write(fd, buf.cast(), len);
+        /// recvmsg(2).
+        fn recvmsg(fd: RawFd, msg: *mut libc::msghdr, flags: libc::c_int) =
+            SYS_recvmsg, [fd, msg, flags, 0, 0, 0],
+            libc::recvmsg(fd, msg, flags);
+        /// recv(2): recvfrom(2) with no address wanted.
+        fn recv(fd: RawFd, buf: *mut u8, len: usize, flags: libc::c_int) =
+            SYS_recvfrom, [fd, buf, len, flags, 0, 0],
+            libc::recv(fd, buf.cast(), len, flags);
+        /// accept4(2) with no address wanted.
+        fn accept4(fd: RawFd, flags: libc::c_int) =
+            SYS_accept4, [fd, 0, 0, flags, 0, 0],
+            libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), flags);
+        /// getsockopt(2).
+        fn getsockopt(
+            fd: RawFd,
+            level: libc::c_int,
+            name: libc::c_int,
+            val: *mut libc::c_void,
+            len: *mut libc::socklen_t
+        ) =
+            SYS_getsockopt, [fd, level, name, val, len, 0],
+            libc::getsockopt(fd, level, name, val, len);
+        /// kill(2).
+        fn kill(pid: libc::pid_t, sig: libc::c_int) =
+            SYS_kill, [pid, sig, 0, 0, 0, 0],
+            libc::kill(pid, sig);
+        /// renameat(2).
+        fn renameat(dir: RawFd, from: *const libc::c_char, to: *const libc::c_char) =
+            SYS_renameat, [dir, from, dir, to, 0, 0],
+            libc::renameat(dir, from, dir, to);
+    }
+
+    /// exit_group(2): the process ends here, as `_exit` ends it, without libc's exit path.
+    #[inline(always)]
+    pub fn exit(code: libc::c_int) -> ! {
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        // SAFETY: exit_group takes no pointer and does not return.
+        unsafe {
+            call(libc::SYS_exit_group, [code as usize, 0, 0, 0, 0, 0]);
+            std::hint::unreachable_unchecked()
+        }
+        #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+        // SAFETY: _exit(2) only ends the process.
+        unsafe {
+            libc::_exit(code)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn kept_pages_are_cut_out_of_the_spans_to_drop() {
@@ -1558,6 +1910,231 @@ mod tests {
                 );
             }
         }
+    }
+
+    // The wake paths' raw system calls (`raw`): each result and each error as libc's.
+
+    /// A directory of its own, removed at the end.
+    struct Scratch(std::path::PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let d = std::env::temp_dir().join(format!("baton-sys-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).expect("scratch dir");
+            Scratch(d)
+        }
+
+        fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn raw_calls_report_the_kernels_errno() {
+        use nix::errno::Errno;
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        let mut buf = [0u8; 8];
+        assert_eq!(peek(r.as_fd(), &mut buf), Err(Errno::ENOTSOCK));
+        assert_eq!(peer_credentials(r.as_fd()).err(), Some(Errno::ENOTSOCK));
+        let e = recv_with_sender(r.as_fd(), &mut buf, true).expect_err("not a socket");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTSOCK), "{e}");
+        // Beyond pid_max: nobody.
+        assert_eq!(
+            kill(Pid::from_raw(i32::MAX), Signal::SIGTERM),
+            Err(Errno::ESRCH)
+        );
+        let e = write_all(r.as_fd(), b"x").expect_err("a read end");
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{e}");
+        drop(r);
+        // SIGPIPE is ignored by the test harness, as by baton (`sys::start`).
+        let e = write_all(w.as_fd(), b"x").expect_err("no reader");
+        assert_eq!(e.raw_os_error(), Some(libc::EPIPE), "{e}");
+        let dir = Scratch::new("errno");
+        let d = std::fs::File::open(dir.path()).expect("open the directory");
+        assert_eq!(
+            rename_in(d.as_fd(), c"absent", c"there"),
+            Err(Errno::ENOENT)
+        );
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join("s")).expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let e = accept_nonblocking(&listener).expect_err("nobody waits");
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
+    }
+
+    #[test]
+    fn raw_calls_do_what_libcs_do() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let cred = peer_credentials(a.as_fd()).expect("SO_PEERCRED");
+        assert_eq!(
+            (cred.pid, cred.uid, cred.gid),
+            (
+                std::process::id() as i32,
+                nix::unistd::getuid().as_raw(),
+                nix::unistd::getgid().as_raw()
+            )
+        );
+        write_all(b.as_fd(), b"stop\n").expect("write");
+        let mut buf = [0u8; 16];
+        assert_eq!(peek(a.as_fd(), &mut buf), Ok(5));
+        assert_eq!(&buf[..5], b"stop\n");
+        let mut again = [0u8; 16];
+        assert_eq!(
+            nix::unistd::read(a.as_raw_fd(), &mut again),
+            Ok(5),
+            "left queued"
+        );
+        assert_eq!(&again[..5], b"stop\n");
+        let dir = Scratch::new("calls");
+        std::fs::write(dir.path().join(".pid.tmp"), "1\n").expect("write");
+        let d = std::fs::File::open(dir.path()).expect("open the directory");
+        rename_in(d.as_fd(), c".pid.tmp", c"pid").expect("rename");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("pid")).expect("read"),
+            "1\n"
+        );
+        assert!(!dir.path().join(".pid.tmp").exists());
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join("s")).expect("bind");
+        let _client =
+            std::os::unix::net::UnixStream::connect(dir.path().join("s")).expect("connect");
+        let conn = accept_nonblocking(&listener).expect("accept4");
+        let flags =
+            nix::fcntl::fcntl(conn.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).expect("F_GETFL");
+        assert_ne!(flags & libc::O_NONBLOCK, 0, "non-blocking from the accept");
+        let fd_flags =
+            nix::fcntl::fcntl(conn.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).expect("F_GETFD");
+        assert_ne!(
+            fd_flags & libc::FD_CLOEXEC,
+            0,
+            "close-on-exec from the accept"
+        );
+    }
+
+    #[test]
+    fn the_raw_ppoll_reports_readiness_and_keeps_the_callers_timeout() {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        let mut fds = [libc::pollfd {
+            fd: r.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let zero = nix::sys::time::TimeSpec::new(0, 0);
+        assert_eq!(
+            raw_ppoll(&mut fds, Some(zero.as_ref())),
+            Ok(0),
+            "nothing to read yet"
+        );
+        nix::unistd::write(&w, b"x").expect("write");
+        // A timeout the kernel would count down: the caller's stays as it was.
+        let t = libc::timespec {
+            tv_sec: 30,
+            tv_nsec: 0,
+        };
+        assert_eq!(raw_ppoll(&mut fds, Some(&t)), Ok(1));
+        assert_eq!(fds[0].revents, libc::POLLIN);
+        assert_eq!((t.tv_sec, t.tv_nsec), (30, 0));
+        // A descriptor closed meanwhile only reads as POLLNVAL.
+        let (r2, _w2) = nix::unistd::pipe().expect("pipe");
+        let closed = r2.as_raw_fd();
+        drop(r2);
+        let mut fds = [libc::pollfd {
+            fd: closed,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        assert_eq!(raw_ppoll(&mut fds, None), Ok(1));
+        assert_eq!(fds[0].revents, libc::POLLNVAL);
+    }
+
+    #[test]
+    fn epoll_wait_times_out_in_nanoseconds_and_reports_what_is_ready_with_its_data() {
+        let ep = epoll_create().expect("epoll_create");
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        epoll_ctl(
+            ep.as_fd(),
+            libc::EPOLL_CTL_ADD,
+            r.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            77,
+        )
+        .expect("add");
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        let t = nix::sys::time::TimeSpec::new(0, 1_000);
+        assert_eq!(
+            epoll_wait(ep.as_fd(), &mut events, Some(t)),
+            Ok(0),
+            "nothing yet"
+        );
+        nix::unistd::write(&w, b"x").expect("write");
+        assert_eq!(epoll_wait(ep.as_fd(), &mut events, None), Ok(1));
+        let (got, data) = (events[0].events, events[0].u64);
+        assert_eq!((got, data), (libc::EPOLLIN as u32, 77));
+        // Taken out, it is no longer reported; a number that names nothing only fails.
+        epoll_ctl(ep.as_fd(), libc::EPOLL_CTL_DEL, r.as_raw_fd(), 0, 0).expect("del");
+        assert_eq!(epoll_wait(ep.as_fd(), &mut events, Some(t)), Ok(0));
+        let closed = r.as_raw_fd();
+        drop(r);
+        assert!(epoll_ctl(ep.as_fd(), libc::EPOLL_CTL_DEL, closed, 0, 0).is_err());
+    }
+
+    extern "C" fn on_usr1(_: libc::c_int) {}
+
+    #[test]
+    fn a_signal_handled_during_the_shed_sleep_ends_it_with_eintr() {
+        use std::os::unix::thread::JoinHandleExt;
+        use std::sync::atomic::{AtomicI32, Ordering};
+        use std::sync::Arc;
+        let action = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::Handler(on_usr1),
+            nix::sys::signal::SaFlags::empty(),
+            nix::sys::signal::SigSet::empty(),
+        );
+        // SAFETY: the handler does nothing; no other test of this binary uses SIGUSR1.
+        unsafe { nix::sys::signal::sigaction(Signal::SIGUSR1, &action) }.expect("sigaction");
+        let (r, _w) = nix::unistd::pipe().expect("pipe");
+        let fd = r.as_raw_fd();
+        let tid = Arc::new(AtomicI32::new(0));
+        let told = Arc::clone(&tid);
+        let sleeper = std::thread::spawn(move || {
+            told.store(nix::unistd::gettid().as_raw(), Ordering::SeqCst);
+            let mut fds = [libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let mut shed = Shed::default();
+            shed_and_poll(&mut fds, &mut shed)
+        });
+        // In ppoll (nothing will ever be written): the signal's handler is what ends it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let ppoll_nr = format!("{} ", libc::SYS_ppoll);
+        loop {
+            let t = tid.load(Ordering::SeqCst);
+            let asleep = t != 0
+                && std::fs::read_to_string(format!("/proc/self/task/{t}/syscall"))
+                    .is_ok_and(|s| s.starts_with(&ppoll_nr));
+            if asleep {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the thread never slept in ppoll"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        // SAFETY: the thread is alive (it cannot leave ppoll without a signal) and SIGUSR1
+        // has a handler.
+        let sent = unsafe { libc::pthread_kill(sleeper.as_pthread_t(), libc::SIGUSR1) };
+        assert_eq!(sent, 0);
+        let polled = sleeper.join().expect("the sleeper");
+        assert_eq!(polled, Err(nix::errno::Errno::EINTR));
+        drop(r);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The loop's control clients: accepting them, reading their requests, delivering what they wait for.
 
-use super::poll::{PollSet, Source};
+use super::poll::{Ident, PollSet, Source};
 use crate::control::{Accepted, Awaits, Conn, Envelope, Incoming, Peeked, Reply, Server};
 use nix::poll::PollFlags;
 use std::os::fd::{AsRawFd, RawFd};
@@ -51,7 +51,12 @@ impl Clients {
     pub fn interests<'a>(&'a self, set: &mut PollSet<'a>) {
         // Out of file descriptors, accepting waits a moment: the socket would stay readable.
         if self.paused_until.is_none() {
-            set.add(self.server.as_fd(), PollFlags::POLLIN, Source::Control);
+            set.add_known(
+                self.server.as_fd(),
+                PollFlags::POLLIN,
+                Source::Control,
+                Ident::Life,
+            );
         }
         for (i, c) in self.conns.iter().enumerate() {
             let events = if c.wants_write() {
@@ -72,6 +77,17 @@ impl Clients {
         }
         self.conns.push(new?);
         Some(self.conns.len() - 1)
+    }
+
+    /// Dates from `now` what the last [`Clients::accept`] stamped with an earlier time:
+    /// client `i`'s activity (its idle deadline), and a pause of accepting it began.
+    pub fn accepted_at(&mut self, i: Option<usize>, now: Instant) {
+        if let Some(c) = i.and_then(|i| self.conns.get_mut(i)) {
+            c.active_at(now);
+        }
+        if self.paused_until.is_some() {
+            self.paused_until = Some(now + crate::control::ACCEPT_PAUSE);
+        }
     }
 
     /// Whether client `i`'s next line, still unread, is this baton's own plain `stop`

@@ -21,6 +21,7 @@ use nix::poll::PollFlags;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use std::os::fd::AsFd;
+use std::time::Instant;
 
 /// What a wake may do first, judged before the loop sleeps.
 #[derive(Default)]
@@ -68,6 +69,7 @@ impl Supervisor {
         &mut self,
         (src, flags): (Source, PollFlags),
         armed: &Armed,
+        slept_at: Instant,
     ) -> Option<usize> {
         if !flags.contains(PollFlags::POLLIN) {
             return None;
@@ -75,8 +77,13 @@ impl Supervisor {
         match src {
             Source::Control => {
                 armed.stop?;
-                let i = self.clients.accept(std::time::Instant::now())?;
-                self.stop_first(armed, i).map(|_| i)
+                // The clock after the signal: the client is taken with the time the loop
+                // went to sleep, and given the time now (its idle deadline, a pause of
+                // accepting) once the group has its signal.
+                let taken = self.clients.accept(slept_at);
+                let stop = taken.and_then(|i| self.stop_first(armed, i));
+                self.clients.accepted_at(taken, Instant::now());
+                taken.filter(|_| stop.is_some())
             }
             // A client whose request came after its connection was taken; one with replies
             // to take first is left to the loop.

@@ -35,8 +35,15 @@ fn crash_loop(name: &str) -> Svc {
 #[test]
 fn state_json_is_never_missing_or_torn_while_the_supervisor_rewrites_it() {
     let svc = crash_loop("reread");
-    svc.start();
+    let r = svc.start();
+    assert_eq!(r.code, 0, "{r:?}");
     let state = svc.path("state/state.json");
+    // `start` is answered at the first readiness, before the loop's first sleep writes the
+    // file (seen missing once `start` itself got quicker, branch rawsys): what is held to
+    // never missing is every rewrite after the first.
+    wait_until(Duration::from_secs(60), "the first state.json", || {
+        state.exists()
+    });
     let dir = svc.path("state");
     // Read as `status` and `stop` do, as fast as a reader can, until the file has been seen
     // to name 20 different service processes (or 60 s pass: then the test fails below).

@@ -21,7 +21,7 @@ print('up', flush=True)\n\
 while True:\n    time.sleep(1000)\n";
 
 /// A service counting its SIGTERMs in `terms`, ready by `ready` (TOML of `[ready]`).
-fn counting(name: &str, ready: &str) -> Svc {
+pub(crate) fn counting(name: &str, ready: &str) -> Svc {
     Spec::new(
         name,
         &format!("[\"python3\", \"-c\", {COUNTING:?}, \"{{dir}}/terms\"]"),
@@ -31,7 +31,7 @@ fn counting(name: &str, ready: &str) -> Svc {
 }
 
 /// How many SIGTERMs the service got.
-fn terms(svc: &Svc) -> usize {
+pub(crate) fn terms(svc: &Svc) -> usize {
     std::fs::read_to_string(svc.path("terms")).map_or(0, |t| t.lines().count())
 }
 
