@@ -496,14 +496,97 @@ fn drop_and_poll(spans: &[Span], fds: &mut [libc::pollfd]) -> nix::Result<libc::
     raw_ppoll(fds, None)
 }
 
-/// ppoll(2) on plain pollfds, which the supervisor's loop keeps from one wake to the next
-/// (nix's `PollFd` borrows each descriptor, so a buffer of them cannot outlive one poll);
-/// `None` sleeps until an event. A descriptor closed meanwhile only reads as POLLNVAL.
-pub fn ppoll(
-    fds: &mut [libc::pollfd],
+/// A new epoll(7) instance, closed on exec: the supervisor's loop keeps its interest set
+/// there from one wake to the next (src/supervisor/poll.rs).
+pub fn epoll_create() -> nix::Result<OwnedFd> {
+    // SAFETY: epoll_create1 takes no pointer; on success the descriptor is new and ours.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    nix::errno::Errno::result(fd)?;
+    // SAFETY: `fd` was just made by epoll_create1 and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// epoll_ctl(2) on `epfd` for descriptor number `fd`: `op` is one of `libc::EPOLL_CTL_*`,
+/// `data` comes back with each of its events. A number, not a borrowed descriptor: a
+/// registration is taken out (EPOLL_CTL_DEL) after its owner may have closed it, and the
+/// kernel then answers EBADF or ENOENT, which is all a stale number can do here.
+pub fn epoll_ctl(
+    epfd: BorrowedFd<'_>,
+    op: libc::c_int,
+    fd: RawFd,
+    events: u32,
+    data: u64,
+) -> nix::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: `ev` lives on our stack for the call; epoll_ctl reads it and touches no other
+    // memory, and on a number that is not (or no longer) a descriptor it only fails.
+    let r = unsafe { libc::epoll_ctl(epfd.as_raw_fd(), op, fd, &mut ev) };
+    nix::errno::Errno::result(r).map(drop)
+}
+
+/// epoll_pwait2(2) on `epfd` into `events`, for at most `timeout` (`None`: until an
+/// event): the nanosecond timeout of ppoll(2), which epoll_wait's milliseconds would round
+/// up. How many events it wrote. Linux 5.11 and later (Debian 12 has 6.1); a system call
+/// ([`raw`]), so no C library wrapper is needed.
+pub fn epoll_wait(
+    epfd: BorrowedFd<'_>,
+    events: &mut [libc::epoll_event],
     timeout: Option<nix::sys::time::TimeSpec>,
-) -> nix::Result<libc::c_int> {
-    raw_ppoll(fds, timeout.as_ref().map(|t| t.as_ref()))
+) -> nix::Result<usize> {
+    let ts: *const libc::timespec = match &timeout {
+        Some(t) => t.as_ref(),
+        None => std::ptr::null(),
+    };
+    raw_epoll_wait(epfd.as_raw_fd(), events, ts)
+}
+
+/// [`shed_and_poll`] for an epoll set: hands back what the idle loop does not need, then
+/// sleeps in epoll_pwait2(2) on `epfd` until an event (no timeout), into `events`. The
+/// pages kept are those of the code that runs after the drop: [`drop_and_epoll`] (and,
+/// without [`raw`], libc's `madvise` and `syscall`).
+pub fn shed_and_epoll(
+    epfd: BorrowedFd<'_>,
+    events: &mut [libc::epoll_event],
+    last: &mut Shed,
+) -> nix::Result<usize> {
+    last.0 = Vec::new();
+    let keep = [
+        code_pages(drop_and_epoll as *const () as usize),
+        code_pages(libc::madvise as *const () as usize),
+        code_pages(libc::syscall as *const () as usize),
+    ];
+    last.0 = spans_to_shed(if RAW { &keep[..1] } else { &keep });
+    drop_and_epoll(&last.0, epfd.as_raw_fd(), events)
+}
+
+/// Drops `spans` and sleeps in epoll_pwait2(2): as [`drop_and_poll`], only this function
+/// (and, without [`raw`], the two libc wrappers) runs after the first madvise.
+#[inline(never)]
+fn drop_and_epoll(
+    spans: &[Span],
+    epfd: RawFd,
+    events: &mut [libc::epoll_event],
+) -> nix::Result<usize> {
+    drop_spans(spans);
+    raw_epoll_wait(epfd, events, std::ptr::null())
+}
+
+/// epoll_pwait2(2) without a signal mask; `ts` null (until an event) or a live timespec,
+/// which the kernel only reads. Plain code: `drop_and_epoll` runs it after the drop.
+#[inline(always)]
+fn raw_epoll_wait(
+    epfd: RawFd,
+    events: &mut [libc::epoll_event],
+    ts: *const libc::timespec,
+) -> nix::Result<usize> {
+    let max = if events.len() > i32::MAX as usize {
+        i32::MAX
+    } else {
+        events.len() as libc::c_int
+    };
+    // SAFETY: `events` is a live, exclusive buffer of at least `max` entries, which the
+    // kernel fills from the front; `ts` is null or valid for reading (the caller's).
+    checked(unsafe { raw::epoll_pwait2(epfd, events.as_mut_ptr(), max, ts) })
 }
 
 /// The pages of every loaded object's read-only segments (the vDSO's aside).
@@ -1692,6 +1775,24 @@ mod raw {
         fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec) =
             SYS_ppoll, [fds, n, ts, 0, 0, 0],
             libc::ppoll(fds, n, ts, std::ptr::null());
+        /// epoll_pwait2(2) without a signal mask (a null one: the kernel then reads no
+        /// size).
+        fn epoll_pwait2(
+            epfd: RawFd,
+            events: *mut libc::epoll_event,
+            max: libc::c_int,
+            ts: *const libc::timespec
+        ) =
+            SYS_epoll_pwait2, [epfd, events, max, ts, 0, 0],
+            libc::syscall(
+                libc::SYS_epoll_pwait2,
+                epfd,
+                events,
+                max,
+                ts,
+                std::ptr::null::<libc::sigset_t>(),
+                std::mem::size_of::<libc::sigset_t>()
+            );
         /// madvise(2).
         fn madvise(addr: usize, len: usize, advice: libc::c_int) =
             SYS_madvise, [addr, len, advice, 0, 0, 0],
@@ -1924,7 +2025,11 @@ mod tests {
             revents: 0,
         }];
         let zero = nix::sys::time::TimeSpec::new(0, 0);
-        assert_eq!(ppoll(&mut fds, Some(zero)), Ok(0), "nothing to read yet");
+        assert_eq!(
+            raw_ppoll(&mut fds, Some(zero.as_ref())),
+            Ok(0),
+            "nothing to read yet"
+        );
         nix::unistd::write(&w, b"x").expect("write");
         // A timeout the kernel would count down: the caller's stays as it was.
         let t = libc::timespec {
@@ -1943,8 +2048,39 @@ mod tests {
             events: libc::POLLIN,
             revents: 0,
         }];
-        assert_eq!(ppoll(&mut fds, None), Ok(1));
+        assert_eq!(raw_ppoll(&mut fds, None), Ok(1));
         assert_eq!(fds[0].revents, libc::POLLNVAL);
+    }
+
+    #[test]
+    fn epoll_wait_times_out_in_nanoseconds_and_reports_what_is_ready_with_its_data() {
+        let ep = epoll_create().expect("epoll_create");
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        epoll_ctl(
+            ep.as_fd(),
+            libc::EPOLL_CTL_ADD,
+            r.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            77,
+        )
+        .expect("add");
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        let t = nix::sys::time::TimeSpec::new(0, 1_000);
+        assert_eq!(
+            epoll_wait(ep.as_fd(), &mut events, Some(t)),
+            Ok(0),
+            "nothing yet"
+        );
+        nix::unistd::write(&w, b"x").expect("write");
+        assert_eq!(epoll_wait(ep.as_fd(), &mut events, None), Ok(1));
+        let (got, data) = (events[0].events, events[0].u64);
+        assert_eq!((got, data), (libc::EPOLLIN as u32, 77));
+        // Taken out, it is no longer reported; a number that names nothing only fails.
+        epoll_ctl(ep.as_fd(), libc::EPOLL_CTL_DEL, r.as_raw_fd(), 0, 0).expect("del");
+        assert_eq!(epoll_wait(ep.as_fd(), &mut events, Some(t)), Ok(0));
+        let closed = r.as_raw_fd();
+        drop(r);
+        assert!(epoll_ctl(ep.as_fd(), libc::EPOLL_CTL_DEL, closed, 0, 0).is_err());
     }
 
     extern "C" fn on_usr1(_: libc::c_int) {}

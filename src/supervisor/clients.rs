@@ -1,6 +1,6 @@
 //! The loop's control clients: accepting them, reading their requests, delivering what they wait for.
 
-use super::poll::{PollSet, Source};
+use super::poll::{Ident, PollSet, Source};
 use crate::control::{Accepted, Awaits, Conn, Envelope, Incoming, Peeked, Reply, Server};
 use nix::poll::PollFlags;
 use std::os::fd::{AsRawFd, RawFd};
@@ -51,7 +51,12 @@ impl Clients {
     pub fn interests<'a>(&'a self, set: &mut PollSet<'a>) {
         // Out of file descriptors, accepting waits a moment: the socket would stay readable.
         if self.paused_until.is_none() {
-            set.add(self.server.as_fd(), PollFlags::POLLIN, Source::Control);
+            set.add_known(
+                self.server.as_fd(),
+                PollFlags::POLLIN,
+                Source::Control,
+                Ident::Life,
+            );
         }
         for (i, c) in self.conns.iter().enumerate() {
             let events = if c.wants_write() {

@@ -1,4 +1,4 @@
-//! The supervisor loop: one thread, one poll(2), every event fed to the two machines and their effects performed.
+//! The supervisor loop: one thread, one epoll wait, every event fed to the two machines and their effects performed.
 //!
 //! Signals arrive on a signalfd, child output on pipes, commands on the control
 //! socket, readiness on probe sockets and the notify socket. The poll timeout is
@@ -82,7 +82,7 @@ struct Supervisor {
     clients: Clients,
     notify: Option<(UnixDatagram, PathBuf)>,
     reporter: Reporter,
-    /// The poll(2)'s buffers, kept from one wake to the next.
+    /// The wait's epoll set and buffers, kept from one wake to the next.
     poll: poll::PollBufs,
     /// The leader's group got this signal as this wake began, ahead of the stop it belongs
     /// to (`first.rs`): the stop's `SignalTree` does not send it again.
@@ -213,7 +213,7 @@ impl Supervisor {
         self.card = crate::config::card::write(&self.spec, self.card.take());
     }
 
-    /// One poll(2) and the handling of whatever it reported.
+    /// One wait (epoll_pwait2) and the handling of whatever it reported.
     fn wait_and_dispatch(&mut self) -> Result<()> {
         let now = Instant::now();
         let timeout = poll::timeout(self, now);
@@ -258,7 +258,7 @@ impl Supervisor {
                 self.records.stage_state(&self.spec);
             }
             // Quiet since SHED_AFTER (so nothing is due): give back what start-up and the
-            // last burst of work left mapped, as part of the poll(2) itself.
+            // last burst of work left mapped, as part of the wait itself.
             if shed {
                 set.shed_and_wait()?
             } else {
@@ -286,7 +286,7 @@ impl Supervisor {
             match src {
                 Source::Signals => self.on_signals(),
                 // A client writes its request as soon as it connects: read it now rather
-                // than after one more poll(2) (a stop's signal waits for that read).
+                // than after one more wait (a stop's signal waits for that read).
                 // One at a time, each acted on before the next accept: a stop's signal waits
                 // for no other client (nor for the accept that finds none left).
                 Source::Control => {

@@ -16,19 +16,31 @@ pub fn baton_bin() -> PathBuf {
 }
 
 /// A fixture script from tests/fixtures.
-/// Waits until the supervisor `pid` sleeps in ppoll(2) again: `start` is answered first,
-/// and the loop's turn after it (state.json, the next instance's cgroup) comes before it
-/// sleeps; a test that measures or replaces what that turn writes waits for it.
+/// Waits until the supervisor `pid` sleeps in its loop's wait (epoll_pwait2(2)) again, or
+/// a `start` in its ppoll(2): `start` is answered first, and the loop's turn after it
+/// (state.json, the next instance's cgroup) comes before it sleeps; a test that measures
+/// or replaces what that turn writes waits for it.
 pub fn wait_asleep(pid: i32) {
     let ppoll = format!("{} ", nix::libc::SYS_ppoll);
     wait_until(
         Duration::from_secs(60),
         "the supervisor to sleep again",
         || {
-            std::fs::read_to_string(format!("/proc/{pid}/syscall"))
-                .is_ok_and(|s| s.starts_with(&ppoll))
+            loop_sleep(pid).is_some()
+                || std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+                    .is_ok_and(|s| s.starts_with(&ppoll))
         },
     );
+}
+
+/// Whether the supervisor `pid` sleeps in its loop's wait now, and if so with a timeout
+/// (`Some(true)`) or until an event (`Some(false)`), from /proc/PID/syscall.
+pub fn loop_sleep(pid: i32) -> Option<bool> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    let f: Vec<&str> = s.split_whitespace().collect();
+    // epoll_pwait2(epfd, events, maxevents, timeout, ...): the timeout is the fourth.
+    (f.first() == Some(&nix::libc::SYS_epoll_pwait2.to_string().as_str()))
+        .then(|| f.get(4) != Some(&"0x0"))
 }
 
 /// `baton ARGS...` with ARGS as given (no `--config` put first), bounded like `Svc::baton`.

@@ -23,6 +23,7 @@ mod logpath;
 mod memory;
 mod notify;
 mod operator;
+mod poll_set;
 mod raw_syscalls;
 mod ready_path;
 mod reexec;

@@ -1055,18 +1055,12 @@ fn idle_supervisor_does_not_wake_up() {
             .sum()
     };
     // start returns as soon as the PID file is written; after a quiet second the loop
-    // sheds memory once and then sleeps in ppoll with no timeout (its third argument,
-    // shown in /proc/PID/syscall, is a null pointer): from then on nothing may wake it.
-    let ppoll = nix::libc::SYS_ppoll.to_string();
+    // sheds memory once and then sleeps in epoll_pwait2 with no timeout (a null pointer
+    // in /proc/PID/syscall): from then on nothing may wake it.
     wait_until(
         T,
-        "the supervisor to sleep in ppoll with no timeout",
-        || {
-            std::fs::read_to_string(format!("/proc/{pid}/syscall")).is_ok_and(|s| {
-                let f: Vec<&str> = s.split_whitespace().collect();
-                f.first() == Some(&ppoll.as_str()) && f.get(3) == Some(&"0x0")
-            })
-        },
+        "the supervisor to sleep in its wait with no timeout",
+        || harness::loop_sleep(pid) == Some(false),
     );
     let before = switches();
     // Nothing can signal "nothing happened": this waits out a window on purpose.
