@@ -307,8 +307,9 @@ impl Records {
     }
 
     /// As [`Records::publish_pid`] for a `path` that [`Records::stages`] was asked about
-    /// earlier (nothing has changed either since): no comparison of paths after a long sleep.
-    pub fn publish_staged(&mut self, path: &Path) -> Result<Spent> {
+    /// earlier (nothing has changed either since): no comparison of paths after a long sleep,
+    /// nor a look at `path` (a `&PathBuf` is not read) unless the staged file cannot be used.
+    pub fn publish_staged(&mut self, path: &(impl AsRef<Path> + ?Sized)) -> Result<Spent> {
         self.publish(true, path)
     }
 
@@ -322,7 +323,7 @@ impl Records {
                 .is_some_and(|(at, _)| at.as_os_str() == path.as_os_str())
     }
 
-    fn publish(&mut self, here: bool, path: &Path) -> Result<Spent> {
+    fn publish(&mut self, here: bool, path: &(impl AsRef<Path> + ?Sized)) -> Result<Spent> {
         if let (Some(staged), Some((_, dir))) = (self.staged.take(), self.pid.as_ref()) {
             if here && dir.rename_c(&staged.tmp, &staged.name).is_ok() {
                 return Ok(Spent {
@@ -331,7 +332,7 @@ impl Records {
             }
             let _ = dir.remove(OsStr::from_bytes(staged.tmp.as_bytes()));
         }
-        write(path, nix::unistd::getpid()).map(|()| Spent { _names: None })
+        write(path.as_ref(), nix::unistd::getpid()).map(|()| Spent { _names: None })
     }
 
     /// Removes the staged PID file if readiness never came.

@@ -586,7 +586,35 @@ fn raw_epoll_wait(
     };
     // SAFETY: `events` is a live, exclusive buffer of at least `max` entries, which the
     // kernel fills from the front; `ts` is null or valid for reading (the caller's).
-    checked(unsafe { raw::epoll_pwait2(epfd, events.as_mut_ptr(), max, ts) })
+    let r = unsafe { raw::epoll_pwait2(epfd, events.as_mut_ptr(), max, ts) };
+    if r == -(libc::ENOSYS as isize) {
+        return epoll_wait_ms(epfd, events, max, ts);
+    }
+    checked(r)
+}
+
+/// epoll_wait(2), for where epoll_pwait2 is missing: kernels before 5.11, a seccomp
+/// filter that does not know it, valgrind 3.19 (which `scripts/hot-order` and
+/// `scripts/wake-pages` run the supervisor under). The timeout in milliseconds, rounded
+/// up: a deadline is never woken for early. Out of line: never on a figure's path.
+#[cold]
+#[inline(never)]
+fn epoll_wait_ms(
+    epfd: RawFd,
+    events: &mut [libc::epoll_event],
+    max: libc::c_int,
+    ts: *const libc::timespec,
+) -> nix::Result<usize> {
+    // SAFETY: `ts` is null or valid for reading (raw_epoll_wait's contract).
+    let ms = match unsafe { ts.as_ref() } {
+        None => -1,
+        Some(t) => {
+            let ms = (t.tv_sec as i128) * 1000 + (t.tv_nsec as i128 + 999_999) / 1_000_000;
+            ms.clamp(0, libc::c_int::MAX as i128) as libc::c_int
+        }
+    };
+    // SAFETY: as raw_epoll_wait's call: `events` holds at least `max` entries.
+    checked(unsafe { raw::epoll_wait(epfd, events.as_mut_ptr(), max, ms) })
 }
 
 /// The pages of every loaded object's read-only segments (the vDSO's aside).
@@ -1793,6 +1821,15 @@ mod raw {
                 std::ptr::null::<libc::sigset_t>(),
                 std::mem::size_of::<libc::sigset_t>()
             );
+        /// epoll_wait(2): [`epoll_pwait2`]'s fallback, a timeout in milliseconds.
+        fn epoll_wait(
+            epfd: RawFd,
+            events: *mut libc::epoll_event,
+            max: libc::c_int,
+            timeout_ms: libc::c_int
+        ) =
+            SYS_epoll_wait, [epfd, events, max, timeout_ms, 0, 0],
+            libc::epoll_wait(epfd, events, max, timeout_ms);
         /// madvise(2).
         fn madvise(addr: usize, len: usize, advice: libc::c_int) =
             SYS_madvise, [addr, len, advice, 0, 0, 0],
@@ -2081,6 +2118,26 @@ mod tests {
         let closed = r.as_raw_fd();
         drop(r);
         assert!(epoll_ctl(ep.as_fd(), libc::EPOLL_CTL_DEL, closed, 0, 0).is_err());
+    }
+
+    #[test]
+    fn without_epoll_pwait2_the_wait_falls_back_to_milliseconds_rounded_up() {
+        let ep = epoll_create().expect("epoll_create");
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        let (fd, ev) = (r.as_raw_fd(), libc::EPOLLIN as u32);
+        epoll_ctl(ep.as_fd(), libc::EPOLL_CTL_ADD, fd, ev, 5).expect("add");
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
+        let ep = ep.as_raw_fd();
+        // 1 µs rounds up to a whole millisecond, never down to "return at once".
+        let t = nix::sys::time::TimeSpec::new(0, 1_000);
+        let started = std::time::Instant::now();
+        assert_eq!(epoll_wait_ms(ep, &mut events, 2, t.as_ref()), Ok(0));
+        assert!(started.elapsed() >= std::time::Duration::from_millis(1));
+        nix::unistd::write(&w, b"x").expect("write");
+        let forever = std::ptr::null();
+        assert_eq!(epoll_wait_ms(ep, &mut events, 2, forever), Ok(1));
+        let (got, data) = (events[0].events, events[0].u64);
+        assert_eq!((got, data), (ev, 5));
     }
 
     extern "C" fn on_usr1(_: libc::c_int) {}
