@@ -71,7 +71,10 @@ pub struct PollBufs {
     registered: Vec<Interest>,
     /// What the next sleep waits on, filled by `interests`.
     wanted: Vec<Interest>,
-    events: [libc::epoll_event; EVENTS],
+    /// On the heap, made with the rest by `with_room`: inline, its 384 bytes made every
+    /// move of the buffers (into the set, back out at the wake) a call to libc's memmove,
+    /// three pages of libc touched after the sleep (benches/PROFILE-ready.md).
+    events: Vec<libc::epoll_event>,
     ready: usize,
     serial: u32,
     /// What the last idle shed dropped (freed at the next one).
@@ -93,10 +96,22 @@ impl PollBufs {
             epoll: None,
             registered: Vec::with_capacity(n),
             wanted: Vec::with_capacity(n),
-            events: [libc::epoll_event { events: 0, u64: 0 }; EVENTS],
+            events: if n == 0 { Vec::new() } else { Self::no_events() },
             ready: 0,
             serial: 0,
             shed: Default::default(),
+        }
+    }
+
+    fn no_events() -> Vec<libc::epoll_event> {
+        vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS]
+    }
+
+    /// Room for a wake's events: buffers taken by `Default` (which allocates nothing)
+    /// get it at their first wait.
+    fn make_room(&mut self) {
+        if self.events.is_empty() {
+            self.events = Self::no_events();
         }
     }
 
@@ -233,6 +248,7 @@ impl<'a> PollSet<'a> {
     /// is ready ([`PollBufs::ready`]).
     pub fn wait(mut self, timeout: Option<TimeSpec>) -> Result<PollBufs> {
         self.bufs.sync()?;
+        self.bufs.make_room();
         let b = &mut self.bufs;
         let polled = match b.epoll.as_ref() {
             Some(ep) => crate::sys::epoll_wait(ep.as_fd(), &mut b.events, timeout),
@@ -245,6 +261,7 @@ impl<'a> PollSet<'a> {
     /// need (`sys::shed_and_epoll`).
     pub fn shed_and_wait(mut self) -> Result<PollBufs> {
         self.bufs.sync()?;
+        self.bufs.make_room();
         let b = &mut self.bufs;
         let polled = match b.epoll.as_ref() {
             Some(ep) => crate::sys::shed_and_epoll(ep.as_fd(), &mut b.events, &mut b.shed),

@@ -704,12 +704,17 @@ pub fn flood_spec(name: &str, n: u32) -> Spec {
 }
 
 impl Svc {
-    /// Starts a [`flood_spec`] service and waits until its last line is in stdout.log.
+    /// Starts a [`flood_spec`] service and waits until its last line is in stdout.log and
+    /// the supervisor sleeps again: the last splice can land past the size limit, and the
+    /// rotation that then moves the unfinished line's bytes out of the file comes after.
     pub fn start_flood(&self) {
         self.start();
         wait_until(Duration::from_secs(60), "flood done", || {
             self.log("stdout.log").contains("flood done")
         });
+        if let Some(pid) = self.pid_in_file() {
+            wait_asleep(pid);
+        }
     }
 }
 /// `stdout.log` or `stderr.log` and its rotated copies, oldest first.
