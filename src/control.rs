@@ -802,6 +802,12 @@ pub fn request(path: &Path, request: &Request, timeout: Option<Duration>) -> Res
 }
 
 fn send(path: &Path, line: &str, timeout: Option<Duration>) -> Result<Replies> {
+    // The line is made before the connection: the supervisor wakes at the connect, and
+    // finds the request already there only if the write follows at once (else its wake
+    // goes round the whole loop and waits again: benches/PROFILE-stop.md).
+    let mut text = String::with_capacity(line.len() + 1);
+    text.push_str(line);
+    text.push('\n');
     let stream = UnixStream::connect(path).map_err(|e| {
         Error::io(format!("connect to control socket {}", path.display()), &e)
             .hint("is the supervisor running? `baton status` tells")
@@ -809,9 +815,6 @@ fn send(path: &Path, line: &str, timeout: Option<Duration>) -> Result<Replies> {
     // A supervisor that refuses us replies and closes at once, so the write may fail
     // with EPIPE while its refusal waits to be read: read before giving up.
     // One write, so the supervisor wakes once for it.
-    let mut text = String::with_capacity(line.len() + 1);
-    text.push_str(line);
-    text.push('\n');
     let sent = (&stream).write_all(text.as_bytes());
     // Only reads wait for the supervisor, and the request is on its way before this call.
     // A new socket has no timeout: a system call only to set one.
