@@ -107,9 +107,11 @@ WHY = {
                "and after 1.5 s of sleep both wakes pay for every page they touch, the supervisor's shed code "
                "included (see benches/PROFILE-respawn.md)",
     "ready_notify": "READY=1 goes to the supervisor, which renames the staged PID file into place and answers "
-                    "the waiting `start` through a pipe (14 pages from its wake to the answer): two processes "
-                    "wake in turn after the sleep where start-stop-daemon, which receives READY=1 itself, "
-                    "wakes one (benches/PROFILE-ready.md)",
+                    "the waiting `start` through a pipe: two processes wake in turn after the sleep where "
+                    "start-stop-daemon, which receives READY=1 itself, wakes one; together they touch 11 "
+                    "pages (the supervisor 9 to its answer, `start` 2 to its exit; start-stop-daemon 19), "
+                    "but each wake also pays the kernel's switch to a process idle for 1.5 s "
+                    "(benches/PROFILE-ready.md)",
     "ready_log": "the supervisor reads the line, renames the staged PID file into place and answers the "
                  "waiting `start`: two processes wake in turn after the sleep (benches/PROFILE-ready.md)",
     "ready_tcp": "the probe reconnects every 5 ms doubling to 20 ms: readiness is seen at the next attempt",
@@ -130,9 +132,10 @@ WHY = {
               "(benches/PROFILE-log.md)",
     "gone": "two processes wake where start-stop-daemon is one: `baton stop` (exec, ld.so's relocation; the "
             "config is not read again when unchanged since the supervisor validated it, its stop card says what "
-            "the stop needs: about 78 page faults and 30 code pages, against start-stop-daemon's 59 faults) sends "
-            "the request, then the supervisor wakes and signals (19 pages, 4 of its code, up to the SIGTERM); after 1.5 s of "
-            "sleep every page touched pays the cost above (benches/PROFILE-stop.md, PROFILE-layout.md)",
+            "the stop needs: 185 distinct pages before its request, 44 of them baton's own, 13 of its code; "
+            "start-stop-daemon touches 180 to its kill, 29 of them its own) sends the request, then the supervisor wakes "
+            "and signals (11 pages up to the SIGTERM); after 1.5 s of sleep every page touched pays the cost "
+            "above (benches/PROFILE-stop.md, PROFILE-layout.md)",
 }
 
 
