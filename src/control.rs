@@ -924,20 +924,22 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Every request without arguments.
+    const PLAIN: [Request; 7] = [
+        Request::Status,
+        Request::Start,
+        Request::Stop,
+        Request::Reload,
+        Request::Reopen,
+        Request::Reconfigure,
+        Request::Reexec,
+    ];
+
     /// The line written without a tree is byte for byte the tree's, wherever it is taken.
     #[test]
     fn a_plain_request_is_written_as_the_json_tree_writes_it() {
-        let plain = [
-            Request::Status,
-            Request::Start,
-            Request::Stop,
-            Request::Reload,
-            Request::Reopen,
-            Request::Reconfigure,
-            Request::Reexec,
-        ];
         let mut direct = 0;
-        for r in plain {
+        for r in PLAIN {
             for by in [
                 "",
                 "root",
@@ -987,16 +989,7 @@ mod tests {
 
     #[test]
     fn this_batons_own_plain_requests_read_without_a_json_tree_as_with_one() {
-        let plain = [
-            Request::Status,
-            Request::Start,
-            Request::Stop,
-            Request::Reload,
-            Request::Reopen,
-            Request::Reconfigure,
-            Request::Reexec,
-        ];
-        for r in plain {
+        for r in PLAIN {
             for by in ["", "root", "alice.b-c_d@x", &"u".repeat(64)] {
                 let e = Envelope {
                     by: by.to_string(),

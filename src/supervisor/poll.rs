@@ -96,7 +96,11 @@ impl PollBufs {
             epoll: None,
             registered: Vec::with_capacity(n),
             wanted: Vec::with_capacity(n),
-            events: if n == 0 { Vec::new() } else { Self::no_events() },
+            events: if n == 0 {
+                Vec::new()
+            } else {
+                Self::no_events()
+            },
             ready: 0,
             serial: 0,
             shed: Default::default(),

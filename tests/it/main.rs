@@ -35,7 +35,6 @@ mod stamped;
 mod startup;
 mod stop;
 mod stop_card;
-mod stop_layout;
 mod stop_nonroot;
 mod stop_path;
 mod stop_tail;
