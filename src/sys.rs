@@ -293,15 +293,24 @@ const PAGE: usize = 4096;
 /// would be the first thing a woken supervisor does (malloc's pages, benches/PROFILE-stop.md).
 pub fn shed_and_poll(fds: &mut [libc::pollfd], last: &mut Shed) -> nix::Result<libc::c_int> {
     last.0 = Vec::new();
+    last.0 = spans_keeping(
+        drop_and_poll as *const () as usize,
+        libc::ppoll as *const (),
+    );
+    drop_and_poll(&last.0, fds)
+}
+
+/// What a shed drops: all but the code that runs after the drop, the pages of the sleep
+/// `sleep` and, without [`raw`], libc's `madvise` and the libc wrapper `wait` it calls.
+fn spans_keeping(sleep: usize, wait: *const ()) -> Vec<Span> {
     // On the stack, not a Vec: freed as the poll returns, it would be the first thing a
     // woken supervisor does. With raw calls the libc wrappers never run after the drop.
     let keep = [
-        code_pages(drop_and_poll as *const () as usize),
+        code_pages(sleep),
         code_pages(libc::madvise as *const () as usize),
-        code_pages(libc::ppoll as *const () as usize),
+        code_pages(wait as usize),
     ];
-    last.0 = spans_to_shed(if RAW { &keep[..1] } else { &keep });
-    drop_and_poll(&last.0, fds)
+    spans_to_shed(if RAW { &keep[..1] } else { &keep })
 }
 
 /// The spans the last [`shed_and_poll`] dropped, kept by its caller.
@@ -550,12 +559,10 @@ pub fn shed_and_epoll(
     last: &mut Shed,
 ) -> nix::Result<usize> {
     last.0 = Vec::new();
-    let keep = [
-        code_pages(drop_and_epoll as *const () as usize),
-        code_pages(libc::madvise as *const () as usize),
-        code_pages(libc::syscall as *const () as usize),
-    ];
-    last.0 = spans_to_shed(if RAW { &keep[..1] } else { &keep });
+    last.0 = spans_keeping(
+        drop_and_epoll as *const () as usize,
+        libc::syscall as *const (),
+    );
     drop_and_epoll(&last.0, epfd.as_raw_fd(), events)
 }
 

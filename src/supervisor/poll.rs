@@ -112,7 +112,7 @@ impl PollBufs {
     }
 
     /// Room for a wake's events: buffers taken by `Default` (which allocates nothing)
-    /// get it at their first wait.
+    /// get it at their first `sync`.
     fn make_room(&mut self) {
         if self.events.is_empty() {
             self.events = Self::no_events();
@@ -148,6 +148,7 @@ impl PollBufs {
                 crate::sys::epoll_create().map_err(|e| Error::errno("make the poll set", e))?;
             self.epoll = Some(made);
         }
+        self.make_room();
         let Some(epoll) = self.epoll.as_ref().map(AsFd::as_fd) else {
             return Ok(());
         };
@@ -252,7 +253,6 @@ impl<'a> PollSet<'a> {
     /// is ready ([`PollBufs::ready`]).
     pub fn wait(mut self, timeout: Option<TimeSpec>) -> Result<PollBufs> {
         self.bufs.sync()?;
-        self.bufs.make_room();
         let b = &mut self.bufs;
         let polled = match b.epoll.as_ref() {
             Some(ep) => crate::sys::epoll_wait(ep.as_fd(), &mut b.events, timeout),
@@ -265,7 +265,6 @@ impl<'a> PollSet<'a> {
     /// need (`sys::shed_and_epoll`).
     pub fn shed_and_wait(mut self) -> Result<PollBufs> {
         self.bufs.sync()?;
-        self.bufs.make_room();
         let b = &mut self.bufs;
         let polled = match b.epoll.as_ref() {
             Some(ep) => crate::sys::shed_and_epoll(ep.as_fd(), &mut b.events, &mut b.shed),

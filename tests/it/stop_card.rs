@@ -35,8 +35,13 @@ const ROOT_ONLY: &str = "stop cards are written and trusted by root only";
 
 /// The card of `config` as the file is now (its name is the file's device and inode).
 fn card_of(config: &Path) -> PathBuf {
+    Path::new(CARDS).join(card_name(config))
+}
+
+/// The name of `config`'s card: `DEV-INO`.
+fn card_name(config: &Path) -> String {
     let m = std::fs::metadata(config).expect("stat config");
-    Path::new(CARDS).join(format!("{}-{}", m.dev(), m.ino()))
+    format!("{}-{}", m.dev(), m.ino())
 }
 
 /// The fingerprint fields a card must hold for `config` as it is now, as its text.
@@ -273,12 +278,7 @@ fn a_half_written_card_left_by_a_killed_supervisor_goes_at_the_next_card() {
     };
     let svc = Svc::new("cardtmp", r#"["/bin/sleep", "1000"]"#, "");
     std::fs::create_dir_all(CARDS).expect("mkdir the card directory");
-    let key = card_of(&svc.config);
-    let key = key
-        .file_name()
-        .expect("a name")
-        .to_string_lossy()
-        .into_owned();
+    let key = card_name(&svc.config);
     let left = Path::new(CARDS).join(format!(".{key}.0123456789abcdef.tmp"));
     let other = Path::new(CARDS).join(".0-0.0123456789abcdef.tmp");
     for planted in [&left, &other] {
@@ -428,12 +428,7 @@ fn a_card_planted_or_altered_by_another_user_is_never_used() {
     assert!(!card_of(&svc.config).exists(), "a stale card stayed");
     assert_eq!(svc.stop().stdout, "cardvictim stopped\n");
 
-    let key = card_of(&svc.config);
-    let key = key
-        .file_name()
-        .expect("a name")
-        .to_string_lossy()
-        .into_owned();
+    let key = card_name(&svc.config);
     let forged = |at: &Path| {
         std::fs::write(at, forged_card(&svc, &lair)).expect("forge");
         std::os::unix::fs::chown(at, Some(user.uid), Some(user.uid)).expect("chown");
