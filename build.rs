@@ -41,26 +41,31 @@ fn main() {
     if target("OS") != "linux" || target("ENV") != "gnu" {
         return;
     }
-    println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    // The front: static, without the C library's start files or libraries, not PIE (so
+    // nothing to relocate: the kernel maps it and jumps to `_start`).
+    for arg in ["-nostartfiles", "-nostdlib", "-static", "-no-pie"] {
+        println!("cargo:rustc-link-arg-bin=baton={arg}");
+    }
+    println!("cargo:rustc-link-arg-bin=baton-core=-Wl,-z,pack-relative-relocs");
     let order = Path::new(env!("CARGO_MANIFEST_DIR")).join("link/hot-order.txt");
     println!("cargo:rerun-if-changed={}", order.display());
     match links_with_lld() {
         Ok(()) if order.is_file() => {
             println!(
-                "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+                "cargo:rustc-link-arg-bin=baton-core=-Wl,--symbol-ordering-file={}",
                 order.display()
             );
-            println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+            println!("cargo:rustc-link-arg-bin=baton-core=-Wl,--no-warn-symbol-ordering");
             // Each segment from a page boundary: the writable ones (62 KB, every page of them
             // written by ld.so's relocation in every process) then span the fewest pages
             // their size allows, 16, instead of 16 or 17 as the text before them shifts
             // their start (benches/PROFILE-stop.md, ninth round). The file grows by the
             // padding, a few KB, never mapped.
-            println!("cargo:rustc-link-arg-bins=-Wl,-z,separate-loadable-segments");
+            println!("cargo:rustc-link-arg-bin=baton-core=-Wl,-z,separate-loadable-segments");
             // The markers that delimit the ordered text (src/sys.rs) are never called:
             // without this, a build without LTO would drop them as unreferenced.
-            println!("cargo:rustc-link-arg-bins=-Wl,--undefined=baton_hot_begin");
-            println!("cargo:rustc-link-arg-bins=-Wl,--undefined=baton_hot_end");
+            println!("cargo:rustc-link-arg-bin=baton-core=-Wl,--undefined=baton_hot_begin");
+            println!("cargo:rustc-link-arg-bin=baton-core=-Wl,--undefined=baton_hot_end");
         }
         Ok(()) => println!("cargo:warning=no {}: hot code not ordered", order.display()),
         Err(why) => println!("cargo:warning=hot code not ordered: {why}"),

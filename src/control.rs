@@ -788,7 +788,18 @@ impl Drop for Conn {
 /// A supervisor older than protocol versions does not understand the JSON line: its
 /// "unknown request" reply without a version is answered by asking again in its words.
 pub fn request(path: &Path, request: &Request, timeout: Option<Duration>) -> Result<Replies> {
-    let mut replies = send(path, &Envelope::new(request.clone()).to_line(), timeout)?;
+    let replies = send(path, &Envelope::new(request.clone()).to_line(), timeout)?;
+    legacy_or(replies, path, request, timeout)
+}
+
+/// `replies` to `request` as they are, unless a supervisor older than protocol versions
+/// refused it: then the request again, in protocol 0's words.
+fn legacy_or(
+    mut replies: Replies,
+    path: &Path,
+    request: &Request,
+    timeout: Option<Duration>,
+) -> Result<Replies> {
     let first = replies.next();
     let old = matches!(
         &first,
@@ -816,6 +827,16 @@ fn send(path: &Path, line: &str, timeout: Option<Duration>) -> Result<Replies> {
     // with EPIPE while its refusal waits to be read: read before giving up.
     // One write, so the supervisor wakes once for it.
     let sent = (&stream).write_all(text.as_bytes());
+    receive(stream, sent, timeout)
+}
+
+/// The replies on `stream`, where a request was written (`sent`, or the error that
+/// stopped its write).
+fn receive(
+    stream: UnixStream,
+    sent: std::io::Result<()>,
+    timeout: Option<Duration>,
+) -> Result<Replies> {
     // Only reads wait for the supervisor, and the request is on its way before this call.
     // A new socket has no timeout: a system call only to set one.
     if timeout.is_some() {
@@ -836,6 +857,69 @@ fn send(path: &Path, line: &str, timeout: Option<Duration>) -> Result<Replies> {
         }
     }
     Ok(replies)
+}
+
+/// The environment entry in which `baton`'s front hands over a stop it has sent
+/// (src/front.rs): `LOCK,SOCKET,ERRNO`.
+pub const SENT_ENV: &str = "BATON_STOP_SENT";
+
+/// A stop request `baton`'s front sent before it ran this core: the command lock it took
+/// and the socket it wrote the request on.
+#[derive(Debug)]
+pub struct Sent {
+    /// The command lock (`pidfile::lock_commands`'s), held while this lives.
+    pub lock: OwnedFd,
+    socket: UnixStream,
+    /// The errno of the front's write; 0 when the line was written whole.
+    error: i32,
+}
+
+impl Sent {
+    /// Takes the front's handoff out of the environment. None when there is none, or when
+    /// it does not name a regular file and a socket above stderr (then nothing named is
+    /// kept: the stop is made in full, as if the front had not been there).
+    pub fn take() -> Option<Sent> {
+        let value = std::env::var_os(SENT_ENV)?;
+        // Single-threaded here (a command's start): nothing reads the environment meanwhile.
+        std::env::remove_var(SENT_ENV);
+        let mut parts = value.to_str()?.split(',').map(|p| p.parse::<i32>().ok());
+        let [lock, socket, error] = [(); 3].map(|()| parts.next().flatten());
+        let (lock, socket, error) = (lock?, socket?, error?);
+        if parts.next().is_some() || lock <= 2 || socket <= 2 || lock == socket || error < 0 {
+            return None;
+        }
+        let kind = |fd| {
+            nix::sys::stat::fstat(fd)
+                .ok()
+                .map(|st| nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT)
+        };
+        use nix::sys::stat::SFlag;
+        if kind(lock)? != SFlag::S_IFREG || kind(socket)? != SFlag::S_IFSOCK {
+            return None;
+        }
+        Some(Sent {
+            lock: crate::sys::inherited(lock).ok()?,
+            socket: UnixStream::from(crate::sys::inherited(socket).ok()?),
+            error,
+        })
+    }
+
+    /// The replies to the stop it sent, as [`request`] gives them (`path`: the control
+    /// socket, for a supervisor that wants the request in older words).
+    pub fn replies(
+        self,
+        path: &Path,
+        request: &Request,
+        timeout: Option<Duration>,
+    ) -> (OwnedFd, Result<Replies>) {
+        let sent = match self.error {
+            0 => Ok(()),
+            e => Err(std::io::Error::from_raw_os_error(e)),
+        };
+        let replies = receive(self.socket, sent, timeout)
+            .and_then(|r| legacy_or(r, path, request, timeout));
+        (self.lock, replies)
+    }
 }
 
 /// What to tell the operator when a supervisor of another baton refused `request` as one

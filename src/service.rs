@@ -126,6 +126,12 @@ impl<'a> From<&'a crate::config::card::Card> for Handle<'a> {
 /// whether a supervisor was. `sent` runs once the request is sent (or found needless): what
 /// the stop may tell later, such as the config's warnings, waits until then.
 pub fn stop(h: Handle<'_>, sent: impl FnOnce()) -> Result<bool> {
+    let limit = h.stop_timeout.saturating_add(Duration::from_secs(10));
+    // `baton`'s front took the lock, found the supervisor alive and asked already.
+    if let Some(front) = control::Sent::take() {
+        let (_lock, asked) = front.replies(h.socket, &Request::Stop, Some(limit));
+        return stopped(h, asked, limit, sent);
+    }
     ensure_state_dir(h.state_dir)?;
     let _lock = pidfile::lock_commands(h.state_dir)?;
     stop_locked(h, sent)
