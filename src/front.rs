@@ -1,6 +1,7 @@
 //! `baton`, the command operators run: a front of a few KB that sends the one request whose
 //! latency is measured from the moment the command starts (`stop`: the service gets its
-//! SIGTERM) and hands every command line to `baton-core`, installed beside it.
+//! SIGTERM) and hands every command line to `baton-core`, installed beside it (the front's
+//! own path and `-core`).
 //!
 //! Why a second binary. Time to service gone is the stop command's own start-up plus the
 //! supervisor's wake. A 2 MB Rust program linked against glibc starts with ld.so mapping
@@ -34,8 +35,9 @@
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 compile_error!("baton's front (src/front.rs) makes x86_64 Linux system calls only");
 
-/// The core's file name, beside the front's own.
-const CORE: &[u8] = b"baton-core";
+/// The core is the front's own path with this after it: `baton-core` beside `baton`, and
+/// a pair copied under another name (`baton.v2`, `baton.v2-core`) stays a pair.
+const CORE: &[u8] = b"-core";
 /// The environment entry that hands a sent stop to the core (`control::Sent`).
 const SENT: &[u8] = b"BATON_STOP_SENT=";
 /// Where the stop cards are (`config::card::DIR`).
@@ -544,16 +546,15 @@ fn run_core(argv: *const *const u8, env: &Strings, sent: Option<Sent>) -> ! {
     sys::write_all(2, core.map_or(b"baton-core" as &[u8], |p| &p[..p.len() - 1]));
     sys::write_all(2, b" (");
     sys::write_all(2, errno_name(error));
-    sys::write_all(2, b"): baton-core must be installed beside baton, as `make install` and the cookbook put it\n");
+    sys::write_all(2, b"): the core is installed beside baton under its name and `-core` (`make install` and the cookbook put both)\n");
     sys::exit(1)
 }
 
-/// The core's path: this executable's directory and `baton-core`, NUL-terminated.
+/// The core's path: this executable's own, then `-core`, NUL-terminated.
 fn core_path(buf: &mut [u8; EXE_MAX + 16]) -> Option<&[u8]> {
     let n = sys::readlink(c"/proc/self/exe".as_ptr().cast(), &mut buf[..EXE_MAX])?;
-    let dir = buf[..n].iter().rposition(|&b| b == b'/')? + 1;
-    let end = dir + CORE.len();
-    buf.get_mut(dir..end)?.copy_from_slice(CORE);
+    let end = n + CORE.len();
+    buf.get_mut(n..end)?.copy_from_slice(CORE);
     *buf.get_mut(end)? = 0;
     Some(&buf[..=end])
 }
