@@ -888,12 +888,12 @@ impl Sent {
         if parts.next().is_some() || lock <= 2 || socket <= 2 || lock == socket || error < 0 {
             return None;
         }
+        use nix::sys::stat::{fstat, SFlag};
         let kind = |fd| {
-            nix::sys::stat::fstat(fd)
+            fstat(fd)
                 .ok()
-                .map(|st| nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT)
+                .map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT)
         };
-        use nix::sys::stat::SFlag;
         if kind(lock)? != SFlag::S_IFREG || kind(socket)? != SFlag::S_IFSOCK {
             return None;
         }
@@ -916,8 +916,8 @@ impl Sent {
             0 => Ok(()),
             e => Err(std::io::Error::from_raw_os_error(e)),
         };
-        let replies = receive(self.socket, sent, timeout)
-            .and_then(|r| legacy_or(r, path, request, timeout));
+        let replies =
+            receive(self.socket, sent, timeout).and_then(|r| legacy_or(r, path, request, timeout));
         (self.lock, replies)
     }
 }

@@ -126,7 +126,11 @@ fn every_stop_the_front_cannot_make_is_the_cores_whole_before_any_request() {
     let (run, trace) = svc.traced(&["stop"]);
     assert_eq!(run.code, 0, "stop after an edit: {run:?}");
     assert!(run.stdout.contains("fwhole stopped"), "{run:?}");
-    assert!(before_core(&trace), "an edited config's stop was sent by the front:\n{}", trace.join("\n"));
+    assert!(
+        before_core(&trace),
+        "an edited config's stop was sent by the front:\n{}",
+        trace.join("\n")
+    );
 
     // Not running: the core says so.
     let (run, trace) = svc.traced(&["stop"]);
@@ -136,7 +140,12 @@ fn every_stop_the_front_cannot_make_is_the_cores_whole_before_any_request() {
 
     // A relative config path and an unusual order of words: clap's, in the core.
     svc.start();
-    let rel = svc.config.file_name().expect("name").to_string_lossy().into_owned();
+    let rel = svc
+        .config
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
     let out = svc.path("rel.trace");
     let run: harness::Run = std::process::Command::new("strace")
         .args(["-f", "-s", "512", "-o"])
@@ -197,9 +206,16 @@ fn a_link_planted_as_the_command_lock_is_not_followed_by_the_front() {
     );
     let m = std::fs::symlink_metadata(&victim).expect("victim");
     assert_eq!(std::fs::read_to_string(&victim).expect("read"), "root's\n");
-    assert_eq!((m.mode() & 0o7777, m.uid()), (0o600, 0), "the victim was altered");
+    assert_eq!(
+        (m.mode() & 0o7777, m.uid()),
+        (0o600, 0),
+        "the victim was altered"
+    );
     assert_ne!(run.code, 0, "the core refuses the planted lock: {run:?}");
-    assert!(run.stderr.contains("start.lock"), "the refusal names the lock: {run:?}");
+    assert!(
+        run.stderr.contains("start.lock"),
+        "the refusal names the lock: {run:?}"
+    );
     assert!(alive(pid), "a refused stop left the service as it was");
 
     std::fs::remove_file(state.join("start.lock")).expect("remove the link");
@@ -231,7 +247,10 @@ fn the_handoffs_environment_entry_is_the_fronts_alone() {
         .lines()
         .find(|l| l.contains("execve(") && l.contains("-core\""))
         .expect("the core's exec");
-    assert!(!core.contains("BATON_STOP_SENT=0,1,0"), "a stray entry reached the core: {core}");
+    assert!(
+        !core.contains("BATON_STOP_SENT=0,1,0"),
+        "a stray entry reached the core: {core}"
+    );
     assert_eq!(
         core.matches("BATON_STOP_SENT=").count(),
         1,
