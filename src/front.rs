@@ -275,7 +275,9 @@ fn join<'a>(buf: &'a mut [u8], parts: &[&[u8]]) -> Option<&'a [u8]> {
 /// The stop up to its request, when the command line is a stop and root's card for the
 /// config matches it; None (with nothing held and nothing sent) to leave it to the core.
 fn stop(args: &Strings, env: &Strings, s: &mut Scratch) -> Option<Sent> {
-    if sys::geteuid() != 0 {
+    // An environment too large to copy could not carry the handoff to the core, which
+    // would then ask again and wait on the lock the front holds.
+    if sys::geteuid() != 0 || env.len() > MAX_ENV {
         return None;
     }
     let (file, name) = stop_target(args, &mut s.file)?;
@@ -604,7 +606,9 @@ fn environment(
 ) -> *const *const u8 {
     let n = env.len();
     if n > MAX_ENV {
-        // Too many to copy: as it is (the core ignores a stale entry it cannot verify).
+        // Too many to copy: as it is, and never with a sent stop (`stop` declines first).
+        // A stray entry there is the caller's own doing; the core adopts only a regular
+        // file and a socket it finds at the numbers named.
         return env.0;
     }
     let mut at = 0;
