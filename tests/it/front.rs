@@ -25,7 +25,7 @@ fn line_with(trace: &[String], parts: &[&str]) -> Option<usize> {
 
 /// The index of the exec of the core.
 fn core_exec(trace: &[String]) -> usize {
-    line_with(trace, &["execve(", "-core\"", "= 0"])
+    line_with(trace, &["execve(", "-core\", [", "= 0"])
         .unwrap_or_else(|| panic!("the front never ran its core:\n{}", trace.join("\n")))
 }
 
@@ -88,7 +88,7 @@ fn the_fronts_request_is_byte_for_byte_the_cores() {
 
     // The core run directly makes the whole stop itself.
     svc.start();
-    let core = format!("{}-core", harness::baton_bin().display());
+    let core = harness::core_bin();
     let out = svc.path("core.trace");
     let status = std::process::Command::new("strace")
         .args(["-f", "-s", "512", "-o"])
@@ -245,7 +245,7 @@ fn the_handoffs_environment_entry_is_the_fronts_alone() {
     let trace = std::fs::read_to_string(&out).expect("trace");
     let core = trace
         .lines()
-        .find(|l| l.contains("execve(") && l.contains("-core\""))
+        .find(|l| l.contains("execve(") && l.contains("-core\", ["))
         .expect("the core's exec");
     assert!(
         !core.contains("BATON_STOP_SENT=0,1,0"),
