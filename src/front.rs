@@ -172,11 +172,12 @@ unsafe fn c_str(p: *const u8) -> &'static [u8] {
     }
 }
 
-/// The stack buffers of a stop: the card, the paths made NUL-terminated, the request.
+/// The stack buffers of a stop: the card, the config path made NUL-terminated, the card's
+/// name (two u64 in decimal, a dash, a NUL), the request.
 struct Scratch {
     card: [u8; MAX_CARD + 1],
     file: [u8; PATH_MAX],
-    name: [u8; 40],
+    name: [u8; 48],
     line: [u8; 256],
 }
 
@@ -185,7 +186,7 @@ impl Scratch {
         Scratch {
             card: [0; MAX_CARD + 1],
             file: [0; PATH_MAX],
-            name: [0; 40],
+            name: [0; 48],
             line: [0; 256],
         }
     }
@@ -308,7 +309,7 @@ fn stop(args: &Strings, env: &Strings, s: &mut Scratch) -> Option<Sent> {
 /// reads it again from there: its supervisor may have removed it by then), and its bytes.
 fn read_card<'a>(
     st: &sys::Stat,
-    name: &mut [u8; 40],
+    name: &mut [u8; 48],
     buf: &'a mut [u8; MAX_CARD + 1],
 ) -> Option<(Fd, &'a [u8])> {
     let mut digits = [0u8; 20];
@@ -438,11 +439,10 @@ fn signed(field: &[u8]) -> Option<i64> {
 
 /// The stop request as `control::Envelope::plain_line` writes it, with its newline.
 fn request_line<'a>(env: &Strings, buf: &'a mut [u8; 256]) -> Option<&'a [u8]> {
-    // host::operator: SUDO_USER, else USER, the first set and not empty; then
+    // host::operator: SUDO_USER if set (an empty one says no one), else USER; then
     // control::audit_name: its name characters, at most 64.
-    let by = [b"SUDO_USER=" as &[u8], b"USER="]
-        .iter()
-        .find_map(|key| lookup(env, key).filter(|v| !v.is_empty()))
+    let by = lookup(env, b"SUDO_USER=")
+        .or_else(|| lookup(env, b"USER="))
         .unwrap_or(b"");
     // A value that is not ASCII is left to the core (std::env::var reads it as Unicode).
     if !by.is_ascii() {
