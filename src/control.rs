@@ -885,13 +885,7 @@ impl Sent {
         let value = std::env::var_os(SENT_ENV)?;
         // Single-threaded here (a command's start): nothing reads the environment meanwhile.
         std::env::remove_var(SENT_ENV);
-        let mut parts = value.to_str()?.split(',').map(|p| p.parse::<i32>().ok());
-        let [lock, socket, error, card] = [(); 4].map(|()| parts.next().flatten());
-        let (lock, socket, error, card) = (lock?, socket?, error?, card?);
-        let distinct = lock != socket && card != lock && card != socket;
-        if parts.next().is_some() || lock.min(socket).min(card) <= 2 || !distinct || error < 0 {
-            return None;
-        }
+        let [lock, socket, error, card] = Sent::numbers(value.to_str()?)?;
         use nix::sys::stat::{fstat, SFlag};
         let kind = |fd| {
             fstat(fd)
@@ -910,6 +904,18 @@ impl Sent {
             error,
             card: crate::sys::inherited(card).ok().map(std::fs::File::from),
         })
+    }
+
+    /// `LOCK,SOCKET,ERRNO,CARD`: three distinct descriptors above stderr and an errno.
+    fn numbers(value: &str) -> Option<[i32; 4]> {
+        let mut parts = value.split(',').map(|p| p.parse::<i32>().ok());
+        let [lock, socket, error, card] = [(); 4].map(|()| parts.next().flatten());
+        let (lock, socket, error, card) = (lock?, socket?, error?, card?);
+        let distinct = lock != socket && card != lock && card != socket;
+        if parts.next().is_some() || lock.min(socket).min(card) <= 2 || !distinct || error < 0 {
+            return None;
+        }
+        Some([lock, socket, error, card])
     }
 
     /// The replies to the stop it sent, as [`request`] gives them (`path`: the control
@@ -1017,6 +1023,25 @@ mod tests {
     use proptest::prelude::*;
 
     /// Every request without arguments.
+    #[test]
+    fn a_handoff_names_three_distinct_descriptors_above_stderr_and_an_errno() {
+        assert_eq!(Sent::numbers("4,3,0,5"), Some([4, 3, 0, 5]));
+        assert_eq!(Sent::numbers("4,3,32,5"), Some([4, 3, 32, 5]));
+        for bad in [
+            "",
+            "4,3,0",
+            "4,3,0,5,6",
+            "4,4,0,5",
+            "4,3,0,4",
+            "2,3,0,5",
+            "4,3,-1,5",
+            "4,x,0,5",
+            "4, 3,0,5",
+        ] {
+            assert_eq!(Sent::numbers(bad), None, "{bad:?}");
+        }
+    }
+
     const PLAIN: [Request; 7] = [
         Request::Status,
         Request::Start,
