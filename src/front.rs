@@ -15,7 +15,7 @@
 //! stop takes when the supervisor's stop card matches the config file
 //! (`config::card`): the command lock, the look at the supervisor's lock, the connect and
 //! the one-line request. It then execs `baton-core` with the lock and the socket open and
-//! `BATON_STOP_SENT=LOCK,SOCKET,ERRNO` in the environment; the core reads the replies,
+//! `BATON_STOP_SENT=LOCK,SOCKET,ERRNO,CARD` in the environment; the core reads the replies,
 //! prints them, waits for the supervisor's exit and says the config's warnings, as ever.
 //! Anything else, or anything unexpected on the way (no card, a card that does not match,
 //! a link where a directory should be, not root, an unusual command line, a supervisor not
@@ -26,8 +26,9 @@
 //! Everything here is raw system calls on x86_64 Linux: no allocation, no formatting, no
 //! panics on any input (every index is checked), nothing that would need a relocation.
 
-#![no_std]
-#![no_main]
+#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(test), no_main)]
+#![cfg_attr(test, allow(dead_code))]
 // The memory functions below are this program's own (there is no C library): LLVM must
 // not make calls to them out of their own loops.
 #![no_builtins]
@@ -61,6 +62,20 @@ const PATH_MAX: usize = 1024;
 /// The longest path of the front's own executable (`/proc/self/exe`).
 const EXE_MAX: usize = 4096;
 
+// `cargo test --all-targets` builds and runs every binary as a test, `test = false` or not,
+// with this binary's link flags (build.rs: no start files): std's harness cannot start so.
+// The test build's entry runs no test and exits 0, as `test = false` means; the front is
+// tested as it runs, through the real binary (tests/it/front.rs, tests/it/layout.rs).
+#[cfg(test)]
+core::arch::global_asm!(
+    ".globl _start",
+    "_start:",
+    "mov eax, 231",
+    "xor edi, edi",
+    "syscall",
+);
+
+#[cfg(not(test))]
 core::arch::global_asm!(
     ".globl _start",
     "_start:",
@@ -72,6 +87,7 @@ core::arch::global_asm!(
     entry = sym entry,
 );
 
+#[cfg(not(test))]
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
     sys::exit(70)
@@ -79,6 +95,7 @@ fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
 
 /// Named by the unwind tables of the precompiled `core` (built to unwind); with
 /// panic = "abort" nothing ever unwinds, so nothing calls it.
+#[cfg(not(test))]
 #[no_mangle]
 extern "C" fn rust_eh_personality() {}
 
@@ -155,11 +172,12 @@ unsafe fn c_str(p: *const u8) -> &'static [u8] {
     }
 }
 
-/// The stack buffers of a stop: the card, the paths made NUL-terminated, the request.
+/// The stack buffers of a stop: the card, the config path made NUL-terminated, the card's
+/// name (two u64 in decimal, a dash, a NUL), the request.
 struct Scratch {
     card: [u8; MAX_CARD + 1],
     file: [u8; PATH_MAX],
-    name: [u8; 40],
+    name: [u8; 48],
     line: [u8; 256],
 }
 
@@ -168,18 +186,19 @@ impl Scratch {
         Scratch {
             card: [0; MAX_CARD + 1],
             file: [0; PATH_MAX],
-            name: [0; 40],
+            name: [0; 48],
             line: [0; 256],
         }
     }
 }
 
-/// A stop handed to the core: the held command lock, the connected socket, and the errno
-/// of the request's write (0 when it was written whole).
+/// A stop handed to the core: the held command lock, the connected socket, the errno of
+/// the request's write (0 when it was written whole) and the card, open.
 struct Sent {
     lock: i32,
     socket: i32,
     error: i32,
+    card: i32,
 }
 
 /// The command line's config file (NUL-terminated) and service name, for the shapes
@@ -258,39 +277,50 @@ fn join<'a>(buf: &'a mut [u8], parts: &[&[u8]]) -> Option<&'a [u8]> {
 /// The stop up to its request, when the command line is a stop and root's card for the
 /// config matches it; None (with nothing held and nothing sent) to leave it to the core.
 fn stop(args: &Strings, env: &Strings, s: &mut Scratch) -> Option<Sent> {
-    if sys::geteuid() != 0 {
+    // An environment too large to copy could not carry the handoff to the core, which
+    // would then ask again and wait on the lock the front holds.
+    if sys::geteuid() != 0 || env.len() > MAX_ENV {
         return None;
     }
     let (file, name) = stop_target(args, &mut s.file)?;
     let st = sys::stat(file.as_ptr())?;
-    let card = read_card(&st, &mut s.name, &mut s.card)?;
+    let (open, card) = read_card(&st, &mut s.name, &mut s.card)?;
     let card = Card::decode(card)?;
     let matches = card.name == name
         && card.file == &file[..file.len() - 1]
-        && card.fingerprint == [
-            st.dev as i64,
-            st.ino as i64,
-            st.size,
-            st.mtime,
-            st.mtime_nsec,
-            st.ctime,
-            st.ctime_nsec,
-        ];
+        && card.fingerprint
+            == [
+                st.dev as i64,
+                st.ino as i64,
+                st.size,
+                st.mtime,
+                st.mtime_nsec,
+                st.ctime,
+                st.ctime_nsec,
+            ];
     if !matches {
         return None;
     }
     let line = request_line(env, &mut s.line)?;
-    send(&card, line)
+    send(&card, open, line)
 }
 
-/// Reads root's card for the file `st` describes into `buf`: the card's bytes.
-fn read_card<'a>(st: &sys::Stat, name: &mut [u8; 40], buf: &'a mut [u8; MAX_CARD + 1]) -> Option<&'a [u8]> {
+/// Reads root's card for the file `st` describes into `buf`: the card, open (the core
+/// reads it again from there: its supervisor may have removed it by then), and its bytes.
+fn read_card<'a>(
+    st: &sys::Stat,
+    name: &mut [u8; 48],
+    buf: &'a mut [u8; MAX_CARD + 1],
+) -> Option<(Fd, &'a [u8])> {
     let mut digits = [0u8; 20];
     let dev = decimal(st.dev, &mut digits);
     let mut digits2 = [0u8; 20];
     let ino = decimal(st.ino, &mut digits2);
     let key = join(name, &[dev, b"-", ino])?;
-    let dir = Fd(sys::open_no_symlinks(CARDS.as_ptr().cast(), sys::O_DIRECTORY)?);
+    let dir = Fd(sys::open_no_symlinks(
+        CARDS.as_ptr().cast(),
+        sys::O_DIRECTORY,
+    )?);
     let root_only = |st: &sys::Stat| st.uid == 0 && st.mode & 0o022 == 0;
     if !root_only(&sys::fstat(dir.0)?) {
         return None;
@@ -298,7 +328,7 @@ fn read_card<'a>(st: &sys::Stat, name: &mut [u8; 40], buf: &'a mut [u8; MAX_CARD
     let card = Fd(sys::openat(
         dir.0,
         key.as_ptr(),
-        sys::O_RDONLY | sys::O_NOFOLLOW | sys::O_NONBLOCK | sys::O_NOCTTY | sys::O_CLOEXEC,
+        sys::O_RDONLY | sys::O_NOFOLLOW | sys::O_NONBLOCK | sys::O_NOCTTY,
     )?);
     let cst = sys::fstat(card.0)?;
     if !root_only(&cst) || cst.mode & sys::S_IFMT != sys::S_IFREG || cst.nlink != 1 {
@@ -312,7 +342,7 @@ fn read_card<'a>(st: &sys::Stat, name: &mut [u8; 40], buf: &'a mut [u8; MAX_CARD
         }
         len += n;
     }
-    (len <= MAX_CARD).then(|| &buf[..len])
+    (len <= MAX_CARD).then(|| (card, &buf[..len]))
 }
 
 /// `n` in decimal, in the end of `digits`.
@@ -409,11 +439,10 @@ fn signed(field: &[u8]) -> Option<i64> {
 
 /// The stop request as `control::Envelope::plain_line` writes it, with its newline.
 fn request_line<'a>(env: &Strings, buf: &'a mut [u8; 256]) -> Option<&'a [u8]> {
-    // host::operator: SUDO_USER, else USER, the first set and not empty; then
+    // host::operator: SUDO_USER if set (an empty one says no one), else USER; then
     // control::audit_name: its name characters, at most 64.
-    let by = [b"SUDO_USER=" as &[u8], b"USER="]
-        .iter()
-        .find_map(|key| lookup(env, key).filter(|v| !v.is_empty()))
+    let by = lookup(env, b"SUDO_USER=")
+        .or_else(|| lookup(env, b"USER="))
         .unwrap_or(b"");
     // A value that is not ASCII is left to the core (std::env::var reads it as Unicode).
     if !by.is_ascii() {
@@ -427,7 +456,11 @@ fn request_line<'a>(env: &Strings, buf: &'a mut [u8; 256]) -> Option<&'a [u8]> {
             n += 1;
         }
     }
-    let by: &[&[u8]] = if n == 0 { &[] } else { &[b"\",\"by\":\"", &name[..n]] };
+    let by: &[&[u8]] = if n == 0 {
+        &[]
+    } else {
+        &[b"\",\"by\":\"", &name[..n]]
+    };
     let mut at = 0;
     let mut put = |part: &[u8]| -> Option<()> {
         buf.get_mut(at..at + part.len())?.copy_from_slice(part);
@@ -458,7 +491,7 @@ fn lookup(env: &Strings, key: &[u8]) -> Option<&'static [u8]> {
 /// Takes the command lock, looks at the supervisor's, connects and writes `line`, as
 /// `service::stop` does; None (all closed, nothing sent) when the supervisor is not
 /// running or anything is not as the core would find it.
-fn send(card: &Card<'_>, line: &[u8]) -> Option<Sent> {
+fn send(card: &Card<'_>, open: Fd, line: &[u8]) -> Option<Sent> {
     let mut state = [0u8; PATH_MAX];
     let state = join(&mut state, &[card.state_dir])?;
     let dir = Fd(sys::open_no_symlinks(state.as_ptr(), sys::O_DIRECTORY)?);
@@ -472,7 +505,10 @@ fn send(card: &Card<'_>, line: &[u8]) -> Option<Sent> {
         sys::O_RDWR | sys::O_NOFOLLOW | sys::O_NONBLOCK | sys::O_NOCTTY,
     )?);
     let lst = sys::fstat(lock.0)?;
-    if lst.mode & sys::S_IFMT != sys::S_IFREG || lst.nlink != 1 || (lst.uid != 0 && lst.uid != dst.uid) {
+    if lst.mode & sys::S_IFMT != sys::S_IFREG
+        || lst.nlink != 1
+        || (lst.uid != 0 && lst.uid != dst.uid)
+    {
         return None;
     }
     sys::clear_flags(lock.0)?;
@@ -502,6 +538,7 @@ fn send(card: &Card<'_>, line: &[u8]) -> Option<Sent> {
         lock: lock.into_raw(),
         socket: socket.into_raw(),
         error,
+        card: open.into_raw(),
     })
 }
 
@@ -543,7 +580,10 @@ fn run_core(argv: *const *const u8, env: &Strings, sent: Option<Sent>) -> ! {
         sys::write_all(2, part);
     }
     sys::write_all(2, b"cannot run ");
-    sys::write_all(2, core.map_or(b"baton-core" as &[u8], |p| &p[..p.len() - 1]));
+    sys::write_all(
+        2,
+        core.map_or(b"baton-core" as &[u8], |p| &p[..p.len() - 1]),
+    );
     sys::write_all(2, b" (");
     sys::write_all(2, errno_name(error));
     sys::write_all(2, b"): the core is installed beside baton under its name and `-core` (`make install` and the cookbook put both)\n");
@@ -569,7 +609,9 @@ fn environment(
 ) -> *const *const u8 {
     let n = env.len();
     if n > MAX_ENV {
-        // Too many to copy: as it is (the core ignores a stale entry it cannot verify).
+        // Too many to copy: as it is, and never with a sent stop (`stop` declines first).
+        // A stray entry there is the caller's own doing; the core adopts only a regular
+        // file and a socket it finds at the numbers named.
         return env.0;
     }
     let mut at = 0;
@@ -586,6 +628,7 @@ fn environment(
         let mut a = [0u8; 20];
         let mut b = [0u8; 20];
         let mut c = [0u8; 20];
+        let mut d = [0u8; 20];
         let parts = [
             SENT,
             decimal(s.lock as u64, &mut a),
@@ -593,6 +636,8 @@ fn environment(
             decimal(s.socket as u64, &mut b),
             b",",
             decimal(s.error as u64, &mut c),
+            b",",
+            decimal(s.card as u64, &mut d),
         ];
         if join(value, &parts).is_some() {
             entries[at] = value.as_ptr();
@@ -621,6 +666,7 @@ fn errno_name(e: i32) -> &'static [u8] {
 
 /// # Safety
 /// `d` and `s` valid for `n` bytes, not overlapping.
+#[cfg(not(test))]
 #[no_mangle]
 unsafe extern "C" fn memcpy(d: *mut u8, s: *const u8, n: usize) -> *mut u8 {
     // SAFETY: the caller's contract.
@@ -629,6 +675,7 @@ unsafe extern "C" fn memcpy(d: *mut u8, s: *const u8, n: usize) -> *mut u8 {
 
 /// # Safety
 /// `d` and `s` valid for `n` bytes.
+#[cfg(not(test))]
 #[no_mangle]
 unsafe extern "C" fn memmove(d: *mut u8, s: *const u8, n: usize) -> *mut u8 {
     // SAFETY: the caller's contract; copied in the direction that reads each byte before
@@ -649,6 +696,7 @@ unsafe extern "C" fn memmove(d: *mut u8, s: *const u8, n: usize) -> *mut u8 {
 
 /// # Safety
 /// `d` valid for `n` bytes.
+#[cfg(not(test))]
 #[no_mangle]
 unsafe extern "C" fn memset(d: *mut u8, c: i32, n: usize) -> *mut u8 {
     for i in 0..n {
@@ -660,6 +708,7 @@ unsafe extern "C" fn memset(d: *mut u8, c: i32, n: usize) -> *mut u8 {
 
 /// # Safety
 /// `a` and `b` valid for `n` bytes.
+#[cfg(not(test))]
 #[no_mangle]
 unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     for i in 0..n {
@@ -674,6 +723,7 @@ unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
 
 /// # Safety
 /// As `memcmp`.
+#[cfg(not(test))]
 #[no_mangle]
 unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     // SAFETY: the caller's contract.
@@ -785,7 +835,11 @@ mod sys {
 
     /// openat2(RESOLVE_NO_SYMLINKS) of a NUL-terminated absolute path, close-on-exec.
     pub fn open_no_symlinks(path: *const u8, flags: usize) -> Option<i32> {
-        let how: [u64; 3] = [(O_RDONLY | O_CLOEXEC | flags) as u64, 0, RESOLVE_NO_SYMLINKS];
+        let how: [u64; 3] = [
+            (O_RDONLY | O_CLOEXEC | flags) as u64,
+            0,
+            RESOLVE_NO_SYMLINKS,
+        ];
         let a = [AT_FDCWD, path as usize, how.as_ptr() as usize, 24, 0, 0];
         retried(437, a).map(|fd| fd as i32)
     }
@@ -795,7 +849,10 @@ mod sys {
     }
 
     pub fn read(fd: i32, buf: &mut [u8]) -> Option<usize> {
-        retried(0, [fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0])
+        retried(
+            0,
+            [fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0],
+        )
     }
 
     /// Writes all of `buf`: 0, or the errno that stopped it.
@@ -819,7 +876,12 @@ mod sys {
     pub fn send_all(fd: i32, mut buf: &[u8]) -> i32 {
         while !buf.is_empty() {
             // SAFETY: buf is valid for reads of its length; no address.
-            let r = unsafe { call(44, [fd as usize, buf.as_ptr() as usize, buf.len(), 0x4000, 0, 0]) };
+            let r = unsafe {
+                call(
+                    44,
+                    [fd as usize, buf.as_ptr() as usize, buf.len(), 0x4000, 0, 0],
+                )
+            };
             if r == -EINTR {
                 continue;
             }
@@ -834,7 +896,7 @@ mod sys {
     /// poll(2) for input on `fd`, at most `ms` milliseconds; the outcome is not needed.
     pub fn wait_readable(fd: i32, ms: i32) {
         let mut pfd = [fd as u32 as u64 | (1u64 << 32)]; // events = POLLIN
-        // SAFETY: one pollfd, valid for the kernel's write of revents.
+                                                         // SAFETY: one pollfd, valid for the kernel's write of revents.
         unsafe { call(7, [pfd.as_mut_ptr() as usize, 1, ms as usize, 0, 0, 0]) };
     }
 
@@ -879,7 +941,10 @@ mod sys {
 
     /// readlink(2) into `buf`: the length.
     pub fn readlink(path: *const u8, buf: &mut [u8]) -> Option<usize> {
-        let n = retried(89, [path as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0])?;
+        let n = retried(
+            89,
+            [path as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0],
+        )?;
         (n < buf.len()).then_some(n)
     }
 

@@ -13,6 +13,7 @@ mod control;
 mod deploy;
 mod deploy_defects;
 mod etcd_cluster;
+mod front;
 mod hardening;
 mod jetty;
 mod jvm;
