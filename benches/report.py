@@ -116,11 +116,12 @@ WHY = {
                  "waiting `start`: two processes wake in turn after the sleep (benches/PROFILE-ready.md)",
     "ready_tcp": "the probe reconnects every 5 ms doubling to 20 ms: readiness is seen at the next attempt",
     "ready_http": "the probe retries every 5 ms doubling to 20 ms: readiness is seen at the next attempt",
-    "stop": "`baton stop` is a dynamically linked PIE whose start-up (exec, ld.so relocating libc and its own "
-            "data; the config is not read again when unchanged since the start) takes about 76 page faults where "
-            "start-stop-daemon takes 59, and after the kill the supervisor reaps, swaps state.json in, removes its "
-            "PID file, cgroup and socket and exits before `stop` returns; after 1.5 s of sleep every page touched "
-            "pays the cost above (benches/PROFILE-stop.md, PROFILE-layout.md)",
+    "stop": "`baton stop` is two images in one process: the static front sends the request, waits for the "
+            "supervisor's first reply and execs `baton-core`, a dynamically linked PIE whose start-up (ld.so "
+            "relocating libc and its own data) and reading of the replies touch about 200 pages, 50 of them its "
+            "own, while it waits for the supervisor's exit; after the kill the supervisor reaps, swaps "
+            "state.json in, removes its PID file, cgroup and socket and exits before `stop` returns; after 1.5 s "
+            "of sleep every page touched pays the cost above (benches/PROFILE-stop.md, tenth round)",
     "kill": "the stop timeout is enforced by the supervisor's timer, then SIGKILL and reaping",
     "orphans": "a grandchild escaped the process group and the subreaper sweep",
     "log": "the bytes are copied twice (by the service into its pipe, by baton's splice from its relay pipe "
@@ -130,12 +131,13 @@ WHY = {
               "copies it with the prefixes into a block and its writing thread copies that into the file, 36% more "
               "bytes than the service wrote; on a machine whose two CPUs are busy these copies take turns "
               "(benches/PROFILE-log.md)",
-    "gone": "two processes wake where start-stop-daemon is one: `baton stop` (exec, ld.so's relocation; the "
-            "config is not read again when unchanged since the supervisor validated it, its stop card says what "
-            "the stop needs: 185 distinct pages before its request, 44 of them baton's own, 13 of its code; "
-            "start-stop-daemon touches 180 to its kill, 29 of them its own) sends the request, then the supervisor wakes "
-            "and signals (11 pages up to the SIGTERM); after 1.5 s of sleep every page touched pays the cost "
-            "above (benches/PROFILE-stop.md, PROFILE-layout.md)",
+    "gone": "two processes wake where start-stop-daemon is one: `baton`'s static front (no ld.so, no libc: "
+            "8 pages present from its exec to its request, its stack 3 of them; start-stop-daemon touches 180 to "
+            "its kill, 29 of them its own) sends the request, then the supervisor wakes and signals (11 pages "
+            "up to the SIGTERM); the core starts only after the supervisor's first reply. Only root's stop "
+            "with the supervisor's stop card matching the config takes the front's path: otherwise (not root, "
+            "a config changed since the start) the core makes the whole stop, ~185 pages before its request; "
+            "after 1.5 s of sleep every page touched pays the cost above (benches/PROFILE-stop.md, tenth round)",
 }
 
 
