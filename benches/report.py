@@ -118,7 +118,7 @@ WHY = {
     "ready_http": "the probe retries every 5 ms doubling to 20 ms: readiness is seen at the next attempt",
     "stop": "`baton stop` is two images in one process: the static front sends the request, waits for the "
             "supervisor's first reply and execs `baton-core`, a dynamically linked PIE whose start-up (ld.so "
-            "relocating libc and its own data) and reading of the replies touch about 200 pages, 50 of them its "
+            "relocating libc and its own data) and reading of the replies touch about 200 pages, 54 of them its "
             "own, while it waits for the supervisor's exit; after the kill the supervisor reaps, swaps "
             "state.json in, removes its PID file, cgroup and socket and exits before `stop` returns; after 1.5 s "
             "of sleep every page touched pays the cost above (benches/PROFILE-stop.md, tenth round)",
