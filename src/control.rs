@@ -889,9 +889,10 @@ impl Sent {
             return None;
         }
         let kind = |fd| {
-            nix::sys::stat::fstat(fd)
-                .ok()
-                .map(|st| nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT)
+            nix::sys::stat::fstat(fd).ok().map(|st| {
+                nix::sys::stat::SFlag::from_bits_truncate(st.st_mode)
+                    & nix::sys::stat::SFlag::S_IFMT
+            })
         };
         use nix::sys::stat::SFlag;
         if kind(lock)? != SFlag::S_IFREG || kind(socket)? != SFlag::S_IFSOCK {
@@ -916,8 +917,8 @@ impl Sent {
             0 => Ok(()),
             e => Err(std::io::Error::from_raw_os_error(e)),
         };
-        let replies = receive(self.socket, sent, timeout)
-            .and_then(|r| legacy_or(r, path, request, timeout));
+        let replies =
+            receive(self.socket, sent, timeout).and_then(|r| legacy_or(r, path, request, timeout));
         (self.lock, replies)
     }
 }

@@ -267,15 +267,16 @@ fn stop(args: &Strings, env: &Strings, s: &mut Scratch) -> Option<Sent> {
     let card = Card::decode(card)?;
     let matches = card.name == name
         && card.file == &file[..file.len() - 1]
-        && card.fingerprint == [
-            st.dev as i64,
-            st.ino as i64,
-            st.size,
-            st.mtime,
-            st.mtime_nsec,
-            st.ctime,
-            st.ctime_nsec,
-        ];
+        && card.fingerprint
+            == [
+                st.dev as i64,
+                st.ino as i64,
+                st.size,
+                st.mtime,
+                st.mtime_nsec,
+                st.ctime,
+                st.ctime_nsec,
+            ];
     if !matches {
         return None;
     }
@@ -284,13 +285,20 @@ fn stop(args: &Strings, env: &Strings, s: &mut Scratch) -> Option<Sent> {
 }
 
 /// Reads root's card for the file `st` describes into `buf`: the card's bytes.
-fn read_card<'a>(st: &sys::Stat, name: &mut [u8; 40], buf: &'a mut [u8; MAX_CARD + 1]) -> Option<&'a [u8]> {
+fn read_card<'a>(
+    st: &sys::Stat,
+    name: &mut [u8; 40],
+    buf: &'a mut [u8; MAX_CARD + 1],
+) -> Option<&'a [u8]> {
     let mut digits = [0u8; 20];
     let dev = decimal(st.dev, &mut digits);
     let mut digits2 = [0u8; 20];
     let ino = decimal(st.ino, &mut digits2);
     let key = join(name, &[dev, b"-", ino])?;
-    let dir = Fd(sys::open_no_symlinks(CARDS.as_ptr().cast(), sys::O_DIRECTORY)?);
+    let dir = Fd(sys::open_no_symlinks(
+        CARDS.as_ptr().cast(),
+        sys::O_DIRECTORY,
+    )?);
     let root_only = |st: &sys::Stat| st.uid == 0 && st.mode & 0o022 == 0;
     if !root_only(&sys::fstat(dir.0)?) {
         return None;
@@ -427,7 +435,11 @@ fn request_line<'a>(env: &Strings, buf: &'a mut [u8; 256]) -> Option<&'a [u8]> {
             n += 1;
         }
     }
-    let by: &[&[u8]] = if n == 0 { &[] } else { &[b"\",\"by\":\"", &name[..n]] };
+    let by: &[&[u8]] = if n == 0 {
+        &[]
+    } else {
+        &[b"\",\"by\":\"", &name[..n]]
+    };
     let mut at = 0;
     let mut put = |part: &[u8]| -> Option<()> {
         buf.get_mut(at..at + part.len())?.copy_from_slice(part);
@@ -472,7 +484,10 @@ fn send(card: &Card<'_>, line: &[u8]) -> Option<Sent> {
         sys::O_RDWR | sys::O_NOFOLLOW | sys::O_NONBLOCK | sys::O_NOCTTY,
     )?);
     let lst = sys::fstat(lock.0)?;
-    if lst.mode & sys::S_IFMT != sys::S_IFREG || lst.nlink != 1 || (lst.uid != 0 && lst.uid != dst.uid) {
+    if lst.mode & sys::S_IFMT != sys::S_IFREG
+        || lst.nlink != 1
+        || (lst.uid != 0 && lst.uid != dst.uid)
+    {
         return None;
     }
     sys::clear_flags(lock.0)?;
@@ -543,7 +558,10 @@ fn run_core(argv: *const *const u8, env: &Strings, sent: Option<Sent>) -> ! {
         sys::write_all(2, part);
     }
     sys::write_all(2, b"cannot run ");
-    sys::write_all(2, core.map_or(b"baton-core" as &[u8], |p| &p[..p.len() - 1]));
+    sys::write_all(
+        2,
+        core.map_or(b"baton-core" as &[u8], |p| &p[..p.len() - 1]),
+    );
     sys::write_all(2, b" (");
     sys::write_all(2, errno_name(error));
     sys::write_all(2, b"): the core is installed beside baton under its name and `-core` (`make install` and the cookbook put both)\n");
@@ -785,7 +803,11 @@ mod sys {
 
     /// openat2(RESOLVE_NO_SYMLINKS) of a NUL-terminated absolute path, close-on-exec.
     pub fn open_no_symlinks(path: *const u8, flags: usize) -> Option<i32> {
-        let how: [u64; 3] = [(O_RDONLY | O_CLOEXEC | flags) as u64, 0, RESOLVE_NO_SYMLINKS];
+        let how: [u64; 3] = [
+            (O_RDONLY | O_CLOEXEC | flags) as u64,
+            0,
+            RESOLVE_NO_SYMLINKS,
+        ];
         let a = [AT_FDCWD, path as usize, how.as_ptr() as usize, 24, 0, 0];
         retried(437, a).map(|fd| fd as i32)
     }
@@ -795,7 +817,10 @@ mod sys {
     }
 
     pub fn read(fd: i32, buf: &mut [u8]) -> Option<usize> {
-        retried(0, [fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0])
+        retried(
+            0,
+            [fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0],
+        )
     }
 
     /// Writes all of `buf`: 0, or the errno that stopped it.
@@ -819,7 +844,12 @@ mod sys {
     pub fn send_all(fd: i32, mut buf: &[u8]) -> i32 {
         while !buf.is_empty() {
             // SAFETY: buf is valid for reads of its length; no address.
-            let r = unsafe { call(44, [fd as usize, buf.as_ptr() as usize, buf.len(), 0x4000, 0, 0]) };
+            let r = unsafe {
+                call(
+                    44,
+                    [fd as usize, buf.as_ptr() as usize, buf.len(), 0x4000, 0, 0],
+                )
+            };
             if r == -EINTR {
                 continue;
             }
@@ -834,7 +864,7 @@ mod sys {
     /// poll(2) for input on `fd`, at most `ms` milliseconds; the outcome is not needed.
     pub fn wait_readable(fd: i32, ms: i32) {
         let mut pfd = [fd as u32 as u64 | (1u64 << 32)]; // events = POLLIN
-        // SAFETY: one pollfd, valid for the kernel's write of revents.
+                                                         // SAFETY: one pollfd, valid for the kernel's write of revents.
         unsafe { call(7, [pfd.as_mut_ptr() as usize, 1, ms as usize, 0, 0, 0]) };
     }
 
@@ -879,7 +909,10 @@ mod sys {
 
     /// readlink(2) into `buf`: the length.
     pub fn readlink(path: *const u8, buf: &mut [u8]) -> Option<usize> {
-        let n = retried(89, [path as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0])?;
+        let n = retried(
+            89,
+            [path as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0],
+        )?;
         (n < buf.len()).then_some(n)
     }
 

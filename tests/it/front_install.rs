@@ -1,6 +1,6 @@
 //! baton installed as a pair: the front (`baton`) runs its core only from beside itself,
 //! under its own name and `-core`, so a copy without its core says what is missing and a
-//! pair copied under another name works as the original.
+//! pair copied under another name works as the original and names its own front.
 
 use crate::harness;
 
@@ -57,6 +57,23 @@ fn a_pair_copied_under_another_name_starts_and_stops_a_service() {
     let r = run(&bin, &["--version"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.stdout, format!("baton {}\n", env!("CARGO_PKG_VERSION")));
+
+    // What it writes for later runs names the copy's front, not the core that wrote it.
+    let r = svc.baton_with(&bin, &["generate", "init-script"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("\nBATON='{}'\n", bin.display())),
+        "{}",
+        r.stdout
+    );
+    let r = svc.baton_with(&bin, &["generate", "systemd-unit"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains(&format!("\nExecStart={} --config ", bin.display())),
+        "{}",
+        r.stdout
+    );
 
     let r = svc.baton_with(&bin, &["start"]);
     assert_eq!(r.code, 0, "{r:?}");
