@@ -1,13 +1,14 @@
-//! How the baton binary is linked: the loader's work at every exec (see build.rs).
+//! How baton's core is linked: the loader's work at every exec (see build.rs). The front
+//! is static, with no loader work at all.
 
-use crate::harness::baton_bin;
+use crate::harness::core_bin;
 use std::process::Command;
 
 /// The binary's dynamic section, as readelf prints it.
 fn dynamic_section() -> String {
     let out = Command::new("readelf")
         .arg("--dynamic")
-        .arg(baton_bin())
+        .arg(core_bin())
         .output()
         .expect("readelf (binutils, installed with gcc) must be on PATH for this test");
     assert!(out.status.success(), "readelf failed: {out:?}");
