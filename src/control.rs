@@ -888,13 +888,12 @@ impl Sent {
         if parts.next().is_some() || lock <= 2 || socket <= 2 || lock == socket || error < 0 {
             return None;
         }
+        use nix::sys::stat::{fstat, SFlag};
         let kind = |fd| {
-            nix::sys::stat::fstat(fd).ok().map(|st| {
-                nix::sys::stat::SFlag::from_bits_truncate(st.st_mode)
-                    & nix::sys::stat::SFlag::S_IFMT
-            })
+            fstat(fd)
+                .ok()
+                .map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT)
         };
-        use nix::sys::stat::SFlag;
         if kind(lock)? != SFlag::S_IFREG || kind(socket)? != SFlag::S_IFSOCK {
             return None;
         }

@@ -987,12 +987,24 @@ impl Held {
     fn line(self) -> String {
         let (at, rest) = match self {
             Held::Line(at, rest) => (at, rest),
-            Held::Later(at, target, message) => (at, format!("  INFO {target}: {}", message())),
+            Held::Later(at, target, message) => {
+                (at, format!("  INFO {}: {}", shown(target), message()))
+            }
         };
         let mut line = stamp(at);
         line.push_str(&rest);
         line.push('\n');
         line
+    }
+}
+
+/// An event's target as baton.log names it: the module path under `baton`, the name the
+/// crate had before the core became a binary of its own (`baton-core`, whose crate name
+/// is `baton_core`); the lines read as they always did.
+fn shown(target: &str) -> std::borrow::Cow<'_, str> {
+    match target.strip_prefix("baton_core") {
+        Some(rest) if rest.is_empty() || rest.starts_with("::") => format!("baton{rest}").into(),
+        _ => target.into(),
     }
 }
 
@@ -1111,7 +1123,7 @@ impl tracing::Subscriber for EventSubscriber {
     fn event(&self, event: &tracing::Event<'_>) {
         let meta = event.metadata();
         let now = std::time::SystemTime::now();
-        let mut rest = format!(" {:>5} {}: ", meta.level(), meta.target());
+        let mut rest = format!(" {:>5} {}: ", meta.level(), shown(meta.target()));
         event.record(&mut Fields(&mut rest));
         if let Ok(mut held) = self.0.held.lock() {
             if let Some(held) = held.as_mut() {

@@ -823,12 +823,15 @@ pub fn accept_nonblocking(
 }
 
 /// Takes ownership of a descriptor this process's previous image left open across
-/// `execve` (`baton reexec`), marking it close-on-exec again so no child inherits it.
+/// `execve` (`baton reexec`; `baton`'s front handing over a sent stop), marking it
+/// close-on-exec again so no child inherits it.
 pub fn inherited(fd: std::os::fd::RawFd) -> std::io::Result<OwnedFd> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
     // SAFETY: the descriptor is open (F_SETFD succeeded) and is named once, in the reexec
-    // record the previous image wrote for this one: nothing else in this image owns it.
+    // record or the front's BATON_STOP_SENT (taken out of the environment as it is read):
+    // open since the exec, so no descriptor this image opened has its number, and nothing
+    // else in this image owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 

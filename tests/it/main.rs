@@ -13,6 +13,7 @@ mod control;
 mod deploy;
 mod deploy_defects;
 mod etcd_cluster;
+mod front;
 mod front_install;
 mod hardening;
 mod jetty;

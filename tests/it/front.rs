@@ -1,0 +1,261 @@
+//! `baton`'s front (src/front.rs): a root stop whose card matches is sent by the front
+//! before the core runs, with the core's very request line, and the core follows it up;
+//! every stop the front cannot make itself is the core's whole, before any request; what
+//! a local user can plant on the front's way is never followed; and the handoff's
+//! environment entry is the front's alone. Root only (stop cards are root's); without it
+//! they skip with a message.
+
+use crate::harness;
+
+use harness::{alive, skip_unless_root, wait_until, Svc, User};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+/// Why these tests are skipped when not run as root.
+const ROOT_ONLY: &str = "the front's stop follows root's stop cards only";
+
+/// The index of the first trace line holding all of `parts`.
+fn line_with(trace: &[String], parts: &[&str]) -> Option<usize> {
+    trace
+        .iter()
+        .position(|l| parts.iter().all(|p| l.contains(p)))
+}
+
+/// The index of the exec of the core.
+fn core_exec(trace: &[String]) -> usize {
+    line_with(trace, &["execve(", "-core\"", "= 0"])
+        .unwrap_or_else(|| panic!("the front never ran its core:\n{}", trace.join("\n")))
+}
+
+/// The line of the request a trace sent, if any: the string strace shows.
+fn request_sent(trace: &[String]) -> Option<(usize, String)> {
+    let i = line_with(trace, &["\\\"request\\\":\\\"stop\\\""])?;
+    let l = &trace[i];
+    let start = l.find("\"{")?;
+    let end = l[start..].find("}\\n\"")? + start;
+    Some((i, l[start + 1..end + 1].to_string()))
+}
+
+fn started(name: &str) -> Svc {
+    let svc = Svc::new(name, r#"["sleep", "300"]"#, "");
+    svc.start();
+    svc
+}
+
+#[test]
+fn the_front_sends_the_stop_before_its_core_runs_and_the_core_follows_it_up() {
+    if skip_unless_root(ROOT_ONLY) {
+        return;
+    }
+    let svc = started("fsend");
+    let pid = svc.pid_in_file().expect("a PID file once started");
+    let (run, trace) = svc.traced(&["stop"]);
+    assert_eq!(run.code, 0, "stop: {run:?}");
+    assert!(run.stdout.contains("fsend stopped"), "{run:?}");
+    assert!(
+        run.stderr.contains("sent SIGTERM"),
+        "the supervisor's progress reached the operator: {run:?}"
+    );
+    let (sent, _) = request_sent(&trace)
+        .unwrap_or_else(|| panic!("no request in the trace:\n{}", trace.join("\n")));
+    assert!(
+        sent < core_exec(&trace),
+        "the request was not sent before the core ran:\n{}",
+        trace.join("\n")
+    );
+    // The core neither locks again nor asks again: the front's lock and socket are its.
+    let after = &trace[core_exec(&trace)..];
+    assert!(
+        request_sent(after).is_none() && line_with(after, &["start.lock"]).is_none(),
+        "the core repeated the front's work:\n{}",
+        after.join("\n")
+    );
+    wait_until(T, "the service gone", || !alive(pid));
+    assert!(svc.processes().is_empty(), "the service outlived its stop");
+}
+
+#[test]
+fn the_fronts_request_is_byte_for_byte_the_cores() {
+    if skip_unless_root(ROOT_ONLY) {
+        return;
+    }
+    let svc = started("fline");
+    let (run, trace) = svc.traced(&["stop"]);
+    assert_eq!(run.code, 0, "stop: {run:?}");
+    let (_, front) = request_sent(&trace).expect("the front's request");
+
+    // The core run directly makes the whole stop itself.
+    svc.start();
+    let core = format!("{}-core", harness::baton_bin().display());
+    let out = svc.path("core.trace");
+    let status = std::process::Command::new("strace")
+        .args(["-f", "-s", "512", "-o"])
+        .arg(&out)
+        .arg(&core)
+        .arg("--config")
+        .arg(&svc.config)
+        .arg("stop")
+        .status()
+        .expect("strace");
+    assert!(status.success());
+    let trace: Vec<String> = std::fs::read_to_string(&out)
+        .expect("the trace")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let (_, core) = request_sent(&trace).expect("the core's request");
+    assert_eq!(front, core, "the front's request differs from the core's");
+}
+
+#[test]
+fn every_stop_the_front_cannot_make_is_the_cores_whole_before_any_request() {
+    if skip_unless_root(ROOT_ONLY) {
+        return;
+    }
+    let svc = started("fwhole");
+    let before_core = |trace: &[String]| {
+        let at = core_exec(trace);
+        request_sent(&trace[..at]).is_none() && line_with(&trace[..at], &["connect("]).is_none()
+    };
+
+    // A config edited since the start (its change time moved): the card no longer matches.
+    let text = std::fs::read_to_string(&svc.config).expect("config");
+    std::fs::write(&svc.config, text).expect("rewrite config");
+    let (run, trace) = svc.traced(&["stop"]);
+    assert_eq!(run.code, 0, "stop after an edit: {run:?}");
+    assert!(run.stdout.contains("fwhole stopped"), "{run:?}");
+    assert!(
+        before_core(&trace),
+        "an edited config's stop was sent by the front:\n{}",
+        trace.join("\n")
+    );
+
+    // Not running: the core says so.
+    let (run, trace) = svc.traced(&["stop"]);
+    assert_eq!(run.code, 0, "stop when stopped: {run:?}");
+    assert!(run.stdout.contains("not running"), "{run:?}");
+    assert!(before_core(&trace), "{}", trace.join("\n"));
+
+    // A relative config path and an unusual order of words: clap's, in the core.
+    svc.start();
+    let rel = svc
+        .config
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let out = svc.path("rel.trace");
+    let run: harness::Run = std::process::Command::new("strace")
+        .args(["-f", "-s", "512", "-o"])
+        .arg(&out)
+        .arg(harness::baton_bin())
+        .args(["stop", "--config", &rel])
+        .current_dir(&svc.dir)
+        .output()
+        .expect("strace")
+        .into();
+    assert_eq!(run.code, 0, "stop --config RELATIVE: {run:?}");
+    assert!(run.stdout.contains("fwhole stopped"), "{run:?}");
+    let trace: Vec<String> = std::fs::read_to_string(&out)
+        .expect("trace")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(before_core(&trace), "{}", trace.join("\n"));
+    assert!(svc.processes().is_empty(), "the service outlived its stop");
+}
+
+#[test]
+fn a_link_planted_as_the_command_lock_is_not_followed_by_the_front() {
+    if skip_unless_root(ROOT_ONLY) {
+        return;
+    }
+    let user = User::new("bfront");
+    let svc = started("flink");
+    let pid = svc.pid_in_file().expect("a PID file");
+    // The state directory is the user's (as when a config gives the service user its own):
+    // the user swaps the command lock for a link to a file of root's.
+    let state = svc.path("state");
+    let victim = svc.path("victim");
+    std::fs::write(&victim, "root's\n").expect("victim");
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let chown = std::process::Command::new("chown")
+        .arg(format!("{0}:{0}", user.name))
+        .arg(&state)
+        .status()
+        .expect("chown");
+    assert!(chown.success());
+    user.sh(&format!(
+        "rm -f {s}/start.lock && ln -s {v} {s}/start.lock",
+        s = state.display(),
+        v = victim.display()
+    ));
+    let (run, trace) = svc.traced(&["stop"]);
+    let at = core_exec(&trace);
+    assert!(
+        request_sent(&trace[..at]).is_none(),
+        "the front sent a stop through a planted lock:\n{}",
+        trace.join("\n")
+    );
+    assert!(
+        line_with(&trace[..at], &["\"start.lock\"", "ELOOP"]).is_some(),
+        "the front did not refuse the link itself:\n{}",
+        trace.join("\n")
+    );
+    let m = std::fs::symlink_metadata(&victim).expect("victim");
+    assert_eq!(std::fs::read_to_string(&victim).expect("read"), "root's\n");
+    assert_eq!(
+        (m.mode() & 0o7777, m.uid()),
+        (0o600, 0),
+        "the victim was altered"
+    );
+    assert_ne!(run.code, 0, "the core refuses the planted lock: {run:?}");
+    assert!(
+        run.stderr.contains("start.lock"),
+        "the refusal names the lock: {run:?}"
+    );
+    assert!(alive(pid), "a refused stop left the service as it was");
+
+    std::fs::remove_file(state.join("start.lock")).expect("remove the link");
+    svc.stop();
+    wait_until(T, "the service gone", || !alive(pid));
+}
+
+#[test]
+fn the_handoffs_environment_entry_is_the_fronts_alone() {
+    if skip_unless_root(ROOT_ONLY) {
+        return;
+    }
+    let svc = started("fenv");
+    let out = svc.path("env.trace");
+    let run: harness::Run = std::process::Command::new("strace")
+        .args(["-f", "-v", "-s", "512", "-e", "trace=execve", "-o"])
+        .arg(&out)
+        .arg(harness::baton_bin())
+        .arg("--config")
+        .arg(&svc.config)
+        .arg("stop")
+        .env("BATON_STOP_SENT", "0,1,0")
+        .output()
+        .expect("strace")
+        .into();
+    assert_eq!(run.code, 0, "stop with a stray BATON_STOP_SENT: {run:?}");
+    let trace = std::fs::read_to_string(&out).expect("trace");
+    let core = trace
+        .lines()
+        .find(|l| l.contains("execve(") && l.contains("-core\""))
+        .expect("the core's exec");
+    assert!(
+        !core.contains("BATON_STOP_SENT=0,1,0"),
+        "a stray entry reached the core: {core}"
+    );
+    assert_eq!(
+        core.matches("BATON_STOP_SENT=").count(),
+        1,
+        "the front's own entry, once: {core}"
+    );
+    assert!(run.stdout.contains("fenv stopped"), "{run:?}");
+    assert!(svc.processes().is_empty(), "the service outlived its stop");
+}
