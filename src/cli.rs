@@ -410,26 +410,36 @@ impl Cli {
     /// supervisor left says what the stop needs (`config::card`).
     #[inline(never)]
     fn stop(&self, t: &Target) -> Result<Code> {
+        // A stop `baton`'s front has sent already, with the card it went by.
+        let mut front = crate::control::Sent::take();
         let (file, name) = self.locate(t)?;
-        if let Some(card) = config::card::read(&file, &name) {
+        let card = match front.as_mut().and_then(|f| f.card.take()) {
+            Some(open) => config::card::read_open(open, &file, &name),
+            None => config::card::read(&file, &name),
+        };
+        if let Some(card) = card {
             let card = kept(card);
-            let running = crate::service::stop((&*card).into(), || warn(card.warnings()))?;
+            let running = crate::service::stop((&*card).into(), front, || warn(card.warnings()))?;
             if !running {
                 card.remove();
             }
             return Ok(0);
         }
-        Self::stop_reading(file, &name)
+        Self::stop_reading(file, &name, front)
     }
 
     /// A stop without a card: the full reading (`Cli::stop`). Out of line, so that its code
     /// does not sit between the blocks the card's path runs.
     #[inline(never)]
-    fn stop_reading(file: PathBuf, name: &str) -> Result<Code> {
+    fn stop_reading(
+        file: PathBuf,
+        name: &str,
+        front: Option<crate::control::Sent>,
+    ) -> Result<Code> {
         let (mut spec, later) = config::load_running_later(&file, name)?;
         spec.file = file;
         let spec = kept(spec);
-        crate::service::stop((&*spec).into(), || warn(later.warnings())).map(|_| 0)
+        crate::service::stop((&*spec).into(), front, || warn(later.warnings())).map(|_| 0)
     }
 
     /// For a command addressed to the supervisor already running: a program or

@@ -860,11 +860,11 @@ fn receive(
 }
 
 /// The environment entry in which `baton`'s front hands over a stop it has sent
-/// (src/front.rs): `LOCK,SOCKET,ERRNO`.
+/// (src/front.rs): `LOCK,SOCKET,ERRNO,CARD`.
 pub const SENT_ENV: &str = "BATON_STOP_SENT";
 
-/// A stop request `baton`'s front sent before it ran this core: the command lock it took
-/// and the socket it wrote the request on.
+/// A stop request `baton`'s front sent before it ran this core: the command lock it took,
+/// the socket it wrote the request on, and the stop card it went by.
 #[derive(Debug)]
 pub struct Sent {
     /// The command lock (`pidfile::lock_commands`'s), held while this lives.
@@ -872,6 +872,9 @@ pub struct Sent {
     socket: UnixStream,
     /// The errno of the front's write; 0 when the line was written whole.
     error: i32,
+    /// The card, open: the supervisor removes it as it exits, which may be before this
+    /// core reads it (`config::card::read_open`).
+    pub card: Option<std::fs::File>,
 }
 
 impl Sent {
@@ -882,26 +885,37 @@ impl Sent {
         let value = std::env::var_os(SENT_ENV)?;
         // Single-threaded here (a command's start): nothing reads the environment meanwhile.
         std::env::remove_var(SENT_ENV);
-        let mut parts = value.to_str()?.split(',').map(|p| p.parse::<i32>().ok());
-        let [lock, socket, error] = [(); 3].map(|()| parts.next().flatten());
-        let (lock, socket, error) = (lock?, socket?, error?);
-        if parts.next().is_some() || lock <= 2 || socket <= 2 || lock == socket || error < 0 {
-            return None;
-        }
+        let [lock, socket, error, card] = Sent::numbers(value.to_str()?)?;
         use nix::sys::stat::{fstat, SFlag};
         let kind = |fd| {
             fstat(fd)
                 .ok()
                 .map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT)
         };
-        if kind(lock)? != SFlag::S_IFREG || kind(socket)? != SFlag::S_IFSOCK {
+        if kind(lock)? != SFlag::S_IFREG
+            || kind(socket)? != SFlag::S_IFSOCK
+            || kind(card)? != SFlag::S_IFREG
+        {
             return None;
         }
         Some(Sent {
             lock: crate::sys::inherited(lock).ok()?,
             socket: UnixStream::from(crate::sys::inherited(socket).ok()?),
             error,
+            card: crate::sys::inherited(card).ok().map(std::fs::File::from),
         })
+    }
+
+    /// `LOCK,SOCKET,ERRNO,CARD`: three distinct descriptors above stderr and an errno.
+    fn numbers(value: &str) -> Option<[i32; 4]> {
+        let mut parts = value.split(',').map(|p| p.parse::<i32>().ok());
+        let [lock, socket, error, card] = [(); 4].map(|()| parts.next().flatten());
+        let (lock, socket, error, card) = (lock?, socket?, error?, card?);
+        let distinct = lock != socket && card != lock && card != socket;
+        if parts.next().is_some() || lock.min(socket).min(card) <= 2 || !distinct || error < 0 {
+            return None;
+        }
+        Some([lock, socket, error, card])
     }
 
     /// The replies to the stop it sent, as [`request`] gives them (`path`: the control
@@ -1009,6 +1023,25 @@ mod tests {
     use proptest::prelude::*;
 
     /// Every request without arguments.
+    #[test]
+    fn a_handoff_names_three_distinct_descriptors_above_stderr_and_an_errno() {
+        assert_eq!(Sent::numbers("4,3,0,5"), Some([4, 3, 0, 5]));
+        assert_eq!(Sent::numbers("4,3,32,5"), Some([4, 3, 32, 5]));
+        for bad in [
+            "",
+            "4,3,0",
+            "4,3,0,5,6",
+            "4,4,0,5",
+            "4,3,0,4",
+            "2,3,0,5",
+            "4,3,-1,5",
+            "4,x,0,5",
+            "4, 3,0,5",
+        ] {
+            assert_eq!(Sent::numbers(bad), None, "{bad:?}");
+        }
+    }
+
     const PLAIN: [Request; 7] = [
         Request::Status,
         Request::Start,

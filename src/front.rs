@@ -15,7 +15,7 @@
 //! stop takes when the supervisor's stop card matches the config file
 //! (`config::card`): the command lock, the look at the supervisor's lock, the connect and
 //! the one-line request. It then execs `baton-core` with the lock and the socket open and
-//! `BATON_STOP_SENT=LOCK,SOCKET,ERRNO` in the environment; the core reads the replies,
+//! `BATON_STOP_SENT=LOCK,SOCKET,ERRNO,CARD` in the environment; the core reads the replies,
 //! prints them, waits for the supervisor's exit and says the config's warnings, as ever.
 //! Anything else, or anything unexpected on the way (no card, a card that does not match,
 //! a link where a directory should be, not root, an unusual command line, a supervisor not
@@ -172,11 +172,12 @@ unsafe fn c_str(p: *const u8) -> &'static [u8] {
     }
 }
 
-/// The stack buffers of a stop: the card, the paths made NUL-terminated, the request.
+/// The stack buffers of a stop: the card, the config path made NUL-terminated, the card's
+/// name (two u64 in decimal, a dash, a NUL), the request.
 struct Scratch {
     card: [u8; MAX_CARD + 1],
     file: [u8; PATH_MAX],
-    name: [u8; 40],
+    name: [u8; 48],
     line: [u8; 256],
 }
 
@@ -185,18 +186,19 @@ impl Scratch {
         Scratch {
             card: [0; MAX_CARD + 1],
             file: [0; PATH_MAX],
-            name: [0; 40],
+            name: [0; 48],
             line: [0; 256],
         }
     }
 }
 
-/// A stop handed to the core: the held command lock, the connected socket, and the errno
-/// of the request's write (0 when it was written whole).
+/// A stop handed to the core: the held command lock, the connected socket, the errno of
+/// the request's write (0 when it was written whole) and the card, open.
 struct Sent {
     lock: i32,
     socket: i32,
     error: i32,
+    card: i32,
 }
 
 /// The command line's config file (NUL-terminated) and service name, for the shapes
@@ -282,7 +284,7 @@ fn stop(args: &Strings, env: &Strings, s: &mut Scratch) -> Option<Sent> {
     }
     let (file, name) = stop_target(args, &mut s.file)?;
     let st = sys::stat(file.as_ptr())?;
-    let card = read_card(&st, &mut s.name, &mut s.card)?;
+    let (open, card) = read_card(&st, &mut s.name, &mut s.card)?;
     let card = Card::decode(card)?;
     let matches = card.name == name
         && card.file == &file[..file.len() - 1]
@@ -300,15 +302,16 @@ fn stop(args: &Strings, env: &Strings, s: &mut Scratch) -> Option<Sent> {
         return None;
     }
     let line = request_line(env, &mut s.line)?;
-    send(&card, line)
+    send(&card, open, line)
 }
 
-/// Reads root's card for the file `st` describes into `buf`: the card's bytes.
+/// Reads root's card for the file `st` describes into `buf`: the card, open (the core
+/// reads it again from there: its supervisor may have removed it by then), and its bytes.
 fn read_card<'a>(
     st: &sys::Stat,
-    name: &mut [u8; 40],
+    name: &mut [u8; 48],
     buf: &'a mut [u8; MAX_CARD + 1],
-) -> Option<&'a [u8]> {
+) -> Option<(Fd, &'a [u8])> {
     let mut digits = [0u8; 20];
     let dev = decimal(st.dev, &mut digits);
     let mut digits2 = [0u8; 20];
@@ -325,7 +328,7 @@ fn read_card<'a>(
     let card = Fd(sys::openat(
         dir.0,
         key.as_ptr(),
-        sys::O_RDONLY | sys::O_NOFOLLOW | sys::O_NONBLOCK | sys::O_NOCTTY | sys::O_CLOEXEC,
+        sys::O_RDONLY | sys::O_NOFOLLOW | sys::O_NONBLOCK | sys::O_NOCTTY,
     )?);
     let cst = sys::fstat(card.0)?;
     if !root_only(&cst) || cst.mode & sys::S_IFMT != sys::S_IFREG || cst.nlink != 1 {
@@ -339,7 +342,7 @@ fn read_card<'a>(
         }
         len += n;
     }
-    (len <= MAX_CARD).then(|| &buf[..len])
+    (len <= MAX_CARD).then(|| (card, &buf[..len]))
 }
 
 /// `n` in decimal, in the end of `digits`.
@@ -436,11 +439,10 @@ fn signed(field: &[u8]) -> Option<i64> {
 
 /// The stop request as `control::Envelope::plain_line` writes it, with its newline.
 fn request_line<'a>(env: &Strings, buf: &'a mut [u8; 256]) -> Option<&'a [u8]> {
-    // host::operator: SUDO_USER, else USER, the first set and not empty; then
+    // host::operator: SUDO_USER if set (an empty one says no one), else USER; then
     // control::audit_name: its name characters, at most 64.
-    let by = [b"SUDO_USER=" as &[u8], b"USER="]
-        .iter()
-        .find_map(|key| lookup(env, key).filter(|v| !v.is_empty()))
+    let by = lookup(env, b"SUDO_USER=")
+        .or_else(|| lookup(env, b"USER="))
         .unwrap_or(b"");
     // A value that is not ASCII is left to the core (std::env::var reads it as Unicode).
     if !by.is_ascii() {
@@ -489,7 +491,7 @@ fn lookup(env: &Strings, key: &[u8]) -> Option<&'static [u8]> {
 /// Takes the command lock, looks at the supervisor's, connects and writes `line`, as
 /// `service::stop` does; None (all closed, nothing sent) when the supervisor is not
 /// running or anything is not as the core would find it.
-fn send(card: &Card<'_>, line: &[u8]) -> Option<Sent> {
+fn send(card: &Card<'_>, open: Fd, line: &[u8]) -> Option<Sent> {
     let mut state = [0u8; PATH_MAX];
     let state = join(&mut state, &[card.state_dir])?;
     let dir = Fd(sys::open_no_symlinks(state.as_ptr(), sys::O_DIRECTORY)?);
@@ -536,6 +538,7 @@ fn send(card: &Card<'_>, line: &[u8]) -> Option<Sent> {
         lock: lock.into_raw(),
         socket: socket.into_raw(),
         error,
+        card: open.into_raw(),
     })
 }
 
@@ -625,6 +628,7 @@ fn environment(
         let mut a = [0u8; 20];
         let mut b = [0u8; 20];
         let mut c = [0u8; 20];
+        let mut d = [0u8; 20];
         let parts = [
             SENT,
             decimal(s.lock as u64, &mut a),
@@ -632,6 +636,8 @@ fn environment(
             decimal(s.socket as u64, &mut b),
             b",",
             decimal(s.error as u64, &mut c),
+            b",",
+            decimal(s.card as u64, &mut d),
         ];
         if join(value, &parts).is_some() {
             entries[at] = value.as_ptr();

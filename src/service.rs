@@ -125,10 +125,10 @@ impl<'a> From<&'a crate::config::card::Card> for Handle<'a> {
 /// Stops the service and everything it started; succeeds when it was not running, and says
 /// whether a supervisor was. `sent` runs once the request is sent (or found needless): what
 /// the stop may tell later, such as the config's warnings, waits until then.
-pub fn stop(h: Handle<'_>, sent: impl FnOnce()) -> Result<bool> {
+pub fn stop(h: Handle<'_>, front: Option<control::Sent>, sent: impl FnOnce()) -> Result<bool> {
     let limit = h.stop_timeout.saturating_add(Duration::from_secs(10));
     // `baton`'s front took the lock, found the supervisor alive and asked already.
-    if let Some(front) = control::Sent::take() {
+    if let Some(front) = front {
         let (_lock, asked) = front.replies(h.socket, &Request::Stop, Some(limit));
         return stopped(h, asked, limit, sent);
     }

@@ -10,13 +10,12 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// The baton binary under test: the front operators run (src/front.rs), which execs the
-/// core beside it.
+/// The baton binary under test: the command operators run (src/front.rs).
 pub fn baton_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_baton"))
 }
 
-/// The core under test (src/main.rs): every command, and the supervisor's image.
+/// The core the front runs (`baton-core` beside it): every command, the supervisor.
 pub fn core_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_baton-core"))
 }

@@ -25,7 +25,7 @@ fn line_with(trace: &[String], parts: &[&str]) -> Option<usize> {
 
 /// The index of the exec of the core.
 fn core_exec(trace: &[String]) -> usize {
-    line_with(trace, &["execve(", "-core\"", "= 0"])
+    line_with(trace, &["execve(", "-core\", [", "= 0"])
         .unwrap_or_else(|| panic!("the front never ran its core:\n{}", trace.join("\n")))
 }
 
@@ -76,37 +76,67 @@ fn the_front_sends_the_stop_before_its_core_runs_and_the_core_follows_it_up() {
     assert!(svc.processes().is_empty(), "the service outlived its stop");
 }
 
+/// The stop request `bin --config FILE stop` sends, run with `env` (None: unset) under
+/// strace.
+fn request_of(svc: &Svc, bin: &std::path::Path, env: &[(&str, Option<&str>)]) -> String {
+    let out = svc.path("request.trace");
+    let mut cmd = std::process::Command::new("strace");
+    cmd.args(["-f", "-s", "512", "-o"])
+        .arg(&out)
+        .arg(bin)
+        .arg("--config")
+        .arg(&svc.config)
+        .arg("stop");
+    for (k, v) in env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let run: harness::Run = cmd.output().expect("strace").into();
+    assert_eq!(run.code, 0, "stop by {}: {run:?}", bin.display());
+    let trace: Vec<String> = std::fs::read_to_string(&out)
+        .expect("the trace")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    request_sent(&trace)
+        .unwrap_or_else(|| panic!("no request:\n{}", trace.join("\n")))
+        .1
+}
+
 #[test]
 fn the_fronts_request_is_byte_for_byte_the_cores() {
     if skip_unless_root(ROOT_ONLY) {
         return;
     }
     let svc = started("fline");
-    let (run, trace) = svc.traced(&["stop"]);
-    assert_eq!(run.code, 0, "stop: {run:?}");
-    let (_, front) = request_sent(&trace).expect("the front's request");
-
-    // The core run directly makes the whole stop itself.
-    svc.start();
-    let core = format!("{}-core", harness::baton_bin().display());
-    let out = svc.path("core.trace");
-    let status = std::process::Command::new("strace")
-        .args(["-f", "-s", "512", "-o"])
-        .arg(&out)
-        .arg(&core)
-        .arg("--config")
-        .arg(&svc.config)
-        .arg("stop")
-        .status()
-        .expect("strace");
-    assert!(status.success());
-    let trace: Vec<String> = std::fs::read_to_string(&out)
-        .expect("the trace")
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let (_, core) = request_sent(&trace).expect("the core's request");
-    assert_eq!(front, core, "the front's request differs from the core's");
+    // Who asked, as host::operator and control::audit_name make it: SUDO_USER when set,
+    // even empty (then no one), else USER, kept to a user name's characters.
+    let cases: [&[(&str, Option<&str>)]; 3] = [
+        &[("SUDO_USER", None), ("USER", Some("root"))],
+        &[("SUDO_USER", Some("")), ("USER", Some("op"))],
+        &[("SUDO_USER", Some("al ice\"@x!")), ("USER", Some("op"))],
+    ];
+    let mut seen = Vec::new();
+    for env in cases {
+        let front = request_of(&svc, &harness::baton_bin(), env);
+        // The core run directly makes the whole stop itself.
+        svc.start();
+        let core = request_of(&svc, &harness::core_bin(), env);
+        assert_eq!(
+            front, core,
+            "the front's request differs from the core's with {env:?}"
+        );
+        seen.push(front);
+        svc.start();
+    }
+    assert!(
+        seen[0].contains("root") && !seen[1].contains("\\\"by\\\""),
+        "{seen:?}"
+    );
+    assert!(seen[2].contains("alice@x"), "{seen:?}");
+    svc.stop();
 }
 
 #[test]
@@ -245,7 +275,7 @@ fn the_handoffs_environment_entry_is_the_fronts_alone() {
     let trace = std::fs::read_to_string(&out).expect("trace");
     let core = trace
         .lines()
-        .find(|l| l.contains("execve(") && l.contains("-core\""))
+        .find(|l| l.contains("execve(") && l.contains("-core\", ["))
         .expect("the core's exec");
     assert!(
         !core.contains("BATON_STOP_SENT=0,1,0"),

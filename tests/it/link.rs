@@ -1,5 +1,5 @@
 //! How baton's core is linked: the loader's work at every exec (see build.rs). The front
-//! is static, with no loader work at all.
+//! has no loader at all (tests/it/layout.rs).
 
 use crate::harness::core_bin;
 use std::process::Command;
