@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PREFIX ?= /usr/local
 CARGO ?= cargo
 
-.PHONY: build release order deps test test-rust test-provisioning demo install bench bench-deploy bench-ship clean
+.PHONY: build release order deps test test-rust test-provisioning demo install uninstall bench bench-deploy bench-ship clean
 
 build:
 	$(CARGO) build
@@ -32,18 +32,27 @@ test-provisioning: build
 demo: deps release
 	scripts/demo
 
-# The man page and completions come from the binary itself (its clap definition).
+# baton is two files: the front `baton` (src/front.rs) runs `baton-core` from beside itself.
+# The core goes first, so the front is never in place without it. The man page and
+# completions come from the binary itself (its clap definition).
+BIN = $(DESTDIR)$(PREFIX)/bin
 SHARE = $(DESTDIR)$(PREFIX)/share
+EXTRAS = $(SHARE)/man/man1/baton.1 $(SHARE)/bash-completion/completions/baton \
+	$(SHARE)/zsh/site-functions/_baton $(SHARE)/fish/vendor_completions.d/baton.fish
 install: release
-	install -D -m 0755 target/release/baton $(DESTDIR)$(PREFIX)/bin/baton
+	install -D -m 0755 target/release/baton-core $(BIN)/baton-core
+	install -D -m 0755 target/release/baton $(BIN)/baton
 	install -d $(SHARE)/man/man1 $(SHARE)/bash-completion/completions \
 		$(SHARE)/zsh/site-functions $(SHARE)/fish/vendor_completions.d
 	target/release/baton man >$(SHARE)/man/man1/baton.1
 	target/release/baton completions bash >$(SHARE)/bash-completion/completions/baton
 	target/release/baton completions zsh >$(SHARE)/zsh/site-functions/_baton
 	target/release/baton completions fish >$(SHARE)/fish/vendor_completions.d/baton.fish
-	chmod 0644 $(SHARE)/man/man1/baton.1 $(SHARE)/bash-completion/completions/baton \
-		$(SHARE)/zsh/site-functions/_baton $(SHARE)/fish/vendor_completions.d/baton.fish
+	chmod 0644 $(EXTRAS)
+
+# The front first, so no `baton` is left that cannot run its core.
+uninstall:
+	rm -f $(BIN)/baton $(BIN)/baton-core $(EXTRAS)
 
 # benches/run (supervisor figures, bounded by its BUDGET), then the deploy switches, then ship.
 bench: deps release

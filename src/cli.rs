@@ -630,7 +630,7 @@ impl Cli {
                     Generate::SystemdUnit(t) => (t, false),
                 };
                 let spec = load(t)?;
-                let baton = std::env::current_exe()
+                let baton = crate::host::front_path()
                     .map_err(|e| Error::io("find the baton executable", &e))?;
                 let description = format!("{} supervised by baton", spec.name);
                 let target = crate::generate::Target {

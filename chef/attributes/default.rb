@@ -1,6 +1,10 @@
-# Where the baton binary comes from and where it goes.
+# Where baton comes from and where it goes: two files, the front (`baton`) at bin_path and
+# its core beside it at "#{bin_path}-core" (the front runs the core from there).
 default['baton']['source'] = 'file:///usr/local/src/baton/baton'
 default['baton']['checksum'] = nil
+# nil: the front's source with '-core' after it.
+default['baton']['core_source'] = nil
+default['baton']['core_checksum'] = nil
 default['baton']['bin_path'] = '/usr/local/bin/baton'
 default['baton']['config_dir'] = '/etc/baton'
 # The man page and shell completions go under here (man/man1, bash-completion, zsh, fish).

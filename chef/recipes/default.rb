@@ -1,7 +1,11 @@
-# Installs baton (binary, man page, shell completions), an optional metrics job,
+# Installs baton (its two files, man page, shell completions), an optional metrics job,
 # then one baton_service per entry of node['baton']['services'].
 
+# baton is two files: the front `bin`, a static program of a few KB that sends a stop
+# without loading the core, and the core it runs for everything else, found beside it as
+# its own path and '-core' (src/front.rs in baton's source says why).
 bin = node['baton']['bin_path']
+core = "#{bin}-core"
 share = node['baton']['share_dir']
 # What the binary generates from its own command-line definition, and where it goes.
 extras = {
@@ -20,11 +24,22 @@ extras.each_key do |path|
   end
 end
 
-# Regenerated whenever the binary changes, each file replaced atomically.
+# Regenerated whenever either file changes, each file replaced atomically; delayed, so it
+# runs once, with both files in place, when both change.
 execute 'baton man page and completions' do
   command(extras.map { |path, args| "#{bin} #{args} >#{path}.new && chmod 0644 #{path}.new && mv #{path}.new #{path}" }
                .join(' && '))
   action :nothing
+end
+
+# The core first: on a first install the front is never in place without it.
+remote_file core do
+  source node['baton']['core_source'] || "#{node['baton']['source']}-core"
+  checksum node['baton']['core_checksum'] if node['baton']['core_checksum']
+  owner 'root'
+  group 'root'
+  mode '0755'
+  notifies :run, 'execute[baton man page and completions]', :delayed
 end
 
 remote_file bin do
@@ -33,7 +48,7 @@ remote_file bin do
   owner 'root'
   group 'root'
   mode '0755'
-  notifies :run, 'execute[baton man page and completions]', :immediately
+  notifies :run, 'execute[baton man page and completions]', :delayed
 end
 
 directory node['baton']['config_dir'] do

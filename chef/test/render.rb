@@ -1,5 +1,7 @@
 # Renders every template the baton cookbook declares for a node, with Ruby's
-# ERB exactly as Chef's template resource runs it, into OUTDIR/<path>.
+# ERB exactly as Chef's template resource runs it, into OUTDIR/<path>, printing
+# each path; then prints each remote_file (baton's two files), in the order the
+# recipe declares them: `remote_file PATH SOURCE CHECKSUM` (`-`: none).
 #   ruby chef/test/render.rb NODE.json OUTDIR
 require 'fileutils'
 require_relative 'itamae/chef_shim'
@@ -15,4 +17,7 @@ recorder.templates.each do |call|
   File.write(out, recorder.render(call))
   File.chmod(call.properties.fetch(:mode, '0644').to_i(8), out)
   puts out
+end
+recorder.calls.select { |call| call.type == :remote_file }.each do |call|
+  puts ['remote_file', call.name, call.properties.fetch(:source), call.properties.fetch(:checksum, '-')].join(' ')
 end

@@ -79,7 +79,8 @@ pub struct Env {
     pub max_failed: usize,
     /// Hosts deployed first, alone; if one fails no other host is touched.
     pub canary: usize,
-    /// The baton executable on the hosts.
+    /// The baton executable on the hosts (the front; `ship` uploads no binary: its core is
+    /// installed beside it, as `make install` and the cookbook do).
     pub baton: String,
     /// The service's baton config on the hosts.
     pub config: String,

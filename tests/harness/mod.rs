@@ -20,6 +20,13 @@ pub fn core_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_baton-core"))
 }
 
+/// Where the front at `front` looks for its core: its own path and `-core`.
+pub fn core_of(front: &Path) -> PathBuf {
+    let mut p = front.as_os_str().to_owned();
+    p.push("-core");
+    PathBuf::from(p)
+}
+
 /// A fixture script from tests/fixtures.
 /// Waits until the supervisor `pid` sleeps in its loop's wait (epoll_pwait2(2)) again, or
 /// a `start` in its ppoll(2): `start` is answered first, and the loop's turn after it
@@ -169,6 +176,13 @@ pub fn install(from: &Path, to: &Path) {
     std::fs::copy(from, &tmp).expect("copy");
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     std::fs::rename(&tmp, to).expect("rename");
+}
+
+/// Installs the baton under test at `to` as a package upgrade does: the core first (at
+/// `to-core`), then the front, so the front never runs without its core.
+pub fn install_baton(to: &Path) {
+    install(&core_bin(), &core_of(to));
+    install(&baton_bin(), to);
 }
 
 /// Whether a process exists (zombies count as gone).

@@ -3,7 +3,7 @@
 //! ends through `sys::exit`: stdout flushed, then _exit(2)), what a waiting `start` keeps,
 //! and which config problems a command addressed to a running service only warns about.
 
-use crate::harness::{alive, baton, baton_bin, is_root, own_program, wait_until, Svc};
+use crate::harness::{alive, baton, core_bin, is_root, own_program, wait_until, Svc};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
@@ -79,7 +79,8 @@ fn a_start_waiting_for_readiness_holds_little_of_its_code_and_still_reports() {
             })
         },
     );
-    let exe = std::fs::canonicalize(baton_bin()).expect("the binary's path");
+    // The waiting `start` runs the core (the front exec'd it).
+    let exe = std::fs::canonicalize(core_bin()).expect("the core's path");
     let text = crate::harness::resident_file_kib(pid, &exe, |p| p == "r-xp");
     assert!(
         text <= 512,

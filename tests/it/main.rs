@@ -14,6 +14,7 @@ mod deploy;
 mod deploy_defects;
 mod etcd_cluster;
 mod front;
+mod front_install;
 mod hardening;
 mod jetty;
 mod jvm;

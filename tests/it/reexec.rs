@@ -1,12 +1,13 @@
 //! `baton reexec`: the supervisor replaces its image with the baton binary now on disk,
 //! keeping its PID, the service and every line of its output.
 //!
-//! Each test runs its own copy of baton from the test directory, so it can replace that
-//! file the way a package upgrade does (write beside, rename over).
+//! Each test runs its own copy of baton (the front and its core) from the test directory,
+//! so it can replace the core, the supervisor's image, the way a package upgrade does
+//! (write beside, rename over).
 
 use crate::harness;
 
-use harness::{baton_bin, install, wait_until, Spec, Svc};
+use harness::{baton_bin, core_bin, core_of, install, install_baton, wait_until, Spec, Svc};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -71,12 +72,13 @@ fn service_pid(svc: &Svc) -> i32 {
     st["service_pid"].as_i64().expect("service pid") as i32
 }
 
-/// Release v1 deployed by a supervisor that runs a copy of baton at `DIR/bin/baton` (so a
-/// test can replace that file): the copy's path, the supervisor's PID and the service's.
+/// Release v1 deployed by a supervisor that runs a copy of baton at `DIR/bin/baton` (its
+/// core at `DIR/bin/baton-core`, which a test can replace): the copy's path, the
+/// supervisor's PID and the service's.
 fn deployed_from_a_copy(svc: &Svc) -> (PathBuf, i32, i32) {
     let bin = svc.path("bin/baton");
     std::fs::create_dir_all(svc.path("bin")).expect("bin");
-    install(&baton_bin(), &bin);
+    install_baton(&bin);
     let v1 = release(&svc.dir, "v1", false);
     let r = svc.baton_with(&bin, &["deploy", "--release", v1.to_str().expect("utf-8")]);
     assert_eq!(r.code, 0, "{r:?}");
@@ -101,8 +103,12 @@ fn reexec_keeps_both_pids_and_every_line_then_a_deploy_works() {
         );
     }
 
-    // The upgrade: a new file at the same path; the running image is the deleted one.
-    install(&baton_bin(), &bin);
+    // The upgrade: a new pair at the same path; the running image (the core) is the
+    // deleted one.
+    let core = core_of(&bin);
+    let exe = std::fs::read_link(format!("/proc/{sup}/exe")).expect("exe");
+    assert_eq!(exe, core, "the supervisor runs the copy's core");
+    install_baton(&bin);
     for round in 0..3 {
         let before = lines_of(&svc, pid);
         let r = svc.baton_with(&bin, &["reexec"]);
@@ -113,7 +119,7 @@ fn reexec_keeps_both_pids_and_every_line_then_a_deploy_works() {
         );
         assert_eq!(svc.pid_in_file(), Some(sup), "same supervisor PID");
         let exe = std::fs::read_link(format!("/proc/{sup}/exe")).expect("exe");
-        assert_eq!(exe, bin, "the supervisor now runs the file on disk");
+        assert_eq!(exe, core, "the supervisor now runs the core on disk");
         let (code, st) = svc.status();
         assert_eq!(code, 0, "{st}");
         assert_eq!(st["service_pid"].as_i64(), Some(i64::from(pid)), "{st}");
@@ -143,16 +149,17 @@ fn reexec_onto_a_file_that_is_not_baton_is_refused_and_changes_nothing() {
     let svc = service("rxnot");
     let (bin, sup, pid) = deployed_from_a_copy(&svc);
 
-    // Something else at baton's path (a broken upgrade).
+    // Something else at the core's path (a broken upgrade).
+    let core = core_of(&bin);
     let script = svc.path("not-baton");
     std::fs::write(&script, "#!/bin/sh\necho hello\n").expect("script");
-    install(&script, &bin);
+    install(&script, &core);
     let r = svc.baton(&["reexec"]);
     assert_ne!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("it is not baton"), "{r:?}");
     assert!(r.stderr.contains("carries on"), "{r:?}");
     // A file that cannot be executed at all.
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::set_permissions(&core, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let r = svc.baton(&["reexec"]);
     assert_ne!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("unable to run it"), "{r:?}");
@@ -162,7 +169,7 @@ fn reexec_onto_a_file_that_is_not_baton_is_refused_and_changes_nothing() {
     assert_eq!(service_pid(&svc), pid);
     let exe = std::fs::read_link(format!("/proc/{sup}/exe")).expect("exe");
     assert!(exe.to_string_lossy().ends_with("(deleted)"), "{exe:?}");
-    install(&baton_bin(), &bin);
+    install(&core_bin(), &core);
     let r = svc.baton(&["reexec"]);
     assert_eq!(r.code, 0, "once baton is back: {r:?}");
     assert_eq!(service_pid(&svc), pid);

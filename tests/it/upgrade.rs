@@ -101,41 +101,47 @@ fn sleeper(name: &str) -> harness::Svc {
         .create()
 }
 
-/// A bash script (its descriptors above 9 leave the inherited ones alone) at `to` that answers `__reexec-check` as the real baton does (so the running
-/// supervisor execs it) and runs `on_resume` (shell) when it is the supervisor's new image.
+/// A bash script (its descriptors above 9 leave the inherited ones alone) at `to` that
+/// answers `__reexec-check` as the real core does (so the running supervisor execs it) and
+/// runs `on_resume` (shell) when it is the supervisor's new image.
 fn impostor(svc: &harness::Svc, to: &std::path::Path, on_resume: &str) {
     let script = svc.path("impostor");
     std::fs::write(
         &script,
         format!(
             "#!/bin/bash\nif [ \"$3\" = __resume ]; then\n{on_resume}\nfi\nexec {} \"$@\"\n",
-            harness::baton_bin().display()
+            harness::core_bin().display()
         ),
     )
     .expect("script");
     harness::install(&script, to);
 }
 
-/// The supervisor (and its service) started from a copy of baton at `DIR/bin/baton`.
+/// The supervisor (and its service) started from a copy of baton at `DIR/bin/baton`: the
+/// path of its core (`DIR/bin/baton-core`, the supervisor's image, which a reexec runs
+/// again), the supervisor's PID and the service's.
 fn started_from_a_copy(svc: &harness::Svc) -> (std::path::PathBuf, i32, i64) {
     let bin = svc.path("bin/baton");
     std::fs::create_dir_all(svc.path("bin")).expect("bin");
-    harness::install(&harness::baton_bin(), &bin);
+    harness::install_baton(&bin);
     let r = svc.baton_with(&bin, &["start"]);
     assert_eq!(r.code, 0, "{r:?}");
     let sup = svc.pid_in_file().expect("PID file");
+    let core = harness::core_of(&bin);
+    let exe = std::fs::read_link(format!("/proc/{sup}/exe")).expect("exe");
+    assert_eq!(exe, core, "the supervisor runs the copy's core");
     let (code, st) = svc.status();
     assert_eq!(code, 0, "{st}");
-    (bin, sup, st["service_pid"].as_i64().expect("service pid"))
+    (core, sup, st["service_pid"].as_i64().expect("service pid"))
 }
 
 #[test]
 fn a_new_image_that_cannot_read_the_record_hands_the_supervisor_back() {
     let svc = sleeper("rxback");
-    let (bin, sup, pid) = started_from_a_copy(&svc);
+    let (core, sup, pid) = started_from_a_copy(&svc);
 
     // Another ELF that is not baton: refused before any exec.
-    harness::install(std::path::Path::new("/bin/true"), &bin);
+    harness::install(std::path::Path::new("/bin/true"), &core);
     let r = svc.baton(&["reexec"]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("it is not baton"), "{r:?}");
@@ -144,11 +150,11 @@ fn a_new_image_that_cannot_read_the_record_hands_the_supervisor_back() {
     std::fs::write(svc.path("bad-record"), r#"{"format":99,"baton":"9.9.9"}"#).expect("record");
     impostor(
         &svc,
-        &bin,
+        &core,
         &format!(
             "exec 200<{}\nBATON_REEXEC_STATE=200 exec {} \"$@\"",
             svc.path("bad-record").display(),
-            harness::baton_bin().display()
+            harness::core_bin().display()
         ),
     );
     let r = svc.baton(&["reexec"]);
@@ -194,10 +200,10 @@ fn a_new_image_that_cannot_read_the_record_hands_the_supervisor_back() {
 #[test]
 fn a_supervisor_killed_in_the_middle_of_a_reexec_leaves_a_truthful_status_and_start_recovers() {
     let svc = sleeper("rxkill");
-    let (bin, sup, pid) = started_from_a_copy(&svc);
+    let (core, sup, pid) = started_from_a_copy(&svc);
     // The new image dies at once, before it could resume anything: kill -9 of the
     // supervisor's PID between execve and resume.
-    impostor(&svc, &bin, "kill -9 $$");
+    impostor(&svc, &core, "kill -9 $$");
     let r = svc.baton(&["reexec"]);
     assert_ne!(r.code, 0, "{r:?}");
     assert!(

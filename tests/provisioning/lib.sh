@@ -2,7 +2,9 @@
 # "not ok - ..." (run-all counts them); waits poll a condition until a deadline.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# baton is two files: the front, and the core it runs from beside itself (its path and -core).
 BATON=${BATON:-$ROOT/target/debug/baton}
+BATON_CORE=$BATON-core
 PASSED=0
 FAILED=0
 SKIPPED=0
@@ -69,11 +71,14 @@ need_root() {
 }
 
 need_baton() {
-	if [ ! -x "$BATON" ]; then
-		not_ok "$1: no baton binary at $BATON (run cargo build)"
-		finish
-		exit 1
-	fi
+	local f
+	for f in "$BATON" "$BATON_CORE"; do
+		if [ ! -x "$f" ]; then
+			not_ok "$1: no baton binary at $f (run cargo build)"
+			finish
+			exit 1
+		fi
+	done
 }
 
 # quiet CMD...: CMD with its output discarded (for check/expect_code arguments).

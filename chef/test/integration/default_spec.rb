@@ -1,5 +1,6 @@
 # Serverspec: what a converge of the baton cookbook leaves on the host for one service.
-#   SERVICE=NAME PORT=N BATON=/usr/local/bin/baton BATON_SHA256=... rspec default_spec.rb
+#   SERVICE=NAME PORT=N BATON=/usr/local/bin/baton BATON_SHA256=... BATON_CORE_SHA256=... \
+#     rspec default_spec.rb
 require 'serverspec'
 set :backend, :exec
 
@@ -9,13 +10,22 @@ baton = ENV.fetch('BATON')
 config = "/etc/baton/#{name}.toml"
 pidfile = "/run/baton/#{name}.pid"
 
-describe 'the baton binary' do
-  subject { file(baton) }
+# baton is two files: the front at BATON, and the core it runs from beside it.
+{ 'the baton front' => [baton, 'BATON_SHA256'], 'the baton core' => ["#{baton}-core", 'BATON_CORE_SHA256'] }
+  .each do |what, (path, sum)|
+    describe what do
+      subject { file(path) }
 
-  it { is_expected.to be_file }
-  it { is_expected.to be_mode 755 }
-  it { is_expected.to be_owned_by 'root' }
-  its(:sha256sum) { is_expected.to eq ENV.fetch('BATON_SHA256') }
+      it { is_expected.to be_file }
+      it { is_expected.to be_mode 755 }
+      it { is_expected.to be_owned_by 'root' }
+      its(:sha256sum) { is_expected.to eq ENV.fetch(sum) }
+    end
+  end
+
+describe command("#{baton} --version") do
+  its(:exit_status) { is_expected.to eq 0 }
+  its(:stdout) { is_expected.to match(/\Abaton \d+\.\d+\.\d+\n\z/) }
 end
 
 describe group(name) do
@@ -77,6 +87,12 @@ end
 
 describe command("curl -fsS http://127.0.0.1:#{port}/") do
   its(:stdout) { is_expected.to eq "ok\n" }
+end
+
+describe 'the supervisor runs the core' do
+  subject { command("readlink \"/proc/$(cat #{pidfile})/exe\"") }
+
+  its(:stdout) { is_expected.to eq "#{baton}-core\n" }
 end
 
 describe 'the supervisor runs as root, the service as its user' do
