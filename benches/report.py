@@ -136,7 +136,8 @@ WHY = {
             "its kill, 29 of them its own) sends the request, then the supervisor wakes and signals (11 pages "
             "up to the SIGTERM); the core starts only after the supervisor's first reply. Only root's stop "
             "with the supervisor's stop card matching the config takes the front's path: otherwise (not root, "
-            "a config changed since the start) the core makes the whole stop, ~185 pages before its request; "
+            "a config changed since the start) the core makes the whole stop, reading the config in full: 265 "
+            "pages before its request; "
             "after 1.5 s of sleep every page touched pays the cost above (benches/PROFILE-stop.md, tenth round)",
 }
 
