@@ -587,7 +587,38 @@ fn run_core(argv: *const *const u8, env: &Strings, sent: Option<Sent>) -> ! {
     sys::write_all(2, b" (");
     sys::write_all(2, errno_name(error));
     sys::write_all(2, b"): the core is installed beside baton under its name and `-core` (`make install` and the cookbook put both)\n");
-    sys::exit(1)
+    sys::exit(exit_code(&Strings::new(argv), error, sent.is_some()))
+}
+
+/// The LSB code of a core that cannot be run: a core missing or not executable is a
+/// program not installed (5; for `status`, a status unknown, 4); anything else, or a stop
+/// already sent, a generic error (1).
+fn exit_code(args: &Strings, errno: i32, sent: bool) -> i32 {
+    const ENOENT: i32 = 2;
+    const ENOEXEC: i32 = 8;
+    const EACCES: i32 = 13;
+    if sent || !matches!(errno, ENOENT | ENOEXEC | EACCES) {
+        return 1;
+    }
+    if command(args) == Some(b"status") {
+        4
+    } else {
+        5
+    }
+}
+
+/// The command word of the command line: the first argument that is neither an option
+/// nor the value of `--config` or `--config-dir` (the global options that take one).
+fn command(args: &Strings) -> Option<&'static [u8]> {
+    let mut i = 1;
+    while let Some(arg) = args.get(i) {
+        match arg {
+            b"--config" | b"--config-dir" => i += 2,
+            a if a.starts_with(b"-") => i += 1,
+            word => return Some(word),
+        }
+    }
+    None
 }
 
 /// The core's path: this executable's own, then `-core`, NUL-terminated.

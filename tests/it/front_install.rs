@@ -27,17 +27,22 @@ fn a_front_copied_without_its_core_fails_naming_the_missing_core() {
     let core = core_of(&bin);
     let said = format!("cannot run {} (no such file)", core.display());
 
+    // LSB's "program is not installed".
     let r = run(&bin, &["--version"]);
-    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.code, 5, "{r:?}");
     assert!(r.stderr.contains(&said), "names the missing core: {r:?}");
     assert!(r.stdout.is_empty(), "{r:?}");
 
     // A command that would act: refused the same way, and nothing starts.
     let r = svc.baton_with(&bin, &["start"]);
-    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.code, 5, "{r:?}");
     assert!(r.stderr.contains(&said), "{r:?}");
     assert_eq!(svc.pid_in_file(), None);
     assert!(svc.processes().is_empty(), "{:?}", svc.processes());
+    // `status`: LSB's "status unknown".
+    let r = svc.baton_with(&bin, &["status"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains(&said), "{r:?}");
 
     // The core beside it under the front's name: the same copy works.
     install(&core_bin(), &core);
