@@ -33,22 +33,18 @@ execute 'baton man page and completions' do
 end
 
 # The core first: on a first install the front is never in place without it.
-remote_file core do
-  source node['baton']['core_source'] || "#{node['baton']['source']}-core"
-  checksum node['baton']['core_checksum'] if node['baton']['core_checksum']
-  owner 'root'
-  group 'root'
-  mode '0755'
-  notifies :run, 'execute[baton man page and completions]', :delayed
-end
-
-remote_file bin do
-  source node['baton']['source']
-  checksum node['baton']['checksum'] if node['baton']['checksum']
-  owner 'root'
-  group 'root'
-  mode '0755'
-  notifies :run, 'execute[baton man page and completions]', :delayed
+{
+  core => [node['baton']['core_source'] || "#{node['baton']['source']}-core", node['baton']['core_checksum']],
+  bin => [node['baton']['source'], node['baton']['checksum']]
+}.each do |path, (from, sum)|
+  remote_file path do
+    source from
+    checksum sum if sum
+    owner 'root'
+    group 'root'
+    mode '0755'
+    notifies :run, 'execute[baton man page and completions]', :delayed
+  end
 end
 
 directory node['baton']['config_dir'] do
