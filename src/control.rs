@@ -879,8 +879,8 @@ pub struct Sent {
 
 impl Sent {
     /// Takes the front's handoff out of the environment. None when there is none, or when
-    /// it does not name a regular file and a socket above stderr (then nothing named is
-    /// kept: the stop is made in full, as if the front had not been there).
+    /// it does not name a regular file, a socket and a regular file above stderr (then
+    /// nothing named is kept: the stop is made in full, as if the front had not been there).
     pub fn take() -> Option<Sent> {
         let value = std::env::var_os(SENT_ENV)?;
         // Single-threaded here (a command's start): nothing reads the environment meanwhile.
@@ -1022,7 +1022,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Every request without arguments.
     #[test]
     fn a_handoff_names_three_distinct_descriptors_above_stderr_and_an_errno() {
         assert_eq!(Sent::numbers("4,3,0,5"), Some([4, 3, 0, 5]));
@@ -1042,6 +1041,7 @@ mod tests {
         }
     }
 
+    /// Every request without arguments.
     const PLAIN: [Request; 7] = [
         Request::Status,
         Request::Start,

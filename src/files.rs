@@ -16,7 +16,7 @@ use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::unistd::{Gid, Uid};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -628,13 +628,6 @@ pub fn open_checked(path: &Path) -> io::Result<Checked> {
 /// stop card of `config::card`), which takes any refusal as "no such file".
 pub fn read_root_only(dir: &Path, name: &OsStr, limit: u64) -> io::Result<Vec<u8>> {
     plain_name(name)?;
-    let root_only = |st: &FileStat| {
-        if st.st_uid == 0 && st.st_mode & 0o022 == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::from(io::ErrorKind::PermissionDenied))
-        }
-    };
     let dir = open_dir_no_links(dir)?;
     root_only(&nix::sys::stat::fstat(dir.as_raw_fd())?)?;
     // O_NONBLOCK: a FIFO found there must not hang the reader in open(2).
@@ -644,18 +637,41 @@ pub fn read_root_only(dir: &Path, name: &OsStr, limit: u64) -> io::Result<Vec<u8
         OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
         Mode::empty(),
     )?;
-    let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
+    read_root_file(File::from(fd), limit, 1..=1)
+}
+
+/// The content of `file`, already open, if it is root's own regular file that no one else
+/// can write, with a number of names in `links`, and at most `limit` bytes long; read from
+/// its start.
+pub fn read_root_file(
+    mut file: File,
+    limit: u64,
+    links: std::ops::RangeInclusive<u64>,
+) -> io::Result<Vec<u8>> {
+    let st = nix::sys::stat::fstat(file.as_raw_fd())?;
     root_only(&st)?;
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG || st.st_nlink != 1 {
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG
+        || !links.contains(&st.st_nlink)
+    {
         return Err(io::Error::from(io::ErrorKind::InvalidData));
     }
     let size = u64::try_from(st.st_size).unwrap_or(0);
     let mut out = Vec::with_capacity(size.min(limit) as usize + 1);
-    File::from(fd).take(limit + 1).read_to_end(&mut out)?;
+    file.rewind()?;
+    file.take(limit + 1).read_to_end(&mut out)?;
     if out.len() as u64 > limit {
         return Err(io::Error::from(io::ErrorKind::InvalidData));
     }
     Ok(out)
+}
+
+/// Root's, and writable by no one else.
+fn root_only(st: &FileStat) -> io::Result<()> {
+    if st.st_uid == 0 && st.st_mode & 0o022 == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from(io::ErrorKind::PermissionDenied))
+    }
 }
 
 /// The directory at the absolute `path`, reached through no symbolic link at all: one

@@ -761,6 +761,8 @@ unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     unsafe { memcmp(a, b, n) }
 }
 
+mod syscall;
+
 /// The system calls, raw: x86_64 Linux's numbers and `struct stat`.
 mod sys {
     use core::arch::asm;
@@ -781,32 +783,7 @@ mod sys {
     const AT_FDCWD: usize = -100isize as usize;
     const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 
-    /// `syscall` with up to six arguments.
-    ///
-    /// # Safety
-    /// As the system call `nr`: every pointer valid for what the kernel reads and writes.
-    #[inline(always)]
-    unsafe fn call(nr: usize, a: [usize; 6]) -> isize {
-        let r: isize;
-        // SAFETY: the x86_64 Linux convention: number in rax, arguments in rdi, rsi, rdx,
-        // r10, r8, r9, result in rax, rcx and r11 clobbered, no stack used.
-        unsafe {
-            asm!(
-                "syscall",
-                inlateout("rax") nr as isize => r,
-                in("rdi") a[0],
-                in("rsi") a[1],
-                in("rdx") a[2],
-                in("r10") a[3],
-                in("r8") a[4],
-                in("r9") a[5],
-                lateout("rcx") _,
-                lateout("r11") _,
-                options(nostack),
-            );
-        }
-        r
-    }
+    use crate::syscall::call;
 
     /// A call restarted while it is interrupted; None on any other error.
     fn retried(nr: usize, a: [usize; 6]) -> Option<usize> {

@@ -33,6 +33,8 @@ mod ship;
 mod sockets;
 mod supervisor;
 mod sys;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod syscall;
 mod tracking;
 mod url;
 

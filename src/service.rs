@@ -126,9 +126,9 @@ impl<'a> From<&'a crate::config::card::Card> for Handle<'a> {
 /// whether a supervisor was. `sent` runs once the request is sent (or found needless): what
 /// the stop may tell later, such as the config's warnings, waits until then.
 pub fn stop(h: Handle<'_>, front: Option<control::Sent>, sent: impl FnOnce()) -> Result<bool> {
-    let limit = h.stop_timeout.saturating_add(Duration::from_secs(10));
     // `baton`'s front took the lock, found the supervisor alive and asked already.
     if let Some(front) = front {
+        let limit = reply_limit(&h);
         let (_lock, asked) = front.replies(h.socket, &Request::Stop, Some(limit));
         return stopped(h, asked, limit, sent);
     }
@@ -145,11 +145,16 @@ fn stop_locked(h: Handle<'_>, sent: impl FnOnce()) -> Result<bool> {
     // the supervisor watched, to bound the wait for its exit (or to signal it if there is
     // no socket). One that has already gone cannot be opened, or fails the start-time
     // check (a reused PID): then its lock, released at its exit, is waited on instead.
-    // The supervisor enforces the stop timeout itself and tells its progress within it; a
-    // read that waits longer than that (and a margin) means it is stuck, not slow.
-    let limit = h.stop_timeout.saturating_add(Duration::from_secs(10));
+    let limit = reply_limit(&h);
     let asked = control::request(h.socket, &Request::Stop, Some(limit));
     stopped(h, asked, limit, sent)
+}
+
+/// How long a stop waits for a reply, and then for the supervisor's exit. The supervisor
+/// enforces the stop timeout itself and tells its progress within it; a read that waits
+/// longer than that (and a margin) means it is stuck, not slow.
+fn reply_limit(h: &Handle<'_>) -> Duration {
+    h.stop_timeout.saturating_add(Duration::from_secs(10))
 }
 
 /// A stop that found no supervisor: cleans up after a dead one; false. Out of line, as

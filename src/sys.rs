@@ -1740,36 +1740,9 @@ pub fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> std::io::Result<()> {
 mod raw {
     use std::os::fd::RawFd;
 
-    /// `syscall` with up to six arguments (unused ones 0). Always inlined: a call would be
-    /// one more page of code.
-    ///
-    /// # Safety
-    /// As the system call `nr` with those arguments: every pointer valid for what the
-    /// kernel reads and writes through it.
+    /// `syscall` with up to six arguments: src/syscall.rs's, which the front shares.
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-    #[inline(always)]
-    pub unsafe fn call(nr: libc::c_long, a: [usize; 6]) -> isize {
-        let r: isize;
-        // SAFETY: the x86_64 Linux system call convention: number in rax, arguments in
-        // rdi, rsi, rdx, r10, r8, r9; the kernel returns in rax and clobbers rcx and r11
-        // only. No stack is used. What the call does to memory is the caller's contract.
-        unsafe {
-            std::arch::asm!(
-                "syscall",
-                inlateout("rax") nr as isize => r,
-                in("rdi") a[0],
-                in("rsi") a[1],
-                in("rdx") a[2],
-                in("r10") a[3],
-                in("r8") a[4],
-                in("r9") a[5],
-                lateout("rcx") _,
-                lateout("r11") _,
-                options(nostack),
-            );
-        }
-        r
-    }
+    pub use crate::syscall::call;
 
     /// A libc wrapper's result as the kernel's: -1 becomes `-errno`.
     #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
@@ -1797,7 +1770,7 @@ mod raw {
                     // SAFETY: never called.
                     let _ = || unsafe { $libc };
                     // SAFETY: the caller's contract, the system call's own.
-                    unsafe { call(libc::$nr, [$($raw as usize),*]) }
+                    unsafe { call(libc::$nr as usize, [$($raw as usize),*]) }
                 }
                 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
                 {
@@ -1890,7 +1863,10 @@ mod raw {
         #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
         // SAFETY: exit_group takes no pointer and does not return.
         unsafe {
-            call(libc::SYS_exit_group, [code as usize, 0, 0, 0, 0, 0]);
+            call(
+                libc::SYS_exit_group as usize,
+                [code as usize, 0, 0, 0, 0, 0],
+            );
             std::hint::unreachable_unchecked()
         }
         #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]

@@ -118,23 +118,10 @@ pub fn read(file: &Path, name: &str) -> Option<Card> {
 /// now. Its name may be gone by now: the supervisor removes its card as it exits, which
 /// a sent stop may already have brought about.
 pub fn read_open(card: std::fs::File, file: &Path, name: &str) -> Option<Card> {
-    use nix::sys::stat::{fstat, SFlag};
-    use std::io::Read;
     if !nix::unistd::Uid::effective().is_root() {
         return None;
     }
-    let st = fstat(std::os::fd::AsRawFd::as_raw_fd(&card)).ok()?;
-    let regular = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
-    if st.st_uid != 0 || st.st_mode & 0o022 != 0 || !regular || st.st_nlink > 1 {
-        return None;
-    }
-    let mut bytes = Vec::with_capacity(st.st_size.clamp(0, MAX_CARD as i64) as usize + 1);
-    let mut card = card;
-    std::io::Seek::rewind(&mut card).ok()?;
-    card.take(MAX_CARD + 1).read_to_end(&mut bytes).ok()?;
-    if bytes.len() as u64 > MAX_CARD {
-        return None;
-    }
+    let bytes = crate::files::read_root_file(card, MAX_CARD, 0..=1).ok()?;
     let now = Fingerprint::of(&nix::sys::stat::stat(file).ok()?);
     matching(&bytes, now, file, name)
 }

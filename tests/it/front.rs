@@ -7,8 +7,9 @@
 
 use crate::harness;
 
-use harness::{alive, skip_unless_root, wait_until, Svc, User};
+use harness::{alive, skip_unless_root, wait_until, Run, Svc, User};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -36,6 +37,26 @@ fn request_sent(trace: &[String]) -> Option<(usize, String)> {
     let start = l.find("\"{")?;
     let end = l[start..].find("}\\n\"")? + start;
     Some((i, l[start + 1..end + 1].to_string()))
+}
+
+/// `strace -f -s 512 EXTRA -o TRACE` followed by what `set` adds (the program, its
+/// arguments, its environment, its directory): what the command said, and its system
+/// calls, one a line.
+fn strace(svc: &Svc, extra: &[&str], set: impl FnOnce(&mut Command)) -> (Run, Vec<String>) {
+    let out = svc.path("front.trace");
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-s", "512"])
+        .args(extra)
+        .arg("-o")
+        .arg(&out);
+    set(&mut cmd);
+    let run: Run = cmd.output().expect("strace").into();
+    let trace = std::fs::read_to_string(&out)
+        .expect("the trace")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (run, trace)
 }
 
 fn started(name: &str) -> Svc {
@@ -79,27 +100,16 @@ fn the_front_sends_the_stop_before_its_core_runs_and_the_core_follows_it_up() {
 /// The stop request `bin --config FILE stop` sends, run with `env` (None: unset) under
 /// strace.
 fn request_of(svc: &Svc, bin: &std::path::Path, env: &[(&str, Option<&str>)]) -> String {
-    let out = svc.path("request.trace");
-    let mut cmd = std::process::Command::new("strace");
-    cmd.args(["-f", "-s", "512", "-o"])
-        .arg(&out)
-        .arg(bin)
-        .arg("--config")
-        .arg(&svc.config)
-        .arg("stop");
-    for (k, v) in env {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
-    let run: harness::Run = cmd.output().expect("strace").into();
+    let (run, trace) = strace(svc, &[], |cmd| {
+        cmd.arg(bin).arg("--config").arg(&svc.config).arg("stop");
+        for (k, v) in env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+    });
     assert_eq!(run.code, 0, "stop by {}: {run:?}", bin.display());
-    let trace: Vec<String> = std::fs::read_to_string(&out)
-        .expect("the trace")
-        .lines()
-        .map(str::to_string)
-        .collect();
     request_sent(&trace)
         .unwrap_or_else(|| panic!("no request:\n{}", trace.join("\n")))
         .1
@@ -176,23 +186,13 @@ fn every_stop_the_front_cannot_make_is_the_cores_whole_before_any_request() {
         .expect("name")
         .to_string_lossy()
         .into_owned();
-    let out = svc.path("rel.trace");
-    let run: harness::Run = std::process::Command::new("strace")
-        .args(["-f", "-s", "512", "-o"])
-        .arg(&out)
-        .arg(harness::baton_bin())
-        .args(["stop", "--config", &rel])
-        .current_dir(&svc.dir)
-        .output()
-        .expect("strace")
-        .into();
+    let (run, trace) = strace(&svc, &[], |cmd| {
+        cmd.arg(harness::baton_bin())
+            .args(["stop", "--config", &rel])
+            .current_dir(&svc.dir);
+    });
     assert_eq!(run.code, 0, "stop --config RELATIVE: {run:?}");
     assert!(run.stdout.contains("fwhole stopped"), "{run:?}");
-    let trace: Vec<String> = std::fs::read_to_string(&out)
-        .expect("trace")
-        .lines()
-        .map(str::to_string)
-        .collect();
     assert!(before_core(&trace), "{}", trace.join("\n"));
     assert!(svc.processes().is_empty(), "the service outlived its stop");
 }
@@ -259,26 +259,20 @@ fn the_handoffs_environment_entry_is_the_fronts_alone() {
         return;
     }
     let svc = started("fenv");
-    let out = svc.path("env.trace");
-    let run: harness::Run = std::process::Command::new("strace")
-        .args(["-f", "-v", "-s", "512", "-e", "trace=execve", "-o"])
-        .arg(&out)
-        .arg(harness::baton_bin())
-        .arg("--config")
-        .arg(&svc.config)
-        .arg("stop")
-        .env("BATON_STOP_SENT", "0,1,0")
-        .output()
-        .expect("strace")
-        .into();
+    let (run, trace) = strace(&svc, &["-v", "-e", "trace=execve"], |cmd| {
+        cmd.arg(harness::baton_bin())
+            .arg("--config")
+            .arg(&svc.config)
+            .arg("stop")
+            .env("BATON_STOP_SENT", "0,1,0,2");
+    });
     assert_eq!(run.code, 0, "stop with a stray BATON_STOP_SENT: {run:?}");
-    let trace = std::fs::read_to_string(&out).expect("trace");
     let core = trace
-        .lines()
+        .iter()
         .find(|l| l.contains("execve(") && l.contains("-core\", ["))
         .expect("the core's exec");
     assert!(
-        !core.contains("BATON_STOP_SENT=0,1,0"),
+        !core.contains("BATON_STOP_SENT=0,1,0,2"),
         "a stray entry reached the core: {core}"
     );
     assert_eq!(
